@@ -1,0 +1,180 @@
+"""Event contracts for the Kafka topics: impressions, feedback, joined rewards, dead letters.
+
+Records are msgspec structs encoded as msgpack: compact, and decoding checks every field's type and
+range in the same pass, so a bad record is rejected with the path of the offending field
+(``$.slate[2].propensity``) and what was expected. Every record carries ``schema_version``.
+
+Item ids are integers (they index bandit statistics); user and request ids are strings.
+Times are event times in milliseconds since the Unix epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+"""Bumped on any incompatible change; decoders reject versions they do not know."""
+
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+
+NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+Probability = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
+FeedbackType = Literal["click", "add_to_cart", "purchase", "dwell", "rating", "skip"]
+
+
+class EventValidationError(ValueError):
+    """A record that decoded but breaks the contract; the message names the field."""
+
+
+class Context(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The context actually used for scoring.
+
+    ``dense`` is a user embedding (dense mode); ``cluster_ids``/``cluster_weights`` are sparse soft
+    memberships over user clusters (graph mode, Online Matching). Either or both may be present.
+    """
+
+    dense: tuple[float, ...] = ()
+    cluster_ids: tuple[NonNegativeInt, ...] = ()
+    cluster_weights: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.cluster_ids) != len(self.cluster_weights):
+            raise EventValidationError(
+                f"context: cluster_ids has {len(self.cluster_ids)} entries but cluster_weights has "
+                f"{len(self.cluster_weights)}; they must pair up"
+            )
+        for name in ("dense", "cluster_weights"):
+            values = getattr(self, name)
+            if values and not math.isfinite(math.fsum(values)):
+                raise EventValidationError(f"context.{name}: contains NaN or infinity")
+        if any(w < 0 for w in self.cluster_weights):
+            raise EventValidationError("context.cluster_weights: weights must be >= 0")
+
+
+class SlateEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One shown item: where it was shown, its score, and P(logging policy shows it there)."""
+
+    item_id: NonNegativeInt
+    position: NonNegativeInt
+    score: float
+    propensity: Probability
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    schema_version: int = SCHEMA_VERSION
+    topic: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        if self.schema_version not in SUPPORTED_SCHEMA_VERSIONS:
+            raise EventValidationError(
+                f"schema_version: {self.schema_version} is not supported "
+                f"(this build reads {sorted(SUPPORTED_SCHEMA_VERSIONS)})"
+            )
+
+    @property
+    def key(self) -> bytes:
+        """The Kafka record key: events of one request land on one partition, in order."""
+        return self.request_id.encode()  # type: ignore[attr-defined]
+
+
+class Impression(_Event, tag="impression"):
+    """A served slate (topic ``recsys.impressions``, key ``request_id``)."""
+
+    topic: ClassVar[str] = "recsys.impressions"
+    request_id: NonEmptyStr
+    event_time_ms: NonNegativeInt
+    user_id: NonEmptyStr
+    context: Context
+    policy_name: NonEmptyStr
+    policy_version: NonNegativeInt
+    slate: tuple[SlateEntry, ...]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.slate:
+            raise EventValidationError("slate: an impression must show at least one item")
+        positions = [entry.position for entry in self.slate]
+        if len(set(positions)) != len(positions):
+            raise EventValidationError(f"slate: positions must be distinct, got {positions}")
+        items = [entry.item_id for entry in self.slate]
+        if len(set(items)) != len(items):
+            raise EventValidationError(f"slate: an item is shown twice, item ids {items}")
+
+
+class Feedback(_Event, tag="feedback"):
+    """A user action on a shown item (topic ``recsys.feedback``, key ``request_id``)."""
+
+    topic: ClassVar[str] = "recsys.feedback"
+    request_id: NonEmptyStr
+    event_time_ms: NonNegativeInt
+    user_id: NonEmptyStr
+    item_id: NonNegativeInt
+    position: NonNegativeInt
+    event_type: FeedbackType
+    value: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not math.isfinite(self.value):
+            raise EventValidationError(f"value: must be finite, got {self.value}")
+
+
+class Reward(_Event, tag="reward"):
+    """A joined example, emitted once the attribution window of a shown item has closed
+    (topic ``recsys.rewards``): reward 0 when nothing happened."""
+
+    topic: ClassVar[str] = "recsys.rewards"
+    request_id: NonEmptyStr
+    event_time_ms: NonNegativeInt
+    user_id: NonEmptyStr
+    context: Context
+    item_id: NonNegativeInt
+    position: NonNegativeInt
+    reward: float
+    propensity: Probability
+    policy_name: NonEmptyStr
+    policy_version: NonNegativeInt
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not math.isfinite(self.reward):
+            raise EventValidationError(f"reward: must be finite, got {self.reward}")
+
+
+Event = Impression | Feedback | Reward
+EVENT_TYPES: tuple[type[_Event], ...] = (Impression, Feedback, Reward)
+TOPIC_OF: dict[type[_Event], str] = {cls: cls.topic for cls in EVENT_TYPES}
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[Event] = msgspec.msgpack.Decoder(Event)
+
+
+def encode(event: Event) -> bytes:
+    """Serialise one event to msgpack bytes."""
+    return _encoder.encode(event)
+
+
+def decode(data: bytes) -> Event:
+    """Decode and validate one event.
+
+    Raises ``EventValidationError`` naming the field and what was expected; malformed bytes,
+    wrong types and out-of-range values all come out as this one exception type.
+    """
+    try:
+        return _decoder.decode(data)
+    except EventValidationError:
+        raise
+    except msgspec.ValidationError as exc:
+        raise EventValidationError(str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise EventValidationError(f"not a msgpack-encoded event: {exc}") from exc
+
+
+def validate(event: Event) -> Event:
+    """Check an event built in code against the contract (constructors do not check types or
+    ranges; decoding does). Returns the event, or raises ``EventValidationError``."""
+    return decode(encode(event))
