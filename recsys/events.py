@@ -145,6 +145,23 @@ class Reward(_Event, tag="reward"):
             raise EventValidationError(f"reward: must be finite, got {self.reward}")
 
 
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """A record that failed to decode or validate (topic ``recsys.dead-letter``): the raw bytes,
+    where they came from and why they were rejected, so nothing bad is ever dropped silently."""
+
+    topic: ClassVar[str] = "recsys.dead-letter"
+    source_topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    failed_at_ms: int
+    schema_version: int = SCHEMA_VERSION
+
+
+DEAD_LETTER_TOPIC = DeadLetter.topic
+
 Event = Impression | Feedback | Reward
 EVENT_TYPES: tuple[type[_Event], ...] = (Impression, Feedback, Reward)
 TOPIC_OF: dict[type[_Event], str] = {cls: cls.topic for cls in EVENT_TYPES}
@@ -169,9 +186,20 @@ def decode(data: bytes) -> Event:
     except EventValidationError:
         raise
     except msgspec.ValidationError as exc:
-        raise EventValidationError(str(exc)) from exc
+        raise EventValidationError(f"invalid event: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise EventValidationError(f"not a msgpack-encoded event: {exc}") from exc
+
+
+_dead_letter_decoder = msgspec.msgpack.Decoder(DeadLetter)
+
+
+def encode_dead_letter(record: DeadLetter) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode_dead_letter(data: bytes) -> DeadLetter:
+    return _dead_letter_decoder.decode(data)
 
 
 def validate(event: Event) -> Event:

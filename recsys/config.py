@@ -1,0 +1,293 @@
+"""One typed configuration for every part of the system.
+
+Values are resolved in this order, later ones winning:
+
+1. the defaults below, which need no server (embedded Kafka, local Ray, mlflow in a sqlite file);
+2. a TOML file: ``--config PATH``, else ``$RECSYS_CONFIG``, else ``./recsys.toml`` when present;
+3. environment variables ``RECSYS_<SECTION>_<KEY>`` (``RECSYS_KAFKA_BOOTSTRAP``, ``RECSYS_DATA_DIR``);
+4. command-line flags (``--kafka-bootstrap``, or ``--set kafka.partitions=8`` for any key).
+
+The same code then talks to a real Kafka cluster, a ``ray://`` cluster or an mlflow server by
+configuration alone. ``recsys info`` prints every value and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ENV_PREFIX = "RECSYS_"
+DEFAULT_CONFIG_FILE = "recsys.toml"
+
+Source = Literal["default", "file", "env", "cli"]
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message says which key and what to fix."""
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """Where events flow. ``bootstrap`` unset means: start the embedded single-node broker."""
+
+    bootstrap: str | None = None
+    partitions: int = 4
+    replication_factor: int = 1
+    compression: str = "lz4"
+    # Embedded broker only.
+    jars_dir: Path | None = None
+    heap: str = "512m"
+    startup_timeout_s: float = 60.0
+    # Client security, passed through to kafka-python unchanged when set.
+    security_protocol: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    def client_options(self) -> dict[str, Any]:
+        """kafka-python keyword arguments for security settings that are set."""
+        keys = ("security_protocol", "sasl_mechanism", "sasl_plain_username",
+                "sasl_plain_password", "ssl_cafile", "ssl_certfile", "ssl_keyfile")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Ray cluster. ``address`` unset means: a local instance started in-process."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    object_store_memory_mb: int = 512
+
+
+@dataclass(frozen=True)
+class MlflowSettings:
+    """Tracking store. ``tracking_uri`` unset means: sqlite file + artifact folder in data_dir."""
+
+    tracking_uri: str | None = None
+    experiment: str = "recsys"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved configuration; ``sources`` maps ``section.key`` to where its value came from."""
+
+    data_dir: Path = Path(".recsys")
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    ray: RaySettings = field(default_factory=RaySettings)
+    mlflow: MlflowSettings = field(default_factory=MlflowSettings)
+    sources: Mapping[str, Source] = field(default_factory=dict, compare=False, repr=False)
+    config_file: Path | None = None
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        return f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def mlflow_artifact_location(self) -> str:
+        return (self.data_dir / "mlartifacts").resolve().as_uri()
+
+    @property
+    def kafka_data_dir(self) -> Path:
+        return self.data_dir / "kafka"
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting as ``section.key -> value`` (top-level keys have no section)."""
+        out: dict[str, Any] = {"data_dir": self.data_dir}
+        for section in _SECTIONS:
+            for f in dataclasses.fields(_SECTIONS[section]):
+                out[f"{section}.{f.name}"] = getattr(getattr(self, section), f.name)
+        return out
+
+
+_SECTIONS: dict[str, type] = {"kafka": KafkaSettings, "ray": RaySettings, "mlflow": MlflowSettings}
+_TOP_LEVEL: dict[str, Any] = {"data_dir": Path}
+
+
+def known_keys() -> list[str]:
+    """All dotted setting names, as accepted by ``--set`` and the config file."""
+    keys = list(_TOP_LEVEL)
+    for section, cls in _SECTIONS.items():
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def _field_type(key: str) -> Any:
+    if key in _TOP_LEVEL:
+        return _TOP_LEVEL[key]
+    section, name = key.split(".", 1)
+    hints = typing.get_type_hints(_SECTIONS[section])
+    return hints[name]
+
+
+def _coerce(key: str, raw: Any, origin: str) -> Any:
+    """Turn a raw value (TOML scalar or string from env/CLI) into the field's type."""
+    target = _field_type(key)
+    optional = False
+    if isinstance(target, types.UnionType) or typing.get_origin(target) is typing.Union:
+        args = [a for a in typing.get_args(target) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(target))
+        target = args[0]
+    if isinstance(raw, str) and optional and raw.strip().lower() in ("", "none", "null"):
+        return None
+    try:
+        if target is bool:
+            if isinstance(raw, bool):
+                return raw
+            lowered = str(raw).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if target is int:
+            if isinstance(raw, float) or isinstance(raw, bool):
+                raise ValueError(raw)
+            return int(raw)
+        if target is float:
+            return float(raw)
+        if target is Path:
+            return Path(str(raw)).expanduser()
+        if target is str:
+            if not isinstance(raw, str | int | float):
+                raise ValueError(raw)
+            return str(raw)
+    except (TypeError, ValueError):
+        name = getattr(target, "__name__", str(target))
+        raise ConfigError(f"{key} (from {origin}): expected {name}, got {raw!r}") from None
+    raise ConfigError(f"{key}: unsupported setting type {target!r}")  # pragma: no cover
+
+
+def _check_key(key: str, origin: str) -> None:
+    if key not in known_keys():
+        raise ConfigError(
+            f"unknown setting {key!r} in {origin}; known settings: {', '.join(known_keys())}"
+        )
+
+
+def _flatten_file(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in data.items():
+        if isinstance(value, Mapping):
+            if name not in _SECTIONS:
+                raise ConfigError(
+                    f"unknown section [{name}] in {path}; sections are {', '.join(_SECTIONS)}"
+                )
+            for key, inner in value.items():
+                flat[f"{name}.{key}"] = inner
+        else:
+            flat[name] = value
+    for key in flat:
+        _check_key(key, str(path))
+    return flat
+
+
+def _env_key(key: str) -> str:
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, str]:
+    return {key: environ[_env_key(key)] for key in known_keys() if _env_key(key) in environ}
+
+
+def parse_assignments(assignments: list[str] | None) -> dict[str, str]:
+    """Parse ``--set section.key=value`` strings."""
+    out: dict[str, str] = {}
+    for item in assignments or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        _check_key(key, "--set")
+        out[key] = value
+    return out
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    cli: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve the configuration: defaults, then the file, then the environment, then ``cli``.
+
+    ``cli`` maps dotted keys (``kafka.bootstrap``) to values; ``None`` values are ignored so that
+    unset flags do not override anything.
+    """
+    environ = os.environ if environ is None else environ
+    path: Path | None = None
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+    elif environ.get(ENV_PREFIX + "CONFIG"):
+        path = Path(environ[ENV_PREFIX + "CONFIG"])
+        if not path.is_file():
+            raise ConfigError(f"RECSYS_CONFIG points to {path}, which does not exist")
+    elif Path(DEFAULT_CONFIG_FILE).is_file():
+        path = Path(DEFAULT_CONFIG_FILE)
+
+    values: dict[str, Any] = {}
+    sources: dict[str, Source] = {}
+    layers: list[tuple[Source, str, Mapping[str, Any]]] = []
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        layers.append(("file", str(path), _flatten_file(data, path)))
+    layers.append(("env", "the environment", _from_env(environ)))
+    cli_values = {k: v for k, v in (cli or {}).items() if v is not None}
+    for key in cli_values:
+        _check_key(key, "command-line flags")
+    layers.append(("cli", "command-line flags", cli_values))
+
+    for source, origin, layer in layers:
+        for key, raw in layer.items():
+            values[key] = _coerce(key, raw, origin)
+            sources[key] = source
+
+    sections = {
+        name: cls(**{k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(name + ".")})
+        for name, cls in _SECTIONS.items()
+    }
+    settings = Settings(
+        data_dir=values.get("data_dir", Settings.data_dir),
+        sources={key: sources.get(key, "default") for key in known_keys()},
+        config_file=path,
+        **sections,
+    )
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    k = settings.kafka
+    if k.partitions < 1:
+        raise ConfigError(f"kafka.partitions must be >= 1, got {k.partitions}")
+    if k.replication_factor < 1:
+        raise ConfigError(f"kafka.replication_factor must be >= 1, got {k.replication_factor}")
+    if k.compression not in ("none", "gzip", "lz4", "zstd", "snappy"):
+        raise ConfigError(
+            f"kafka.compression must be one of none, gzip, lz4, zstd, snappy; got {k.compression!r}"
+        )
+    if k.startup_timeout_s <= 0:
+        raise ConfigError("kafka.startup_timeout_s must be > 0")
+    if settings.ray.num_cpus is not None and settings.ray.num_cpus < 1:
+        raise ConfigError(f"ray.num_cpus must be >= 1, got {settings.ray.num_cpus}")
+    address = settings.ray.address
+    if address and not (address == "auto" or address.startswith("ray://") or ":" in address):
+        raise ConfigError(
+            f"ray.address must be 'auto', 'ray://host:port' or 'host:port'; got {address!r}"
+        )
