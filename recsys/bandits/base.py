@@ -1,0 +1,176 @@
+"""The policy base class: statistics + a scoring rule + a slate sampler with propensities.
+
+Conventions (scikit-learn / river): the constructor holds hyperparameters only; ``init`` (new
+statistics) or ``use`` (existing statistics, e.g. a parameter-shard snapshot) sets the learned
+state ``stats_``; ``learn`` takes a batch or a single event; ``score`` and ``recommend`` take a
+batch of requests. Scores are ``[batch, n_items]`` aligned with ``item_ids_``; items that are not
+candidates for a request (graph mode) score ``-inf``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Self
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from recsys.bandits.dense import DenseStats
+from recsys.bandits.slates import (
+    Slate,
+    eligible_counts,
+    greedy_marginals,
+    mix_with_uniform,
+    top_k,
+    uniform_slate,
+)
+from recsys.bandits.validation import check_positive, check_probability
+
+
+class Statistics(Protocol):
+    """What a policy needs from its statistics, whatever their layout."""
+
+    lam: float
+    version: int
+
+    @property
+    def n_items(self) -> int: ...
+
+    @property
+    def item_ids(self) -> NDArray[np.int64]: ...
+
+    def learn(
+        self, contexts: Any, items: ArrayLike, rewards: ArrayLike, *,
+        reward_range: tuple[float, float],
+    ) -> Any: ...
+
+    def moments(
+        self, contexts: Any
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_] | None]: ...
+
+
+class BasePolicy:
+    """Shared plumbing: statistics lifecycle, validation, exploration floor, slates."""
+
+    def __init__(
+        self,
+        *,
+        lam: float = 1.0,
+        reward_range: tuple[float, float] = (0.0, 1.0),
+        exploration_floor: float = 0.0,
+        random_state: int | np.random.Generator | None = None,
+    ) -> None:
+        self.lam = check_positive(lam, "lam")
+        low, high = (float(v) for v in reward_range)
+        if not low < high:
+            raise ValueError(f"reward_range must be (low, high), low < high; got {reward_range}")
+        self.reward_range = (low, high)
+        self.exploration_floor = check_probability(exploration_floor, "exploration_floor")
+        self.random_state = random_state
+        self._rng = np.random.default_rng(random_state)
+
+    # ------------------------------------------------------------------ state
+    def _new_stats(
+        self, items: ArrayLike, dim: int, prior_mean: ArrayLike | None, space: str,
+        dtype: type[np.floating],
+    ) -> Statistics:
+        return DenseStats.empty(items, dim, lam=self.lam, prior_mean=prior_mean, space=space,
+                                dtype=dtype)
+
+    def init(
+        self,
+        items: ArrayLike,
+        dim: int,
+        *,
+        prior_mean: ArrayLike | None = None,
+        space: str = "",
+        dtype: type[np.floating] = np.float64,
+    ) -> Self:
+        """Start from empty statistics over ``items``; ``prior_mean`` warm-starts the means."""
+        self.stats_ = self._new_stats(items, dim, prior_mean, space, dtype)
+        return self
+
+    def use(self, stats: Statistics) -> Self:
+        """Score and learn with existing statistics (they are shared, not copied)."""
+        if stats.lam != self.lam:
+            raise ValueError(
+                f"the statistics were built with λ={stats.lam} but this policy has lam={self.lam}"
+            )
+        self.stats_ = stats
+        return self
+
+    def _stats(self) -> Statistics:
+        stats = getattr(self, "stats_", None)
+        if stats is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no statistics yet: call init(items, dim) or use(stats)"
+            )
+        return stats
+
+    @property
+    def item_ids_(self) -> NDArray[np.int64]:
+        """Item ids in the column order of ``score``."""
+        return self._stats().item_ids
+
+    # ------------------------------------------------------------------ learning
+    def learn(self, contexts: Any, items: ArrayLike, rewards: ArrayLike) -> Self:
+        """Update on a batch (or one event) of (context actually served, item, reward)."""
+        self._stats().learn(contexts, items, rewards, reward_range=self.reward_range)
+        return self
+
+    # ------------------------------------------------------------------ scoring
+    def _moments(self, contexts: Any) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Score mean and standard deviation, -inf mean / 0 sd for non-candidates."""
+        mean, var, eligible = self._stats().moments(contexts)
+        sd = np.sqrt(var)
+        if eligible is not None:
+            mean = np.where(eligible, mean, -np.inf)
+            sd = np.where(eligible, sd, 0.0)
+        return mean, sd
+
+    def _rule(
+        self, mean: NDArray[np.float64], sd: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """The deterministic score of the policy (overridden by UCB)."""
+        return mean
+
+    def score(self, contexts: Any, *, exploit: bool = False) -> NDArray[np.float64]:
+        """Scores [batch, n_items]; ``exploit=True`` gives the posterior mean (no bonus)."""
+        mean, sd = self._moments(contexts)
+        return mean if exploit else self._rule(mean, sd)
+
+    # ------------------------------------------------------------------ slates
+    def _epsilon(self) -> float:
+        """Probability of replacing the slate by a uniformly random one (policy ε and floor)."""
+        return self.exploration_floor
+
+    def recommend(self, contexts: Any, k: int = 1) -> Slate:
+        """Top-k slates for a batch of requests with P(item at position) for every entry."""
+        mean, sd = self._moments(contexts)
+        scores = self._rule(mean, sd)
+        n_elig = eligible_counts(scores, k)
+        eps = self._epsilon()
+        shown = top_k(scores, k, self._rng)
+        if eps > 0.0:
+            explore = self._rng.random(scores.shape[0]) < eps
+            shown = mix_with_uniform(shown, uniform_slate(scores, k, self._rng), explore)
+        prop = (1.0 - eps) * greedy_marginals(scores, shown) + eps / n_elig[:, None]
+        return self._slate(shown, prop, np.zeros_like(prop), scores)
+
+    def _slate(
+        self,
+        shown: NDArray[np.intp],
+        prop: NDArray[np.float64],
+        se: NDArray[np.float64],
+        scores: NDArray[np.float64],
+    ) -> Slate:
+        return Slate(
+            items=self.item_ids_[shown],
+            propensities=prop,
+            propensity_se=se,
+            scores=np.take_along_axis(scores, shown, axis=1),
+        )
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor hyperparameters (scikit-learn style)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and
+                not k.endswith("_")}

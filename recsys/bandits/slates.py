@@ -1,0 +1,242 @@
+"""Top-k slates with random tie-breaking and per-(item, position) propensities.
+
+Every function works on a batch of requests at once: ``scores`` is ``[batch, n_items]`` with
+``-inf`` for items that are not eligible for a request. Propensities follow Open Bandit Pipeline's
+``pscore`` convention: the probability that the logging policy shows *this* item at *this* position
+for *this* request.
+
+Randomisation is what makes logs usable for off-policy evaluation, so every slate policy here is a
+mixture whose probabilities can be written down (ε-mixes with a uniformly random slate, inverse-gap
+weighting) or, for Thompson sampling, estimated by Monte Carlo with a reported standard error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+_MC_CHUNK_ELEMENTS = 4_000_000
+"""Upper bound on the elements of one Monte Carlo draw block (keeps memory flat)."""
+
+
+@dataclass(frozen=True)
+class Slate:
+    """Recommendations for a batch of requests.
+
+    ``items[b, p]`` is the item id shown at position ``p`` to request ``b``; ``propensities[b, p]``
+    is P(policy shows that item at that position | request); ``propensity_se`` is the standard
+    error of a Monte Carlo estimate (0 where the propensity is exact); ``scores`` is the policy's
+    score of each shown item (the sampled value for Thompson sampling).
+    """
+
+    items: NDArray[np.int64]
+    propensities: NDArray[np.float64]
+    propensity_se: NDArray[np.float64]
+    scores: NDArray[np.float64]
+
+    @property
+    def positions(self) -> NDArray[np.int64]:
+        """Position index of every entry, [batch, k]."""
+        return np.broadcast_to(np.arange(self.items.shape[1]), self.items.shape)
+
+
+def eligible_counts(scores: NDArray[np.float64], k: int) -> NDArray[np.int64]:
+    """Eligible items per request; raises when a request has fewer than ``k``."""
+    n_elig = np.isfinite(scores).sum(axis=1)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if (n_elig < k).any():
+        b = int(np.argmax(n_elig < k))
+        raise ValueError(
+            f"request {b} has only {int(n_elig[b])} eligible item(s) but k={k} were asked for; "
+            "lower k or widen the candidate set"
+        )
+    return n_elig
+
+
+def top_k(
+    scores: NDArray[np.float64], k: int, rng: np.random.Generator
+) -> NDArray[np.intp]:
+    """Column indices of the k best scores per row, best first, ties broken uniformly at random."""
+    batch, n = scores.shape
+    if k >= n:
+        chosen = np.broadcast_to(np.arange(n), (batch, n)).copy()
+    else:
+        chosen = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        kth = np.take_along_axis(scores, chosen, axis=1).min(axis=1)
+        n_ge = (scores >= kth[:, None]).sum(axis=1)
+        tied = np.flatnonzero(n_ge > k)  # ties straddle the cut: pick among them at random
+        if tied.size:
+            s = scores[tied]
+            t = kth[tied, None]
+            key = np.where(s > t, 2.0, np.where(s == t, rng.random(s.shape), -1.0))
+            chosen[tied] = np.argpartition(-key, k - 1, axis=1)[:, :k]
+    values = np.take_along_axis(scores, chosen, axis=1)
+    order = np.lexsort((rng.random(values.shape), -values), axis=1)
+    return np.take_along_axis(chosen, order, axis=1)
+
+
+def greedy_marginals(
+    scores: NDArray[np.float64], shown: NDArray[np.intp]
+) -> NDArray[np.float64]:
+    """P(greedy-with-random-ties puts column ``shown[b, p]`` at position ``p``), [batch, k].
+
+    An item whose score is tied with ``m`` items and has ``g`` items strictly above it lands
+    uniformly on ranks ``g .. g+m-1``: probability ``1/m`` there, 0 elsewhere.
+    """
+    values = np.take_along_axis(scores, shown, axis=1)
+    out = np.zeros(shown.shape)
+    for p in range(shown.shape[1]):  # loop over positions (k), never over requests
+        v = values[:, p : p + 1]
+        above = (scores > v).sum(axis=1)
+        ties = (scores == v).sum(axis=1)
+        hit = (above <= p) & (p < above + ties)
+        out[:, p] = np.where(hit, 1.0 / np.maximum(ties, 1), 0.0)
+    return out
+
+
+def uniform_slate(
+    scores: NDArray[np.float64], k: int, rng: np.random.Generator
+) -> NDArray[np.intp]:
+    """A uniformly random ordered k-subset of each row's eligible items."""
+    key = np.where(np.isfinite(scores), rng.random(scores.shape), -1.0)
+    return top_k(key, k, rng)
+
+
+def mix_with_uniform(
+    shown: NDArray[np.intp],
+    explore: NDArray[np.intp],
+    use_explore: NDArray[np.bool_],
+) -> NDArray[np.intp]:
+    """Per request, the exploration slate where ``use_explore`` else the policy's slate."""
+    return np.where(use_explore[:, None], explore, shown)
+
+
+def igw_probabilities(
+    scores: NDArray[np.float64], gamma: float
+) -> NDArray[np.float64]:
+    """SquareCB inverse-gap weights over each row's eligible items, [batch, n_items].
+
+    ``p_a = 1 / (A + γ·(ŷ* − ŷ_a))`` for non-best a; the best item(s) share the remaining mass.
+    """
+    elig = np.isfinite(scores)
+    n_elig = elig.sum(axis=1, keepdims=True)
+    best = np.max(scores, axis=1, keepdims=True)
+    gap = np.where(elig, best - scores, np.inf)
+    is_best = elig & (gap == 0.0)
+    p = np.where(elig & ~is_best, 1.0 / (n_elig + gamma * gap), 0.0)
+    rest = 1.0 - p.sum(axis=1, keepdims=True)
+    p = np.where(is_best, rest / is_best.sum(axis=1, keepdims=True), p)
+    return p
+
+
+def igw_slate(
+    scores: NDArray[np.float64], k: int, gamma: float, rng: np.random.Generator
+) -> tuple[NDArray[np.intp], NDArray[np.float64], NDArray[np.intp]]:
+    """Lead slot drawn by inverse-gap weighting, the remaining slots in greedy order.
+
+    Returns the shown columns, the lead-slot probabilities [batch, n_items] and the greedy order
+    used (ties broken at random, independently of the draw), for :func:`igw_marginals`.
+    """
+    probs = igw_probabilities(scores, gamma)
+    batch, n = scores.shape
+    greedy = top_k(scores, min(k + 1, n), rng)
+    cdf = np.cumsum(probs, axis=1)
+    u = rng.random((batch, 1)) * cdf[:, -1:]
+    lead = np.minimum((cdf < u).sum(axis=1), n - 1)
+    # drop the lead item from the greedy order, keep the first k-1 of the rest
+    rest_order = np.argsort(greedy == lead[:, None], axis=1, kind="stable")
+    rest = np.take_along_axis(greedy, rest_order, axis=1)[:, : k - 1]
+    return np.concatenate([lead[:, None], rest], axis=1), probs, greedy
+
+
+def igw_marginals(
+    probs: NDArray[np.float64], greedy: NDArray[np.intp], shown: NDArray[np.intp]
+) -> NDArray[np.float64]:
+    """Exact P(column ``shown[b, p]`` at position p) under :func:`igw_slate`.
+
+    With ``g`` the greedy order and ``a`` the drawn lead item, position ``p ≥ 1`` shows ``g[p-1]``
+    when ``a`` is not among ``g[0..p-1]`` and ``g[p]`` otherwise, so
+    P(g[p-1] at p) = 1 − Σ_{q<p} π(g[q]) and P(g[p] at p) = Σ_{q<p} π(g[q]). The values are exact
+    given the tie-break draw, which is independent of actions and rewards, so inverse-propensity
+    estimates stay unbiased.
+    """
+    k = shown.shape[1]
+    prop = np.zeros(shown.shape)
+    prop[:, 0] = np.take_along_axis(probs, shown[:, :1], axis=1)[:, 0]
+    mass_before = np.cumsum(np.take_along_axis(probs, greedy, axis=1), axis=1)
+    for p in range(1, k):  # loop over positions, vectorised over requests
+        above = mass_before[:, p - 1]
+        item = shown[:, p]
+        prop[:, p] = np.where(item == greedy[:, p - 1], 1.0 - above, 0.0) + np.where(
+            item == greedy[:, p], above, 0.0
+        )
+    return np.clip(prop, 0.0, 1.0)
+
+
+def thompson_select(
+    mean: NDArray[np.float64],
+    scale: NDArray[np.float64],
+    k: int,
+    rng: np.random.Generator,
+    *,
+    per_slot: bool,
+) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
+    """One Thompson-sampling slate per request from independent Gaussian item scores.
+
+    ``per_slot=False``: one draw for the whole slate, top-k of it. ``per_slot=True`` (in-slate TS):
+    a fresh draw per slot; slot p gets the best item of draw p not already shown. Ineligible items
+    have ``mean = -inf``. Returns chosen columns and their sampled scores.
+    """
+    batch, n = mean.shape
+    if not per_slot:
+        sampled = mean + scale * rng.standard_normal((batch, n))
+        shown = top_k(sampled, k, rng)
+        return shown, np.take_along_axis(sampled, shown, axis=1)
+    taken = np.zeros((batch, n), dtype=bool)
+    shown = np.empty((batch, k), dtype=np.intp)
+    values = np.empty((batch, k))
+    rows = np.arange(batch)
+    for p in range(k):  # loop over slots, vectorised over requests and items
+        sampled = mean + scale * rng.standard_normal((batch, n))
+        sampled[taken] = -np.inf
+        best = np.argmax(sampled, axis=1)
+        shown[:, p] = best
+        values[:, p] = sampled[rows, best]
+        taken[rows, best] = True
+    return shown, values
+
+
+def thompson_propensities(
+    mean: NDArray[np.float64],
+    scale: NDArray[np.float64],
+    shown: NDArray[np.intp],
+    n_draws: int,
+    rng: np.random.Generator,
+    *,
+    per_slot: bool,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Monte Carlo P(item shown[b, p] at position p) with its binomial standard error.
+
+    Replays the policy's own selection ``n_draws`` times per request with fresh noise,
+    independently of the draw that produced ``shown``, and counts how often each shown item
+    lands at its position. Standard error: ``sqrt(p̂(1−p̂)/n_draws)``.
+    """
+    batch, n = mean.shape
+    k = shown.shape[1]
+    per_draw = n * (k if per_slot else 1)
+    chunk = max(1, min(n_draws, _MC_CHUNK_ELEMENTS // max(1, batch * per_draw)))
+    hits = np.zeros((batch, k))
+    done = 0
+    while done < n_draws:  # loop over blocks of draws, vectorised over requests and draws
+        m = min(chunk, n_draws - done)
+        mean_rep = np.repeat(mean, m, axis=0)
+        scale_rep = np.repeat(scale, m, axis=0)
+        replay, _ = thompson_select(mean_rep, scale_rep, k, rng, per_slot=per_slot)
+        same = replay.reshape(batch, m, k) == shown[:, None, :]
+        hits += same.sum(axis=1)
+        done += m
+    p_hat = hits / n_draws
+    return p_hat, np.sqrt(p_hat * (1.0 - p_hat) / n_draws)
