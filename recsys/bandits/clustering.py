@@ -1,0 +1,128 @@
+"""Offline construction of the Online Matching graph and of soft cluster contexts.
+
+k-means (scikit-learn) over user embeddings gives C clusters; each cluster links to its top-W
+items by inner product with the centroid; a user's context is their top-K clusters with weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from recsys.bandits.graph import GraphStats, SoftContexts, Weighting
+
+Calibration = Literal["k1", "normalised", "raw"]
+_CHUNK = 1024
+
+
+@dataclass(frozen=True)
+class ClusterGraph:
+    """Centroids [C, d] and the cluster→item edges (edge_clusters[e], edge_items[e])."""
+
+    centroids: NDArray[np.float64]
+    item_ids: NDArray[np.int64]
+    edge_clusters: NDArray[np.int64]
+    edge_items: NDArray[np.int64]
+    version: str = ""
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.centroids.shape[0])
+
+    def stats(
+        self, *, lam: float = 1.0, calibration: Calibration = "k1",
+        prior_mean: ArrayLike | None = None,
+    ) -> GraphStats:
+        """Empty statistics on this graph with the update rule that matches ``calibration``."""
+        weighting: Weighting = "linear" if calibration == "normalised" else "squared"
+        return GraphStats.empty(
+            self.item_ids, self.n_clusters, self.edge_clusters, self.edge_items, lam=lam,
+            weighting=weighting, prior_mean=prior_mean, space=self.version,
+        )
+
+    def contexts(
+        self, user_embeddings: ArrayLike, *, top_k: int = 1, calibration: Calibration = "k1",
+        temperature: float = 1.0,
+    ) -> SoftContexts:
+        """Each user's top-K clusters by squared distance, with soft weights.
+
+        ``"k1"``: the nearest cluster, weight 1 (Diag-LinUCB is exact there). ``"normalised"``:
+        softmax(−dist²/temperature) over the top K, summing to one (use with the ``"linear"``
+        per-edge weighted mean). ``"raw"``: the same softmax weights over all C clusters, not
+        renormalised over the top K (the published soft context; its mean is not calibrated).
+        """
+        u = np.asarray(user_embeddings, dtype=np.float64)
+        if u.ndim == 1:
+            u = u[None, :]
+        if u.shape[1] != self.centroids.shape[1] or not np.isfinite(u).all():
+            raise ValueError(f"user embeddings must be finite with {self.centroids.shape[1]} "
+                             f"features, got shape {u.shape}")
+        if calibration not in ("k1", "normalised", "raw"):
+            raise ValueError(f"calibration must be k1, normalised or raw, got {calibration!r}")
+        k = 1 if calibration == "k1" else int(top_k)
+        if not 1 <= k <= self.n_clusters:
+            raise ValueError(f"top_k must be in [1, {self.n_clusters}], got {top_k}")
+        dist = (
+            (u * u).sum(1, keepdims=True) - 2 * u @ self.centroids.T
+            + (self.centroids**2).sum(1)
+        )
+        nearest = np.argpartition(dist, k - 1, axis=1)[:, :k] if k < self.n_clusters else \
+            np.broadcast_to(np.arange(self.n_clusters), dist.shape).copy()
+        d_top = np.take_along_axis(dist, nearest, axis=1)
+        order = np.argsort(d_top, axis=1)
+        nearest = np.take_along_axis(nearest, order, axis=1)
+        if calibration == "k1":
+            return SoftContexts.of(nearest, np.ones(nearest.shape))
+        logits = -dist / temperature
+        logits -= logits.max(axis=1, keepdims=True)
+        soft = np.exp(logits)
+        soft /= soft.sum(axis=1, keepdims=True)
+        w = np.take_along_axis(soft, nearest, axis=1)
+        if calibration == "normalised":
+            w = w / w.sum(axis=1, keepdims=True)
+        elif calibration != "raw":
+            raise ValueError(f"calibration must be k1, normalised or raw, got {calibration!r}")
+        return SoftContexts.of(nearest, w)
+
+
+def build_cluster_graph(
+    user_embeddings: ArrayLike,
+    item_embeddings: ArrayLike,
+    *,
+    item_ids: ArrayLike | None = None,
+    n_clusters: int = 100,
+    top_w: int = 50,
+    random_state: int | None = 0,
+    version: str = "",
+) -> ClusterGraph:
+    """k-means over users, then each cluster's top-W items by centroid·item inner product."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    users = np.asarray(user_embeddings, dtype=np.float64)
+    items = np.asarray(item_embeddings, dtype=np.float64)
+    if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
+        raise ValueError(f"embeddings must be [n, d] with the same d: users {users.shape}, "
+                         f"items {items.shape}")
+    if not (np.isfinite(users).all() and np.isfinite(items).all()):
+        raise ValueError("embeddings contain NaN or infinity")
+    ids = np.arange(items.shape[0]) if item_ids is None else np.asarray(item_ids, np.int64)
+    if not 1 <= top_w <= items.shape[0]:
+        raise ValueError(f"top_w must be in [1, {items.shape[0]}], got {top_w}")
+    algo = KMeans if users.shape[0] <= 50_000 else MiniBatchKMeans
+    km = algo(n_clusters=n_clusters, random_state=random_state, n_init=3).fit(users)
+    centroids = km.cluster_centers_
+    tops = []
+    for start in range(0, n_clusters, _CHUNK):  # chunks of clusters bound the [C, n] memory
+        sims = centroids[start:start + _CHUNK] @ items.T
+        tops.append(np.argpartition(-sims, top_w - 1, axis=1)[:, :top_w])
+    top = np.concatenate(tops)
+    return ClusterGraph(
+        centroids=centroids,
+        item_ids=ids,
+        edge_clusters=np.repeat(np.arange(n_clusters), top_w),
+        edge_items=ids[top.ravel()],
+        version=version,
+    )

@@ -1,0 +1,399 @@
+"""Graph-layout statistics (Online Matching): sums on the edges of a cluster→item graph.
+
+A request's context is a sparse soft membership over user clusters (:class:`SoftContexts`);
+the reward model is ``E[r | u, j] = Σ_c x_uc·θ_jc`` with one parameter per graph edge (c, j).
+Candidates for a request are the graph neighbours of its active clusters.
+
+Two update rules, chosen by ``weighting``:
+
+* ``"squared"`` — Diag-LinUCB as published: ``d_e += x_c²``, ``b_e += x_c·r``; score
+  ``Σ_c x_c·θ_e`` with variance ``Σ_c x_c²/d_e``. Exact (= LinUCB) when each request has one
+  cluster with weight 1 (K = 1); with soft overlapping weights it drops cross terms and the
+  mean is inflated by up to the number of active clusters.
+* ``"linear"`` — per-edge weighted means for normalised soft contexts (weights sum to one):
+  ``d_e += x_c``, ``b_e += x_c·r`` so θ_e is a weighted average reward on the edge, and the score
+  is the weight-normalised mix ``Σ_c x_c·θ_e / Σ_c x_c`` over the request's edges to the item,
+  with variance ``Σ_c x_c²/d_e / (Σ_c x_c)²``. Scores stay on the reward scale (calibrated).
+
+Events on (cluster, item) pairs that are not edges of the graph are ignored by design (the graph
+is the exploration space); :attr:`GraphStats.skipped` counts them so that a drift is visible.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from recsys.bandits.items import ItemIndex
+from recsys.bandits.persistence import read_npz, write_npz
+from recsys.bandits.validation import check_items, check_positive, check_rewards
+
+FORMAT = "recsys.bandits.GraphStats/1"
+Weighting = Literal["squared", "linear"]
+
+
+@dataclass(frozen=True)
+class SoftContexts:
+    """Sparse soft cluster memberships for a batch: ``clusters`` and ``weights`` of shape [B, K].
+
+    Padding entries use cluster ``-1`` with weight 0.
+    """
+
+    clusters: NDArray[np.int64]
+    weights: NDArray[np.float64]
+
+    @classmethod
+    def of(cls, clusters: ArrayLike, weights: ArrayLike) -> SoftContexts:
+        """Validated contexts; a single request may be given as 1-d arrays."""
+        c = np.asarray(clusters)
+        w = np.asarray(weights, dtype=np.float64)
+        if c.ndim == 1:
+            c = c[None, :]
+        if w.ndim == 1:
+            w = w[None, :]
+        if c.ndim != 2 or c.shape != w.shape:
+            raise ValueError(
+                f"soft contexts: clusters {c.shape} and weights {w.shape} must both be [batch, K]"
+            )
+        if c.size and not np.issubdtype(c.dtype, np.integer):
+            raise ValueError(f"soft contexts: cluster ids must be integers, got {c.dtype}")
+        if not np.isfinite(w).all():
+            raise ValueError("soft contexts: weights contain NaN or infinity")
+        if (w < 0).any():
+            raise ValueError("soft contexts: weights must be >= 0")
+        c = c.astype(np.int64)
+        if ((c < 0) & (w > 0)).any():
+            raise ValueError("soft contexts: a padding cluster (-1) has a non-zero weight")
+        return cls(c, w)
+
+    def __len__(self) -> int:
+        return int(self.clusters.shape[0])
+
+
+def _as_contexts(contexts: SoftContexts | tuple[ArrayLike, ArrayLike]) -> SoftContexts:
+    if isinstance(contexts, SoftContexts):
+        return contexts
+    if isinstance(contexts, tuple) and len(contexts) == 2:
+        return SoftContexts.of(*contexts)
+    raise TypeError(
+        "graph-mode contexts must be SoftContexts or a (clusters, weights) pair, got "
+        f"{type(contexts).__name__}"
+    )
+
+
+@dataclass
+class GraphStats:
+    """Additive per-edge statistics over a cluster→item graph (see module docs).
+
+    Edges are sorted by (cluster, item row); ``indptr`` is the CSR index of each cluster's edges.
+    ``space`` names the graph/embedding version: statistics of different graphs never merge.
+    """
+
+    items: ItemIndex
+    n_clusters: int
+    edge_cluster: NDArray[np.int64]
+    edge_row: NDArray[np.intp]
+    sxx: NDArray[np.float64]
+    sxr: NDArray[np.float64]
+    count: NDArray[np.float64]
+    lam: float = 1.0
+    weighting: Weighting = "squared"
+    prior_mean: NDArray[np.float64] | None = None
+    space: str = ""
+    version: int = 0
+    skipped: int = 0
+    indptr: NDArray[np.intp] = field(init=False, repr=False)
+    _keys: NDArray[np.int64] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.weighting not in ("squared", "linear"):
+            raise ValueError(f"weighting must be 'squared' or 'linear', got {self.weighting!r}")
+        self._keys = self.edge_cluster * max(len(self.items), 1) + self.edge_row
+        if self._keys.size and (np.diff(self._keys) <= 0).any():
+            raise ValueError("graph edges must be sorted by (cluster, item) without duplicates")
+        self.indptr = np.searchsorted(self.edge_cluster, np.arange(self.n_clusters + 1))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def empty(
+        cls,
+        items: ArrayLike,
+        n_clusters: int,
+        edge_clusters: ArrayLike,
+        edge_items: ArrayLike,
+        *,
+        lam: float = 1.0,
+        weighting: Weighting = "squared",
+        prior_mean: ArrayLike | None = None,
+        space: str = "",
+    ) -> GraphStats:
+        """Zero statistics on the edges (edge_clusters[e], edge_items[e]) (any order)."""
+        index = ItemIndex(items)
+        c = np.asarray(edge_clusters, dtype=np.int64).ravel()
+        ids = np.asarray(edge_items, dtype=np.int64).ravel()
+        if c.shape != ids.shape:
+            raise ValueError("edge_clusters and edge_items must have the same length")
+        if c.size and (c.min() < 0 or c.max() >= n_clusters):
+            raise ValueError(f"edge cluster ids must be in [0, {n_clusters})")
+        rows = index.rows(ids, name="edge items")
+        keys = c * max(len(index), 1) + rows
+        order = np.argsort(keys, kind="stable")
+        if keys.size and (np.diff(keys[order]) == 0).any():
+            raise ValueError("duplicate (cluster, item) edges")
+        stats = cls(
+            items=index, n_clusters=int(n_clusters), edge_cluster=c[order],
+            edge_row=rows[order].astype(np.intp), sxx=np.zeros(c.size), sxr=np.zeros(c.size),
+            count=np.zeros(c.size), lam=check_positive(lam, "lam"), weighting=weighting,
+            space=space,
+        )
+        if prior_mean is not None:
+            mu = np.broadcast_to(np.asarray(prior_mean, dtype=np.float64), (c.size,))[order]
+            if not np.isfinite(mu).all():
+                raise ValueError("prior_mean: contains NaN or infinity")
+            stats.prior_mean = np.array(mu)
+        return stats
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.edge_cluster.size)
+
+    @property
+    def item_ids(self) -> NDArray[np.int64]:
+        return self.items.ids
+
+    @property
+    def edge_items(self) -> NDArray[np.int64]:
+        """Item id of every edge."""
+        return self.items.ids[self.edge_row]
+
+    @property
+    def d(self) -> NDArray[np.float64]:
+        return self.lam + self.sxx
+
+    def _like(self, keep: NDArray[np.intp]) -> GraphStats:
+        """Zero-sum statistics on a subset of this graph's edges (the shape of a delta)."""
+        return GraphStats(
+            items=self.items, n_clusters=self.n_clusters, edge_cluster=self.edge_cluster[keep],
+            edge_row=self.edge_row[keep], sxx=np.zeros(keep.size), sxr=np.zeros(keep.size),
+            count=np.zeros(keep.size), lam=self.lam, weighting=self.weighting, space=self.space,
+        )
+
+    # ------------------------------------------------------------------ learning
+    def _edge_sums(
+        self, contexts: SoftContexts | tuple[ArrayLike, ArrayLike], items: ArrayLike,
+        rewards: ArrayLike, reward_range: tuple[float, float],
+    ) -> tuple[NDArray[np.intp], NDArray[np.float64], NDArray[np.float64],
+               NDArray[np.float64], int]:
+        ctx = _as_contexts(contexts)
+        self._check_clusters(ctx)
+        batch = len(ctx)
+        rows = self.items.rows(check_items(items, batch))
+        r = check_rewards(rewards, batch, reward_range)
+        w = ctx.weights
+        active = w > 0
+        keys = ctx.clusters * self.n_items + rows[:, None]
+        pos = np.searchsorted(self._keys, keys[active])
+        hit = pos < self._keys.size
+        hit[hit] = self._keys[pos[hit]] == keys[active][hit]
+        edges = pos[hit]
+        wa = w[active][hit]
+        ra = np.broadcast_to(r[:, None], w.shape)[active][hit]
+        sq = wa * wa if self.weighting == "squared" else wa
+        uniq, inv = np.unique(edges, return_inverse=True)
+        m = uniq.size
+        return (uniq, np.bincount(inv, weights=sq, minlength=m),
+                np.bincount(inv, weights=wa * ra, minlength=m),
+                np.bincount(inv, minlength=m).astype(np.float64), int((~hit).sum()))
+
+    def delta_from_batch(
+        self, contexts: SoftContexts | tuple[ArrayLike, ArrayLike], items: ArrayLike,
+        rewards: ArrayLike, *, reward_range: tuple[float, float] = (-np.inf, np.inf),
+    ) -> GraphStats:
+        """The statistics of one batch alone, on the edges it touched."""
+        edges, sxx, sxr, count, skipped = self._edge_sums(contexts, items, rewards, reward_range)
+        delta = self._like(edges)
+        delta.sxx, delta.sxr, delta.count, delta.skipped = sxx, sxr, count, skipped
+        return delta
+
+    def learn(
+        self, contexts: SoftContexts | tuple[ArrayLike, ArrayLike], items: ArrayLike,
+        rewards: ArrayLike, *, reward_range: tuple[float, float] = (-np.inf, np.inf),
+    ) -> GraphStats:
+        """Add one batch in place; returns ``self``."""
+        edges, sxx, sxr, count, skipped = self._edge_sums(contexts, items, rewards, reward_range)
+        self.sxx[edges] += sxx
+        self.sxr[edges] += sxr
+        self.count[edges] += count
+        self.skipped += skipped
+        self.version += 1
+        return self
+
+    def _check_clusters(self, ctx: SoftContexts) -> None:
+        active = ctx.weights > 0
+        if active.any() and ctx.clusters[active].max() >= self.n_clusters:
+            raise ValueError(
+                f"soft contexts: cluster id {int(ctx.clusters[active].max())} is out of range for "
+                f"a graph of {self.n_clusters} clusters (was the graph rebuilt?)"
+            )
+
+    # ------------------------------------------------------------------ catalogue changes
+    def _rebuilt(self, items: NDArray[np.int64], clusters: NDArray[np.int64],
+                 edge_items: NDArray[np.int64], keep_edges: NDArray[np.bool_]) -> None:
+        """Replace the graph by the kept old edges plus new zero edges, sums carried over."""
+        old_c, old_i = self.edge_cluster[keep_edges], self.edge_items[keep_edges]
+        fresh = GraphStats.empty(
+            items, self.n_clusters, np.concatenate([old_c, clusters]),
+            np.concatenate([old_i, edge_items]), lam=self.lam, weighting=self.weighting,
+            space=self.space,
+        )
+        pos = np.searchsorted(fresh._keys, old_c * fresh.n_items + fresh.items.rows(old_i))
+        for name in ("sxx", "sxr", "count"):
+            getattr(fresh, name)[pos] = getattr(self, name)[keep_edges]
+        if self.prior_mean is not None:
+            fresh.prior_mean = np.zeros(fresh.n_edges)
+            fresh.prior_mean[pos] = self.prior_mean[keep_edges]
+        self.items, self.edge_cluster = fresh.items, fresh.edge_cluster
+        self.edge_row = fresh.edge_row
+        self.sxx, self.sxr, self.count = fresh.sxx, fresh.sxr, fresh.count
+        self.prior_mean, self.indptr, self._keys = fresh.prior_mean, fresh.indptr, fresh._keys
+        self.version += 1
+
+    def add_edges(self, edge_clusters: ArrayLike, edge_items: ArrayLike) -> GraphStats:
+        """Add new (cluster, item) edges with zero statistics, adding unknown items, in place."""
+        c = np.asarray(edge_clusters, dtype=np.int64).ravel()
+        ids = np.asarray(edge_items, dtype=np.int64).ravel()
+        items = np.union1d(self.items.ids, ids)
+        self._rebuilt(items, c, ids, np.ones(self.n_edges, dtype=bool))
+        return self
+
+    def retire_items(self, items: ArrayLike) -> GraphStats:
+        """Drop items and all their edges in place; unknown ids raise."""
+        gone = np.asarray(items, dtype=np.int64).ravel()
+        rows = self.items.rows(gone, name="retire_items")
+        keep_items = np.ones(self.n_items, dtype=bool)
+        keep_items[rows] = False
+        empty = np.zeros(0, dtype=np.int64)
+        self._rebuilt(self.items.ids[keep_items], empty, empty, keep_items[self.edge_row])
+        return self
+
+    # ------------------------------------------------------------------ algebra
+    def merge(self, other: GraphStats) -> GraphStats:
+        """A new GraphStats = self + other on the union of their edges (same items and graph)."""
+        if not isinstance(other, GraphStats):
+            raise TypeError(f"cannot merge GraphStats with {type(other).__name__}")
+        same = (self.items == other.items and self.n_clusters == other.n_clusters
+                and self.lam == other.lam and self.weighting == other.weighting
+                and self.space == other.space)
+        if not same:
+            raise ValueError("cannot merge GraphStats of different graphs, items, λ, weighting "
+                             "or space: migrate or reset statistics when the graph changes")
+        if self.prior_mean is not None and other.prior_mean is not None:
+            raise ValueError("cannot merge two GraphStats that both carry prior means")
+        keys = np.union1d(self._keys, other._keys)
+        n = max(self.n_items, 1)
+        out = GraphStats(
+            items=self.items, n_clusters=self.n_clusters, edge_cluster=keys // n,
+            edge_row=(keys % n).astype(np.intp), sxx=np.zeros(keys.size),
+            sxr=np.zeros(keys.size), count=np.zeros(keys.size), lam=self.lam,
+            weighting=self.weighting, space=self.space,
+            version=max(self.version, other.version), skipped=self.skipped + other.skipped,
+        )
+        for part in (self, other):
+            pos = np.searchsorted(keys, part._keys)
+            out.sxx[pos] += part.sxx
+            out.sxr[pos] += part.sxr
+            out.count[pos] += part.count
+            if part.prior_mean is not None:
+                out.prior_mean = np.zeros(keys.size)
+                out.prior_mean[pos] = part.prior_mean
+        return out
+
+    def decay(self, factor: float) -> GraphStats:
+        """Multiply every sum by ``factor`` in (0, 1] in place (commutes with merge)."""
+        f = float(factor)
+        if not (0.0 < f <= 1.0):
+            raise ValueError(f"decay factor must be in (0, 1], got {factor!r}")
+        self.sxx *= f
+        self.sxr *= f
+        self.count *= f
+        self.version += 1
+        return self
+
+    def allclose(self, other: GraphStats, *, rtol: float = 1e-10, atol: float = 1e-10) -> bool:
+        """Same edges and sums up to float rounding."""
+        return (isinstance(other, GraphStats) and np.array_equal(self._keys, other._keys)
+                and all(np.allclose(a, b, rtol=rtol, atol=atol) for a, b in
+                        ((self.sxx, other.sxx), (self.sxr, other.sxr),
+                         (self.count, other.count))))
+
+    # ------------------------------------------------------------------ posterior
+    def posterior(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Per-edge posterior mean θ̂ = (λμ₀ + b)/d and variance 1/d."""
+        d = self.lam + self.sxx
+        num = self.sxr if self.prior_mean is None else self.sxr + self.lam * self.prior_mean
+        return num / d, 1.0 / d
+
+    def moments(
+        self, contexts: SoftContexts | tuple[ArrayLike, ArrayLike]
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+        """Score mean and variance [batch, n_items] and the candidate mask (graph neighbours)."""
+        ctx = _as_contexts(contexts)
+        self._check_clusters(ctx)
+        batch = len(ctx)
+        active = ctx.weights > 0
+        req, slot = np.nonzero(active)
+        c = ctx.clusters[req, slot]
+        w = ctx.weights[req, slot]
+        starts, stops = self.indptr[c], self.indptr[c + 1]
+        lengths = stops - starts
+        total = int(lengths.sum())
+        # every edge of every active cluster, without a Python loop over requests
+        offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+        edges = offsets + np.arange(total)
+        er = np.repeat(req, lengths)
+        ew = np.repeat(w, lengths)
+        theta, inv_d = self.posterior()
+        cell = er * self.n_items + self.edge_row[edges]
+        size = batch * self.n_items
+        mean = np.bincount(cell, weights=ew * theta[edges], minlength=size)
+        var = np.bincount(cell, weights=ew * ew * inv_d[edges], minlength=size)
+        wsum = np.bincount(cell, weights=ew, minlength=size)
+        eligible = wsum > 0
+        if self.weighting == "linear":
+            safe = np.where(eligible, wsum, 1.0)
+            mean, var = mean / safe, var / (safe * safe)
+        shape = (batch, self.n_items)
+        return mean.reshape(shape), var.reshape(shape), eligible.reshape(shape)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write an ``.npz`` file (plain arrays only)."""
+        arrays = {"items": self.items.ids, "edge_cluster": self.edge_cluster,
+                  "edge_row": self.edge_row.astype(np.int64), "sxx": self.sxx, "sxr": self.sxr,
+                  "count": self.count}
+        if self.prior_mean is not None:
+            arrays["prior_mean"] = self.prior_mean
+        meta = {"n_clusters": self.n_clusters, "lam": self.lam, "weighting": self.weighting,
+                "space": self.space, "version": self.version, "skipped": self.skipped}
+        write_npz(path, FORMAT, meta, arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> GraphStats:
+        """Read a file written by :meth:`save`."""
+        meta, a = read_npz(path, FORMAT)
+        return cls(
+            items=ItemIndex(a["items"]), n_clusters=int(meta["n_clusters"]),
+            edge_cluster=a["edge_cluster"], edge_row=a["edge_row"].astype(np.intp),
+            sxx=a["sxx"], sxr=a["sxr"], count=a["count"], lam=float(meta["lam"]),
+            weighting=meta["weighting"], prior_mean=a.get("prior_mean"),
+            space=str(meta["space"]), version=int(meta["version"]),
+            skipped=int(meta["skipped"]),
+        )
