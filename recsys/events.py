@@ -186,6 +186,8 @@ def decode(data: bytes) -> Event:
     except EventValidationError:
         raise
     except msgspec.ValidationError as exc:
+        if str(exc).startswith("Expected `object`"):  # not even a map: not an event record
+            raise EventValidationError(f"not a msgpack-encoded event record: {exc}") from exc
         raise EventValidationError(f"invalid event: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise EventValidationError(f"not a msgpack-encoded event: {exc}") from exc

@@ -22,3 +22,58 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"real data not found at {path} (set RECSYS_SHARED_DATA to its location)")
     return path
+
+
+# -- real services, started once per test session ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """A real Kafka broker: $RECSYS_KAFKA_BOOTSTRAP if set, else the embedded one, started once."""
+    external = os.environ.get("RECSYS_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    from streaming.broker import EmbeddedKafka
+
+    broker = EmbeddedKafka(startup_timeout_s=90)
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def unique_topics(kafka_bootstrap: str):
+    """Make fresh topics for one test: ``unique_topics({"impressions": 3})`` -> {"impressions": name}."""
+    import uuid
+
+    from streaming.topics import ensure_topics
+
+    def make(spec: dict[str, int]) -> dict[str, str]:
+        suffix = uuid.uuid4().hex[:8]
+        names = {role: f"test.{role}.{suffix}" for role in spec}
+        counts = ensure_topics(kafka_bootstrap, {names[r]: n for r, n in spec.items()})
+        assert all(counts[names[r]] == n for r, n in spec.items()), counts
+        return names
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray instance for the whole session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
+                 log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path) -> str:
+    """A real mlflow store in a fresh sqlite file; returns its tracking URI."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

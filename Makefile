@@ -1,0 +1,56 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both set everything up first
+# (virtualenv, torch, the project, the Kafka broker jars) and skip what is already there.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH_VERSION := 2.13.0
+KAFKA_LIB := infra/kafka/lib
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup kafka-jars lint bench clean distclean help
+
+help:
+	@echo "make demo   - set up and run the end-to-end demo on embedded Kafka, Ray and mlflow"
+	@echo "make test   - set up and run the test suite (real Kafka broker, Ray and mlflow store)"
+	@echo "make lint   - ruff"
+	@echo "make bench  - benchmark scripts under tests/benchmarks"
+
+demo: setup
+	$(BIN)/recsys demo
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+setup: $(VENV)/.stamp-install $(KAFKA_LIB)/.stamp
+
+# torch is installed on its own, first and pinned, so that nothing else pulls a second build.
+$(VENV)/.stamp-install: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required; set PYTHON=/path/to/python3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+kafka-jars: $(KAFKA_LIB)/.stamp
+
+$(KAFKA_LIB)/.stamp: infra/kafka/pom.xml
+	@command -v java >/dev/null || { echo "Java 17+ is required to run the Kafka broker"; exit 1; }
+	@command -v mvn >/dev/null || { echo "Maven is required to resolve the Kafka broker jars"; exit 1; }
+	rm -rf $(KAFKA_LIB)
+	mvn -q -f infra/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=lib
+	touch $@
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	@for script in tests/benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf .pytest_cache .ruff_cache .hypothesis tests/benchmarks/results
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) $(KAFKA_LIB) .recsys

@@ -1,0 +1,71 @@
+"""Resolve the services a command needs from configuration: use what is configured, start what
+is not, and stop only what was started here."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from recsys.config import Settings
+from streaming.broker import EmbeddedKafka, is_our_jvm, metadata_available, read_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KafkaCluster:
+    """A reachable cluster: its bootstrap servers, client options, and how we got it."""
+
+    bootstrap: str
+    client_options: dict
+    origin: str  # "configured", "detached broker", or "embedded broker"
+    startup_seconds: float | None = None
+
+
+@contextlib.contextmanager
+def kafka_cluster(settings: Settings) -> Iterator[KafkaCluster]:
+    """The configured cluster; else a broker left running by ``recsys broker start``; else an
+    embedded broker started now and stopped (with its data deleted) when the block exits."""
+    options = settings.kafka.client_options()
+    if settings.kafka.bootstrap:
+        yield KafkaCluster(settings.kafka.bootstrap, options, "configured")
+        return
+    state = read_state(settings.kafka_data_dir)
+    if state is not None and is_our_jvm(state) and metadata_available(state.bootstrap):
+        yield KafkaCluster(state.bootstrap, {}, "detached broker")
+        return
+    broker = EmbeddedKafka.from_settings(settings, temporary=True)
+    broker.start()
+    try:
+        yield KafkaCluster(broker.bootstrap, {}, "embedded broker", broker.startup_seconds)
+    finally:
+        broker.stop()
+
+
+@contextlib.contextmanager
+def ray_runtime(settings: Settings) -> Iterator[str]:
+    """Connect to ``ray.address`` or start a local instance; reuse one already initialised in this
+    process (tests start Ray once per session) and shut down only what was started here."""
+    import ray
+
+    if ray.is_initialized():
+        yield "already initialised"
+        return
+    if settings.ray.address:
+        ray.init(address=settings.ray.address, logging_level=logging.WARNING)
+        origin = f"cluster at {settings.ray.address}"
+    else:
+        ray.init(
+            num_cpus=settings.ray.num_cpus,
+            include_dashboard=False,
+            object_store_memory=settings.ray.object_store_memory_mb * 1024 * 1024,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+        origin = "local instance"
+    try:
+        yield origin
+    finally:
+        ray.shutdown()
