@@ -136,8 +136,14 @@ class ReplayMethod(BaseOffPolicyEstimator):
             reward=reward, action=action, action_dist=action_dist, position=position
         )
 
-    def _inputs(self, action_dist: Any, reward: Any = None, action: Any = None,
-                position: Any = None, **_: Any) -> dict[str, np.ndarray]:  # fmt: skip
+    def _inputs(
+        self,
+        action_dist: Any,
+        reward: Any = None,
+        action: Any = None,
+        position: Any = None,
+        **_: Any,
+    ) -> dict[str, np.ndarray]:
         if reward is None or action is None:
             raise ValueError("`reward` and `action` are required by ReplayMethod")
         return {
@@ -188,14 +194,14 @@ class InverseProbabilityWeighting(BaseOffPolicyEstimator):
             estimated_pscore=estimated_pscore,
         )
 
-    def importance_weights(self, action: np.ndarray, pscore: np.ndarray,
-                           action_dist: np.ndarray, position: np.ndarray) -> np.ndarray:  # fmt: skip
-        """Unclipped weights π_e(a_i | x_i, k_i) / π_b(a_i | x_i, k_i)."""
-        return _factual(action_dist, action, position) / pscore
+    def importance_weights(
+        self, action: np.ndarray, pscore: np.ndarray, action_dist: np.ndarray, position: np.ndarray
+    ) -> np.ndarray:
+        """Weights π_e(a_i | x_i, k_i) / π_b(a_i | x_i, k_i), clipped at ``lambda_``."""
+        return np.minimum(_factual(action_dist, action, position) / pscore, self.lambda_)
 
     def _round_rewards(self, reward, action, pscore, action_dist, position, **_):  # type: ignore[override]
-        iw = np.minimum(self.importance_weights(action, pscore, action_dist, position), self.lambda_)
-        return reward * iw
+        return reward * self.importance_weights(action, pscore, action_dist, position)
 
 
 @dataclass
@@ -206,7 +212,7 @@ class SelfNormalizedInverseProbabilityWeighting(InverseProbabilityWeighting):
     estimator_name: str = "snipw"
 
     def _round_rewards(self, reward, action, pscore, action_dist, position, **_):  # type: ignore[override]
-        iw = np.minimum(self.importance_weights(action, pscore, action_dist, position), self.lambda_)
+        iw = self.importance_weights(action, pscore, action_dist, position)
         return reward * iw / iw.mean()
 
 
@@ -232,8 +238,13 @@ class DirectMethod(BaseOffPolicyEstimator):
             position=position,
         )
 
-    def _inputs(self, action_dist: Any, estimated_rewards_by_reg_model: Any = None,
-                position: Any = None, **_: Any) -> dict[str, np.ndarray]:  # fmt: skip
+    def _inputs(
+        self,
+        action_dist: Any,
+        estimated_rewards_by_reg_model: Any = None,
+        position: Any = None,
+        **_: Any,
+    ) -> dict[str, np.ndarray]:
         return super()._inputs(
             action_dist=action_dist,
             estimated_rewards_by_reg_model=estimated_rewards_by_reg_model,

@@ -25,9 +25,9 @@ def as_array(value: object, name: str, ndim: int) -> np.ndarray:
 def _check_finite(array: np.ndarray, name: str) -> None:
     # One summing pass: any NaN or infinity makes the sum non-finite (cheaper than isfinite on
     # the 300M-cell arrays of a large evaluation).
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array.sum()):
-        if not np.isfinite(array).all():
-            raise ValueError(f"`{name}` contains NaN or infinite values")
+    floating = np.issubdtype(array.dtype, np.floating)
+    if floating and not np.isfinite(array.sum()) and not np.isfinite(array).all():
+        raise ValueError(f"`{name}` contains NaN or infinite values")
 
 
 def _check_index(array: np.ndarray, name: str, upper: int, upper_name: str) -> None:
@@ -77,9 +77,7 @@ def check_ope_inputs(
     else:
         pos = as_array(position, "position", 1)
         if pos.shape[0] != n_rounds:
-            raise ValueError(
-                f"`position` has {pos.shape[0]} rounds but action_dist has {n_rounds}"
-            )
+            raise ValueError(f"`position` has {pos.shape[0]} rounds but action_dist has {n_rounds}")
         _check_index(pos, "position", len_list, "action_dist.shape[2]")
     out["position"] = pos
 

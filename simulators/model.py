@@ -1,0 +1,244 @@
+"""A parametric slate user simulator with a vectorised batch API.
+
+Users and items have latent vectors; a policy only sees noisy, partial views of them (the
+observable features). A request is one user arriving; the policy shows a slate of ``slate_size``
+items; the user makes one listwise choice among the shown items plus "no click":
+
+    P(click slot k) = θ_k exp(s_k) / (exp(b) + Σ_j θ_j exp(s_j)),   P(no click) = exp(b) / (...)
+
+with s = affinity · ⟨u, v⟩ / √d + item bias − fatigue, θ_k = position_decay**k the position's
+examination weight and b the no-click utility (Eide et al.'s slate likelihood with positions).
+Every optional effect (popularity skew of who arrives, accidental clicks, preference drift, new
+items, fatigue) is off by default and seeded. Requests in one batch are simultaneous: state that
+effects change (drift, fatigue, item arrivals) moves between batches, never inside one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """Hyperparameters of the simulated world; ``seed`` fixes the world (latents, features)."""
+
+    n_users: int = 1000
+    n_items: int = 100
+    dim: int = 16
+    slate_size: int = 3
+    observed_dims: int | None = None
+    """How many latent dimensions the features expose (None: all)."""
+    feature_noise: float = 0.5
+    affinity: float = 1.0
+    item_bias_std: float = 0.5
+    no_click_utility: float = 4.5
+    """b in the choice model; the default gives a click-through rate of a few percent."""
+    position_decay: float = 0.7
+    popularity_bias: float = 0.0
+    """Zipf exponent of user activity: > 0 makes a few users produce most requests."""
+    click_noise: float = 0.0
+    """Probability that a request ends in an accidental click on a random shown item."""
+    drift_std: float = 0.0
+    """Per-request random-walk step of a user's latent vector."""
+    new_item_fraction: float = 0.0
+    new_item_horizon: int = 100_000
+    """New items arrive uniformly over this many requests."""
+    fatigue_strength: float = 0.0
+    fatigue_decay: float = 0.9
+    """Exposure counts decay by this factor per request of the same user."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive = ("n_users", "n_items", "dim", "slate_size", "new_item_horizon")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+        if self.slate_size > self.n_items:
+            raise ValueError(
+                f"`slate_size` ({self.slate_size}) cannot exceed `n_items` ({self.n_items})"
+            )
+        if self.observed_dims is not None and not 1 <= self.observed_dims <= self.dim:
+            raise ValueError(f"`observed_dims` must be in [1, dim={self.dim}]")
+        for name in ("click_noise", "new_item_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 < self.position_decay <= 1.0:
+            raise ValueError(f"`position_decay` must be in (0, 1], got {self.position_decay}")
+        if not 0.0 <= self.fatigue_decay <= 1.0:
+            raise ValueError(f"`fatigue_decay` must be in [0, 1], got {self.fatigue_decay}")
+        for name in ("feature_noise", "drift_std", "fatigue_strength", "popularity_bias"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Requests:
+    """A batch of simultaneous requests."""
+
+    user_id: np.ndarray  # (B,) int
+    context: np.ndarray  # (B, n_features) float: what the policy may use
+    time: np.ndarray  # (B,) int: global request counter
+    available: np.ndarray  # (n_items,) bool: items that exist at this time
+
+    def __len__(self) -> int:
+        return int(self.user_id.shape[0])
+
+
+@dataclass(frozen=True)
+class Responses:
+    """What the users did with the slates of one batch."""
+
+    clicked_position: np.ndarray  # (B,) int, -1 for no click
+    clicks: np.ndarray  # (B, K) int8 one-hot of the click
+    noise: np.ndarray  # (B,) bool: the click was accidental (ground-truth noise label)
+    click_probabilities: np.ndarray = field(repr=False)  # (B, K + 1), last column = no click
+
+
+class SlateSimulator:
+    """The world: latents, observable features, and the choice model. Stateful only through the
+    optional effects; ``rng`` arguments make every random draw reproducible."""
+
+    def __init__(self, config: SimulatorConfig | None = None) -> None:
+        self.config = config = config or SimulatorConfig()
+        world = np.random.default_rng(config.seed)
+        d = config.dim
+        self.user_latent = world.standard_normal((config.n_users, d))
+        self.item_latent = world.standard_normal((config.n_items, d))
+        self.item_bias = config.item_bias_std * world.standard_normal(config.n_items)
+        obs = config.observed_dims or d
+        self._user_feature_noise = config.feature_noise * world.standard_normal(
+            (config.n_users, obs)
+        )
+        self.item_features = self.item_latent[:, :obs] + config.feature_noise * (
+            world.standard_normal((config.n_items, obs))
+        )
+        ranks = np.arange(1, config.n_users + 1, dtype=float)
+        activity = ranks ** (-config.popularity_bias)
+        self.user_weights = activity[world.permutation(config.n_users)] / activity.sum()
+        n_new = int(round(config.new_item_fraction * config.n_items))
+        self.item_arrival = np.zeros(config.n_items, dtype=np.int64)
+        if n_new:
+            new = world.choice(config.n_items, size=n_new, replace=False)
+            self.item_arrival[new] = world.integers(1, config.new_item_horizon + 1, size=n_new)
+        self.examination = config.position_decay ** np.arange(config.slate_size)
+        self.time = 0
+        self._fatigue = self._fatigue_clock = self._user_clock = None
+        if config.fatigue_strength > 0:
+            self._fatigue = np.zeros((config.n_users, config.n_items), dtype=np.float32)
+            self._fatigue_clock = np.zeros((config.n_users, config.n_items), dtype=np.int32)
+            self._user_clock = np.zeros(config.n_users, dtype=np.int32)
+        self._rng = np.random.default_rng(world.integers(2**63))
+
+    # ----------------------------------------------------------------------------- observation
+    @property
+    def n_features(self) -> int:
+        return self.item_features.shape[1]
+
+    def user_features(self, user_id: np.ndarray | None = None) -> np.ndarray:
+        """The noisy, partial view of user latents that policies see."""
+        obs = self.n_features
+        if user_id is None:
+            return self.user_latent[:, :obs] + self._user_feature_noise
+        return self.user_latent[user_id, :obs] + self._user_feature_noise[user_id]
+
+    def available_items(self, time: int | None = None) -> np.ndarray:
+        """Items that have arrived by ``time`` (default: now)."""
+        return self.item_arrival <= (self.time if time is None else time)
+
+    def sample_requests(self, n: int, rng: np.random.Generator | None = None) -> Requests:
+        """Draw ``n`` simultaneous requests (users by activity weight)."""
+        rng = rng or self._rng
+        if self.config.popularity_bias == 0:
+            users = rng.integers(self.config.n_users, size=n)
+        else:
+            users = rng.choice(self.config.n_users, size=n, p=self.user_weights)
+        times = self.time + np.arange(n)
+        return Requests(users, self.user_features(users), times, self.available_items())
+
+    # ------------------------------------------------------------------------------ the model
+    def utilities(self, user_id: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """s for each (user, item) pair; ``items`` is (B, K) or (B,) matching ``user_id``."""
+        u = self.user_latent[user_id]
+        v = self.item_latent[items]
+        if items.ndim == 2:
+            dot = np.einsum("bd,bkd->bk", u, v)
+        else:
+            dot = np.einsum("bd,bd->b", u, v)
+        s = self.config.affinity * dot / np.sqrt(self.config.dim) + self.item_bias[items]
+        if self._fatigue is not None:
+            s = s - self.config.fatigue_strength * self._fatigue_level(user_id, items)
+        return s
+
+    def _fatigue_level(self, user_id: np.ndarray, items: np.ndarray) -> np.ndarray:
+        users = user_id[:, None] if items.ndim == 2 else user_id
+        elapsed = self._user_clock[users] - self._fatigue_clock[users, items]
+        return self._fatigue[users, items] * self.config.fatigue_decay**elapsed
+
+    def click_probabilities(self, user_id: np.ndarray, slates: np.ndarray) -> np.ndarray:
+        """(B, K + 1) probabilities of clicking each slot, last column no click, accidental
+        clicks included (they are what the logs record)."""
+        slates = np.asarray(slates)
+        if slates.ndim != 2 or slates.shape[0] != len(user_id):
+            raise ValueError(f"`slates` must be (n_requests, slate_size), got {slates.shape}")
+        k = slates.shape[1]
+        s = self.utilities(user_id, slates)
+        weights = np.exp(s) * self.examination[:k]
+        no_click = np.full((len(user_id), 1), np.exp(self.config.no_click_utility))
+        probs = np.concatenate([weights, no_click], axis=1)
+        probs /= probs.sum(axis=1, keepdims=True)
+        eps = self.config.click_noise
+        if eps:
+            probs *= 1 - eps
+            probs[:, :k] += eps / k
+        return probs
+
+    def respond(
+        self, requests: Requests, slates: np.ndarray, rng: np.random.Generator | None = None
+    ) -> Responses:
+        """Users choose among their slates; then time and the optional effects move on."""
+        rng = rng or self._rng
+        slates = np.asarray(slates)
+        self._check_slates(requests, slates)
+        probs = self.click_probabilities(requests.user_id, slates)
+        n, k = slates.shape
+        eps = self.config.click_noise
+        pref = probs if not eps else (probs - np.r_[np.full(k, eps / k), 0.0]) / (1 - eps)
+        u = rng.random(n)[:, None]
+        choice = (pref.cumsum(axis=1) < u).sum(axis=1)  # in [0, k]; k means no click
+        noise = np.zeros(n, dtype=bool)
+        if eps:
+            noise = rng.random(n) < eps
+            choice[noise] = rng.integers(k, size=int(noise.sum()))
+        choice = np.minimum(choice, k)
+        clicked = np.where(choice < k, choice, -1)
+        clicks = np.zeros((n, k), dtype=np.int8)
+        rows = np.flatnonzero(clicked >= 0)
+        clicks[rows, clicked[rows]] = 1
+        self._advance(requests, slates, rng)
+        return Responses(clicked, clicks, noise, probs)
+
+    def _check_slates(self, requests: Requests, slates: np.ndarray) -> None:
+        if slates.ndim != 2 or slates.shape[0] != len(requests):
+            raise ValueError(f"`slates` must be (n_requests, slate_size), got {slates.shape}")
+        if slates.min() < 0 or slates.max() >= self.config.n_items:
+            raise ValueError(f"`slates` item ids must be in [0, {self.config.n_items})")
+        if not requests.available.all() and not requests.available[slates].all():
+            raise ValueError("`slates` show items that have not arrived yet")
+
+    def _advance(self, requests: Requests, slates: np.ndarray, rng: np.random.Generator) -> None:
+        """Between batches: drift the users who came, add exposures, move the clock."""
+        cfg = self.config
+        if cfg.drift_std:
+            counts = np.bincount(requests.user_id, minlength=cfg.n_users)
+            seen = np.flatnonzero(counts)
+            steps = np.sqrt(counts[seen])[:, None] * rng.standard_normal((seen.size, cfg.dim))
+            self.user_latent[seen] += cfg.drift_std * steps
+        if self._fatigue is not None:
+            users = np.broadcast_to(requests.user_id[:, None], slates.shape)
+            level = self._fatigue_level(requests.user_id, slates)
+            np.add.at(self._user_clock, requests.user_id, 1)
+            self._fatigue[users, slates] = level + 1.0
+            self._fatigue_clock[users, slates] = self._user_clock[users]
+        self.time += len(requests)
