@@ -117,7 +117,7 @@ class SlateSimulator:
         ranks = np.arange(1, config.n_users + 1, dtype=float)
         activity = ranks ** (-config.popularity_bias)
         self.user_weights = activity[world.permutation(config.n_users)] / activity.sum()
-        n_new = int(round(config.new_item_fraction * config.n_items))
+        n_new = round(config.new_item_fraction * config.n_items)
         self.item_arrival = np.zeros(config.n_items, dtype=np.int64)
         if n_new:
             new = world.choice(config.n_items, size=n_new, replace=False)
@@ -162,10 +162,7 @@ class SlateSimulator:
         """s for each (user, item) pair; ``items`` is (B, K) or (B,) matching ``user_id``."""
         u = self.user_latent[user_id]
         v = self.item_latent[items]
-        if items.ndim == 2:
-            dot = np.einsum("bd,bkd->bk", u, v)
-        else:
-            dot = np.einsum("bd,bd->b", u, v)
+        dot = np.einsum("bd,bkd->bk" if items.ndim == 2 else "bd,bd->b", u, v)
         s = self.config.affinity * dot / np.sqrt(self.config.dim) + self.item_bias[items]
         if self._fatigue is not None:
             s = s - self.config.fatigue_strength * self._fatigue_level(user_id, items)
