@@ -1,0 +1,107 @@
+"""Logged propensities agree with how often the policy actually shows each item at each position."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recsys.bandits import DiagLinTS, DiagLinUCB, EpsilonGreedy, Greedy, InSlateTS, SquareCB
+
+N_ITEMS, DIM, K = 6, 3, 3
+REPEATS = 4000
+
+
+def trained(policy):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, DIM))
+    policy.init(np.arange(10, 10 + N_ITEMS), DIM)
+    policy.learn(x, rng.integers(10, 10 + N_ITEMS, 60), rng.random(60))
+    return policy
+
+
+def empirical(slate) -> dict[tuple[int, int], float]:
+    """Frequency of (item, position) over the repeated identical requests."""
+    freq: dict[tuple[int, int], float] = {}
+    for p in range(slate.items.shape[1]):
+        ids, counts = np.unique(slate.items[:, p], return_counts=True)
+        for i, c in zip(ids, counts, strict=True):
+            freq[(int(i), p)] = c / slate.items.shape[0]
+    return freq
+
+
+def check_against_frequency(slate, n_sigma: float = 4.5) -> None:
+    freq = empirical(slate)
+    for (item, p), f in freq.items():
+        rows = slate.items[:, p] == item
+        logged = slate.propensities[rows, p]
+        # exact propensities: identical on every row; MC: average the estimates
+        est = logged.mean()
+        mc_se = np.sqrt(np.mean(slate.propensity_se[rows, p] ** 2) / rows.sum())
+        se = np.sqrt(est * (1 - est) / REPEATS) + mc_se + 1e-12
+        assert abs(f - est) <= n_sigma * se, (item, p, f, est, se)
+
+
+@pytest.mark.parametrize("per_slot", [False, True])
+def test_thompson_mc_propensities_match_empirical_frequency(per_slot: bool) -> None:
+    policy = trained(DiagLinTS(v=2.0, n_mc_draws=200, per_slot=per_slot, random_state=1))
+    x = np.random.default_rng(5).normal(size=(1, DIM))
+    slate = policy.recommend(np.repeat(x, REPEATS, axis=0), k=K)
+    assert (slate.propensity_se > 0).any()
+    check_against_frequency(slate)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        EpsilonGreedy(0.3, random_state=2),
+        DiagLinUCB(alpha=1.0, epsilon=0.2, random_state=3),
+        SquareCB(gamma=10.0, random_state=4),
+        SquareCB(gamma=10.0, exploration_floor=0.1, random_state=5),
+        InSlateTS(v=1.0, n_mc_draws=200, exploration_floor=0.2, random_state=6),
+    ],
+    ids=["eps-greedy", "ucb-eps", "squarecb", "squarecb-floor", "inslate-ts-floor"],
+)
+def test_propensities_match_empirical_frequency(policy) -> None:
+    trained(policy)
+    x = np.random.default_rng(5).normal(size=(1, DIM))
+    slate = policy.recommend(np.repeat(x, REPEATS, axis=0), k=K)
+    check_against_frequency(slate)
+
+
+def test_exact_propensities_are_exact_and_sum_to_one_per_position() -> None:
+    """ε-greedy: every item's P(at p) is (1-ε)·greedy + ε/n; over all items it sums to one."""
+    policy = trained(EpsilonGreedy(0.25, random_state=7))
+    x = np.random.default_rng(8).normal(size=(1, DIM))
+    slate = policy.recommend(np.repeat(x, 3000, axis=0), k=K)
+    assert np.all(slate.propensity_se == 0)
+    for p in range(K):
+        seen = {int(i): float(slate.propensities[slate.items[:, p] == i, p][0])
+                for i in np.unique(slate.items[:, p])}
+        assert len(seen) == N_ITEMS  # with 3000 draws every item appears at every position
+        assert sum(seen.values()) == pytest.approx(1.0)
+
+
+def test_random_tie_breaking_spreads_a_cold_start_and_logs_1_over_n() -> None:
+    policy = Greedy(random_state=9).init(np.arange(N_ITEMS), DIM)
+    slate = policy.recommend(np.zeros((3000, DIM)), k=2)
+    np.testing.assert_allclose(slate.propensities, 1.0 / N_ITEMS)
+    counts = np.bincount(slate.items[:, 0], minlength=N_ITEMS)
+    assert counts.min() > 3000 / N_ITEMS * 0.8
+
+
+def test_exploration_floor_leaves_no_zero_propensity() -> None:
+    rng = np.random.default_rng(10)
+    for policy in (Greedy(exploration_floor=0.05, random_state=11),
+                   DiagLinTS(v=0.01, n_mc_draws=20, exploration_floor=0.05, random_state=12),
+                   SquareCB(gamma=1e6, exploration_floor=0.05, random_state=13)):
+        trained(policy)
+        slate = policy.recommend(rng.normal(size=(500, DIM)), k=K)
+        assert slate.propensities.min() >= 0.05 / N_ITEMS - 1e-12
+        assert slate.propensities.max() <= 1.0
+
+
+def test_slates_never_repeat_an_item() -> None:
+    policy = trained(InSlateTS(v=1.0, n_mc_draws=0, random_state=14))
+    slate = policy.recommend(np.random.default_rng(15).normal(size=(300, DIM)), k=N_ITEMS)
+    assert all(len(set(row)) == N_ITEMS for row in slate.items.tolist())
+    assert np.isnan(slate.propensities).all()  # n_mc_draws=0: explicitly not estimated
