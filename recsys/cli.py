@@ -28,18 +28,30 @@ _GLOBAL_FLAGS: list[tuple[str, str, str]] = [
 def _add_global_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
     default = argparse.SUPPRESS if suppress else None
     group = parser.add_argument_group("configuration (file < environment < these flags)")
-    group.add_argument("--config", default=default, metavar="PATH",
-                       help="TOML config file (default: $RECSYS_CONFIG, else ./recsys.toml)")
+    group.add_argument(
+        "--config",
+        default=default,
+        metavar="PATH",
+        help="TOML config file (default: $RECSYS_CONFIG, else ./recsys.toml)",
+    )
     for flag, key, help_text in _GLOBAL_FLAGS:
         group.add_argument(flag, dest=key, default=default, help=help_text)
-    group.add_argument("--set", dest="assignments", action="append", metavar="SECTION.KEY=VALUE",
-                       default=default, help="set any configuration key; repeatable")
+    group.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        default=default,
+        help="set any configuration key; repeatable",
+    )
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     settings: Settings = args.settings
-    print("recsys configuration" + (f" (file: {settings.config_file})" if settings.config_file
-                                    else " (no config file)"))
+    print(
+        "recsys configuration"
+        + (f" (file: {settings.config_file})" if settings.config_file else " (no config file)")
+    )
     width = max(len(k) for k in settings.flat())
     for key, value in settings.flat().items():
         if "password" in key and value is not None:
@@ -48,8 +60,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print("\nderived")
     print(f"  mlflow tracking URI    {settings.mlflow_tracking_uri}")
     print(f"  mlflow artifacts       {settings.mlflow_artifact_location}")
-    print(f"  kafka                  {settings.kafka.bootstrap or 'embedded broker (started on demand)'}")
-    print(f"  ray                    {settings.ray.address or 'local instance (started on demand)'}")
+    print(
+        "  kafka                  "
+        + (settings.kafka.bootstrap or "embedded broker (started on demand)")
+    )
+    print(
+        f"  ray                    {settings.ray.address or 'local instance (started on demand)'}"
+    )
     commands = sorted(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
     print(f"\ncommands: info, {', '.join(commands)}")
     return 0
@@ -64,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     info = subparsers.add_parser("info", help="print the resolved configuration and its sources")
     info.set_defaults(func=_cmd_info)
-    for entry_point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
-                              key=lambda ep: ep.name):
+    for entry_point in sorted(
+        importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name
+    ):
         try:
             register = entry_point.load()
         except ImportError as exc:
@@ -79,10 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unavailable(name: str, exc: Exception):  # noqa: ANN202 - returns a command function
+def _unavailable(name: str, exc: Exception):
     def run(_: argparse.Namespace) -> int:
         print(f"recsys {name}: cannot load this command: {exc}", file=sys.stderr)
         return 2
+
     return run
 
 

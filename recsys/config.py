@@ -4,7 +4,7 @@ Values are resolved in this order, later ones winning:
 
 1. the defaults below, which need no server (embedded Kafka, local Ray, mlflow in a sqlite file);
 2. a TOML file: ``--config PATH``, else ``$RECSYS_CONFIG``, else ``./recsys.toml`` when present;
-3. environment variables ``RECSYS_<SECTION>_<KEY>`` (``RECSYS_KAFKA_BOOTSTRAP``, ``RECSYS_DATA_DIR``);
+3. environment variables ``RECSYS_<SECTION>_<KEY>``, e.g. ``RECSYS_KAFKA_BOOTSTRAP``;
 4. command-line flags (``--kafka-bootstrap``, or ``--set kafka.partitions=8`` for any key).
 
 The same code then talks to a real Kafka cluster, a ``ray://`` cluster or an mlflow server by
@@ -56,8 +56,15 @@ class KafkaSettings:
 
     def client_options(self) -> dict[str, Any]:
         """kafka-python keyword arguments for security settings that are set."""
-        keys = ("security_protocol", "sasl_mechanism", "sasl_plain_username",
-                "sasl_plain_password", "ssl_cafile", "ssl_certfile", "ssl_keyfile")
+        keys = (
+            "security_protocol",
+            "sasl_mechanism",
+            "sasl_plain_username",
+            "sasl_plain_password",
+            "ssl_cafile",
+            "ssl_certfile",
+            "ssl_keyfile",
+        )
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
@@ -153,7 +160,7 @@ def _coerce(key: str, raw: Any, origin: str) -> Any:
                 return False
             raise ValueError(raw)
         if target is int:
-            if isinstance(raw, float) or isinstance(raw, bool):
+            if isinstance(raw, float | bool):
                 raise ValueError(raw)
             return int(raw)
         if target is float:

@@ -49,9 +49,10 @@ class Context(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             )
         for name in ("dense", "cluster_weights"):
             values = getattr(self, name)
-            if values and not math.isfinite(math.fsum(values)):
+            # Fast path: a finite sum means finite values; only then check element by element.
+            if values and not math.isfinite(sum(values)) and not all(map(math.isfinite, values)):
                 raise EventValidationError(f"context.{name}: contains NaN or infinity")
-        if any(w < 0 for w in self.cluster_weights):
+        if self.cluster_weights and min(self.cluster_weights) < 0:
             raise EventValidationError("context.cluster_weights: weights must be >= 0")
 
 

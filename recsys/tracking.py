@@ -17,9 +17,12 @@ def configure_mlflow(settings: Settings) -> str:
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     experiment = mlflow.get_experiment_by_name(settings.mlflow.experiment)
     if experiment is None:
-        artifact_location = None if settings.mlflow.tracking_uri else settings.mlflow_artifact_location
-        experiment_id = mlflow.create_experiment(settings.mlflow.experiment,
-                                                 artifact_location=artifact_location)
+        artifact_location = (
+            None if settings.mlflow.tracking_uri else settings.mlflow_artifact_location
+        )
+        experiment_id = mlflow.create_experiment(
+            settings.mlflow.experiment, artifact_location=artifact_location
+        )
     else:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)

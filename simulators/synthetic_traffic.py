@@ -1,9 +1,9 @@
 """Synthetic impression + feedback traffic for smoke tests, the demo and Kafka benchmarks.
 
 Slates come from a uniform random logging policy, so every shown item's propensity is exact:
-the slate for a request is ``start, start + step, …`` modulo ``n_items`` with a uniform ``start`` and a
-step coprime to ``n_items``, hence P(item i at position k) = 1 / n_items. Clicks are Bernoulli with
-a logistic model of user and item vectors, calibrated to a few percent.
+the slate for a request is ``start, start + step, …`` modulo ``n_items`` with a uniform
+``start`` and a step coprime to ``n_items``, hence P(item i at position k) = 1 / n_items.
+Clicks are Bernoulli with a logistic model of user and item vectors, calibrated to a few percent.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def generate_traffic(
     n_full = int(np.searchsorted(cumulative, n_events, side="right"))
     remainder = n_events - (int(cumulative[n_full - 1]) if n_full else 0)
     # Fill the remainder with click-less requests so the total is exact.
-    clicks[n_full:n_full + remainder] = False
+    clicks[n_full : n_full + remainder] = False
     n_requests = n_full + remainder
 
     times = start_time_ms + np.arange(n_requests) * 7
@@ -83,24 +83,31 @@ def generate_traffic(
     click_rows, click_pos = np.nonzero(clicks[:n_requests])
     delays = rng.integers(500, 30_000, size=click_rows.size).tolist()
     for r in range(n_requests):
-        impressions.append(Impression(
-            request_id=f"req-{seed}-{r}",
-            event_time_ms=times_l[r],
-            user_id=f"user-{users_l[r]}",
-            context=Context(dense=tuple(contexts_l[r])),
-            policy_name=POLICY_NAME,
-            policy_version=1,
-            slate=tuple(SlateEntry(item_id=item, position=k, score=score, propensity=propensity)
-                        for k, (item, score) in enumerate(zip(slates_l[r], scores_l[r], strict=True))),
-        ))
-    for (r, k), delay in zip(zip(click_rows.tolist(), click_pos.tolist(), strict=True), delays,
-                             strict=True):
-        feedback.append(Feedback(
-            request_id=f"req-{seed}-{r}",
-            event_time_ms=times_l[r] + delay,
-            user_id=f"user-{users_l[r]}",
-            item_id=slates_l[r][k],
-            position=k,
-            event_type="click",
-        ))
+        impressions.append(
+            Impression(
+                request_id=f"req-{seed}-{r}",
+                event_time_ms=times_l[r],
+                user_id=f"user-{users_l[r]}",
+                context=Context(dense=tuple(contexts_l[r])),
+                policy_name=POLICY_NAME,
+                policy_version=1,
+                slate=tuple(
+                    SlateEntry(item_id=item, position=k, score=score, propensity=propensity)
+                    for k, (item, score) in enumerate(zip(slates_l[r], scores_l[r], strict=True))
+                ),
+            )
+        )
+    for (r, k), delay in zip(
+        zip(click_rows.tolist(), click_pos.tolist(), strict=True), delays, strict=True
+    ):
+        feedback.append(
+            Feedback(
+                request_id=f"req-{seed}-{r}",
+                event_time_ms=times_l[r] + delay,
+                user_id=f"user-{users_l[r]}",
+                item_id=slates_l[r][k],
+                position=k,
+                event_type="click",
+            )
+        )
     return SyntheticTraffic(impressions, feedback)

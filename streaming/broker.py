@@ -6,13 +6,14 @@ It runs the real ``kafka.Kafka`` from the jars that Maven resolves into ``infra/
 - ``start`` formats KRaft storage (once per data directory), writes the broker properties with a
   listener on 127.0.0.1 and free ports, starts the JVM and returns only when a client can fetch
   metadata; if the JVM dies first, the error carries the tail of its log.
-- ``stop`` sends SIGTERM (controlled shutdown), escalates to SIGKILL after a timeout, and waits until
-  the port is closed.
+- ``stop`` sends SIGTERM (controlled shutdown), escalates to SIGKILL after a timeout, and waits
+  until the port is closed.
 - No JVM outlives its owner: an in-process broker is stopped by ``atexit`` and context managers, and
   the JVM is started with ``PR_SET_PDEATHSIG`` so the kernel kills it if the parent crashes. It runs
   in its own session, so Ctrl-C reaches Python, which then stops it in order.
-- A *detached* broker (``recsys broker start``) outlives the command and is described by a state file;
-  ``recsys broker stop`` verifies through ``/proc`` that the pid is still that JVM before killing it.
+- A *detached* broker (``recsys broker start``) outlives the command and is described by a state
+  file; ``recsys broker stop`` checks through ``/proc`` that the pid is still that JVM before
+  killing it.
 """
 
 from __future__ import annotations
@@ -71,11 +72,20 @@ def ensure_jars(jars_dir: Path | None = None, resolve: bool = True) -> Path:
         )
     if shutil.which("mvn") is None:
         raise BrokerError("Kafka jars are missing and Maven (mvn) is not installed: install Maven")
-    cmd = ["mvn", "-q", "-f", str(POM), "dependency:copy-dependencies",
-           "-DincludeScope=runtime", f"-DoutputDirectory={jars}"]
+    cmd = [
+        "mvn",
+        "-q",
+        "-f",
+        str(POM),
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={jars}",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise BrokerError(f"Maven could not resolve the Kafka jars:\n{result.stdout}{result.stderr}")
+        raise BrokerError(
+            f"Maven could not resolve the Kafka jars:\n{result.stdout}{result.stderr}"
+        )
     return jars
 
 
@@ -85,8 +95,13 @@ def _kill_me_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _random_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def random_cluster_id() -> str:
+    """A KRaft cluster id (URL-safe base64 of a UUID). Like Kafka's ``Uuid.randomUuid`` it never
+    starts with '-', which the storage tool would take for a command-line flag."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 @dataclass
@@ -118,7 +133,9 @@ class EmbeddedKafka:
         detached: bool = False,
     ) -> None:
         self._temporary = data_dir is None
-        self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="recsys-kafka-"))
+        self.data_dir = (
+            Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="recsys-kafka-"))
+        )
         self.jars_dir = Path(jars_dir) if jars_dir else None
         self.heap = heap
         self.startup_timeout_s = startup_timeout_s
@@ -129,8 +146,9 @@ class EmbeddedKafka:
         self._process: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, detached: bool = False,
-                      temporary: bool = True) -> EmbeddedKafka:
+    def from_settings(
+        cls, settings: Settings, detached: bool = False, temporary: bool = True
+    ) -> EmbeddedKafka:
         """A broker configured from ``settings.kafka``; in ``temporary`` mode its data is
         deleted on stop, otherwise it lives in ``<data_dir>/kafka``."""
         return cls(
@@ -164,56 +182,64 @@ class EmbeddedKafka:
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         props = self.data_dir / "server.properties"
-        props.write_text("\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            f"log.dirs={self.data_dir / 'data'}",
-            "num.partitions=1",
-            "auto.create.topics.enable=false",
-            "num.network.threads=2",
-            "num.io.threads=4",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=4",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            "log.segment.bytes=67108864",
-            "log.retention.hours=168",
-            "message.max.bytes=8388608",
-            "",
-        ]))
+        props.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"log.dirs={self.data_dir / 'data'}",
+                    "num.partitions=1",
+                    "auto.create.topics.enable=false",
+                    "num.network.threads=2",
+                    "num.io.threads=4",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=4",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "log.segment.bytes=67108864",
+                    "log.retention.hours=168",
+                    "message.max.bytes=8388608",
+                    "",
+                ]
+            )
+        )
         log4j = self.data_dir / "log4j2.properties"
-        log4j.write_text("\n".join([
-            "status = error",
-            "appender.file.type = RollingFile",
-            "appender.file.name = FILE",
-            f"appender.file.fileName = {self.log_file}",
-            f"appender.file.filePattern = {self.log_file}.%i",
-            "appender.file.layout.type = PatternLayout",
-            "appender.file.layout.pattern = [%d] %p %m (%c)%n",
-            "appender.file.policies.type = Policies",
-            "appender.file.policies.size.type = SizeBasedTriggeringPolicy",
-            "appender.file.policies.size.size = 20MB",
-            "appender.file.strategy.type = DefaultRolloverStrategy",
-            "appender.file.strategy.max = 3",
-            "rootLogger.level = INFO",
-            "rootLogger.appenderRef.file.ref = FILE",
-            "logger.kafka.name = kafka",
-            "logger.kafka.level = WARN",
-            "logger.apache.name = org.apache.kafka",
-            "logger.apache.level = WARN",
-            "logger.started.name = kafka.server.KafkaRaftServer",
-            "logger.started.level = INFO",
-            "",
-        ]))
+        log4j.write_text(
+            "\n".join(
+                [
+                    "status = error",
+                    "appender.file.type = RollingFile",
+                    "appender.file.name = FILE",
+                    f"appender.file.fileName = {self.log_file}",
+                    f"appender.file.filePattern = {self.log_file}.%i",
+                    "appender.file.layout.type = PatternLayout",
+                    "appender.file.layout.pattern = [%d] %p %m (%c)%n",
+                    "appender.file.policies.type = Policies",
+                    "appender.file.policies.size.type = SizeBasedTriggeringPolicy",
+                    "appender.file.policies.size.size = 20MB",
+                    "appender.file.strategy.type = DefaultRolloverStrategy",
+                    "appender.file.strategy.max = 3",
+                    "rootLogger.level = INFO",
+                    "rootLogger.appenderRef.file.ref = FILE",
+                    "logger.kafka.name = kafka",
+                    "logger.kafka.level = WARN",
+                    "logger.apache.name = org.apache.kafka",
+                    "logger.apache.level = WARN",
+                    "logger.started.name = kafka.server.KafkaRaftServer",
+                    "logger.started.level = INFO",
+                    "",
+                ]
+            )
+        )
         return props, log4j
 
     def _java_command(self, main_class: str, log4j: Path, *args: str) -> list[str]:
@@ -222,16 +248,25 @@ class EmbeddedKafka:
             raise BrokerError("java was not found on PATH: install a JDK 17+ to run the broker")
         jars = ensure_jars(self.jars_dir)
         return [
-            java, f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-            "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={log4j}",
-            "-cp", f"{jars}/*", main_class, *args,
+            java,
+            f"-Xmx{self.heap}",
+            "-Xms128m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            f"{jars}/*",
+            main_class,
+            *args,
         ]
 
     def _format_storage(self, props: Path, log4j: Path) -> None:
         if (self.data_dir / "data" / "meta.properties").exists():
             return
-        cmd = self._java_command("kafka.tools.StorageTool", log4j, "format",
-                                 "-t", _random_cluster_id(), "-c", str(props))
+        cmd = self._java_command(
+            "kafka.tools.StorageTool", log4j, "format", "-t", random_cluster_id(), "-c", str(props)
+        )
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise BrokerError(f"formatting KRaft storage failed:\n{result.stdout}{result.stderr}")
@@ -253,7 +288,9 @@ class EmbeddedKafka:
         try:
             self._process = subprocess.Popen(
                 self._java_command("kafka.Kafka", log4j, str(props)),
-                stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 preexec_fn=None if self.detached else _kill_me_with_parent,
             )
@@ -317,16 +354,22 @@ class EmbeddedKafka:
 
     def _write_state(self) -> None:
         assert self.pid is not None and self.port is not None and self.controller_port is not None
-        state = BrokerState(pid=self.pid, bootstrap=self.bootstrap, port=self.port,
-                            controller_port=self.controller_port, data_dir=str(self.data_dir),
-                            log_file=str(self.log_file), started_at=time.time())
+        state = BrokerState(
+            pid=self.pid,
+            bootstrap=self.bootstrap,
+            port=self.port,
+            controller_port=self.controller_port,
+            data_dir=str(self.data_dir),
+            log_file=str(self.log_file),
+            started_at=time.time(),
+        )
         path = self.data_dir / STATE_FILE_NAME
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(state), indent=2))
         os.replace(tmp, path)
 
 
-def _terminate(pid: int, timeout_s: float, wait=None) -> None:  # noqa: ANN001
+def _terminate(pid: int, timeout_s: float, wait=None) -> None:
     """SIGTERM ``pid``, then SIGKILL if it has not exited within ``timeout_s``."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
@@ -372,9 +415,11 @@ def metadata_available(bootstrap: str, timeout_s: float = 5.0, **client_options:
     from kafka.errors import KafkaConfigurationError, KafkaError
 
     try:
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap,
-                                 request_timeout_ms=max(1000, int(timeout_s * 1000)),
-                                 **client_options)
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=max(1000, int(timeout_s * 1000)),
+            **client_options,
+        )
     except KafkaConfigurationError:
         raise  # a mistake in the client settings: retrying will not help
     except (KafkaError, OSError, ValueError):
@@ -399,7 +444,9 @@ def read_state(data_dir: Path) -> BrokerState | None:
     try:
         return BrokerState(**json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError) as exc:
-        raise BrokerError(f"{path} is corrupt ({exc}); delete it once no broker is running") from exc
+        raise BrokerError(
+            f"{path} is corrupt ({exc}); delete it once no broker is running"
+        ) from exc
 
 
 def is_our_jvm(state: BrokerState) -> bool:

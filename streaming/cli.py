@@ -25,8 +25,10 @@ from streaming.broker import (
 def _start(settings: Settings) -> int:
     if settings.kafka.bootstrap:
         reachable = metadata_available(settings.kafka.bootstrap, **settings.kafka.client_options())
-        print(f"kafka.bootstrap is configured ({settings.kafka.bootstrap}): nothing to start; "
-              f"cluster {'reachable' if reachable else 'NOT reachable'}")
+        print(
+            f"kafka.bootstrap is configured ({settings.kafka.bootstrap}): nothing to start; "
+            f"cluster {'reachable' if reachable else 'NOT reachable'}"
+        )
         return 0 if reachable else 1
     state = read_state(settings.kafka_data_dir)
     if state is not None and is_our_jvm(state):
@@ -46,8 +48,10 @@ def _start(settings: Settings) -> int:
 
 def _stop(settings: Settings) -> int:
     if settings.kafka.bootstrap:
-        print(f"kafka.bootstrap is configured ({settings.kafka.bootstrap}): recsys did not start it "
-              "and will not stop it")
+        print(
+            f"kafka.bootstrap is configured ({settings.kafka.bootstrap}): recsys did not start it "
+            "and will not stop it"
+        )
         return 0
     state = stop_detached(settings.kafka_data_dir)
     if state is None:
@@ -63,8 +67,10 @@ def _stop(settings: Settings) -> int:
 def _status(settings: Settings) -> int:
     if settings.kafka.bootstrap:
         reachable = metadata_available(settings.kafka.bootstrap, **settings.kafka.client_options())
-        print(f"configured cluster {settings.kafka.bootstrap}: "
-              f"{'reachable' if reachable else 'NOT reachable'}")
+        print(
+            f"configured cluster {settings.kafka.bootstrap}: "
+            f"{'reachable' if reachable else 'NOT reachable'}"
+        )
         return 0 if reachable else 3
     state = read_state(settings.kafka_data_dir)
     if state is None or not is_our_jvm(state):
@@ -72,8 +78,10 @@ def _status(settings: Settings) -> int:
         return 3
     healthy = metadata_available(state.bootstrap)
     uptime = time.time() - state.started_at
-    print(f"running: {state.bootstrap} (pid {state.pid}, up {uptime:.0f}s, "
-          f"{'serving metadata' if healthy else 'NOT serving metadata'}); log {state.log_file}")
+    print(
+        f"running: {state.bootstrap} (pid {state.pid}, up {uptime:.0f}s, "
+        f"{'serving metadata' if healthy else 'NOT serving metadata'}); log {state.log_file}"
+    )
     return 0 if healthy else 1
 
 
@@ -83,7 +91,9 @@ def run_broker(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "broker", help="start, stop or inspect the embedded Kafka broker",
-        description="Manage a long-lived embedded Kafka broker (KRaft, single node).")
+        "broker",
+        help="start, stop or inspect the embedded Kafka broker",
+        description="Manage a long-lived embedded Kafka broker (KRaft, single node).",
+    )
     parser.add_argument("action", choices=("start", "stop", "status"))
     parser.set_defaults(func=run_broker)

@@ -2,8 +2,8 @@
 dead-letter path for anything that fails to decode or validate.
 
 There is deliberately no consumer group: partitions are assigned by the caller (as Flink and Spark
-do) and offsets are read with ``positions()`` and restored with ``seek()``, so a checkpoint can store
-them together with the state they produced. Kafka never moves a partition behind our back.
+do) and offsets are read with ``positions()`` and restored with ``seek()``, so a checkpoint can
+store them together with the state they produced. Kafka never moves a partition behind our back.
 """
 
 from __future__ import annotations
@@ -128,13 +128,15 @@ class EventConsumer:
                             f"a {type(event).__name__} record does not belong on topic {tp.topic} "
                             f"(expected {expected.__name__})"
                         )
-                except Exception as exc:  # noqa: BLE001 - any failure is a dead letter, never a crash
-                    self._dead_letter(tp.topic, tp.partition, record.offset, record.key,
-                                      record.value, exc)
+                except Exception as exc:
+                    self._dead_letter(
+                        tp.topic, tp.partition, record.offset, record.key, record.value, exc
+                    )
                     continue
                 self.decoded += 1
-                out.append(ConsumedEvent(event, tp.topic, tp.partition, record.offset,
-                                         record.timestamp))
+                out.append(
+                    ConsumedEvent(event, tp.topic, tp.partition, record.offset, record.timestamp)
+                )
         return out
 
     def read_until_end(self, timeout_s: float = 60.0) -> list[ConsumedEvent]:
@@ -148,11 +150,27 @@ class EventConsumer:
             out += self.poll(timeout_ms=200)
         return out
 
-    def _dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None,
-                     value: bytes | None, exc: Exception) -> None:
-        reason = str(exc) if isinstance(exc, EventValidationError) else f"{type(exc).__name__}: {exc}"
-        record = DeadLetter(source_topic=topic, partition=partition, offset=offset, key=key,
-                            value=value, reason=reason, failed_at_ms=int(time.time() * 1000))
+    def _dead_letter(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        exc: Exception,
+    ) -> None:
+        reason = (
+            str(exc) if isinstance(exc, EventValidationError) else f"{type(exc).__name__}: {exc}"
+        )
+        record = DeadLetter(
+            source_topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key,
+            value=value,
+            reason=reason,
+            failed_at_ms=int(time.time() * 1000),
+        )
         self._dlq.send_raw(self.dead_letter_topic, key, encode_dead_letter(record))
         self.dead_lettered += 1
         self.dead_letter_reasons[reason.split(":", 1)[0]] += 1

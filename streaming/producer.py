@@ -56,8 +56,9 @@ class EventProducer:
             n += 1
         return n
 
-    def send_raw(self, topic: str, key: bytes | None, value: bytes | None,
-                 partition: int | None = None) -> None:
+    def send_raw(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None
+    ) -> None:
         """Queue already-encoded bytes (dead letters, replays, tests of malformed input)."""
         future = self._producer.send(topic, key=key, value=value, partition=partition)
         future.add_errback(self._on_error)
@@ -67,7 +68,9 @@ class EventProducer:
         self._producer.flush(timeout=timeout_s)
         if self._errors:
             errors, self._errors = self._errors, []
-            raise RuntimeError(f"{self.failed} records were not delivered; first error: {errors[0]!r}")
+            raise RuntimeError(
+                f"{self.failed} records were not delivered; first error: {errors[0]!r}"
+            )
 
     def close(self, timeout_s: float = 30.0) -> None:
         try:

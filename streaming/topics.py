@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 from kafka.admin import KafkaAdminClient
@@ -33,7 +34,9 @@ def ensure_topics(
     its partition count (changing it would move keys between partitions): callers read the
     returned counts rather than assuming.
     """
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="recsys-admin", **client_options)
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="recsys-admin", **client_options
+    )
     try:
         existing = set(admin.list_topics())
         for name, partitions in topics.items():
@@ -41,13 +44,18 @@ def ensure_topics(
                 continue
             if partitions < 1:
                 raise ValueError(f"topic {name}: partitions must be >= 1, got {partitions}")
-            try:
+            # Another process may create it at the same moment: that is the idempotent outcome.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
-                    {name: {"num_partitions": partitions, "replication_factor": replication_factor}},
-                    timeout_ms=30_000, wait_for_metadata=True,
+                    {
+                        name: {
+                            "num_partitions": partitions,
+                            "replication_factor": replication_factor,
+                        }
+                    },
+                    timeout_ms=30_000,
+                    wait_for_metadata=True,
                 )
-            except TopicAlreadyExistsError:
-                pass  # created concurrently by another process: that is the idempotent outcome
         described = admin.describe_topics(list(topics))
         return {d["name"]: len(d["partitions"]) for d in described}
     finally:

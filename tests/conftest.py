@@ -46,7 +46,7 @@ def kafka_bootstrap() -> str:
 
 @pytest.fixture
 def unique_topics(kafka_bootstrap: str):
-    """Make fresh topics for one test: ``unique_topics({"impressions": 3})`` -> {"impressions": name}."""
+    """Fresh topics for one test: ``unique_topics({"events": 3})`` -> ``{"events": name}``."""
     import uuid
 
     from streaming.topics import ensure_topics
@@ -67,8 +67,13 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
-                 log_to_driver=False, logging_level="WARNING")
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=256 * 1024 * 1024,
+            log_to_driver=False,
+            logging_level="WARNING",
+        )
     yield ray
     ray.shutdown()
 

@@ -27,15 +27,18 @@ def test_defaults_need_no_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 
 
 def test_file_then_env_then_cli(tmp_path: Path) -> None:
-    path = write(tmp_path, 'data_dir = "/data/a"\n[kafka]\npartitions = 8\nbootstrap = "file:9092"\n'
-                           '[mlflow]\nexperiment = "from-file"\n')
+    path = write(
+        tmp_path,
+        'data_dir = "/data/a"\n[kafka]\npartitions = 8\nbootstrap = "file:9092"\n'
+        '[mlflow]\nexperiment = "from-file"\n',
+    )
     env = {"RECSYS_KAFKA_PARTITIONS": "12", "RECSYS_KAFKA_BOOTSTRAP": "env:9092"}
     cli = {"kafka.bootstrap": "cli:9092", "ray.address": None}
     settings = load_settings(config_file=path, environ=env, cli=cli)
-    assert settings.mlflow.experiment == "from-file"            # file only
-    assert settings.kafka.partitions == 12                      # env beats file
-    assert settings.kafka.bootstrap == "cli:9092"               # cli beats env and file
-    assert settings.ray.address is None                         # unset flag overrides nothing
+    assert settings.mlflow.experiment == "from-file"  # file only
+    assert settings.kafka.partitions == 12  # env beats file
+    assert settings.kafka.bootstrap == "cli:9092"  # cli beats env and file
+    assert settings.ray.address is None  # unset flag overrides nothing
     assert settings.data_dir == Path("/data/a")
     assert settings.sources["mlflow.experiment"] == "file"
     assert settings.sources["kafka.partitions"] == "env"
@@ -51,11 +54,19 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
 
 
 def test_security_settings_pass_through_to_the_client() -> None:
-    env = {"RECSYS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "RECSYS_KAFKA_SASL_MECHANISM": "PLAIN",
-           "RECSYS_KAFKA_SASL_PLAIN_USERNAME": "svc", "RECSYS_KAFKA_SASL_PLAIN_PASSWORD": "pw"}
+    env = {
+        "RECSYS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "RECSYS_KAFKA_SASL_MECHANISM": "PLAIN",
+        "RECSYS_KAFKA_SASL_PLAIN_USERNAME": "svc",
+        "RECSYS_KAFKA_SASL_PLAIN_PASSWORD": "pw",
+    }
     options = load_settings(environ=env).kafka.client_options()
-    assert options == {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN",
-                       "sasl_plain_username": "svc", "sasl_plain_password": "pw"}
+    assert options == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": "svc",
+        "sasl_plain_password": "pw",
+    }
 
 
 @pytest.mark.parametrize(
@@ -82,8 +93,10 @@ def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
 
 def test_set_assignments() -> None:
     assert parse_assignments(["kafka.partitions=8", "mlflow.experiment=a=b"]) == {
-        "kafka.partitions": "8", "mlflow.experiment": "a=b"}
-    with pytest.raises(ConfigError, match="section.key=value"):
+        "kafka.partitions": "8",
+        "mlflow.experiment": "a=b",
+    }
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         parse_assignments(["kafka.partitions"])
     with pytest.raises(ConfigError, match="unknown setting"):
         parse_assignments(["kafka.nope=1"])

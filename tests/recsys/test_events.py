@@ -44,10 +44,16 @@ def impressions(draw) -> Impression:
     k = draw(st.integers(1, 6))
     items = draw(st.lists(st.integers(0, 10**9), min_size=k, max_size=k, unique=True))
     return Impression(
-        request_id=draw(ids), event_time_ms=draw(st.integers(0, 2**50)), user_id=draw(ids),
-        context=draw(contexts()), policy_name=draw(ids), policy_version=draw(st.integers(0, 99)),
-        slate=tuple(SlateEntry(item_id=i, position=p, score=draw(finite),
-                               propensity=draw(propensity)) for p, i in enumerate(items)),
+        request_id=draw(ids),
+        event_time_ms=draw(st.integers(0, 2**50)),
+        user_id=draw(ids),
+        context=draw(contexts()),
+        policy_name=draw(ids),
+        policy_version=draw(st.integers(0, 99)),
+        slate=tuple(
+            SlateEntry(item_id=i, position=p, score=draw(finite), propensity=draw(propensity))
+            for p, i in enumerate(items)
+        ),
     )
 
 
@@ -56,32 +62,61 @@ def test_impression_round_trips(event: Impression) -> None:
     assert decode(encode(event)) == event
 
 
-@given(ids, st.integers(0, 10**6), st.integers(0, 9), finite,
-       st.sampled_from(["click", "purchase", "dwell"]))
+@given(
+    ids,
+    st.integers(0, 10**6),
+    st.integers(0, 9),
+    finite,
+    st.sampled_from(["click", "purchase", "dwell"]),
+)
 def test_feedback_round_trips(request_id, item, position, value, kind) -> None:
-    event = Feedback(request_id=request_id, event_time_ms=5, user_id="u", item_id=item,
-                     position=position, event_type=kind, value=value)
+    event = Feedback(
+        request_id=request_id,
+        event_time_ms=5,
+        user_id="u",
+        item_id=item,
+        position=position,
+        event_type=kind,
+        value=value,
+    )
     assert decode(encode(event)) == event
 
 
 @given(contexts(), finite, propensity)
 def test_reward_round_trips(context, reward, p) -> None:
-    event = Reward(request_id="r", event_time_ms=1, user_id="u", context=context, item_id=3,
-                   position=1, reward=reward, propensity=p, policy_name="ts", policy_version=2)
+    event = Reward(
+        request_id="r",
+        event_time_ms=1,
+        user_id="u",
+        context=context,
+        item_id=3,
+        position=1,
+        reward=reward,
+        propensity=p,
+        policy_name="ts",
+        policy_version=2,
+    )
     assert decode(encode(event)) == event
 
 
 def test_every_record_carries_the_schema_version() -> None:
-    event = Feedback(request_id="r", event_time_ms=1, user_id="u", item_id=1, position=0,
-                     event_type="click")
+    event = Feedback(
+        request_id="r", event_time_ms=1, user_id="u", item_id=1, position=0, event_type="click"
+    )
     assert event.schema_version == SCHEMA_VERSION
     assert b"schema_version" in encode(event)
 
 
 def _impression(**overrides) -> Impression:
-    fields = dict(request_id="r", event_time_ms=1, user_id="u", context=Context(dense=(0.1,)),
-                  policy_name="p", policy_version=1,
-                  slate=(SlateEntry(item_id=1, position=0, score=0.5, propensity=0.2),))
+    fields = dict(
+        request_id="r",
+        event_time_ms=1,
+        user_id="u",
+        context=Context(dense=(0.1,)),
+        policy_name="p",
+        policy_version=1,
+        slate=(SlateEntry(item_id=1, position=0, score=0.5, propensity=0.2),),
+    )
     fields.update(overrides)
     return Impression(**fields)
 
@@ -89,27 +124,52 @@ def _impression(**overrides) -> Impression:
 @pytest.mark.parametrize(
     ("build", "fragment"),
     [
-        (lambda: _impression(slate=(SlateEntry(item_id=1, position=0, score=0, propensity=1.5),)),
-         "$.slate[0].propensity"),
-        (lambda: _impression(slate=(SlateEntry(item_id=1, position=0, score=0, propensity=0.0),)),
-         "$.slate[0].propensity"),
-        (lambda: _impression(slate=(SlateEntry(item_id=-4, position=0, score=0, propensity=.5),)),
-         "$.slate[0].item_id"),
+        (
+            lambda: _impression(
+                slate=(SlateEntry(item_id=1, position=0, score=0, propensity=1.5),)
+            ),
+            "$.slate[0].propensity",
+        ),
+        (
+            lambda: _impression(
+                slate=(SlateEntry(item_id=1, position=0, score=0, propensity=0.0),)
+            ),
+            "$.slate[0].propensity",
+        ),
+        (
+            lambda: _impression(
+                slate=(SlateEntry(item_id=-4, position=0, score=0, propensity=0.5),)
+            ),
+            "$.slate[0].item_id",
+        ),
         (lambda: _impression(request_id=""), "$.request_id"),
         (lambda: _impression(event_time_ms="yesterday"), "$.event_time_ms"),
         (lambda: _impression(user_id=7), "$.user_id"),
-        (lambda: Feedback(request_id="r", event_time_ms=1, user_id="u", item_id=1, position=0,
-                          event_type="like"), "$.event_type"),
+        (
+            lambda: Feedback(
+                request_id="r",
+                event_time_ms=1,
+                user_id="u",
+                item_id=1,
+                position=0,
+                event_type="like",
+            ),
+            "$.event_type",
+        ),
     ],
 )
 def test_invalid_fields_are_named(build, fragment) -> None:
-    with pytest.raises(EventValidationError, match=fragment.replace("[", r"\[").replace("$", r"\$")):
+    with pytest.raises(
+        EventValidationError, match=fragment.replace("[", r"\[").replace("$", r"\$")
+    ):
         decode(encode(build()))
 
 
 def test_semantic_rules_say_what_is_wrong() -> None:
-    twice = (SlateEntry(item_id=1, position=0, score=0, propensity=.5),
-             SlateEntry(item_id=1, position=1, score=0, propensity=.5))
+    twice = (
+        SlateEntry(item_id=1, position=0, score=0, propensity=0.5),
+        SlateEntry(item_id=1, position=1, score=0, propensity=0.5),
+    )
     with pytest.raises(EventValidationError, match="shown twice"):
         decode(encode(_impression(slate=twice)))
     with pytest.raises(EventValidationError, match="at least one item"):
@@ -122,7 +182,7 @@ def test_semantic_rules_say_what_is_wrong() -> None:
         decode(encode(_impression(schema_version=99)))
 
 
-@pytest.mark.parametrize("raw", [b"", b"\xc1", b"{\"type\": \"impression\"}", b"\x81\xa4type\xa3bad"])
+@pytest.mark.parametrize("raw", [b"", b"\xc1", b'{"type": "impression"}', b"\x81\xa4type\xa3bad"])
 def test_malformed_bytes_raise_validation_error(raw: bytes) -> None:
     with pytest.raises(EventValidationError):
         decode(raw)
@@ -135,6 +195,13 @@ def test_validate_checks_events_built_in_code() -> None:
 
 
 def test_dead_letter_keeps_raw_bytes() -> None:
-    record = DeadLetter(source_topic="recsys.feedback", partition=3, offset=17, key=b"k",
-                        value=b"\x00\xff", reason="not msgpack", failed_at_ms=1)
+    record = DeadLetter(
+        source_topic="recsys.feedback",
+        partition=3,
+        offset=17,
+        key=b"k",
+        value=b"\x00\xff",
+        reason="not msgpack",
+        failed_at_ms=1,
+    )
     assert decode_dead_letter(encode_dead_letter(record)) == record

@@ -25,34 +25,64 @@ PARTITIONS = 3
 
 def impression(i: int) -> Impression:
     return Impression(
-        request_id=f"req-{i}", event_time_ms=1_000 + i, user_id=f"u{i % 7}",
+        request_id=f"req-{i}",
+        event_time_ms=1_000 + i,
+        user_id=f"u{i % 7}",
         context=Context(dense=(0.1 * i, -0.5), cluster_ids=(i % 5,), cluster_weights=(1.0,)),
-        policy_name="diag-linucb", policy_version=3,
-        slate=(SlateEntry(item_id=i, position=0, score=1.5, propensity=0.25),
-               SlateEntry(item_id=i + 1, position=1, score=0.5, propensity=0.125)),
+        policy_name="diag-linucb",
+        policy_version=3,
+        slate=(
+            SlateEntry(item_id=i, position=0, score=1.5, propensity=0.25),
+            SlateEntry(item_id=i + 1, position=1, score=0.5, propensity=0.125),
+        ),
     )
 
 
 def feedback(i: int) -> Feedback:
-    return Feedback(request_id=f"req-{i}", event_time_ms=2_000 + i, user_id=f"u{i % 7}",
-                    item_id=i, position=0, event_type="click", value=1.0)
+    return Feedback(
+        request_id=f"req-{i}",
+        event_time_ms=2_000 + i,
+        user_id=f"u{i % 7}",
+        item_id=i,
+        position=0,
+        event_type="click",
+        value=1.0,
+    )
 
 
 def reward(i: int) -> Reward:
-    return Reward(request_id=f"req-{i}", event_time_ms=3_000 + i, user_id=f"u{i % 7}",
-                  context=Context(dense=(0.3,)), item_id=i, position=1, reward=float(i % 2),
-                  propensity=0.5, policy_name="diag-lints", policy_version=1)
+    return Reward(
+        request_id=f"req-{i}",
+        event_time_ms=3_000 + i,
+        user_id=f"u{i % 7}",
+        context=Context(dense=(0.3,)),
+        item_id=i,
+        position=1,
+        reward=float(i % 2),
+        propensity=0.5,
+        policy_name="diag-lints",
+        policy_version=1,
+    )
 
 
-def consumer_for(bootstrap: str, topic: str, dead_letter: str, expected: type | None = None,
-                 partitions: int = PARTITIONS) -> EventConsumer:
-    return EventConsumer(bootstrap, [(topic, p) for p in range(partitions)],
-                         dead_letter_topic=dead_letter,
-                         expected_types={topic: expected} if expected else {})
+def consumer_for(
+    bootstrap: str,
+    topic: str,
+    dead_letter: str,
+    expected: type | None = None,
+    partitions: int = PARTITIONS,
+) -> EventConsumer:
+    return EventConsumer(
+        bootstrap,
+        [(topic, p) for p in range(partitions)],
+        dead_letter_topic=dead_letter,
+        expected_types={topic: expected} if expected else {},
+    )
 
 
-@pytest.mark.parametrize("make", [impression, feedback, reward], ids=["impression", "feedback",
-                                                                      "reward"])
+@pytest.mark.parametrize(
+    "make", [impression, feedback, reward], ids=["impression", "feedback", "reward"]
+)
 def test_each_event_type_round_trips_across_partitions(kafka_bootstrap, unique_topics, make):
     topics = unique_topics({"events": PARTITIONS, "dead": 1})
     sent = [make(i) for i in range(300)]
@@ -63,7 +93,8 @@ def test_each_event_type_round_trips_across_partitions(kafka_bootstrap, unique_t
         received = consumer.read_until_end(timeout_s=30)
         assert consumer.dead_lettered == 0
     assert sorted(received, key=lambda c: c.event.request_id) == sorted(
-        received, key=lambda c: c.event.request_id)
+        received, key=lambda c: c.event.request_id
+    )
     assert {c.event for c in received} == set(sent)
     assert len(received) == len(sent)
     used = {c.partition for c in received}
@@ -86,8 +117,10 @@ def test_seek_to_an_offset_replays_exactly_from_there(kafka_bootstrap, unique_to
         for c in first:
             by_partition.setdefault(c.partition, []).append(c)
         # Choose a cut inside every partition: replay must return exactly the records after it.
-        cut = {(topics["events"], p): records[len(records) // 3].offset
-               for p, records in by_partition.items()}
+        cut = {
+            (topics["events"], p): records[len(records) // 3].offset
+            for p, records in by_partition.items()
+        }
         expected = [c for c in first if c.offset >= cut[(c.topic, c.partition)]]
         consumer.seek(cut)
         replayed = consumer.read_until_end()
@@ -111,13 +144,16 @@ def test_positions_track_what_was_consumed(kafka_bootstrap, unique_topics):
 
 
 def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_keep_flowing(
-        kafka_bootstrap, unique_topics):
+    kafka_bootstrap, unique_topics
+):
     topics = unique_topics({"events": PARTITIONS, "dead": 1})
     bad_propensity = impression(0)
-    bad_propensity = Impression(**{**{f: getattr(bad_propensity, f)
-                                      for f in bad_propensity.__struct_fields__},
-                                   "slate": (SlateEntry(item_id=1, position=0, score=0,
-                                                        propensity=1.5),)})
+    bad_propensity = Impression(
+        **{
+            **{f: getattr(bad_propensity, f) for f in bad_propensity.__struct_fields__},
+            "slate": (SlateEntry(item_id=1, position=0, score=0, propensity=1.5),),
+        }
+    )
     bad = [
         (b"garbage", b"\x00\x01\x02 definitely not msgpack", "not a msgpack-encoded event"),
         (b"json", b'{"type": "impression"}', "not a msgpack-encoded event"),
@@ -141,8 +177,9 @@ def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_keep_flowing(
         assert sum(consumer.dead_letter_reasons.values()) == len(bad)
     assert {c.event for c in received} == set(good)
 
-    dlq = EventConsumer(kafka_bootstrap, [(topics["dead"], 0)], expected_types={},
-                        dead_letter_topic=topics["dead"])
+    dlq = EventConsumer(
+        kafka_bootstrap, [(topics["dead"], 0)], expected_types={}, dead_letter_topic=topics["dead"]
+    )
     with dlq:
         dlq.seek_to_beginning()
         raw = []
