@@ -32,7 +32,7 @@ def item_click_probabilities(sim: SlateSimulator, position: int = 0) -> np.ndarr
     """(n_users, n_items): P(click) when the item is shown alone at ``position``."""
     n_users, n_items = sim.config.n_users, sim.config.n_items
     out = np.empty((n_users, n_items))
-    theta = sim.config.position_decay**position
+    theta = sim.examination[position]
     b = np.exp(sim.config.no_click_utility)
     step = max(1, _CHUNK_CELLS // n_items)
     items = np.arange(n_items)

@@ -225,25 +225,37 @@ class SoftmaxPolicy(ScoringPolicy):
         return p / p.sum(axis=1, keepdims=True)
 
     def action_dist(self, context, available=None):  # type: ignore[override]
-        unique, inverse = np.unique(np.asarray(context), axis=0, return_inverse=True)
+        context = np.asarray(context)
+        if self.slate_size < 3:
+            return plackett_luce_marginals(self.first_pick(context, available), self.slate_size)
+        unique, inverse = np.unique(context, axis=0, return_inverse=True)
         marginals = plackett_luce_marginals(self.first_pick(unique, available), self.slate_size)
         return marginals[inverse.ravel()]
 
     def sample(self, context, rng, available=None):  # type: ignore[override]
         self._items(available)
+        context = np.asarray(context)
         n, k = len(context), self.slate_size
-        # Contexts repeat (one per user): marginals, O(n_items²) per context at position 2, are
-        # computed once per distinct context.
-        unique, inverse = np.unique(np.asarray(context), axis=0, return_inverse=True)
-        inverse = inverse.ravel()
-        first = self.first_pick(unique, available)
-        marginals = plackett_luce_marginals(first, k)
+        if k < 3:  # marginals cost O(n_items) per context: compute them row by row
+            rows_of, first = np.arange(n), None
+        else:
+            # Contexts repeat (one per user) and position-2 marginals cost O(n_items²) per
+            # context, so they are computed once per distinct context.
+            unique, rows_of = np.unique(context, axis=0, return_inverse=True)
+            rows_of = rows_of.ravel()
+            first = self.first_pick(unique, available)
+            marginals = plackett_luce_marginals(first, k)
         slates = np.empty((n, k), dtype=np.int64)
-        with np.errstate(divide="ignore"):
-            log_p = np.log(first)
+        pscore = np.empty((n, k))
         for rows in _chunks(n, self.n_items):
-            lp = log_p[inverse[rows]]
-            gumbel = -np.log(-np.log(rng.random(lp.shape)))
-            slates[rows] = _top_k(lp + gumbel, k)
-        pscore = marginals[inverse[:, None], slates, np.arange(k)]
+            p = self.first_pick(context[rows], available) if first is None else first[rows_of[rows]]
+            gumbel = -np.log(-np.log(rng.random(p.shape)))
+            with np.errstate(divide="ignore"):
+                chosen = _top_k(np.log(p) + gumbel, k)
+            slates[rows] = chosen
+            if first is None:
+                marg = plackett_luce_marginals(p, k)
+                pscore[rows] = marg[np.arange(len(chosen))[:, None], chosen, np.arange(k)]
+        if first is not None:
+            pscore = marginals[rows_of[:, None], slates, np.arange(k)]
         return slates, pscore

@@ -75,6 +75,31 @@ class _LegacyIndexStream:
         return stream[:count]
 
 
+def _index_source(n: int, random_state: Any):
+    """A function drawing the next ``count`` resample indices of OBP's stream."""
+    if isinstance(random_state, np.random.RandomState):
+        # A caller-owned RandomState must advance exactly as OBP's loop would advance it.
+        return lambda count: random_state.randint(0, n, size=count)
+    return _LegacyIndexStream(np.random.RandomState(random_state), n).take
+
+
+def resample_counts(n: int, n_bootstrap_samples: int, random_state: Any = None) -> np.ndarray:
+    """(B, n) how often each round is drawn in each resample, from OBP's index stream.
+
+    ``counts @ samples / n`` gives the resample means of any number of columns at once; the
+    counts depend only on (n, B, random_state), so they can be reused for every data set of
+    ``n`` rounds evaluated with the same ``random_state`` (as a coverage study does).
+    """
+    draw = _index_source(n, random_state)
+    counts = np.empty((n_bootstrap_samples, n))
+    per_chunk = max(1, _CHUNK_VALUES // n)
+    for start in range(0, n_bootstrap_samples, per_chunk):
+        b = min(per_chunk, n_bootstrap_samples - start)
+        flat = draw(b * n).astype(np.intp) + np.repeat(np.arange(b, dtype=np.intp) * n, n)
+        counts[start : start + b] = np.bincount(flat, minlength=b * n).reshape(b, n)
+    return counts
+
+
 def bootstrap_means(
     samples: np.ndarray, n_bootstrap_samples: int, random_state: Any = None
 ) -> np.ndarray:
@@ -87,18 +112,26 @@ def bootstrap_means(
     n = samples.shape[0]
     if n == 0:
         raise ValueError("`samples` must not be empty")
-    if isinstance(random_state, np.random.RandomState):
-        # A caller-owned RandomState must advance exactly as OBP's loop would advance it.
-        draw = lambda count: random_state.randint(0, n, size=count)  # noqa: E731
-    else:
-        stream = _LegacyIndexStream(np.random.RandomState(random_state), n)
-        draw = stream.take
+    if samples.ndim == 2:
+        # Several columns share the indices: count each round's draws once, then one matrix
+        # product gives every column's resample sums.
+        out = np.empty((n_bootstrap_samples, samples.shape[1]))
+        draw = _index_source(n, random_state)
+        per_chunk = max(1, _CHUNK_VALUES // n)
+        for start in range(0, n_bootstrap_samples, per_chunk):
+            b = min(per_chunk, n_bootstrap_samples - start)
+            flat = draw(b * n).astype(np.intp) + np.repeat(np.arange(b, dtype=np.intp) * n, n)
+            counts = np.bincount(flat, minlength=b * n).reshape(b, n).astype(float)
+            out[start : start + b] = counts @ samples / n
+        return out
+
+    draw = _index_source(n, random_state)
     per_chunk = max(1, _CHUNK_VALUES // n)
-    out = np.empty((n_bootstrap_samples, *samples.shape[1:]))
+    out = np.empty(n_bootstrap_samples)
 
     def resample_means(start: int, idx: np.ndarray) -> None:
         idx = idx.reshape(-1, n).astype(np.intp, copy=False)
-        out[start : start + idx.shape[0]] = np.take(samples, idx, axis=0).mean(axis=1)
+        out[start : start + idx.shape[0]] = np.take(samples, idx).mean(axis=1)
 
     # Index generation must stay sequential (it is one random stream); the gathers, which cost
     # most, release the GIL and run on worker threads while the next block is drawn.

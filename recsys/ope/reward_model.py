@@ -19,6 +19,7 @@ from sklearn.model_selection import KFold
 from recsys.ope.validation import as_array, check_action_dist, check_pscore
 
 _FITTING_METHODS = ("normal", "iw", "mrdr")
+_PREDICT_CELLS = 2**22
 
 
 class RegressionModel(BaseEstimator):
@@ -155,17 +156,28 @@ class RegressionModel(BaseEstimator):
                 f"{self.n_features_in_}"
             )
         n = context.shape[0]
-        x = np.concatenate(
-            [
-                np.repeat(context, self.n_actions, axis=0),
-                np.tile(self._action_context, (n, 1)),
-            ],
-            axis=1,
-        )
         out = np.empty((n, self.n_actions, self.len_list))
-        for k, model in enumerate(self.base_models_):
-            pred = model.predict_proba(x)[:, 1] if is_classifier(model) else model.predict(x)
-            out[:, :, k] = pred.reshape(n, self.n_actions)
+        if context.shape[1] == 0:  # features are the action's only: predict each action once
+            for k, model in enumerate(self.base_models_):
+                x = self._action_context
+                pred = model.predict_proba(x)[:, 1] if is_classifier(model) else model.predict(x)
+                out[:, :, k] = pred
+            return out
+        # Every (round, action) pair is a row for the base model; blocks bound the memory.
+        step = max(1, _PREDICT_CELLS // (self.n_actions * (context.shape[1] + 1)))
+        for start in range(0, n, step):
+            rows = slice(start, min(start + step, n))
+            m = rows.stop - rows.start
+            x = np.concatenate(
+                [
+                    np.repeat(context[rows], self.n_actions, axis=0),
+                    np.tile(self._action_context, (m, 1)),
+                ],
+                axis=1,
+            )
+            for k, model in enumerate(self.base_models_):
+                pred = model.predict_proba(x)[:, 1] if is_classifier(model) else model.predict(x)
+                out[rows, :, k] = pred.reshape(m, self.n_actions)
         return out
 
     def fit_predict(
