@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from recsys.config import ConfigError, Settings, load_settings, parse_assignments
@@ -111,7 +113,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(config_file=getattr(args, "config", None), cli=cli)
 
 
+def exit_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM into ``SystemExit`` so ``finally`` blocks and context managers run and the
+    services a command started are stopped in order (the default action skips all cleanup)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    exit_cleanly_on_sigterm()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -84,25 +84,30 @@ def test_configured_cluster_is_used_and_nothing_is_started(tmp_path, kafka_boots
 
 OWNER = """
 import sys, time
+from recsys.cli import exit_cleanly_on_sigterm
 from streaming.broker import EmbeddedKafka
+exit_cleanly_on_sigterm()
 broker = EmbeddedKafka().start()
 print(broker.pid, broker.port, broker.data_dir, flush=True)
 time.sleep(600)
 """
 
 
-@pytest.mark.parametrize("how", ["crash", "ctrl-c"])
+SIGNALS = {"crash": signal.SIGKILL, "ctrl-c": signal.SIGINT, "sigterm": signal.SIGTERM}
+
+
+@pytest.mark.parametrize("how", list(SIGNALS))
 def test_jvm_dies_with_its_owner(how: str) -> None:
     owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True)
     try:
         pid, port, data_dir = owner.stdout.readline().split()
         pid, port = int(pid), int(port)
         assert not pid_gone(pid, timeout_s=0.1)
-        owner.send_signal(signal.SIGKILL if how == "crash" else signal.SIGINT)
+        owner.send_signal(SIGNALS[how])
         owner.wait(timeout=30)
         assert pid_gone(pid), f"the Kafka JVM outlived its owner ({how})"
         assert port_closed(port)
-        if how == "ctrl-c":  # an orderly stop also deletes the temporary data directory
+        if how != "crash":  # an orderly stop also deletes the temporary data directory
             assert not Path(data_dir).exists()
     finally:
         if owner.poll() is None:
