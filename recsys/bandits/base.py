@@ -21,9 +21,8 @@ from recsys.bandits.slates import (
     greedy_marginals,
     mix_with_uniform,
     top_k,
-    uniform_slate,
 )
-from recsys.bandits.validation import check_positive, check_probability
+from recsys.bandits.validation import check_context_one, check_positive, check_probability
 
 
 class Statistics(Protocol):
@@ -117,6 +116,15 @@ class BasePolicy:
         self._stats().learn(contexts, items, rewards, reward_range=self.reward_range)
         return self
 
+    def learn_one(self, context: Any, item: int, reward: float) -> Self:
+        """Update on a single event (river's ``learn_one``); same result as a batch of one."""
+        stats = self._stats()
+        if isinstance(stats, DenseStats):
+            stats.learn_one(context, item, reward, reward_range=self.reward_range)
+        else:
+            stats.learn(context, [item], [reward], reward_range=self.reward_range)
+        return self
+
     # ------------------------------------------------------------------ scoring
     def _moments(self, contexts: Any) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Score mean and standard deviation, -inf mean / 0 sd for non-candidates."""
@@ -149,12 +157,36 @@ class BasePolicy:
         scores = self._rule(mean, sd)
         n_elig = eligible_counts(scores, k)
         eps = self._epsilon()
-        shown = top_k(scores, k, self._rng)
-        if eps > 0.0:
-            explore = self._rng.random(scores.shape[0]) < eps
-            shown = mix_with_uniform(shown, uniform_slate(scores, k, self._rng), explore)
-        prop = (1.0 - eps) * greedy_marginals(scores, shown) + eps / n_elig[:, None]
+        greedy = top_k(scores, k, self._rng)
+        shown = mix_with_uniform(greedy, scores, eps, self._rng)[0] if eps > 0.0 else greedy
+        prop = (1.0 - eps) * greedy_marginals(scores, shown, greedy) + eps / n_elig[:, None]
         return self._slate(shown, prop, np.zeros_like(prop), scores)
+
+    def recommend_one(self, context: Any, k: int = 1) -> Slate:
+        """One request: the same slate distribution and propensities as ``recommend`` on a batch
+        of one, with a lower fixed cost for the single-slot, dense case (per-event serving)."""
+        stats = self._stats()
+        if k != 1 or not isinstance(stats, DenseStats) or (
+                type(self).recommend is not BasePolicy.recommend):
+            return self.recommend(context, k)
+        x = check_context_one(context, stats.dim)
+        theta, inv_d = stats.posterior()
+        xs = x.astype(theta.dtype, copy=False)
+        mean = (theta @ xs).astype(np.float64, copy=False)
+        sd = np.sqrt(np.maximum(inv_d @ (xs * xs), 0.0)).astype(np.float64, copy=False)
+        scores = self._rule(mean, sd)
+        best = scores.max()
+        at_max = scores == best
+        n_max = int(at_max.sum())
+        col = int(np.argmax(scores)) if n_max == 1 else int(
+            self._rng.choice(np.flatnonzero(at_max)))
+        eps = self._epsilon()
+        n = scores.size
+        if eps > 0.0 and self._rng.random() < eps:
+            col = int(self._rng.integers(n))
+        prop = (1.0 - eps) * (1.0 / n_max if scores[col] == best else 0.0) + eps / n
+        return Slate(items=stats.items.ids[[[col]]], propensities=np.array([[prop]]),
+                     propensity_se=np.zeros((1, 1)), scores=scores[[[col]]])
 
     def _slate(
         self,
@@ -167,7 +199,7 @@ class BasePolicy:
             items=self.item_ids_[shown],
             propensities=prop,
             propensity_se=se,
-            scores=np.take_along_axis(scores, shown, axis=1),
+            scores=scores[np.arange(shown.shape[0])[:, None], shown],
         )
 
     def get_params(self) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from recsys.bandits.slates import (
     igw_marginals,
     igw_slate,
     mix_with_uniform,
-    uniform_slate,
 )
 from recsys.bandits.validation import check_positive, check_probability
 
@@ -83,7 +82,6 @@ class SquareCB(BasePolicy):
         shown, probs, greedy = igw_slate(mean, k, self.gamma, self._rng)
         floor = self.exploration_floor
         if floor > 0.0:
-            explore = self._rng.random(mean.shape[0]) < floor
-            shown = mix_with_uniform(shown, uniform_slate(mean, k, self._rng), explore)
+            shown, _ = mix_with_uniform(shown, mean, floor, self._rng)
         prop = (1.0 - floor) * igw_marginals(probs, greedy, shown) + floor / n_elig[:, None]
         return self._slate(shown, prop, np.zeros_like(prop), mean)

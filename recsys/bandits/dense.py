@@ -25,13 +25,17 @@ from recsys.bandits.accumulate import scatter_sums, touched_rows
 from recsys.bandits.items import ItemIndex
 from recsys.bandits.persistence import read_npz, write_npz
 from recsys.bandits.validation import (
+    check_context_one,
     check_contexts,
     check_items,
     check_positive,
+    check_reward_one,
     check_rewards,
 )
 
 FORMAT = "recsys.bandits.DenseStats/1"
+_SMALL_BATCH = 64
+"""Batches up to this size use ``np.add.at`` (low fixed cost); larger ones use bincount."""
 
 
 @dataclass
@@ -185,8 +189,15 @@ class DenseStats:
     ) -> DenseStats:
         """Add one batch (or one event) in place; returns ``self``."""
         x, rows, r = self._validated(contexts, items, rewards, reward_range)
+        x_sq, x_r = x * x, x * r[:, None]
+        if rows.size <= _SMALL_BATCH:  # scatter-add straight in: cheapest for a few events
+            np.add.at(self.sxx, rows, x_sq)
+            np.add.at(self.sxr, rows, x_r)
+            np.add.at(self.count, rows, 1.0)
+            self._updated(rows)
+            return self
         unique, local = touched_rows(rows, self.n_items)
-        sxx, sxr, count = scatter_sums(local, x * x, x * r[:, None], unique.size)
+        sxx, sxr, count = scatter_sums(local, x_sq, x_r, unique.size)
         if unique.size == self.n_items:  # every row touched: plain adds, no fancy indexing
             self.sxx += sxx
             self.sxr += sxr
@@ -195,8 +206,42 @@ class DenseStats:
             self.sxx[unique] += sxx
             self.sxr[unique] += sxr
             self.count[unique] += count
-        self._touch()
+        self._updated(unique)
         return self
+
+    def learn_one(
+        self,
+        context: ArrayLike,
+        item: int,
+        reward: float,
+        *,
+        reward_range: tuple[float, float] = (-np.inf, np.inf),
+    ) -> DenseStats:
+        """Add a single event in place: same result as ``learn`` on a batch of one, with a
+        fraction of the fixed per-call cost (river's ``learn_one``)."""
+        x = check_context_one(context, self.dim)
+        row = self.items.row_one(item)
+        r = check_reward_one(reward, reward_range)
+        self.sxx[row] += x * x
+        self.sxr[row] += x * r
+        self.count[row] += 1.0
+        self._updated(np.array([row]))
+        return self
+
+    def _updated(self, rows: NDArray[np.intp]) -> None:
+        """Bump the version; refresh the cached posterior on the touched rows only."""
+        cache = self._cache
+        self.version += 1
+        if cache is None or cache[0] != self.version - 1 or rows.size * 4 > self.n_items:
+            self._cache = None
+            return
+        _, theta, inv_d = cache
+        d = self.lam + self.sxx[rows]
+        num = self.sxr[rows] if self.prior_mean is None else (
+            self.sxr[rows] + self.lam * self.prior_mean[rows])
+        inv_d[rows] = 1.0 / d
+        theta[rows] = num * inv_d[rows]
+        self._cache = (self.version, theta, inv_d)
 
     # ------------------------------------------------------------------ algebra
     def _check_compatible(self, other: DenseStats) -> None:
@@ -255,7 +300,7 @@ class DenseStats:
         self.sxx[rows] += other.sxx
         self.sxr[rows] += other.sxr
         self.count[rows] += other.count
-        self._touch()
+        self._updated(rows)
         return self
 
     def decay(self, factor: float) -> DenseStats:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -55,6 +57,22 @@ class ItemIndex:
         if not found.all():
             raise UnknownItemError(self._unknown_message(items[~found], name))
         return pos
+
+    def row_one(self, item: int, *, name: str = "item") -> int:
+        """Row of a single item id (the single-event fast path)."""
+        try:
+            i = operator.index(item)
+        except TypeError:
+            raise ValueError(f"{name}: item ids must be integers, got {item!r}") from None
+        n = self.ids.size
+        if self._contiguous:
+            if 0 <= i < n:
+                return i
+        else:
+            pos = int(np.searchsorted(self.ids, i))
+            if pos < n and self.ids[pos] == i:
+                return pos
+        raise UnknownItemError(self._unknown_message(np.array([i]), name))
 
     def contains(self, items: NDArray[np.int64]) -> NDArray[np.bool_]:
         """Boolean mask: which of ``items`` are held."""

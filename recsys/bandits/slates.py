@@ -56,16 +56,30 @@ def eligible_counts(scores: NDArray[np.float64], k: int) -> NDArray[np.int64]:
     return n_elig
 
 
+def _rows_index(batch: int) -> NDArray[np.intp]:
+    return np.arange(batch)[:, None]
+
+
 def top_k(
     scores: NDArray[np.float64], k: int, rng: np.random.Generator
 ) -> NDArray[np.intp]:
     """Column indices of the k best scores per row, best first, ties broken uniformly at random."""
     batch, n = scores.shape
+    if k == 1:  # the common single-slot case: argmax, re-drawn only where the max is tied
+        best = scores.max(axis=1, keepdims=True)
+        at_max = scores == best
+        chosen = np.argmax(at_max, axis=1)[:, None]
+        tied = np.flatnonzero(at_max.sum(axis=1) > 1)
+        if tied.size:
+            key = np.where(at_max[tied], rng.random((tied.size, n)), -1.0)
+            chosen[tied, 0] = np.argmax(key, axis=1)
+        return chosen
+    rows = _rows_index(batch)
     if k >= n:
         chosen = np.broadcast_to(np.arange(n), (batch, n)).copy()
     else:
         chosen = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        kth = np.take_along_axis(scores, chosen, axis=1).min(axis=1)
+        kth = scores[rows, chosen].min(axis=1)
         n_ge = (scores >= kth[:, None]).sum(axis=1)
         tied = np.flatnonzero(n_ge > k)  # ties straddle the cut: pick among them at random
         if tied.size:
@@ -73,28 +87,37 @@ def top_k(
             t = kth[tied, None]
             key = np.where(s > t, 2.0, np.where(s == t, rng.random(s.shape), -1.0))
             chosen[tied] = np.argpartition(-key, k - 1, axis=1)[:, :k]
-    values = np.take_along_axis(scores, chosen, axis=1)
+    values = scores[rows, chosen]
     order = np.lexsort((rng.random(values.shape), -values), axis=1)
-    return np.take_along_axis(chosen, order, axis=1)
+    return chosen[rows, order]
 
 
 def greedy_marginals(
-    scores: NDArray[np.float64], shown: NDArray[np.intp]
+    scores: NDArray[np.float64], shown: NDArray[np.intp], greedy: NDArray[np.intp]
 ) -> NDArray[np.float64]:
     """P(greedy-with-random-ties puts column ``shown[b, p]`` at position ``p``), [batch, k].
 
-    An item whose score is tied with ``m`` items and has ``g`` items strictly above it lands
-    uniformly on ranks ``g .. g+m-1``: probability ``1/m`` there, 0 elsewhere.
+    ``greedy`` is the greedy top-k (best first) of the same scores. An item tied with ``m`` items
+    and with ``g`` items strictly above it lands uniformly on ranks ``g .. g+m-1``: probability
+    ``1/m`` there, 0 elsewhere. Everything strictly above the k-th best score is inside the
+    greedy top-k, so the counts come from the k greedy values plus one pass for the ties at the
+    cut: O(batch·(n + k²)), not O(batch·n·k).
     """
-    values = np.take_along_axis(scores, shown, axis=1)
-    out = np.zeros(shown.shape)
-    for p in range(shown.shape[1]):  # loop over positions (k), never over requests
-        v = values[:, p : p + 1]
-        above = (scores > v).sum(axis=1)
-        ties = (scores == v).sum(axis=1)
-        hit = (above <= p) & (p < above + ties)
-        out[:, p] = np.where(hit, 1.0 / np.maximum(ties, 1), 0.0)
-    return out
+    rows = _rows_index(scores.shape[0])
+    if shown.shape[1] == 1:  # one slot: 1/(number of items tied at the max) for a max item
+        best = scores[rows, greedy]
+        v = scores[rows, shown]
+        return np.where(v == best, 1.0 / (scores == best).sum(axis=1, keepdims=True), 0.0)
+    top = scores[rows, greedy]  # [batch, k], descending
+    kth = top[:, -1:]
+    n_at_or_above_kth = (scores >= kth).sum(axis=1, keepdims=True)
+    v = scores[rows, shown]
+    above = (top[:, None, :] > v[:, :, None]).sum(axis=2)
+    ties = np.where(v > kth, (top[:, None, :] == v[:, :, None]).sum(axis=2),
+                    n_at_or_above_kth - (top > kth).sum(axis=1, keepdims=True))
+    p = np.arange(shown.shape[1])
+    hit = (v >= kth) & (above <= p) & (p < above + ties)
+    return np.where(hit, 1.0 / np.maximum(ties, 1), 0.0)
 
 
 def uniform_slate(
@@ -107,11 +130,20 @@ def uniform_slate(
 
 def mix_with_uniform(
     shown: NDArray[np.intp],
-    explore: NDArray[np.intp],
-    use_explore: NDArray[np.bool_],
-) -> NDArray[np.intp]:
-    """Per request, the exploration slate where ``use_explore`` else the policy's slate."""
-    return np.where(use_explore[:, None], explore, shown)
+    scores: NDArray[np.float64],
+    epsilon: float,
+    rng: np.random.Generator,
+) -> tuple[NDArray[np.intp], NDArray[np.bool_]]:
+    """Replace each request's slate, with probability ε, by a uniformly random one.
+
+    Returns the slates and which requests explored.
+    """
+    explore = rng.random(shown.shape[0]) < epsilon
+    rows = np.flatnonzero(explore)
+    if rows.size:
+        shown = shown.copy()
+        shown[rows] = uniform_slate(scores[rows], shown.shape[1], rng)
+    return shown, explore
 
 
 def igw_probabilities(

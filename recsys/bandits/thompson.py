@@ -21,7 +21,6 @@ from recsys.bandits.slates import (
     mix_with_uniform,
     thompson_propensities,
     thompson_select,
-    uniform_slate,
 )
 from recsys.bandits.validation import check_positive
 
@@ -76,8 +75,7 @@ class DiagLinTS(BasePolicy):
         shown, sampled = thompson_select(mean, scale, k, self._rng, per_slot=self.per_slot)
         floor = self.exploration_floor
         if floor > 0.0:
-            explore = self._rng.random(mean.shape[0]) < floor
-            shown = mix_with_uniform(shown, uniform_slate(mean, k, self._rng), explore)
+            shown, explore = mix_with_uniform(shown, mean, floor, self._rng)
             sampled = np.where(explore[:, None], np.take_along_axis(mean, shown, axis=1),
                                sampled)
         if self.n_mc_draws:

@@ -6,6 +6,8 @@ was received, so that bad input never turns into silent NaN scores downstream.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -37,6 +39,29 @@ def check_contexts(contexts: ArrayLike, dim: int, *, name: str = "contexts") -> 
     return x
 
 
+def check_context_one(context: ArrayLike, dim: int) -> NDArray[np.float64]:
+    """One finite context of shape [dim] (the single-event fast path)."""
+    x = np.asarray(context, dtype=np.float64)
+    if x.shape != (dim,):
+        if x.ndim == 2 and x.shape[0] == 1:
+            return check_contexts(x, dim)[0]
+        raise ValueError(f"context: expected shape [{dim}], got an array of shape {x.shape}")
+    if not np.isfinite(x).all():
+        return check_contexts(x, dim)[0]  # raises with the position of the bad value
+    return x
+
+
+def check_reward_one(reward: float, reward_range: tuple[float, float]) -> float:
+    """One finite reward inside ``reward_range``."""
+    try:
+        r = float(reward)
+    except (TypeError, ValueError):
+        raise ValueError(f"reward: expected a number, got {reward!r}") from None
+    if math.isfinite(r) and reward_range[0] <= r <= reward_range[1]:
+        return r
+    return float(check_rewards([r], 1, reward_range)[0])  # raises with the reason
+
+
 def check_items(items: ArrayLike, batch: int, *, name: str = "items") -> NDArray[np.int64]:
     """Integer item ids of shape [batch]; a scalar becomes [1]."""
     raw = np.asarray(items)
@@ -44,8 +69,9 @@ def check_items(items: ArrayLike, batch: int, *, name: str = "items") -> NDArray
         raw = raw[None]
     if raw.ndim != 1:
         raise ValueError(f"{name}: expected a 1-d array of item ids, got shape {raw.shape}")
-    integral_floats = np.issubdtype(raw.dtype, np.floating) and bool(np.all(raw == np.round(raw)))
-    if raw.size and not np.issubdtype(raw.dtype, np.integer) and not integral_floats:
+    kind = raw.dtype.kind
+    integral_floats = kind == "f" and bool(np.all(raw == np.round(raw)))
+    if raw.size and kind not in "iu" and not integral_floats:
         raise ValueError(f"{name}: item ids must be integers, got dtype {raw.dtype}")
     ids = raw.astype(np.int64)
     if ids.shape[0] != batch:
@@ -62,18 +88,20 @@ def check_rewards(
         r = r[None]
     if r.ndim != 1 or r.shape[0] != batch:
         raise ValueError(f"{name}: expected shape [{batch}], got shape {r.shape}")
+    if r.size == 0:
+        return r
+    low, high = reward_range
+    lo, hi = float(r.min()), float(r.max())  # NaN propagates into both
+    if math.isfinite(lo) and math.isfinite(hi) and low <= lo and hi <= high:
+        return r
     if not np.isfinite(r).all():
         i = int(np.argmax(~np.isfinite(r)))
         raise ValueError(f"{name}: reward at index {i} is {r[i]}; rewards must be finite")
-    low, high = reward_range
-    outside = (r < low) | (r > high)
-    if outside.any():
-        i = int(np.argmax(outside))
-        raise ValueError(
-            f"{name}: reward at index {i} is {r[i]}, outside the allowed range [{low}, {high}]; "
-            "rescale rewards or set reward_range on the policy"
-        )
-    return r
+    i = int(np.argmax((r < low) | (r > high)))
+    raise ValueError(
+        f"{name}: reward at index {i} is {r[i]}, outside the allowed range [{low}, {high}]; "
+        "rescale rewards or set reward_range on the policy"
+    )
 
 
 def check_positive(value: float, name: str, *, allow_zero: bool = False) -> float:

@@ -132,3 +132,18 @@ def test_graph_context_errors() -> None:
         policy.score(np.ones((1, 3)))
     with pytest.raises(UnknownItemError):
         policy.learn(SoftContexts.of([[0]], [[1.0]]), [7], [1.0])
+
+
+def test_single_event_paths_validate_too(policy) -> None:
+    with pytest.raises(UnknownItemError, match="99"):
+        policy.learn_one(np.ones(DIM), 99, 0.0)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        policy.learn_one(np.array([0.0, np.nan, 0.0, 0.0]), 10, 0.0)
+    with pytest.raises(ValueError, match="expected shape"):
+        policy.recommend_one(np.ones(DIM + 1))
+    with pytest.raises(ValueError, match="outside the allowed range"):
+        policy.learn_one(np.ones(DIM), 10, 2.0)
+    with pytest.raises(ValueError, match="must be finite"):
+        policy.learn_one(np.ones(DIM), 10, float("nan"))
+    with pytest.raises(ValueError, match="integers"):
+        policy.learn_one(np.ones(DIM), 10.5, 0.0)

@@ -182,3 +182,15 @@ def test_graph_add_edges_and_retire_items() -> None:
     stats.retire_items([8])
     assert 8 not in stats.item_ids and 8 not in stats.edge_items
     assert stats.sxr.sum() == pytest.approx(total - dropped)
+
+
+def test_learn_one_equals_a_batch_of_one() -> None:
+    x, items, r = dense_batch(11, 40)
+    one = DiagLinUCB().init(ITEMS, DIM)
+    batch = DiagLinUCB().init(ITEMS, DIM)
+    one.score(x)  # warm the posterior cache: learn_one must refresh it
+    for i in range(40):
+        one.learn_one(x[i], int(items[i]), float(r[i]))
+    batch.learn(x, items, r)
+    assert one.stats_.allclose(batch.stats_)
+    np.testing.assert_allclose(one.score(x), batch.score(x), atol=1e-12)

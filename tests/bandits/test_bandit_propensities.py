@@ -105,3 +105,18 @@ def test_slates_never_repeat_an_item() -> None:
     slate = policy.recommend(np.random.default_rng(15).normal(size=(300, DIM)), k=N_ITEMS)
     assert all(len(set(row)) == N_ITEMS for row in slate.items.tolist())
     assert np.isnan(slate.propensities).all()  # n_mc_draws=0: explicitly not estimated
+
+
+def test_recommend_one_matches_recommend_in_distribution_and_propensity() -> None:
+    policy = trained(DiagLinUCB(alpha=0.5, epsilon=0.3, random_state=16))
+    x = np.random.default_rng(17).normal(size=DIM)
+    batch = policy.recommend(np.repeat(x[None, :], REPEATS, axis=0), k=1)
+    singles = [policy.recommend_one(x) for _ in range(REPEATS)]
+    one_items = np.array([s.items[0, 0] for s in singles])
+    one_props = {int(s.items[0, 0]): float(s.propensities[0, 0]) for s in singles}
+    for item, prop in one_props.items():
+        logged = batch.propensities[batch.items[:, 0] == item, 0]
+        if logged.size:
+            assert prop == pytest.approx(float(logged[0]), rel=1e-12)
+        freq = np.mean(one_items == item)
+        assert abs(freq - prop) <= 4.5 * np.sqrt(prop * (1 - prop) / REPEATS)
