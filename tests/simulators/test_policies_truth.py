@@ -1,0 +1,76 @@
+"""Logging policies' propensities and the simulator's ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simulators.ground_truth import optimal_slates, optimal_value, policy_value
+from simulators.logging import collect_logs
+from simulators.model import SimulatorConfig, SlateSimulator
+from simulators.policies import (
+    EpsilonGreedyPolicy,
+    SoftmaxPolicy,
+    UniformPolicy,
+    plackett_luce_marginals,
+)
+
+SIM = SlateSimulator(SimulatorConfig(n_items=8, slate_size=3, n_users=50))
+POLICIES = {
+    "uniform": UniformPolicy(8, 3),
+    "epsilon_greedy": EpsilonGreedyPolicy(SIM.item_features, 3, epsilon=0.3),
+    "softmax": SoftmaxPolicy(SIM.item_features, 3, temperature=0.7),
+}
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_propensities_are_the_empirical_position_marginals(name):
+    policy = POLICIES[name]
+    context = np.repeat(SIM.user_features(np.array([4])), 100_000, axis=0)
+    slates, pscore = policy.sample(context, np.random.default_rng(0))
+    dist = policy.action_dist(context[:1])[0]
+    np.testing.assert_allclose(dist.sum(axis=0), 1.0)
+    assert (np.sort(slates, axis=1)[:, 1:] != np.sort(slates, axis=1)[:, :-1]).all()
+    np.testing.assert_allclose(pscore, dist[slates, np.arange(3)])
+    freq = np.stack([np.bincount(slates[:, k], minlength=8) for k in range(3)], axis=1) / 1e5
+    se = np.sqrt(dist * (1 - dist) / 1e5) + 1e-9
+    assert (np.abs(freq - dist) < 5 * se).all()
+
+
+def test_plackett_luce_marginals_of_a_two_item_catalogue():
+    p = np.array([[0.8, 0.2]])
+    marg = plackett_luce_marginals(p, 2)[0]
+    np.testing.assert_allclose(marg, [[0.8, 0.2], [0.2, 0.8]])
+
+
+def test_policy_values_match_simulated_clicks():
+    sim = SlateSimulator(SimulatorConfig(n_items=20, slate_size=1, n_users=300, seed=3))
+    policy = SoftmaxPolicy(sim.item_features, 1)
+    truth = policy_value(sim, policy)
+    assert truth.exact and truth.standard_error == 0
+    logs = collect_logs(sim, policy, 300_000, np.random.default_rng(1))
+    se = np.sqrt(truth.value * (1 - truth.value) / logs.height)
+    assert abs(logs["click"].mean() - truth.value) < 4 * se
+
+
+def test_slate_policy_value_by_monte_carlo_has_a_standard_error():
+    sim = SlateSimulator(SimulatorConfig(n_items=20, slate_size=3, n_users=300, seed=4))
+    policy = SoftmaxPolicy(sim.item_features, 3)
+    truth = policy_value(sim, policy, n_monte_carlo=100)
+    assert not truth.exact and truth.standard_error > 0
+    logs = collect_logs(sim, policy, 200_000, np.random.default_rng(2))
+    clicks_per_request = logs["click"].sum() / 200_000
+    se = np.sqrt(truth.value / 200_000) + truth.standard_error
+    assert abs(clicks_per_request - truth.value) < 4 * se
+
+
+def test_optimal_policy_beats_every_other_policy_and_ordering_matters():
+    best = optimal_value(SIM).value
+    for policy in POLICIES.values():
+        assert policy_value(SIM, policy).value < best
+    greedy = policy_value(SIM, EpsilonGreedyPolicy(SIM.item_features, 3, epsilon=0.0))
+    assert greedy.exact
+    slates = optimal_slates(SIM)
+    users = np.arange(SIM.config.n_users)
+    reversed_clicks = 1 - SIM.click_probabilities(users, slates[:, ::-1])[:, -1]
+    assert SIM.user_weights @ reversed_clicks < best
