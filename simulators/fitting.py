@@ -82,9 +82,9 @@ class SlateChoiceModel(BaseEstimator):
         self.random_state = random_state
 
     def _utilities(self, params, users, slates, positions):
-        u, v, bias, log_exam = params
+        u, v, bias, log_exam, intercept = params
         safe = slates.clamp(min=0)
-        s = (u[users][:, None, :] * v[safe]).sum(-1) + bias[safe]
+        s = (u[users][:, None, :] * v[safe]).sum(-1) + bias[safe] + intercept
         exam = torch.cat([torch.zeros(1, dtype=log_exam.dtype), log_exam])
         s = s + exam[positions.clamp(min=0)]
         s = torch.where(slates >= 0, s, torch.full_like(s, -torch.inf))
@@ -96,6 +96,15 @@ class SlateChoiceModel(BaseEstimator):
         """Maximise the listwise likelihood of ``clicked`` (slot index, -1 none)."""
         if clicked is None:
             raise ValueError("`clicked` is required: the slot index clicked, or -1")
+        # Full-batch steps on logs of this size are dominated by thread hand-offs, not flops.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._fit(user_index, slates, positions, clicked)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, user_index, slates, positions, clicked) -> SlateChoiceModel:
         users, slates, positions, clicked = _check_logs(
             user_index, slates, positions, clicked, self.n_users, self.n_items, self.n_positions
         )
@@ -104,9 +113,12 @@ class SlateChoiceModel(BaseEstimator):
         u = (0.1 * torch.randn(self.n_users, self.dim, generator=gen, dtype=dt)).requires_grad_()
         v = (0.1 * torch.randn(self.n_items, self.dim, generator=gen, dtype=dt)).requires_grad_()
         rate = max((clicked >= 0).mean(), 1e-4) / max((slates >= 0).sum(1).mean(), 1)
-        bias = torch.full((self.n_items,), float(np.log(rate)), dtype=dt).requires_grad_()
+        # An unpenalised intercept carries the overall click rate, so the penalty shrinks item
+        # biases towards the average item rather than towards a 50% click rate.
+        intercept = torch.tensor(float(np.log(rate)), dtype=dt).requires_grad_()
+        bias = torch.zeros(self.n_items, dtype=dt).requires_grad_()
         log_exam = torch.zeros(self.n_positions - 1, dtype=dt).requires_grad_()
-        params = [u, v, bias, log_exam]
+        params = [u, v, bias, log_exam, intercept]
         t_users = torch.as_tensor(users, dtype=torch.long)
         t_slates = torch.as_tensor(slates, dtype=torch.long)
         t_pos = torch.as_tensor(np.ascontiguousarray(positions), dtype=torch.long)
@@ -123,10 +135,10 @@ class SlateChoiceModel(BaseEstimator):
             loss.backward()
             opt.step()
             self.loss_curve_.append(float(nll.detach()))
-        self.user_factors_ = u.detach().numpy().copy()
-        self.item_factors_ = v.detach().numpy().copy()
-        self.item_bias_ = bias.detach().numpy().copy()
-        self.examination_ = np.exp(np.r_[0.0, log_exam.detach().numpy()])
+        self.user_factors_ = u.detach().numpy().astype(float)
+        self.item_factors_ = v.detach().numpy().astype(float)
+        self.item_bias_ = (bias + intercept).detach().numpy().astype(float)
+        self.examination_ = np.exp(np.r_[0.0, log_exam.detach().numpy().astype(float)])
         return self
 
     def click_probabilities(
@@ -145,6 +157,7 @@ class SlateChoiceModel(BaseEstimator):
             torch.as_tensor(self.item_factors_),
             torch.as_tensor(self.item_bias_),
             torch.as_tensor(np.log(self.examination_[1:])),
+            torch.tensor(0.0, dtype=torch.float64),
         ]
         with torch.no_grad():
             logits = self._utilities(

@@ -83,3 +83,18 @@ def load_action_dist(path: Path | str, n_items: int | None = None) -> np.ndarray
 def user_context(frame: pl.DataFrame) -> np.ndarray:
     """One-hot encoding of the hashed user features: the context a reward model can use."""
     return frame.select(USER_FEATURES).to_dummies().to_numpy().astype(float)
+
+
+def choice_data(frame: pl.DataFrame) -> dict[str, np.ndarray | int]:
+    """OBD rows as slate-choice logs for ``SlateChoiceModel``: each row is a slate of one item at
+    its position; users are the distinct combinations of the hashed user features."""
+    user_index = frame.select(
+        pl.concat_str(list(USER_FEATURES), separator="|").rank("dense") - 1
+    ).to_series()
+    return {
+        "user_index": user_index.to_numpy().astype(np.int64),
+        "slates": frame["item_id"].to_numpy().astype(np.int64)[:, None],
+        "positions": frame["position"].to_numpy().astype(np.int64)[:, None],
+        "clicked": np.where(frame["click"].to_numpy() > 0, 0, -1),
+        "n_users": int(user_index.max()) + 1,
+    }

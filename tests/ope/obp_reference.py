@@ -46,8 +46,15 @@ def _dr_parts(action, pscore, action_dist, q, position):
     return iw, q_hat_factual, base
 
 
-def dr(reward, action, pscore, action_dist, estimated_rewards_by_reg_model, position=None,
-       lambda_=np.inf):  # fmt: skip
+def dr(
+    reward,
+    action,
+    pscore,
+    action_dist,
+    estimated_rewards_by_reg_model,
+    position=None,
+    lambda_=np.inf,
+):
     position = _pos(position, action_dist)
     iw, qf, base = _dr_parts(action, pscore, action_dist, estimated_rewards_by_reg_model, position)
     iw = np.minimum(iw, lambda_)
@@ -60,16 +67,24 @@ def sndr(reward, action, pscore, action_dist, estimated_rewards_by_reg_model, po
     return base + iw * (reward - qf) / iw.mean()
 
 
-def switch_dr(reward, action, pscore, action_dist, estimated_rewards_by_reg_model, position=None,
-              lambda_=np.inf):  # fmt: skip
+def switch_dr(
+    reward,
+    action,
+    pscore,
+    action_dist,
+    estimated_rewards_by_reg_model,
+    position=None,
+    lambda_=np.inf,
+):
     position = _pos(position, action_dist)
     iw, qf, base = _dr_parts(action, pscore, action_dist, estimated_rewards_by_reg_model, position)
     switch_indicator = np.array(iw <= lambda_, dtype=int)
     return base + switch_indicator * iw * (reward - qf)
 
 
-def dr_os(reward, action, pscore, action_dist, estimated_rewards_by_reg_model, position=None,
-          lambda_=0.0):  # fmt: skip
+def dr_os(
+    reward, action, pscore, action_dist, estimated_rewards_by_reg_model, position=None, lambda_=0.0
+):
     position = _pos(position, action_dist)
     iw, qf, base = _dr_parts(action, pscore, action_dist, estimated_rewards_by_reg_model, position)
     iw_hat = (lambda_ * iw) / (iw**2 + lambda_) if lambda_ < np.inf else iw

@@ -62,8 +62,9 @@ def test_weighted_fitting_needs_pscore_and_action_dist():
     with pytest.raises(ValueError, match="`pscore`"):
         model.fit(context, action, reward, position=position)
     dist = np.full((200, 4, 2), 0.25)
-    model.fit(context, action, reward, pscore=np.full(200, 0.25), position=position,
-              action_dist=dist)  # fmt: skip
+    model.fit(
+        context, action, reward, pscore=np.full(200, 0.25), position=position, action_dist=dist
+    )
     assert model.predict(context).shape == (200, 4, 2)
 
 
