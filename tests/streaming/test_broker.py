@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from recsys.config import load_settings
 from streaming.broker import BrokerError, EmbeddedKafka, metadata_available, port_open
+from streaming.services import kafka_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +64,10 @@ def test_cli_start_status_stop_leaves_no_process_and_no_port(tmp_path: Path) -> 
 
     status = recsys("broker", "status", data_dir=tmp_path)
     assert status.returncode == 0 and "serving metadata" in status.stdout
+
+    settings = load_settings(environ={}, cli={"data_dir": str(tmp_path)})
+    with kafka_cluster(settings) as cluster:  # other commands use the running broker
+        assert (cluster.origin, cluster.bootstrap) == ("detached broker", state["bootstrap"])
 
     stopped = recsys("broker", "stop", data_dir=tmp_path)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
