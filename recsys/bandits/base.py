@@ -173,7 +173,7 @@ class BasePolicy:
         theta, inv_d = stats.posterior()
         xs = x.astype(theta.dtype, copy=False)
         mean = (theta @ xs).astype(np.float64, copy=False)
-        sd = np.sqrt(np.maximum(inv_d @ (xs * xs), 0.0)).astype(np.float64, copy=False)
+        sd = np.sqrt(inv_d @ (xs * xs)).astype(np.float64, copy=False)  # inv_d > 0: no clip
         scores = self._rule(mean, sd)
         best = scores.max()
         at_max = scores == best

@@ -222,10 +222,20 @@ class DenseStats:
         x = check_context_one(context, self.dim)
         row = self.items.row_one(item)
         r = check_reward_one(reward, reward_range)
-        self.sxx[row] += x * x
-        self.sxr[row] += x * r
+        sxx, sxr = self.sxx[row], self.sxr[row]  # views: updated in place
+        sxx += x * x
+        sxr += x * r
         self.count[row] += 1.0
-        self._updated(np.array([row]))
+        cache = self._cache
+        self.version += 1
+        if cache is None or cache[0] != self.version - 1:
+            self._cache = None
+            return self
+        inv = 1.0 / (self.lam + sxx)
+        cache[2][row] = inv
+        cache[1][row] = (sxr if self.prior_mean is None else
+                         sxr + self.lam * self.prior_mean[row]) * inv
+        self._cache = (self.version, cache[1], cache[2])
         return self
 
     def _updated(self, rows: NDArray[np.intp]) -> None:
