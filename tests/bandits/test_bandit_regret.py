@@ -21,7 +21,7 @@ def mean_curve(make_policy):
     curves = []
     for seed in SEEDS:
         env = LinearLogisticEnv(N_ACTIONS, DIM, context="segments", seed=seed)
-        policy = make_policy(seed).init(np.arange(N_ACTIONS), DIM)
+        policy = make_policy(seed + 1000).init(np.arange(N_ACTIONS), DIM)  # not the env's seed
         curves.append(run_regret(policy, env, ROUNDS, batch_size=BATCH))
     return curves
 
