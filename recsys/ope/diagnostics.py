@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys.ope.validation import check_ope_inputs
+from recsys.ope.validation import check_action_dist, check_ope_inputs
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def overlap_diagnostics(
 ) -> OverlapDiagnostics:
     """Diagnostics for evaluating ``action_dist`` on logs (``action``, ``position``, ``pscore``)."""
     arrays = check_ope_inputs(
-        action_dist=action_dist,
+        action_dist=check_action_dist(action_dist),
         position=position,
         action=action,
         reward=np.zeros(np.shape(action)[0]) if action is not None else None,

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from recsys.ope.bootstrap import check_interval_arguments, estimate_confidence_interval_by_bootstrap
+from recsys.ope.scan import scan
 from recsys.ope.validation import check_ope_inputs, check_pscore, check_scalar
 
 __all__ = [
@@ -36,19 +37,17 @@ __all__ = [
 ]
 
 
-def _factual(array: np.ndarray, action: np.ndarray, position: np.ndarray) -> np.ndarray:
-    """``array[i, action[i], position[i]]`` for every round."""
-    return array[np.arange(action.shape[0]), action, position]
-
-
-def _expected_under_policy(
-    q_hat: np.ndarray, action_dist: np.ndarray, position: np.ndarray
-) -> np.ndarray:
-    """q̂(x_i, π_e) = Σ_a π_e(a | x_i, k_i) q̂(x_i, a, k_i), as OBP's ``np.average`` computes it."""
-    rows = np.arange(action_dist.shape[0])
-    pi_e = action_dist[rows, :, position]
-    q = q_hat[rows, :, position]
-    return np.einsum("ij,ij->i", q, pi_e) / pi_e.sum(axis=1)
+def _with_scan(arrays: dict[str, np.ndarray | None]) -> dict[str, np.ndarray]:
+    """Add the per-round quantities of one validating pass over the 3-D arrays."""
+    scanned = scan(
+        arrays["action_dist"],
+        arrays["position"],
+        arrays.get("action"),
+        arrays.get("estimated_rewards_by_reg_model"),
+    )
+    out = {k: v for k, v in arrays.items() if v is not None}
+    out.update({k: v for k, v in vars(scanned).items() if v is not None})
+    return out
 
 
 class BaseOffPolicyEstimator(ABC):
@@ -90,7 +89,7 @@ class BaseOffPolicyEstimator(ABC):
             pscore=pscore,
             estimated_rewards_by_reg_model=estimated_rewards_by_reg_model,
         )
-        return {k: v for k, v in arrays.items() if v is not None}
+        return _with_scan(arrays)
 
     @abstractmethod
     def _round_rewards(self, **arrays: np.ndarray) -> np.ndarray:
@@ -146,16 +145,14 @@ class ReplayMethod(BaseOffPolicyEstimator):
     ) -> dict[str, np.ndarray]:
         if reward is None or action is None:
             raise ValueError("`reward` and `action` are required by ReplayMethod")
-        return {
-            k: v
-            for k, v in check_ope_inputs(
+        return _with_scan(
+            check_ope_inputs(
                 action_dist=action_dist, position=position, action=action, reward=reward
-            ).items()
-            if v is not None
-        }
+            )
+        )
 
-    def _round_rewards(self, reward, action, action_dist, position, **_):  # type: ignore[override]
-        match = (_factual(action_dist, action, position) == 1).astype(float)
+    def _round_rewards(self, reward, pi_factual, **_):  # type: ignore[override]
+        match = (pi_factual == 1).astype(float)
         if match.sum() == 0:
             return np.zeros_like(match)
         return match * reward / match.mean()
@@ -194,14 +191,12 @@ class InverseProbabilityWeighting(BaseOffPolicyEstimator):
             estimated_pscore=estimated_pscore,
         )
 
-    def importance_weights(
-        self, action: np.ndarray, pscore: np.ndarray, action_dist: np.ndarray, position: np.ndarray
-    ) -> np.ndarray:
+    def importance_weights(self, pi_factual: np.ndarray, pscore: np.ndarray) -> np.ndarray:
         """Weights π_e(a_i | x_i, k_i) / π_b(a_i | x_i, k_i), clipped at ``lambda_``."""
-        return np.minimum(_factual(action_dist, action, position) / pscore, self.lambda_)
+        return np.minimum(pi_factual / pscore, self.lambda_)
 
-    def _round_rewards(self, reward, action, pscore, action_dist, position, **_):  # type: ignore[override]
-        return reward * self.importance_weights(action, pscore, action_dist, position)
+    def _round_rewards(self, reward, pi_factual, pscore, **_):  # type: ignore[override]
+        return reward * self.importance_weights(pi_factual, pscore)
 
 
 @dataclass
@@ -211,8 +206,8 @@ class SelfNormalizedInverseProbabilityWeighting(InverseProbabilityWeighting):
 
     estimator_name: str = "snipw"
 
-    def _round_rewards(self, reward, action, pscore, action_dist, position, **_):  # type: ignore[override]
-        iw = self.importance_weights(action, pscore, action_dist, position)
+    def _round_rewards(self, reward, pi_factual, pscore, **_):  # type: ignore[override]
+        iw = self.importance_weights(pi_factual, pscore)
         return reward * iw / iw.mean()
 
 
@@ -251,8 +246,8 @@ class DirectMethod(BaseOffPolicyEstimator):
             position=position,
         )
 
-    def _round_rewards(self, action_dist, estimated_rewards_by_reg_model, position, **_):  # type: ignore[override]
-        return _expected_under_policy(estimated_rewards_by_reg_model, action_dist, position)
+    def _round_rewards(self, q_expected, **_):  # type: ignore[override]
+        return q_expected
 
 
 @dataclass
@@ -295,13 +290,9 @@ class DoublyRobust(BaseOffPolicyEstimator):
         """The weight applied to the residual; plain DR clips at ``lambda_``."""
         return np.minimum(iw, self.lambda_)
 
-    def _round_rewards(  # type: ignore[override]
-        self, reward, action, pscore, action_dist, estimated_rewards_by_reg_model, position, **_
-    ):
-        iw = _factual(action_dist, action, position) / pscore
-        q_factual = _factual(estimated_rewards_by_reg_model, action, position)
-        baseline = _expected_under_policy(estimated_rewards_by_reg_model, action_dist, position)
-        return baseline + self._correction(iw, reward - q_factual)
+    def _round_rewards(self, reward, pscore, pi_factual, q_factual, q_expected, **_):  # type: ignore[override]
+        iw = pi_factual / pscore
+        return q_expected + self._correction(iw, reward - q_factual)
 
     def _correction(self, iw: np.ndarray, residual: np.ndarray) -> np.ndarray:
         return self._shrink(iw) * residual

@@ -63,8 +63,12 @@ def check_ope_inputs(
     estimated_rewards_by_reg_model: object = None,
 ) -> dict[str, np.ndarray | None]:
     """Validate OBP-style estimator inputs; return them as arrays (``position`` filled with 0s
-    when it is None and ``action_dist`` has one position)."""
-    dist = check_action_dist(action_dist)
+    when it is None and ``action_dist`` has one position).
+
+    Shapes, indices, rewards and propensities are checked here; the contents of the two large
+    3-D arrays are checked by ``recsys.ope.scan`` in the same pass that reads them (or call
+    ``check_action_dist`` directly)."""
+    dist = as_array(action_dist, "action_dist", 3)
     n_rounds, n_actions, len_list = dist.shape
     out: dict[str, np.ndarray | None] = {"action_dist": dist}
 
@@ -88,7 +92,6 @@ def check_ope_inputs(
                 f"`estimated_rewards_by_reg_model` must have the shape of action_dist {dist.shape},"
                 f" got {q_hat.shape}"
             )
-        _check_finite(q_hat, "estimated_rewards_by_reg_model")
         out["estimated_rewards_by_reg_model"] = q_hat
 
     if action is not None or reward is not None:
