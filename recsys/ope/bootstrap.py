@@ -125,26 +125,62 @@ def bootstrap_means(
             out[start : start + b] = counts @ samples / n
         return out
 
-    draw = _index_source(n, random_state)
-    per_chunk = max(1, _CHUNK_VALUES // n)
-    out = np.empty(n_bootstrap_samples)
+    if isinstance(random_state, np.random.RandomState):
+        # A caller-owned RandomState must advance exactly as OBP's loop advances it: draw the
+        # indices with randint itself (blockwise, through the shared-column path).
+        return bootstrap_means(samples[:, None], n_bootstrap_samples, random_state)[:, 0]
+    return _pipelined_means(samples, n_bootstrap_samples, np.random.RandomState(random_state))
 
-    def resample_means(start: int, idx: np.ndarray) -> None:
-        idx = idx.reshape(-1, n).astype(np.intp, copy=False)
-        out[start : start + idx.shape[0]] = np.take(samples, idx).mean(axis=1)
 
-    # Index generation must stay sequential (it is one random stream); the gathers, which cost
-    # most, release the GIL and run on worker threads while the next block is drawn.
+def _pipelined_means(
+    samples: np.ndarray, n_bootstrap_samples: int, rs: np.random.RandomState
+) -> np.ndarray:
+    """Resample means of a 1-D sample, with OBP's indices, split across threads.
+
+    The main thread only draws raw 32-bit words (the one step that must stay sequential).
+    Workers mask and filter a block of words into indices, gather the sampled values and sum
+    them per resample (``np.add.reduceat`` at the resample boundaries inside the block); the main
+    thread places each block at its offset in the accepted stream, which is known as soon as the
+    blocks before it are filtered. numpy releases the GIL in all of these steps.
+    """
+    n = samples.shape[0]
+    total = n_bootstrap_samples * n
+    sums = np.zeros(n_bootstrap_samples)
+    mask = np.uint32((1 << int(n - 1).bit_length()) - 1 if n > 1 else 0)
+
+    def accept(words: np.ndarray) -> np.ndarray:
+        words &= mask
+        return words[words < n]
+
+    def partial_sums(indices: np.ndarray, offset: int) -> tuple[int, np.ndarray]:
+        values = np.take(samples, indices.astype(np.intp))
+        first = (-offset) % n  # local index where the next resample starts
+        starts = np.r_[0, np.arange(first if first else n, len(values), n)]
+        return offset // n, np.add.reduceat(values, starts)
+
+    words_per_block = max(_CHUNK_VALUES, 1024)
+    offset = 0
+    filters: list = []
+    gathers: list = []
     with ThreadPoolExecutor(max_workers=_N_WORKERS) as pool:
-        futures = []
-        for start in range(0, n_bootstrap_samples, per_chunk):
-            stop = min(start + per_chunk, n_bootstrap_samples)
-            futures.append(pool.submit(resample_means, start, draw((stop - start) * n)))
-            if len(futures) > 2 * _N_WORKERS:  # bound the memory held by queued blocks
-                futures.pop(0).result()
-        for future in futures:
-            future.result()
-    return out
+        while offset < total:
+            while len(filters) < 2 * _N_WORKERS:
+                words = rs.randint(0, _WORD_HIGH, size=words_per_block, dtype=np.uint32)
+                filters.append(pool.submit(accept, words))
+            indices = filters.pop(0).result()[: total - offset]
+            gathers.append(pool.submit(partial_sums, indices, offset))
+            offset += indices.size
+            while len(gathers) > 2 * _N_WORKERS or (gathers and gathers[0].done()):
+                _add_partial(sums, *gathers.pop(0).result())
+        for future in filters:
+            future.cancel()
+        for future in gathers:
+            _add_partial(sums, *future.result())
+    return sums / n
+
+
+def _add_partial(sums: np.ndarray, first: int, partial: np.ndarray) -> None:
+    sums[first : first + partial.size] += partial
 
 
 def estimate_confidence_interval_by_bootstrap(

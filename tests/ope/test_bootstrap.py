@@ -30,9 +30,21 @@ def test_interval_equals_obp_and_caller_random_state_advances_identically():
     want = obp.bootstrap(samples, 0.1, 300, random_state=3)
     assert got == pytest.approx(want, rel=1e-12)
     mine, theirs = np.random.RandomState(9), np.random.RandomState(9)
-    estimate_confidence_interval_by_bootstrap(samples, n_bootstrap_samples=20, random_state=mine)
-    obp.bootstrap(samples, n_bootstrap_samples=20, random_state=theirs)
+    got = estimate_confidence_interval_by_bootstrap(
+        samples, n_bootstrap_samples=20, random_state=mine
+    )
+    want = obp.bootstrap(samples, n_bootstrap_samples=20, random_state=theirs)
+    assert got == pytest.approx(want, rel=1e-12)
     assert mine.randint(10**9) == theirs.randint(10**9)
+
+
+def test_stream_stays_aligned_across_word_blocks():
+    """More indices than one block of raw words: resamples straddle block boundaries."""
+    n, n_boot = 3001, 3000  # 9M indices > the 8.4M words drawn per block
+    samples = np.random.default_rng(5).random(n)
+    rs = np.random.RandomState(4)
+    expected = [np.mean(rs.choice(samples, size=n)) for _ in range(n_boot)]
+    np.testing.assert_allclose(bootstrap_means(samples, n_boot, 4), expected, rtol=1e-12)
 
 
 def test_shared_resamples_for_many_columns_equal_one_column_at_a_time():
