@@ -34,14 +34,14 @@ def scatter_add(
     return out.reshape(n_rows, width)
 
 
-def scatter_sums(
-    rows: NDArray[np.intp], x_sq: NDArray[np.float64], x_r: NDArray[np.float64], n_rows: int
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """Per-row sums of ``x_sq`` and ``x_r`` ([batch, width]) and event counts."""
-    width = x_sq.shape[1]
+def scatter_add_many(
+    rows: NDArray[np.intp], values: list[NDArray[np.float64]], n_rows: int
+) -> list[NDArray[np.float64]]:
+    """:func:`scatter_add` for several [batch, width] arrays of one width, sharing the index."""
+    if not values:
+        return []
+    width = values[0].shape[1]
     flat = (rows[:, None] * width + np.arange(width)).ravel()
     size = n_rows * width
-    sxx = np.bincount(flat, weights=x_sq.ravel(), minlength=size).reshape(n_rows, width)
-    sxr = np.bincount(flat, weights=x_r.ravel(), minlength=size).reshape(n_rows, width)
-    count = np.bincount(rows, minlength=n_rows).astype(np.float64)
-    return sxx, sxr, count
+    return [np.bincount(flat, weights=v.ravel(), minlength=size).reshape(n_rows, width)
+            for v in values]

@@ -22,7 +22,7 @@ from recsys.bandits.slates import (
     mix_with_uniform,
     top_k,
 )
-from recsys.bandits.validation import check_context_one, check_positive, check_probability
+from recsys.bandits.validation import check_positive, check_probability
 
 
 class Statistics(Protocol):
@@ -48,7 +48,13 @@ class Statistics(Protocol):
 
 
 class BasePolicy:
-    """Shared plumbing: statistics lifecycle, validation, exploration floor, slates."""
+    """Shared plumbing: statistics lifecycle, validation, exploration floor, slates.
+
+    Common hyperparameters: ``lam`` (prior precision λ), ``reward_range`` (rewards outside it are
+    rejected), ``exploration_floor`` (probability of a uniformly random slate, so that no eligible
+    item ever has propensity 0: set it for OPE-grade logs), ``centred`` (dense statistics with a
+    per-feature intercept, see :mod:`recsys.bandits.dense`) and ``random_state``.
+    """
 
     def __init__(
         self,
@@ -56,9 +62,11 @@ class BasePolicy:
         lam: float = 1.0,
         reward_range: tuple[float, float] = (0.0, 1.0),
         exploration_floor: float = 0.0,
+        centred: bool = False,
         random_state: int | np.random.Generator | None = None,
     ) -> None:
         self.lam = check_positive(lam, "lam")
+        self.centred = bool(centred)
         low, high = (float(v) for v in reward_range)
         if not low < high:
             raise ValueError(f"reward_range must be (low, high), low < high; got {reward_range}")
@@ -72,8 +80,8 @@ class BasePolicy:
         self, items: ArrayLike, dim: int, prior_mean: ArrayLike | None, space: str,
         dtype: type[np.floating],
     ) -> Statistics:
-        return DenseStats.empty(items, dim, lam=self.lam, prior_mean=prior_mean, space=space,
-                                dtype=dtype)
+        return DenseStats.empty(items, dim, lam=self.lam, centred=self.centred,
+                                prior_mean=prior_mean, space=space, dtype=dtype)
 
     def init(
         self,
@@ -169,12 +177,8 @@ class BasePolicy:
         if k != 1 or not isinstance(stats, DenseStats) or (
                 type(self).recommend is not BasePolicy.recommend):
             return self.recommend(context, k)
-        x = check_context_one(context, stats.dim)
-        theta, inv_d = stats.posterior()
-        xs = x.astype(theta.dtype, copy=False)
-        mean = (theta @ xs).astype(np.float64, copy=False)
-        sd = np.sqrt(inv_d @ (xs * xs)).astype(np.float64, copy=False)  # inv_d > 0: no clip
-        scores = self._rule(mean, sd)
+        mean, var = stats.moments_one(context)
+        scores = self._rule(mean, np.sqrt(var))
         best = scores.max()
         at_max = scores == best
         n_max = int(at_max.sum())

@@ -30,10 +30,12 @@ class EpsilonGreedy(BasePolicy):
         lam: float = 1.0,
         reward_range: tuple[float, float] = (0.0, 1.0),
         exploration_floor: float = 0.0,
+        centred: bool = False,
         random_state: int | np.random.Generator | None = None,
     ) -> None:
         super().__init__(lam=lam, reward_range=reward_range,
-                         exploration_floor=exploration_floor, random_state=random_state)
+                         exploration_floor=exploration_floor, centred=centred,
+                         random_state=random_state)
         self.epsilon = check_probability(epsilon, "epsilon")
 
     def _epsilon(self) -> float:
@@ -49,10 +51,12 @@ class Greedy(EpsilonGreedy):
         lam: float = 1.0,
         reward_range: tuple[float, float] = (0.0, 1.0),
         exploration_floor: float = 0.0,
+        centred: bool = False,
         random_state: int | np.random.Generator | None = None,
     ) -> None:
         super().__init__(0.0, lam=lam, reward_range=reward_range,
-                         exploration_floor=exploration_floor, random_state=random_state)
+                         exploration_floor=exploration_floor, centred=centred,
+                         random_state=random_state)
 
 
 class SquareCB(BasePolicy):
@@ -69,10 +73,12 @@ class SquareCB(BasePolicy):
         lam: float = 1.0,
         reward_range: tuple[float, float] = (0.0, 1.0),
         exploration_floor: float = 0.0,
+        centred: bool = False,
         random_state: int | np.random.Generator | None = None,
     ) -> None:
         super().__init__(lam=lam, reward_range=reward_range,
-                         exploration_floor=exploration_floor, random_state=random_state)
+                         exploration_floor=exploration_floor, centred=centred,
+                         random_state=random_state)
         self.gamma = check_positive(gamma, "gamma", allow_zero=True)
 
     def recommend(self, contexts: Any, k: int = 1) -> Slate:

@@ -6,6 +6,18 @@ posterior::
 
     d = λ + sxx          θ̂ = (λ·μ₀ + sxr) / d          Var θ = 1 / d   (per coordinate)
 
+``centred=True`` adds two sums, ``sx[j, c] = Σ x_c`` and ``sr[j] = Σ r``, and fits each feature's
+univariate regression *with an intercept* (still diagonal, still additive)::
+
+    n' = n + λ     x̄ = sx/n'     d = λ + sxx − sx·x̄     θ̂ = (λ·μ₀ + sxr − x̄·sr) / d
+    score mean = sr/n' + Σ_c θ̂_c (x_c − x̄_c)     variance = 1/n' + Σ_c (x_c − x̄_c)²/d_c
+
+With dense embeddings the contexts an item is shown to are selected by the policy, so their mean
+is far from zero; the plain diagonal then double-counts that shared mean in every coordinate.
+Centring removes this (the dominant) error; the rest of the Diag-vs-full gap is the dropped
+covariance between features, reported by ``tests/benchmarks/regret.py``. One-hot contexts (the
+Online Matching K = 1 case, where Diag equals LinUCB) want the plain layout.
+
 Only the sums are learned, and sums add: a batch becomes a *delta* (a ``DenseStats`` over the
 batch's items), deltas from any number of workers ``merge`` in any order, and an exponential
 ``decay`` multiplies every sum by the same factor so it commutes with merging. λ and μ₀ are the
@@ -17,11 +29,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from recsys.bandits.accumulate import scatter_sums, touched_rows
+from recsys.bandits.accumulate import scatter_add_many, touched_rows
 from recsys.bandits.items import ItemIndex
 from recsys.bandits.persistence import read_npz, write_npz
 from recsys.bandits.validation import (
@@ -37,13 +50,27 @@ FORMAT = "recsys.bandits.DenseStats/1"
 _SMALL_BATCH = 64
 """Batches up to this size use ``np.add.at`` (low fixed cost); larger ones use bincount."""
 
+Rows = NDArray[np.intp] | slice
+
+
+@dataclass
+class _Posterior:
+    """Cached scoring arrays, valid for one statistics version."""
+
+    version: int
+    theta: NDArray[np.floating]  # slope means [n, d]
+    inv_d: NDArray[np.floating]  # slope variances (before v²) [n, d]
+    w1: NDArray[np.floating] | None = None  # centred: x̄/d [n, d]
+    b0: NDArray[np.floating] | None = None  # centred: intercept of the mean [n]
+    c0: NDArray[np.floating] | None = None  # centred: constant of the variance [n]
+
 
 @dataclass
 class DenseStats:
     """Additive per-(item, feature) statistics over a dense context of dimension ``dim``.
 
-    Build with :meth:`empty`; mutate only through the methods (they bump ``version`` and drop the
-    cached posterior). ``space`` names the feature space (for example the embedding model's
+    Build with :meth:`empty`; mutate only through the methods (they bump ``version`` and refresh
+    the cached posterior). ``space`` names the feature space (for example the embedding model's
     version): statistics from different spaces never merge.
     """
 
@@ -53,12 +80,12 @@ class DenseStats:
     sxx: NDArray[np.floating]
     sxr: NDArray[np.floating]
     count: NDArray[np.floating]
+    sx: NDArray[np.floating] | None = None
+    sr: NDArray[np.floating] | None = None
     prior_mean: NDArray[np.floating] | None = None
     space: str = ""
     version: int = 0
-    _cache: tuple[int, NDArray[np.floating], NDArray[np.floating]] | None = field(
-        default=None, repr=False, compare=False
-    )
+    _cache: _Posterior | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -68,6 +95,7 @@ class DenseStats:
         dim: int,
         *,
         lam: float = 1.0,
+        centred: bool = False,
         prior_mean: ArrayLike | None = None,
         space: str = "",
         dtype: type[np.floating] = np.float64,
@@ -75,7 +103,7 @@ class DenseStats:
         """Zero statistics for ``items`` (integer ids) and contexts of dimension ``dim``.
 
         ``dtype=np.float32`` halves the memory for very large catalogues at the cost of precision
-        in long-running sums (decay keeps them bounded).
+        in long-running sums (decay keeps them bounded); the posterior is computed in float64.
         """
         if int(dim) != dim or dim <= 0:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
@@ -90,11 +118,17 @@ class DenseStats:
             sxx=np.zeros((n, dim), dtype=dtype),
             sxr=np.zeros((n, dim), dtype=dtype),
             count=np.zeros(n, dtype=np.float64),
+            sx=np.zeros((n, dim), dtype=dtype) if centred else None,
+            sr=np.zeros(n, dtype=np.float64) if centred else None,
             space=str(space),
         )
         if prior_mean is not None:
             stats.set_prior_mean(prior_mean)
         return stats
+
+    @property
+    def centred(self) -> bool:
+        return self.sx is not None
 
     @property
     def n_items(self) -> int:
@@ -107,13 +141,29 @@ class DenseStats:
 
     @property
     def d(self) -> NDArray[np.floating]:
-        """The diagonal precision ``λ + Σ x²`` per (item, feature)."""
-        return self.lam + self.sxx
+        """The diagonal precision per (item, feature): ``λ + Σ x²`` (centred: of x − x̄)."""
+        if not self.centred:
+            return self.lam + self.sxx
+        return 1.0 / self.posterior()[1]
+
+    def _sums(self) -> dict[str, NDArray[np.floating]]:
+        """Every additive array by name (the feature sums [n, d], then the item sums [n])."""
+        out = {"sxx": self.sxx, "sxr": self.sxr}
+        if self.sx is not None:
+            out["sx"] = self.sx
+        out["count"] = self.count
+        if self.sr is not None:
+            out["sr"] = self.sr
+        return out
+
+    def _set_sums(self, sums: dict[str, NDArray[np.floating]]) -> None:
+        for name, value in sums.items():
+            setattr(self, name, value)
 
     @property
     def nbytes(self) -> int:
         """Memory held by the arrays (statistics, counts, prior; not the scoring cache)."""
-        total = self.sxx.nbytes + self.sxr.nbytes + self.count.nbytes + self.items.ids.nbytes
+        total = sum(a.nbytes for a in self._sums().values()) + self.items.ids.nbytes
         return total + (0 if self.prior_mean is None else self.prior_mean.nbytes)
 
     def _touch(self) -> None:
@@ -153,6 +203,32 @@ class DenseStats:
         r = check_rewards(rewards, x.shape[0], reward_range)
         return x, self.items.rows(ids), r
 
+    def _event_terms(
+        self, x: NDArray[np.float64], r: NDArray[np.float64]
+    ) -> dict[str, NDArray[np.float64]]:
+        """Per-event contributions to each sum, by name (same order as ``_sums``)."""
+        terms = {"sxx": x * x, "sxr": x * r[:, None]}
+        if self.centred:
+            terms["sx"] = x
+        terms["count"] = np.ones(r.shape[0])
+        if self.centred:
+            terms["sr"] = r
+        return terms
+
+    def _batch_sums(
+        self, rows: NDArray[np.intp], x: NDArray[np.float64], r: NDArray[np.float64]
+    ) -> tuple[NDArray[np.intp], dict[str, NDArray[np.float64]]]:
+        """Touched rows and the batch's sums over them (bincount scatter, no event loop)."""
+        unique, local = touched_rows(rows, self.n_items)
+        terms = self._event_terms(x, r)
+        wide = [name for name, v in terms.items() if v.ndim == 2]
+        sums = dict(zip(wide, scatter_add_many(local, [terms[n] for n in wide], unique.size),
+                        strict=True))
+        sums["count"] = np.bincount(local, minlength=unique.size).astype(np.float64)
+        if "sr" in terms:
+            sums["sr"] = np.bincount(local, weights=r, minlength=unique.size)
+        return unique, sums
+
     def delta_from_batch(
         self,
         contexts: ArrayLike,
@@ -163,21 +239,18 @@ class DenseStats:
     ) -> DenseStats:
         """The statistics of one batch alone, over the batch's distinct items.
 
-        Same ``dim``, λ and ``space`` as ``self``, no prior and version 0, so that
+        Same ``dim``, λ, layout and ``space`` as ``self``, no prior and version 0, so that
         ``self.merge(delta)`` equals learning the batch. Items must be known to ``self``.
         """
         x, rows, r = self._validated(contexts, items, rewards, reward_range)
-        unique, local = touched_rows(rows, self.n_items)
-        sxx, sxr, count = scatter_sums(local, x * x, x * r[:, None], unique.size)
-        return DenseStats(
-            items=ItemIndex(self.items.ids[unique]),
-            dim=self.dim,
-            lam=self.lam,
-            sxx=sxx.astype(self.sxx.dtype, copy=False),
-            sxr=sxr.astype(self.sxx.dtype, copy=False),
-            count=count,
-            space=self.space,
-        )
+        unique, sums = self._batch_sums(rows, x, r)
+        dtype = self.sxx.dtype
+        delta = DenseStats(items=ItemIndex(self.items.ids[unique]), dim=self.dim, lam=self.lam,
+                           sxx=sums["sxx"], sxr=sums["sxr"], count=sums["count"],
+                           space=self.space)
+        delta._set_sums({k: (v.astype(dtype, copy=False) if v.ndim == 2 else v)
+                         for k, v in sums.items()})
+        return delta
 
     def learn(
         self,
@@ -189,23 +262,19 @@ class DenseStats:
     ) -> DenseStats:
         """Add one batch (or one event) in place; returns ``self``."""
         x, rows, r = self._validated(contexts, items, rewards, reward_range)
-        x_sq, x_r = x * x, x * r[:, None]
+        current = self._sums()
         if rows.size <= _SMALL_BATCH:  # scatter-add straight in: cheapest for a few events
-            np.add.at(self.sxx, rows, x_sq)
-            np.add.at(self.sxr, rows, x_r)
-            np.add.at(self.count, rows, 1.0)
+            for name, values in self._event_terms(x, r).items():
+                np.add.at(current[name], rows, values)
             self._updated(rows)
             return self
-        unique, local = touched_rows(rows, self.n_items)
-        sxx, sxr, count = scatter_sums(local, x_sq, x_r, unique.size)
-        if unique.size == self.n_items:  # every row touched: plain adds, no fancy indexing
-            self.sxx += sxx
-            self.sxr += sxr
-            self.count += count
-        else:
-            self.sxx[unique] += sxx
-            self.sxr[unique] += sxr
-            self.count[unique] += count
+        unique, sums = self._batch_sums(rows, x, r)
+        every_row = unique.size == self.n_items  # plain adds, no fancy indexing
+        for name, value in sums.items():
+            if every_row:
+                current[name] += value
+            else:
+                current[name][unique] += value
         self._updated(unique)
         return self
 
@@ -222,36 +291,32 @@ class DenseStats:
         x = check_context_one(context, self.dim)
         row = self.items.row_one(item)
         r = check_reward_one(reward, reward_range)
-        sxx, sxr = self.sxx[row], self.sxr[row]  # views: updated in place
-        sxx += x * x
-        sxr += x * r
+        view = self.sxx[row]
+        view += x * x
+        view = self.sxr[row]
+        view += x * r
         self.count[row] += 1.0
-        cache = self._cache
-        self.version += 1
-        if cache is None or cache[0] != self.version - 1:
-            self._cache = None
-            return self
-        inv = 1.0 / (self.lam + sxx)
-        cache[2][row] = inv
-        cache[1][row] = (sxr if self.prior_mean is None else
-                         sxr + self.lam * self.prior_mean[row]) * inv
-        self._cache = (self.version, cache[1], cache[2])
+        if self.sx is not None and self.sr is not None:
+            view = self.sx[row]
+            view += x
+            self.sr[row] += r
+        self._updated(slice(row, row + 1))
         return self
 
-    def _updated(self, rows: NDArray[np.intp]) -> None:
+    def _updated(self, rows: Rows) -> None:
         """Bump the version; refresh the cached posterior on the touched rows only."""
         cache = self._cache
         self.version += 1
-        if cache is None or cache[0] != self.version - 1 or rows.size * 4 > self.n_items:
+        n_rows = (rows.stop - rows.start) if isinstance(rows, slice) else rows.size
+        if cache is None or cache.version != self.version - 1 or n_rows * 4 > self.n_items:
             self._cache = None
             return
-        _, theta, inv_d = cache
-        d = self.lam + self.sxx[rows]
-        num = self.sxr[rows] if self.prior_mean is None else (
-            self.sxr[rows] + self.lam * self.prior_mean[rows])
-        inv_d[rows] = 1.0 / d
-        theta[rows] = num * inv_d[rows]
-        self._cache = (self.version, theta, inv_d)
+        fresh = self._posterior_rows(rows)
+        for name in ("theta", "inv_d", "w1", "b0", "c0"):
+            target = getattr(cache, name)
+            if target is not None:
+                target[rows] = getattr(fresh, name)
+        cache.version = self.version
 
     # ------------------------------------------------------------------ algebra
     def _check_compatible(self, other: DenseStats) -> None:
@@ -262,6 +327,8 @@ class DenseStats:
         if other.lam != self.lam:
             raise ValueError(f"cannot merge statistics with different priors λ={self.lam}, "
                              f"λ={other.lam}")
+        if other.centred != self.centred:
+            raise ValueError("cannot merge centred with uncentred statistics")
         if other.space != self.space:
             raise ValueError(
                 f"cannot merge statistics from feature space {self.space!r} with {other.space!r}:"
@@ -277,22 +344,19 @@ class DenseStats:
         self._check_compatible(other)
         if self.items == other.items:
             out = self._copy()
-            out.sxx += other.sxx
-            out.sxr += other.sxr
-            out.count += other.count
+            mine = out._sums()
+            for name, value in other._sums().items():
+                mine[name] += value
         else:
             out = DenseStats.empty(
-                np.union1d(self.items.ids, other.items.ids),
-                self.dim,
-                lam=self.lam,
-                space=self.space,
-                dtype=self.sxx.dtype.type,
+                np.union1d(self.items.ids, other.items.ids), self.dim, lam=self.lam,
+                centred=self.centred, space=self.space, dtype=self.sxx.dtype.type,
             )
+            mine = out._sums()
             for part in (self, other):
                 rows = out.items.rows(part.items.ids)
-                out.sxx[rows] += part.sxx
-                out.sxr[rows] += part.sxr
-                out.count[rows] += part.count
+                for name, value in part._sums().items():
+                    mine[name][rows] += value
         out.prior_mean = _merged_prior(self, other, out)
         out.version = max(self.version, other.version)
         out._cache = None
@@ -307,9 +371,9 @@ class DenseStats:
         if other.prior_mean is not None:
             raise ValueError("merge_inplace: a delta must not carry prior means")
         rows = self.items.rows(other.items.ids, name="delta items")
-        self.sxx[rows] += other.sxx
-        self.sxr[rows] += other.sxr
-        self.count[rows] += other.count
+        mine = self._sums()
+        for name, value in other._sums().items():
+            mine[name][rows] += value
         self._updated(rows)
         return self
 
@@ -322,9 +386,8 @@ class DenseStats:
         f = float(factor)
         if not (0.0 < f <= 1.0):
             raise ValueError(f"decay factor must be in (0, 1], got {factor!r}")
-        self.sxx *= f
-        self.sxr *= f
-        self.count *= f
+        for value in self._sums().values():
+            value *= f
         self._touch()
         return self
 
@@ -338,12 +401,12 @@ class DenseStats:
         keep = index.rows(self.items.ids)
         fresh = index.rows(new)
         n = len(index)
-        sxx = np.zeros((n, self.dim), dtype=self.sxx.dtype)
-        sxr = np.zeros_like(sxx)
-        count = np.zeros(n)
-        sxx[keep], sxr[keep], count[keep] = self.sxx, self.sxr, self.count
+        grown = {}
+        for name, value in self._sums().items():
+            grown[name] = np.zeros((n, *value.shape[1:]), dtype=value.dtype)
+            grown[name][keep] = value
         if self.prior_mean is not None or prior_mean is not None:
-            mu = np.zeros_like(sxx)
+            mu = np.zeros((n, self.dim), dtype=self.sxx.dtype)
             if self.prior_mean is not None:
                 mu[keep] = self.prior_mean
             if prior_mean is not None:
@@ -352,7 +415,8 @@ class DenseStats:
                 if not np.isfinite(mu).all():
                     raise ValueError("add_items: prior_mean contains NaN or infinity")
             self.prior_mean = mu
-        self.items, self.sxx, self.sxr, self.count = index, sxx, sxr, count
+        self.items = index
+        self._set_sums(grown)
         self._touch()
         return self
 
@@ -363,37 +427,68 @@ class DenseStats:
         keep = np.ones(self.n_items, dtype=bool)
         keep[rows] = False
         self.items = ItemIndex(self.items.ids[keep])
-        self.sxx, self.sxr, self.count = self.sxx[keep], self.sxr[keep], self.count[keep]
+        self._set_sums({name: value[keep] for name, value in self._sums().items()})
         if self.prior_mean is not None:
             self.prior_mean = self.prior_mean[keep]
         self._touch()
         return self
 
     # ------------------------------------------------------------------ posterior
+    def _posterior_rows(self, rows: Rows) -> _Posterior:
+        """Scoring arrays for some rows, computed in float64 and stored in the stats' dtype."""
+        dtype = self.sxx.dtype
+        sxx = self.sxx[rows].astype(np.float64)
+        sxr = self.sxr[rows].astype(np.float64)
+        prior = 0.0 if self.prior_mean is None else self.lam * self.prior_mean[rows]
+        if self.sx is None or self.sr is None:
+            inv_d = 1.0 / (self.lam + sxx)
+            return _Posterior(self.version, ((sxr + prior) * inv_d).astype(dtype, copy=False),
+                              inv_d.astype(dtype, copy=False))
+        nn = self.count[rows] + self.lam
+        sr = self.sr[rows]
+        xbar = self.sx[rows].astype(np.float64) / nn[:, None]
+        # λ + Σ(x − x̄)² ≥ λ in exact arithmetic; the clip guards float cancellation
+        inv_d = 1.0 / np.maximum(self.lam + sxx - self.sx[rows] * xbar, self.lam)
+        theta = (sxr - xbar * sr[:, None] + prior) * inv_d
+        w1 = xbar * inv_d
+        return _Posterior(
+            self.version, theta.astype(dtype, copy=False), inv_d.astype(dtype, copy=False),
+            w1=w1.astype(dtype, copy=False),
+            b0=(sr / nn - (theta * xbar).sum(axis=1)).astype(dtype, copy=False),
+            c0=(1.0 / nn + (xbar * w1).sum(axis=1)).astype(dtype, copy=False),
+        )
+
+    def _posterior(self) -> _Posterior:
+        if self._cache is None or self._cache.version != self.version:
+            self._cache = self._posterior_rows(slice(None))
+        return self._cache
+
     def posterior(self) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
-        """Per (item, feature) posterior mean θ̂ and variance 1/d (cached until the next update)."""
-        if self._cache is None or self._cache[0] != self.version:
-            d = self.lam + self.sxx
-            num = self.sxr if self.prior_mean is None else self.sxr + self.lam * self.prior_mean
-            inv_d = 1.0 / d
-            self._cache = (self.version, num * inv_d, inv_d)
-        return self._cache[1], self._cache[2]
+        """Per (item, feature) posterior mean θ̂ and variance 1/d (cached until the next update).
+
+        For centred statistics these are the slopes; the intercept is part of the score mean.
+        """
+        post = self._posterior()
+        return post.theta, post.inv_d
 
     def score_moments(
         self, contexts: NDArray[np.float64], rows: NDArray[np.intp] | None = None
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Mean ``x·θ̂_j`` and variance ``Σ_c x_c²/d_jc`` of each item's score, [batch, items].
+        """Mean and variance of each item's score for each context, [batch, items].
 
         ``rows`` restricts the result to those item rows (candidate lists).
         """
-        theta, inv_d = self.posterior()
-        if rows is not None:
-            theta, inv_d = theta[rows], inv_d[rows]
+        post = self._posterior()
+        pick: Any = slice(None) if rows is None else rows
+        theta, inv_d = post.theta[pick], post.inv_d[pick]
         x = contexts.astype(theta.dtype, copy=False)
         mean = x @ theta.T
         var = (x * x) @ inv_d.T
-        return mean.astype(np.float64, copy=False), np.maximum(var, 0.0).astype(np.float64,
-                                                                                  copy=False)
+        if post.w1 is not None and post.b0 is not None and post.c0 is not None:
+            mean += post.b0[pick]
+            var += post.c0[pick] - 2.0 * (x @ post.w1[pick].T)
+            np.maximum(var, 0.0, out=var)
+        return mean.astype(np.float64, copy=False), var.astype(np.float64, copy=False)
 
     def moments(
         self, contexts: ArrayLike
@@ -402,49 +497,56 @@ class DenseStats:
         mean, var = self.score_moments(check_contexts(contexts, self.dim))
         return mean, var, None
 
+    def moments_one(self, context: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Score mean and variance [n_items] for a single context (the per-event fast path)."""
+        post = self._posterior()
+        x = check_context_one(context, self.dim).astype(post.theta.dtype, copy=False)
+        mean = post.theta @ x
+        var = post.inv_d @ (x * x)
+        if post.w1 is not None and post.b0 is not None and post.c0 is not None:
+            mean += post.b0
+            var += post.c0 - 2.0 * (post.w1 @ x)
+            np.maximum(var, 0.0, out=var)
+        return mean.astype(np.float64, copy=False), var.astype(np.float64, copy=False)
+
     # ------------------------------------------------------------------ comparison / copies
     def _copy(self) -> DenseStats:
-        return DenseStats(
-            items=ItemIndex(self.items.ids),
-            dim=self.dim,
-            lam=self.lam,
-            sxx=self.sxx.copy(),
-            sxr=self.sxr.copy(),
-            count=self.count.copy(),
+        out = DenseStats(
+            items=ItemIndex(self.items.ids), dim=self.dim, lam=self.lam, sxx=self.sxx,
+            sxr=self.sxr, count=self.count,
             prior_mean=None if self.prior_mean is None else self.prior_mean.copy(),
-            space=self.space,
-            version=self.version,
+            space=self.space, version=self.version,
         )
+        out._set_sums({name: value.copy() for name, value in self._sums().items()})
+        return out
 
     def copy(self) -> DenseStats:
         """A deep copy."""
         return self._copy()
 
     def allclose(self, other: DenseStats, *, rtol: float = 1e-10, atol: float = 1e-10) -> bool:
-        """Same items, prior and sums up to float rounding (the version is not compared)."""
+        """Same items, layout, prior and sums up to float rounding (not the version)."""
         if not isinstance(other, DenseStats) or self.items != other.items:
             return False
-        if (self.dim, self.lam, self.space) != (other.dim, other.lam, other.space):
+        if (self.dim, self.lam, self.space, self.centred) != (
+                other.dim, other.lam, other.space, other.centred):
             return False
         if (self.prior_mean is None) != (other.prior_mean is None):
             return False
-        pairs = [(self.sxx, other.sxx), (self.sxr, other.sxr), (self.count, other.count)]
-        if self.prior_mean is not None:
-            pairs.append((self.prior_mean, other.prior_mean))  # type: ignore[arg-type]
+        theirs = other._sums()
+        pairs = [(value, theirs[name]) for name, value in self._sums().items()]
+        if self.prior_mean is not None and other.prior_mean is not None:
+            pairs.append((self.prior_mean, other.prior_mean))
         return all(np.allclose(a, b, rtol=rtol, atol=atol) for a, b in pairs)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write an ``.npz`` file (plain arrays only, loadable without pickle)."""
-        arrays = {
-            "items": self.items.ids,
-            "sxx": self.sxx,
-            "sxr": self.sxr,
-            "count": self.count,
-        }
+        arrays = {"items": self.items.ids, **self._sums()}
         if self.prior_mean is not None:
             arrays["prior_mean"] = self.prior_mean
-        meta = {"dim": self.dim, "lam": self.lam, "space": self.space, "version": self.version}
+        meta = {"dim": self.dim, "lam": self.lam, "space": self.space, "version": self.version,
+                "centred": self.centred}
         write_npz(path, FORMAT, meta, arrays)
 
     @classmethod
@@ -453,20 +555,15 @@ class DenseStats:
         meta, arrays = read_npz(path, FORMAT)
         dim = int(meta["dim"])
         n = arrays["items"].size
-        for name in ("sxx", "sxr"):
-            if arrays[name].shape != (n, dim):
-                raise ValueError(f"{path}: {name} has shape {arrays[name].shape}, "
-                                 f"expected {(n, dim)}")
+        names = ["sxx", "sxr", "sx"] if meta.get("centred") else ["sxx", "sxr"]
+        for name in names:
+            if name not in arrays or arrays[name].shape != (n, dim):
+                raise ValueError(f"{path}: {name} is missing or not of shape {(n, dim)}")
         return cls(
-            items=ItemIndex(arrays["items"]),
-            dim=dim,
-            lam=float(meta["lam"]),
-            sxx=arrays["sxx"],
-            sxr=arrays["sxr"],
-            count=arrays["count"],
-            prior_mean=arrays.get("prior_mean"),
-            space=str(meta["space"]),
-            version=int(meta["version"]),
+            items=ItemIndex(arrays["items"]), dim=dim, lam=float(meta["lam"]),
+            sxx=arrays["sxx"], sxr=arrays["sxr"], count=arrays["count"],
+            sx=arrays.get("sx"), sr=arrays.get("sr"), prior_mean=arrays.get("prior_mean"),
+            space=str(meta["space"]), version=int(meta["version"]),
         )
 
 

@@ -28,10 +28,12 @@ class DiagLinUCB(BasePolicy):
         lam: float = 1.0,
         reward_range: tuple[float, float] = (0.0, 1.0),
         exploration_floor: float = 0.0,
+        centred: bool = False,
         random_state: int | np.random.Generator | None = None,
     ) -> None:
         super().__init__(lam=lam, reward_range=reward_range,
-                         exploration_floor=exploration_floor, random_state=random_state)
+                         exploration_floor=exploration_floor, centred=centred,
+                         random_state=random_state)
         self.alpha = check_positive(alpha, "alpha", allow_zero=True)
         self.epsilon = check_probability(epsilon, "epsilon")
 
@@ -52,6 +54,9 @@ class LinUCB(DiagLinUCB):
         self, items: ArrayLike, dim: int, prior_mean: ArrayLike | None, space: str,
         dtype: type[np.floating],
     ) -> Statistics:
+        if self.centred:
+            raise ValueError("centred applies to diagonal statistics; full covariance models the "
+                             "intercept through a constant feature")
         return FullStats.empty(items, dim, lam=self.lam, prior_mean=prior_mean, space=space)
 
     def use(self, stats: Any) -> LinUCB:

@@ -110,3 +110,27 @@ def test_warm_start_moves_the_mean_not_the_bonus() -> None:
     # with no data, the mean score is exactly the prior's prediction
     fresh = DiagLinUCB().init(np.arange(N_ITEMS), DIM, prior_mean=prior)
     np.testing.assert_allclose(fresh.score(q, exploit=True), q @ prior.T, atol=1e-12)
+
+
+def test_centred_statistics_are_per_feature_regressions_with_intercept() -> None:
+    """The centred layout equals, feature by feature, a ridge regression of r on (1, x_c)."""
+    rng = np.random.default_rng(7)
+    lam = 0.8
+    x = rng.normal(loc=1.5, size=(400, DIM))
+    items = rng.integers(0, N_ITEMS, 400)
+    r = rng.random(400)
+    policy = DiagLinUCB(alpha=1.0, lam=lam, centred=True).init(np.arange(N_ITEMS), DIM)
+    policy.learn(x, items, r)
+    q = rng.normal(size=(5, DIM))
+    mean = policy.score(q, exploit=True)
+    bonus = policy.score(q) - mean
+    for j in range(N_ITEMS):
+        xj, rj = x[items == j], r[items == j]
+        n = lam + xj.shape[0]
+        xbar, rbar = xj.sum(0) / n, rj.sum() / n
+        d = lam + (xj**2).sum(0) - xbar * xj.sum(0)
+        slope = ((xj * rj[:, None]).sum(0) - xbar * rj.sum()) / d
+        expected_mean = rbar + (q - xbar) @ slope
+        expected_var = 1.0 / n + ((q - xbar) ** 2 / d).sum(1)
+        np.testing.assert_allclose(mean[:, j], expected_mean, atol=1e-10)
+        np.testing.assert_allclose(bonus[:, j], np.sqrt(expected_var), atol=1e-10)

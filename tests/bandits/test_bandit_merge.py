@@ -34,10 +34,10 @@ def random_partition(rng: np.random.Generator, n: int, parts: int) -> list[np.nd
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=seeds, n=batch_sizes, parts=part_counts)
-def test_dense_merge_of_partition_deltas_equals_learning_the_whole(seed, n, parts) -> None:
+@given(seed=seeds, n=batch_sizes, parts=part_counts, centred=st.booleans())
+def test_dense_merge_of_partition_deltas_equals_learning_the_whole(seed, n, parts, centred) -> None:
     x, items, r = dense_batch(seed, n)
-    base = DenseStats.empty(ITEMS, DIM, lam=0.5)
+    base = DenseStats.empty(ITEMS, DIM, lam=0.5, centred=centred)
     whole = base.copy().learn(x, items, r)
     rng = np.random.default_rng(seed + 1)
     deltas = [base.delta_from_batch(x[p], items[p], r[p]) for p in random_partition(rng, n, parts)]
@@ -50,9 +50,10 @@ def test_dense_merge_of_partition_deltas_equals_learning_the_whole(seed, n, part
 
 
 @settings(max_examples=40, deadline=None)
-@given(a=seeds, b=seeds, c=seeds, na=batch_sizes, nb=batch_sizes, nc=batch_sizes)
-def test_dense_merge_is_commutative_and_associative(a, b, c, na, nb, nc) -> None:
-    base = DenseStats.empty(ITEMS, DIM)
+@given(a=seeds, b=seeds, c=seeds, na=batch_sizes, nb=batch_sizes, nc=batch_sizes,
+       centred=st.booleans())
+def test_dense_merge_is_commutative_and_associative(a, b, c, na, nb, nc, centred) -> None:
+    base = DenseStats.empty(ITEMS, DIM, centred=centred)
     da, db, dc = (base.delta_from_batch(*dense_batch(s, n)) for s, n in ((a, na), (b, nb), (c, nc)))
     assert da.merge(db).allclose(db.merge(da))
     assert da.merge(db).merge(dc).allclose(da.merge(db.merge(dc)))
@@ -61,7 +62,7 @@ def test_dense_merge_is_commutative_and_associative(a, b, c, na, nb, nc) -> None
 @settings(max_examples=30, deadline=None)
 @given(seed=seeds, n=batch_sizes, factor=st.floats(0.05, 1.0))
 def test_decay_commutes_with_merge(seed, n, factor) -> None:
-    base = DenseStats.empty(ITEMS, DIM)
+    base = DenseStats.empty(ITEMS, DIM, centred=True)
     x, items, r = dense_batch(seed, n)
     half = n // 2
     d1 = base.delta_from_batch(x[:half], items[:half], r[:half]) if half else base.copy()
@@ -119,6 +120,8 @@ def test_merge_refuses_other_feature_spaces_and_priors() -> None:
         a.merge(DenseStats.empty(ITEMS, DIM, space="emb-v2"))
     with pytest.raises(ValueError, match="dim"):
         a.merge(DenseStats.empty(ITEMS, DIM + 1, space="emb-v1"))
+    with pytest.raises(ValueError, match="centred"):
+        a.merge(DenseStats.empty(ITEMS, DIM, space="emb-v1", centred=True))
     p1 = DenseStats.empty(ITEMS, DIM, prior_mean=1.0)
     with pytest.raises(ValueError, match="prior"):
         p1.merge(DenseStats.empty(ITEMS, DIM, prior_mean=2.0))
@@ -154,6 +157,11 @@ def test_save_load_round_trip_and_versions(tmp_path) -> None:
     assert loaded.allclose(stats) and loaded.version == stats.version
     assert loaded.space == "v7" and loaded.lam == 0.3
 
+    centred = DenseStats.empty(ITEMS, DIM, centred=True).learn(*dense_batch(10, 100))
+    centred.save(tmp_path / "c.npz")
+    assert DenseStats.load(tmp_path / "c.npz").allclose(centred)
+    assert DenseStats.load(tmp_path / "c.npz").centred
+
     graph = graph_stats().learn(*graph_batch(3, 50))
     graph.save(tmp_path / "g.npz")
     assert GraphStats.load(tmp_path / "g.npz").allclose(graph)
@@ -184,10 +192,11 @@ def test_graph_add_edges_and_retire_items() -> None:
     assert stats.sxr.sum() == pytest.approx(total - dropped)
 
 
-def test_learn_one_equals_a_batch_of_one() -> None:
+@pytest.mark.parametrize("centred", [False, True])
+def test_learn_one_equals_a_batch_of_one(centred: bool) -> None:
     x, items, r = dense_batch(11, 40)
-    one = DiagLinUCB().init(ITEMS, DIM)
-    batch = DiagLinUCB().init(ITEMS, DIM)
+    one = DiagLinUCB(centred=centred).init(ITEMS, DIM)
+    batch = DiagLinUCB(centred=centred).init(ITEMS, DIM)
     one.score(x)  # warm the posterior cache: learn_one must refresh it
     for i in range(40):
         one.learn_one(x[i], int(items[i]), float(r[i]))
