@@ -255,8 +255,9 @@ def main() -> None:
         exp = regret.experiment(n, with_vw=True)
         for kind, table in exp["table"].items():
             vw = table.get("VW SquareCB (per event)")
-            for name in ("DiagLinTS", "DiagLinUCB", "LinUCB (full)", "LinTS (full)",
-                         "eps-greedy 0.05", "random"):
+            for name in ("DiagLinTS", "DiagLinUCB", "DiagLinTS centred", "DiagLinUCB centred",
+                         "LinUCB (full)", "LinTS (full)", "SquareCB (IGW)", "eps-greedy 0.05",
+                         "random"):
                 v = table[name]
                 if isinstance(vw, float):
                     peer_text, ratio = f"VW SquareCB {vw:.0f}", f"{v / vw:.2f}x VW"
@@ -266,8 +267,14 @@ def main() -> None:
                     peer_text, ratio, target = (vw or "-"), "-", "info"
                 row(f"regret after {n} rounds, {kind} contexts: {name}", f"{v:.0f}", peer_text,
                     ratio, target)
+        for kind in regret.PROBLEMS:
+            acc = regret.diag_vs_full_accuracy(kind)
+            row(f"mean-score RMSE vs truth, {kind}, 50k uniform logs: Diag / centred / full",
+                f"{acc['diag_rmse']:.3f} / {acc['centred_rmse']:.3f} / {acc['full_rmse']:.3f}",
+                "-", "-", "Diag-vs-full gap")
         print(f"regret plot: {exp['plot']}", file=sys.stderr)
 
+    print(f"load average during the run: {os.getloadavg()} on {os.cpu_count()} cores")
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     header = ("metric", "recsys", "peer (same run)", "ratio", "target")
     widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]

@@ -8,8 +8,11 @@ batch, as in streaming serving) on three context kinds and saves a regret plot:
 * ``correlated`` — dense Gaussian features with equicorrelation 0.5: the Diag-vs-full gap.
 
 Every policy sees the same contexts and the same uniform draws (reward = u < p), so the curves
-differ only by the policies' choices. With ``--with-vw`` Vowpal Wabbit's SquareCB runs on the
-same problem through the peers' environment (see setup_peers.sh), one event at a time.
+differ only by the policies' choices. Hyperparameters: α = 1 / v = 0.5 for the plain statistics
+and full references, α = 0.5 / v = 0.25 for the centred ones (picked from v ∈ {0.25, 0.5, 1} on
+the gaussian problem); VW runs with its defaults. With ``--with-vw`` Vowpal Wabbit's SquareCB
+runs on the same problem through the peers' environment (see setup_peers.sh), one event at a
+time.
 
 Usage: python tests/benchmarks/regret.py [--events 200000] [--with-vw]
 """
@@ -52,6 +55,9 @@ PROBLEMS = {
 POLICIES = {
     "DiagLinUCB": lambda: DiagLinUCB(alpha=1.0, random_state=10_000),
     "DiagLinTS": lambda: DiagLinTS(v=0.5, n_mc_draws=0, random_state=10_000),
+    "DiagLinUCB centred": lambda: DiagLinUCB(alpha=0.5, centred=True, random_state=10_000),
+    "DiagLinTS centred": lambda: DiagLinTS(v=0.25, centred=True, n_mc_draws=0,
+                                           random_state=10_000),
     "LinUCB (full)": lambda: LinUCB(alpha=1.0, random_state=10_000),
     "LinTS (full)": lambda: LinTS(v=0.5, n_mc_draws=0, random_state=10_000),
     "SquareCB (IGW)": lambda: SquareCB(gamma=1000.0, random_state=10_000),
@@ -101,20 +107,22 @@ def run_ours(problem: dict[str, np.ndarray], names: list[str]) -> dict[str, Regr
 
 
 def diag_vs_full_accuracy(kind: str, events: int = 50_000) -> dict[str, float]:
-    """Fit Diag and full-covariance statistics on uniformly logged events; RMSE of the mean
-    score against the true click probability, and between the two models."""
+    """Fit Diag (plain and centred) and full-covariance statistics on uniformly logged events;
+    RMSE of the mean score against the true click probability, and between the models."""
     prob = make_problem(kind, events + 5000, seed=7)
     x, theta, u = prob["x"][:events], prob["theta"], prob["u"][:events]
     a = np.random.default_rng(12_345).integers(0, N_ACTIONS, events)  # not the env's stream
     r = (u < 1.0 / (1.0 + np.exp(-(x * theta[a]).sum(1)))).astype(float)
     diag = DiagLinUCB().init(np.arange(N_ACTIONS), DIM).learn(x, a, r)
+    cent = DiagLinUCB(centred=True).init(np.arange(N_ACTIONS), DIM).learn(x, a, r)
     full = LinUCB().init(np.arange(N_ACTIONS), DIM).learn(x, a, r)
     q = prob["x"][events:]
     truth = 1.0 / (1.0 + np.exp(-(q @ theta.T)))
-    sd, sf = diag.score(q, exploit=True), full.score(q, exploit=True)
+    sd, sc, sf = (m.score(q, exploit=True) for m in (diag, cent, full))
     rmse = lambda e: float(np.sqrt(np.mean(e**2)))  # noqa: E731
-    return {"diag_rmse": rmse(sd - truth), "full_rmse": rmse(sf - truth),
-            "diag_vs_full_rmse": rmse(sd - sf)}
+    return {"diag_rmse": rmse(sd - truth), "centred_rmse": rmse(sc - truth),
+            "full_rmse": rmse(sf - truth), "diag_vs_full_rmse": rmse(sd - sf),
+            "centred_vs_full_rmse": rmse(sc - sf)}
 
 
 def start_vw_squarecb(problem: dict[str, np.ndarray], workdir: Path) -> subprocess.Popen | None:
@@ -208,13 +216,15 @@ def main() -> None:
     for kind in PROBLEMS:
         acc = diag_vs_full_accuracy(kind)
         print(f"mean-score RMSE vs true P(click), {kind} contexts, 50k uniform logs: "
-              f"Diag {acc['diag_rmse']:.4f}, full {acc['full_rmse']:.4f}, "
-              f"Diag-full {acc['diag_vs_full_rmse']:.4f}")
+              f"Diag {acc['diag_rmse']:.4f}, Diag centred {acc['centred_rmse']:.4f}, "
+              f"full {acc['full_rmse']:.4f}; Diag-full {acc['diag_vs_full_rmse']:.4f}, "
+              f"centred-full {acc['centred_vs_full_rmse']:.4f}")
     corr = out["table"].get("correlated", {})
     if corr:
-        print(f"Diag vs full on correlated contexts: DiagLinUCB {corr['DiagLinUCB']:.0f} vs "
-              f"LinUCB {corr['LinUCB (full)']:.0f}; DiagLinTS {corr['DiagLinTS']:.0f} vs "
-              f"LinTS {corr['LinTS (full)']:.0f}")
+        print(f"Diag vs full regret on correlated contexts: DiagLinUCB {corr['DiagLinUCB']:.0f}"
+              f" (centred {corr['DiagLinUCB centred']:.0f}) vs LinUCB "
+              f"{corr['LinUCB (full)']:.0f}; DiagLinTS {corr['DiagLinTS']:.0f} (centred "
+              f"{corr['DiagLinTS centred']:.0f}) vs LinTS {corr['LinTS (full)']:.0f}")
     print(f"plot: {out['plot']}")
 
 
