@@ -1,14 +1,25 @@
 """Bandit policies on additive sufficient statistics (Diag-LinUCB, Thompson sampling, references).
 
-A policy is statistics + a scoring rule. The statistics (:class:`DenseStats`, :class:`GraphStats`)
-are plain sums that merge in any order, so learners on many workers compute deltas with
-``delta_from_batch`` and parameter shards ``merge`` them.
+A policy is statistics + a scoring rule. The statistics (:class:`DenseStats` for a user embedding
+as context, :class:`GraphStats` for Online Matching's cluster→item graph) are plain sums that
+merge in any order, so learners on many workers compute deltas with ``delta_from_batch`` and
+parameter shards ``merge`` them; the policies only read them.
+
+Example::
+
+    policy = DiagLinUCB(alpha=1.0, epsilon=0.05, random_state=0).init(item_ids, dim=32)
+    slate = policy.recommend(contexts, k=10)      # items, propensities (+ standard errors)
+    policy.learn(contexts, slate.items[:, 0], rewards)
+    delta = policy.stats_.delta_from_batch(contexts, shown_items, rewards)  # on a worker
+    shard_stats.merge_inplace(delta)                                        # on a shard
 """
 
 from recsys.bandits.base import BasePolicy
 from recsys.bandits.baselines import EpsilonGreedy, Greedy, SquareCB
+from recsys.bandits.clustering import ClusterGraph, build_cluster_graph
 from recsys.bandits.dense import DenseStats
 from recsys.bandits.full import FullStats
+from recsys.bandits.graph import GraphStats, SoftContexts
 from recsys.bandits.slates import Slate
 from recsys.bandits.thompson import DiagLinTS, InSlateTS, LinTS
 from recsys.bandits.ucb import DiagLinUCB, LinUCB
@@ -16,16 +27,20 @@ from recsys.bandits.validation import UnknownItemError
 
 __all__ = [
     "BasePolicy",
+    "ClusterGraph",
     "DenseStats",
     "DiagLinTS",
     "DiagLinUCB",
     "EpsilonGreedy",
     "FullStats",
+    "GraphStats",
     "Greedy",
     "InSlateTS",
     "LinTS",
     "LinUCB",
     "Slate",
+    "SoftContexts",
     "SquareCB",
     "UnknownItemError",
+    "build_cluster_graph",
 ]
