@@ -22,14 +22,20 @@ from streaming.broker import (
 )
 
 
+def _report_configured_cluster(settings: Settings, note: str) -> bool:
+    """Print whether the configured cluster serves metadata; True when it does."""
+    assert settings.kafka.bootstrap
+    reachable = metadata_available(settings.kafka.bootstrap, **settings.kafka.client_options())
+    print(
+        f"kafka.bootstrap is configured ({settings.kafka.bootstrap}){note}: "
+        f"cluster {'reachable' if reachable else 'NOT reachable'}"
+    )
+    return reachable
+
+
 def _start(settings: Settings) -> int:
     if settings.kafka.bootstrap:
-        reachable = metadata_available(settings.kafka.bootstrap, **settings.kafka.client_options())
-        print(
-            f"kafka.bootstrap is configured ({settings.kafka.bootstrap}): nothing to start; "
-            f"cluster {'reachable' if reachable else 'NOT reachable'}"
-        )
-        return 0 if reachable else 1
+        return 0 if _report_configured_cluster(settings, ", nothing to start") else 1
     state = read_state(settings.kafka_data_dir)
     if state is not None and is_our_jvm(state):
         print(f"already running: {state.bootstrap} (pid {state.pid})")
@@ -66,12 +72,7 @@ def _stop(settings: Settings) -> int:
 
 def _status(settings: Settings) -> int:
     if settings.kafka.bootstrap:
-        reachable = metadata_available(settings.kafka.bootstrap, **settings.kafka.client_options())
-        print(
-            f"configured cluster {settings.kafka.bootstrap}: "
-            f"{'reachable' if reachable else 'NOT reachable'}"
-        )
-        return 0 if reachable else 3
+        return 0 if _report_configured_cluster(settings, "") else 3
     state = read_state(settings.kafka_data_dir)
     if state is None or not is_our_jvm(state):
         print("not running" + (" (stale state file)" if state else ""))
