@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simulators.exposure import ExposureTable
+
 
 @dataclass(frozen=True)
 class SimulatorConfig:
@@ -124,11 +126,9 @@ class SlateSimulator:
             self.item_arrival[new] = world.integers(1, config.new_item_horizon + 1, size=n_new)
         self.examination = config.position_decay ** np.arange(config.slate_size)
         self.time = 0
-        self._fatigue = self._fatigue_clock = self._user_clock = None
+        self._fatigue = None
         if config.fatigue_strength > 0:
-            self._fatigue = np.zeros((config.n_users, config.n_items), dtype=np.float32)
-            self._fatigue_clock = np.zeros((config.n_users, config.n_items), dtype=np.int32)
-            self._user_clock = np.zeros(config.n_users, dtype=np.int32)
+            self._fatigue = ExposureTable(config.n_users, config.n_items, config.fatigue_decay)
         self._rng = np.random.default_rng(world.integers(2**63))
 
     # ----------------------------------------------------------------------------- observation
@@ -165,13 +165,9 @@ class SlateSimulator:
         dot = np.einsum("bd,bkd->bk" if items.ndim == 2 else "bd,bd->b", u, v)
         s = self.config.affinity * dot / np.sqrt(self.config.dim) + self.item_bias[items]
         if self._fatigue is not None:
-            s = s - self.config.fatigue_strength * self._fatigue_level(user_id, items)
+            users = user_id[:, None] if items.ndim == 2 else user_id
+            s = s - self.config.fatigue_strength * self._fatigue.level(users, items)
         return s
-
-    def _fatigue_level(self, user_id: np.ndarray, items: np.ndarray) -> np.ndarray:
-        users = user_id[:, None] if items.ndim == 2 else user_id
-        elapsed = self._user_clock[users] - self._fatigue_clock[users, items]
-        return self._fatigue[users, items] * self.config.fatigue_decay**elapsed
 
     def click_probabilities(self, user_id: np.ndarray, slates: np.ndarray) -> np.ndarray:
         """(B, K + 1) probabilities of clicking each slot, last column no click, accidental
@@ -233,9 +229,5 @@ class SlateSimulator:
             steps = np.sqrt(counts[seen])[:, None] * rng.standard_normal((seen.size, cfg.dim))
             self.user_latent[seen] += cfg.drift_std * steps
         if self._fatigue is not None:
-            users = np.broadcast_to(requests.user_id[:, None], slates.shape)
-            level = self._fatigue_level(requests.user_id, slates)
-            np.add.at(self._user_clock, requests.user_id, 1)
-            self._fatigue[users, slates] = level + 1.0
-            self._fatigue_clock[users, slates] = self._user_clock[users]
+            self._fatigue.expose(requests.user_id, slates)
         self.time += len(requests)

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 _CHUNK_CELLS = 2**22  # contexts × items per block: bounds memory on large catalogues
+_MAX_ITEMS_THIRD_POSITION = 2000
 
 
 def _chunks(n: int, width: int) -> list[slice]:
@@ -215,6 +216,12 @@ class SoftmaxPolicy(ScoringPolicy):
             raise ValueError(f"`temperature` must be > 0, got {temperature}")
         if slate_size > 3:
             raise ValueError("SoftmaxPolicy computes exact propensities for slate_size <= 3")
+        if slate_size == 3 and self.n_items > _MAX_ITEMS_THIRD_POSITION:
+            raise ValueError(
+                f"exact third-position propensities cost O(n_items²) per context; with "
+                f"{self.n_items} items use slate_size <= 2 (or at most "
+                f"{_MAX_ITEMS_THIRD_POSITION} items)"
+            )
         self.temperature = temperature
 
     def first_pick(self, context: np.ndarray, available: np.ndarray | None = None) -> np.ndarray:
