@@ -158,7 +158,8 @@ def _pipelined_means(
         starts = np.r_[0, np.arange(first if first else n, len(values), n)]
         return offset // n, np.add.reduceat(values, starts)
 
-    words_per_block = max(_CHUNK_VALUES, 1024)
+    acceptance = n / (int(mask) + 1)
+    words_per_block = min(_CHUNK_VALUES, int(total / acceptance * 1.02) + 1024)
     offset = 0
     filters: list = []
     gathers: list = []

@@ -101,6 +101,7 @@ def test_popularity_bias_concentrates_requests():
     assert counts[:100].sum() > 0.5 * counts.sum()
 
 
+@pytest.mark.filterwarnings("ignore:.*Box observation space:UserWarning")
 def test_gymnasium_env():
     env = SlateRecommendationEnv(episode_length=4)
     env.action_space.seed(0)
