@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from simulators.study import coverage_study, obd_check, summarize_study
+from simulators.study import coverage_study, obd_check, obd_mirroring, summarize_study
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
         obd = obd_check(args.shared_data, n_bootstrap_samples=args.bootstrap, seed=args.seed)
         print("\nOpen Bandit Dataset: Bernoulli-TS value estimated from the uniform-random logs")
         print(obd.select("estimator", "estimate", "lower", "upper", "truth", "relative_error"))
+        mirror = obd_mirroring(args.shared_data, seed=args.seed)
+        print("\nSimulator fitted to 70% of the random OBD logs: held-out click rates")
+        print(mirror["per_position"])
+        print(mirror["summary"])
     else:
         print(f"\nOpen Bandit Dataset not found at {obd_dir}: OBD check skipped")
     output = Path(args.output_dir)

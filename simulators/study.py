@@ -31,9 +31,10 @@ from recsys.ope import (
     bandit_feedback_from_frame,
 )
 from recsys.ope.bootstrap import resample_counts, summarize_bootstrap
+from simulators.fitting import SlateChoiceModel, reproduction_report
 from simulators.ground_truth import policy_value
 from simulators.model import SimulatorConfig, SlateSimulator
-from simulators.obd import load_action_dist, load_obd, obd_dir, user_context
+from simulators.obd import choice_data, load_action_dist, load_obd, obd_dir, user_context
 from simulators.policies import EpsilonGreedyPolicy, SlatePolicy, SoftmaxPolicy, UniformPolicy
 
 STUDY_ESTIMATORS = ("ipw", "snipw", "dm", "dr")
@@ -224,3 +225,17 @@ def obd_check(
             }
         )
     return pl.DataFrame(rows)
+
+
+def obd_mirroring(shared_data: Path | str, seed: int = 0, train_share: float = 0.7) -> dict:
+    """Fit the slate choice model to 70% of the random OBD logs; held-out click rates per
+    position and per item, observed vs fitted (see ``simulators.fitting.reproduction_report``)."""
+    data = choice_data(load_obd(shared_data, "random"))
+    n = len(data["clicked"])
+    order = np.random.default_rng(seed).permutation(n)
+    cut = int(train_share * n)
+    keys = ("user_index", "slates", "positions", "clicked")
+    # About 40 clicks: strong shrinkage keeps user and item effects from fitting noise.
+    model = SlateChoiceModel(data["n_users"], 80, 3, dim=2, l2=100.0, random_state=seed)
+    model.fit(*(data[k][order[:cut]] for k in keys))
+    return reproduction_report(model, *(data[k][order[cut:]] for k in keys))

@@ -69,7 +69,7 @@ def test_fit_to_open_bandit_dataset(shared_data):
     n = len(data["clicked"])
     order = np.random.default_rng(0).permutation(n)
     train, test = order[: int(0.7 * n)], order[int(0.7 * n) :]
-    model = SlateChoiceModel(data["n_users"], 80, 3, dim=2, l2=1.0, max_iter=200)
+    model = SlateChoiceModel(data["n_users"], 80, 3, dim=2, l2=100.0, max_iter=200)
     model.fit(*(data[k][train] for k in ("user_index", "slates", "positions", "clicked")))
     report = reproduction_report(
         model, *(data[k][test] for k in ("user_index", "slates", "positions", "clicked"))
@@ -78,5 +78,7 @@ def test_fit_to_open_bandit_dataset(shared_data):
     # About 0.4% of impressions are clicked: errors are judged against that scale.
     assert summary["per_position_weighted_abs_error"] < 0.0015
     assert summary["per_item_weighted_abs_error"] < 0.01
-    assert summary["log_likelihood"] > 1.05 * summary["baseline_log_likelihood"]
+    # ~40 clicks identify little beyond the base rate: the fit must not be worse than knowing
+    # the held-out rate by more than 1%.
+    assert summary["log_likelihood"] > 1.01 * summary["baseline_log_likelihood"]
     assert report["per_item"].height == 80 and report["per_position"].height == 3
