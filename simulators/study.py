@@ -37,8 +37,6 @@ from simulators.model import SimulatorConfig, SlateSimulator
 from simulators.obd import choice_data, load_action_dist, load_obd, obd_dir, user_context
 from simulators.policies import EpsilonGreedyPolicy, SlatePolicy, SoftmaxPolicy, UniformPolicy
 
-STUDY_ESTIMATORS = ("ipw", "snipw", "dm", "dr")
-
 
 @dataclass(frozen=True)
 class StudySetup:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from recsys.ope.scan import scan
+
 
 def as_array(value: object, name: str, ndim: int) -> np.ndarray:
     """``value`` as an ndarray of the given dimension, or a ValueError naming ``name``."""
@@ -43,14 +45,7 @@ def _check_index(array: np.ndarray, name: str, upper: int, upper_name: str) -> N
 def check_action_dist(action_dist: object) -> np.ndarray:
     """A 3-D array of probabilities over actions (axis 1) for every round and position."""
     action_dist = as_array(action_dist, "action_dist", 3)
-    # NaN or infinity would make the axis-1 sums differ from 1, so no separate finiteness pass.
-    if action_dist.size and action_dist.min() < 0:
-        raise ValueError("`action_dist` must be non-negative (it holds probabilities)")
-    if not np.allclose(action_dist.sum(axis=1), 1.0):
-        raise ValueError(
-            "`action_dist` must be a probability distribution: action_dist.sum(axis=1) must be 1 "
-            "for every round and position"
-        )
+    scan(action_dist, np.zeros(action_dist.shape[0], dtype=np.intp))
     return action_dist
 
 
