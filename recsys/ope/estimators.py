@@ -103,7 +103,7 @@ class BaseOffPolicyEstimator(ABC):
         """Estimated value of the evaluation policy ``action_dist``."""
         return float(self.estimate_round_rewards(**kwargs).mean())
 
-    def estimate_interval(
+    def _interval(
         self,
         alpha: float = 0.05,
         n_bootstrap_samples: int = 10000,
@@ -133,6 +133,28 @@ class ReplayMethod(BaseOffPolicyEstimator):
     ) -> float:
         return super().estimate_policy_value(
             reward=reward, action=action, action_dist=action_dist, position=position
+        )
+
+    def estimate_interval(
+        self,
+        reward: Any,
+        action: Any,
+        action_dist: Any,
+        position: Any = None,
+        alpha: float = 0.05,
+        n_bootstrap_samples: int = 10000,
+        random_state: int | np.random.RandomState | None = None,
+        **kwargs: Any,
+    ) -> dict[str, float]:
+        """Bootstrap interval; OBP's argument order."""
+        return self._interval(
+            alpha,
+            n_bootstrap_samples,
+            random_state,
+            reward=reward,
+            action=action,
+            action_dist=action_dist,
+            position=position,
         )
 
     def _inputs(
@@ -191,6 +213,32 @@ class InverseProbabilityWeighting(BaseOffPolicyEstimator):
             estimated_pscore=estimated_pscore,
         )
 
+    def estimate_interval(
+        self,
+        reward: Any,
+        action: Any,
+        action_dist: Any,
+        pscore: Any = None,
+        position: Any = None,
+        estimated_pscore: Any = None,
+        alpha: float = 0.05,
+        n_bootstrap_samples: int = 10000,
+        random_state: int | np.random.RandomState | None = None,
+        **kwargs: Any,
+    ) -> dict[str, float]:
+        """Bootstrap interval; OBP's argument order."""
+        return self._interval(
+            alpha,
+            n_bootstrap_samples,
+            random_state,
+            reward=reward,
+            action=action,
+            action_dist=action_dist,
+            pscore=pscore,
+            position=position,
+            estimated_pscore=estimated_pscore,
+        )
+
     def importance_weights(self, pi_factual: np.ndarray, pscore: np.ndarray) -> np.ndarray:
         """Weights π_e(a_i | x_i, k_i) / π_b(a_i | x_i, k_i), clipped at ``lambda_``."""
         return np.minimum(pi_factual / pscore, self.lambda_)
@@ -228,6 +276,26 @@ class DirectMethod(BaseOffPolicyEstimator):
         **kwargs: Any,
     ) -> float:
         return super().estimate_policy_value(
+            action_dist=action_dist,
+            estimated_rewards_by_reg_model=estimated_rewards_by_reg_model,
+            position=position,
+        )
+
+    def estimate_interval(
+        self,
+        action_dist: Any,
+        estimated_rewards_by_reg_model: Any,
+        position: Any = None,
+        alpha: float = 0.05,
+        n_bootstrap_samples: int = 10000,
+        random_state: int | np.random.RandomState | None = None,
+        **kwargs: Any,
+    ) -> dict[str, float]:
+        """Bootstrap interval; OBP's argument order."""
+        return self._interval(
+            alpha,
+            n_bootstrap_samples,
+            random_state,
             action_dist=action_dist,
             estimated_rewards_by_reg_model=estimated_rewards_by_reg_model,
             position=position,
@@ -277,6 +345,34 @@ class DoublyRobust(BaseOffPolicyEstimator):
         **kwargs: Any,
     ) -> float:
         return super().estimate_policy_value(
+            reward=reward,
+            action=action,
+            action_dist=action_dist,
+            estimated_rewards_by_reg_model=estimated_rewards_by_reg_model,
+            pscore=pscore,
+            position=position,
+            estimated_pscore=estimated_pscore,
+        )
+
+    def estimate_interval(
+        self,
+        reward: Any,
+        action: Any,
+        action_dist: Any,
+        estimated_rewards_by_reg_model: Any,
+        pscore: Any = None,
+        position: Any = None,
+        estimated_pscore: Any = None,
+        alpha: float = 0.05,
+        n_bootstrap_samples: int = 10000,
+        random_state: int | np.random.RandomState | None = None,
+        **kwargs: Any,
+    ) -> dict[str, float]:
+        """Bootstrap interval; OBP's argument order."""
+        return self._interval(
+            alpha,
+            n_bootstrap_samples,
+            random_state,
             reward=reward,
             action=action,
             action_dist=action_dist,

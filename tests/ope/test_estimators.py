@@ -249,3 +249,42 @@ def test_replay_is_unbiased_on_uniform_logs():
     truth = means.mean()
     se = np.sqrt(truth * (1 - truth) / (n / n_actions))
     assert abs(value - truth) < 4 * se
+
+
+def test_positional_arguments_follow_obp_order():
+    """An OBP user calling positionally gets the same numbers as with keywords."""
+    d = logged_data(seed=9, n=400)
+    r, a, ad, q, ps, pos = (
+        d["reward"],
+        d["action"],
+        d["action_dist"],
+        d["estimated_rewards_by_reg_model"],
+        d["pscore"],
+        d["position"],
+    )
+    boot = {"n_bootstrap_samples": 30, "random_state": 1}
+    ipw, dm, dr = InverseProbabilityWeighting(), DirectMethod(), DoublyRobust()
+    assert ipw.estimate_policy_value(r, a, ad, ps, pos) == ipw.estimate_policy_value(
+        reward=r, action=a, action_dist=ad, pscore=ps, position=pos
+    )
+    assert ipw.estimate_interval(r, a, ad, ps, pos, None, 0.05, 30, 1) == ipw.estimate_interval(
+        reward=r, action=a, action_dist=ad, pscore=ps, position=pos, **boot
+    )
+    assert dm.estimate_interval(ad, q, pos, 0.05, 30, 1) == dm.estimate_interval(
+        action_dist=ad, estimated_rewards_by_reg_model=q, position=pos, **boot
+    )
+    assert dr.estimate_interval(r, a, ad, q, ps, pos, None, 0.05, 30, 1) == dr.estimate_interval(
+        reward=r,
+        action=a,
+        action_dist=ad,
+        estimated_rewards_by_reg_model=q,
+        pscore=ps,
+        position=pos,
+        **boot,
+    )
+    greedy = np.zeros_like(ad)
+    greedy[:, 0, :] = 1.0
+    rm = ReplayMethod()
+    assert rm.estimate_interval(r, a, greedy, pos, 0.05, 30, 1) == rm.estimate_interval(
+        reward=r, action=a, action_dist=greedy, position=pos, **boot
+    )
