@@ -73,12 +73,33 @@ class SlateIndependentIPS:
         groups, n_slates = _slate_groups(slate_id, n)
         return np.bincount(groups, weights=reward * target / pscore, minlength=n_slates)
 
-    def estimate_policy_value(self, **kwargs: Any) -> float:
+    def estimate_policy_value(
+        self,
+        slate_id: Any,
+        reward: Any,
+        position: Any,
+        pscore_item_position: Any,
+        evaluation_policy_pscore_item_position: Any,
+        **kwargs: Any,
+    ) -> float:
         """Estimated expected sum of slot rewards per slate under the evaluation policy."""
-        return float(self.estimate_round_rewards(**kwargs).mean())
+        return float(
+            self.estimate_round_rewards(
+                slate_id,
+                reward,
+                position,
+                pscore_item_position,
+                evaluation_policy_pscore_item_position,
+            ).mean()
+        )
 
     def estimate_interval(
         self,
+        slate_id: Any,
+        reward: Any,
+        position: Any,
+        pscore_item_position: Any,
+        evaluation_policy_pscore_item_position: Any,
         alpha: float = 0.05,
         n_bootstrap_samples: int = 10000,
         random_state: int | None = None,
@@ -86,8 +107,15 @@ class SlateIndependentIPS:
     ) -> dict[str, float]:
         """Bootstrap over slates (not slots), as OBP does."""
         check_interval_arguments(alpha, n_bootstrap_samples, random_state)
+        rewards = self.estimate_round_rewards(
+            slate_id,
+            reward,
+            position,
+            pscore_item_position,
+            evaluation_policy_pscore_item_position,
+        )
         return estimate_confidence_interval_by_bootstrap(
-            self.estimate_round_rewards(**kwargs), alpha, n_bootstrap_samples, random_state
+            rewards, alpha, n_bootstrap_samples, random_state
         )
 
 
@@ -175,12 +203,36 @@ class SlatePseudoInverse:
             weight += np.bincount(groups[rows], weights=contrib, minlength=n_slates)
         return slate_reward * weight
 
-    def estimate_policy_value(self, **kwargs: Any) -> float:
+    def estimate_policy_value(
+        self,
+        slate_id: Any,
+        reward: Any,
+        position: Any,
+        action: Any,
+        evaluation_policy_action_dist: Any,
+        behavior_slate_gamma: Any,
+        **kwargs: Any,
+    ) -> float:
         """Estimated expected slate reward under the evaluation policy."""
-        return float(self.estimate_round_rewards(**kwargs).mean())
+        return float(
+            self.estimate_round_rewards(
+                slate_id,
+                reward,
+                position,
+                action,
+                evaluation_policy_action_dist,
+                behavior_slate_gamma,
+            ).mean()
+        )
 
     def estimate_interval(
         self,
+        slate_id: Any,
+        reward: Any,
+        position: Any,
+        action: Any,
+        evaluation_policy_action_dist: Any,
+        behavior_slate_gamma: Any,
         alpha: float = 0.05,
         n_bootstrap_samples: int = 10000,
         random_state: int | None = None,
@@ -188,6 +240,14 @@ class SlatePseudoInverse:
     ) -> dict[str, float]:
         """Bootstrap over slates."""
         check_interval_arguments(alpha, n_bootstrap_samples, random_state)
+        rewards = self.estimate_round_rewards(
+            slate_id,
+            reward,
+            position,
+            action,
+            evaluation_policy_action_dist,
+            behavior_slate_gamma,
+        )
         return estimate_confidence_interval_by_bootstrap(
-            self.estimate_round_rewards(**kwargs), alpha, n_bootstrap_samples, random_state
+            rewards, alpha, n_bootstrap_samples, random_state
         )
