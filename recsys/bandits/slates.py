@@ -60,6 +60,37 @@ def _rows_index(batch: int) -> NDArray[np.intp]:
     return np.arange(batch)[:, None]
 
 
+_BLOCK = 128
+"""Block width of the two-stage selection used for long rows."""
+
+
+def _k_largest(scores: NDArray[np.float64], k: int) -> NDArray[np.intp]:
+    """Columns of some k largest values per row (unordered; which of tied values is arbitrary).
+
+    Long rows use two stages: the k blocks of ``_BLOCK`` columns with the largest maxima hold every
+    value above the k-th largest (there are fewer than k such values, each raising its block's
+    max), so one pass of block maxima and a partition of k·_BLOCK candidates replace a partition
+    of the whole row.
+    """
+    batch, n = scores.shape
+    n_blocks = -(-n // _BLOCK)
+    if n < 4096 or n_blocks <= 4 * k:
+        return np.argpartition(scores, n - k, axis=1)[:, n - k:]
+    pad = n_blocks * _BLOCK - n
+    padded = scores if pad == 0 else np.concatenate(
+        [scores, np.full((batch, pad), -np.inf)], axis=1)
+    maxima = padded.reshape(batch, n_blocks, _BLOCK).max(axis=2)
+    blocks = np.argpartition(maxima, n_blocks - k, axis=1)[:, n_blocks - k:]
+    cols = (blocks[:, :, None] * _BLOCK + np.arange(_BLOCK)).reshape(batch, -1)
+    rows = _rows_index(batch)
+    values = padded[rows, cols]
+    chosen = cols[rows, np.argpartition(values, values.shape[1] - k, axis=1)[:, -k:]]
+    outside = np.flatnonzero((chosen >= n).any(axis=1))  # padding tied with -inf scores
+    if outside.size:
+        chosen[outside] = np.argpartition(scores[outside], n - k, axis=1)[:, n - k:]
+    return chosen
+
+
 def top_k(
     scores: NDArray[np.float64], k: int, rng: np.random.Generator
 ) -> NDArray[np.intp]:
@@ -78,7 +109,7 @@ def top_k(
     if k >= n:
         chosen = np.broadcast_to(np.arange(n), (batch, n)).copy()
     else:
-        chosen = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        chosen = _k_largest(scores, k)
         kth = scores[rows, chosen].min(axis=1)
         n_ge = (scores >= kth[:, None]).sum(axis=1)
         tied = np.flatnonzero(n_ge > k)  # ties straddle the cut: pick among them at random

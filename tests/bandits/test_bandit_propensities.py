@@ -120,3 +120,22 @@ def test_recommend_one_matches_recommend_in_distribution_and_propensity() -> Non
             assert prop == pytest.approx(float(logged[0]), rel=1e-12)
         freq = np.mean(one_items == item)
         assert abs(freq - prop) <= 4.5 * np.sqrt(prop * (1 - prop) / REPEATS)
+
+
+@pytest.mark.parametrize("n", [50, 5000, 100_003])
+def test_top_k_returns_the_k_best_in_order_with_ties_and_ineligible_items(n: int) -> None:
+    rng = np.random.default_rng(n)
+    from recsys.bandits.slates import top_k
+
+    scores = np.round(rng.normal(size=(6, n)), 1 if n > 50 else 0)  # many exact ties
+    scores[0, : n // 2] = -np.inf  # half the items not eligible
+    scores[1] = 0.0  # everything tied
+    for k in (1, 2, 10):
+        chosen = top_k(scores, k, rng)
+        values = np.take_along_axis(scores, chosen, axis=1)
+        expected = -np.sort(-scores, axis=1)[:, :k]
+        np.testing.assert_array_equal(values, expected)
+        assert all(len(set(row)) == k for row in chosen.tolist())
+    # all-tied row: every item is equally likely to lead
+    firsts = np.array([top_k(scores[1:2], 2, rng)[0, 0] for _ in range(400)])
+    assert len(np.unique(firsts)) > min(300, int(0.9 * n))
