@@ -139,3 +139,18 @@ def test_top_k_returns_the_k_best_in_order_with_ties_and_ineligible_items(n: int
     # all-tied row: every item is equally likely to lead
     firsts = np.array([top_k(scores[1:2], 2, rng)[0, 0] for _ in range(400)])
     assert len(np.unique(firsts)) > min(300, int(0.9 * n))
+
+
+@pytest.mark.parametrize("n", [8, 2000])
+def test_uniform_slate_is_uniform_over_items_and_positions(n: int) -> None:
+    from recsys.bandits.slates import uniform_slate
+
+    rng = np.random.default_rng(n)
+    k = 3
+    slates = uniform_slate(np.zeros((30_000, n)), k, rng)
+    assert all(len(set(row)) == k for row in slates[:2000].tolist())
+    expected = 30_000 / n
+    for p in range(k):
+        counts = np.bincount(slates[:, p], minlength=n)
+        chi2 = ((counts - expected) ** 2 / expected).sum()
+        assert chi2 < n + 6 * np.sqrt(2 * n)  # χ²(n-1): mean n-1, sd sqrt(2(n-1))

@@ -166,7 +166,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--skip-regret", action="store_true")
+    parser.add_argument("--scoring-only", type=int, metavar="RUNS", default=0,
+                        help="only repeat the 100k-item scoring latency RUNS times (noise check)")
     args = parser.parse_args()
+    if args.scoring_only:
+        for run in range(args.scoring_only):
+            p50, p99 = ours_scoring(dtype=np.float32)
+            print(f"run {run}: top-10 of 100k, float32: p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
+                  f"load average {os.getloadavg()[0]:.2f}")
+        return
     n = args.events
     prob = regret.make_problem("gaussian", n)
     rows: list[tuple[str, str, str, str, str]] = []
