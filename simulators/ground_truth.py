@@ -107,3 +107,10 @@ def optimal_value(sim: SlateSimulator, slate_size: int | None = None) -> PolicyV
     slates = optimal_slates(sim, slate_size)
     clicks = 1.0 - sim.click_probabilities(users, slates)[:, -1]
     return PolicyValue(float(sim.user_weights @ clicks), 0.0, True)
+
+
+def regret(sim: SlateSimulator, policy: SlatePolicy, n_monte_carlo: int = 200) -> PolicyValue:
+    """Expected clicks per request lost against the optimal policy (same state)."""
+    value = policy_value(sim, policy, n_monte_carlo)
+    best = optimal_value(sim, policy.slate_size).value
+    return PolicyValue(best - value.value, value.standard_error, value.exact)

@@ -74,3 +74,13 @@ def test_optimal_policy_beats_every_other_policy_and_ordering_matters():
     users = np.arange(SIM.config.n_users)
     reversed_clicks = 1 - SIM.click_probabilities(users, slates[:, ::-1])[:, -1]
     assert SIM.user_weights @ reversed_clicks < best
+
+
+def test_regret_is_zero_for_the_optimum_and_positive_otherwise():
+    from simulators.ground_truth import regret
+
+    # Noise-free features: greedy on the true utilities is the optimal policy.
+    sim = SlateSimulator(SimulatorConfig(n_items=8, slate_size=3, n_users=50, feature_noise=0.0))
+    oracle = EpsilonGreedyPolicy(sim.item_latent, 3, epsilon=0.0, item_bias=sim.item_bias)
+    assert regret(sim, oracle).value == pytest.approx(0.0, abs=1e-12)
+    assert regret(sim, POLICIES["uniform"], n_monte_carlo=30).value > 0.01
