@@ -30,7 +30,7 @@ from recsys.ope import (
     SwitchDoublyRobust,
     bandit_feedback_from_frame,
 )
-from recsys.ope.bootstrap import resample_counts, summarize_bootstrap
+from recsys.ope.bootstrap import means_from_counts, resample_counts, summarize_bootstrap
 from simulators.fitting import SlateChoiceModel, reproduction_report
 from simulators.ground_truth import policy_value
 from simulators.model import SimulatorConfig, SlateSimulator
@@ -116,7 +116,7 @@ def coverage_study(
                 columns.append(est.estimate_round_rewards(**kwargs))
                 labels.append((name, est_name))
         samples = np.stack(columns, axis=1)
-        means = counts @ samples / n_rounds
+        means = means_from_counts(counts, samples)
         for j, (name, est_name) in enumerate(labels):
             interval = summarize_bootstrap(means[:, j], alpha)
             truth = setup.truths[name]

@@ -86,18 +86,33 @@ def _index_source(n: int, random_state: Any):
 def resample_counts(n: int, n_bootstrap_samples: int, random_state: Any = None) -> np.ndarray:
     """(B, n) how often each round is drawn in each resample, from OBP's index stream.
 
-    ``counts @ samples / n`` gives the resample means of any number of columns at once; the
-    counts depend only on (n, B, random_state), so they can be reused for every data set of
-    ``n`` rounds evaluated with the same ``random_state`` (as a coverage study does).
+    ``counts @ samples / n`` gives the resample means of any number of columns at once (see
+    ``means_from_counts``); the counts depend only on (n, B, random_state), so they can be reused
+    for every data set of ``n`` rounds evaluated with the same ``random_state`` (as a coverage
+    study does). Stored as uint8 when every count fits (it almost always does: a round drawn 256
+    times in one resample of n ≥ 256 has probability below 1e-500), else uint32.
     """
     draw = _index_source(n, random_state)
-    counts = np.empty((n_bootstrap_samples, n))
+    blocks = []
     per_chunk = max(1, _CHUNK_VALUES // n)
     for start in range(0, n_bootstrap_samples, per_chunk):
         b = min(per_chunk, n_bootstrap_samples - start)
         flat = draw(b * n).astype(np.intp) + np.repeat(np.arange(b, dtype=np.intp) * n, n)
-        counts[start : start + b] = np.bincount(flat, minlength=b * n).reshape(b, n)
-    return counts
+        block = np.bincount(flat, minlength=b * n).reshape(b, n)
+        blocks.append(block.astype(np.uint8 if block.max() < 256 else np.uint32))
+    dtype = np.result_type(*(b.dtype for b in blocks))
+    return np.concatenate(blocks).astype(dtype, copy=False)
+
+
+def means_from_counts(counts: np.ndarray, samples: np.ndarray) -> np.ndarray:
+    """Resample means (B,) or (B, k) of ``samples`` (n,) or (n, k) from ``resample_counts``."""
+    samples = np.asarray(samples, dtype=float)
+    n = counts.shape[1]
+    out = np.empty((counts.shape[0], *samples.shape[1:]))
+    step = max(1, _CHUNK_VALUES // n)
+    for start in range(0, counts.shape[0], step):
+        out[start : start + step] = counts[start : start + step].astype(float) @ samples / n
+    return out
 
 
 def bootstrap_means(
