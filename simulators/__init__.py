@@ -5,7 +5,7 @@
 - ``env``: the same world as a ``gymnasium.Env`` (``SlateRecommendationEnv``).
 - ``policies``: logging policies with exact propensities (uniform, ε-greedy, softmax/PL).
 - ``ground_truth``: exact (or Monte Carlo with standard error) policy values, optimum, regret.
-- ``logging``: logged data as a polars frame and as ``recsys.events`` records.
+- ``logged_data``: logged data as a polars frame and as ``recsys.events`` records.
 - ``fitting``: fit the simulator to logs with the slate choice likelihood.
 - ``obd``: Open Bandit Dataset loader; ``study`` and ``ope_check``: the OPE checks.
 """

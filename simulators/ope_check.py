@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import polars as pl
-
-from simulators.study import coverage_study, obd_check, obd_mirroring, summarize_study
+if TYPE_CHECKING:  # heavy imports wait for run(): `recsys --help` must not load scikit-learn
+    import polars as pl
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,8 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--output-dir",
         type=Path,
-        default=Path(".recsys/reports"),
-        help="where the plot and CSV tables are written",
+        default=None,
+        help="where the plot and CSV tables are written (default: <data_dir>/reports)",
     )
     parser.add_argument(
         "--shared-data",
@@ -52,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run both checks, print the tables, save the plot; 0 on success."""
+    import polars as pl
+
+    from simulators.study import coverage_study, obd_check, obd_mirroring, summarize_study
+
     for name in ("rounds", "repetitions", "bootstrap"):
         if getattr(args, name) < 1:
             raise SystemExit(f"ope-check: --{name} must be >= 1")
@@ -87,7 +90,11 @@ def run(args: argparse.Namespace) -> int:
         print(mirror["summary"])
     else:
         print(f"\nOpen Bandit Dataset not found at {obd_dir}: OBD check skipped")
-    output = Path(args.output_dir)
+    settings = getattr(args, "settings", None)
+    if args.output_dir is not None:
+        output = Path(args.output_dir)
+    else:
+        output = (settings.data_dir if settings else Path(".recsys")) / "reports"
     output.mkdir(parents=True, exist_ok=True)
     results.write_csv(output / "ope_check_simulator.csv")
     if obd is not None:
@@ -100,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
 def save_plot(results: pl.DataFrame, obd: pl.DataFrame | None, path: Path) -> Path:
     """Estimate vs truth with intervals: first repetition per (policy, estimator), and OBD."""
     import matplotlib
+    import numpy as np
+    import polars as pl
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

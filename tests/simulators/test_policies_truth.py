@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from simulators.ground_truth import optimal_slates, optimal_value, policy_value
-from simulators.logging import collect_logs
+from simulators.logged_data import collect_logs
 from simulators.model import SimulatorConfig, SlateSimulator
 from simulators.policies import (
     EpsilonGreedyPolicy,

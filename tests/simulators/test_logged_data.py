@@ -6,7 +6,7 @@ import numpy as np
 
 from recsys.events import Feedback, Impression, decode, encode
 from recsys.ope import bandit_feedback_from_frame
-from simulators.logging import LOG_COLUMNS, collect_logs, to_events
+from simulators.logged_data import LOG_COLUMNS, collect_logs, to_events
 from simulators.model import SimulatorConfig, SlateSimulator
 from simulators.policies import SoftmaxPolicy
 
