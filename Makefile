@@ -14,7 +14,7 @@ help:
 	@echo "make demo   - set up and run the end-to-end demo on embedded Kafka, Ray and mlflow"
 	@echo "make test   - set up and run the test suite (real Kafka broker, Ray and mlflow store)"
 	@echo "make lint   - ruff"
-	@echo "make bench  - benchmark scripts under tests/benchmarks"
+	@echo "make bench  - benchmark scripts under tests/benchmarks (peers in their own venv)"
 
 demo: setup
 	$(BIN)/recsys demo
@@ -45,7 +45,13 @@ $(KAFKA_LIB)/.stamp: infra/kafka/pom.xml
 lint: setup
 	$(BIN)/ruff check .
 
-bench: setup
+PEERS := tests/benchmarks/.peers-venv/bin/python
+
+# Vowpal Wabbit and MABWiser, measured beside recsys, live in their own venv (never our deps).
+$(PEERS):
+	bash tests/benchmarks/setup_peers.sh $(PYTHON)
+
+bench: setup $(PEERS)
 	@for script in tests/benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
