@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Per-example deadlines make property tests flaky on a shared 2-core machine.
+settings.register_profile("recsys", deadline=None, print_blob=True)
+settings.load_profile("recsys")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
