@@ -1,7 +1,24 @@
-"""Regret experiment on the benchmark problem (50 actions, d = 32, Bernoulli-logistic rewards).
+"""Regret experiment: recsys policies closed-loop on the full simulator or a linear-logistic env.
 
 Runs the recsys policies closed-loop in batches of 1,000 requests (parameters refreshed once per
-batch, as in streaming serving) on three context kinds and saves a regret plot:
+batch, as in streaming serving) and saves a regret plot under tests/benchmarks/results/.
+
+``--env simulator`` (default; plot ``regret.png``): the full slate simulator through
+``simulators.bandit_env.SimulatorBanditEnv`` — contexts are the observable user features (plus a
+constant), actions are items shown as one-item slates, reward is a click from the listwise choice
+model, and pseudo-regret is measured against the simulator's exact per-user optimum. Two worlds of
+the benchmark's shape (50 items, d = 32, 1,000 users):
+
+* ``default world``    — the simulator's defaults (feature noise 0.5, click rate of a few percent);
+* ``clearer features`` — feature noise 0.25 and no-click utility 1 (click rate ≈ 30 %).
+
+Each panel also draws ``linear floor × t``: the regret of greedy choice on the least-squares fit
+of the true click probabilities on the features, roughly where a converged linear-reward policy
+flattens out (feature noise and the choice model put it above 0). Every policy gets a fresh
+simulator with the same seeds, so the same users arrive and the same uniform draws decide clicks.
+
+``--env linear-logistic`` (plot ``regret_linear_logistic.png``): the benchmark problem (50
+actions, d = 32, Bernoulli-logistic rewards) on three context kinds:
 
 * ``segments``   — one-hot user segments: the Online Matching K = 1 case, Diag-LinUCB exact;
 * ``gaussian``   — dense independent Gaussian features with a constant feature;
@@ -12,9 +29,12 @@ differ only by the policies' choices. Hyperparameters: α = 1 / v = 0.5 for the 
 and full references, α = 0.5 / v = 0.25 for the centred ones (picked from v ∈ {0.25, 0.5, 1} on
 the gaussian problem); VW runs with its defaults. With ``--with-vw`` Vowpal Wabbit's SquareCB
 runs on the same problem through the peers' environment (see setup_peers.sh), one event at a
-time.
+time. VW runs on the linear-logistic env only: its runner (peers_runner.py) consumes a problem as
+contexts, logistic parameters and uniform draws, which the simulator (noisy features, rewards
+from latents) is not; under ``--env simulator`` the table says so.
 
-Usage: python tests/benchmarks/regret.py [--events 200000] [--with-vw]
+Usage: python tests/benchmarks/regret.py [--env simulator|linear-logistic] [--events 200000]
+       [--with-vw]
 """
 
 from __future__ import annotations
@@ -41,7 +61,9 @@ from recsys.bandits import (  # noqa: E402
     SquareCB,
 )
 from recsys.bandits.regret import RegretCurve, run_regret  # noqa: E402
+from simulators.bandit_env import SimulatorBanditEnv  # noqa: E402
 from simulators.linear_logistic import LinearLogisticEnv  # noqa: E402
+from simulators.model import SimulatorConfig  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -52,6 +74,16 @@ PROBLEMS = {
     "gaussian": {"context": "gaussian"},
     "correlated": {"context": "gaussian", "correlation": 0.5},
 }
+SIM_PROBLEMS = {
+    "default world": {"n_items": N_ACTIONS, "dim": DIM},
+    "clearer features": {"n_items": N_ACTIONS, "dim": DIM, "feature_noise": 0.25,
+                         "no_click_utility": 1.0},
+}
+ENV_TITLES = {
+    "simulator": "full slate simulator (one-item slates, exact per-user optimum)",
+    "linear-logistic": "linear-logistic env (Bernoulli-logistic rewards)",
+}
+VW_NAME = "VW SquareCB (per event)"
 POLICIES = {
     "DiagLinUCB": lambda: DiagLinUCB(alpha=1.0, random_state=10_000),
     "DiagLinTS": lambda: DiagLinTS(v=0.5, n_mc_draws=0, random_state=10_000),
@@ -62,6 +94,7 @@ POLICIES = {
     "LinTS (full)": lambda: LinTS(v=0.5, n_mc_draws=0, random_state=10_000),
     "SquareCB (IGW)": lambda: SquareCB(gamma=1000.0, random_state=10_000),
     "eps-greedy 0.05": lambda: EpsilonGreedy(0.05, random_state=10_000),
+    "eps-greedy 0.05 centred": lambda: EpsilonGreedy(0.05, centred=True, random_state=10_000),
     "random": lambda: EpsilonGreedy(1.0, random_state=10_000),
 }
 
@@ -106,6 +139,21 @@ def run_ours(problem: dict[str, np.ndarray], names: list[str]) -> dict[str, Regr
     return curves
 
 
+def simulator_env(kind: str) -> SimulatorBanditEnv:
+    """A fresh simulator world (seed 0) with its own request/click stream (seed 100)."""
+    return SimulatorBanditEnv(SimulatorConfig(**SIM_PROBLEMS[kind], seed=0), seed=100)
+
+
+def run_ours_simulator(kind: str, events: int, names: list[str]) -> dict[str, RegretCurve]:
+    """Every policy on a fresh copy of the same world and stream (common random numbers)."""
+    curves = {}
+    for name in names:
+        env = simulator_env(kind)
+        policy = POLICIES[name]().init(np.arange(env.n_actions), env.dim)
+        curves[name] = run_regret(policy, env, events, batch_size=BATCH)
+    return curves
+
+
 def diag_vs_full_accuracy(kind: str, events: int = 50_000) -> dict[str, float]:
     """Fit Diag (plain and centred) and full-covariance statistics on uniformly logged events;
     RMSE of the mean score against the true click probability, and between the models."""
@@ -147,33 +195,71 @@ def finish_vw(proc: subprocess.Popen | None) -> dict | str:
     return json.loads(out)
 
 
-def plot(results: dict[str, dict[str, np.ndarray]], events: int, path: Path) -> None:
-    """One panel per context kind; curves of any resolution are drawn over 0..events."""
+def line_style(name: str) -> dict:
+    """One colour per policy family, the line style telling the variant apart."""
+    colours = {"DiagLinUCB": "tab:blue", "DiagLinTS": "tab:orange", "LinUCB": "tab:green",
+               "LinTS": "tab:red", "SquareCB": "tab:purple", "VW": "tab:brown",
+               "eps-greedy": "tab:gray", "random": "tab:olive"}
+    colour = next((c for k, c in colours.items() if name.startswith(k)), None)
+    style = ":" if "centred" not in name and name.startswith("Diag") else "-"
+    if name.startswith("eps-greedy") and "centred" not in name:
+        style = ":"
+    return {"color": colour, "linestyle": style, "lw": 1.6}
+
+
+def plot(results: dict[str, dict[str, np.ndarray]], events: int, path: Path, env: str,
+         floors: dict[str, float] | None = None,
+         subtitles: dict[str, str] | None = None) -> None:
+    """One panel per problem; curves of any resolution are drawn over 0..events; a dashed
+    ``floor × t`` line where a problem has a linear floor; one shared legend below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5))
+    floors, subtitles = floors or {}, subtitles or {}
+    fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 5.6))
+    handles: dict[str, object] = {}
     for ax, (kind, curves) in zip(np.atleast_1d(axes), results.items(), strict=True):
         for name, curve in curves.items():
-            ax.plot(np.linspace(0, events, curve.size), curve, label=name)
-        ax.set_title(f"{kind} contexts")
+            (h,) = ax.plot(np.linspace(0, events, curve.size), curve, label=name,
+                           **line_style(name))
+            handles.setdefault(name, h)
+        if kind in floors:
+            (h,) = ax.plot([0, events], [0, floors[kind] * events], "k--", lw=1)
+            handles.setdefault("linear floor × t (reference)", h)
+        title = kind if env == "simulator" else f"{kind} contexts"
+        ax.set_title(f"{title}\n{subtitles[kind]}" if kind in subtitles else title, fontsize=10)
         ax.set_xlabel("round")
-        ax.set_ylabel("cumulative pseudo-regret")
+        ax.set_ylabel("cumulative pseudo-regret (expected clicks lost)")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k"))
+        ax.set_xlim(0, events)
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    np.atleast_1d(axes)[0].legend(fontsize=8)
-    fig.tight_layout()
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=4, fontsize=9,
+               frameon=False)
+    fig.suptitle(f"Cumulative pseudo-regret, {events:,} rounds in batches of {BATCH:,}\n"
+                 f"environment: {ENV_TITLES[env]}", fontsize=11)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def experiment(events: int, with_vw: bool, kinds: list[str] | None = None) -> dict:
-    """Run everything; returns {kind: {name: total regret or 'unavailable: ...'}} and the plot."""
+def experiment(events: int, with_vw: bool, kinds: list[str] | None = None,
+               env: str = "linear-logistic") -> dict:
+    """Run everything; returns {kind: {name: total regret or 'unavailable: ...'}}, the curves'
+    first/second-half per-round regret, the simulator's floors and optimum, and the plot.
+
+    ``env`` defaults to the linear-logistic problem here (bench_bandits.py compares against VW
+    on it); the command line defaults to the simulator."""
+    if env == "simulator":
+        return experiment_simulator(events, with_vw, kinds)
     kinds = kinds or list(PROBLEMS)
     problems = {kind: make_problem(kind, events) for kind in kinds}
     table: dict[str, dict[str, float | str]] = {}
+    halves: dict[str, dict[str, tuple[float, float]]] = {}
     curves_all: dict[str, dict[str, np.ndarray]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         vw_procs = {kind: start_vw_squarecb(problems[kind], Path(tmp))
@@ -182,49 +268,110 @@ def experiment(events: int, with_vw: bool, kinds: list[str] | None = None) -> di
             t0 = time.perf_counter()
             curves = run_ours(problems[kind], list(POLICIES))
             table[kind] = {name: c.total for name, c in curves.items()}
+            halves[kind] = {name: (c.window_rate(0, 0.5), c.window_rate(0.5, 1))
+                            for name, c in curves.items()}
             curves_all[kind] = {name: c.cumulative_regret for name, c in curves.items()}
             print(f"  [{kind}] recsys policies done in {time.perf_counter() - t0:.1f}s",
                   file=sys.stderr)
         for kind, proc in vw_procs.items():
             vw = finish_vw(proc)
             if isinstance(vw, dict):
-                table[kind]["VW SquareCB (per event)"] = vw["cum_regret"]
-                curves_all[kind]["VW SquareCB (per event)"] = np.asarray(vw["regret_curve"])
+                table[kind][VW_NAME] = vw["cum_regret"]
+                curves_all[kind][VW_NAME] = np.asarray(vw["regret_curve"])
             else:
-                table[kind]["VW SquareCB (per event)"] = vw
+                table[kind][VW_NAME] = vw
+    png = RESULTS / "regret_linear_logistic.png"
+    plot(curves_all, events, png, env)
+    return {"table": table, "halves": halves, "plot": str(png)}
+
+
+def experiment_simulator(events: int, with_vw: bool, kinds: list[str] | None = None) -> dict:
+    """The recsys policies on the full simulator; VW is not run there (see the docstring)."""
+    kinds = kinds or list(SIM_PROBLEMS)
+    table: dict[str, dict[str, float | str]] = {}
+    halves: dict[str, dict[str, tuple[float, float]]] = {}
+    curves_all: dict[str, dict[str, np.ndarray]] = {}
+    floors: dict[str, float] = {}
+    optimum: dict[str, float] = {}
+    for kind in kinds:
+        t0 = time.perf_counter()
+        env = simulator_env(kind)
+        floors[kind], optimum[kind] = env.linear_floor(), env.optimal_reward()
+        curves = run_ours_simulator(kind, events, list(POLICIES))
+        table[kind] = {name: c.total for name, c in curves.items()}
+        halves[kind] = {name: (c.window_rate(0, 0.5), c.window_rate(0.5, 1))
+                        for name, c in curves.items()}
+        curves_all[kind] = {name: c.cumulative_regret for name, c in curves.items()}
+        if with_vw:
+            table[kind][VW_NAME] = "linear-logistic only: --env linear-logistic --with-vw"
+        print(f"  [{kind}] recsys policies done in {time.perf_counter() - t0:.1f}s",
+              file=sys.stderr)
+    subtitles = {}
+    for kind in kinds:
+        cfg = SimulatorConfig(**SIM_PROBLEMS[kind])
+        subtitles[kind] = (f"{cfg.n_items} items, d = {cfg.dim}, {cfg.n_users} users, feature "
+                           f"noise {cfg.feature_noise}, optimum {optimum[kind]:.3f} clicks/round")
     png = RESULTS / "regret.png"
-    plot(curves_all, events, png)
-    return {"table": table, "plot": str(png)}
+    plot(curves_all, events, png, "simulator", floors, subtitles)
+    return {"table": table, "halves": halves, "floors": floors, "optimum": optimum,
+            "plot": str(png)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--with-vw", action="store_true")
-    args = parser.parse_args()
-    out = experiment(args.events, args.with_vw)
+def print_tables(out: dict, events: int, env: str) -> None:
+    """Total regret per policy and problem, then per-round regret in the first and second half."""
     names = sorted({n for row in out["table"].values() for n in row})
     kinds = list(out["table"])
-    print(f"cumulative pseudo-regret after {args.events} rounds (batches of {BATCH} for recsys)")
-    print(f"{'policy':28s}" + "".join(f"{k:>14s}" for k in kinds))
+    width = max(18, *(len(k) + 2 for k in kinds))
+    print(f"environment: {ENV_TITLES[env]}")
+    print(f"cumulative pseudo-regret after {events} rounds (batches of {BATCH} for recsys)")
+    print(f"{'policy':28s}" + "".join(f"{k:>{width}s}" for k in kinds))
+    notes = []
     for name in names:
         cells = []
         for k in kinds:
             v = out["table"][k].get(name, "-")
-            cells.append(f"{v:14.0f}" if isinstance(v, float) else f"{str(v)[:14]:>14s}")
+            if isinstance(v, float):
+                cells.append(f"{v:{width}.0f}")
+            else:
+                cells.append(f"{'see note':>{width}s}")
+                notes.append(f"  note, {name}: {v}")
         print(f"{name:28s}" + "".join(cells))
-    for kind in PROBLEMS:
-        acc = diag_vs_full_accuracy(kind)
-        print(f"mean-score RMSE vs true P(click), {kind} contexts, 50k uniform logs: "
-              f"Diag {acc['diag_rmse']:.4f}, Diag centred {acc['centred_rmse']:.4f}, "
-              f"full {acc['full_rmse']:.4f}; Diag-full {acc['diag_vs_full_rmse']:.4f}, "
-              f"centred-full {acc['centred_vs_full_rmse']:.4f}")
-    corr = out["table"].get("correlated", {})
-    if corr:
-        print(f"Diag vs full regret on correlated contexts: DiagLinUCB {corr['DiagLinUCB']:.0f}"
-              f" (centred {corr['DiagLinUCB centred']:.0f}) vs LinUCB "
-              f"{corr['LinUCB (full)']:.0f}; DiagLinTS {corr['DiagLinTS']:.0f} (centred "
-              f"{corr['DiagLinTS centred']:.0f}) vs LinTS {corr['LinTS (full)']:.0f}")
+    print("\n".join(dict.fromkeys(notes)))
+    print("per-round regret, first half -> second half (sublinear: second clearly smaller)")
+    print(f"{'policy':28s}" + "".join(f"{k:>{width}s}" for k in kinds))
+    for name in names:
+        cells = []
+        for k in kinds:
+            h = out["halves"][k].get(name)
+            cells.append(f"{f'{h[0]:.4f} -> {h[1]:.4f}':>{width}s}" if h else f"{'-':>{width}s}")
+        print(f"{name:28s}" + "".join(cells))
+    for k in out.get("floors", {}):
+        print(f"[{k}] optimal clicks/round {out['optimum'][k]:.4f}; linear floor "
+              f"{out['floors'][k]:.4f} regret/round (greedy on the least-squares fit of the true "
+              f"click probabilities)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", choices=["simulator", "linear-logistic"], default="simulator")
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--with-vw", action="store_true")
+    args = parser.parse_args()
+    out = experiment(args.events, args.with_vw, env=args.env)
+    print_tables(out, args.events, args.env)
+    if args.env == "linear-logistic":
+        for kind in PROBLEMS:
+            acc = diag_vs_full_accuracy(kind)
+            print(f"mean-score RMSE vs true P(click), {kind} contexts, 50k uniform logs: "
+                  f"Diag {acc['diag_rmse']:.4f}, Diag centred {acc['centred_rmse']:.4f}, "
+                  f"full {acc['full_rmse']:.4f}; Diag-full {acc['diag_vs_full_rmse']:.4f}, "
+                  f"centred-full {acc['centred_vs_full_rmse']:.4f}")
+        corr = out["table"].get("correlated", {})
+        if corr:
+            print(f"Diag vs full regret on correlated contexts: DiagLinUCB "
+                  f"{corr['DiagLinUCB']:.0f} (centred {corr['DiagLinUCB centred']:.0f}) vs LinUCB "
+                  f"{corr['LinUCB (full)']:.0f}; DiagLinTS {corr['DiagLinTS']:.0f} (centred "
+                  f"{corr['DiagLinTS centred']:.0f}) vs LinTS {corr['LinTS (full)']:.0f}")
     print(f"plot: {out['plot']}")
 
 
