@@ -332,6 +332,8 @@ def print_tables(out: dict, events: int, env: str) -> None:
             v = out["table"][k].get(name, "-")
             if isinstance(v, float):
                 cells.append(f"{v:{width}.0f}")
+            elif name not in out["table"][k]:
+                cells.append(f"{'-':>{width}s}")
             else:
                 cells.append(f"{'see note':>{width}s}")
                 notes.append(f"  note, {name}: {v}")
