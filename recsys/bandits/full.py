@@ -136,3 +136,30 @@ class FullStats:
         theta, a_inv = self.posterior()
         var = np.einsum("bi,nij,bj->bn", x, a_inv, x, optimize=True)
         return x @ theta.T, np.maximum(var, 0.0), None
+
+
+class FullCovariancePolicy:
+    """Mixin that puts a diagonal policy's scoring rule on :class:`FullStats` (LinUCB, LinTS).
+
+    List it before the diagonal policy it refines: ``class LinUCB(FullCovariancePolicy,
+    DiagLinUCB)``. The host provides ``lam`` and ``centred``.
+    """
+
+    lam: float
+    centred: bool
+
+    def _new_stats(
+        self, items: ArrayLike, dim: int, prior_mean: ArrayLike | None, space: str,
+        dtype: type[np.floating],
+    ) -> FullStats:
+        if self.centred:
+            raise ValueError("centred applies to diagonal statistics; full covariance models the "
+                             "intercept through a constant feature")
+        return FullStats.empty(items, dim, lam=self.lam, prior_mean=prior_mean, space=space)
+
+    def use(self, stats: object):
+        if not isinstance(stats, FullStats):
+            name = type(self).__name__
+            raise TypeError(f"{name} needs FullStats (full covariance); use Diag{name} for "
+                            f"{type(stats).__name__}")
+        return super().use(stats)  # type: ignore[misc]

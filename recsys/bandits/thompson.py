@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import NDArray
 
-from recsys.bandits.base import BasePolicy, Statistics
-from recsys.bandits.full import FullStats
+from recsys.bandits.base import BasePolicy
+from recsys.bandits.full import FullCovariancePolicy
 from recsys.bandits.slates import (
     Slate,
     eligible_counts,
@@ -99,23 +99,8 @@ class InSlateTS(DiagLinTS):
     per_slot_default = True
 
 
-class LinTS(DiagLinTS):
+class LinTS(FullCovariancePolicy, DiagLinTS):
     """Linear Thompson sampling with full covariance, θ_j ~ N(A_j⁻¹b_j, v²A_j⁻¹): the reference."""
-
-    def _new_stats(
-        self, items: ArrayLike, dim: int, prior_mean: ArrayLike | None, space: str,
-        dtype: type[np.floating],
-    ) -> Statistics:
-        if self.centred:
-            raise ValueError("centred applies to diagonal statistics; full covariance models the "
-                             "intercept through a constant feature")
-        return FullStats.empty(items, dim, lam=self.lam, prior_mean=prior_mean, space=space)
-
-    def use(self, stats: Any) -> LinTS:
-        if not isinstance(stats, FullStats):
-            raise TypeError("LinTS needs FullStats (full covariance); use DiagLinTS for "
-                            f"{type(stats).__name__}")
-        return super().use(stats)
 
     def posterior(self) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
         """Per item posterior mean [n, d] and covariance v²A⁻¹ [n, d, d]."""

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import NDArray
 
-from recsys.bandits.base import BasePolicy, Statistics
-from recsys.bandits.full import FullStats
+from recsys.bandits.base import BasePolicy
+from recsys.bandits.full import FullCovariancePolicy
 from recsys.bandits.validation import check_positive, check_probability
 
 
@@ -44,23 +42,8 @@ class DiagLinUCB(BasePolicy):
         return 1.0 - (1.0 - self.epsilon) * (1.0 - self.exploration_floor)
 
 
-class LinUCB(DiagLinUCB):
+class LinUCB(FullCovariancePolicy, DiagLinUCB):
     """LinUCB with full per-item covariance (Sherman–Morrison): the accuracy reference.
 
     Memory and time grow as d² per item; meant for small d and for checking Diag-LinUCB.
     """
-
-    def _new_stats(
-        self, items: ArrayLike, dim: int, prior_mean: ArrayLike | None, space: str,
-        dtype: type[np.floating],
-    ) -> Statistics:
-        if self.centred:
-            raise ValueError("centred applies to diagonal statistics; full covariance models the "
-                             "intercept through a constant feature")
-        return FullStats.empty(items, dim, lam=self.lam, prior_mean=prior_mean, space=space)
-
-    def use(self, stats: Any) -> LinUCB:
-        if not isinstance(stats, FullStats):
-            raise TypeError("LinUCB needs FullStats (full covariance); use DiagLinUCB for "
-                            f"{type(stats).__name__}")
-        return super().use(stats)
