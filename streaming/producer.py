@@ -1,4 +1,5 @@
-"""Producing events: batching, compression and request-id keys, with delivery accounting."""
+"""Producing events: idempotent, batched, compressed sends keyed by request id, with delivery
+accounting."""
 
 from __future__ import annotations
 
@@ -8,13 +9,27 @@ from kafka import KafkaProducer
 
 from recsys.events import Event, encode
 
+# What idempotence stands on (kafka-python 3.x, KIP-679): the broker assigns this producer an id and
+# epoch and de-duplicates retried batches by per-partition sequence numbers, which needs acks from
+# every in-sync replica, retries, and at most 5 requests in flight per connection (beyond 5 the
+# broker cannot keep the order of retried batches). With enable_idempotence=True stated explicitly,
+# kafka-python raises on a conflicting setting instead of silently falling back to at-least-once.
+IDEMPOTENT_SETTINGS: dict[str, object] = {
+    "enable_idempotence": True,
+    "acks": "all",
+    "retries": float("inf"),  # bounded in time by delivery_timeout_ms, not by a count
+    "max_in_flight_requests_per_connection": 5,
+}
+
 
 class EventProducer:
     """Sends contract events to their topics, keyed by request id so that a request's events stay
     on one partition in order.
 
-    Sends are asynchronous and batched (``linger_ms``, ``batch_size``) and compressed; ``flush``
-    blocks until every sent record is acknowledged and raises if any delivery failed.
+    The producer is idempotent (``IDEMPOTENT_SETTINGS``): a retry after a lost acknowledgement
+    neither duplicates nor reorders records within a partition. Sends are asynchronous, batched
+    (``linger_ms``, ``batch_size``) and compressed; ``flush`` blocks until every sent record is
+    acknowledged and raises if any delivery failed.
     """
 
     def __init__(
@@ -23,17 +38,23 @@ class EventProducer:
         compression: str = "lz4",
         linger_ms: int = 5,
         batch_size: int = 256 * 1024,
-        acks: str | int = "all",
+        delivery_timeout_ms: int = 120_000,
         **client_options: object,
     ) -> None:
+        overridden = sorted(set(IDEMPOTENT_SETTINGS) & set(client_options))
+        if overridden:
+            fixed = ", ".join(f"{k}={IDEMPOTENT_SETTINGS[k]!r}" for k in overridden)
+            raise ValueError(
+                f"EventProducer is always idempotent; remove {', '.join(overridden)} from the "
+                f"client options (fixed to {fixed})"
+            )
         self._producer = KafkaProducer(
             bootstrap_servers=bootstrap,
             compression_type=None if compression == "none" else compression,
             linger_ms=linger_ms,
             batch_size=batch_size,
-            acks=acks,
-            retries=5,
-            max_in_flight_requests_per_connection=5,
+            delivery_timeout_ms=delivery_timeout_ms,
+            **IDEMPOTENT_SETTINGS,
             **client_options,
         )
         self.sent = 0
@@ -50,6 +71,7 @@ class EventProducer:
         self.send_raw(topic or event.topic, event.key, encode(event))
 
     def send_many(self, events: Iterable[Event]) -> int:
+        """Queue events for their contract topics; returns how many were queued."""
         n = 0
         for event in events:
             self.send(event)
@@ -65,6 +87,7 @@ class EventProducer:
         self.sent += 1
 
     def flush(self, timeout_s: float | None = 60.0) -> None:
+        """Block until every queued record is acknowledged; raise if any was not delivered."""
         self._producer.flush(timeout=timeout_s)
         if self._errors:
             errors, self._errors = self._errors, []

@@ -1,9 +1,9 @@
-"""Topic names and idempotent topic creation."""
+"""Topic names, idempotent topic creation, and the check that co-partitioned topics agree."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from kafka.admin import KafkaAdminClient
 from kafka.errors import TopicAlreadyExistsError
@@ -15,6 +15,13 @@ FEEDBACK = Feedback.topic
 REWARDS = Reward.topic
 DEAD_LETTER = DEAD_LETTER_TOPIC
 ALL_TOPICS = (IMPRESSIONS, FEEDBACK, REWARDS, DEAD_LETTER)
+# Impressions and feedback are keyed by request id and joined partition by partition: partition p
+# of one must hold the same requests as partition p of the other, so their counts must be equal.
+CO_PARTITIONED: tuple[tuple[str, ...], ...] = ((IMPRESSIONS, FEEDBACK),)
+
+
+class TopicLayoutError(RuntimeError):
+    """The topics on the cluster do not have the layout the system relies on."""
 
 
 def standard_topics(partitions: int) -> dict[str, int]:
@@ -26,13 +33,15 @@ def ensure_topics(
     bootstrap: str,
     topics: Mapping[str, int],
     replication_factor: int = 1,
+    co_partitioned: Iterable[Collection[str]] = CO_PARTITIONED,
     **client_options: object,
 ) -> dict[str, int]:
     """Create the topics that do not exist yet; returns every topic's actual partition count.
 
     Safe to call any number of times and from several processes at once. An existing topic keeps
     its partition count (changing it would move keys between partitions): callers read the
-    returned counts rather than assuming.
+    returned counts rather than assuming. Raises ``TopicLayoutError`` when a group of
+    ``co_partitioned`` topics that are all among ``topics`` ends up with different counts.
     """
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap, client_id="recsys-admin", **client_options
@@ -57,6 +66,27 @@ def ensure_topics(
                     wait_for_metadata=True,
                 )
         described = admin.describe_topics(list(topics))
-        return {d["name"]: len(d["partitions"]) for d in described}
+        counts = {d["name"]: len(d["partitions"]) for d in described}
     finally:
         admin.close()
+    check_co_partitioned(counts, co_partitioned)
+    return counts
+
+
+def check_co_partitioned(
+    counts: Mapping[str, int], groups: Iterable[Collection[str]] = CO_PARTITIONED
+) -> None:
+    """Raise ``TopicLayoutError`` if the topics of a group (all present in ``counts``) differ in
+    partition count; groups with a topic missing from ``counts`` are not checked."""
+    for group in groups:
+        if not all(topic in counts for topic in group):
+            continue
+        if len({counts[topic] for topic in group}) > 1:
+            found = ", ".join(f"{topic} has {counts[topic]}" for topic in group)
+            raise TopicLayoutError(
+                f"topics {' and '.join(group)} must have the same number of partitions (they are "
+                f"keyed by request id and joined partition by partition), but {found}. Recreate "
+                "them with one partition count (kafka.partitions), or raise the smaller to match "
+                "with kafka-topics.sh --alter --partitions N before any events are written "
+                "(adding partitions later moves request ids to other partitions)."
+            )

@@ -3,7 +3,10 @@ an offset, and the dead-letter path for bad input."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from kafka.partitioner.default import murmur2
 
 from recsys.events import (
     Context,
@@ -16,7 +19,7 @@ from recsys.events import (
 )
 from streaming.consumer import EventConsumer
 from streaming.producer import EventProducer
-from streaming.topics import ensure_topics
+from streaming.topics import TopicLayoutError, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +68,11 @@ def reward(i: int) -> Reward:
     )
 
 
+def kafka_partition_of(key: bytes, partitions: int) -> int:
+    """Kafka's keyed partitioning rule (the Java client's and kafka-python's default)."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 def consumer_for(
     bootstrap: str,
     topic: str,
@@ -92,18 +100,16 @@ def test_each_event_type_round_trips_across_partitions(kafka_bootstrap, unique_t
     with consumer_for(kafka_bootstrap, topics["events"], topics["dead"], type(sent[0])) as consumer:
         received = consumer.read_until_end(timeout_s=30)
         assert consumer.dead_lettered == 0
-    assert sorted(received, key=lambda c: c.event.request_id) == sorted(
-        received, key=lambda c: c.event.request_id
-    )
-    assert {c.event for c in received} == set(sent)
-    assert len(received) == len(sent)
     used = {c.partition for c in received}
     assert used == set(range(PARTITIONS)), f"events should spread over partitions, used {used}"
-    # Same key, same partition: every request's events stay together and in order.
-    by_key = {}
-    for c in received:
-        by_key.setdefault(c.event.request_id, set()).add(c.partition)
-    assert all(len(parts) == 1 for parts in by_key.values())
+    # Everything produced is consumed once and in order: per partition, the records in offset order
+    # are exactly the events whose key Kafka's partitioner maps there, in the order they were sent.
+    for partition in range(PARTITIONS):
+        consumed_here = [
+            c.event for c in sorted(received, key=lambda c: c.offset) if c.partition == partition
+        ]
+        sent_here = [e for e in sent if kafka_partition_of(e.key, PARTITIONS) == partition]
+        assert consumed_here == sent_here, f"partition {partition}"
 
 
 def test_seek_to_an_offset_replays_exactly_from_there(kafka_bootstrap, unique_topics):
@@ -200,3 +206,134 @@ def test_topic_creation_is_idempotent(kafka_bootstrap, unique_topics):
     topics = unique_topics({"a": 2})
     for _ in range(3):
         assert ensure_topics(kafka_bootstrap, {topics["a"]: 5}) == {topics["a"]: 2}
+
+
+def active_producers(bootstrap: str, topic: str, partition: int) -> list:
+    """The producer ids and epochs the broker tracks for one partition (DescribeProducers)."""
+    from kafka import TopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        state = admin.describe_producers([TopicPartition(topic, partition)])
+    finally:
+        admin.close()
+    return state[TopicPartition(topic, partition)].active_producers
+
+
+def test_the_broker_sees_an_idempotent_producer(kafka_bootstrap, unique_topics):
+    topics = unique_topics({"events": 2})
+    with EventProducer(kafka_bootstrap) as producer:
+        for i in range(40):
+            producer.send_raw(topics["events"], f"k{i}".encode(), b"x", partition=0)
+    # The broker only tracks producers that write with a producer id, epoch and sequence numbers:
+    # one idempotent session wrote 40 records, so its last sequence number is 39.
+    (writer,) = active_producers(kafka_bootstrap, topics["events"], 0)
+    assert writer.producer_id >= 0 and writer.producer_epoch >= 0
+    assert writer.last_sequence == 39
+
+    # The same observation on a producer with idempotence off finds nothing: the check can fail.
+    from kafka import KafkaProducer
+
+    plain = KafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False, acks=1)
+    plain.send(topics["events"], key=b"k", value=b"x", partition=1).get(timeout=30)
+    plain.close()
+    assert active_producers(kafka_bootstrap, topics["events"], 1) == []
+
+
+def test_the_producer_refuses_to_be_made_non_idempotent(kafka_bootstrap):
+    with pytest.raises(ValueError, match=r"always idempotent; remove acks, enable_idempotence"):
+        EventProducer(kafka_bootstrap, acks=1, enable_idempotence=False)
+
+
+def test_a_bug_raises_instead_of_being_dead_lettered(kafka_bootstrap, unique_topics, monkeypatch):
+    import streaming.consumer
+
+    topics = unique_topics({"events": 1, "dead": 1})
+    with EventProducer(kafka_bootstrap) as producer:
+        for i in range(10):
+            producer.send(feedback(i), topic=topics["events"])
+        producer.send_raw(topics["events"], b"garbage", b"\x00 not msgpack")
+    real_decode = streaming.consumer.decode
+
+    def decode_with_a_bug(value: bytes):
+        event = real_decode(value)
+        if event.request_id == "req-5":
+            raise ZeroDivisionError("a bug in our own code")
+        return event
+
+    monkeypatch.setattr(streaming.consumer, "decode", decode_with_a_bug)
+    with consumer_for(kafka_bootstrap, topics["events"], topics["dead"], partitions=1) as consumer:
+        with pytest.raises(ZeroDivisionError, match="a bug in our own code"):
+            consumer.read_until_end(timeout_s=30)
+        consumer.flush()
+        # Nothing was dead-lettered or counted, and the position did not move past what the
+        # caller received (nothing): a restarted worker reads the batch again.
+        assert consumer.dead_lettered == 0 and consumer.decoded == 0
+        assert consumer.positions() == {(topics["events"], 0): 0}
+
+        # With the bug fixed, the same consumer reads everything; only the garbage is bad input.
+        monkeypatch.setattr(streaming.consumer, "decode", real_decode)
+        received = consumer.read_until_end(timeout_s=30)
+        consumer.flush()
+        assert [c.event for c in received] == [feedback(i) for i in range(10)]
+        assert consumer.dead_lettered == 1
+    assert dead_letter_count(kafka_bootstrap, topics["dead"]) == 1
+
+
+def dead_letter_count(bootstrap: str, topic: str) -> int:
+    with EventConsumer(bootstrap, [(topic, 0)], expected_types={}) as consumer:
+        return consumer.end_offsets()[(topic, 0)]
+
+
+def test_expected_types_must_be_event_classes(kafka_bootstrap):
+    with pytest.raises(TypeError, match="map each topic to an event class"):
+        EventConsumer(kafka_bootstrap, [("t", 0)], expected_types={"t": "Impression"})
+
+
+def test_reading_until_offsets_stops_exactly_there(kafka_bootstrap, unique_topics):
+    topics = unique_topics({"events": 2, "dead": 1})
+    with EventProducer(kafka_bootstrap) as producer:
+        for i in range(30):
+            producer.send_raw(topics["events"], b"k", encode(feedback(i)), partition=i % 2)
+    until = {(topics["events"], 0): 4, (topics["events"], 1): 11}
+    with consumer_for(kafka_bootstrap, topics["events"], topics["dead"], partitions=2) as consumer:
+        first = consumer.read_until(until, timeout_s=30)
+        assert consumer.positions() == until
+        rest = consumer.read_until_end(timeout_s=30)
+        with pytest.raises(ValueError, match="not assigned here"):
+            consumer.read_until({("some.other.topic", 0): 1})
+    assert sorted((c.partition, c.offset) for c in first) == [(0, o) for o in range(4)] + [
+        (1, o) for o in range(11)
+    ]
+    assert len(rest) == 30 - len(first)
+    assert {c.event for c in first + rest} == {feedback(i) for i in range(30)}
+
+
+def test_mismatched_impression_and_feedback_partitions_are_refused(kafka_bootstrap, unique_topics):
+    topics = unique_topics({"impressions": 3, "feedback": 4})
+    pair = (topics["impressions"], topics["feedback"])
+    with pytest.raises(
+        TopicLayoutError,
+        match=re.escape(
+            f"{pair[0]} has 3, {pair[1]} has 4. Recreate them with one partition count"
+        ),
+    ):
+        ensure_topics(kafka_bootstrap, {pair[0]: 3, pair[1]: 3}, co_partitioned=[pair])
+    # Matching counts pass, and groups not fully present are not checked.
+    same = unique_topics({"impressions": 2, "feedback": 2})
+    pair_ok = (same["impressions"], same["feedback"])
+    assert ensure_topics(kafka_bootstrap, dict.fromkeys(pair_ok, 2), co_partitioned=[pair_ok]) == (
+        dict.fromkeys(pair_ok, 2)
+    )
+    assert ensure_topics(kafka_bootstrap, {pair[0]: 3}, co_partitioned=[pair]) == {pair[0]: 3}
+
+
+def test_the_standard_topics_are_checked_by_default():
+    from streaming.topics import FEEDBACK, IMPRESSIONS, check_co_partitioned
+
+    check_co_partitioned({IMPRESSIONS: 4, FEEDBACK: 4})
+    with pytest.raises(
+        TopicLayoutError, match=r"recsys\.impressions has 4, recsys\.feedback has 2"
+    ):
+        check_co_partitioned({IMPRESSIONS: 4, FEEDBACK: 2})
