@@ -9,12 +9,13 @@ candidates for a request (graph mode) score ``-inf``.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from recsys.bandits.dense import DenseStats
+from recsys.bandits.protocol import Statistics
 from recsys.bandits.slates import (
     Slate,
     eligible_counts,
@@ -23,28 +24,6 @@ from recsys.bandits.slates import (
     top_k,
 )
 from recsys.bandits.validation import check_positive, check_probability
-
-
-class Statistics(Protocol):
-    """What a policy needs from its statistics, whatever their layout."""
-
-    lam: float
-    version: int
-
-    @property
-    def n_items(self) -> int: ...
-
-    @property
-    def item_ids(self) -> NDArray[np.int64]: ...
-
-    def learn(
-        self, contexts: Any, items: ArrayLike, rewards: ArrayLike, *,
-        reward_range: tuple[float, float],
-    ) -> Any: ...
-
-    def moments(
-        self, contexts: Any
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_] | None]: ...
 
 
 class BasePolicy:
@@ -177,7 +156,7 @@ class BasePolicy:
         if k != 1 or not isinstance(stats, DenseStats) or (
                 type(self).recommend is not BasePolicy.recommend):
             return self.recommend(context, k)
-        mean, var = stats.moments_one(context)
+        mean, var, _ = stats.moments_one(context)
         scores = self._rule(mean, np.sqrt(var))
         best = scores.max()
         at_max = scores == best

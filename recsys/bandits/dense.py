@@ -27,7 +27,6 @@ disagree. The scoring rule (UCB, Thompson sampling, ...) lives in the policies, 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +35,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from recsys.bandits.accumulate import scatter_add_many, touched_rows
 from recsys.bandits.items import ItemIndex
-from recsys.bandits.persistence import read_npz, write_npz
+from recsys.bandits.protocol import StatsBase, new_origin, register_layout
 from recsys.bandits.validation import (
     check_context_one,
     check_contexts,
@@ -53,7 +52,7 @@ _SMALL_BATCH = 64
 Rows = NDArray[np.intp] | slice
 
 
-@dataclass
+@dataclass(eq=False)
 class _Posterior:
     """Cached scoring arrays, valid for one statistics version."""
 
@@ -65,14 +64,19 @@ class _Posterior:
     c0: NDArray[np.floating] | None = None  # centred: constant of the variance [n]
 
 
-@dataclass
-class DenseStats:
+@register_layout
+@dataclass(eq=False)
+class DenseStats(StatsBase):
     """Additive per-(item, feature) statistics over a dense context of dimension ``dim``.
 
     Build with :meth:`empty`; mutate only through the methods (they bump ``version`` and refresh
     the cached posterior). ``space`` names the feature space (for example the embedding model's
-    version): statistics from different spaces never merge.
+    version): statistics from different spaces never merge. Implements the
+    :class:`~recsys.bandits.protocol.Statistics` protocol (``layout = "dense"``).
     """
+
+    layout = "dense"
+    format = FORMAT
 
     items: ItemIndex
     dim: int
@@ -85,7 +89,9 @@ class DenseStats:
     prior_mean: NDArray[np.floating] | None = None
     space: str = ""
     version: int = 0
-    _cache: _Posterior | None = field(default=None, repr=False, compare=False)
+    origin: str = field(default_factory=new_origin)
+    _borrowed: bool = field(default=False, repr=False)
+    _cache: _Posterior | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -167,7 +173,7 @@ class DenseStats:
         return total + (0 if self.prior_mean is None else self.prior_mean.nbytes)
 
     def _touch(self) -> None:
-        self.version += 1
+        self._bump()
         self._cache = None
 
     # ------------------------------------------------------------------ prior / warm start
@@ -306,7 +312,7 @@ class DenseStats:
     def _updated(self, rows: Rows) -> None:
         """Bump the version; refresh the cached posterior on the touched rows only."""
         cache = self._cache
-        self.version += 1
+        self._bump()
         n_rows = (rows.stop - rows.start) if isinstance(rows, slice) else rows.size
         if cache is None or cache.version != self.version - 1 or n_rows * 4 > self.n_items:
             self._cache = None
@@ -339,7 +345,7 @@ class DenseStats:
         """A new ``DenseStats`` = self + other over the union of their items.
 
         Commutative and associative up to float rounding. Priors: at most one side may carry
-        prior means, or both the same ones. The version is the larger of the two.
+        prior means, or both the same ones. The result is a new lineage (fresh ``snapshot_id``).
         """
         self._check_compatible(other)
         if self.items == other.items:
@@ -358,7 +364,8 @@ class DenseStats:
                 for name, value in part._sums().items():
                     mine[name][rows] += value
         out.prior_mean = _merged_prior(self, other, out)
-        out.version = max(self.version, other.version)
+        out.version = 0
+        out.origin = new_origin()
         out._cache = None
         return out
 
@@ -497,8 +504,11 @@ class DenseStats:
         mean, var = self.score_moments(check_contexts(contexts, self.dim))
         return mean, var, None
 
-    def moments_one(self, context: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Score mean and variance [n_items] for a single context (the per-event fast path)."""
+    def moments_one(
+        self, context: ArrayLike
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], None]:
+        """Score mean and variance [n_items] for a single context (the per-event fast path);
+        every item is a candidate, so the eligibility mask is None."""
         post = self._posterior()
         x = check_context_one(context, self.dim).astype(post.theta.dtype, copy=False)
         mean = post.theta @ x
@@ -507,24 +517,31 @@ class DenseStats:
             mean += post.b0
             var += post.c0 - 2.0 * (post.w1 @ x)
             np.maximum(var, 0.0, out=var)
-        return mean.astype(np.float64, copy=False), var.astype(np.float64, copy=False)
+        return mean.astype(np.float64, copy=False), var.astype(np.float64, copy=False), None
 
-    # ------------------------------------------------------------------ comparison / copies
-    def _copy(self) -> DenseStats:
+    # ------------------------------------------------------------------ copies / sharding
+    def _copy(self, rows: Rows | None = None) -> DenseStats:
+        """A deep copy of all rows (or of ``rows``) as a new lineage."""
+        pick: Any = slice(None) if rows is None else rows
         out = DenseStats(
-            items=ItemIndex(self.items.ids), dim=self.dim, lam=self.lam, sxx=self.sxx,
+            items=ItemIndex(self.items.ids[pick]), dim=self.dim, lam=self.lam, sxx=self.sxx,
             sxr=self.sxr, count=self.count,
-            prior_mean=None if self.prior_mean is None else self.prior_mean.copy(),
-            space=self.space, version=self.version,
+            prior_mean=None if self.prior_mean is None else self.prior_mean[pick].copy(),
+            space=self.space, version=self.version if rows is None else 0,
         )
-        out._set_sums({name: value.copy() for name, value in self._sums().items()})
+        out._set_sums({name: value[pick].copy() for name, value in self._sums().items()})
         return out
 
     def copy(self) -> DenseStats:
-        """A deep copy."""
+        """A deep copy (a new lineage: its ``snapshot_id`` differs)."""
         return self._copy()
 
-    def allclose(self, other: DenseStats, *, rtol: float = 1e-10, atol: float = 1e-10) -> bool:
+    def select(self, items: ArrayLike) -> DenseStats:
+        """A copy holding only ``items`` (all must be held): a shard's share, or one delta's."""
+        ids = np.asarray(items, dtype=np.int64).ravel()
+        return self._copy(self.items.rows(ids, name="select"))
+
+    def allclose(self, other: object, *, rtol: float = 1e-10, atol: float = 1e-10) -> bool:
         """Same items, layout, prior and sums up to float rounding (not the version)."""
         if not isinstance(other, DenseStats) or self.items != other.items:
             return False
@@ -539,31 +556,32 @@ class DenseStats:
             pairs.append((self.prior_mean, other.prior_mean))
         return all(np.allclose(a, b, rtol=rtol, atol=atol) for a, b in pairs)
 
-    # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write an ``.npz`` file (plain arrays only, loadable without pickle)."""
+    # ------------------------------------------------------------------ snapshots
+    def _arrays_and_meta(self) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
         arrays = {"items": self.items.ids, **self._sums()}
         if self.prior_mean is not None:
             arrays["prior_mean"] = self.prior_mean
-        meta = {"dim": self.dim, "lam": self.lam, "space": self.space, "version": self.version,
-                "centred": self.centred}
-        write_npz(path, FORMAT, meta, arrays)
+        meta = {"dim": self.dim, "lam": self.lam, "space": self.space, "centred": self.centred}
+        return arrays, meta
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> DenseStats:
-        """Read a file written by :meth:`save` (refuses other formats and pickled objects)."""
-        meta, arrays = read_npz(path, FORMAT)
+    def _from_parts(cls, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> DenseStats:
         dim = int(meta["dim"])
         n = arrays["items"].size
-        names = ["sxx", "sxr", "sx"] if meta.get("centred") else ["sxx", "sxr"]
-        for name in names:
+        centred = bool(meta.get("centred"))
+        wide = ["sxx", "sxr", "sx"] if centred else ["sxx", "sxr"]
+        narrow = ["count", "sr"] if centred else ["count"]
+        for name in wide:
             if name not in arrays or arrays[name].shape != (n, dim):
-                raise ValueError(f"{path}: {name} is missing or not of shape {(n, dim)}")
+                raise ValueError(f"{name} is missing or not of shape {(n, dim)}")
+        for name in narrow:
+            if name not in arrays or arrays[name].shape != (n,):
+                raise ValueError(f"{name} is missing or not of shape {(n,)}")
         return cls(
             items=ItemIndex(arrays["items"]), dim=dim, lam=float(meta["lam"]),
             sxx=arrays["sxx"], sxr=arrays["sxr"], count=arrays["count"],
             sx=arrays.get("sx"), sr=arrays.get("sr"), prior_mean=arrays.get("prior_mean"),
-            space=str(meta["space"]), version=int(meta["version"]),
+            space=str(meta["space"]),
         )
 
 

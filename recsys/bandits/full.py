@@ -3,18 +3,21 @@
 Per item ``A = λI + Σ x xᵀ`` and ``b = Σ x·r``. ``A`` and ``b`` are additive like the diagonal
 statistics; ``A⁻¹`` is kept up to date with Sherman–Morrison rank-one updates, vectorised across
 items: a batch is split into waves holding at most one event per item, so the Python loop runs
-over waves (the largest per-item count in the batch), never over events.
+over waves (the largest per-item count in the batch), never over events. ``A⁻¹`` is derived state:
+snapshots store the sums only, and merges and decay recompute the touched inverses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from recsys.bandits.accumulate import scatter_add
 from recsys.bandits.items import ItemIndex
+from recsys.bandits.protocol import StatsBase, new_origin, register_layout
 from recsys.bandits.validation import (
     check_contexts,
     check_items,
@@ -22,10 +25,19 @@ from recsys.bandits.validation import (
     check_rewards,
 )
 
+FORMAT = "recsys.bandits.FullStats/1"
 
-@dataclass
-class FullStats:
-    """Per-item Gram matrices, their inverses (Sherman–Morrison) and reward sums."""
+
+@register_layout
+@dataclass(eq=False)
+class FullStats(StatsBase):
+    """Per-item Gram matrices, their inverses (Sherman–Morrison) and reward sums.
+
+    Implements the :class:`~recsys.bandits.protocol.Statistics` protocol (``layout = "full"``).
+    """
+
+    layout = "full"
+    format = FORMAT
 
     items: ItemIndex
     dim: int
@@ -37,6 +49,8 @@ class FullStats:
     prior_mean: NDArray[np.float64] | None = None
     space: str = ""
     version: int = 0
+    origin: str = field(default_factory=new_origin)
+    _borrowed: bool = field(default=False, repr=False)
 
     @classmethod
     def empty(
@@ -49,6 +63,8 @@ class FullStats:
         space: str = "",
     ) -> FullStats:
         """Zero statistics (``A = λI``) for ``items`` and contexts of dimension ``dim``."""
+        if int(dim) != dim or dim <= 0:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
         index = ItemIndex(items)
         n = len(index)
         lam = check_positive(lam, "lam")
@@ -72,6 +88,15 @@ class FullStats:
     def item_ids(self) -> NDArray[np.int64]:
         return self.items.ids
 
+    # ------------------------------------------------------------------ learning
+    def _validated(
+        self, contexts: ArrayLike, items: ArrayLike, rewards: ArrayLike,
+        reward_range: tuple[float, float],
+    ) -> tuple[NDArray[np.float64], NDArray[np.intp], NDArray[np.float64]]:
+        x = check_contexts(contexts, self.dim)
+        r = check_rewards(rewards, x.shape[0], reward_range)
+        return x, self.items.rows(check_items(items, x.shape[0])), r
+
     def learn(
         self,
         contexts: ArrayLike,
@@ -81,9 +106,7 @@ class FullStats:
         reward_range: tuple[float, float] = (-np.inf, np.inf),
     ) -> FullStats:
         """Add a batch in place: Gram and reward sums by scatter-add, A⁻¹ by Sherman–Morrison."""
-        x = check_contexts(contexts, self.dim)
-        r = check_rewards(rewards, x.shape[0], reward_range)
-        rows = self.items.rows(check_items(items, x.shape[0]))
+        x, rows, r = self._validated(contexts, items, rewards, reward_range)
         outer = (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
         self.gram += scatter_add(rows, outer, self.n_items).reshape(self.gram.shape)
         self.sxr += scatter_add(rows, x * r[:, None], self.n_items)
@@ -101,28 +124,160 @@ class FullStats:
             u = np.einsum("nij,nj->ni", self.a_inv[wr], wx)
             denom = 1.0 + np.einsum("ni,ni->n", wx, u)
             self.a_inv[wr] -= u[:, :, None] * u[:, None, :] / denom[:, None, None]
-        self.version += 1
+        self._bump()
         return self
+
+    def learn_one(
+        self, context: ArrayLike, item: int, reward: float, *,
+        reward_range: tuple[float, float] = (-np.inf, np.inf),
+    ) -> FullStats:
+        """Add a single event (a batch of one)."""
+        return self.learn(np.asarray(context, dtype=np.float64)[None, :] if np.ndim(context) == 1
+                          else context, np.array([item]), np.array([reward]),
+                          reward_range=reward_range)
+
+    def delta_from_batch(
+        self, contexts: ArrayLike, items: ArrayLike, rewards: ArrayLike, *,
+        reward_range: tuple[float, float] = (-np.inf, np.inf),
+    ) -> FullStats:
+        """The sums of one batch alone over its distinct items (no prior, no inverses needed)."""
+        x, rows, r = self._validated(contexts, items, rewards, reward_range)
+        unique, local = np.unique(rows, return_inverse=True)
+        m, d = unique.size, self.dim
+        outer = (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
+        return FullStats(
+            items=ItemIndex(self.items.ids[unique]), dim=d, lam=self.lam,
+            gram=scatter_add(local, outer, m).reshape(m, d, d),
+            a_inv=np.zeros((m, d, d)), sxr=scatter_add(local, x * r[:, None], m),
+            count=np.bincount(local, minlength=m).astype(np.float64), space=self.space,
+        )
+
+    def _refresh_rows(self, rows: NDArray[np.intp] | slice) -> None:
+        self.a_inv[rows] = np.linalg.inv(self.lam * np.eye(self.dim) + self.gram[rows])
 
     def refresh(self) -> FullStats:
         """Recompute A⁻¹ from the Gram matrices (removes accumulated rounding)."""
         self.a_inv = np.linalg.inv(self.lam * np.eye(self.dim) + self.gram)
-        self.version += 1
+        self._bump()
         return self
 
-    def merge(self, other: FullStats) -> FullStats:
-        """A new FullStats = self + other (same items, dim, λ, space); inverses recomputed."""
-        if (self.items != other.items or self.dim != other.dim or self.lam != other.lam
-                or self.space != other.space):
-            raise ValueError("FullStats.merge: items, dim, λ and space must match")
-        out = FullStats(
-            items=self.items, dim=self.dim, lam=self.lam, gram=self.gram + other.gram,
-            a_inv=self.a_inv.copy(), sxr=self.sxr + other.sxr, count=self.count + other.count,
-            prior_mean=self.prior_mean if self.prior_mean is not None else other.prior_mean,
-            space=self.space, version=max(self.version, other.version),
-        )
-        return out.refresh()
+    # ------------------------------------------------------------------ algebra
+    def _check_compatible(self, other: FullStats) -> None:
+        if not isinstance(other, FullStats):
+            raise TypeError(f"cannot merge FullStats with {type(other).__name__}")
+        if (self.dim, self.lam, self.space) != (other.dim, other.lam, other.space):
+            raise ValueError("FullStats.merge: dim, λ and space must match")
 
+    def merge(self, other: FullStats) -> FullStats:
+        """A new FullStats = self + other over the union of their items; inverses recomputed."""
+        self._check_compatible(other)
+        if self.prior_mean is not None and other.prior_mean is not None:
+            raise ValueError("cannot merge two FullStats that both carry prior means")
+        out = FullStats.empty(np.union1d(self.items.ids, other.items.ids), self.dim,
+                              lam=self.lam, space=self.space)
+        for part in (self, other):
+            rows = out.items.rows(part.items.ids)
+            out.gram[rows] += part.gram
+            out.sxr[rows] += part.sxr
+            out.count[rows] += part.count
+            if part.prior_mean is not None:
+                out.prior_mean = np.zeros((out.n_items, out.dim))
+                out.prior_mean[rows] = part.prior_mean
+        out._refresh_rows(slice(None))
+        return out
+
+    def merge_inplace(self, other: FullStats) -> FullStats:
+        """Add a delta into ``self`` (its items must be held); the touched inverses are rebuilt."""
+        self._check_compatible(other)
+        if other.prior_mean is not None:
+            raise ValueError("merge_inplace: a delta must not carry prior means")
+        rows = self.items.rows(other.items.ids, name="delta items")
+        self.gram[rows] += other.gram
+        self.sxr[rows] += other.sxr
+        self.count[rows] += other.count
+        self._refresh_rows(rows)
+        self._bump()
+        return self
+
+    def decay(self, factor: float) -> FullStats:
+        """Multiply every sum by ``factor`` in (0, 1] in place; inverses recomputed."""
+        f = float(factor)
+        if not (0.0 < f <= 1.0):
+            raise ValueError(f"decay factor must be in (0, 1], got {factor!r}")
+        self.gram *= f
+        self.sxr *= f
+        self.count *= f
+        self._refresh_rows(slice(None))
+        self._bump()
+        return self
+
+    # ------------------------------------------------------------------ catalogue / sharding
+    def add_items(self, items: ArrayLike) -> FullStats:
+        """Add new items with zero statistics (``A = λI``) in place."""
+        new = np.asarray(items, dtype=np.int64).ravel()
+        clash = self.items.contains(new)
+        if clash.any():
+            raise ValueError(f"add_items: item id(s) {new[clash][:5].tolist()} already present")
+        grown = FullStats.empty(np.concatenate([self.items.ids, new]), self.dim, lam=self.lam,
+                                space=self.space)
+        keep = grown.items.rows(self.items.ids)
+        grown.gram[keep], grown.a_inv[keep] = self.gram, self.a_inv
+        grown.sxr[keep], grown.count[keep] = self.sxr, self.count
+        if self.prior_mean is not None:
+            grown.prior_mean = np.zeros((grown.n_items, self.dim))
+            grown.prior_mean[keep] = self.prior_mean
+        self.items, self.gram, self.a_inv = grown.items, grown.gram, grown.a_inv
+        self.sxr, self.count, self.prior_mean = grown.sxr, grown.count, grown.prior_mean
+        self._bump()
+        return self
+
+    def retire_items(self, items: ArrayLike) -> FullStats:
+        """Drop items (and their statistics) in place; unknown ids raise."""
+        rows = self.items.rows(np.asarray(items, dtype=np.int64).ravel(), name="retire_items")
+        keep = np.ones(self.n_items, dtype=bool)
+        keep[rows] = False
+        self._take(keep)
+        self._bump()
+        return self
+
+    def _take(self, rows: NDArray[Any]) -> None:
+        self.items = ItemIndex(self.items.ids[rows])
+        self.gram, self.a_inv = self.gram[rows], self.a_inv[rows]
+        self.sxr, self.count = self.sxr[rows], self.count[rows]
+        if self.prior_mean is not None:
+            self.prior_mean = self.prior_mean[rows]
+
+    def select(self, items: ArrayLike) -> FullStats:
+        """A copy holding only ``items`` (all must be held): a shard's share."""
+        rows = self.items.rows(np.asarray(items, dtype=np.int64).ravel(), name="select")
+        out = self.copy()
+        out._take(np.sort(rows))
+        out.version = 0
+        return out
+
+    def copy(self) -> FullStats:
+        """A deep copy (a new lineage: its ``snapshot_id`` differs)."""
+        return FullStats(
+            items=self.items, dim=self.dim, lam=self.lam, gram=self.gram.copy(),
+            a_inv=self.a_inv.copy(), sxr=self.sxr.copy(), count=self.count.copy(),
+            prior_mean=None if self.prior_mean is None else self.prior_mean.copy(),
+            space=self.space, version=self.version,
+        )
+
+    def allclose(self, other: object, *, rtol: float = 1e-10, atol: float = 1e-10) -> bool:
+        """Same items, prior and sums up to float rounding (not the version)."""
+        if not isinstance(other, FullStats) or self.items != other.items:
+            return False
+        if (self.dim, self.lam, self.space) != (other.dim, other.lam, other.space):
+            return False
+        if (self.prior_mean is None) != (other.prior_mean is None):
+            return False
+        pairs = [(self.gram, other.gram), (self.sxr, other.sxr), (self.count, other.count)]
+        if self.prior_mean is not None and other.prior_mean is not None:
+            pairs.append((self.prior_mean, other.prior_mean))
+        return all(np.allclose(a, b, rtol=rtol, atol=atol) for a, b in pairs)
+
+    # ------------------------------------------------------------------ scoring
     def posterior(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Posterior mean θ̂ = A⁻¹(b + λμ₀) [n, d] and covariance A⁻¹ [n, d, d]."""
         num = self.sxr if self.prior_mean is None else self.sxr + self.lam * self.prior_mean
@@ -136,6 +291,36 @@ class FullStats:
         theta, a_inv = self.posterior()
         var = np.einsum("bi,nij,bj->bn", x, a_inv, x, optimize=True)
         return x @ theta.T, np.maximum(var, 0.0), None
+
+    def moments_one(
+        self, context: ArrayLike
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], None]:
+        """:meth:`moments` for a single context [dim]: arrays of [n_items]."""
+        mean, var, _ = self.moments(context)
+        return mean[0], var[0], None
+
+    # ------------------------------------------------------------------ snapshots
+    def _arrays_and_meta(self) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
+        arrays = {"items": self.items.ids, "gram": self.gram, "sxr": self.sxr,
+                  "count": self.count}
+        if self.prior_mean is not None:
+            arrays["prior_mean"] = self.prior_mean
+        return arrays, {"dim": self.dim, "lam": self.lam, "space": self.space}
+
+    @classmethod
+    def _from_parts(cls, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> FullStats:
+        dim, n = int(meta["dim"]), arrays["items"].size
+        for name, shape in (("gram", (n, dim, dim)), ("sxr", (n, dim)), ("count", (n,))):
+            if name not in arrays or arrays[name].shape != shape:
+                raise ValueError(f"{name} is missing or not of shape {shape}")
+        lam = float(meta["lam"])
+        gram = np.array(arrays["gram"], dtype=np.float64)
+        return cls(
+            items=ItemIndex(arrays["items"]), dim=dim, lam=lam, gram=gram,
+            a_inv=np.linalg.inv(lam * np.eye(dim) + gram), sxr=np.array(arrays["sxr"]),
+            count=np.array(arrays["count"]), prior_mean=arrays.get("prior_mean"),
+            space=str(meta["space"]),
+        )
 
 
 class FullCovariancePolicy:

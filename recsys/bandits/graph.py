@@ -21,22 +21,21 @@ is the exploration space); :attr:`GraphStats.skipped` counts them so that a drif
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from recsys.bandits.items import ItemIndex
-from recsys.bandits.persistence import read_npz, write_npz
+from recsys.bandits.protocol import StatsBase, new_origin, register_layout
 from recsys.bandits.validation import check_items, check_positive, check_rewards
 
 FORMAT = "recsys.bandits.GraphStats/1"
 Weighting = Literal["squared", "linear"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SoftContexts:
     """Sparse soft cluster memberships for a batch: ``clusters`` and ``weights`` of shape [B, K].
 
@@ -85,13 +84,18 @@ def _as_contexts(contexts: SoftContexts | tuple[ArrayLike, ArrayLike]) -> SoftCo
     )
 
 
-@dataclass
-class GraphStats:
+@register_layout
+@dataclass(eq=False)
+class GraphStats(StatsBase):
     """Additive per-edge statistics over a cluster→item graph (see module docs).
 
     Edges are sorted by (cluster, item row); ``indptr`` is the CSR index of each cluster's edges.
     ``space`` names the graph/embedding version: statistics of different graphs never merge.
+    Implements the :class:`~recsys.bandits.protocol.Statistics` protocol (``layout = "graph"``).
     """
+
+    layout = "graph"
+    format = FORMAT
 
     items: ItemIndex
     n_clusters: int
@@ -106,6 +110,8 @@ class GraphStats:
     space: str = ""
     version: int = 0
     skipped: int = 0
+    origin: str = field(default_factory=new_origin)
+    _borrowed: bool = field(default=False, repr=False)
     indptr: NDArray[np.intp] = field(init=False, repr=False)
     _keys: NDArray[np.int64] = field(init=False, repr=False)
 
@@ -233,8 +239,16 @@ class GraphStats:
         self.sxr[edges] += sxr
         self.count[edges] += count
         self.skipped += skipped
-        self.version += 1
+        self._bump()
         return self
+
+    def learn_one(
+        self, context: SoftContexts | tuple[ArrayLike, ArrayLike], item: int, reward: float, *,
+        reward_range: tuple[float, float] = (-np.inf, np.inf),
+    ) -> GraphStats:
+        """Add a single event: ``context`` is one request's (clusters [K], weights [K])."""
+        return self.learn(context, np.array([item]), np.array([reward]),
+                          reward_range=reward_range)
 
     def _check_clusters(self, ctx: SoftContexts) -> None:
         active = ctx.weights > 0
@@ -264,7 +278,18 @@ class GraphStats:
         self.edge_row = fresh.edge_row
         self.sxx, self.sxr, self.count = fresh.sxx, fresh.sxr, fresh.count
         self.prior_mean, self.indptr, self._keys = fresh.prior_mean, fresh.indptr, fresh._keys
-        self.version += 1
+        self._bump()
+
+    def add_items(self, items: ArrayLike) -> GraphStats:
+        """Add items without edges (not yet candidates anywhere; see :meth:`add_edges`)."""
+        new = np.asarray(items, dtype=np.int64).ravel()
+        clash = self.items.contains(new)
+        if clash.any():
+            raise ValueError(f"add_items: item id(s) {new[clash][:5].tolist()} already present")
+        empty = np.zeros(0, dtype=np.int64)
+        self._rebuilt(np.concatenate([self.items.ids, new]), empty, empty,
+                      np.ones(self.n_edges, dtype=bool))
+        return self
 
     def add_edges(self, edge_clusters: ArrayLike, edge_items: ArrayLike) -> GraphStats:
         """Add new (cluster, item) edges with zero statistics, adding unknown items, in place."""
@@ -285,16 +310,19 @@ class GraphStats:
         return self
 
     # ------------------------------------------------------------------ algebra
-    def merge(self, other: GraphStats) -> GraphStats:
-        """A new GraphStats = self + other on the union of their edges (same items and graph)."""
+    def _check_compatible(self, other: GraphStats, *, same_items: bool) -> None:
         if not isinstance(other, GraphStats):
             raise TypeError(f"cannot merge GraphStats with {type(other).__name__}")
-        same = (self.items == other.items and self.n_clusters == other.n_clusters
-                and self.lam == other.lam and self.weighting == other.weighting
-                and self.space == other.space)
+        same = (self.n_clusters == other.n_clusters and self.lam == other.lam
+                and self.weighting == other.weighting and self.space == other.space
+                and (not same_items or self.items == other.items))
         if not same:
             raise ValueError("cannot merge GraphStats of different graphs, items, λ, weighting "
                              "or space: migrate or reset statistics when the graph changes")
+
+    def merge(self, other: GraphStats) -> GraphStats:
+        """A new GraphStats = self + other on the union of their edges (same items and graph)."""
+        self._check_compatible(other, same_items=True)
         if self.prior_mean is not None and other.prior_mean is not None:
             raise ValueError("cannot merge two GraphStats that both carry prior means")
         keys = np.union1d(self._keys, other._keys)
@@ -303,8 +331,7 @@ class GraphStats:
             items=self.items, n_clusters=self.n_clusters, edge_cluster=keys // n,
             edge_row=(keys % n).astype(np.intp), sxx=np.zeros(keys.size),
             sxr=np.zeros(keys.size), count=np.zeros(keys.size), lam=self.lam,
-            weighting=self.weighting, space=self.space,
-            version=max(self.version, other.version), skipped=self.skipped + other.skipped,
+            weighting=self.weighting, space=self.space, skipped=self.skipped + other.skipped,
         )
         for part in (self, other):
             pos = np.searchsorted(keys, part._keys)
@@ -316,6 +343,39 @@ class GraphStats:
                 out.prior_mean[pos] = part.prior_mean
         return out
 
+    def merge_inplace(self, other: GraphStats) -> GraphStats:
+        """Add a delta into ``self`` in place; every edge of ``other`` must be an edge of ``self``.
+
+        Edges are matched by (cluster, item id), so a delta computed over the whole catalogue
+        merges into a shard that holds a selection of it.
+        """
+        self._check_compatible(other, same_items=False)
+        if other.prior_mean is not None:
+            raise ValueError("merge_inplace: a delta must not carry prior means")
+        pos = self._edge_positions(other.edge_cluster, other.edge_items, name="delta edges")
+        np.add.at(self.sxx, pos, other.sxx)
+        np.add.at(self.sxr, pos, other.sxr)
+        np.add.at(self.count, pos, other.count)
+        self.skipped += other.skipped
+        self._bump()
+        return self
+
+    def _edge_positions(
+        self, clusters: NDArray[np.int64], item_ids: NDArray[np.int64], *, name: str
+    ) -> NDArray[np.intp]:
+        """Index of each (cluster, item id) edge in this graph; raises naming missing edges."""
+        rows = self.items.rows(item_ids, name=name)
+        keys = clusters * max(self.n_items, 1) + rows
+        pos = np.searchsorted(self._keys, keys)
+        found = pos < self._keys.size
+        found[found] = self._keys[pos[found]] == keys[found]
+        if not found.all():
+            bad = list(zip(clusters[~found][:5].tolist(), item_ids[~found][:5].tolist(),
+                           strict=True))
+            raise ValueError(f"{name}: {int((~found).sum())} (cluster, item) pair(s) are not "
+                             f"edges of this graph, e.g. {bad}; add them with add_edges()")
+        return pos
+
     def decay(self, factor: float) -> GraphStats:
         """Multiply every sum by ``factor`` in (0, 1] in place (commutes with merge)."""
         f = float(factor)
@@ -324,15 +384,40 @@ class GraphStats:
         self.sxx *= f
         self.sxr *= f
         self.count *= f
-        self.version += 1
+        self._bump()
         return self
 
-    def allclose(self, other: GraphStats, *, rtol: float = 1e-10, atol: float = 1e-10) -> bool:
-        """Same edges and sums up to float rounding."""
-        return (isinstance(other, GraphStats) and np.array_equal(self._keys, other._keys)
+    def allclose(self, other: object, *, rtol: float = 1e-10, atol: float = 1e-10) -> bool:
+        """Same items, edges and sums up to float rounding."""
+        return (isinstance(other, GraphStats) and self.items == other.items
+                and np.array_equal(self._keys, other._keys)
                 and all(np.allclose(a, b, rtol=rtol, atol=atol) for a, b in
                         ((self.sxx, other.sxx), (self.sxr, other.sxr),
                          (self.count, other.count))))
+
+    # ------------------------------------------------------------------ copies / sharding
+    def copy(self) -> GraphStats:
+        """A deep copy (a new lineage: its ``snapshot_id`` differs)."""
+        return self._subset(self.items.ids, np.ones(self.n_edges, dtype=bool))
+
+    def select(self, items: ArrayLike) -> GraphStats:
+        """A copy holding only ``items`` and their edges (all must be held): a shard's share."""
+        ids = np.asarray(items, dtype=np.int64).ravel()
+        keep_items = np.zeros(self.n_items, dtype=bool)
+        keep_items[self.items.rows(ids, name="select")] = True
+        return self._subset(self.items.ids[keep_items], keep_items[self.edge_row])
+
+    def _subset(self, item_ids: NDArray[np.int64], keep_edges: NDArray[np.bool_]) -> GraphStats:
+        index = ItemIndex(item_ids)
+        out = GraphStats(
+            items=index, n_clusters=self.n_clusters, edge_cluster=self.edge_cluster[keep_edges],
+            edge_row=index.rows(self.edge_items[keep_edges]).astype(np.intp),
+            sxx=self.sxx[keep_edges].copy(), sxr=self.sxr[keep_edges].copy(),
+            count=self.count[keep_edges].copy(), lam=self.lam, weighting=self.weighting,
+            prior_mean=None if self.prior_mean is None else self.prior_mean[keep_edges].copy(),
+            space=self.space, skipped=self.skipped,
+        )
+        return out
 
     # ------------------------------------------------------------------ posterior
     def posterior(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -373,27 +458,36 @@ class GraphStats:
         shape = (batch, self.n_items)
         return mean.reshape(shape), var.reshape(shape), eligible.reshape(shape)
 
-    # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write an ``.npz`` file (plain arrays only)."""
+    def moments_one(
+        self, context: SoftContexts | tuple[ArrayLike, ArrayLike]
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+        """:meth:`moments` for one request's (clusters [K], weights [K]): arrays of [n_items]."""
+        mean, var, eligible = self.moments(context)
+        return mean[0], var[0], eligible[0]
+
+    # ------------------------------------------------------------------ snapshots
+    def _arrays_and_meta(self) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
         arrays = {"items": self.items.ids, "edge_cluster": self.edge_cluster,
-                  "edge_row": self.edge_row.astype(np.int64), "sxx": self.sxx, "sxr": self.sxr,
+                  "edge_item": self.edge_items, "sxx": self.sxx, "sxr": self.sxr,
                   "count": self.count}
         if self.prior_mean is not None:
             arrays["prior_mean"] = self.prior_mean
         meta = {"n_clusters": self.n_clusters, "lam": self.lam, "weighting": self.weighting,
-                "space": self.space, "version": self.version, "skipped": self.skipped}
-        write_npz(path, FORMAT, meta, arrays)
+                "space": self.space, "skipped": self.skipped}
+        return arrays, meta
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> GraphStats:
-        """Read a file written by :meth:`save`."""
-        meta, a = read_npz(path, FORMAT)
+    def _from_parts(cls, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> GraphStats:
+        n_edges = arrays["edge_cluster"].size
+        for name in ("edge_item", "sxx", "sxr", "count"):
+            if name not in arrays or arrays[name].shape != (n_edges,):
+                raise ValueError(f"{name} is missing or not of shape {(n_edges,)}")
+        index = ItemIndex(arrays["items"])
         return cls(
-            items=ItemIndex(a["items"]), n_clusters=int(meta["n_clusters"]),
-            edge_cluster=a["edge_cluster"], edge_row=a["edge_row"].astype(np.intp),
-            sxx=a["sxx"], sxr=a["sxr"], count=a["count"], lam=float(meta["lam"]),
-            weighting=meta["weighting"], prior_mean=a.get("prior_mean"),
-            space=str(meta["space"]), version=int(meta["version"]),
-            skipped=int(meta["skipped"]),
+            items=index, n_clusters=int(meta["n_clusters"]),
+            edge_cluster=arrays["edge_cluster"].astype(np.int64),
+            edge_row=index.rows(arrays["edge_item"].astype(np.int64)).astype(np.intp),
+            sxx=arrays["sxx"], sxr=arrays["sxr"], count=arrays["count"], lam=float(meta["lam"]),
+            weighting=meta["weighting"], prior_mean=arrays.get("prior_mean"),
+            space=str(meta["space"]), skipped=int(meta["skipped"]),
         )

@@ -1,37 +1,43 @@
-"""Safe on-disk format for statistics: ``.npz`` of plain arrays, never read with pickle."""
+"""Safe byte format for statistics snapshots: ``.npz`` of plain arrays, never read with pickle."""
 
 from __future__ import annotations
 
+import io
 import json
-import os
-from pathlib import Path
+import zipfile
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-
-def write_npz(
-    path: str | os.PathLike[str], fmt: str, meta: dict[str, Any], arrays: dict[str, NDArray[Any]]
-) -> None:
-    """Write ``arrays`` plus a JSON metadata string; atomic (temp file, then rename)."""
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    header = np.array(json.dumps({"format": fmt, **meta}))
-    with open(tmp, "wb") as fh:
-        np.savez(fh, __meta__=header, **arrays)
-    os.replace(tmp, target)
+META_KEY = "__meta__"
 
 
-def read_npz(
-    path: str | os.PathLike[str], fmt: str
+def encode_npz(meta: dict[str, Any], arrays: dict[str, NDArray[Any]]) -> bytes:
+    """``arrays`` plus a JSON metadata header as the bytes of an (uncompressed) ``.npz`` file."""
+    if META_KEY in arrays:
+        raise ValueError(f"array name {META_KEY!r} is reserved for the metadata header")
+    buffer = io.BytesIO()
+    np.savez(buffer, **{META_KEY: np.array(json.dumps(meta))}, **arrays)
+    return buffer.getvalue()
+
+
+def decode_npz(
+    data: bytes, *, where: str = "snapshot"
 ) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
-    """Read a file written by :func:`write_npz`, checking the format tag."""
-    with np.load(path, allow_pickle=False) as data:
-        if "__meta__" not in data.files:
-            raise ValueError(f"{path}: not a recsys statistics file (no metadata)")
-        meta = json.loads(str(data["__meta__"]))
-        if meta.get("format") != fmt:
-            raise ValueError(f"{path}: format {meta.get('format')!r}, expected {fmt!r}")
-        arrays = {name: data[name] for name in data.files if name != "__meta__"}
+    """``(meta, arrays)`` from :func:`encode_npz` bytes; ``where`` names the source in errors."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            if META_KEY not in npz.files:
+                raise ValueError(f"{where}: not a recsys statistics file (no metadata header)")
+            meta = json.loads(str(npz[META_KEY]))
+            arrays = {name: npz[name] for name in npz.files if name != META_KEY}
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise ValueError(f"{where}: not a readable .npz file ({exc})") from None
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise ValueError(f"{where}: holds pickled objects, which are never loaded") from None
+        raise
+    if not isinstance(meta, dict) or "format" not in meta:
+        raise ValueError(f"{where}: metadata header has no format tag")
     return meta, arrays

@@ -1,0 +1,241 @@
+"""One protocol for every statistics layout, and the plumbing every layout shares.
+
+A policy is statistics + a scoring rule; the distributed system moves the statistics around:
+learners compute deltas, route them to the shard that owns each item, shards merge them, and
+snapshots travel to serving replicas, checkpoints and mlflow. :class:`Statistics` names what each
+layout (:class:`~recsys.bandits.DenseStats`, :class:`~recsys.bandits.GraphStats`,
+:class:`~recsys.bandits.FullStats`) provides for that, so no caller needs ``isinstance``.
+
+Snapshot identity. ``snapshot_id`` is ``"<origin>:<version>"``: ``version`` counts the mutations
+of one object and ``origin`` is a random token naming its lineage. A new object (``empty``, a
+merge, a delta, ``select``, ``copy``) gets a fresh origin; ``from_arrays``/``load`` keep the saved
+one, so a snapshot shipped to a reader still names what it holds; and such a loaded object takes
+a fresh origin at its first mutation. So at most one live object mutates under an origin, and two
+snapshots with equal ids hold the same sums — unlike ``max(version)`` after a merge, which named
+nothing. A set of shards is identified by the ids of its parts.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from recsys.bandits.persistence import decode_npz, encode_npz
+from recsys.storage import PathLike, read_bytes, resolve, write_bytes_atomic
+
+StatsArrays = tuple[dict[str, NDArray[Any]], dict[str, Any]]
+"""``(arrays, meta)``: plain numpy arrays plus JSON-safe metadata (format, layout, identity)."""
+
+
+@runtime_checkable
+class Statistics(Protocol):
+    """What policies, learners, shards and checkpoints need from any statistics layout."""
+
+    layout: ClassVar[str]
+    lam: float
+    space: str
+    version: int
+
+    @property
+    def n_items(self) -> int: ...
+
+    @property
+    def item_ids(self) -> NDArray[np.int64]: ...
+
+    @property
+    def snapshot_id(self) -> str: ...
+
+    # learning (in place) and deltas
+    def learn(self, contexts: Any, items: ArrayLike, rewards: ArrayLike, *,
+              reward_range: tuple[float, float] = ...) -> Self: ...
+
+    def learn_one(self, context: Any, item: int, reward: float, *,
+                  reward_range: tuple[float, float] = ...) -> Self: ...
+
+    def delta_from_batch(self, contexts: Any, items: ArrayLike, rewards: ArrayLike, *,
+                         reward_range: tuple[float, float] = ...) -> Self: ...
+
+    def merge(self, other: Self) -> Self: ...
+
+    def merge_inplace(self, other: Self) -> Self: ...
+
+    def decay(self, factor: float) -> Self: ...
+
+    # catalogue and sharding
+    def add_items(self, items: ArrayLike) -> Self: ...
+
+    def retire_items(self, items: ArrayLike) -> Self: ...
+
+    def select(self, items: ArrayLike) -> Self: ...
+
+    @staticmethod
+    def shard_of(items: ArrayLike, n_shards: int) -> NDArray[np.int64]: ...
+
+    # scoring
+    def moments(self, contexts: Any) -> tuple[
+        NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_] | None]: ...
+
+    def moments_one(self, context: Any) -> tuple[
+        NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_] | None]: ...
+
+    def posterior(self) -> tuple[NDArray[np.floating], NDArray[np.floating]]: ...
+
+    # snapshots
+    def to_arrays(self) -> StatsArrays: ...
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> Self: ...
+
+    def save(self, uri: PathLike, *, filesystem: Any = None) -> None: ...
+
+    @classmethod
+    def load(cls, uri: PathLike, *, filesystem: Any = None) -> Self: ...
+
+    def copy(self) -> Self: ...
+
+    def allclose(self, other: Any, *, rtol: float = ..., atol: float = ...) -> bool: ...
+
+
+def new_origin() -> str:
+    """A fresh lineage token (12 hex digits; collisions are negligible for a fleet of shards)."""
+    return secrets.token_hex(6)
+
+
+_SPLITMIX_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_SPLITMIX_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_SPLITMIX_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def shard_of(items: ArrayLike, n_shards: int) -> NDArray[np.int64]:
+    """The shard in ``[0, n_shards)`` that owns each item id: a stable hash, not Python's.
+
+    SplitMix64's finaliser spreads consecutive ids evenly, gives the same answer in every process,
+    Python version and platform (unlike ``hash``), and depends on nothing but the id and the
+    shard count, so learners route deltas and shards are built without talking to each other.
+    """
+    n = int(n_shards)
+    if n != n_shards or n < 1:
+        raise ValueError(f"n_shards must be a positive integer, got {n_shards!r}")
+    ids = np.asarray(items)
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"items: item ids must be integers, got dtype {ids.dtype}")
+    z = ids.astype(np.int64).astype(np.uint64) + _SPLITMIX_GAMMA
+    z = (z ^ (z >> np.uint64(30))) * _SPLITMIX_M1
+    z = (z ^ (z >> np.uint64(27))) * _SPLITMIX_M2
+    z = z ^ (z >> np.uint64(31))
+    return (z % np.uint64(n)).astype(np.int64)
+
+
+class StatsBase:
+    """Behaviour shared by every layout: identity, sharding, snapshots to arrays and files.
+
+    Subclasses are dataclasses with ``origin``/``version`` fields and implement
+    ``_arrays_and_meta``/``_from_parts`` (the layout-specific halves of to/from arrays).
+    """
+
+    layout: ClassVar[str]
+    format: ClassVar[str]
+    origin: str
+    version: int
+    _borrowed: bool
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def snapshot_id(self) -> str:
+        """``"<origin>:<version>"``: equal ids mean equal contents (see the module docs)."""
+        return f"{self.origin}:{self.version}"
+
+    def _bump(self) -> None:
+        """Record one mutation (a loaded snapshot forks into its own lineage first)."""
+        if self._borrowed:
+            self.origin = new_origin()
+            self._borrowed = False
+        self.version += 1
+
+    # ------------------------------------------------------------------ sharding
+    shard_of = staticmethod(shard_of)
+
+    def split(self, n_shards: int) -> list[Self]:
+        """This object's items partitioned into ``n_shards`` selections by :func:`shard_of`."""
+        owner = shard_of(self.item_ids, n_shards)  # type: ignore[attr-defined]
+        return [self.select(self.item_ids[owner == s])  # type: ignore[attr-defined]
+                for s in range(n_shards)]
+
+    # ------------------------------------------------------------------ snapshots
+    def _arrays_and_meta(self) -> StatsArrays:
+        raise NotImplementedError
+
+    @classmethod
+    def _from_parts(cls, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> Self:
+        raise NotImplementedError
+
+    def to_arrays(self) -> StatsArrays:
+        """The statistics as plain arrays plus JSON-safe metadata (no copies of large arrays).
+
+        For the Ray object store, checkpoints and mlflow artifacts; :meth:`from_arrays` inverts it.
+        """
+        arrays, meta = self._arrays_and_meta()
+        return arrays, {"format": self.format, "layout": self.layout, "origin": self.origin,
+                        "version": self.version, **meta}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> Self:
+        """Rebuild from :meth:`to_arrays`; keeps the snapshot id until the first mutation."""
+        if meta.get("format") != cls.format:
+            raise ValueError(
+                f"not {cls.__name__} arrays: format {meta.get('format')!r}, expected "
+                f"{cls.format!r} (use recsys.bandits.stats_from_arrays for any layout)"
+            )
+        out = cls._from_parts(arrays, meta)
+        out.origin = str(meta["origin"])
+        out.version = int(meta["version"])
+        out._borrowed = True
+        return out
+
+    def save(self, uri: PathLike, *, filesystem: Any = None) -> None:
+        """Write an ``.npz`` snapshot to a local path or fsspec URI, atomically.
+
+        Plain arrays and a JSON header only: :meth:`load` never unpickles anything.
+        """
+        fs, path = resolve(uri, filesystem)
+        arrays, meta = self.to_arrays()
+        write_bytes_atomic(fs, path, encode_npz(meta, arrays))
+
+    @classmethod
+    def load(cls, uri: PathLike, *, filesystem: Any = None) -> Self:
+        """Read a snapshot written by :meth:`save` (refuses other formats and pickles)."""
+        fs, path = resolve(uri, filesystem)
+        meta, arrays = decode_npz(read_bytes(fs, path), where=str(uri))
+        try:
+            return cls.from_arrays(arrays, meta)
+        except ValueError as exc:
+            raise ValueError(f"{uri}: {exc}") from None
+
+
+LAYOUTS: dict[str, type[StatsBase]] = {}
+"""Statistics classes by their ``layout`` name (filled as the layout modules are imported)."""
+
+
+def register_layout(cls: type[StatsBase]) -> type[StatsBase]:
+    """Class decorator: make a layout loadable by :func:`stats_from_arrays`/:func:`load_stats`."""
+    LAYOUTS[cls.layout] = cls
+    return cls
+
+
+def stats_from_arrays(arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> Any:
+    """Rebuild statistics of whatever layout ``meta`` names (checkpoints, Ray transfers)."""
+    layout = meta.get("layout")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown statistics layout {layout!r}; known: {sorted(LAYOUTS)}")
+    return LAYOUTS[layout].from_arrays(arrays, meta)
+
+
+def load_stats(uri: PathLike, *, filesystem: Any = None) -> Any:
+    """Read a snapshot of any layout from a local path or fsspec URI."""
+    fs, path = resolve(uri, filesystem)
+    meta, arrays = decode_npz(read_bytes(fs, path), where=str(uri))
+    return stats_from_arrays(arrays, meta)
+
