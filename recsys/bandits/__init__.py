@@ -11,7 +11,12 @@ Example::
     slate = policy.recommend(contexts, k=10)      # items, propensities (+ standard errors)
     policy.learn(contexts, slate.items[:, 0], rewards)
     delta = policy.stats_.delta_from_batch(contexts, shown_items, rewards)  # on a worker
-    shard_stats.merge_inplace(delta)                                        # on a shard
+    owner = shard_of(delta.item_ids, n_shards)                              # route by item
+    shards[s].merge_inplace(delta.select(delta.item_ids[owner == s]))       # on shard s
+    arrays, meta = shards[s].to_arrays()        # Ray object store / checkpoint / mlflow artifact
+
+Every layout implements :class:`Statistics` (``recsys.bandits.protocol``): callers never need
+``isinstance``; ``snapshot_id`` names a snapshot's content.
 """
 
 from recsys.bandits.base import BasePolicy
@@ -20,6 +25,7 @@ from recsys.bandits.clustering import ClusterGraph, build_cluster_graph
 from recsys.bandits.dense import DenseStats
 from recsys.bandits.full import FullStats
 from recsys.bandits.graph import GraphStats, SoftContexts
+from recsys.bandits.protocol import Statistics, load_stats, shard_of, stats_from_arrays
 from recsys.bandits.slates import Slate
 from recsys.bandits.thompson import DiagLinTS, InSlateTS, LinTS
 from recsys.bandits.ucb import DiagLinUCB, LinUCB
@@ -41,6 +47,10 @@ __all__ = [
     "Slate",
     "SoftContexts",
     "SquareCB",
+    "Statistics",
     "UnknownItemError",
     "build_cluster_graph",
+    "load_stats",
+    "shard_of",
+    "stats_from_arrays",
 ]
