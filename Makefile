@@ -45,14 +45,21 @@ $(KAFKA_LIB)/.stamp: infra/kafka/pom.xml
 lint: setup
 	$(BIN)/ruff check .
 
-PEERS := tests/benchmarks/.peers-venv/bin/python
+PEERS := tests/benchmarks/.peers-venv/.stamp-peers
 
-# Vowpal Wabbit and MABWiser, measured beside recsys, live in their own venv (never our deps).
-$(PEERS):
+# Vowpal Wabbit, MABWiser and Open Bandit Pipeline, measured beside recsys, live in their own venv
+# (never our deps); the idempotent setup script reruns whenever it changes.
+$(PEERS): tests/benchmarks/setup_peers.sh
 	bash tests/benchmarks/setup_peers.sh $(PYTHON)
+	touch $@
 
+# Every bench_*.py runs even when an earlier one fails (a parity failure must not hide the other
+# tables); the target fails at the end if any did. BENCH_ARGS (e.g. --quick) goes to every script.
+BENCH_ARGS ?=
 bench: setup $(PEERS)
-	@for script in tests/benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@failed=""; for script in tests/benchmarks/bench_*.py; do echo "== $$script"; \
+		$(BIN)/python $$script $(BENCH_ARGS) || failed="$$failed $$script"; done; \
+		if [ -n "$$failed" ]; then echo "bench failed:$$failed"; exit 1; fi
 
 clean:
 	rm -rf .pytest_cache .ruff_cache .hypothesis tests/benchmarks/results

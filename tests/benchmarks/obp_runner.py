@@ -7,6 +7,7 @@ is loaded without running ``obp/__init__.py`` and, when torch is absent, behind 
 stand-in for the ``torch`` module; the estimator code that runs is OBP's own, unchanged.
 
 Usage (prints one JSON object on stdout):
+  python obp_runner.py check                 # obp.ope imports and estimates
   python obp_runner.py parity REQUEST.json   # point estimates and intervals on .npz inputs
   python obp_runner.py timing ROUNDS ACTIONS POSITIONS SEED REPEAT N_BOOTSTRAP INTERVAL_LABELS
 """
@@ -73,7 +74,12 @@ def timing(rounds: int, actions: int, positions: int, seed: int, repeat: int, n_
 
 def main() -> None:
     task = sys.argv[1]
-    if task == "parity":
+    if task == "check":
+        ope = import_obp_ope()
+        data = ope_cases.random_inputs(50, 4, 2, 0)
+        out = {"obp.ope": "ok", "ipw": ope.InverseProbabilityWeighting().estimate_policy_value(
+            **ope_cases.case_arguments("ipw", data))}
+    elif task == "parity":
         out = parity(sys.argv[2])
     elif task == "timing":
         rounds, actions, positions, seed, repeat, n_boot = map(int, sys.argv[2:8])
