@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from recsys.validation import message
+
 _WORD_HIGH = 2**32
 _CHUNK_VALUES = 2**23  # indices per block: bounds memory whatever n and B are
 _N_WORKERS = 2
@@ -30,21 +32,24 @@ def interval_keys(alpha: float) -> tuple[str, str]:
 def check_interval_arguments(alpha: float, n_bootstrap_samples: int, random_state: Any) -> None:
     """Validate the bootstrap arguments, naming the offending one."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
-        raise ValueError(f"`alpha` must be a float in (0, 1), got {alpha!r}")
+        raise ValueError(message("alpha", "a float in (0, 1)", repr(alpha)))
     if (
         isinstance(n_bootstrap_samples, bool)
         or not isinstance(n_bootstrap_samples, (int, np.integer))
         or n_bootstrap_samples < 1
     ):
         raise ValueError(
-            f"`n_bootstrap_samples` must be a positive integer, got {n_bootstrap_samples!r}"
+            message("n_bootstrap_samples", "a positive integer", repr(n_bootstrap_samples))
         )
     if random_state is not None and not isinstance(
         random_state, (int, np.integer, np.random.RandomState)
     ):
         raise ValueError(
-            "`random_state` must be None, an int or a numpy RandomState, "
-            f"got {type(random_state).__name__}"
+            message(
+                "random_state",
+                "None, an int or a numpy RandomState",
+                f"a {type(random_state).__name__}",
+            )
         )
 
 
@@ -126,7 +131,7 @@ def bootstrap_means(
     samples = np.asarray(samples, dtype=float)
     n = samples.shape[0]
     if n == 0:
-        raise ValueError("`samples` must not be empty")
+        raise ValueError(message("samples", "at least one round", "none"))
     if samples.ndim == 2:
         # Several columns share the indices: count each round's draws once, then one matrix
         # product gives every column's resample sums.

@@ -23,6 +23,7 @@ import numpy as np
 from recsys.ope.bootstrap import check_interval_arguments, estimate_confidence_interval_by_bootstrap
 from recsys.ope.scan import scan
 from recsys.ope.validation import check_ope_inputs, check_pscore, check_scalar
+from recsys.validation import message
 
 __all__ = [
     "BaseOffPolicyEstimator",
@@ -70,17 +71,33 @@ class BaseOffPolicyEstimator(ABC):
     ) -> dict[str, np.ndarray]:
         if self.requires_reward_model and estimated_rewards_by_reg_model is None:
             raise ValueError(
-                f"`estimated_rewards_by_reg_model` is required by {type(self).__name__}"
+                message(
+                    "estimated_rewards_by_reg_model",
+                    f"an array (required by {type(self).__name__})",
+                    "None",
+                    "fit a RegressionModel and pass its predictions",
+                )
             )
         if self.requires_pscore:
             if reward is None or action is None:
-                raise ValueError(f"`reward` and `action` are required by {type(self).__name__}")
+                missing = "reward" if reward is None else "action"
+                raise ValueError(
+                    message(missing, f"an array (required by {type(self).__name__})", "None")
+                )
             if self.use_estimated_pscore:
                 if estimated_pscore is None:
-                    raise ValueError("`estimated_pscore` is required when use_estimated_pscore")
+                    raise ValueError(
+                        message(
+                            "estimated_pscore",
+                            "an array (required when use_estimated_pscore=True)",
+                            "None",
+                        )
+                    )
                 pscore = check_pscore(estimated_pscore, len(action), "estimated_pscore")
             elif pscore is None:
-                raise ValueError(f"`pscore` is required by {type(self).__name__}")
+                raise ValueError(
+                    message("pscore", f"an array (required by {type(self).__name__})", "None")
+                )
         arrays = check_ope_inputs(
             action_dist=action_dist,
             position=position,
@@ -166,7 +183,9 @@ class ReplayMethod(BaseOffPolicyEstimator):
         **_: Any,
     ) -> dict[str, np.ndarray]:
         if reward is None or action is None:
-            raise ValueError("`reward` and `action` are required by ReplayMethod")
+            raise ValueError(
+                message("reward and action", "arrays (required by ReplayMethod)", "None")
+            )
         return _with_scan(
             check_ope_inputs(
                 action_dist=action_dist, position=position, action=action, reward=reward
@@ -192,7 +211,9 @@ class InverseProbabilityWeighting(BaseOffPolicyEstimator):
     def __post_init__(self) -> None:
         self.lambda_ = check_scalar(self.lambda_, "lambda_", 0.0)
         if not isinstance(self.use_estimated_pscore, bool):
-            raise TypeError("`use_estimated_pscore` must be a bool")
+            raise TypeError(
+                message("use_estimated_pscore", "a bool", repr(self.use_estimated_pscore))
+            )
 
     def estimate_policy_value(  # type: ignore[override]
         self,
@@ -331,7 +352,9 @@ class DoublyRobust(BaseOffPolicyEstimator):
     def __post_init__(self) -> None:
         self.lambda_ = check_scalar(self.lambda_, "lambda_", 0.0)
         if not isinstance(self.use_estimated_pscore, bool):
-            raise TypeError("`use_estimated_pscore` must be a bool")
+            raise TypeError(
+                message("use_estimated_pscore", "a bool", repr(self.use_estimated_pscore))
+            )
 
     def estimate_policy_value(  # type: ignore[override]
         self,

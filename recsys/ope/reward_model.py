@@ -17,6 +17,7 @@ from sklearn.base import BaseEstimator, clone, is_classifier
 from sklearn.model_selection import KFold
 
 from recsys.ope.validation import as_array, check_action_dist, check_pscore
+from recsys.validation import check_index, message
 
 _FITTING_METHODS = ("normal", "iw", "mrdr")
 _PREDICT_CELLS = 2**22
@@ -48,22 +49,31 @@ class RegressionModel(BaseEstimator):
     # ------------------------------------------------------------------------------- checks
     def _check_params(self) -> np.ndarray:
         if not hasattr(self.base_model, "fit"):
-            raise ValueError("`base_model` must be a scikit-learn estimator with fit/predict")
-        if not isinstance(self.n_actions, (int, np.integer)) or self.n_actions < 1:
-            raise ValueError(f"`n_actions` must be a positive integer, got {self.n_actions!r}")
-        if not isinstance(self.len_list, (int, np.integer)) or self.len_list < 1:
-            raise ValueError(f"`len_list` must be a positive integer, got {self.len_list!r}")
+            raise ValueError(
+                message(
+                    "base_model",
+                    "a scikit-learn estimator with fit/predict",
+                    type(self.base_model).__name__,
+                )
+            )
+        for name in ("n_actions", "len_list"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(message(name, "a positive integer", repr(value)))
         if self.fitting_method not in _FITTING_METHODS:
             raise ValueError(
-                f"`fitting_method` must be one of {_FITTING_METHODS}, got {self.fitting_method!r}"
+                message("fitting_method", f"one of {_FITTING_METHODS}", repr(self.fitting_method))
             )
         if self.action_context is None:
             return np.eye(self.n_actions)
         action_context = as_array(self.action_context, "action_context", 2)
         if action_context.shape[0] != self.n_actions:
             raise ValueError(
-                f"`action_context` must have n_actions={self.n_actions} rows, "
-                f"got {action_context.shape[0]}"
+                message(
+                    "action_context",
+                    f"n_actions={self.n_actions} rows",
+                    action_context.shape[0],
+                )
             )
         return action_context.astype(float)
 
@@ -74,32 +84,38 @@ class RegressionModel(BaseEstimator):
         reward = as_array(reward, "reward", 1).astype(float, copy=False)
         for name, arr in (("action", action), ("reward", reward)):
             if arr.shape[0] != n:
-                raise ValueError(f"`{name}` has {arr.shape[0]} rounds but `context` has {n}")
-        if not np.issubdtype(action.dtype, np.integer) or (
-            n and (action.min() < 0 or action.max() >= self.n_actions)
-        ):
-            raise ValueError(f"`action` must hold integers in [0, n_actions={self.n_actions})")
+                raise ValueError(message(name, f"{n} rounds like context", arr.shape[0]))
+        check_index(action, "action", self.n_actions, "n_actions")
         if position is None:
             if self.len_list > 1:
-                raise ValueError("`position` is required when len_list > 1")
+                raise ValueError(
+                    message("position", "an array of positions, since len_list > 1", "None")
+                )
             position = np.zeros(n, dtype=np.intp)
         position = as_array(position, "position", 1)
-        if position.shape[0] != n or (
-            n and (position.min() < 0 or position.max() >= self.len_list)
-        ):
-            raise ValueError(f"`position` must hold {n} integers in [0, len_list={self.len_list})")
+        if position.shape[0] != n:
+            raise ValueError(message("position", f"{n} rounds like context", position.shape[0]))
+        check_index(position, "position", self.len_list, "len_list")
         if self.fitting_method != "normal":
-            if pscore is None or action_dist is None:
-                raise ValueError(
-                    f"`pscore` and `action_dist` are required for fitting_method="
-                    f"{self.fitting_method!r}"
-                )
+            for name, value in (("pscore", pscore), ("action_dist", action_dist)):
+                if value is None:
+                    raise ValueError(
+                        message(
+                            name,
+                            f"an array (required by fitting_method={self.fitting_method!r})",
+                            "None",
+                        )
+                    )
             pscore = check_pscore(pscore, n)
             action_dist = check_action_dist(action_dist)
             if action_dist.shape != (n, self.n_actions, self.len_list):
                 raise ValueError(
-                    f"`action_dist` must have shape {(n, self.n_actions, self.len_list)}, "
-                    f"got {action_dist.shape}"
+                    message(
+                        "action_dist",
+                        f"shape (n_rounds, n_actions, len_list) = "
+                        f"{(n, self.n_actions, self.len_list)}",
+                        f"shape {action_dist.shape}",
+                    )
                 )
         return context, action, reward, position, pscore, action_dist
 
@@ -152,8 +168,11 @@ class RegressionModel(BaseEstimator):
         context = as_array(context, "context", 2).astype(float, copy=False)
         if context.shape[1] != self.n_features_in_:
             raise ValueError(
-                f"`context` has {context.shape[1]} features, the model was fitted on "
-                f"{self.n_features_in_}"
+                message(
+                    "context",
+                    f"{self.n_features_in_} features, as in fit",
+                    context.shape[1],
+                )
             )
         n = context.shape[0]
         out = np.empty((n, self.n_actions, self.len_list))
@@ -195,7 +214,7 @@ class RegressionModel(BaseEstimator):
         on the other folds (KFold shuffled with ``random_state``); ``n_folds=1`` fits and predicts
         on all rounds, as OBP does."""
         if not isinstance(n_folds, (int, np.integer)) or n_folds < 1:
-            raise ValueError(f"`n_folds` must be a positive integer, got {n_folds!r}")
+            raise ValueError(message("n_folds", "a positive integer", repr(n_folds)))
         if n_folds == 1:
             return self.fit(context, action, reward, pscore, position, action_dist).predict(context)
         self._action_context = self._check_params()

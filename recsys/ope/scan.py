@@ -52,18 +52,23 @@ def scan(
         if not np.abs(sums - 1.0).max() <= 1e-5 + 1e-8:
             bad = start + int(np.flatnonzero(~np.isclose(sums, 1.0).all(axis=1))[0])
             raise ValueError(
-                "`action_dist` must be a probability distribution: action_dist.sum(axis=1) must "
-                f"be 1 for every round and position (round {bad} sums to {action_dist[bad].sum(0)})"
+                "action_dist: expected a probability distribution over actions (axis 1 sums to 1 "
+                f"for every round and position), got round {bad} summing to "
+                f"{action_dist[bad].sum(0)}"
             )
         if block.min() < 0:
-            raise ValueError("`action_dist` must be non-negative (it holds probabilities)")
+            raise ValueError(
+                f"action_dist: expected non-negative probabilities, got a minimum of {block.min()}"
+            )
         if action is not None:
             pi_factual[start:stop] = block[rows, action[start:stop], pos]
         if q_hat is None:
             continue
         q_block = q_hat[start:stop]
         if not np.isfinite(q_block.sum()) and not np.isfinite(q_block).all():
-            raise ValueError("`estimated_rewards_by_reg_model` contains NaN or infinite values")
+            raise ValueError(
+                "estimated_rewards_by_reg_model: expected finite values, got NaN or infinity"
+            )
         pi_k = block[rows, :, pos]
         q_k = q_block[rows, :, pos]
         q_expected[start:stop] = np.einsum("ij,ij->i", q_k, pi_k) / pi_k.sum(axis=1)

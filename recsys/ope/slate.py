@@ -20,6 +20,7 @@ import numpy as np
 
 from recsys.ope.bootstrap import check_interval_arguments, estimate_confidence_interval_by_bootstrap
 from recsys.ope.validation import as_array, check_pscore
+from recsys.validation import check_finite, check_index, message
 
 _CHUNK_CELLS = 2**23
 
@@ -27,7 +28,7 @@ _CHUNK_CELLS = 2**23
 def _slate_groups(slate_id: Any, n: int) -> tuple[np.ndarray, int]:
     slate_id = as_array(slate_id, "slate_id", 1)
     if slate_id.shape[0] != n:
-        raise ValueError(f"`slate_id` has {slate_id.shape[0]} entries, `reward` has {n}")
+        raise ValueError(message("slate_id", f"{n} entries like reward", slate_id.shape[0]))
     _, inverse = np.unique(slate_id, return_inverse=True)
     inverse = inverse.ravel()
     return inverse, int(inverse.max()) + 1 if n else 0
@@ -37,11 +38,14 @@ def _check_long(reward: Any, position: Any) -> tuple[np.ndarray, np.ndarray]:
     reward = as_array(reward, "reward", 1).astype(float, copy=False)
     position = as_array(position, "position", 1)
     if position.shape[0] != reward.shape[0]:
-        raise ValueError(f"`position` has {position.shape[0]} entries, `reward` has {reward.size}")
-    if not np.issubdtype(position.dtype, np.integer) or (position.size and position.min() < 0):
-        raise ValueError("`position` elements must be non-negative integers")
-    if not np.isfinite(reward).all():
-        raise ValueError("`reward` contains NaN or infinite values")
+        raise ValueError(
+            message("position", f"{reward.size} entries like reward", position.shape[0])
+        )
+    if not np.issubdtype(position.dtype, np.integer):
+        raise ValueError(message("position", "non-negative integers", f"dtype {position.dtype}"))
+    if position.size and position.min() < 0:
+        raise ValueError(message("position", "non-negative integers", f"{position.min()}"))
+    check_finite(reward, "reward")
     return reward, position
 
 
@@ -68,7 +72,11 @@ class SlateIndependentIPS:
         ).astype(float, copy=False)
         if target.shape[0] != n or (target.size and (target.min() < 0 or target.max() > 1)):
             raise ValueError(
-                f"`evaluation_policy_pscore_item_position` must hold {n} probabilities in [0, 1]"
+                message(
+                    "evaluation_policy_pscore_item_position",
+                    f"{n} probabilities in [0, 1]",
+                    f"{target.shape[0]} values in [{target.min():.6g}, {target.max():.6g}]",
+                )
             )
         groups, n_slates = _slate_groups(slate_id, n)
         return np.bincount(groups, weights=reward * target / pscore, minlength=n_slates)
@@ -124,7 +132,7 @@ def uniform_slate_gamma(n_actions: int, len_list: int) -> np.ndarray:
     P(a at j, b at l) = 1/(m(m−1)) for a ≠ b, j ≠ l. Index a * len_list + j."""
     m, k = n_actions, len_list
     if m < k:
-        raise ValueError(f"`n_actions` ({m}) must be at least `len_list` ({k})")
+        raise ValueError(message("n_actions", f"at least len_list={k}", m))
     pair = 1.0 / (m * (m - 1)) if m > 1 else 0.0
     gamma = np.full((m, k, m, k), pair)
     a = np.arange(m)
@@ -174,20 +182,22 @@ class SlatePseudoInverse:
         dist = as_array(evaluation_policy_action_dist, "evaluation_policy_action_dist", 3)
         n_slates_dist, m, k = dist.shape
         if action.shape[0] != n:
-            raise ValueError(f"`action` has {action.shape[0]} entries, `reward` has {n}")
-        if not np.issubdtype(action.dtype, np.integer) or action.min() < 0 or action.max() >= m:
-            raise ValueError(f"`action` must hold integers in [0, {m})")
-        if position.max() >= k:
-            raise ValueError(f"`position` must be < evaluation_policy_action_dist.shape[2]={k}")
+            raise ValueError(message("action", f"{n} entries like reward", action.shape[0]))
+        check_index(action, "action", m, "evaluation_policy_action_dist.shape[1]")
+        check_index(position, "position", k, "evaluation_policy_action_dist.shape[2]")
         gamma = as_array(behavior_slate_gamma, "behavior_slate_gamma", 2)
         if gamma.shape != (m * k, m * k):
             raise ValueError(
-                f"`behavior_slate_gamma` must have shape {(m * k, m * k)}, got {gamma.shape}"
+                message("behavior_slate_gamma", f"shape {(m * k, m * k)}", f"shape {gamma.shape}")
             )
         groups, n_slates = _slate_groups(slate_id, n)
         if n_slates != n_slates_dist:
             raise ValueError(
-                f"`evaluation_policy_action_dist` has {n_slates_dist} slates, logs have {n_slates}"
+                message(
+                    "evaluation_policy_action_dist",
+                    f"one row per logged slate ({n_slates})",
+                    f"{n_slates_dist} rows",
+                )
             )
         slate_reward = np.bincount(groups, weights=reward, minlength=n_slates)
         g_plus = np.linalg.pinv(gamma, rcond=self.rcond, hermitian=True)

@@ -95,7 +95,7 @@ def test_iips_matches_obp_formula_and_bootstraps_over_slates():
 
 
 def test_slate_inputs_are_validated():
-    with pytest.raises(ValueError, match="`pscore_item_position`"):
+    with pytest.raises(ValueError, match="^pscore_item_position: "):
         SlateIndependentIPS().estimate_policy_value(
             slate_id=np.zeros(3, int),
             reward=np.ones(3),
@@ -103,7 +103,7 @@ def test_slate_inputs_are_validated():
             pscore_item_position=np.zeros(3),
             evaluation_policy_pscore_item_position=np.ones(3),
         )
-    with pytest.raises(ValueError, match="`behavior_slate_gamma`"):
+    with pytest.raises(ValueError, match="^behavior_slate_gamma: "):
         SlatePseudoInverse().estimate_policy_value(
             slate_id=np.zeros(3, int),
             reward=np.ones(3),
