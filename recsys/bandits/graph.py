@@ -310,31 +310,36 @@ class GraphStats(StatsBase):
         return self
 
     # ------------------------------------------------------------------ algebra
-    def _check_compatible(self, other: GraphStats, *, same_items: bool) -> None:
+    def _check_compatible(self, other: GraphStats) -> None:
         if not isinstance(other, GraphStats):
             raise TypeError(f"cannot merge GraphStats with {type(other).__name__}")
         same = (self.n_clusters == other.n_clusters and self.lam == other.lam
-                and self.weighting == other.weighting and self.space == other.space
-                and (not same_items or self.items == other.items))
+                and self.weighting == other.weighting and self.space == other.space)
         if not same:
-            raise ValueError("cannot merge GraphStats of different graphs, items, λ, weighting "
-                             "or space: migrate or reset statistics when the graph changes")
+            raise ValueError("cannot merge GraphStats of different graphs, λ, weighting or "
+                             "space: migrate or reset statistics when the graph changes")
 
     def merge(self, other: GraphStats) -> GraphStats:
-        """A new GraphStats = self + other on the union of their edges (same items and graph)."""
-        self._check_compatible(other, same_items=True)
+        """A new GraphStats = self + other over the union of their items and edges.
+
+        Both sides must come from the same graph (clusters, λ, weighting, space); shards that
+        hold disjoint selections of it merge back into the whole.
+        """
+        self._check_compatible(other)
         if self.prior_mean is not None and other.prior_mean is not None:
             raise ValueError("cannot merge two GraphStats that both carry prior means")
-        keys = np.union1d(self._keys, other._keys)
-        n = max(self.n_items, 1)
+        index = ItemIndex(np.union1d(self.items.ids, other.items.ids))
+        n = max(len(index), 1)
+        part_keys = [part.edge_cluster * n + index.rows(part.edge_items) for part in (self, other)]
+        keys = np.union1d(*part_keys)
         out = GraphStats(
-            items=self.items, n_clusters=self.n_clusters, edge_cluster=keys // n,
+            items=index, n_clusters=self.n_clusters, edge_cluster=keys // n,
             edge_row=(keys % n).astype(np.intp), sxx=np.zeros(keys.size),
             sxr=np.zeros(keys.size), count=np.zeros(keys.size), lam=self.lam,
             weighting=self.weighting, space=self.space, skipped=self.skipped + other.skipped,
         )
-        for part in (self, other):
-            pos = np.searchsorted(keys, part._keys)
+        for part, mine in zip((self, other), part_keys, strict=True):
+            pos = np.searchsorted(keys, mine)
             out.sxx[pos] += part.sxx
             out.sxr[pos] += part.sxr
             out.count[pos] += part.count
@@ -349,7 +354,7 @@ class GraphStats(StatsBase):
         Edges are matched by (cluster, item id), so a delta computed over the whole catalogue
         merges into a shard that holds a selection of it.
         """
-        self._check_compatible(other, same_items=False)
+        self._check_compatible(other)
         if other.prior_mean is not None:
             raise ValueError("merge_inplace: a delta must not carry prior means")
         pos = self._edge_positions(other.edge_cluster, other.edge_items, name="delta edges")

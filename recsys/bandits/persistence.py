@@ -26,6 +26,8 @@ def decode_npz(
     data: bytes, *, where: str = "snapshot"
 ) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
     """``(meta, arrays)`` from :func:`encode_npz` bytes; ``where`` names the source in errors."""
+    if not data.startswith(b"PK"):
+        raise ValueError(f"{where}: not a readable .npz file (no zip header)")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             if META_KEY not in npz.files:
