@@ -1,10 +1,11 @@
 """``recsys demo``: the whole stack on embedded defaults, end to end.
 
 Starts (or connects to) Kafka, Ray and the mlflow store; pushes synthetic impression + feedback
-events through Kafka over several partitions; reads them back on Ray actors that own explicitly
-assigned partitions (the shape the streaming learners take); sends a few malformed records to show
-they land in the dead-letter topic; logs counts and throughput to mlflow; prints a summary and
-shuts down whatever it started.
+events through Kafka over several partitions; reads them back on ``streaming.actors``
+PartitionReader actors that own explicitly assigned, co-partitioned partitions (the shape the
+streaming learners take); sends a few malformed records to show they land in the dead-letter topic;
+judges the run by one rule (``DemoSummary.mismatches``: nothing lost, bad input dead-lettered); logs
+counts, throughput and the verdict to mlflow; prints a summary and shuts down whatever it started.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from streaming.topics import DEAD_LETTER, FEEDBACK, IMPRESSIONS, ensure_topics, 
 
 @dataclass
 class DemoSummary:
+    """What one demo run produced, read back and dead-lettered; ``mismatches`` judges it."""
+
     kafka: str
     kafka_origin: str
     ray: str
@@ -41,60 +44,47 @@ class DemoSummary:
     broker_startup_s: float | None
     wall_s: float
     mlflow_run_id: str = ""
+    decoded_by_type: dict[str, int] = field(default_factory=dict)
     per_reader: list[dict] = field(default_factory=list)
 
+    def mismatches(self) -> list[str]:
+        """The demo's one success rule: nothing lost, bad input dead-lettered. Every way the run
+        broke it, in words; empty when it succeeded."""
+        problems = []
+        if self.events_decoded != self.events_produced:
+            problems.append(
+                f"decoded {self.events_decoded} events, produced {self.events_produced}"
+            )
+        for name, produced in (("Impression", self.impressions), ("Feedback", self.feedback)):
+            if self.decoded_by_type.get(name, 0) != produced:
+                problems.append(
+                    f"decoded {self.decoded_by_type.get(name, 0)} {name} events, "
+                    f"produced {produced}"
+                )
+        if self.events_consumed != self.events_produced + self.bad_records_sent:
+            problems.append(
+                f"read {self.events_consumed} records, sent {self.events_produced} events and "
+                f"{self.bad_records_sent} malformed records"
+            )
+        if self.dead_lettered != self.bad_records_sent:
+            problems.append(
+                f"dead-lettered {self.dead_lettered} records, sent {self.bad_records_sent} "
+                "malformed ones"
+            )
+        if self.dead_letters_on_topic != self.bad_records_sent:
+            problems.append(
+                f"{self.dead_letters_on_topic} dead letters reached {DEAD_LETTER}, "
+                f"sent {self.bad_records_sent} malformed records"
+            )
+        return problems
 
-def _reader_actor_class():
-    import ray
+    @property
+    def succeeded(self) -> bool:
+        return not self.mismatches()
 
-    @ray.remote(num_cpus=0.5)
-    class PartitionReader:
-        """Reads its assigned partitions between given offsets, in slices the driver can show
-        progress on."""
-
-        def __init__(
-            self,
-            bootstrap: str,
-            start: dict[tuple[str, int], int],
-            end: dict[tuple[str, int], int],
-            client_options: dict,
-        ) -> None:
-            from streaming.consumer import EventConsumer
-
-            self.consumer = EventConsumer(bootstrap, list(start), **client_options)
-            self.consumer.seek(start)
-            self.targets = end
-            self.by_type: dict[str, int] = {}
-            self.busy_s = 0.0
-
-        def read_some(self, max_seconds: float = 0.5) -> tuple[int, bool]:
-            """Read for up to ``max_seconds``; returns (records consumed so far, finished)."""
-            started = time.perf_counter()
-            while time.perf_counter() - started < max_seconds:
-                if all(p >= self.targets[k] for k, p in self.consumer.positions().items()):
-                    break
-                for consumed in self.consumer.poll(timeout_ms=100):
-                    name = type(consumed.event).__name__
-                    self.by_type[name] = self.by_type.get(name, 0) + 1
-            self.busy_s += time.perf_counter() - started
-            done = all(p >= self.targets[k] for k, p in self.consumer.positions().items())
-            return self.consumer.consumed, done
-
-        def report(self) -> dict:
-            self.consumer.flush()
-            return {
-                "consumed": self.consumer.consumed,
-                "decoded": self.consumer.decoded,
-                "dead_lettered": self.consumer.dead_lettered,
-                "dead_letter_reasons": dict(self.consumer.dead_letter_reasons),
-                "by_type": self.by_type,
-                "busy_s": self.busy_s,
-            }
-
-        def close(self) -> None:
-            self.consumer.close()
-
-    return PartitionReader
+    def to_dict(self) -> dict:
+        """The summary as JSON-ready data, with the verdict."""
+        return {**asdict(self), "succeeded": self.succeeded, "mismatches": self.mismatches()}
 
 
 def _bad_records(n: int) -> list[tuple[str, bytes]]:
@@ -141,6 +131,7 @@ def run_demo(
     import ray
 
     from simulators.synthetic_traffic import generate_traffic
+    from streaming.actors import PartitionReaderActor
     from streaming.producer import EventProducer
 
     def say(message: str) -> None:
@@ -158,80 +149,68 @@ def run_demo(
         experiment_id = configure_mlflow(settings)
         say(f"  mlflow {settings.mlflow_tracking_uri}")
 
-        counts = ensure_topics(
+        counts = ensure_topics(  # also refuses impressions and feedback of different widths
             kafka.bootstrap,
             standard_topics(settings.kafka.partitions),
             settings.kafka.replication_factor,
             **kafka.client_options,
         )
         partitions = counts[IMPRESSIONS]
-        assignment = [(topic, p) for p in range(partitions) for topic in (IMPRESSIONS, FEEDBACK)]
-        # Read exactly what this run produces, even on a broker that already holds events.
-        start_offsets = _end_offsets(kafka.bootstrap, assignment, kafka.client_options)
-        dlq_start = sum(
-            _end_offsets(kafka.bootstrap, [(DEAD_LETTER, 0)], kafka.client_options).values()
-        )
-
-        say(f"• generating {n_events:,} synthetic impression + feedback events")
-        traffic = generate_traffic(n_events, seed=seed)
-        events = traffic.interleaved()
-
-        say(f"• producing to {partitions} partitions per topic")
-        produce_started = time.perf_counter()
-        with EventProducer(
-            kafka.bootstrap, compression=settings.kafka.compression, **kafka.client_options
-        ) as producer:
-            for start in tqdm(
-                range(0, len(events), 5_000),
-                desc="produce",
-                unit_scale=5_000,
-                unit="ev",
-                disable=quiet,
-            ):
-                producer.send_many(events[start : start + 5_000])
-            for topic, value in _bad_records(bad_records):
-                producer.send_raw(topic, b"bad", value)
-        produce_s = time.perf_counter() - produce_started
-
-        say(f"• reading back on {readers} Ray actors with explicitly assigned partitions")
-        end_offsets = _end_offsets(kafka.bootstrap, assignment, kafka.client_options)
-        reader_cls = _reader_actor_class()
-        actors = []
-        for i in range(readers):
-            mine = assignment[i::readers]
-            actors.append(
-                reader_cls.remote(
-                    kafka.bootstrap,
-                    {k: start_offsets[k] for k in mine},
-                    {k: end_offsets[k] for k in mine},
-                    kafka.client_options,
-                )
+        n_readers = min(readers, partitions)
+        if n_readers < readers:
+            say(f"  {readers} readers asked for, {partitions} partitions: using {n_readers}")
+        actors = [
+            PartitionReaderActor.remote(
+                kafka.bootstrap,
+                co_partitioned_assignment(partitions, n_readers, i),
+                client_options=kafka.client_options,
             )
-        consume_started = time.perf_counter()
-        total = len(events) + bad_records
-        with tqdm(total=total, desc="consume", unit="ev", disable=quiet) as bar:
-            consumed = [0] * readers
-            done = [False] * readers
-            while not all(done):
-                pending = [i for i in range(readers) if not done[i]]
-                results = ray.get([actors[i].read_some.remote() for i in pending])
-                for i, (n, finished) in zip(pending, results, strict=True):
-                    bar.update(n - consumed[i])
-                    consumed[i], done[i] = n, finished
-        consume_s = time.perf_counter() - consume_started
-        reports = ray.get([actor.report.remote() for actor in actors])
-        ray.get([actor.close.remote() for actor in actors])
-        for actor in actors:
-            ray.kill(actor)
+            for i in range(n_readers)
+        ]
+        try:
+            # Read exactly what this run produces, even on a broker that already holds events.
+            starts = ray.get([actor.end_offsets.remote() for actor in actors])
+            ray.get([a.seek.remote(start) for a, start in zip(actors, starts, strict=True)])
+            dlq_start = _dead_letter_end(kafka.bootstrap, kafka.client_options)
 
-        dead_on_topic = (
-            sum(_end_offsets(kafka.bootstrap, [(DEAD_LETTER, 0)], kafka.client_options).values())
-            - dlq_start
-        )
-        by_type: dict[str, int] = {}
-        for report in reports:
-            for name, n in report["by_type"].items():
-                by_type[name] = by_type.get(name, 0) + n
+            say(f"• generating {n_events:,} synthetic impression + feedback events")
+            traffic = generate_traffic(n_events, seed=seed)
+            events = traffic.interleaved()
+
+            say(f"• producing to {partitions} partitions per topic")
+            produce_started = time.perf_counter()
+            with EventProducer(
+                kafka.bootstrap, compression=settings.kafka.compression, **kafka.client_options
+            ) as producer:
+                for start in tqdm(
+                    range(0, len(events), 5_000),
+                    desc="produce",
+                    unit_scale=5_000,
+                    unit="ev",
+                    disable=quiet,
+                ):
+                    producer.send_many(events[start : start + 5_000])
+                for topic, value in _bad_records(bad_records):
+                    producer.send_raw(topic, b"bad", value)
+            produce_s = time.perf_counter() - produce_started
+
+            say(f"• reading back on {n_readers} Ray actors with explicitly assigned partitions")
+            targets = ray.get([actor.end_offsets.remote() for actor in actors])
+            consume_started = time.perf_counter()
+            _drain_with_progress(actors, targets, len(events) + bad_records, quiet)
+            consume_s = time.perf_counter() - consume_started
+            ray.get([actor.pause.remote() for actor in actors])  # dead letters acknowledged
+            stats = ray.get([actor.stats.remote() for actor in actors])
+        finally:
+            ray.get([actor.close.remote() for actor in actors])
+            for actor in actors:
+                ray.kill(actor)
+
+        decoded_by_type: dict[str, int] = {}
+        for reader_stats in stats:
+            for name, n in reader_stats.by_type.items():
+                decoded_by_type[name] = decoded_by_type.get(name, 0) + n
+        consumed = sum(r.consumed for r in stats)
         summary = DemoSummary(
             kafka=kafka.bootstrap,
             kafka_origin=kafka.origin,
@@ -241,24 +220,18 @@ def run_demo(
             impressions=len(traffic.impressions),
             feedback=len(traffic.feedback),
             bad_records_sent=bad_records,
-            events_consumed=sum(r["consumed"] for r in reports),
-            events_decoded=sum(r["decoded"] for r in reports),
-            dead_lettered=sum(r["dead_lettered"] for r in reports),
-            dead_letters_on_topic=dead_on_topic,
+            events_consumed=consumed,
+            events_decoded=sum(r.decoded for r in stats),
+            dead_lettered=sum(r.dead_lettered for r in stats),
+            dead_letters_on_topic=_dead_letter_end(kafka.bootstrap, kafka.client_options)
+            - dlq_start,
             produce_events_per_s=len(events) / produce_s,
-            consume_events_per_s=sum(r["consumed"] for r in reports) / consume_s,
+            consume_events_per_s=consumed / consume_s,
             broker_startup_s=kafka.startup_seconds,
             wall_s=0.0,
-            per_reader=reports,
+            decoded_by_type=decoded_by_type,
+            per_reader=[asdict(r) for r in stats],
         )
-        if (
-            by_type.get("Impression") != summary.impressions
-            or by_type.get("Feedback") != summary.feedback
-        ):
-            raise RuntimeError(
-                f"read back {by_type}, expected {summary.impressions} impressions "
-                f"and {summary.feedback} feedback events"
-            )
 
         with mlflow.start_run(experiment_id=experiment_id, run_name="demo-kafka-roundtrip") as run:
             mlflow.set_tags({"recsys.kind": "demo", "kafka.origin": kafka.origin})
@@ -266,7 +239,7 @@ def run_demo(
                 {
                     "events": n_events,
                     "partitions": partitions,
-                    "readers": readers,
+                    "readers": n_readers,
                     "bad_records": bad_records,
                     "seed": seed,
                     "compression": settings.kafka.compression,
@@ -275,6 +248,7 @@ def run_demo(
             summary.wall_s = time.perf_counter() - wall_started
             mlflow.log_metrics(
                 {
+                    "succeeded": float(summary.succeeded),
                     "events_produced": summary.events_produced,
                     "events_consumed": summary.events_consumed,
                     "events_decoded": summary.events_decoded,
@@ -289,27 +263,45 @@ def run_demo(
                     ),
                 }
             )
-            mlflow.log_dict(asdict(summary), "demo_summary.json")
             summary.mlflow_run_id = run.info.run_id
+            mlflow.log_dict(summary.to_dict(), "demo_summary.json")
         say("• shutting down")
     summary.wall_s = time.perf_counter() - wall_started
     return summary
 
 
-def _end_offsets(
-    bootstrap: str, partitions: list[tuple[str, int]], client_options: dict
-) -> dict[tuple[str, int], int]:
+def co_partitioned_assignment(partitions: int, readers: int, reader: int) -> list[tuple[str, int]]:
+    """Reader ``reader``'s share: partitions p with p % readers == reader, of impressions and
+    feedback together (the same request ids sit on the same partition number of both topics)."""
+    return [
+        (topic, p) for p in range(reader, partitions, readers) for topic in (IMPRESSIONS, FEEDBACK)
+    ]
+
+
+def _drain_with_progress(actors: list, targets: list[dict], total: int, quiet: bool) -> None:
+    """Drain every reader to its target offsets, in slices, updating one progress bar."""
+    import ray
+
+    with tqdm(total=total, desc="consume", unit="ev", disable=quiet) as bar:
+        consumed = [0] * len(actors)
+        pending = list(range(len(actors)))
+        while pending:
+            progress = ray.get([actors[i].drain.remote(targets[i]) for i in pending])
+            for i, step in zip(pending, progress, strict=True):
+                bar.update(step.consumed - consumed[i])
+                consumed[i] = step.consumed
+            pending = [i for i, step in zip(pending, progress, strict=True) if not step.done]
+
+
+def _dead_letter_end(bootstrap: str, client_options: dict) -> int:
+    """The dead-letter topic's end offset (it has one partition)."""
     from streaming.consumer import EventConsumer
 
-    with EventConsumer(bootstrap, partitions, **client_options) as consumer:
-        return consumer.end_offsets()
+    with EventConsumer(bootstrap, [(DEAD_LETTER, 0)], **client_options) as consumer:
+        return consumer.end_offsets()[(DEAD_LETTER, 0)]
 
 
 def print_summary(summary: DemoSummary, settings: Settings) -> None:
-    ok = (
-        summary.events_decoded == summary.events_produced
-        and summary.dead_lettered == summary.bad_records_sent == summary.dead_letters_on_topic
-    )
     print()
     print("recsys demo — summary")
     print(
@@ -334,9 +326,10 @@ def print_summary(summary: DemoSummary, settings: Settings) -> None:
     print(f"  wall time          {summary.wall_s:.1f}s")
     print(f"  mlflow run         {summary.mlflow_run_id}")
     print(f"  open the mlflow UI {mlflow_ui_command(settings)}")
-    print(
-        f"  result             {'OK: nothing lost, bad input dead-lettered' if ok else 'MISMATCH'}"
-    )
+    if summary.succeeded:
+        print("  result             OK: nothing lost, bad input dead-lettered")
+    else:
+        print("  result             MISMATCH: " + "; ".join(summary.mismatches()))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -351,14 +344,10 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     if args.json:
-        print(json.dumps(asdict(summary), indent=2))
+        print(json.dumps(summary.to_dict(), indent=2))
     else:
         print_summary(summary, args.settings)
-    ok = (
-        summary.events_decoded == summary.events_produced
-        and summary.dead_lettered == summary.bad_records_sent
-    )
-    return 0 if ok else 1
+    return 0 if summary.succeeded else 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -374,7 +363,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=5,
         help="malformed records to send, to show the dead-letter path (default 5)",
     )
-    parser.add_argument("--readers", type=int, default=2, help="Ray reader actors (default 2)")
+    parser.add_argument(
+        "--readers",
+        type=int,
+        default=2,
+        help="Ray reader actors, at most one per partition (default 2)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.set_defaults(func=run)
