@@ -18,7 +18,7 @@ Calibration = Literal["k1", "normalised", "raw"]
 _CHUNK = 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ClusterGraph:
     """Centroids [C, d] and the cluster→item edges (edge_clusters[e], edge_items[e])."""
 
