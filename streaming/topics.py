@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 
 from kafka.admin import KafkaAdminClient
 from kafka.errors import TopicAlreadyExistsError
@@ -65,10 +67,15 @@ def ensure_topics(
                     timeout_ms=30_000,
                     wait_for_metadata=True,
                 )
+        # A topic another process is creating right now may take a moment to show partitions.
+        deadline = time.monotonic() + 30
         described = admin.describe_topics(list(topics))
-        counts = {d["name"]: len(d["partitions"]) for d in described}
+        while time.monotonic() < deadline and any(not d["partitions"] for d in described):
+            time.sleep(0.2)
+            described = admin.describe_topics(list(topics))
     finally:
         admin.close()
+    counts = _partition_counts(described, bootstrap)
     check_co_partitioned(counts, co_partitioned)
     return counts
 
@@ -90,3 +97,42 @@ def check_co_partitioned(
                 "with kafka-topics.sh --alter --partitions N before any events are written "
                 "(adding partitions later moves request ids to other partitions)."
             )
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    """Which Kafka cluster this is and how its topics are partitioned: what a checkpoint records
+    beside its offsets, so that restoring onto another cluster or partition count is refused."""
+
+    cluster_id: str
+    partitions: dict[str, int]
+
+
+def cluster_layout(
+    bootstrap: str, topics: Iterable[str], **client_options: object
+) -> ClusterLayout:
+    """The cluster id and the partition count of each of ``topics`` (which must exist)."""
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="recsys-admin", **client_options
+    )
+    try:
+        cluster_id = admin.describe_cluster()["cluster_id"]
+        described = admin.describe_topics(list(topics))
+    finally:
+        admin.close()
+    if not cluster_id:
+        raise TopicLayoutError(
+            f"the cluster at {bootstrap} reports no cluster id (a broker older than Kafka 0.10.1?)"
+        )
+    return ClusterLayout(cluster_id, _partition_counts(described, bootstrap))
+
+
+def _partition_counts(described: list[dict], bootstrap: str) -> dict[str, int]:
+    """Partition counts from ``describe_topics``, refusing topics the cluster does not have."""
+    missing = [d["name"] for d in described if d.get("error_code") or not d["partitions"]]
+    if missing:
+        raise TopicLayoutError(
+            f"topic {', '.join(missing)} does not exist on {bootstrap}; create it first "
+            "(ensure_topics) or check the topic name"
+        )
+    return {d["name"]: len(d["partitions"]) for d in described}

@@ -337,3 +337,15 @@ def test_the_standard_topics_are_checked_by_default():
         TopicLayoutError, match=r"recsys\.impressions has 4, recsys\.feedback has 2"
     ):
         check_co_partitioned({IMPRESSIONS: 4, FEEDBACK: 2})
+
+
+def test_the_cluster_layout_names_the_cluster_and_counts_partitions(kafka_bootstrap, unique_topics):
+    from streaming.topics import cluster_layout
+
+    topics = unique_topics({"a": 3, "b": 1})
+    layout = cluster_layout(kafka_bootstrap, [topics["a"], topics["b"]])
+    assert layout.partitions == {topics["a"]: 3, topics["b"]: 1}
+    assert isinstance(layout.cluster_id, str) and len(layout.cluster_id) == 22  # KRaft's base64 id
+    assert cluster_layout(kafka_bootstrap, [topics["b"]]).cluster_id == layout.cluster_id
+    with pytest.raises(TopicLayoutError, match=r"topic test\.missing\.x does not exist"):
+        cluster_layout(kafka_bootstrap, ["test.missing.x"])
