@@ -1,10 +1,12 @@
 """The policy base class: statistics + a scoring rule + a slate sampler with propensities.
 
-Conventions (scikit-learn / river): the constructor holds hyperparameters only; ``init`` (new
-statistics) or ``use`` (existing statistics, e.g. a parameter-shard snapshot) sets the learned
-state ``stats_``; ``learn`` takes a batch or a single event; ``score`` and ``recommend`` take a
-batch of requests. Scores are ``[batch, n_items]`` aligned with ``item_ids_``; items that are not
-candidates for a request (graph mode) score ``-inf``.
+Conventions (scikit-learn / river): the constructor stores hyperparameters unchanged and checks
+nothing, so ``get_params``/``set_params``/``sklearn.base.clone`` work as for any estimator;
+``init`` (new statistics) or ``use`` (existing statistics, e.g. a parameter-shard snapshot)
+validates them, builds the random generator from ``random_state`` and sets the learned state
+``stats_``; ``learn`` takes a batch or a single event; ``score``, ``recommend`` and
+``action_dist`` take a batch of requests. Scores are ``[batch, n_items]`` aligned with
+``item_ids_``; items that are not candidates for a request (graph mode) score ``-inf``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, Self
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from sklearn.base import BaseEstimator
 
 from recsys.bandits.dense import DenseStats
 from recsys.bandits.protocol import Statistics
@@ -21,18 +24,51 @@ from recsys.bandits.slates import (
     eligible_counts,
     greedy_marginals,
     mix_with_uniform,
+    rank_marginals,
     top_k,
+    uniform_marginals,
 )
 from recsys.bandits.validation import check_positive, check_probability
 
+_ACTION_DIST_CELLS = 1 << 22
+"""Rounds × items × positions per block of ``action_dist`` (keeps temporaries bounded)."""
 
-class BasePolicy:
+
+def check_reward_range(value: Any) -> tuple[float, float]:
+    """``(low, high)`` with ``low < high``, as floats."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        low = high = float("nan")
+    if not low < high:
+        raise ValueError(f"reward_range: expected (low, high) with low < high, got {value!r}")
+    return low, high
+
+
+def make_generator(random_state: Any) -> np.random.Generator:
+    """The policy's generator: a fresh one from a seed (or entropy for None); a Generator is used
+    as is, so the caller and the policy then advance one stream."""
+    try:
+        return np.random.default_rng(random_state)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"random_state: expected None, a non-negative int or a numpy Generator, "
+            f"got {random_state!r}"
+        ) from None
+
+
+class BasePolicy(BaseEstimator):
     """Shared plumbing: statistics lifecycle, validation, exploration floor, slates.
 
     Common hyperparameters: ``lam`` (prior precision λ), ``reward_range`` (rewards outside it are
     rejected), ``exploration_floor`` (probability of a uniformly random slate, so that no eligible
     item ever has propensity 0: set it for OPE-grade logs), ``centred`` (dense statistics with a
     per-feature intercept, see :mod:`recsys.bandits.dense`) and ``random_state``.
+
+    ``random_state`` follows scikit-learn: an int gives a fresh generator at every ``init`` /
+    ``use``, so two clones (``sklearn.base.clone``) draw identical but independent streams; None
+    seeds from the OS; a ``numpy.random.Generator`` is used as is (it is advanced by the policy,
+    and ``clone`` deep-copies it, so a clone replays the stream from the point of cloning).
     """
 
     def __init__(
@@ -44,22 +80,65 @@ class BasePolicy:
         centred: bool = False,
         random_state: int | np.random.Generator | None = None,
     ) -> None:
-        self.lam = check_positive(lam, "lam")
-        self.centred = bool(centred)
-        low, high = (float(v) for v in reward_range)
-        if not low < high:
-            raise ValueError(f"reward_range must be (low, high), low < high; got {reward_range}")
-        self.reward_range = (low, high)
-        self.exploration_floor = check_probability(exploration_floor, "exploration_floor")
+        self.lam = lam
+        self.reward_range = reward_range
+        self.exploration_floor = exploration_floor
+        self.centred = centred
         self.random_state = random_state
-        self._rng = np.random.default_rng(random_state)
+
+    # ------------------------------------------------------------------ hyperparameters
+    def _check_params(self) -> None:
+        """Validate the hyperparameters and keep the checked values the hot paths read.
+
+        Subclasses extend it. ``_uniform_mix`` is the probability that a request's slate is
+        replaced by a uniformly random one (the exploration floor, and ε for ε-policies).
+        """
+        self._lam = check_positive(self.lam, "lam")
+        self._reward_range = check_reward_range(self.reward_range)
+        self._floor = check_probability(self.exploration_floor, "exploration_floor")
+        if not isinstance(self.centred, bool | np.bool_):
+            raise TypeError(f"centred: expected a bool, got {self.centred!r}")
+        self._uniform_mix = self._floor
+
+    def _set_up(self) -> None:
+        """Check the hyperparameters and build the generator (at ``init`` / ``use``)."""
+        self._check_params()
+        self._rng = make_generator(self.random_state)
+
+    def set_params(self, **params: Any) -> Self:
+        """Set hyperparameters (scikit-learn); unknown names raise ``ValueError``.
+
+        A policy that already has statistics checks the new values at once (and keeps the old
+        ones if they are invalid) and rebuilds its generator when ``random_state`` changes;
+        ``lam`` must keep matching the statistics.
+        """
+        before = self.get_params(deep=False)
+        unknown = sorted(set(params) - set(before))
+        if unknown:
+            raise ValueError(
+                f"{unknown[0]}: expected a hyperparameter of {type(self).__name__} "
+                f"(one of {sorted(before)}), got an unknown name"
+            )
+        super().set_params(**params)
+        if getattr(self, "stats_", None) is None:
+            return self
+        try:
+            self._check_params()
+            self._check_lam(self.stats_)
+        except (TypeError, ValueError):
+            super().set_params(**before)
+            self._check_params()
+            raise
+        if "random_state" in params:
+            self._rng = make_generator(self.random_state)
+        return self
 
     # ------------------------------------------------------------------ state
     def _new_stats(
         self, items: ArrayLike, dim: int, prior_mean: ArrayLike | None, space: str,
         dtype: type[np.floating],
     ) -> Statistics:
-        return DenseStats.empty(items, dim, lam=self.lam, centred=self.centred,
+        return DenseStats.empty(items, dim, lam=self._lam, centred=bool(self.centred),
                                 prior_mean=prior_mean, space=space, dtype=dtype)
 
     def init(
@@ -72,17 +151,23 @@ class BasePolicy:
         dtype: type[np.floating] = np.float64,
     ) -> Self:
         """Start from empty statistics over ``items``; ``prior_mean`` warm-starts the means."""
+        self._set_up()
         self.stats_ = self._new_stats(items, dim, prior_mean, space, dtype)
         return self
 
     def use(self, stats: Statistics) -> Self:
         """Score and learn with existing statistics (they are shared, not copied)."""
-        if stats.lam != self.lam:
-            raise ValueError(
-                f"the statistics were built with λ={stats.lam} but this policy has lam={self.lam}"
-            )
+        self._set_up()
+        self._check_lam(stats)
         self.stats_ = stats
         return self
+
+    def _check_lam(self, stats: Statistics) -> None:
+        if stats.lam != self._lam:
+            raise ValueError(
+                f"lam: expected the statistics' λ={stats.lam}, got lam={self.lam}; build the "
+                "policy with the λ of the statistics it uses"
+            )
 
     def _stats(self) -> Statistics:
         stats = getattr(self, "stats_", None)
@@ -94,22 +179,18 @@ class BasePolicy:
 
     @property
     def item_ids_(self) -> NDArray[np.int64]:
-        """Item ids in the column order of ``score``."""
+        """Item ids in the column order of ``score`` (and the action order of ``action_dist``)."""
         return self._stats().item_ids
 
     # ------------------------------------------------------------------ learning
     def learn(self, contexts: Any, items: ArrayLike, rewards: ArrayLike) -> Self:
         """Update on a batch (or one event) of (context actually served, item, reward)."""
-        self._stats().learn(contexts, items, rewards, reward_range=self.reward_range)
+        self._stats().learn(contexts, items, rewards, reward_range=self._reward_range)
         return self
 
     def learn_one(self, context: Any, item: int, reward: float) -> Self:
         """Update on a single event (river's ``learn_one``); same result as a batch of one."""
-        stats = self._stats()
-        if isinstance(stats, DenseStats):
-            stats.learn_one(context, item, reward, reward_range=self.reward_range)
-        else:
-            stats.learn(context, [item], [reward], reward_range=self.reward_range)
+        self._stats().learn_one(context, item, reward, reward_range=self._reward_range)
         return self
 
     # ------------------------------------------------------------------ scoring
@@ -134,16 +215,12 @@ class BasePolicy:
         return mean if exploit else self._rule(mean, sd)
 
     # ------------------------------------------------------------------ slates
-    def _epsilon(self) -> float:
-        """Probability of replacing the slate by a uniformly random one (policy ε and floor)."""
-        return self.exploration_floor
-
     def recommend(self, contexts: Any, k: int = 1) -> Slate:
         """Top-k slates for a batch of requests with P(item at position) for every entry."""
         mean, sd = self._moments(contexts)
         scores = self._rule(mean, sd)
         n_elig = eligible_counts(scores, k)
-        eps = self._epsilon()
+        eps = self._uniform_mix
         greedy = top_k(scores, k, self._rng)
         shown = mix_with_uniform(greedy, scores, eps, self._rng)[0] if eps > 0.0 else greedy
         prop = (1.0 - eps) * greedy_marginals(scores, shown, greedy) + eps / n_elig[:, None]
@@ -151,24 +228,28 @@ class BasePolicy:
 
     def recommend_one(self, context: Any, k: int = 1) -> Slate:
         """One request: the same slate distribution and propensities as ``recommend`` on a batch
-        of one, with a lower fixed cost for the single-slot, dense case (per-event serving)."""
+        of one, with a lower fixed cost for the single-slot case (per-event serving)."""
         stats = self._stats()
-        if k != 1 or not isinstance(stats, DenseStats) or (
-                type(self).recommend is not BasePolicy.recommend):
+        if k != 1 or type(self).recommend is not BasePolicy.recommend:
             return self.recommend(context, k)
-        mean, var, _ = stats.moments_one(context)
+        mean, var, eligible = stats.moments_one(context)
         scores = self._rule(mean, np.sqrt(var))
+        if eligible is None:
+            n = scores.size
+        else:
+            scores = np.where(eligible, scores, -np.inf)
+            n = int(eligible_counts(scores[None, :], 1)[0])
         best = scores.max()
         at_max = scores == best
         n_max = int(at_max.sum())
         col = int(np.argmax(scores)) if n_max == 1 else int(
             self._rng.choice(np.flatnonzero(at_max)))
-        eps = self._epsilon()
-        n = scores.size
+        eps = self._uniform_mix
         if eps > 0.0 and self._rng.random() < eps:
-            col = int(self._rng.integers(n))
+            col = (int(self._rng.integers(n)) if eligible is None
+                   else int(self._rng.choice(np.flatnonzero(eligible))))
         prop = (1.0 - eps) * (1.0 / n_max if scores[col] == best else 0.0) + eps / n
-        return Slate(items=stats.items.ids[[[col]]], propensities=np.array([[prop]]),
+        return Slate(items=stats.item_ids[[[col]]], propensities=np.array([[prop]]),
                      propensity_se=np.zeros((1, 1)), scores=scores[[[col]]])
 
     def _slate(
@@ -185,7 +266,34 @@ class BasePolicy:
             scores=scores[np.arange(shown.shape[0])[:, None], shown],
         )
 
-    def get_params(self) -> dict[str, Any]:
-        """Constructor hyperparameters (scikit-learn style)."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and
-                not k.endswith("_")}
+    # ------------------------------------------------------------------ evaluation
+    def action_dist(self, contexts: Any, k: int = 1) -> NDArray[np.float64]:
+        """P(item at position | request) for every item, ``[n_rounds, n_items, k]``.
+
+        Open Bandit Pipeline's ``action_dist`` of this policy as it stands (frozen statistics),
+        for ``recsys.ope`` estimators: actions are the columns of ``item_ids_``, and
+        ``action_dist[i, :, p]`` sums to 1 for every round and position. It is the distribution
+        ``recommend`` samples from, so its entries equal the propensities ``recommend`` logs
+        (within Monte Carlo error for Thompson sampling). Non-candidate items get 0. Per-round
+        moments are computed once; the rest works on blocks of rounds.
+        """
+        mean, sd = self._moments(contexts)
+        eligible_counts(mean, k)  # raises when a request has fewer than k candidates
+        batch, n = mean.shape
+        dist = np.empty((batch, n, k))
+        step = max(1, _ACTION_DIST_CELLS // (n * k))
+        eps = self._uniform_mix
+        for start in range(0, batch, step):  # loop over blocks of rounds, vectorised inside
+            rows = slice(start, start + step)
+            block = self._policy_dist(mean[rows], sd[rows], k)
+            if eps > 0.0:
+                block *= 1.0 - eps
+                block += eps * uniform_marginals(mean[rows], k)
+            dist[rows] = block
+        return dist
+
+    def _policy_dist(
+        self, mean: NDArray[np.float64], sd: NDArray[np.float64], k: int
+    ) -> NDArray[np.float64]:
+        """The policy's own slate distribution (before the uniform mix) for a block of rounds."""
+        return rank_marginals(self._rule(mean, sd), k)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from recsys.bandits.base import BasePolicy
 from recsys.bandits.slates import (
     Slate,
     eligible_counts,
+    igw_action_dist,
     igw_marginals,
     igw_slate,
     mix_with_uniform,
@@ -36,14 +38,18 @@ class EpsilonGreedy(BasePolicy):
         super().__init__(lam=lam, reward_range=reward_range,
                          exploration_floor=exploration_floor, centred=centred,
                          random_state=random_state)
-        self.epsilon = check_probability(epsilon, "epsilon")
+        self.epsilon = epsilon
 
-    def _epsilon(self) -> float:
-        return 1.0 - (1.0 - self.epsilon) * (1.0 - self.exploration_floor)
+    def _check_params(self) -> None:
+        super()._check_params()
+        epsilon = check_probability(self.epsilon, "epsilon")
+        self._uniform_mix = 1.0 - (1.0 - epsilon) * (1.0 - self._floor)
 
 
 class Greedy(EpsilonGreedy):
     """Pure exploitation of the posterior mean (ε = 0; ties broken at random)."""
+
+    epsilon = 0.0  # fixed: not a hyperparameter of Greedy
 
     def __init__(
         self,
@@ -54,9 +60,9 @@ class Greedy(EpsilonGreedy):
         centred: bool = False,
         random_state: int | np.random.Generator | None = None,
     ) -> None:
-        super().__init__(0.0, lam=lam, reward_range=reward_range,
-                         exploration_floor=exploration_floor, centred=centred,
-                         random_state=random_state)
+        BasePolicy.__init__(self, lam=lam, reward_range=reward_range,
+                            exploration_floor=exploration_floor, centred=centred,
+                            random_state=random_state)
 
 
 class SquareCB(BasePolicy):
@@ -79,15 +85,24 @@ class SquareCB(BasePolicy):
         super().__init__(lam=lam, reward_range=reward_range,
                          exploration_floor=exploration_floor, centred=centred,
                          random_state=random_state)
-        self.gamma = check_positive(gamma, "gamma", allow_zero=True)
+        self.gamma = gamma
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        self._gamma = check_positive(self.gamma, "gamma", allow_zero=True)
 
     def recommend(self, contexts: Any, k: int = 1) -> Slate:
         """IGW slates with exact propensities (mixed with the exploration floor if set)."""
         mean, _ = self._moments(contexts)
         n_elig = eligible_counts(mean, k)
-        shown, probs, greedy = igw_slate(mean, k, self.gamma, self._rng)
-        floor = self.exploration_floor
+        shown, probs, greedy = igw_slate(mean, k, self._gamma, self._rng)
+        floor = self._uniform_mix
         if floor > 0.0:
             shown, _ = mix_with_uniform(shown, mean, floor, self._rng)
-        prop = (1.0 - floor) * igw_marginals(probs, greedy, shown) + floor / n_elig[:, None]
+        prop = (1.0 - floor) * igw_marginals(mean, probs, greedy, shown) + floor / n_elig[:, None]
         return self._slate(shown, prop, np.zeros_like(prop), mean)
+
+    def _policy_dist(
+        self, mean: NDArray[np.float64], sd: NDArray[np.float64], k: int
+    ) -> NDArray[np.float64]:
+        return igw_action_dist(mean, k, self._gamma)

@@ -327,24 +327,27 @@ class FullCovariancePolicy:
     """Mixin that puts a diagonal policy's scoring rule on :class:`FullStats` (LinUCB, LinTS).
 
     List it before the diagonal policy it refines: ``class LinUCB(FullCovariancePolicy,
-    DiagLinUCB)``. The host provides ``lam`` and ``centred``.
+    DiagLinUCB)``. The host provides ``centred`` and the checked ``_lam``.
     """
 
-    lam: float
     centred: bool
+    _lam: float
 
     def _new_stats(
         self, items: ArrayLike, dim: int, prior_mean: ArrayLike | None, space: str,
         dtype: type[np.floating],
     ) -> FullStats:
         if self.centred:
-            raise ValueError("centred applies to diagonal statistics; full covariance models the "
+            raise ValueError("centred: expected False for full covariance, got True; centring "
+                             "applies to diagonal statistics, full covariance models the "
                              "intercept through a constant feature")
-        return FullStats.empty(items, dim, lam=self.lam, prior_mean=prior_mean, space=space)
+        return FullStats.empty(items, dim, lam=self._lam, prior_mean=prior_mean, space=space)
 
-    def use(self, stats: object):
-        if not isinstance(stats, FullStats):
+    def use(self, stats: Any):
+        """Score and learn with existing full-covariance statistics (``layout == "full"``)."""
+        layout = getattr(stats, "layout", None)
+        if layout != "full":
             name = type(self).__name__
-            raise TypeError(f"{name} needs FullStats (full covariance); use Diag{name} for "
-                            f"{type(stats).__name__}")
+            raise TypeError(f"stats: expected FullStats (layout 'full') for {name}, got "
+                            f"{type(stats).__name__} (layout {layout!r}); use Diag{name} for it")
         return super().use(stats)  # type: ignore[misc]

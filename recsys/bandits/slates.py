@@ -123,32 +123,80 @@ def top_k(
     return chosen[rows, order]
 
 
+def _tie_groups(
+    scores: NDArray[np.float64], top: NDArray[np.float64], v: NDArray[np.float64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
+    """Where greedy-with-random-ties can put items of value ``v[b, i]``, given ``top``.
+
+    ``top`` holds each row's best values in descending order. An item tied with ``m`` items and
+    with ``g`` items strictly above it lands uniformly on ranks ``g .. g+m-1``. Everything
+    strictly above the last value of ``top`` is inside ``top``, so the counts come from ``top``
+    plus one pass for the ties at that value. Returns ``g``, ``m`` and whether ``v`` reaches
+    ``top`` at all (items below it rank after every rank ``top`` covers).
+    """
+    last = top[:, -1:]
+    above = (top[:, None, :] > v[:, :, None]).sum(axis=2)
+    ties = np.where(v > last, (top[:, None, :] == v[:, :, None]).sum(axis=2),
+                    (scores == last).sum(axis=1, keepdims=True))
+    return above, ties, v >= last
+
+
+def _rank_probabilities(
+    scores: NDArray[np.float64],
+    top: NDArray[np.float64],
+    cols: NDArray[np.intp],
+    ranks: NDArray[np.intp],
+) -> NDArray[np.float64]:
+    """P(greedy-with-random-ties puts column ``cols[b, i]`` at rank ``ranks[i]``), [batch, m].
+
+    ``top``: each row's best values, descending, at least ``max(ranks) + 1`` of them.
+    """
+    above, ties, reach = _tie_groups(scores, top, scores[_rows_index(scores.shape[0]), cols])
+    hit = reach & (above <= ranks) & (ranks < above + ties)
+    return np.where(hit, 1.0 / np.maximum(ties, 1), 0.0)
+
+
 def greedy_marginals(
     scores: NDArray[np.float64], shown: NDArray[np.intp], greedy: NDArray[np.intp]
 ) -> NDArray[np.float64]:
     """P(greedy-with-random-ties puts column ``shown[b, p]`` at position ``p``), [batch, k].
 
-    ``greedy`` is the greedy top-k (best first) of the same scores. An item tied with ``m`` items
-    and with ``g`` items strictly above it lands uniformly on ranks ``g .. g+m-1``: probability
-    ``1/m`` there, 0 elsewhere. Everything strictly above the k-th best score is inside the
-    greedy top-k, so the counts come from the k greedy values plus one pass for the ties at the
-    cut: O(batch·(n + k²)), not O(batch·n·k).
+    ``greedy`` is the greedy top-k (best first) of the same scores; see
+    :func:`_rank_probabilities`. Cost O(batch·(n + k²)), not O(batch·n·k).
     """
     rows = _rows_index(scores.shape[0])
     if shown.shape[1] == 1:  # one slot: 1/(number of items tied at the max) for a max item
         best = scores[rows, greedy]
         v = scores[rows, shown]
         return np.where(v == best, 1.0 / (scores == best).sum(axis=1, keepdims=True), 0.0)
-    top = scores[rows, greedy]  # [batch, k], descending
-    kth = top[:, -1:]
-    n_at_or_above_kth = (scores >= kth).sum(axis=1, keepdims=True)
-    v = scores[rows, shown]
-    above = (top[:, None, :] > v[:, :, None]).sum(axis=2)
-    ties = np.where(v > kth, (top[:, None, :] == v[:, :, None]).sum(axis=2),
-                    n_at_or_above_kth - (top > kth).sum(axis=1, keepdims=True))
-    p = np.arange(shown.shape[1])
-    hit = (v >= kth) & (above <= p) & (p < above + ties)
-    return np.where(hit, 1.0 / np.maximum(ties, 1), 0.0)
+    return _rank_probabilities(scores, scores[rows, greedy], shown, np.arange(shown.shape[1]))
+
+
+def _best_values(scores: NDArray[np.float64], n_ranks: int) -> NDArray[np.float64]:
+    """The ``n_ranks`` largest values of every row, in descending order."""
+    n = scores.shape[1]
+    best = np.partition(scores, n - n_ranks, axis=1)[:, n - n_ranks:]
+    return -np.sort(-best, axis=1)
+
+
+def rank_marginals(scores: NDArray[np.float64], n_ranks: int) -> NDArray[np.float64]:
+    """P(greedy-with-random-ties puts item j at rank r) for every item, [batch, n_items, n_ranks].
+
+    The greedy policy's ``action_dist``: exact, tied items share their ranks equally, and
+    ineligible (``-inf``) items get 0 as long as every row has ``n_ranks`` eligible items.
+    """
+    above, ties, reach = _tie_groups(scores, _best_values(scores, n_ranks), scores)
+    ranks = np.arange(n_ranks)
+    hit = reach[:, :, None] & (above[:, :, None] <= ranks) & (ranks < (above + ties)[:, :, None])
+    return np.where(hit, 1.0 / np.maximum(ties, 1)[:, :, None], 0.0)
+
+
+def uniform_marginals(scores: NDArray[np.float64], k: int) -> NDArray[np.float64]:
+    """``action_dist`` of a uniformly random slate: 1/n_eligible for every eligible item and
+    position, [batch, n_items, k]."""
+    elig = np.isfinite(scores)
+    per_row = elig / elig.sum(axis=1, keepdims=True)
+    return np.repeat(per_row[:, :, None], k, axis=2)
 
 
 def uniform_slate(
@@ -235,27 +283,54 @@ def igw_slate(
 
 
 def igw_marginals(
-    probs: NDArray[np.float64], greedy: NDArray[np.intp], shown: NDArray[np.intp]
+    scores: NDArray[np.float64],
+    probs: NDArray[np.float64],
+    greedy: NDArray[np.intp],
+    shown: NDArray[np.intp],
 ) -> NDArray[np.float64]:
     """Exact P(column ``shown[b, p]`` at position p) under :func:`igw_slate`.
 
     With ``g`` the greedy order and ``a`` the drawn lead item, position ``p ≥ 1`` shows ``g[p-1]``
-    when ``a`` is not among ``g[0..p-1]`` and ``g[p]`` otherwise, so
-    P(g[p-1] at p) = 1 − Σ_{q<p} π(g[q]) and P(g[p] at p) = Σ_{q<p} π(g[q]). The values are exact
-    given the tie-break draw, which is independent of actions and rewards, so inverse-propensity
-    estimates stay unbiased.
+    when ``a`` is not among ``g[0..p-1]`` and ``g[p]`` otherwise. Tied items have equal lead
+    probabilities, so the lead mass ``S_p = Σ_{q<p} π(g[q])`` does not depend on how ties were
+    broken, and P(j at p) = P(g[p-1] = j)·(1 − S_p) + P(g[p] = j)·S_p with the greedy rank
+    probabilities of :func:`_rank_probabilities`: exact over the tie-break draw too, so the logged
+    value equals :func:`igw_action_dist`'s.
     """
+    rows = _rows_index(scores.shape[0])
     k = shown.shape[1]
     prop = np.zeros(shown.shape)
     prop[:, 0] = np.take_along_axis(probs, shown[:, :1], axis=1)[:, 0]
-    mass_before = np.cumsum(np.take_along_axis(probs, greedy, axis=1), axis=1)
-    for p in range(1, k):  # loop over positions, vectorised over requests
-        above = mass_before[:, p - 1]
-        item = shown[:, p]
-        prop[:, p] = np.where(item == greedy[:, p - 1], 1.0 - above, 0.0) + np.where(
-            item == greedy[:, p], above, 0.0
-        )
+    if k == 1:
+        return prop
+    top = scores[rows, greedy]
+    mass_before = np.cumsum(probs[rows, greedy], axis=1)
+    positions = np.arange(1, k)
+    cols = shown[:, 1:]
+    at_previous_rank = _rank_probabilities(scores, top, cols, positions - 1)
+    at_own_rank = _rank_probabilities(scores, top, cols, positions)
+    above = mass_before[:, : k - 1]
+    prop[:, 1:] = at_previous_rank * (1.0 - above) + at_own_rank * above
     return np.clip(prop, 0.0, 1.0)
+
+
+def igw_action_dist(
+    scores: NDArray[np.float64], k: int, gamma: float
+) -> NDArray[np.float64]:
+    """``action_dist`` of :func:`igw_slate` for every item, [batch, n_items, k] (exact)."""
+    probs = igw_probabilities(scores, gamma)
+    n_ranks = min(k + 1, scores.shape[1])
+    ranks = rank_marginals(scores, n_ranks)
+    dist = np.empty((*scores.shape, k))
+    dist[:, :, 0] = probs
+    if k > 1:
+        # the lead mass of the best p items, whatever the tie-break: sort π by score
+        best = _k_largest(scores, k - 1)
+        rows = _rows_index(scores.shape[0])
+        best = best[rows, np.argsort(-scores[rows, best], axis=1)]
+        above = np.cumsum(probs[rows, best], axis=1)[:, None, :]
+        dist[:, :, 1:] = ranks[:, :, : k - 1] * (1.0 - above) + ranks[:, :, 1:k] * above
+    return np.clip(dist, 0.0, 1.0)
 
 
 def thompson_select(
@@ -289,6 +364,36 @@ def thompson_select(
         values[:, p] = sampled[rows, best]
         taken[rows, best] = True
     return shown, values
+
+
+def thompson_action_dist(
+    mean: NDArray[np.float64],
+    scale: NDArray[np.float64],
+    k: int,
+    n_draws: int,
+    rng: np.random.Generator,
+    *,
+    per_slot: bool,
+) -> NDArray[np.float64]:
+    """Monte Carlo ``action_dist`` of Thompson sampling, [batch, n_items, k].
+
+    Replays :func:`thompson_select` ``n_draws`` times per request and counts how often each item
+    lands at each position; each entry's standard error is ``sqrt(p(1−p)/n_draws)``.
+    """
+    batch, n = mean.shape
+    per_draw = n * (k if per_slot else 1)
+    chunk = max(1, min(n_draws, _MC_CHUNK_ELEMENTS // max(1, batch * per_draw)))
+    hits = np.zeros(batch * n * k)
+    done = 0
+    while done < n_draws:  # loop over blocks of draws, vectorised over requests and draws
+        m = min(chunk, n_draws - done)
+        replay, _ = thompson_select(np.repeat(mean, m, axis=0), np.repeat(scale, m, axis=0), k,
+                                    rng, per_slot=per_slot)
+        request = np.repeat(np.arange(batch), m)[:, None]
+        cell = (request * n + replay) * k + np.arange(k)
+        hits += np.bincount(cell.ravel(), minlength=hits.size)
+        done += m
+    return (hits / n_draws).reshape(batch, n, k)
 
 
 def thompson_propensities(

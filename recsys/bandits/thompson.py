@@ -19,10 +19,22 @@ from recsys.bandits.slates import (
     Slate,
     eligible_counts,
     mix_with_uniform,
+    thompson_action_dist,
     thompson_propensities,
     thompson_select,
 )
 from recsys.bandits.validation import check_positive
+
+
+def check_count(value: Any, name: str) -> int:
+    """A non-negative integer hyperparameter (a float with an integral value is accepted)."""
+    try:
+        integral = int(value) == value and not isinstance(value, bool | np.bool_)
+    except (TypeError, ValueError, OverflowError):
+        integral = False
+    if not integral or value < 0:
+        raise ValueError(f"{name}: expected a non-negative integer, got {value!r}")
+    return int(value)
 
 
 class DiagLinTS(BasePolicy):
@@ -51,38 +63,44 @@ class DiagLinTS(BasePolicy):
         super().__init__(lam=lam, reward_range=reward_range,
                          exploration_floor=exploration_floor, centred=centred,
                          random_state=random_state)
-        self.v = check_positive(v, "v")
-        if int(n_mc_draws) != n_mc_draws or n_mc_draws < 0:
-            raise ValueError(f"n_mc_draws must be a non-negative integer, got {n_mc_draws!r}")
-        self.n_mc_draws = int(n_mc_draws)
-        self.per_slot = self.per_slot_default if per_slot is None else bool(per_slot)
+        self.v = v
+        self.n_mc_draws = n_mc_draws
+        self.per_slot = per_slot
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        self._v = check_positive(self.v, "v")
+        self._n_mc_draws = check_count(self.n_mc_draws, "n_mc_draws")
+        if self.per_slot is not None and not isinstance(self.per_slot, bool | np.bool_):
+            raise TypeError(f"per_slot: expected a bool or None, got {self.per_slot!r}")
+        self._per_slot = self.per_slot_default if self.per_slot is None else bool(self.per_slot)
 
     def posterior(self) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
         """Per (item, feature) posterior mean and variance v²/d of θ."""
-        theta, inv_d = self._stats().posterior()  # type: ignore[attr-defined]
-        return theta, self.v**2 * inv_d
+        theta, inv_d = self._stats().posterior()
+        return theta, self._v**2 * inv_d
 
     def score(self, contexts: Any, *, exploit: bool = False) -> NDArray[np.float64]:
         """One posterior draw of every item's score; ``exploit=True`` gives the mean."""
         mean, sd = self._moments(contexts)
         if exploit:
             return mean
-        return mean + self.v * sd * self._rng.standard_normal(mean.shape)
+        return mean + self._v * sd * self._rng.standard_normal(mean.shape)
 
     def recommend(self, contexts: Any, k: int = 1) -> Slate:
         """Thompson-sampled slates with Monte Carlo propensities and their standard errors."""
         mean, sd = self._moments(contexts)
-        scale = self.v * sd
+        scale = self._v * sd
         n_elig = eligible_counts(mean, k)
-        shown, sampled = thompson_select(mean, scale, k, self._rng, per_slot=self.per_slot)
-        floor = self.exploration_floor
+        shown, sampled = thompson_select(mean, scale, k, self._rng, per_slot=self._per_slot)
+        floor = self._uniform_mix
         if floor > 0.0:
             shown, explore = mix_with_uniform(shown, mean, floor, self._rng)
             sampled = np.where(explore[:, None], np.take_along_axis(mean, shown, axis=1),
                                sampled)
-        if self.n_mc_draws:
-            p_hat, se = thompson_propensities(mean, scale, shown, self.n_mc_draws, self._rng,
-                                              per_slot=self.per_slot)
+        if self._n_mc_draws:
+            p_hat, se = thompson_propensities(mean, scale, shown, self._n_mc_draws, self._rng,
+                                              per_slot=self._per_slot)
             prop = (1.0 - floor) * p_hat + floor / n_elig[:, None]
             se = (1.0 - floor) * se
         else:
@@ -90,6 +108,27 @@ class DiagLinTS(BasePolicy):
             se = np.full(shown.shape, np.nan)
         return Slate(items=self.item_ids_[shown], propensities=prop, propensity_se=se,
                      scores=sampled)
+
+    def action_dist(self, contexts: Any, k: int = 1) -> NDArray[np.float64]:
+        """P(item at position | request) for every item, ``[n_rounds, n_items, k]``.
+
+        A Monte Carlo estimate: the sampler is replayed ``n_mc_draws`` times per round, so each
+        entry has standard error ``≤ 0.5·(1 − exploration_floor)/sqrt(n_mc_draws)``; the uniform
+        part of the exploration floor is exact. Otherwise as :meth:`BasePolicy.action_dist`.
+        """
+        self._stats()
+        if not self._n_mc_draws:
+            raise ValueError(
+                "n_mc_draws: expected > 0 for action_dist, got 0; Thompson sampling's action "
+                "distribution is estimated by replaying the sampler n_mc_draws times"
+            )
+        return super().action_dist(contexts, k)
+
+    def _policy_dist(
+        self, mean: NDArray[np.float64], sd: NDArray[np.float64], k: int
+    ) -> NDArray[np.float64]:
+        return thompson_action_dist(mean, self._v * sd, k, self._n_mc_draws, self._rng,
+                                    per_slot=self._per_slot)
 
 
 class InSlateTS(DiagLinTS):
@@ -104,5 +143,5 @@ class LinTS(FullCovariancePolicy, DiagLinTS):
 
     def posterior(self) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
         """Per item posterior mean [n, d] and covariance v²A⁻¹ [n, d, d]."""
-        theta, a_inv = self._stats().posterior()  # type: ignore[attr-defined]
-        return theta, self.v**2 * a_inv
+        theta, a_inv = self._stats().posterior()
+        return theta, self._v**2 * a_inv

@@ -32,14 +32,17 @@ class DiagLinUCB(BasePolicy):
         super().__init__(lam=lam, reward_range=reward_range,
                          exploration_floor=exploration_floor, centred=centred,
                          random_state=random_state)
-        self.alpha = check_positive(alpha, "alpha", allow_zero=True)
-        self.epsilon = check_probability(epsilon, "epsilon")
+        self.alpha = alpha
+        self.epsilon = epsilon
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        self._alpha = check_positive(self.alpha, "alpha", allow_zero=True)
+        epsilon = check_probability(self.epsilon, "epsilon")
+        self._uniform_mix = 1.0 - (1.0 - epsilon) * (1.0 - self._floor)
 
     def _rule(self, mean: NDArray[np.float64], sd: NDArray[np.float64]) -> NDArray[np.float64]:
-        return mean + self.alpha * sd
-
-    def _epsilon(self) -> float:
-        return 1.0 - (1.0 - self.epsilon) * (1.0 - self.exploration_floor)
+        return mean + self._alpha * sd
 
 
 class LinUCB(FullCovariancePolicy, DiagLinUCB):

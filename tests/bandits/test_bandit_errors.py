@@ -9,6 +9,8 @@ from recsys.bandits import (
     DenseStats,
     DiagLinTS,
     DiagLinUCB,
+    EpsilonGreedy,
+    Greedy,
     LinUCB,
     SquareCB,
     UnknownItemError,
@@ -78,20 +80,57 @@ def test_non_integer_item_ids(policy) -> None:
         policy.learn(x, [10.5, 20, 30], r)
 
 
-def test_no_statistics_yet_and_bad_hyperparameters() -> None:
+def test_no_statistics_yet() -> None:
     with pytest.raises(RuntimeError, match=r"call init\(items, dim\)"):
         DiagLinUCB().score(np.ones((1, DIM)))
-    for make in (lambda: DiagLinUCB(alpha=-1), lambda: DiagLinTS(v=0), lambda: SquareCB(gamma=-1),
-                 lambda: DiagLinUCB(epsilon=1.5), lambda: DiagLinUCB(lam=0),
-                 lambda: DiagLinTS(n_mc_draws=-3), lambda: DiagLinUCB(reward_range=(1, 0))):
-        with pytest.raises(ValueError):
-            make()
+    with pytest.raises(RuntimeError, match=r"call init\(items, dim\)"):
+        DiagLinTS().action_dist(np.ones((1, DIM)))
+
+
+BAD_HYPERPARAMETERS = [
+    (lambda: DiagLinUCB(alpha=-1), r"alpha.*-1"),
+    (lambda: DiagLinTS(v=0), r"\bv\b.*0"),
+    (lambda: SquareCB(gamma=-1), r"gamma.*-1"),
+    (lambda: DiagLinUCB(epsilon=1.5), r"epsilon.*\[0, 1\].*1\.5"),
+    (lambda: EpsilonGreedy(epsilon=-0.1), r"epsilon.*\[0, 1\].*-0\.1"),
+    (lambda: DiagLinUCB(lam=0), r"lam.*0"),
+    (lambda: Greedy(exploration_floor=2), r"exploration_floor.*\[0, 1\].*2"),
+    (lambda: DiagLinTS(n_mc_draws=-3), r"n_mc_draws: expected a non-negative integer, got -3"),
+    (lambda: DiagLinTS(n_mc_draws=2.5), r"n_mc_draws: expected a non-negative integer, got 2\.5"),
+    (lambda: DiagLinUCB(reward_range=(1, 0)),
+     r"reward_range: expected \(low, high\) with low < high, got \(1, 0\)"),
+    (lambda: DiagLinUCB(reward_range=3.0), r"reward_range: expected \(low, high\)"),
+    (lambda: DiagLinUCB(random_state="seed"), r"random_state: expected None, a non-negative int"),
+]
+
+
+@pytest.mark.parametrize(("make", "message"), BAD_HYPERPARAMETERS)
+def test_bad_hyperparameters_are_stored_then_rejected_at_first_use(make, message) -> None:
+    policy = make()  # scikit-learn: the constructor stores, the first use checks
+    with pytest.raises((ValueError, TypeError), match=message):
+        policy.init([1, 2, 3], DIM)
+    with pytest.raises((ValueError, TypeError), match=message):
+        policy.use(DenseStats.empty([1, 2, 3], DIM))
+    assert not hasattr(policy, "stats_")
+
+
+def test_type_errors_for_flags() -> None:
+    with pytest.raises(TypeError, match="centred: expected a bool, got 'yes'"):
+        DiagLinUCB(centred="yes").init([1], DIM)
+    with pytest.raises(TypeError, match="per_slot: expected a bool or None, got 1"):
+        DiagLinTS(per_slot=1).init([1], DIM)
+
+
+def test_statistics_that_do_not_fit_the_policy() -> None:
     with pytest.raises(ValueError, match="decay factor"):
         DenseStats.empty([1], DIM).decay(0.0)
-    with pytest.raises(ValueError, match="λ"):
+    with pytest.raises(ValueError, match="lam: expected the statistics' λ=1.0, got lam=2.0"):
         DiagLinUCB(lam=2.0).use(DenseStats.empty([1], DIM, lam=1.0))
-    with pytest.raises(TypeError, match="FullStats"):
+    with pytest.raises(TypeError, match=r"expected FullStats \(layout 'full'\) for LinUCB, got "
+                                        r"DenseStats \(layout 'dense'\)"):
         LinUCB().use(DenseStats.empty([1], DIM))
+    with pytest.raises(ValueError, match="centred: expected False for full covariance"):
+        LinUCB(centred=True).init([1], DIM)
 
 
 def test_k_larger_than_the_candidates(policy) -> None:
