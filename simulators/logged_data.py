@@ -1,10 +1,13 @@
 """Logged interaction data: simulate a logging policy, get a polars frame and event records.
 
-The frame has one row per shown item (the ``recsys.rewards`` grain): request_id, user_id,
-event_time_ms, policy_name, policy_version, position, item_id, score (the policy's score of the
-shown item), propensity, click, noise (ground-truth label of an accidental
-click) and the request's context as a list column. ``to_events`` turns it into the
-``recsys.events`` Impression and Feedback records so logs can be replayed through Kafka.
+The frame is in the lake's ``rewards`` schema (``recsys.schema.REWARDS``): one row per shown item
+with request_id, event_time_ms, user_id, policy_name, policy_version, the request's dense context
+(``context_dense``; the cluster context columns are empty lists), position, item_id, ``reward``
+(1.0 for a click), propensity and schema_version; the Kafka provenance columns are null (the rows
+did not come from Kafka). Two declared simulator-only columns follow (``LOG_EXTRAS``): ``score``,
+the logging policy's score of the shown item, and ``noise``, the ground-truth label of an
+accidental click. ``to_events`` turns the frame into the ``recsys.events`` Impression and Feedback
+records so logs can be replayed through Kafka.
 """
 
 from __future__ import annotations
@@ -13,23 +16,15 @@ import numpy as np
 import polars as pl
 
 from recsys.events import Context, Feedback, Impression, SlateEntry
+from recsys.schema import SCHEMA_VERSION, conform, polars_schema, validate_frame
 from simulators.model import SlateSimulator
 from simulators.policies import SlatePolicy
 
-LOG_COLUMNS = (
-    "request_id",
-    "user_id",
-    "event_time_ms",
-    "policy_name",
-    "policy_version",
-    "position",
-    "item_id",
-    "score",
-    "propensity",
-    "click",
-    "noise",
-    "context",
-)
+LOG_EXTRAS: dict[str, pl.DataType] = {"score": pl.Float64(), "noise": pl.Boolean()}
+"""Simulator-only columns after the ``rewards`` schema's: the shown item's policy score and the
+accidental-click label."""
+
+LOG_COLUMNS = (*polars_schema("rewards").names(), *LOG_EXTRAS)
 
 
 def collect_logs(
@@ -42,7 +37,8 @@ def collect_logs(
     ms_per_request: int = 10,
     policy_version: int = 0,
 ) -> pl.DataFrame:
-    """Run ``policy`` on ``n_requests`` simulated requests and return the long log frame."""
+    """Run ``policy`` on ``n_requests`` simulated requests; the log frame in the ``rewards``
+    schema plus ``LOG_EXTRAS``."""
     frames = []
     done = 0
     while done < n_requests:
@@ -56,10 +52,10 @@ def collect_logs(
             _batch_frame(requests, slates, pscore, scores, responses, policy.name, policy_version)
         )
         done += n
-    frame = pl.concat(frames)
-    return frame.with_columns(
+    frame = pl.concat(frames).with_columns(
         (pl.lit(start_time_ms) + pl.col("event_time_ms") * ms_per_request).alias("event_time_ms")
     )
+    return conform(frame, "rewards", LOG_EXTRAS)
 
 
 def _batch_frame(
@@ -68,35 +64,43 @@ def _batch_frame(
     n, k = slates.shape
     req = np.repeat(requests.time, k)
     noise = np.repeat(responses.noise, k) & (responses.clicks.ravel() == 1)
-    context = requests.context.astype(np.float32)
+    context = pl.Series(np.repeat(requests.context.astype(np.float32), k, axis=0))
+    no_clusters = pl.repeat([], n * k, dtype=pl.List(pl.Int64), eager=True)
     return pl.DataFrame(
         {
-            "request_id": req,
-            "user_id": np.repeat(requests.user_id, k),
+            "request_id": pl.Series(req).cast(pl.String),
             "event_time_ms": req,
+            "user_id": pl.Series(np.repeat(requests.user_id, k)).cast(pl.String),
             "policy_name": np.full(n * k, policy_name),
             "policy_version": np.full(n * k, policy_version),
+            "context_dense": context.cast(pl.List(pl.Float32)),
+            "context_cluster_ids": no_clusters,
+            "context_cluster_weights": no_clusters.cast(pl.List(pl.Float32)),
             "position": np.tile(np.arange(k), n),
             "item_id": slates.ravel(),
-            "score": scores.ravel(),
+            "reward": responses.clicks.ravel().astype(np.float64),
             "propensity": pscore.ravel(),
-            "click": responses.clicks.ravel().astype(np.int8),
+            "schema_version": np.full(n * k, SCHEMA_VERSION, dtype=np.int32),
+            "score": scores.ravel(),
             "noise": noise,
-            "context": np.repeat(context, k, axis=0),
         }
     )
 
 
 def to_events(frame: pl.DataFrame) -> tuple[list[Impression], list[Feedback]]:
-    """One Impression per request (its slate with propensities) and one click Feedback per click.
+    """One Impression per request (its slate with propensities) and one click Feedback per
+    rewarded shown item, from a frame in the ``rewards`` schema with a ``score`` column.
 
     Columns are pulled out as numpy arrays once and the slates sliced by request boundaries;
     only the record construction itself is per request, as the contract's objects require.
     """
-    missing = [c for c in LOG_COLUMNS if c not in frame.columns and c != "noise"]
-    if missing:
-        raise ValueError(f"`frame` lacks the log columns {missing}")
-    frame = frame.sort(["request_id", "position"])
+    validate_frame(frame, "rewards", LOG_EXTRAS)
+    if "score" not in frame.columns:
+        raise ValueError(
+            "frame: expected a score column (the policy's score of each shown item), got none; "
+            "impressions carry the score"
+        )
+    frame = frame.sort(["event_time_ms", "request_id", "position"])
     request = frame["request_id"].to_numpy()
     starts = np.flatnonzero(np.r_[True, request[1:] != request[:-1]])
     ends = np.r_[starts[1:], len(request)]
@@ -108,10 +112,13 @@ def to_events(frame: pl.DataFrame) -> tuple[list[Impression], list[Feedback]]:
     item = frame["item_id"].to_numpy()
     score = frame["score"].to_numpy().astype(float)
     propensity = frame["propensity"].to_numpy().astype(float)
-    contexts = frame["context"].to_list()
+    first_rows = pl.Series(starts)
+    dense = frame["context_dense"].gather(first_rows).to_list()
+    cluster_ids = frame["context_cluster_ids"].gather(first_rows).to_list()
+    cluster_weights = frame["context_cluster_weights"].gather(first_rows).to_list()
     request_ids = frame["request_id"].cast(pl.Utf8).to_list()
     impressions = []
-    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+    for r, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
         slate = tuple(
             SlateEntry(
                 item_id=int(item[j]),
@@ -126,13 +133,17 @@ def to_events(frame: pl.DataFrame) -> tuple[list[Impression], list[Feedback]]:
                 request_id=request_ids[s],
                 event_time_ms=int(times[s]),
                 user_id=user[s],
-                context=Context(dense=tuple(float(x) for x in contexts[s])),
+                context=Context(
+                    dense=tuple(dense[r]),
+                    cluster_ids=tuple(cluster_ids[r]),
+                    cluster_weights=tuple(cluster_weights[r]),
+                ),
                 policy_name=policy[s],
                 policy_version=int(version[s]),
                 slate=slate,
             )
         )
-    clicked = np.flatnonzero(frame["click"].to_numpy() > 0)
+    clicked = np.flatnonzero(frame["reward"].to_numpy() > 0)
     feedback = [
         Feedback(
             request_id=request_ids[j],

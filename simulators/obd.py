@@ -3,8 +3,11 @@
 Reads ``<root>/obd/<behavior_policy>/<campaign>/all.csv`` (and ``item_context.csv``) as shipped by
 OBD: an unnamed index, ``timestamp``, ``item_id``, ``position`` (1-based), ``click``,
 ``propensity_score``, ``user_feature_0..3`` (hashed categoricals) and ``user-item_affinity_*``.
-The frame keeps OBD's columns and adds the contract's names: ``request_id`` (row index as text),
-``event_time_ms``, ``position`` 0-based, ``propensity``.
+The frame keeps OBD's columns and adds the lake schema's names (``recsys.schema``) for what it
+has: ``request_id`` (row index as text), ``event_time_ms``, ``position`` 0-based, ``reward``
+(OBD's ``click`` as a float), ``propensity`` and ``policy_name``, so ``recsys.ope``'s frame
+adapter reads it without a ``columns`` override. It has no dense context (its user features are
+hashed categoricals; see ``user_context``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def load_obd(
             "event_time_ms"
         ),
         (pl.col("position") - 1).alias("position"),
+        pl.col("click").cast(pl.Float64).alias("reward"),
         pl.col("propensity_score").alias("propensity"),
         pl.lit(f"obd_{behavior_policy}").alias("policy_name"),
     )
@@ -95,6 +99,6 @@ def choice_data(frame: pl.DataFrame) -> dict[str, np.ndarray | int]:
         "user_index": user_index.to_numpy().astype(np.int64),
         "slates": frame["item_id"].to_numpy().astype(np.int64)[:, None],
         "positions": frame["position"].to_numpy().astype(np.int64)[:, None],
-        "clicked": np.where(frame["click"].to_numpy() > 0, 0, -1),
+        "clicked": np.where(frame["reward"].to_numpy() > 0, 0, -1),
         "n_users": int(user_index.max()) + 1,
     }

@@ -8,7 +8,7 @@ n_bootstrap_samples=B)`` returns: resampling depends only on (n, B, random_state
 counts are drawn once and applied to every estimator of every repetition by one matrix product.
 
 ``obd_check``: the Bernoulli-TS policy's value estimated from the uniform-random OBD logs against
-the mean click of the Bernoulli-TS logs.
+the mean reward (click) of the Bernoulli-TS logs.
 """
 
 from __future__ import annotations
@@ -183,9 +183,7 @@ def obd_check(
     bts_logs = load_obd(shared_data, "bts")
     dist_matrix = load_action_dist(obd_dir(shared_data) / "bts_action_dist.csv", n_items=80)
     n_items, len_list = dist_matrix.shape
-    feedback = bandit_feedback_from_frame(
-        random_logs, n_actions=n_items, len_list=len_list, columns={"context": "user_features"}
-    )
+    feedback = bandit_feedback_from_frame(random_logs, n_actions=n_items, len_list=len_list)
     action_dist = np.broadcast_to(dist_matrix, (feedback.n_rounds, n_items, len_list))
     context = user_context(random_logs)
     q_hat = RegressionModel(
@@ -198,7 +196,7 @@ def obd_check(
         n_folds=2,
         random_state=seed,
     )
-    clicks = bts_logs["click"].to_numpy().astype(float)
+    clicks = bts_logs["reward"].to_numpy()
     truth = float(clicks.mean())
     truth_se = float(clicks.std(ddof=1) / np.sqrt(clicks.size))
     kwargs = feedback.estimator_kwargs(action_dist, q_hat)

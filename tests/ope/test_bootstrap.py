@@ -60,5 +60,5 @@ def test_shared_resamples_for_many_columns_equal_one_column_at_a_time():
 
 
 def test_bootstrap_rejects_empty_samples():
-    with pytest.raises(ValueError, match="^samples: "):
+    with pytest.raises(ValueError, match=r"^samples: "):
         bootstrap_means(np.array([]), 10)

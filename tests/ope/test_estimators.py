@@ -186,7 +186,7 @@ def test_malformed_inputs_are_rejected_naming_the_argument(estimator, case, argu
     data = _malformed(case, logged_data(seed=4, n=50))
     if not estimator.requires_reward_model:
         data.pop("estimated_rewards_by_reg_model")
-    with pytest.raises(ValueError, match=f"^{argument}: "):
+    with pytest.raises(ValueError, match=rf"^{argument}: "):
         estimator.estimate_policy_value(**data)
 
 
@@ -200,13 +200,13 @@ def test_malformed_inputs_are_rejected_naming_the_argument(estimator, case, argu
     ],
 )
 def test_hyperparameters_are_validated(make):
-    with pytest.raises(ValueError, match="^lambda_: "):
+    with pytest.raises(ValueError, match=r"^lambda_: "):
         make()
 
 
 def test_missing_required_arguments_are_named():
     data = logged_data(seed=5, n=20)
-    with pytest.raises(ValueError, match="^estimated_rewards_by_reg_model: "):
+    with pytest.raises(ValueError, match=r"^estimated_rewards_by_reg_model: "):
         DoublyRobust().estimate_policy_value(
             reward=data["reward"],
             action=data["action"],
@@ -215,7 +215,7 @@ def test_missing_required_arguments_are_named():
             action_dist=data["action_dist"],
             estimated_rewards_by_reg_model=None,
         )
-    with pytest.raises(ValueError, match="^pscore: "):
+    with pytest.raises(ValueError, match=r"^pscore: "):
         InverseProbabilityWeighting().estimate_policy_value(
             reward=data["reward"],
             action=data["action"],
@@ -228,11 +228,11 @@ def test_bootstrap_arguments_are_validated():
     data = logged_data(seed=6, n=20)
     kwargs = {k: data[k] for k in ("reward", "action", "pscore", "position", "action_dist")}
     est = InverseProbabilityWeighting()
-    with pytest.raises(ValueError, match="^alpha: "):
+    with pytest.raises(ValueError, match=r"^alpha: "):
         est.estimate_interval(alpha=1.5, **kwargs)
-    with pytest.raises(ValueError, match="^n_bootstrap_samples: "):
+    with pytest.raises(ValueError, match=r"^n_bootstrap_samples: "):
         est.estimate_interval(n_bootstrap_samples=0, **kwargs)
-    with pytest.raises(ValueError, match="^random_state: "):
+    with pytest.raises(ValueError, match=r"^random_state: "):
         est.estimate_interval(random_state="seed", **kwargs)
 
 

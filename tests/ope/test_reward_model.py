@@ -59,7 +59,7 @@ def test_action_only_model_is_the_per_action_mean():
 def test_weighted_fitting_needs_pscore_and_action_dist():
     context, action, reward, position = data(n=200)
     model = RegressionModel(Ridge(), n_actions=4, len_list=2, fitting_method="iw")
-    with pytest.raises(ValueError, match="^pscore: "):
+    with pytest.raises(ValueError, match=r"^pscore: "):
         model.fit(context, action, reward, position=position)
     dist = np.full((200, 4, 2), 0.25)
     model.fit(
@@ -79,18 +79,18 @@ def test_weighted_fitting_needs_pscore_and_action_dist():
 def test_hyperparameters_are_checked_at_fit(kwargs, argument):
     context, action, reward, position = data(n=100)
     params = {"n_actions": 4, "len_list": 2, **kwargs}
-    with pytest.raises(ValueError, match=f"^{argument}: "):
+    with pytest.raises(ValueError, match=rf"^{argument}: "):
         RegressionModel(Ridge(), **params).fit(context, action, reward, position=position)
 
 
 def test_data_errors_name_the_argument():
     context, action, reward, position = data(n=100)
     model = RegressionModel(Ridge(), n_actions=4, len_list=2)
-    with pytest.raises(ValueError, match="^action: "):
+    with pytest.raises(ValueError, match=r"^action: "):
         model.fit(context, action + 4, reward, position=position)
-    with pytest.raises(ValueError, match="^position: "):
+    with pytest.raises(ValueError, match=r"^position: "):
         model.fit(context, action, reward)
-    with pytest.raises(ValueError, match="^reward: "):
+    with pytest.raises(ValueError, match=r"^reward: "):
         model.fit(context, action, reward[:-1], position=position)
     with pytest.raises(RuntimeError, match="not fitted"):
         RegressionModel(Ridge(), n_actions=4).predict(context)

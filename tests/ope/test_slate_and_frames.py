@@ -95,7 +95,7 @@ def test_iips_matches_obp_formula_and_bootstraps_over_slates():
 
 
 def test_slate_inputs_are_validated():
-    with pytest.raises(ValueError, match="^pscore_item_position: "):
+    with pytest.raises(ValueError, match=r"^pscore_item_position: "):
         SlateIndependentIPS().estimate_policy_value(
             slate_id=np.zeros(3, int),
             reward=np.ones(3),
@@ -103,7 +103,7 @@ def test_slate_inputs_are_validated():
             pscore_item_position=np.zeros(3),
             evaluation_policy_pscore_item_position=np.ones(3),
         )
-    with pytest.raises(ValueError, match="^behavior_slate_gamma: "):
+    with pytest.raises(ValueError, match=r"^behavior_slate_gamma: "):
         SlatePseudoInverse().estimate_policy_value(
             slate_id=np.zeros(3, int),
             reward=np.ones(3),
@@ -135,7 +135,7 @@ def frame(**overrides) -> pl.DataFrame:
     base = {
         "item_id": [0, 1, 2, 1],
         "position": [0, 1, 0, 1],
-        "click": [0, 1, 0, 0],
+        "reward": [0, 1, 0, 0],
         "propensity": [0.5, 0.25, 0.5, 0.25],
     }
     return pl.DataFrame({**base, **overrides})
@@ -153,12 +153,13 @@ def test_frame_to_estimator_inputs():
 @pytest.mark.parametrize(
     ("df", "message"),
     [
-        (frame().drop("propensity"), "no `propensity` column"),
-        (frame(propensity=[0.5, None, 0.5, 0.25]), "null"),
-        (frame(propensity=[0.5, 0.0, 0.5, 0.25]), "<= 0"),
-        (frame(propensity=[0.5, 1.5, 0.5, 0.25]), "above 1"),
-        (frame(propensity=[0.5, float("nan"), 0.5, 0.25]), "NaN"),
-        (frame(position=[0, -1, 0, 0]), "positions below"),
+        (frame().drop("propensity"), r"^propensity: expected a column .* got no such column"),
+        (frame(propensity=[0.5, None, 0.5, 0.25]), r"^propensity: expected no nulls"),
+        (frame(propensity=[0.5, 0.0, 0.5, 0.25]), r"^propensity: .* got 1 values <= 0"),
+        (frame(propensity=[0.5, 1.5, 0.5, 0.25]), r"^propensity: .* got 1 values above 1"),
+        (frame(propensity=[0.5, float("nan"), 0.5, 0.25]), r"^propensity: expected finite"),
+        (frame(position=[0, -1, 0, 0]), r"^position: expected positions >= position_offset"),
+        (frame(context_dense=[[1.0], [1.0, 2.0], [1.0], [1.0]]), r"^context_dense: expected"),
     ],
 )
 def test_frame_with_bad_propensities_is_rejected_clearly(df, message):

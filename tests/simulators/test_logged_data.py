@@ -6,7 +6,8 @@ import numpy as np
 
 from recsys.events import Feedback, Impression, decode, encode
 from recsys.ope import bandit_feedback_from_frame
-from simulators.logged_data import LOG_COLUMNS, collect_logs, to_events
+from recsys.schema import validate_frame
+from simulators.logged_data import LOG_COLUMNS, LOG_EXTRAS, collect_logs, to_events
 from simulators.model import SimulatorConfig, SlateSimulator
 from simulators.policies import SoftmaxPolicy
 
@@ -16,18 +17,21 @@ def test_logs_round_trip_through_the_event_contract():
     policy = SoftmaxPolicy(sim.item_features, 3)
     frame = collect_logs(sim, policy, 2000, np.random.default_rng(0), batch_size=700)
     assert tuple(frame.columns) == LOG_COLUMNS
+    validate_frame(frame, "rewards", LOG_EXTRAS)
     assert frame.height == 6000 and frame["request_id"].n_unique() == 2000
-    assert frame.filter(frame["noise"])["click"].min() == 1  # noise labels only mark clicks
+    assert frame.filter(frame["noise"])["reward"].min() == 1  # noise labels only mark clicks
     impressions, feedback = to_events(frame)
     assert len(impressions) == 2000
-    assert len(feedback) == int(frame["click"].sum())
+    assert len(feedback) == int(frame["reward"].sum())
     for event in impressions[:50] + feedback[:50]:
         assert decode(encode(event)) == event  # decoding validates every field
     first = impressions[0]
     assert isinstance(first, Impression) and len(first.slate) == 3
-    rows = frame.filter(frame["request_id"] == int(first.request_id)).sort("position")
+    rows = frame.filter(frame["request_id"] == first.request_id).sort("position")
+    assert first.event_time_ms == frame["event_time_ms"].min()  # replayed in event-time order
     assert [e.item_id for e in first.slate] == rows["item_id"].to_list()
     assert [e.propensity for e in first.slate] == rows["propensity"].to_list()
+    assert list(first.context.dense) == rows["context_dense"][0].to_list()
     assert all(isinstance(f, Feedback) and f.event_type == "click" for f in feedback)
 
 

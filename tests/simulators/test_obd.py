@@ -57,6 +57,7 @@ def test_loader_on_generated_files(tmp_path):
     assert frame.height == 60
     assert frame["position"].min() >= 0 and frame["position"].max() <= 2
     assert frame["propensity"].to_list() == frame["propensity_score"].to_list()
+    assert frame["reward"].to_list() == frame["click"].cast(pl.Float64).to_list()
     assert frame["event_time_ms"].dtype == pl.Int64
     assert load_item_context(root).columns[0] == "item_id"
     assert load_action_dist(root / "obd" / "bts_action_dist.csv").shape == (5, 3)

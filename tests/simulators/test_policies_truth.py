@@ -50,7 +50,7 @@ def test_policy_values_match_simulated_clicks():
     assert truth.exact and truth.standard_error == 0
     logs = collect_logs(sim, policy, 300_000, np.random.default_rng(1))
     se = np.sqrt(truth.value * (1 - truth.value) / logs.height)
-    assert abs(logs["click"].mean() - truth.value) < 4 * se
+    assert abs(logs["reward"].mean() - truth.value) < 4 * se
 
 
 def test_slate_policy_value_by_monte_carlo_has_a_standard_error():
@@ -59,7 +59,7 @@ def test_slate_policy_value_by_monte_carlo_has_a_standard_error():
     truth = policy_value(sim, policy, n_monte_carlo=100)
     assert not truth.exact and truth.standard_error > 0
     logs = collect_logs(sim, policy, 200_000, np.random.default_rng(2))
-    clicks_per_request = logs["click"].sum() / 200_000
+    clicks_per_request = logs["reward"].sum() / 200_000
     se = np.sqrt(truth.value / 200_000) + truth.standard_error
     assert abs(clicks_per_request - truth.value) < 4 * se
 
