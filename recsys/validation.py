@@ -46,7 +46,9 @@ def first_non_finite(array: np.ndarray) -> tuple[int, ...] | None:
     """
     if array.dtype.kind not in "fc" or array.size == 0:
         return None
-    if math.isfinite(abs(array.sum())):
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = array.sum()
+    if math.isfinite(abs(total)):
         return None
     bad = ~np.isfinite(array)
     if not bad.any():
