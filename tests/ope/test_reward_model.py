@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.neighbors import KNeighborsRegressor
 
@@ -94,3 +95,62 @@ def test_data_errors_name_the_argument():
         model.fit(context, action, reward[:-1], position=position)
     with pytest.raises(RuntimeError, match="not fitted"):
         RegressionModel(Ridge(), n_actions=4).predict(context)
+
+
+class WeightRecorder(RegressorMixin, BaseEstimator):
+    """A regressor that remembers the sample weights it was fitted with (and predicts 0)."""
+
+    def fit(self, X, y, sample_weight=None):
+        self.sample_weight_ = None if sample_weight is None else np.array(sample_weight, float)
+        self.n_rows_ = len(y)
+        return self
+
+    def predict(self, X):
+        return np.zeros(len(X))
+
+
+# Four rounds, two actions, two positions. π_e(a | x_i, k) per round, for positions 0 and 1:
+HAND_ACTION = np.array([0, 1, 1, 0])
+HAND_POSITION = np.array([0, 0, 1, 1])
+HAND_PSCORE = np.array([0.5, 0.25, 0.8, 0.4])
+HAND_ACTION_DIST = np.array(
+    [
+        [[0.6, 0.3], [0.4, 0.7]],  # round 0: π_e(0|·,0)=0.6, π_e(1|·,0)=0.4, at k=1: 0.3, 0.7
+        [[0.1, 0.5], [0.9, 0.5]],  # round 1
+        [[0.2, 0.25], [0.8, 0.75]],  # round 2
+        [[0.7, 0.4], [0.3, 0.6]],  # round 3
+    ]
+)
+# OBP's definitions, evaluated by hand at the logged (action, position) of each round:
+#   π_e(a_i | x_i, k_i) = 0.6, 0.9, 0.75, 0.4
+#   iw   = π_e / π_b             = 0.6/0.5, 0.9/0.25, 0.75/0.8, 0.4/0.4
+#   mrdr = π_e (1 − π_b) / π_b²  = 0.6·0.5/0.25, 0.9·0.75/0.0625, 0.75·0.2/0.64, 0.4·0.6/0.16
+# Position 0's model is fitted on rounds 0 and 1, position 1's on rounds 2 and 3.
+HAND_WEIGHTS = {
+    "iw": ([1.2, 3.6], [0.9375, 1.0]),
+    "mrdr": ([1.2, 10.8], [0.234375, 1.5]),
+}
+
+
+@pytest.mark.parametrize("fitting_method", ["iw", "mrdr"])
+def test_weighted_fitting_uses_the_hand_computed_sample_weights(fitting_method):
+    model = RegressionModel(
+        WeightRecorder(), n_actions=2, len_list=2, fitting_method=fitting_method
+    )
+    model.fit(
+        np.zeros((4, 1)),
+        HAND_ACTION,
+        np.array([1.0, 0.0, 1.0, 0.0]),
+        pscore=HAND_PSCORE,
+        position=HAND_POSITION,
+        action_dist=HAND_ACTION_DIST,
+    )
+    for k, expected in enumerate(HAND_WEIGHTS[fitting_method]):
+        np.testing.assert_allclose(model.base_models_[k].sample_weight_, expected, rtol=1e-12)
+
+
+def test_normal_fitting_passes_no_weights():
+    model = RegressionModel(WeightRecorder(), n_actions=2, len_list=2)
+    model.fit(np.zeros((4, 1)), HAND_ACTION, np.ones(4), position=HAND_POSITION)
+    assert [m.sample_weight_ for m in model.base_models_] == [None, None]
+    assert [m.n_rows_ for m in model.base_models_] == [2, 2]
