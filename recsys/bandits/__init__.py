@@ -17,6 +17,10 @@ Example::
 
 Every layout implements :class:`Statistics` (``recsys.bandits.protocol``): callers never need
 ``isinstance``; ``snapshot_id`` names a snapshot's content.
+
+Policies are scikit-learn estimators (``get_params``/``set_params``/``clone``); ``action_dist``
+gives Open Bandit Pipeline's ``(n_rounds, n_items, k)`` distribution for ``recsys.ope``; and
+``policy_spec``/``policy_from_spec`` store a policy's class and hyperparameters as JSON.
 """
 
 from recsys.bandits.base import BasePolicy
@@ -27,11 +31,13 @@ from recsys.bandits.full import FullStats
 from recsys.bandits.graph import GraphStats, SoftContexts
 from recsys.bandits.protocol import Statistics, load_stats, shard_of, stats_from_arrays
 from recsys.bandits.slates import Slate
+from recsys.bandits.spec import POLICY_CLASSES, policy_from_spec, policy_spec
 from recsys.bandits.thompson import DiagLinTS, InSlateTS, LinTS
 from recsys.bandits.ucb import DiagLinUCB, LinUCB
 from recsys.bandits.validation import UnknownItemError
 
 __all__ = [
+    "POLICY_CLASSES",
     "BasePolicy",
     "ClusterGraph",
     "DenseStats",
@@ -51,6 +57,8 @@ __all__ = [
     "UnknownItemError",
     "build_cluster_graph",
     "load_stats",
+    "policy_from_spec",
+    "policy_spec",
     "shard_of",
     "stats_from_arrays",
 ]

@@ -100,6 +100,11 @@ class BasePolicy(BaseEstimator):
             raise TypeError(f"centred: expected a bool, got {self.centred!r}")
         self._uniform_mix = self._floor
 
+    def check_params(self) -> Self:
+        """Raise now if a hyperparameter is invalid (otherwise checked at ``init`` / ``use``)."""
+        self._check_params()
+        return self
+
     def _set_up(self) -> None:
         """Check the hyperparameters and build the generator (at ``init`` / ``use``)."""
         self._check_params()

@@ -124,7 +124,7 @@ def test_type_errors_for_flags() -> None:
 def test_statistics_that_do_not_fit_the_policy() -> None:
     with pytest.raises(ValueError, match="decay factor"):
         DenseStats.empty([1], DIM).decay(0.0)
-    with pytest.raises(ValueError, match="lam: expected the statistics' λ=1.0, got lam=2.0"):
+    with pytest.raises(ValueError, match=r"lam: expected the statistics' λ=1\.0, got lam=2\.0"):
         DiagLinUCB(lam=2.0).use(DenseStats.empty([1], DIM, lam=1.0))
     with pytest.raises(TypeError, match=r"expected FullStats \(layout 'full'\) for LinUCB, got "
                                         r"DenseStats \(layout 'dense'\)"):
