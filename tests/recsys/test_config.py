@@ -119,7 +119,6 @@ def test_info_prints_values_and_sources(tmp_path, monkeypatch, capsys) -> None:
 
 def test_cli_reports_configuration_errors(monkeypatch, tmp_path, capsys) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(SystemExit, match=r"^2$"):  # argparse's usage-error exit status
         main(["info", "--set", "kafka.partitions=zero"])
-    assert exc.value.code == 2
     assert "kafka.partitions" in capsys.readouterr().err

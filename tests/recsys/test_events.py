@@ -182,15 +182,25 @@ def test_semantic_rules_say_what_is_wrong() -> None:
         decode(encode(_impression(schema_version=99)))
 
 
-@pytest.mark.parametrize("raw", [b"", b"\xc1", b'{"type": "impression"}', b"\x81\xa4type\xa3bad"])
-def test_malformed_bytes_raise_validation_error(raw: bytes) -> None:
-    with pytest.raises(EventValidationError):
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"", r"^not a msgpack-encoded event: Input data was truncated"),
+        (b"\xc1", r"^not a msgpack-encoded event: MessagePack data is malformed"),
+        (b'{"type": "impression"}', r"^not a msgpack-encoded event record: Expected `object`"),
+        (b"\x81\xa4type\xa3bad", r"^invalid event: Invalid value 'bad' - at `\$\.type`"),
+    ],
+)
+def test_malformed_bytes_raise_validation_error(raw: bytes, reason: str) -> None:
+    with pytest.raises(EventValidationError, match=reason):
         decode(raw)
 
 
 def test_validate_checks_events_built_in_code() -> None:
     assert validate(_impression()) == _impression()
-    with pytest.raises(EventValidationError, match="propensity"):
+    with pytest.raises(
+        EventValidationError, match=r"Expected `float` <= 1\.0 - at `\$\.slate\[0\]\.propensity`"
+    ):
         validate(_impression(slate=(SlateEntry(item_id=1, position=0, score=0, propensity=2.0),)))
 
 
