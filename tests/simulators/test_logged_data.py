@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from recsys.events import Feedback, Impression, decode, encode
 from recsys.ope import bandit_feedback_from_frame
@@ -41,3 +42,12 @@ def test_logs_feed_the_estimators():
     feedback = bandit_feedback_from_frame(frame, n_actions=10, len_list=2)
     assert feedback.context is not None and feedback.context.shape == (1000, sim.n_features)
     assert feedback.pscore.max() <= 1
+
+
+def test_to_events_needs_a_schema_frame_with_scores():
+    sim = SlateSimulator(SimulatorConfig(n_items=10, slate_size=2))
+    frame = collect_logs(sim, SoftmaxPolicy(sim.item_features, 2), 20, np.random.default_rng(2))
+    with pytest.raises(ValueError, match=r"^frame: expected a score column"):
+        to_events(frame.drop("score"))
+    with pytest.raises(ValueError, match=r"^rewards\.reward: expected a Float64 column"):
+        to_events(frame.rename({"reward": "click"}).drop("click"))
