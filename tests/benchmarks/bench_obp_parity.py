@@ -186,7 +186,7 @@ def fmt_s(entry: dict | None) -> str:
 def speedup(ours: dict | None, theirs: dict | None) -> str:
     if ours is None or theirs is None:
         return "-"
-    return f"{theirs['wall'] / ours['wall']:.1f}x"
+    return f"{theirs['wall'] / ours['wall']:.1f}x ({theirs['cpu'] / max(ours['cpu'], 1e-9):.1f}x)"
 
 
 def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
@@ -266,7 +266,7 @@ def main() -> int:
     if timing_ours is not None:
         print(f"timing on {size} (rounds x actions x positions), median of {args.repeat} "
               f"(intervals: {args.bootstrap} resamples, median of {args.interval_repeat}); "
-              f"seconds are wall (CPU)")
+              f"seconds are wall (CPU), speed-ups OBP/recsys in wall (CPU) time")
         obp_digest = timing_obp["digest"] if timing_obp else "-"
         print(f"input digests: recsys {timing_ours['digest']}, OBP {obp_digest}"
               + ("" if timing_obp is None or obp_digest == timing_ours["digest"]
