@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys.bandits import DiagLinTS, DiagLinUCB, EpsilonGreedy, Greedy, InSlateTS, SquareCB
+from recsys.bandits import (
+    DiagLinTS,
+    DiagLinUCB,
+    EpsilonGreedy,
+    Greedy,
+    InSlateTS,
+    LinUCB,
+    SquareCB,
+)
 
 N_ITEMS, DIM, K = 6, 3, 3
 REPEATS = 4000
@@ -154,3 +162,36 @@ def test_uniform_slate_is_uniform_over_items_and_positions(n: int) -> None:
         counts = np.bincount(slates[:, p], minlength=n)
         chi2 = ((counts - expected) ** 2 / expected).sum()
         assert chi2 < n + 6 * np.sqrt(2 * n)  # χ²(n-1): mean n-1, sd sqrt(2(n-1))
+
+
+def _graph_policy():
+    from recsys.bandits.graph import GraphStats, SoftContexts
+
+    # cluster 0 → items 10, 11, 12; cluster 1 → items 12 .. 15
+    stats = GraphStats.empty(np.arange(10, 16), 2, [0, 0, 0, 1, 1, 1, 1],
+                             [10, 11, 12, 12, 13, 14, 15])
+    ctx = SoftContexts.of([[0], [1]] * 20, np.ones((40, 1)))
+    stats.learn(ctx, [10, 13] * 20, np.random.default_rng(18).random(40))
+    return DiagLinUCB(alpha=0.5, epsilon=0.3, random_state=19).use(stats), SoftContexts
+
+
+@pytest.mark.parametrize("layout", ["graph", "full"])
+def test_recommend_one_on_every_layout_matches_the_batch_distribution(layout: str) -> None:
+    """The single-request path reads ``moments_one`` of any layout (graph: candidates only)."""
+    if layout == "graph":
+        policy, soft = _graph_policy()
+        one, batch = (np.array([1]), np.array([1.0])), soft.of([[1]], [[1.0]])
+        candidates = {12, 13, 14, 15}
+    else:
+        policy = trained(LinUCB(alpha=0.5, epsilon=0.3, random_state=20))
+        one = np.random.default_rng(21).normal(size=DIM)
+        batch, candidates = one[None, :], set(range(10, 10 + N_ITEMS))
+    dist = policy.action_dist(batch, 1)[0, :, 0]
+    singles = [policy.recommend_one(one) for _ in range(2000)]
+    items = np.array([s.items[0, 0] for s in singles])
+    assert set(items.tolist()) == candidates  # ε explores over the candidates only
+    cols = np.searchsorted(policy.item_ids_, items)
+    props = np.array([s.propensities[0, 0] for s in singles])
+    np.testing.assert_allclose(props, dist[cols], rtol=1e-12)
+    freq = np.bincount(cols, minlength=dist.size) / items.size
+    assert np.all(np.abs(freq - dist) <= 4.5 * np.sqrt(dist * (1 - dist) / items.size) + 1e-12)
