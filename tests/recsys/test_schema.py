@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from recsys import events, schema
 from recsys.events import Context, Feedback, Impression, Reward, SlateEntry
 from recsys.ope import bandit_feedback_from_frame
+from recsys.ope.dataframe import DEFAULT_COLUMNS
 from recsys.schema import (
     FEEDBACK,
     IMPRESSIONS,
@@ -313,3 +314,7 @@ def test_schema_version_follows_the_event_contract():
     ):
         schema.arrow_schema("clicks")
     assert isinstance(schema.arrow_schema("feedback"), pa.Schema)
+
+
+def test_the_ope_adapter_defaults_are_rewards_columns():
+    assert set(DEFAULT_COLUMNS.values()) <= set(REWARDS.names)
