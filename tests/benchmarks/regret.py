@@ -25,16 +25,19 @@ actions, d = 32, Bernoulli-logistic rewards) on three context kinds:
 * ``correlated`` — dense Gaussian features with equicorrelation 0.5: the Diag-vs-full gap.
 
 Every policy sees the same contexts and the same uniform draws (reward = u < p), so the curves
-differ only by the policies' choices. Hyperparameters: α = 1 / v = 0.5 for the plain statistics
-and full references, α = 0.5 / v = 0.25 for the centred ones (picked from v ∈ {0.25, 0.5, 1} on
-the gaussian problem); VW runs with its defaults. With ``--with-vw`` Vowpal Wabbit's SquareCB
-runs on the same problem through the peers' environment (see setup_peers.sh), one event at a
-time. VW runs on the linear-logistic env only: its runner (peers_runner.py) consumes a problem as
-contexts, logistic parameters and uniform draws, which the simulator (noisy features, rewards
-from latents) is not; under ``--env simulator`` the table says so.
+differ only by the policies' choices. With ``--with-vw`` Vowpal Wabbit's SquareCB runs on the same
+three problems through the peers' environment (see setup_peers.sh), one event at a time (recsys
+learns once per batch of 1,000, so VW has the fresher model).
+
+Hyperparameters are tuned for every policy and for VW alike (``--tune``, on by default): each gets
+a grid of three values of its main knob (``TUNING``: α, v, γ, ε; VW's ``--gamma_scale``), every
+value is run once on a tuning problem that the reported runs never see (linear-logistic: gaussian
+contexts, seed 1; simulator: the default world with seed 1), and the value with the least
+cumulative regret is used. ``--no-tune`` uses the fixed defaults instead (``TUNING``'s first
+column); the table says which.
 
 Usage: python tests/benchmarks/regret.py [--env simulator|linear-logistic] [--events 200000]
-       [--with-vw]
+       [--with-vw] [--no-tune] [--tune-events 50000]
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +58,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from recsys.bandits import (  # noqa: E402
+    BasePolicy,
     DiagLinTS,
     DiagLinUCB,
     EpsilonGreedy,
@@ -84,19 +90,61 @@ ENV_TITLES = {
     "linear-logistic": "linear-logistic env (Bernoulli-logistic rewards)",
 }
 VW_NAME = "VW SquareCB (per event)"
-POLICIES = {
-    "DiagLinUCB": lambda: DiagLinUCB(alpha=1.0, random_state=10_000),
-    "DiagLinTS": lambda: DiagLinTS(v=0.5, n_mc_draws=0, random_state=10_000),
-    "DiagLinUCB centred": lambda: DiagLinUCB(alpha=0.5, centred=True, random_state=10_000),
-    "DiagLinTS centred": lambda: DiagLinTS(v=0.25, centred=True, n_mc_draws=0,
-                                           random_state=10_000),
-    "LinUCB (full)": lambda: LinUCB(alpha=1.0, random_state=10_000),
-    "LinTS (full)": lambda: LinTS(v=0.5, n_mc_draws=0, random_state=10_000),
-    "SquareCB (IGW)": lambda: SquareCB(gamma=1000.0, random_state=10_000),
-    "eps-greedy 0.05": lambda: EpsilonGreedy(0.05, random_state=10_000),
-    "eps-greedy 0.05 centred": lambda: EpsilonGreedy(0.05, centred=True, random_state=10_000),
-    "random": lambda: EpsilonGreedy(1.0, random_state=10_000),
+VW_FLAGS = "--cb_explore_adf --squarecb"
+SEED = 10_000  # every recsys policy's random_state
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One policy's tuned hyperparameter: its name, the default, the grid and the factory."""
+
+    param: str
+    default: float
+    grid: tuple[float, ...]
+    make: Callable[[float], BasePolicy]
+
+
+# The defaults are the values the benchmark used before tuning (α = 1 / v = 0.5 for the plain
+# statistics and full references, α = 0.5 / v = 0.25 for the centred ones, γ = 1000, ε = 0.05);
+# every grid has three values a half-decade apart, VW's included (``VW_KNOB``): the same budget
+# for every side. (A first tuning run on grids around the defaults chose the smallest
+# exploration of every grid, VW's included, so the grids reach lower.)
+TUNING: dict[str, Knob] = {
+    "DiagLinUCB": Knob("alpha", 1.0, (0.1, 0.3, 1.0),
+                       lambda v: DiagLinUCB(alpha=v, random_state=SEED)),
+    "DiagLinTS": Knob("v", 0.5, (0.1, 0.3, 1.0),
+                      lambda v: DiagLinTS(v=v, n_mc_draws=0, random_state=SEED)),
+    "DiagLinUCB centred": Knob("alpha", 0.5, (0.1, 0.3, 1.0),
+                               lambda v: DiagLinUCB(alpha=v, centred=True, random_state=SEED)),
+    "DiagLinTS centred": Knob("v", 0.25, (0.1, 0.3, 1.0),
+                              lambda v: DiagLinTS(v=v, centred=True, n_mc_draws=0,
+                                                  random_state=SEED)),
+    "LinUCB (full)": Knob("alpha", 1.0, (0.1, 0.3, 1.0),
+                          lambda v: LinUCB(alpha=v, random_state=SEED)),
+    "LinTS (full)": Knob("v", 0.5, (0.1, 0.3, 1.0),
+                         lambda v: LinTS(v=v, n_mc_draws=0, random_state=SEED)),
+    "SquareCB (IGW)": Knob("gamma", 1000.0, (1000.0, 10000.0, 100000.0),
+                           lambda v: SquareCB(gamma=v, random_state=SEED)),
+    "eps-greedy": Knob("epsilon", 0.05, (0.01, 0.03, 0.1),
+                       lambda v: EpsilonGreedy(v, random_state=SEED)),
+    "eps-greedy centred": Knob("epsilon", 0.05, (0.01, 0.03, 0.1),
+                               lambda v: EpsilonGreedy(v, centred=True, random_state=SEED)),
+    "random": Knob("epsilon", 1.0, (), lambda v: EpsilonGreedy(v, random_state=SEED)),
 }
+# VW's own default --gamma_scale is 10 (γ_t = 10·t^0.5); the grid goes two decades above it.
+VW_KNOB = Knob("gamma_scale", 10.0, (10.0, 100.0, 1000.0), lambda v: None)  # type: ignore[arg-type]
+POLICIES = list(TUNING)
+
+
+def make_policy(name: str, chosen: dict[str, float] | None = None) -> BasePolicy:
+    """Policy ``name`` with its tuned value (``chosen``) or its default."""
+    knob = TUNING[name]
+    return knob.make((chosen or {}).get(name, knob.default))
+
+
+def vw_params(chosen: dict[str, float] | None = None) -> dict:
+    return {"flags": VW_FLAGS,
+            VW_KNOB.param: (chosen or {}).get(VW_NAME, VW_KNOB.default)}
 
 
 class ReplayEnv:
@@ -130,26 +178,29 @@ def make_problem(kind: str, events: int, seed: int = 0) -> dict[str, np.ndarray]
             "u": np.random.default_rng(seed + 100).random(events)}
 
 
-def run_ours(problem: dict[str, np.ndarray], names: list[str]) -> dict[str, RegretCurve]:
+def run_ours(problem: dict[str, np.ndarray], names: list[str],
+             chosen: dict[str, float] | None = None) -> dict[str, RegretCurve]:
     curves = {}
     for name in names:
         env = ReplayEnv(problem["x"], problem["theta"], problem["u"])
-        policy = POLICIES[name]().init(np.arange(N_ACTIONS), DIM)
+        policy = make_policy(name, chosen).init(np.arange(N_ACTIONS), DIM)
         curves[name] = run_regret(policy, env, problem["x"].shape[0], batch_size=BATCH)
     return curves
 
 
-def simulator_env(kind: str) -> SimulatorBanditEnv:
-    """A fresh simulator world (seed 0) with its own request/click stream (seed 100)."""
-    return SimulatorBanditEnv(SimulatorConfig(**SIM_PROBLEMS[kind], seed=0), seed=100)
+def simulator_env(kind: str, seed: int = 0) -> SimulatorBanditEnv:
+    """A fresh simulator world (``seed``) with its own request/click stream (``seed + 100``)."""
+    return SimulatorBanditEnv(SimulatorConfig(**SIM_PROBLEMS[kind], seed=seed), seed=seed + 100)
 
 
-def run_ours_simulator(kind: str, events: int, names: list[str]) -> dict[str, RegretCurve]:
+def run_ours_simulator(kind: str, events: int, names: list[str],
+                       chosen: dict[str, float] | None = None,
+                       seed: int = 0) -> dict[str, RegretCurve]:
     """Every policy on a fresh copy of the same world and stream (common random numbers)."""
     curves = {}
     for name in names:
-        env = simulator_env(kind)
-        policy = POLICIES[name]().init(np.arange(env.n_actions), env.dim)
+        env = simulator_env(kind, seed)
+        policy = make_policy(name, chosen).init(np.arange(env.n_actions), env.dim)
         curves[name] = run_regret(policy, env, events, batch_size=BATCH)
     return curves
 
@@ -173,15 +224,16 @@ def diag_vs_full_accuracy(kind: str, events: int = 50_000) -> dict[str, float]:
             "centred_vs_full_rmse": rmse(sc - sf)}
 
 
-def start_vw_squarecb(problem: dict[str, np.ndarray], workdir: Path) -> subprocess.Popen | None:
+def start_vw_squarecb(problem: dict[str, np.ndarray], workdir: Path,
+                      params: dict) -> subprocess.Popen | None:
     """Start VW SquareCB on the problem in the peers' venv (None when it is not installed)."""
     if not PEERS_PYTHON.exists():
         return None
-    path = workdir / f"problem_{id(problem)}.npz"
+    path = workdir / f"problem_{id(problem)}_{params[VW_KNOB.param]:g}.npz"
     np.savez(path, **problem)
     return subprocess.Popen(
-        [str(PEERS_PYTHON), str(HERE / "peers_runner.py"), "vw_squarecb", str(path),
-         str(problem["x"].shape[0]), str(workdir)],
+        [str(PEERS_PYTHON), str(HERE / "peers_runner.py"), "vw_regret", str(path),
+         "--events", str(problem["x"].shape[0]), "--params", json.dumps(params)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -247,26 +299,81 @@ def plot(results: dict[str, dict[str, np.ndarray]], events: int, path: Path, env
     plt.close(fig)
 
 
+def tune(env: str, events: int, with_vw: bool) -> dict:
+    """Pick every policy's (and VW's) value from its grid on the tuning problem: least
+    cumulative regret after ``events`` rounds, one run per value. Returns ``{"chosen": {name:
+    value}, "grid": {name: {value: regret}}, "problem": description}``."""
+    grid: dict[str, dict[float, float]] = {}
+    if env == "simulator":
+        kind, problem = "default world", None
+        description = f"simulator '{kind}', world seed 1, {events:,} rounds"
+    else:
+        kind, problem = "gaussian", make_problem("gaussian", events, seed=1)
+        description = f"linear-logistic gaussian contexts, seed 1, {events:,} rounds"
+    with tempfile.TemporaryDirectory() as tmp:
+        vw_procs = {}
+        if with_vw and problem is not None:
+            for value in VW_KNOB.grid:  # single-threaded runs, beside the recsys tuning
+                vw_procs[value] = start_vw_squarecb(problem, Path(tmp), vw_params({VW_NAME: value}))
+        for name, knob in TUNING.items():
+            grid[name] = {}
+            for value in knob.grid:
+                chosen = {name: value}
+                curve = (run_ours(problem, [name], chosen)[name] if problem is not None else
+                         run_ours_simulator(kind, events, [name], chosen, seed=1)[name])
+                grid[name][value] = curve.total
+        if vw_procs:
+            grid[VW_NAME] = {}
+            for value, proc in vw_procs.items():
+                vw = finish_vw(proc)
+                if isinstance(vw, dict):
+                    grid[VW_NAME][value] = vw["cum_regret"]
+                else:
+                    print(f"  VW {VW_KNOB.param}={value:g}: {vw}", file=sys.stderr)
+    chosen = {name: min(values, key=values.get) for name, values in grid.items() if values}
+    return {"chosen": chosen, "grid": grid, "problem": description}
+
+
+def print_tuning(tuning: dict | None) -> None:
+    """Which value each policy got, from which grid (or that the defaults were used)."""
+    print("hyperparameters (same budget for every policy and for VW: one run per grid value)")
+    if tuning is None:
+        print("  not tuned: fixed defaults for every side "
+              + ", ".join(f"{name} {k.param}={k.default:g}" for name, k in TUNING.items()
+                          if k.grid) + f", VW {VW_KNOB.param}={VW_KNOB.default:g}")
+        return
+    print(f"  tuned on {tuning['problem']} (never a reported problem)")
+    for name, values in tuning["grid"].items():
+        if not values:
+            continue
+        knob = VW_KNOB if name == VW_NAME else TUNING[name]
+        cells = ", ".join(f"{v:g}: {r:.0f}" for v, r in values.items())
+        print(f"  {name:26s} {knob.param:12s} -> {tuning['chosen'][name]:<8g} "
+              f"(regret per value: {cells})")
+
+
 def experiment(events: int, with_vw: bool, kinds: list[str] | None = None,
-               env: str = "linear-logistic") -> dict:
+               env: str = "linear-logistic", tuning: dict | None = None) -> dict:
     """Run everything; returns {kind: {name: total regret or 'unavailable: ...'}}, the curves'
     first/second-half per-round regret, the simulator's floors and optimum, and the plot.
 
-    ``env`` defaults to the linear-logistic problem here (bench_bandits.py compares against VW
-    on it); the command line defaults to the simulator."""
+    ``tuning`` is ``tune()``'s result (None: defaults). ``env`` defaults to the linear-logistic
+    problem here (bench_bandits.py compares against VW on it); the command line defaults to the
+    simulator."""
+    chosen = tuning["chosen"] if tuning else None
     if env == "simulator":
-        return experiment_simulator(events, with_vw, kinds)
+        return experiment_simulator(events, with_vw, kinds, chosen)
     kinds = kinds or list(PROBLEMS)
     problems = {kind: make_problem(kind, events) for kind in kinds}
     table: dict[str, dict[str, float | str]] = {}
     halves: dict[str, dict[str, tuple[float, float]]] = {}
     curves_all: dict[str, dict[str, np.ndarray]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        vw_procs = {kind: start_vw_squarecb(problems[kind], Path(tmp))
-                    for kind in kinds if with_vw and kind != "correlated"}
+        vw_procs = {kind: start_vw_squarecb(problems[kind], Path(tmp), vw_params(chosen))
+                    for kind in kinds if with_vw}
         for kind in kinds:
             t0 = time.perf_counter()
-            curves = run_ours(problems[kind], list(POLICIES))
+            curves = run_ours(problems[kind], POLICIES, chosen)
             table[kind] = {name: c.total for name, c in curves.items()}
             halves[kind] = {name: (c.window_rate(0, 0.5), c.window_rate(0.5, 1))
                             for name, c in curves.items()}
@@ -277,16 +384,20 @@ def experiment(events: int, with_vw: bool, kinds: list[str] | None = None,
             vw = finish_vw(proc)
             if isinstance(vw, dict):
                 table[kind][VW_NAME] = vw["cum_regret"]
+                halves[kind][VW_NAME] = (vw["first_half"], vw["second_half"])
                 curves_all[kind][VW_NAME] = np.asarray(vw["regret_curve"])
             else:
                 table[kind][VW_NAME] = vw
     png = RESULTS / "regret_linear_logistic.png"
     plot(curves_all, events, png, env)
-    return {"table": table, "halves": halves, "plot": str(png)}
+    return {"table": table, "halves": halves, "plot": str(png), "tuning": tuning}
 
 
-def experiment_simulator(events: int, with_vw: bool, kinds: list[str] | None = None) -> dict:
-    """The recsys policies on the full simulator; VW is not run there (see the docstring)."""
+def experiment_simulator(events: int, with_vw: bool, kinds: list[str] | None = None,
+                         chosen: dict[str, float] | None = None) -> dict:
+    """The recsys policies on the full simulator. VW is not run there: its runner consumes a
+    problem as contexts, logistic parameters and uniform draws, which the simulator (noisy
+    features, rewards from latents) is not."""
     kinds = kinds or list(SIM_PROBLEMS)
     table: dict[str, dict[str, float | str]] = {}
     halves: dict[str, dict[str, tuple[float, float]]] = {}
@@ -297,7 +408,7 @@ def experiment_simulator(events: int, with_vw: bool, kinds: list[str] | None = N
         t0 = time.perf_counter()
         env = simulator_env(kind)
         floors[kind], optimum[kind] = env.linear_floor(), env.optimal_reward()
-        curves = run_ours_simulator(kind, events, list(POLICIES))
+        curves = run_ours_simulator(kind, events, POLICIES, chosen)
         table[kind] = {name: c.total for name, c in curves.items()}
         halves[kind] = {name: (c.window_rate(0, 0.5), c.window_rate(0.5, 1))
                         for name, c in curves.items()}
@@ -358,8 +469,13 @@ def main() -> None:
     parser.add_argument("--env", choices=["simulator", "linear-logistic"], default="simulator")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--with-vw", action="store_true")
+    parser.add_argument("--tune", action=argparse.BooleanOptionalAction, default=True,
+                        help="tune every policy and VW on a separate problem (default: on)")
+    parser.add_argument("--tune-events", type=int, default=50_000)
     args = parser.parse_args()
-    out = experiment(args.events, args.with_vw, env=args.env)
+    tuning = tune(args.env, args.tune_events, args.with_vw) if args.tune else None
+    out = experiment(args.events, args.with_vw, env=args.env, tuning=tuning)
+    print_tuning(tuning)
     print_tables(out, args.events, args.env)
     if args.env == "linear-logistic":
         for kind in PROBLEMS:
