@@ -95,7 +95,10 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=3, help="broker start-ups to time")
     parser.add_argument("--repeats", type=int, default=3, help="consume passes to time")
     parser.add_argument("--demo", action="store_true", help="also time `recsys demo`")
+    parser.add_argument("--quick", action="store_true", help="50k events, one start, one pass")
     args = parser.parse_args()
+    if args.quick:
+        args.events, args.starts, args.repeats = min(args.events, 50_000), 1, 1
 
     rows: list[tuple[str, str, str]] = []
     startups = bench_startup(args.starts)

@@ -61,7 +61,10 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-bootstrap", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="100k rounds, 100 resamples")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.bootstrap = min(args.rounds, 100_000), min(args.bootstrap, 100)
 
     t0 = time.perf_counter()
     data = make_data(args.rounds, args.actions, args.positions)

@@ -50,7 +50,10 @@ def main() -> None:
     parser.add_argument("--slate-size", type=int, default=3)
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=100_000)
+    parser.add_argument("--quick", action="store_true", help="200k requests")
     args = parser.parse_args()
+    if args.quick:
+        args.requests = min(args.requests, 200_000)
     rng = np.random.default_rng(0)
     print(
         f"{args.items:,} items, {args.users:,} users, d = {args.dim}, slates of "
