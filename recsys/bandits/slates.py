@@ -185,6 +185,9 @@ def rank_marginals(scores: NDArray[np.float64], n_ranks: int) -> NDArray[np.floa
     The greedy policy's ``action_dist``: exact, tied items share their ranks equally, and
     ineligible (``-inf``) items get 0 as long as every row has ``n_ranks`` eligible items.
     """
+    if n_ranks == 1:  # the single slot: shared by the items tied at the max
+        at_max = scores == scores.max(axis=1, keepdims=True)
+        return (at_max / at_max.sum(axis=1, keepdims=True))[:, :, None]
     above, ties, reach = _tie_groups(scores, _best_values(scores, n_ranks), scores)
     ranks = np.arange(n_ranks)
     hit = reach[:, :, None] & (above[:, :, None] <= ranks) & (ranks < (above + ties)[:, :, None])
@@ -193,10 +196,10 @@ def rank_marginals(scores: NDArray[np.float64], n_ranks: int) -> NDArray[np.floa
 
 def uniform_marginals(scores: NDArray[np.float64], k: int) -> NDArray[np.float64]:
     """``action_dist`` of a uniformly random slate: 1/n_eligible for every eligible item and
-    position, [batch, n_items, k]."""
+    position, [batch, n_items, k] (a read-only broadcast view)."""
     elig = np.isfinite(scores)
     per_row = elig / elig.sum(axis=1, keepdims=True)
-    return np.repeat(per_row[:, :, None], k, axis=2)
+    return np.broadcast_to(per_row[:, :, None], (*per_row.shape, k))
 
 
 def uniform_slate(
