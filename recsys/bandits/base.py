@@ -29,19 +29,23 @@ from recsys.bandits.slates import (
     uniform_marginals,
 )
 from recsys.bandits.validation import check_positive, check_probability
+from recsys.validation import check_scalar, message
 
 _ACTION_DIST_CELLS = 1 << 22
 """Rounds × items × positions per block of ``action_dist`` (keeps temporaries bounded)."""
 
 
 def check_reward_range(value: Any) -> tuple[float, float]:
-    """``(low, high)`` with ``low < high``, as floats."""
+    """``(low, high)`` with ``low < high`` (infinite bounds allowed), as floats."""
+    expected = "(low, high) with low < high"
     try:
-        low, high = (float(v) for v in value)
+        low, high = value
     except (TypeError, ValueError):
-        low = high = float("nan")
+        raise TypeError(message("reward_range", expected, repr(value))) from None
+    low = check_scalar(low, "reward_range[0]")
+    high = check_scalar(high, "reward_range[1]")
     if not low < high:
-        raise ValueError(f"reward_range: expected (low, high) with low < high, got {value!r}")
+        raise ValueError(message("reward_range", expected, repr(value)))
     return low, high
 
 
@@ -50,11 +54,9 @@ def make_generator(random_state: Any) -> np.random.Generator:
     as is, so the caller and the policy then advance one stream."""
     try:
         return np.random.default_rng(random_state)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"random_state: expected None, a non-negative int or a numpy Generator, "
-            f"got {random_state!r}"
-        ) from None
+    except (TypeError, ValueError) as err:
+        expected = "None, a non-negative int or a numpy Generator"
+        raise type(err)(message("random_state", expected, repr(random_state))) from None
 
 
 class BasePolicy(BaseEstimator):
@@ -97,7 +99,7 @@ class BasePolicy(BaseEstimator):
         self._reward_range = check_reward_range(self.reward_range)
         self._floor = check_probability(self.exploration_floor, "exploration_floor")
         if not isinstance(self.centred, bool | np.bool_):
-            raise TypeError(f"centred: expected a bool, got {self.centred!r}")
+            raise TypeError(message("centred", "a bool", repr(self.centred)))
         self._uniform_mix = self._floor
 
     def check_params(self) -> Self:
@@ -120,10 +122,8 @@ class BasePolicy(BaseEstimator):
         before = self.get_params(deep=False)
         unknown = sorted(set(params) - set(before))
         if unknown:
-            raise ValueError(
-                f"{unknown[0]}: expected a hyperparameter of {type(self).__name__} "
-                f"(one of {sorted(before)}), got an unknown name"
-            )
+            expected = f"a hyperparameter of {type(self).__name__} (one of {sorted(before)})"
+            raise ValueError(message(unknown[0], expected, "an unknown name"))
         super().set_params(**params)
         if getattr(self, "stats_", None) is None:
             return self
@@ -169,10 +169,8 @@ class BasePolicy(BaseEstimator):
 
     def _check_lam(self, stats: Statistics) -> None:
         if stats.lam != self._lam:
-            raise ValueError(
-                f"lam: expected the statistics' λ={stats.lam}, got lam={self.lam}; build the "
-                "policy with the λ of the statistics it uses"
-            )
+            raise ValueError(message("lam", f"the statistics' λ={stats.lam}", f"lam={self.lam}",
+                                     "build the policy with the λ of the statistics it uses"))
 
     def _stats(self) -> Statistics:
         stats = getattr(self, "stats_", None)

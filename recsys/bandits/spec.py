@@ -21,6 +21,7 @@ from recsys.bandits.base import BasePolicy
 from recsys.bandits.baselines import EpsilonGreedy, Greedy, SquareCB
 from recsys.bandits.thompson import DiagLinTS, InSlateTS, LinTS
 from recsys.bandits.ucb import DiagLinUCB, LinUCB
+from recsys.validation import message
 
 SPEC_VERSION = 1
 """Bumped when the layout of a spec changes; :func:`policy_from_spec` refuses other versions."""
@@ -37,10 +38,9 @@ _SPEC_KEYS = frozenset({"class", "params", "spec_version"})
 def _json_value(value: Any, name: str) -> Any:
     """``value`` as plain JSON (tuples become lists), or a ValueError that names the param."""
     if isinstance(value, np.random.Generator):
-        raise ValueError(
-            f"{name}: expected an int seed or None in a policy spec, got a numpy Generator; "
-            "a generator's state is not a hyperparameter, so pass random_state=<int>"
-        )
+        raise ValueError(message(name, "an int seed or None in a policy spec", "a numpy Generator",
+                                 "a generator's state is not a hyperparameter, so pass "
+                                 "random_state=<int>"))
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, np.bool_):
@@ -49,24 +49,22 @@ def _json_value(value: Any, name: str) -> Any:
         return int(value)
     if isinstance(value, float | np.floating):
         if not math.isfinite(value):
-            raise ValueError(f"{name}: expected a finite number in a policy spec (JSON has no "
-                             f"NaN or infinity), got {value!r}")
+            raise ValueError(message(name, "a finite number in a policy spec (JSON has no NaN or "
+                                     "infinity)", repr(value)))
         return float(value)
     if isinstance(value, list | tuple):
         return [_json_value(v, f"{name}[{i}]") for i, v in enumerate(value)]
-    raise ValueError(f"{name}: expected a JSON-safe value (None, bool, number, string or a "
-                     f"list of them) in a policy spec, got {value!r} of type "
-                     f"{type(value).__name__}")
+    raise ValueError(message(name, "a JSON-safe value (None, bool, number, string or a list of "
+                             "them) in a policy spec", f"{value!r} of type {type(value).__name__}"))
 
 
 def policy_spec(policy: BasePolicy) -> dict[str, Any]:
     """The JSON-safe spec of ``policy``'s class and constructor hyperparameters."""
     cls = type(policy)
     if POLICY_CLASSES.get(cls.__name__) is not cls:
-        raise ValueError(
-            f"policy: expected one of {sorted(POLICY_CLASSES)}, got {cls.__module__}."
-            f"{cls.__qualname__}; only recsys.bandits policies have specs"
-        )
+        raise ValueError(message("policy", f"one of {sorted(POLICY_CLASSES)}",
+                                 f"{cls.__module__}.{cls.__qualname__}",
+                                 "only recsys.bandits policies have specs"))
     params = {name: _json_value(value, name)
               for name, value in policy.get_params(deep=False).items()}
     return {"class": cls.__name__, "params": params, "spec_version": SPEC_VERSION}
@@ -89,29 +87,29 @@ def policy_from_spec(spec: Mapping[str, Any] | str) -> BasePolicy:
         try:
             spec = json.loads(spec)
         except json.JSONDecodeError as err:
-            raise ValueError(f"spec: expected JSON text, got text that does not parse ({err})"
+            raise ValueError(message("spec", "JSON text", f"text that does not parse ({err})")
                              ) from None
     if not isinstance(spec, Mapping):
-        raise TypeError(f"spec: expected a mapping, got {type(spec).__name__}")
+        raise TypeError(message("spec", "a mapping", type(spec).__name__))
     keys = set(spec)
     if keys != _SPEC_KEYS:
-        raise ValueError(f"spec: expected the keys {sorted(_SPEC_KEYS)}, got {sorted(keys)}")
+        raise ValueError(message("spec", f"the keys {sorted(_SPEC_KEYS)}", sorted(keys)))
     version = spec["spec_version"]
     if version != SPEC_VERSION or isinstance(version, bool):
-        raise ValueError(f"spec_version: expected {SPEC_VERSION}, got {version!r}; this spec was "
-                         "written by another version of recsys")
+        raise ValueError(message("spec_version", SPEC_VERSION, repr(version),
+                                 "this spec was written by another version of recsys"))
     name = spec["class"]
     cls = POLICY_CLASSES.get(name) if isinstance(name, str) else None
     if cls is None:
-        raise ValueError(f"class: expected one of {sorted(POLICY_CLASSES)}, got {name!r}")
+        raise ValueError(message("class", f"one of {sorted(POLICY_CLASSES)}", repr(name)))
     params = spec["params"]
     if not isinstance(params, Mapping):
-        raise TypeError(f"params: expected a mapping, got {type(params).__name__}")
+        raise TypeError(message("params", "a mapping", type(params).__name__))
     known = set(cls().get_params(deep=False))
     unknown = sorted(set(params) - known)
     if unknown:
-        raise ValueError(f"params: expected hyperparameters of {name} (one of {sorted(known)}), "
-                         f"got unknown {unknown}")
+        raise ValueError(message("params", f"hyperparameters of {name} (one of {sorted(known)})",
+                                 f"unknown {unknown}"))
     tuples = _tuple_params(cls)
     policy = cls(**{key: _restored(value) if key in tuples else value
                     for key, value in params.items()})

@@ -8,6 +8,8 @@ cost. Propensities are estimated by replaying the sampler (Monte Carlo) and carr
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -24,16 +26,16 @@ from recsys.bandits.slates import (
     thompson_select,
 )
 from recsys.bandits.validation import check_positive
+from recsys.validation import message
 
 
 def check_count(value: Any, name: str) -> int:
     """A non-negative integer hyperparameter (a float with an integral value is accepted)."""
-    try:
-        integral = int(value) == value and not isinstance(value, bool | np.bool_)
-    except (TypeError, ValueError, OverflowError):
-        integral = False
-    if not integral or value < 0:
-        raise ValueError(f"{name}: expected a non-negative integer, got {value!r}")
+    expected = "a non-negative integer"
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise TypeError(message(name, expected, f"{value!r} of type {type(value).__name__}"))
+    if not (math.isfinite(value) and value == int(value) and value >= 0):
+        raise ValueError(message(name, expected, repr(value)))
     return int(value)
 
 
@@ -72,7 +74,7 @@ class DiagLinTS(BasePolicy):
         self._v = check_positive(self.v, "v")
         self._n_mc_draws = check_count(self.n_mc_draws, "n_mc_draws")
         if self.per_slot is not None and not isinstance(self.per_slot, bool | np.bool_):
-            raise TypeError(f"per_slot: expected a bool or None, got {self.per_slot!r}")
+            raise TypeError(message("per_slot", "a bool or None", repr(self.per_slot)))
         self._per_slot = self.per_slot_default if self.per_slot is None else bool(self.per_slot)
 
     def posterior(self) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
@@ -118,10 +120,10 @@ class DiagLinTS(BasePolicy):
         """
         self._stats()
         if not self._n_mc_draws:
-            raise ValueError(
-                "n_mc_draws: expected > 0 for action_dist, got 0; Thompson sampling's action "
-                "distribution is estimated by replaying the sampler n_mc_draws times"
-            )
+            raise ValueError(message(
+                "n_mc_draws", "> 0 for action_dist", "0",
+                "Thompson sampling's action distribution is estimated by replaying the sampler "
+                "n_mc_draws times"))
         return super().action_dist(contexts, k)
 
     def _policy_dist(

@@ -88,28 +88,35 @@ def test_no_statistics_yet() -> None:
 
 
 BAD_HYPERPARAMETERS = [
-    (lambda: DiagLinUCB(alpha=-1), r"alpha.*-1"),
-    (lambda: DiagLinTS(v=0), r"\bv\b.*0"),
-    (lambda: SquareCB(gamma=-1), r"gamma.*-1"),
-    (lambda: DiagLinUCB(epsilon=1.5), r"epsilon.*\[0, 1\].*1\.5"),
-    (lambda: EpsilonGreedy(epsilon=-0.1), r"epsilon.*\[0, 1\].*-0\.1"),
-    (lambda: DiagLinUCB(lam=0), r"lam.*0"),
-    (lambda: Greedy(exploration_floor=2), r"exploration_floor.*\[0, 1\].*2"),
-    (lambda: DiagLinTS(n_mc_draws=-3), r"n_mc_draws: expected a non-negative integer, got -3"),
-    (lambda: DiagLinTS(n_mc_draws=2.5), r"n_mc_draws: expected a non-negative integer, got 2\.5"),
-    (lambda: DiagLinUCB(reward_range=(1, 0)),
+    (lambda: DiagLinUCB(alpha=-1), ValueError, r"alpha.*-1"),
+    (lambda: DiagLinTS(v=0), ValueError, r"\bv\b.*0"),
+    (lambda: SquareCB(gamma=-1), ValueError, r"gamma.*-1"),
+    (lambda: DiagLinUCB(epsilon=1.5), ValueError, r"epsilon.*\[0, 1\].*1\.5"),
+    (lambda: EpsilonGreedy(epsilon=-0.1), ValueError, r"epsilon.*\[0, 1\].*-0\.1"),
+    (lambda: DiagLinUCB(lam=0), ValueError, r"lam.*0"),
+    (lambda: Greedy(exploration_floor=2), ValueError, r"exploration_floor.*\[0, 1\].*2"),
+    (lambda: DiagLinTS(n_mc_draws=-3), ValueError,
+     r"n_mc_draws: expected a non-negative integer, got -3"),
+    (lambda: DiagLinTS(n_mc_draws=2.5), ValueError,
+     r"n_mc_draws: expected a non-negative integer, got 2\.5"),
+    (lambda: DiagLinTS(n_mc_draws="3"), TypeError,
+     r"n_mc_draws: expected a non-negative integer, got '3' of type str"),
+    (lambda: DiagLinUCB(reward_range=(1, 0)), ValueError,
      r"reward_range: expected \(low, high\) with low < high, got \(1, 0\)"),
-    (lambda: DiagLinUCB(reward_range=3.0), r"reward_range: expected \(low, high\)"),
-    (lambda: DiagLinUCB(random_state="seed"), r"random_state: expected None, a non-negative int"),
+    (lambda: DiagLinUCB(reward_range=3.0), TypeError, r"reward_range: expected \(low, high\)"),
+    (lambda: DiagLinUCB(reward_range=(0, "1")), TypeError, r"reward_range\[1\]: expected a real"),
+    (lambda: DiagLinUCB(random_state="seed"), TypeError,
+     r"random_state: expected None, a non-negative int or a numpy Generator, got 'seed'"),
+    (lambda: DiagLinUCB(random_state=-1), ValueError, r"random_state: expected None.*got -1"),
 ]
 
 
-@pytest.mark.parametrize(("make", "message"), BAD_HYPERPARAMETERS)
-def test_bad_hyperparameters_are_stored_then_rejected_at_first_use(make, message) -> None:
+@pytest.mark.parametrize(("make", "error", "message"), BAD_HYPERPARAMETERS)
+def test_bad_hyperparameters_are_stored_then_rejected_at_first_use(make, error, message) -> None:
     policy = make()  # scikit-learn: the constructor stores, the first use checks
-    with pytest.raises((ValueError, TypeError), match=message):
+    with pytest.raises(error, match=message):
         policy.init([1, 2, 3], DIM)
-    with pytest.raises((ValueError, TypeError), match=message):
+    with pytest.raises(error, match=message):
         policy.use(DenseStats.empty([1, 2, 3], DIM))
     assert not hasattr(policy, "stats_")
 
