@@ -75,7 +75,7 @@ class SimulatorConfig:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Requests:
     """A batch of simultaneous requests."""
 
@@ -88,7 +88,7 @@ class Requests:
         return int(self.user_id.shape[0])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Responses:
     """What the users did with the slates of one batch."""
 

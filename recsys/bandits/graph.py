@@ -72,6 +72,12 @@ class SoftContexts:
     def __len__(self) -> int:
         return int(self.clusters.shape[0])
 
+    def __getitem__(self, rows: slice | ArrayLike) -> SoftContexts:
+        """The contexts of some requests (a slice, index array or mask), still [rows, K]."""
+        pick = rows if isinstance(rows, slice) else np.asarray(rows)
+        return SoftContexts(self.clusters[pick].reshape(-1, self.clusters.shape[1]),
+                            self.weights[pick].reshape(-1, self.weights.shape[1]))
+
 
 def _as_contexts(contexts: SoftContexts | tuple[ArrayLike, ArrayLike]) -> SoftContexts:
     if isinstance(contexts, SoftContexts):

@@ -30,7 +30,7 @@ class Environment(Protocol):
     ) -> NDArray[np.float64]: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RegretCurve:
     """Cumulative pseudo-regret (Σ best expected reward − chosen expected reward) per round."""
 

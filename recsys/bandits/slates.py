@@ -21,7 +21,7 @@ _MC_CHUNK_ELEMENTS = 4_000_000
 """Upper bound on the elements of one Monte Carlo draw block (keeps memory flat)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Slate:
     """Recommendations for a batch of requests.
 

@@ -30,7 +30,7 @@ DEFAULT_COLUMNS: dict[str, str] = {
 """OBP role → column of the lake schema (``recsys.schema``)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BanditFeedback:
     """Logged rounds as OBP-shaped arrays (``context`` is None when the frame has none)."""
 

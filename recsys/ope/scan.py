@@ -16,7 +16,7 @@ import numpy as np
 _BLOCK_CELLS = 2**18  # cells per block of one array: ~2 MB, an L2's worth
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PolicyScan:
     """What estimators use from ``action_dist`` and ``estimated_rewards_by_reg_model``."""
 

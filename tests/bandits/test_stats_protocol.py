@@ -67,12 +67,6 @@ LAYOUTS = [
 layouts = pytest.mark.parametrize("layout", LAYOUTS, ids=[lay.name for lay in LAYOUTS])
 
 
-def _rows(contexts: Any, index: np.ndarray) -> Any:
-    if isinstance(contexts, SoftContexts):
-        return SoftContexts(contexts.clusters[index], contexts.weights[index])
-    return contexts[index]
-
-
 @layouts
 def test_every_layout_implements_the_protocol(layout: Layout) -> None:
     stats = layout.make()
@@ -90,7 +84,7 @@ def test_merging_deltas_of_any_partition_equals_one_learn(layout, seed, n, parts
     whole = base.copy().learn(contexts, items, rewards)
     labels = rng.integers(0, parts, n)
     pieces = [np.flatnonzero(labels == p) for p in rng.permutation(parts)]
-    deltas = [base.delta_from_batch(_rows(contexts, p), items[p], rewards[p])
+    deltas = [base.delta_from_batch(contexts[p], items[p], rewards[p])
               for p in pieces if p.size]
     merged = base.copy()
     for delta in deltas:
@@ -116,14 +110,14 @@ def test_learn_one_equals_a_batch_of_one(layout: Layout) -> None:
     contexts, items, rewards = layout.batch(rng, 5)
     one, batch = layout.make(), layout.make()
     for i in range(5):
-        context = _rows(contexts, np.array([i]))
+        context = contexts[np.array([i])]
         one.learn_one(context if isinstance(context, SoftContexts) else context[0],
                       int(items[i]), float(rewards[i]))
     batch.learn(contexts, items, rewards)
     assert one.allclose(batch, rtol=layout.rtol)
     mean_one, var_one, elig_one = one.moments_one(
-        _rows(contexts, np.array([0])) if layout.name == "graph" else contexts[0])
-    mean, var, elig = one.moments(_rows(contexts, np.array([0])))
+        contexts[np.array([0])] if layout.name == "graph" else contexts[0])
+    mean, var, elig = one.moments(contexts[np.array([0])])
     np.testing.assert_allclose(mean_one, mean[0])
     np.testing.assert_allclose(var_one, var[0])
     assert (elig_one is None) == (elig is None)
@@ -291,3 +285,11 @@ def test_graph_merge_inplace_names_edges_outside_the_graph() -> None:
     stats.merge_inplace(other)
     with pytest.raises(ValueError, match=r"not edges of this graph, e.g. \[\(1, 2\)\]"):
         stats.merge_inplace(bad)
+
+
+def test_soft_contexts_slice_like_arrays() -> None:
+    ctx = SoftContexts.of([[0, 1], [2, -1], [3, 0]], [[0.5, 0.5], [1.0, 0.0], [0.2, 0.8]])
+    assert len(ctx[1:]) == 2 and ctx[1:].clusters.tolist() == [[2, -1], [3, 0]]
+    assert ctx[np.array([2])].weights.tolist() == [[0.2, 0.8]]
+    assert ctx[np.array([True, False, True])].clusters[:, 0].tolist() == [0, 3]
+    assert ctx[1].clusters.shape == (1, 2)  # one request stays a batch of one
