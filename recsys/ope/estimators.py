@@ -271,7 +271,13 @@ class InverseProbabilityWeighting(BaseOffPolicyEstimator):
 @dataclass
 class SelfNormalizedInverseProbabilityWeighting(InverseProbabilityWeighting):
     """SNIPW: Σ w r / Σ w. Slightly biased, consistent, bounded by the reward range, and
-    invariant to rescaling the weights (so a constant error in the propensities cancels)."""
+    invariant to rescaling the weights (so a constant error in the propensities cancels).
+
+    Deliberate difference from OBP 0.5.7: its SNIPW accepts ``lambda_`` and ignores it; here the
+    weights are clipped at ``lambda_`` before normalising, as the argument says. With the
+    default ``lambda_=inf`` both give the same numbers (``tests/benchmarks/bench_obp_parity.py``
+    checks both facts).
+    """
 
     estimator_name: str = "snipw"
 

@@ -51,8 +51,13 @@ def _check_long(reward: Any, position: Any) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class SlateIndependentIPS:
-    """Independent-position IPS (Li et al. 2018), OBP's ``SlateIndependentIPS``."""
+    """Independent-position IPS (Li et al. 2018), OBP's ``SlateIndependentIPS``.
 
+    ``len_list`` is optional (OBP requires it): when given, positions at or beyond it are
+    rejected; when None the slate length is read from the positions.
+    """
+
+    len_list: int | None = None
     estimator_name: str = "iips"
 
     def estimate_round_rewards(
@@ -65,6 +70,9 @@ class SlateIndependentIPS:
     ) -> np.ndarray:
         """Per-slate estimates (ordered by sorted slate id, as OBP orders them)."""
         reward, position = _check_long(reward, position)
+        if self.len_list is not None and position.size and position.max() >= self.len_list:
+            raise ValueError(message("position", f"integers in [0, len_list={self.len_list})",
+                                     f"{int(position.max())}"))
         n = reward.shape[0]
         pscore = check_pscore(pscore_item_position, n, "pscore_item_position")
         target = as_array(

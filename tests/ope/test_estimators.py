@@ -288,3 +288,15 @@ def test_positional_arguments_follow_obp_order():
     assert rm.estimate_interval(r, a, greedy, pos, 0.05, 30, 1) == rm.estimate_interval(
         reward=r, action=a, action_dist=greedy, position=pos, **boot
     )
+
+
+def test_snipw_clips_weights_at_lambda_unlike_obp():
+    """OBP's SNIPW ignores ``lambda_``; ours clips before normalising, as the argument says."""
+    action_dist = np.array([[[1.0], [0.0]], [[1.0], [0.0]]])
+    data = {"reward": np.array([1.0, 0.0]), "action": np.array([0, 0]),
+            "pscore": np.array([0.01, 0.5]), "action_dist": action_dist}
+    # weights 100 and 2; clipped at 10: (10·1 + 2·0) / (10 + 2)
+    clipped = SelfNormalizedInverseProbabilityWeighting(lambda_=10.0).estimate_policy_value(**data)
+    assert clipped == pytest.approx(10.0 / 12.0)
+    plain = SelfNormalizedInverseProbabilityWeighting().estimate_policy_value(**data)
+    assert plain == pytest.approx(100.0 / 102.0)

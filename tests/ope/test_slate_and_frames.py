@@ -82,6 +82,11 @@ def test_iips_matches_obp_formula_and_bootstraps_over_slates():
         evaluation_policy_pscore_item_position=target,
     )
     assert value == pytest.approx((reward * target / pscore).sum() / 50)
+    args = {"slate_id": slate_id, "reward": reward, "position": np.tile(np.arange(K), 50),
+            "pscore_item_position": pscore, "evaluation_policy_pscore_item_position": target}
+    assert SlateIndependentIPS(len_list=K).estimate_policy_value(**args) == value  # OBP's form
+    with pytest.raises(ValueError, match=r"^position: expected integers in \[0, len_list=2\)"):
+        SlateIndependentIPS(len_list=2).estimate_policy_value(**args)
     interval = SlateIndependentIPS().estimate_interval(
         slate_id=slate_id,
         reward=reward,
