@@ -490,6 +490,8 @@ class GraphStats(StatsBase):
     @classmethod
     def _from_parts(cls, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> GraphStats:
         n_edges = arrays["edge_cluster"].size
+        if "edge_item" not in arrays and "edge_row" in arrays:  # files written before protocol 1
+            arrays = {**arrays, "edge_item": arrays["items"][arrays["edge_row"]]}
         for name in ("edge_item", "sxx", "sxr", "count"):
             if name not in arrays or arrays[name].shape != (n_edges,):
                 raise ValueError(f"{name} is missing or not of shape {(n_edges,)}")

@@ -190,9 +190,11 @@ class StatsBase:
                 f"{cls.format!r} (use recsys.bandits.stats_from_arrays for any layout)"
             )
         out = cls._from_parts(arrays, meta)
-        out.origin = str(meta["origin"])
-        out.version = int(meta["version"])
-        out._borrowed = True
+        out.version = int(meta.get("version", 0))
+        if "origin" in meta:
+            out.origin = str(meta["origin"])
+            out._borrowed = True
+        # else: a file from before snapshot ids; it keeps the fresh origin it was built with
         return out
 
     def save(self, uri: PathLike, *, filesystem: Any = None) -> None:

@@ -293,3 +293,26 @@ def test_soft_contexts_slice_like_arrays() -> None:
     assert ctx[np.array([2])].weights.tolist() == [[0.2, 0.8]]
     assert ctx[np.array([True, False, True])].clusters[:, 0].tolist() == [0, 3]
     assert ctx[1].clusters.shape == (1, 2)  # one request stays a batch of one
+
+
+def test_files_written_before_snapshot_ids_still_load(tmp_path) -> None:
+    """The layout of the previous release: no origin in the header, graph edges by item row."""
+    from recsys.bandits.persistence import encode_npz
+
+    dense = DenseStats.empty(ITEMS, DIM)
+    dense.learn(*_dense_batch(np.random.default_rng(9), 20))
+    old_dense = {"format": DenseStats.format, "dim": DIM, "lam": 0.5, "space": "",
+                 "version": 7, "centred": False}
+    arrays = {"items": ITEMS, "sxx": dense.sxx, "sxr": dense.sxr, "count": dense.count}
+    (tmp_path / "dense.npz").write_bytes(encode_npz(old_dense, arrays))
+    loaded = DenseStats.load(tmp_path / "dense.npz")
+    assert loaded.version == 7 and np.array_equal(loaded.sxr, dense.sxr)
+    graph = _graph()
+    graph.learn(*_graph_batch(np.random.default_rng(10), 30))
+    old_graph = {"format": GraphStats.format, "n_clusters": N_CLUSTERS, "lam": 0.5,
+                 "weighting": "squared", "space": "", "version": 3, "skipped": graph.skipped}
+    arrays = {"items": ITEMS, "edge_cluster": graph.edge_cluster,
+              "edge_row": graph.edge_row.astype(np.int64), "sxx": graph.sxx, "sxr": graph.sxr,
+              "count": graph.count}
+    (tmp_path / "graph.npz").write_bytes(encode_npz(old_graph, arrays))
+    assert load_stats(tmp_path / "graph.npz").allclose(graph)
