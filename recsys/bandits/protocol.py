@@ -229,7 +229,8 @@ def register_layout(cls: type[StatsBase]) -> type[StatsBase]:
 
 def stats_from_arrays(arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> Any:
     """Rebuild statistics of whatever layout ``meta`` names (checkpoints, Ray transfers)."""
-    layout = meta.get("layout")
+    by_format = {cls.format: name for name, cls in LAYOUTS.items()}
+    layout = meta.get("layout", by_format.get(meta.get("format", "")))
     if layout not in LAYOUTS:
         raise ValueError(f"unknown statistics layout {layout!r}; known: {sorted(LAYOUTS)}")
     return LAYOUTS[layout].from_arrays(arrays, meta)
