@@ -35,7 +35,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from recsys.bandits.accumulate import scatter_add_many, touched_rows
 from recsys.bandits.items import ItemIndex
-from recsys.bandits.protocol import StatsBase, new_origin, register_layout
+from recsys.bandits.protocol import Part, StatsBase, check_part, new_origin, register_layout
 from recsys.bandits.validation import (
     check_context_one,
     check_contexts,
@@ -50,6 +50,9 @@ _SMALL_BATCH = 64
 """Batches up to this size use ``np.add.at`` (low fixed cost); larger ones use bincount."""
 
 Rows = NDArray[np.intp] | slice
+_PART_SUMS = {"both": {"sxx", "sxr", "sx", "count", "sr"}, "exposure": {"sxx", "sx", "count"},
+              "reward": {"sxr", "sr"}}
+"""The sums each ``part`` of an update touches (see ``recsys.bandits.protocol.Part``)."""
 
 
 @dataclass(eq=False)
@@ -201,36 +204,47 @@ class DenseStats(StatsBase):
         self,
         contexts: ArrayLike,
         items: ArrayLike,
-        rewards: ArrayLike,
+        rewards: ArrayLike | None,
         reward_range: tuple[float, float],
+        part: Part = "both",
     ) -> tuple[NDArray[np.float64], NDArray[np.intp], NDArray[np.float64]]:
+        check_part(part, rewards)
         x = check_contexts(contexts, self.dim)
         ids = check_items(items, x.shape[0])
-        r = check_rewards(rewards, x.shape[0], reward_range)
+        r = (np.zeros(x.shape[0]) if rewards is None
+             else check_rewards(rewards, x.shape[0], reward_range))
         return x, self.items.rows(ids), r
 
     def _event_terms(
-        self, x: NDArray[np.float64], r: NDArray[np.float64]
+        self, x: NDArray[np.float64], r: NDArray[np.float64], part: Part = "both"
     ) -> dict[str, NDArray[np.float64]]:
-        """Per-event contributions to each sum, by name (same order as ``_sums``)."""
-        terms = {"sxx": x * x, "sxr": x * r[:, None]}
-        if self.centred:
+        """Per-event contributions to each sum that ``part`` touches, by name."""
+        wanted = _PART_SUMS[part]
+        terms = {}
+        if "sxx" in wanted:
+            terms["sxx"] = x * x
+        if "sxr" in wanted:
+            terms["sxr"] = x * r[:, None]
+        if self.centred and "sx" in wanted:
             terms["sx"] = x
-        terms["count"] = np.ones(r.shape[0])
-        if self.centred:
+        if "count" in wanted:
+            terms["count"] = np.ones(r.shape[0])
+        if self.centred and "sr" in wanted:
             terms["sr"] = r
         return terms
 
     def _batch_sums(
-        self, rows: NDArray[np.intp], x: NDArray[np.float64], r: NDArray[np.float64]
+        self, rows: NDArray[np.intp], x: NDArray[np.float64], r: NDArray[np.float64],
+        part: Part = "both",
     ) -> tuple[NDArray[np.intp], dict[str, NDArray[np.float64]]]:
-        """Touched rows and the batch's sums over them (bincount scatter, no event loop)."""
+        """Touched rows and the batch's sums that ``part`` touches (bincount, no event loop)."""
         unique, local = touched_rows(rows, self.n_items)
-        terms = self._event_terms(x, r)
+        terms = self._event_terms(x, r, part)
         wide = [name for name, v in terms.items() if v.ndim == 2]
         sums = dict(zip(wide, scatter_add_many(local, [terms[n] for n in wide], unique.size),
                         strict=True))
-        sums["count"] = np.bincount(local, minlength=unique.size).astype(np.float64)
+        if "count" in terms:
+            sums["count"] = np.bincount(local, minlength=unique.size).astype(np.float64)
         if "sr" in terms:
             sums["sr"] = np.bincount(local, weights=r, minlength=unique.size)
         return unique, sums
@@ -239,42 +253,46 @@ class DenseStats(StatsBase):
         self,
         contexts: ArrayLike,
         items: ArrayLike,
-        rewards: ArrayLike,
+        rewards: ArrayLike | None,
         *,
         reward_range: tuple[float, float] = (-np.inf, np.inf),
+        part: Part = "both",
     ) -> DenseStats:
         """The statistics of one batch alone, over the batch's distinct items.
 
-        Same ``dim``, λ, layout and ``space`` as ``self``, no prior and version 0, so that
+        Same ``dim``, λ, layout and ``space`` as ``self``, no prior, so that
         ``self.merge(delta)`` equals learning the batch. Items must be known to ``self``.
+        ``part="exposure"`` (rewards may be None) or ``"reward"`` fills only those sums.
         """
-        x, rows, r = self._validated(contexts, items, rewards, reward_range)
-        unique, sums = self._batch_sums(rows, x, r)
+        x, rows, r = self._validated(contexts, items, rewards, reward_range, part)
+        unique, sums = self._batch_sums(rows, x, r, part)
         dtype = self.sxx.dtype
-        delta = DenseStats(items=ItemIndex(self.items.ids[unique]), dim=self.dim, lam=self.lam,
-                           sxx=sums["sxx"], sxr=sums["sxr"], count=sums["count"],
-                           space=self.space)
+        delta = DenseStats.empty(self.items.ids[unique], self.dim, lam=self.lam,
+                                 centred=self.centred, space=self.space, dtype=dtype.type)
         delta._set_sums({k: (v.astype(dtype, copy=False) if v.ndim == 2 else v)
                          for k, v in sums.items()})
+        delta.version = 0
         return delta
 
     def learn(
         self,
         contexts: ArrayLike,
         items: ArrayLike,
-        rewards: ArrayLike,
+        rewards: ArrayLike | None,
         *,
         reward_range: tuple[float, float] = (-np.inf, np.inf),
+        part: Part = "both",
     ) -> DenseStats:
-        """Add one batch (or one event) in place; returns ``self``."""
-        x, rows, r = self._validated(contexts, items, rewards, reward_range)
+        """Add one batch (or one event) in place; returns ``self``. ``part`` as in
+        :meth:`delta_from_batch`."""
+        x, rows, r = self._validated(contexts, items, rewards, reward_range, part)
         current = self._sums()
         if rows.size <= _SMALL_BATCH:  # scatter-add straight in: cheapest for a few events
-            for name, values in self._event_terms(x, r).items():
+            for name, values in self._event_terms(x, r, part).items():
                 np.add.at(current[name], rows, values)
             self._updated(rows)
             return self
-        unique, sums = self._batch_sums(rows, x, r)
+        unique, sums = self._batch_sums(rows, x, r, part)
         every_row = unique.size == self.n_items  # plain adds, no fancy indexing
         for name, value in sums.items():
             if every_row:

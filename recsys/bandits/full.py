@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from recsys.bandits.accumulate import scatter_add
 from recsys.bandits.items import ItemIndex
-from recsys.bandits.protocol import StatsBase, new_origin, register_layout
+from recsys.bandits.protocol import Part, StatsBase, check_part, new_origin, register_layout
 from recsys.bandits.validation import (
     check_contexts,
     check_items,
@@ -92,29 +92,34 @@ class FullStats(StatsBase):
 
     # ------------------------------------------------------------------ learning
     def _validated(
-        self, contexts: ArrayLike, items: ArrayLike, rewards: ArrayLike,
-        reward_range: tuple[float, float],
+        self, contexts: ArrayLike, items: ArrayLike, rewards: ArrayLike | None,
+        reward_range: tuple[float, float], part: Part = "both",
     ) -> tuple[NDArray[np.float64], NDArray[np.intp], NDArray[np.float64]]:
+        check_part(part, rewards)
         x = check_contexts(contexts, self.dim)
-        r = check_rewards(rewards, x.shape[0], reward_range)
+        r = (np.zeros(x.shape[0]) if rewards is None
+             else check_rewards(rewards, x.shape[0], reward_range))
         return x, self.items.rows(check_items(items, x.shape[0])), r
 
     def learn(
         self,
         contexts: ArrayLike,
         items: ArrayLike,
-        rewards: ArrayLike,
+        rewards: ArrayLike | None,
         *,
         reward_range: tuple[float, float] = (-np.inf, np.inf),
+        part: Part = "both",
     ) -> FullStats:
         """Add a batch in place: Gram and reward sums by scatter-add, then the touched items'
         inverses recomputed in one batched call (exact, no accumulated rank-one rounding)."""
-        x, rows, r = self._validated(contexts, items, rewards, reward_range)
-        outer = (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
-        self.gram += scatter_add(rows, outer, self.n_items).reshape(self.gram.shape)
-        self.sxr += scatter_add(rows, x * r[:, None], self.n_items)
-        self.count += np.bincount(rows, minlength=self.n_items)
-        self._refresh_rows(np.unique(rows))
+        x, rows, r = self._validated(contexts, items, rewards, reward_range, part)
+        if part != "exposure":
+            self.sxr += scatter_add(rows, x * r[:, None], self.n_items)
+        if part != "reward":  # the Gram matrices, and so the inverses, change with exposure only
+            outer = (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
+            self.gram += scatter_add(rows, outer, self.n_items).reshape(self.gram.shape)
+            self.count += np.bincount(rows, minlength=self.n_items)
+            self._refresh_rows(np.unique(rows))
         self._bump()
         return self
 
@@ -128,19 +133,23 @@ class FullStats(StatsBase):
                           reward_range=reward_range)
 
     def delta_from_batch(
-        self, contexts: ArrayLike, items: ArrayLike, rewards: ArrayLike, *,
-        reward_range: tuple[float, float] = (-np.inf, np.inf),
+        self, contexts: ArrayLike, items: ArrayLike, rewards: ArrayLike | None, *,
+        reward_range: tuple[float, float] = (-np.inf, np.inf), part: Part = "both",
     ) -> FullStats:
-        """The sums of one batch alone over its distinct items (no prior, no inverses needed)."""
-        x, rows, r = self._validated(contexts, items, rewards, reward_range)
+        """The sums of one batch alone over its distinct items (no prior, no inverses needed);
+        ``part`` selects exposure (Gram, counts) or reward (Σx·r) sums."""
+        x, rows, r = self._validated(contexts, items, rewards, reward_range, part)
         unique, local = np.unique(rows, return_inverse=True)
         m, d = unique.size, self.dim
-        outer = (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
+        gram, count = np.zeros((m, d, d)), np.zeros(m)
+        if part != "reward":
+            outer = (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
+            gram = scatter_add(local, outer, m).reshape(m, d, d)
+            count = np.bincount(local, minlength=m).astype(np.float64)
+        sxr = (scatter_add(local, x * r[:, None], m) if part != "exposure" else np.zeros((m, d)))
         return FullStats(
-            items=ItemIndex(self.items.ids[unique]), dim=d, lam=self.lam,
-            gram=scatter_add(local, outer, m).reshape(m, d, d),
-            a_inv=np.zeros((m, d, d)), sxr=scatter_add(local, x * r[:, None], m),
-            count=np.bincount(local, minlength=m).astype(np.float64), space=self.space,
+            items=ItemIndex(self.items.ids[unique]), dim=d, lam=self.lam, gram=gram,
+            a_inv=np.zeros((m, d, d)), sxr=sxr, count=count, space=self.space,
         )
 
     def _refresh_rows(self, rows: NDArray[np.intp] | slice) -> None:

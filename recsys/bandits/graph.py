@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from recsys.bandits.items import ItemIndex
-from recsys.bandits.protocol import StatsBase, new_origin, register_layout
+from recsys.bandits.protocol import Part, StatsBase, check_part, new_origin, register_layout
 from recsys.bandits.validation import check_items, check_positive, check_rewards
 
 FORMAT = "recsys.bandits.GraphStats/1"
@@ -201,14 +201,17 @@ class GraphStats(StatsBase):
     # ------------------------------------------------------------------ learning
     def _edge_sums(
         self, contexts: SoftContexts | tuple[ArrayLike, ArrayLike], items: ArrayLike,
-        rewards: ArrayLike, reward_range: tuple[float, float],
+        rewards: ArrayLike | None, reward_range: tuple[float, float], part: Part = "both",
     ) -> tuple[NDArray[np.intp], NDArray[np.float64], NDArray[np.float64],
                NDArray[np.float64], int]:
+        """Touched edges and their sums; the sums ``part`` does not touch are zero, and events
+        off the graph are counted once, with their exposure (not again with their reward)."""
+        check_part(part, rewards)
         ctx = _as_contexts(contexts)
         self._check_clusters(ctx)
         batch = len(ctx)
         rows = self.items.rows(check_items(items, batch))
-        r = check_rewards(rewards, batch, reward_range)
+        r = np.zeros(batch) if rewards is None else check_rewards(rewards, batch, reward_range)
         w = ctx.weights
         active = w > 0
         keys = ctx.clusters * self.n_items + rows[:, None]
@@ -221,26 +224,33 @@ class GraphStats(StatsBase):
         sq = wa * wa if self.weighting == "squared" else wa
         uniq, inv = np.unique(edges, return_inverse=True)
         m = uniq.size
-        return (uniq, np.bincount(inv, weights=sq, minlength=m),
-                np.bincount(inv, weights=wa * ra, minlength=m),
-                np.bincount(inv, minlength=m).astype(np.float64), int((~hit).sum()))
+        exposure, reward = part != "reward", part != "exposure"
+        zeros = np.zeros(m)
+        return (uniq, np.bincount(inv, weights=sq, minlength=m) if exposure else zeros,
+                np.bincount(inv, weights=wa * ra, minlength=m) if reward else zeros,
+                np.bincount(inv, minlength=m).astype(np.float64) if exposure else zeros,
+                int((~hit).sum()) if exposure else 0)
 
     def delta_from_batch(
         self, contexts: SoftContexts | tuple[ArrayLike, ArrayLike], items: ArrayLike,
-        rewards: ArrayLike, *, reward_range: tuple[float, float] = (-np.inf, np.inf),
+        rewards: ArrayLike | None, *, reward_range: tuple[float, float] = (-np.inf, np.inf),
+        part: Part = "both",
     ) -> GraphStats:
-        """The statistics of one batch alone, on the edges it touched."""
-        edges, sxx, sxr, count, skipped = self._edge_sums(contexts, items, rewards, reward_range)
+        """The statistics of one batch alone, on the edges it touched (``part``: which sums)."""
+        edges, sxx, sxr, count, skipped = self._edge_sums(contexts, items, rewards, reward_range,
+                                                          part)
         delta = self._like(edges)
         delta.sxx, delta.sxr, delta.count, delta.skipped = sxx, sxr, count, skipped
         return delta
 
     def learn(
         self, contexts: SoftContexts | tuple[ArrayLike, ArrayLike], items: ArrayLike,
-        rewards: ArrayLike, *, reward_range: tuple[float, float] = (-np.inf, np.inf),
+        rewards: ArrayLike | None, *, reward_range: tuple[float, float] = (-np.inf, np.inf),
+        part: Part = "both",
     ) -> GraphStats:
-        """Add one batch in place; returns ``self``."""
-        edges, sxx, sxr, count, skipped = self._edge_sums(contexts, items, rewards, reward_range)
+        """Add one batch in place (``part``: which sums); returns ``self``."""
+        edges, sxx, sxr, count, skipped = self._edge_sums(contexts, items, rewards, reward_range,
+                                                          part)
         self.sxx[edges] += sxx
         self.sxr[edges] += sxr
         self.count[edges] += count

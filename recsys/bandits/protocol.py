@@ -18,7 +18,7 @@ nothing. A set of shards is identified by the ids of its parts.
 from __future__ import annotations
 
 import secrets
-from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, Self, runtime_checkable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -28,6 +28,22 @@ from recsys.storage import PathLike, read_bytes, resolve, write_bytes_atomic
 
 StatsArrays = tuple[dict[str, NDArray[Any]], dict[str, Any]]
 """``(arrays, meta)``: plain numpy arrays plus JSON-safe metadata (format, layout, identity)."""
+
+Part = Literal["both", "exposure", "reward"]
+"""Which sums an update touches. Exposure sums (Σx², Σx, counts) do not depend on the reward and
+reward sums (Σx·r, Σr) only on it, so an impression can be learned as ``"exposure"`` when it is
+served and its click as ``"reward"`` when the click arrives: the two parts add up to ``"both"``
+(DESIGN: freshness is not gated by the attribution window)."""
+PARTS = ("both", "exposure", "reward")
+
+
+def check_part(part: str, rewards: object) -> None:
+    """Raise unless ``part`` is one of :data:`PARTS` and rewards are given where they count."""
+    if part not in PARTS:
+        raise ValueError(f"part: expected one of {PARTS}, got {part!r}")
+    if rewards is None and part != "exposure":
+        raise ValueError(f"rewards: required for part={part!r} (only part='exposure' may "
+                         "omit them)")
 
 
 @runtime_checkable
@@ -49,14 +65,14 @@ class Statistics(Protocol):
     def snapshot_id(self) -> str: ...
 
     # learning (in place) and deltas
-    def learn(self, contexts: Any, items: ArrayLike, rewards: ArrayLike, *,
-              reward_range: tuple[float, float] = ...) -> Self: ...
+    def learn(self, contexts: Any, items: ArrayLike, rewards: ArrayLike | None, *,
+              reward_range: tuple[float, float] = ..., part: Part = ...) -> Self: ...
 
     def learn_one(self, context: Any, item: int, reward: float, *,
                   reward_range: tuple[float, float] = ...) -> Self: ...
 
-    def delta_from_batch(self, contexts: Any, items: ArrayLike, rewards: ArrayLike, *,
-                         reward_range: tuple[float, float] = ...) -> Self: ...
+    def delta_from_batch(self, contexts: Any, items: ArrayLike, rewards: ArrayLike | None, *,
+                         reward_range: tuple[float, float] = ..., part: Part = ...) -> Self: ...
 
     def merge(self, other: Self) -> Self: ...
 

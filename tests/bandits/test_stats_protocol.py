@@ -316,3 +316,38 @@ def test_files_written_before_snapshot_ids_still_load(tmp_path) -> None:
               "count": graph.count}
     (tmp_path / "graph.npz").write_bytes(encode_npz(old_graph, arrays))
     assert load_stats(tmp_path / "graph.npz").allclose(graph)
+
+
+@layouts
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 60))
+def test_exposure_now_and_reward_later_add_up_to_one_learn(layout, seed, n) -> None:
+    """DESIGN's freshness split: impressions learn their exposure part when served, clicks their
+    reward part when they arrive, in either order; together they equal learning the joined
+    examples (reward 0 where nothing was clicked)."""
+    rng = np.random.default_rng(seed)
+    contexts, items, rewards = layout.batch(rng, n)
+    clicked = rng.random(n) < 0.3
+    joined = np.where(clicked, rewards, 0.0)
+    whole = layout.make().learn(contexts, items, joined)
+    base = layout.make()
+    exposure = base.delta_from_batch(contexts, items, None, part="exposure")
+    reward = base.delta_from_batch(contexts[clicked], items[clicked], rewards[clicked],
+                                   part="reward") if clicked.any() else None
+    fresh = base.copy()
+    for delta in ([reward] if reward is not None else []) + [exposure]:  # clicks may come first
+        fresh.merge_inplace(delta)
+    assert fresh.allclose(whole, rtol=layout.rtol, atol=1e-9)
+    learned = layout.make().learn(contexts, items, None, part="exposure")
+    if clicked.any():
+        learned.learn(contexts[clicked], items[clicked], rewards[clicked], part="reward")
+    assert learned.allclose(whole, rtol=layout.rtol, atol=1e-9)
+
+
+def test_part_is_checked() -> None:
+    stats = DenseStats.empty(ITEMS, DIM)
+    x, items, r = _dense_batch(np.random.default_rng(0), 3)
+    with pytest.raises(ValueError, match="part: expected one of"):
+        stats.learn(x, items, r, part="clicks")
+    with pytest.raises(ValueError, match="rewards: required for part='reward'"):
+        stats.delta_from_batch(x, items, None, part="reward")
