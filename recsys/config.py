@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from recsys.events import FeedbackType
+
 ENV_PREFIX = "RECSYS_"
 DEFAULT_CONFIG_FILE = "recsys.toml"
 
@@ -86,6 +88,66 @@ class MlflowSettings:
 
 
 @dataclass(frozen=True)
+class StreamSettings:
+    """The streaming pipeline: actors, the attribution window, checkpoints and the lake.
+
+    ``reward_mapping`` turns feedback types into rewards (``type=value`` pairs; a type that is
+    not listed earns nothing and is counted). ``update_mode`` "fresh" updates the bandit state
+    with an impression's exposure at once and a click's reward at once; "window" learns only
+    joined examples when their attribution window closes. Unset ``checkpoint_uri``/``lake_uri``
+    mean ``<data_dir>/checkpoints`` and ``<data_dir>/lake``; any fsspec URI works.
+    """
+
+    learners: int = 2
+    shards: int = 2
+    joiners: int = 1
+    batch_size: int = 10_000
+    window_ms: int = 60_000
+    allowed_lateness_ms: int = 5_000
+    reward_mapping: str = "click=1,add_to_cart=1,purchase=1"
+    update_mode: str = "fresh"
+    layout: str = "dense"
+    dim: int = 32
+    centred: bool = True
+    lam: float = 1.0
+    graph_file: Path | None = None
+    snapshot_staleness_ms: int = 200
+    checkpoint_interval_s: float = 10.0
+    checkpoint_uri: str | None = None
+    checkpoints_keep: int = 3
+    lake_uri: str | None = None
+
+    def rewards(self) -> dict[str, float]:
+        """``reward_mapping`` as ``{event_type: reward}``."""
+        return parse_reward_mapping(self.reward_mapping)
+
+
+def parse_reward_mapping(text: str) -> dict[str, float]:
+    """``"click=1,purchase=1,dislike=0"`` → a dict; errors name the bad pair."""
+    known = typing.get_args(FeedbackType)
+    mapping: dict[str, float] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        try:
+            if not sep:
+                raise ValueError(pair)
+            reward = float(value)
+        except ValueError:
+            raise ConfigError(f"stream.reward_mapping: expected type=value pairs, got {pair!r}") \
+                from None
+        if name not in known:
+            raise ConfigError(f"stream.reward_mapping: unknown feedback type {name!r}; known: "
+                              f"{', '.join(known)}")
+        if name in mapping:
+            raise ConfigError(f"stream.reward_mapping: {name!r} is mapped twice")
+        mapping[name] = reward
+    if not mapping:
+        raise ConfigError("stream.reward_mapping: map at least one feedback type to a reward")
+    return mapping
+
+
+@dataclass(frozen=True)
 class Settings:
     """The resolved configuration; ``sources`` maps ``section.key`` to where its value came from."""
 
@@ -93,6 +155,7 @@ class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     ray: RaySettings = field(default_factory=RaySettings)
     mlflow: MlflowSettings = field(default_factory=MlflowSettings)
+    stream: StreamSettings = field(default_factory=StreamSettings)
     sources: Mapping[str, Source] = field(default_factory=dict, compare=False, repr=False)
     config_file: Path | None = None
 
@@ -110,6 +173,16 @@ class Settings:
     def kafka_data_dir(self) -> Path:
         return self.data_dir / "kafka"
 
+    @property
+    def checkpoint_uri(self) -> str:
+        """Where checkpoints go: ``stream.checkpoint_uri``, else ``<data_dir>/checkpoints``."""
+        return self.stream.checkpoint_uri or str((self.data_dir / "checkpoints").resolve())
+
+    @property
+    def lake_uri(self) -> str:
+        """Where the Parquet lake goes: ``stream.lake_uri``, else ``<data_dir>/lake``."""
+        return self.stream.lake_uri or str((self.data_dir / "lake").resolve())
+
     def flat(self) -> dict[str, Any]:
         """Every setting as ``section.key -> value`` (top-level keys have no section)."""
         out: dict[str, Any] = {"data_dir": self.data_dir}
@@ -119,7 +192,8 @@ class Settings:
         return out
 
 
-_SECTIONS: dict[str, type] = {"kafka": KafkaSettings, "ray": RaySettings, "mlflow": MlflowSettings}
+_SECTIONS: dict[str, type] = {"kafka": KafkaSettings, "ray": RaySettings, "mlflow": MlflowSettings,
+                              "stream": StreamSettings}
 _TOP_LEVEL: dict[str, Any] = {"data_dir": Path}
 
 
@@ -291,6 +365,7 @@ def _validate(settings: Settings) -> None:
         )
     if k.startup_timeout_s <= 0:
         raise ConfigError("kafka.startup_timeout_s must be > 0")
+    _validate_stream(settings.stream)
     if settings.ray.num_cpus is not None and settings.ray.num_cpus < 1:
         raise ConfigError(f"ray.num_cpus must be >= 1, got {settings.ray.num_cpus}")
     address = settings.ray.address
@@ -298,3 +373,26 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             f"ray.address must be 'auto', 'ray://host:port' or 'host:port'; got {address!r}"
         )
+
+
+def _validate_stream(stream: StreamSettings) -> None:
+    for name in ("learners", "shards", "joiners", "batch_size", "dim", "checkpoints_keep"):
+        if getattr(stream, name) < 1:
+            raise ConfigError(f"stream.{name} must be >= 1, got {getattr(stream, name)}")
+    for name in ("window_ms", "allowed_lateness_ms", "snapshot_staleness_ms"):
+        if getattr(stream, name) < 0:
+            raise ConfigError(f"stream.{name} must be >= 0, got {getattr(stream, name)}")
+    if not stream.lam > 0:
+        raise ConfigError(f"stream.lam must be > 0, got {stream.lam}")
+    if not stream.checkpoint_interval_s > 0:
+        raise ConfigError(f"stream.checkpoint_interval_s must be > 0, got "
+                          f"{stream.checkpoint_interval_s}")
+    if stream.update_mode not in ("fresh", "window"):
+        raise ConfigError(f"stream.update_mode must be 'fresh' or 'window', got "
+                          f"{stream.update_mode!r}")
+    if stream.layout not in ("dense", "graph"):
+        raise ConfigError(f"stream.layout must be 'dense' or 'graph', got {stream.layout!r}")
+    if stream.layout == "graph" and stream.graph_file is None:
+        raise ConfigError("stream.layout = 'graph' needs stream.graph_file (the cluster→item "
+                          "graph built offline)")
+    stream.rewards()

@@ -79,6 +79,12 @@ def test_security_settings_pass_through_to_the_client() -> None:
         ("", {"RECSYS_KAFKA_COMPRESSION": "rar"}, "kafka.compression must be one of"),
         ("", {"RECSYS_RAY_ADDRESS": "nowhere"}, "ray.address must be"),
         ("[kafka\n", {}, "not valid TOML"),
+        ("", {"RECSYS_STREAM_SHARDS": "0"}, "stream.shards must be >= 1"),
+        ("", {"RECSYS_STREAM_UPDATE_MODE": "eventually"}, "stream.update_mode must be"),
+        ("[stream]\nlayout = 'graph'\n", {}, "needs stream.graph_file"),
+        ("", {"RECSYS_STREAM_REWARD_MAPPING": "click=1,like=1"}, "unknown feedback type 'like'"),
+        ("", {"RECSYS_STREAM_REWARD_MAPPING": "click"}, "expected type=value pairs, got 'click'"),
+        ("", {"RECSYS_STREAM_REWARD_MAPPING": "click=1,click=0"}, "'click' is mapped twice"),
     ],
 )
 def test_bad_configuration_says_what_to_fix(tmp_path, text, env, message) -> None:
@@ -122,3 +128,13 @@ def test_cli_reports_configuration_errors(monkeypatch, tmp_path, capsys) -> None
     with pytest.raises(SystemExit, match=r"^2$"):  # argparse's usage-error exit status
         main(["info", "--set", "kafka.partitions=zero"])
     assert "kafka.partitions" in capsys.readouterr().err
+
+
+def test_stream_settings_resolve_paths_and_rewards(tmp_path: Path) -> None:
+    text = "data_dir = 'state'\n[stream]\nreward_mapping = 'click=1, purchase=2.5, skip=0'\n"
+    settings = load_settings(config_file=write(tmp_path, text), environ={})
+    assert settings.stream.rewards() == {"click": 1.0, "purchase": 2.5, "skip": 0.0}
+    assert settings.checkpoint_uri == str((Path("state") / "checkpoints").resolve())
+    env = {"RECSYS_STREAM_LAKE_URI": "memory://lake", "RECSYS_STREAM_CENTRED": "false"}
+    settings = load_settings(environ=env)
+    assert settings.lake_uri == "memory://lake" and settings.stream.centred is False
