@@ -1,0 +1,574 @@
+"""The Kafka → Parquet lake sink: impressions, feedback and rewards as hive-partitioned Parquet,
+written exactly once per offset range, and ``scan_lake`` for the offline pipeline.
+
+Layout (under a root that is a local path or any fsspec URI: ``s3://``, ``gs://``, ``memory://``)::
+
+    <root>/<table>/event_date=2024-03-01/event_hour=23/<topic>-p<partition>-<first>-<last>.parquet
+
+``<table>`` is ``impressions``, ``feedback`` or ``rewards``, and each file holds exactly the table's
+schema from ``recsys.schema`` (``IMPRESSIONS``, ``FEEDBACK``, ``REWARDS``): the event fields, one
+row per shown item for impressions, and the provenance columns ``kafka_topic``,
+``kafka_partition``, ``kafka_offset`` always filled (Parquet's standard list layout names a list's
+items ``element``; readers ignore the name). ``event_date`` (date32) and ``event_hour``
+(int8) are in the directory names only, derived from ``event_time_ms`` in UTC by
+``recsys.schema.partition_expressions``; ``<first>`` and ``<last>`` are 20-digit offsets.
+
+Exactly once per offset range
+-----------------------------
+The sink buffers each ``(topic, partition)`` and writes a *range* of its offsets at a time. A
+range covers ``[first, last]``: ``first`` is where the previous range ended plus one, or the offset
+given to ``restore``, or, on a sink that was never restored, the first event's offset; ``last`` is
+the last event's offset, or ``until - 1`` when ``flush(until=...)`` says where the reader stands.
+Offsets in a range that hold no event (records the consumer dead-lettered, transaction markers)
+are simply absent from its rows. A range whose events span several date/hour partitions is one
+file per partition directory, all with the range's name. Each file is written atomically
+(``recsys.storage``): a temporary name, then a move.
+
+A range is cut (written) when
+
+* it holds ``max_records`` Kafka records: cut at exactly that record, so the cut depends only on
+  where the range started, never on how the records were batched (an impression record is
+  several rows; a record's rows never split);
+* its oldest record has waited ``max_age_s`` in the buffer (checked by ``write`` and
+  ``flush_due``; processing time, so not reproducible);
+* ``flush()`` is called: the checkpoint coordinator calls it before it records offsets, and it
+  returns the offsets below which everything is durable in the lake, ``{(topic, partition):
+  next offset}``, the form a checkpoint stores. Pass the readers' positions as ``until`` so the
+  durable offsets include trailing dead-lettered records and equal what the readers report.
+
+Replays. Every checkpointed offset is a range boundary (``flush`` cuts every buffer). After a
+crash the pipeline restores the checkpoint and the readers re-read from its offsets;
+``restore(offsets)`` starts each partition's next range exactly at its offset and **deletes the
+files of that (topic, partition) whose range starts at or after it** (with any temporary file a
+crash left): they were written after the checkpoint, and the replay writes those offsets again,
+possibly cut elsewhere (an age cut, or a flush whose checkpoint never completed). Files that end
+before the offset are committed and stay. So the lake never holds two files with overlapping
+ranges of one partition, and a replay with the same cuts (size cuts and coordinator flushes)
+rewrites the same file names with byte-identical content. Call ``restore`` with the readers'
+starting offsets on every start, with or without a checkpoint, so a crash before the first
+checkpoint is cleaned up too.
+
+Rules that resolve what remains:
+
+* A file that *straddles* a restore offset (starts before it, ends at or after it) cannot come
+  from a sink whose ranges end at checkpoints; it is kept (its rows before the offset are
+  committed), reported by ``restore`` and counted in ``stats().straddling_files``. The replay
+  writes its later offsets again, and ``scan_lake`` de-duplicates them.
+* ``scan_lake`` always de-duplicates rows by provenance: ``kafka_topic, kafka_partition,
+  kafka_offset`` (and ``position`` for impressions, whose record is one row per shown item).
+  Rows of one offset are copies of one Kafka record, so which copy is kept does not matter.
+* Between ``restore`` and the replay catching up, the deleted uncommitted offsets are briefly
+  absent from the lake; everything up to the checkpoint is always there.
+* Kafka's retention must outlast a checkpoint interval: offsets that can no longer be re-read
+  cannot be rewritten (the bandit state would miss them too).
+* One sink owns a (topic, partition); two sinks writing the same partition is not supported
+  (partitions are assigned explicitly, so it does not happen).
+
+Bad input. Decode and validation failures never reach the sink (the consumer dead-letters them).
+A record on a topic the sink does not map to a table, an event of the wrong type for its table,
+or offsets that go backwards (a reader rewound without ``restore``) are bugs: ``write`` raises
+before buffering anything of the batch.
+
+Reading. ``scan_lake(root, table)`` returns a ``polars.LazyFrame`` of the table with the schema's
+dtypes plus ``event_date``/``event_hour`` from the directory names (filter on them to prune
+partitions), de-duplicated as above, in no particular order. It lists the files when called
+(files written later are not in that frame); a table with no files yet is an empty frame of the
+right schema. Local roots are read by polars' native scanner, other URIs through a pyarrow dataset
+over the fsspec filesystem.
+
+``LakeSinkActor`` is the same class as a Ray actor (one per set of partitions it owns).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import ray
+from fsspec.implementations.local import LocalFileSystem
+
+from recsys.events import Feedback, Impression, Reward
+from recsys.schema import (
+    PARTITIONING,
+    PROVENANCE_COLUMNS,
+    TableName,
+    arrow_schema,
+    feedback_to_arrow,
+    impressions_to_arrow,
+    partition_expressions,
+    rewards_to_arrow,
+)
+from recsys.storage import PathLike, join, resolve, write_bytes_atomic
+from streaming.consumer import ConsumedEvent
+from streaming.topics import FEEDBACK, IMPRESSIONS, REWARDS
+
+__all__ = [
+    "DEFAULT_TABLES",
+    "LakeFile",
+    "LakeSink",
+    "LakeSinkActor",
+    "LakeSinkStats",
+    "RestoreReport",
+    "file_name",
+    "lake_files",
+    "parse_file_name",
+    "scan_lake",
+]
+
+Offsets = dict[tuple[str, int], int]
+
+DEFAULT_TABLES: dict[str, TableName] = {
+    IMPRESSIONS: "impressions",
+    FEEDBACK: "feedback",
+    REWARDS: "rewards",
+}
+"""The contract topics and the lake table each one lands in."""
+
+_EVENT_TYPES: dict[str, type] = {"impressions": Impression, "feedback": Feedback, "rewards": Reward}
+_TO_ARROW: dict[str, Callable[..., pa.Table]] = {
+    "impressions": impressions_to_arrow,
+    "feedback": feedback_to_arrow,
+    "rewards": rewards_to_arrow,
+}
+_OFFSET_DIGITS = 20
+_FILE_NAME = re.compile(r"^(?P<topic>.+)-p(?P<partition>\d+)-(?P<first>\d{20})-(?P<last>\d{20})")
+
+
+def file_name(topic: str, partition: int, first: int, last: int) -> str:
+    """The file name of the offset range ``[first, last]`` of ``topic``'s ``partition``."""
+    return f"{topic}-p{partition}-{first:0{_OFFSET_DIGITS}d}-{last:0{_OFFSET_DIGITS}d}.parquet"
+
+
+def parse_file_name(name: str) -> tuple[str, int, int, int] | None:
+    """``(topic, partition, first, last)`` from a lake file name (or its temporary name), or
+    None when the name is not one the sink writes."""
+    match = _FILE_NAME.match(name.rsplit("/", 1)[-1])
+    if match is None:
+        return None
+    return (
+        match["topic"],
+        int(match["partition"]),
+        int(match["first"]),
+        int(match["last"]),
+    )
+
+
+@dataclass(frozen=True)
+class LakeFile:
+    """One file the sink wrote: where, which table and offset range, how many rows."""
+
+    path: str
+    table: str
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    """What ``restore`` did to the lake: files removed (written after the restore offsets) and
+    files kept although they straddle an offset (``scan_lake`` de-duplicates their tail)."""
+
+    removed: list[str]
+    straddling: list[str]
+
+
+@dataclass(frozen=True)
+class LakeSinkStats:
+    """Counts since the sink started."""
+
+    records: int
+    rows_written: int
+    files_written: int
+    ranges_written: int
+    buffered_records: int
+    bytes_written: int
+    files_removed: int
+    straddling_files: int
+    cuts: dict[str, int] = field(default_factory=dict)  # by reason: size, age, flush
+
+
+@dataclass
+class _Partition:
+    """The buffer and range bookkeeping of one (topic, partition)."""
+
+    table: str
+    start: int | None = None  # first offset the next range covers (None: the next event's)
+    durable: int | None = None  # every offset below it is in the lake
+    next_offset: int | None = None  # one past the last offset given to the sink
+    tables: list[pa.Table] = field(default_factory=list)
+    offsets: list[np.ndarray] = field(default_factory=list)  # record offsets, per table
+    records: int = 0
+    oldest: float | None = None  # clock reading when the oldest buffered record arrived
+
+
+class LakeSink:
+    """Buffers consumed events per (topic, partition) and writes offset ranges to the lake.
+
+    ``root``: a local path or fsspec URI (``filesystem`` overrides the URI's). ``tables`` maps
+    each topic to its table (default: the contract topics, ``DEFAULT_TABLES``). ``max_records``
+    and ``max_age_s`` are the cut rules described in the module docs; ``clock`` (seconds,
+    monotonic) measures buffer age. ``compression`` is the Parquet codec.
+    """
+
+    def __init__(
+        self,
+        root: PathLike,
+        *,
+        tables: Mapping[str, TableName] | None = None,
+        max_records: int = 100_000,
+        max_age_s: float = 60.0,
+        compression: str = "zstd",
+        filesystem: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if isinstance(max_records, bool) or int(max_records) != max_records or max_records < 1:
+            raise ValueError(f"max_records: expected a positive integer, got {max_records!r}")
+        if not max_age_s > 0:
+            raise ValueError(f"max_age_s: expected a positive number of seconds, got {max_age_s!r}")
+        self.tables: dict[str, str] = dict(DEFAULT_TABLES if tables is None else tables)
+        bad = {t: name for t, name in self.tables.items() if name not in _EVENT_TYPES}
+        if bad:
+            raise ValueError(
+                f"tables: expected table names among {sorted(_EVENT_TYPES)}, got {bad}"
+            )
+        self.root = str(root)
+        self.max_records = int(max_records)
+        self.max_age_s = float(max_age_s)
+        self.compression = compression
+        self._fs, self._root = resolve(root, filesystem)
+        self._clock = clock
+        self._partitions: dict[tuple[str, int], _Partition] = {}
+        self._records = 0
+        self._rows_written = 0
+        self._files_written = 0
+        self._ranges_written = 0
+        self._bytes_written = 0
+        self._files_removed = 0
+        self._straddling = 0
+        self._cuts = {"size": 0, "age": 0, "flush": 0}
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def write(self, batch: Sequence[ConsumedEvent]) -> list[LakeFile]:
+        """Buffer a batch of consumed events; returns the files written by size or age cuts.
+
+        The whole batch is checked first (known topic, event type matching its table, offsets
+        increasing per partition and past what the sink already holds); a bad batch raises and
+        leaves the sink unchanged.
+        """
+        groups = self._group(batch)
+        staged = []
+        for key, (events, offsets) in groups.items():
+            part = self._partitions.get(key)
+            floor = None if part is None else part.next_offset
+            offset_array = np.asarray(offsets, dtype=np.int64)
+            if offset_array.size > 1 and not bool(np.all(np.diff(offset_array) > 0)):
+                raise ValueError(
+                    f"{key[0]}[{key[1]}]: offsets in the batch must increase, got "
+                    f"{offsets[:10]}...; pass events in the order the consumer returned them"
+                )
+            if floor is not None and offset_array[0] < floor:
+                raise ValueError(
+                    f"{key[0]}[{key[1]}]: offset {int(offset_array[0])} was already given to the "
+                    f"sink (the next expected offset is >= {floor}); after seeking a reader back, "
+                    "call restore(offsets) with the offsets it restarts from"
+                )
+            table_name = self.tables[key[0]]
+            table = _TO_ARROW[table_name](
+                events, kafka_topic=key[0], kafka_partition=key[1], kafka_offset=offset_array
+            )
+            staged.append((key, table_name, table, offset_array))
+        now = self._clock()
+        written: list[LakeFile] = []
+        for key, table_name, table, offset_array in staged:
+            part = self._partitions.setdefault(key, _Partition(table_name))
+            part.tables.append(table)
+            part.offsets.append(offset_array)
+            part.records += int(offset_array.size)
+            part.next_offset = int(offset_array[-1]) + 1
+            if part.oldest is None:
+                part.oldest = now
+            self._records += int(offset_array.size)
+            while part.records >= self.max_records:
+                written += self._cut_size(key, part)
+        written += self.flush_due()
+        return written
+
+    def _group(
+        self, batch: Sequence[ConsumedEvent]
+    ) -> dict[tuple[str, int], tuple[list[Any], list[int]]]:
+        """The batch's events and offsets by (topic, partition), checking topics and types."""
+        groups: dict[tuple[str, int], tuple[list[Any], list[int]]] = {}
+        for consumed in batch:
+            key = (consumed.topic, consumed.partition)
+            group = groups.get(key)
+            if group is None:
+                table_name = self.tables.get(consumed.topic)
+                if table_name is None:
+                    raise ValueError(
+                        f"topic {consumed.topic!r}: the lake sink has no table for it (it writes "
+                        f"{sorted(self.tables)}); map it with LakeSink(tables={{topic: table}})"
+                    )
+                group = groups[key] = ([], [])
+            expected = _EVENT_TYPES[self.tables[consumed.topic]]
+            if type(consumed.event) is not expected:
+                raise TypeError(
+                    f"{consumed.topic}[{consumed.partition}] offset {consumed.offset}: expected a "
+                    f"recsys.events.{expected.__name__} for the {self.tables[consumed.topic]} "
+                    f"table, got {type(consumed.event).__name__}"
+                )
+            group[0].append(consumed.event)
+            group[1].append(consumed.offset)
+        return groups
+
+    def _cut_size(self, key: tuple[str, int], part: _Partition) -> list[LakeFile]:
+        """Write exactly the first ``max_records`` buffered records as one range."""
+        offsets = np.concatenate(part.offsets)
+        table = pa.concat_tables(part.tables)
+        last = int(offsets[self.max_records - 1])
+        rows = int(np.searchsorted(table["kafka_offset"].to_numpy(), last, side="right"))
+        head, tail = table.slice(0, rows), table.slice(rows)
+        rest = offsets[self.max_records :]
+        part.tables = [tail] if rest.size else []
+        part.offsets = [rest] if rest.size else []
+        part.records = int(rest.size)
+        # The remainder arrived with the batch that completed the range: keep its arrival time.
+        part.oldest = part.oldest if rest.size else None
+        files = self._write_range(key, part, head, last)
+        self._cuts["size"] += 1
+        return files
+
+    def flush_due(self) -> list[LakeFile]:
+        """Write every buffer whose oldest record has waited ``max_age_s``."""
+        now = self._clock()
+        written: list[LakeFile] = []
+        for key, part in self._partitions.items():
+            if part.oldest is not None and now - part.oldest >= self.max_age_s:
+                written += self._cut_buffer(key, part, until=None)
+                self._cuts["age"] += 1
+        return written
+
+    def flush(self, until: Mapping[tuple[str, int], int] | None = None) -> Offsets:
+        """Write every buffer; returns the offsets below which everything is in the lake.
+
+        ``until``: the readers' positions (the next offset each will read). The caller states
+        that every decoded event before them was given to the sink, so a partition's range ends
+        at ``until - 1`` and its durable offset is ``until``, trailing dead letters included;
+        partitions without an entry end at their last event. The result names every partition
+        the sink knows, in the form a checkpoint stores.
+        """
+        until = dict(until or {})
+        for key, position in until.items():
+            if key[0] not in self.tables:
+                raise ValueError(
+                    f"until: topic {key[0]!r} has no lake table (the sink writes "
+                    f"{sorted(self.tables)})"
+                )
+            part = self._partitions.get(key)
+            given = None if part is None else part.next_offset
+            if given is not None and position < given:
+                raise ValueError(
+                    f"until: {key[0]}[{key[1]}] is at {position}, but the sink already holds "
+                    f"offsets up to {given - 1}; pass the readers' positions taken after the "
+                    "events were written"
+                )
+        for key, part in self._partitions.items():
+            if part.records:
+                self._cuts["flush"] += 1
+            if part.records or key in until:
+                self._cut_buffer(key, part, until=until.get(key))
+        for key, position in until.items():
+            if key not in self._partitions:
+                self._partitions[key] = _Partition(
+                    self.tables[key[0]], start=position, durable=position, next_offset=position
+                )
+        return self.durable_offsets()
+
+    def _cut_buffer(
+        self, key: tuple[str, int], part: _Partition, until: int | None
+    ) -> list[LakeFile]:
+        """Write the whole buffer as one range, ending at ``until - 1`` when given."""
+        files: list[LakeFile] = []
+        if part.records:
+            offsets = np.concatenate(part.offsets)
+            last = int(offsets[-1]) if until is None else until - 1
+            files = self._write_range(key, part, pa.concat_tables(part.tables), last)
+        part.tables, part.offsets, part.records, part.oldest = [], [], 0, None
+        if until is not None:
+            part.start = part.durable = part.next_offset = until
+        return files
+
+    def _write_range(
+        self, key: tuple[str, int], part: _Partition, table: pa.Table, last: int
+    ) -> list[LakeFile]:
+        """Write ``table`` (the range's rows, ending at offset ``last``) as one file per
+        date/hour directory; the range starts at ``part.start``, else at its first record."""
+        topic, partition = key
+        first = int(table["kafka_offset"][0].as_py()) if part.start is None else part.start
+        name = file_name(topic, partition, first, last)
+        keys = pl.DataFrame({"event_time_ms": table["event_time_ms"].to_numpy()}).select(
+            partition_expressions()
+        )
+        groups = (
+            keys.with_row_index("row")
+            .group_by(["event_date", "event_hour"], maintain_order=True)
+            .agg(pl.col("row"))
+        )
+        files = []
+        for event_date, event_hour, rows in groups.iter_rows():
+            piece = table if len(groups) == 1 else table.take(pa.array(rows, pa.uint32()))
+            directory = join(self._root, part.table, f"event_date={event_date.isoformat()}",
+                             f"event_hour={event_hour}")
+            path = join(directory, name)
+            data = _parquet_bytes(piece, self.compression)
+            write_bytes_atomic(self._fs, path, data)
+            files.append(LakeFile(path, part.table, topic, partition, first, last, piece.num_rows))
+            self._bytes_written += len(data)
+        self._files_written += len(files)
+        self._rows_written += table.num_rows
+        self._ranges_written += 1
+        part.start = last + 1
+        part.durable = last + 1
+        return files
+
+    # -- offsets and recovery --------------------------------------------------------------------
+
+    def durable_offsets(self) -> Offsets:
+        """The next offset per (topic, partition) below which everything is in the lake, for
+        every partition that has a range written or was restored."""
+        return {
+            key: part.durable for key, part in self._partitions.items() if part.durable is not None
+        }
+
+    def restore(self, offsets: Mapping[tuple[str, int], int]) -> RestoreReport:
+        """Roll back to a checkpoint: drop every buffer, start each given partition's next range
+        at its offset, and delete that partition's files that start at or after it."""
+        for (topic, partition), offset in offsets.items():
+            if topic not in self.tables:
+                raise ValueError(
+                    f"restore: topic {topic!r} has no lake table (the sink writes "
+                    f"{sorted(self.tables)})"
+                )
+            if int(offset) < 0 or int(partition) < 0:
+                raise ValueError(f"restore: {topic}[{partition}] offset {offset}: expected >= 0")
+        self._partitions = {}
+        removed: list[str] = []
+        straddling: list[str] = []
+        for (topic, partition), offset in offsets.items():
+            table = self.tables[topic]
+            for path in self._files_of(table, topic, int(partition)):
+                parsed = parse_file_name(path)
+                if parsed is None:
+                    continue
+                _, _, first, last = parsed
+                if first >= offset:
+                    self._fs.rm(path)
+                    removed.append(path)
+                elif last >= offset and path.endswith(".parquet"):
+                    straddling.append(path)
+            self._partitions[(topic, int(partition))] = _Partition(
+                table, start=int(offset), durable=int(offset), next_offset=int(offset)
+            )
+        self._files_removed += len(removed)
+        self._straddling += len(straddling)
+        return RestoreReport(removed=sorted(removed), straddling=sorted(straddling))
+
+    def _files_of(self, table: str, topic: str, partition: int) -> list[str]:
+        """Every file (and leftover temporary file) of one (topic, partition) in ``table``."""
+        pattern = join(self._root, table, "event_date=*", "event_hour=*", f"{topic}-p{partition}-*")
+        return [
+            path
+            for path in self._fs.glob(pattern)
+            if (parsed := parse_file_name(path)) is not None
+            and parsed[:2] == (topic, partition)
+        ]
+
+    def stats(self) -> LakeSinkStats:
+        """Counts since the sink started (records given, rows, files and bytes written, cuts)."""
+        return LakeSinkStats(
+            records=self._records,
+            rows_written=self._rows_written,
+            files_written=self._files_written,
+            ranges_written=self._ranges_written,
+            buffered_records=sum(p.records for p in self._partitions.values()),
+            bytes_written=self._bytes_written,
+            files_removed=self._files_removed,
+            straddling_files=self._straddling,
+            cuts=dict(self._cuts),
+        )
+
+
+def _parquet_bytes(table: pa.Table, compression: str) -> bytes:
+    """``table`` as one Parquet file in memory (deterministic: same rows, same bytes)."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression=compression)
+    return sink.getvalue()
+
+
+LakeSinkActor = ray.remote(num_cpus=0.25)(LakeSink)
+"""``LakeSink`` as a Ray actor: mostly I/O, so it asks for a quarter of a CPU."""
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def _dedup_keys(table: TableName) -> list[str]:
+    """The columns that identify one row: the record, and the slate position for impressions."""
+    return [*PROVENANCE_COLUMNS, "position"] if table == "impressions" else list(PROVENANCE_COLUMNS)
+
+
+def scan_lake(
+    root: PathLike,
+    table: TableName,
+    *,
+    filesystem: Any = None,
+    deduplicate: bool = True,
+) -> pl.LazyFrame:
+    """The lake table ``table`` under ``root`` as a lazy frame, each Kafka record's rows once.
+
+    Columns: the table's schema (``recsys.schema.arrow_schema(table)``) plus ``event_date``
+    (Date) and ``event_hour`` (Int8) from the directory names. Rows are de-duplicated by
+    provenance (see the module docs) unless ``deduplicate=False``; order is unspecified.
+    """
+    schema = arrow_schema(table)
+    fs, path = resolve(root, filesystem)
+    base = join(path, table)
+    files = sorted(fs.glob(join(base, "event_date=*", "event_hour=*", "*.parquet")))
+    full = pa.schema([*schema, *PARTITIONING], metadata=schema.metadata)
+    if not files:
+        return pl.LazyFrame(pl.from_arrow(full.empty_table()))
+    if isinstance(fs, LocalFileSystem):
+        hive = pl.from_arrow(PARTITIONING.empty_table()).schema  # type: ignore[union-attr]
+        frame = pl.scan_parquet(files, hive_partitioning=True, hive_schema=hive)
+    else:
+        dataset = ds.dataset(
+            files,
+            schema=full,
+            filesystem=fs,
+            format="parquet",
+            partitioning=ds.partitioning(PARTITIONING, flavor="hive"),
+            partition_base_dir=base,
+        )
+        frame = pl.scan_pyarrow_dataset(dataset)
+    if deduplicate:
+        frame = frame.unique(subset=_dedup_keys(table), keep="any")
+    return frame
+
+
+def lake_files(root: PathLike, table: TableName, *, filesystem: Any = None) -> list[str]:
+    """The Parquet files of ``table`` under ``root`` (paths in the root's filesystem), sorted."""
+    arrow_schema(table)  # validates the name
+    fs, path = resolve(root, filesystem)
+    return sorted(fs.glob(join(path, table, "event_date=*", "event_hour=*", "*.parquet")))
