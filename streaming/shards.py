@@ -1,0 +1,284 @@
+"""Parameter shards: the bandit statistics split by item across Ray actors.
+
+A :class:`ParameterShard` owns the items with ``shard_of(item, n_shards) == index`` (a stable
+hash, so learners route deltas and the driver builds shards without talking to each other). The
+driver builds whole statistics, ``split``s them and ships each part as ``to_arrays()``
+``(arrays, meta)``: plain numpy arrays travel through Ray's object store without pickling our
+own objects. The shard is layout-agnostic: it only calls the ``recsys.bandits`` statistics
+protocol, so dense (:func:`dense_statistics`, centred by default: the bandits issue measured the
+centred layout about 3x better on dense embeddings) and graph statistics
+(:func:`graph_statistics`, from a ``ClusterGraph``) run unchanged.
+
+Design decisions:
+
+* **Deltas merge in any order.** Statistics are sums, so ``apply`` adds whatever arrives; no
+  ordering, locks or sequence numbers are needed between learners.
+* **Bad deltas never stop a shard, and never vanish silently.** A delta that does not decode or
+  does not fit (another layout, another feature space) is rejected and counted by reason; rows
+  for items this shard does not hold (retired, or routed here by mistake) are dropped from the
+  delta and counted. ``stats()`` reports both.
+* **Bounded staleness, without copying on every read.** Readers pull a *published* snapshot.
+  The shard notes when its statistics first moved past the publication (``dirty_since``);
+  ``snapshot(max_staleness_ms)`` republishes (copies the arrays) only when they did *and* that
+  was longer ago than the bound; otherwise the published copy is handed out again. The returned
+  snapshot therefore holds every delta applied more than ``max_staleness_ms`` ago, and a hot
+  shard copies at most once per bound however many readers it has.
+  ``snapshot_ref`` hands out an object reference instead: the publication is put in Ray's object
+  store once and every reader maps it zero-copy (what serving replicas should use).
+  The snapshot meta carries ``snapshot_id`` (names the content), ``published_ms`` (wall clock,
+  when the copy was made) and ``current_at_ms`` (the last time the shard confirmed the snapshot
+  equals its statistics), plus ``shard_index`` and ``n_shards``.
+* **Checkpoints** are ``checkpoint()`` → the ``(arrays, meta)`` of the live statistics and
+  ``restore(arrays, meta)``; the coordinator calls them while the learners are flushed and paused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import ray
+from numpy.typing import ArrayLike, NDArray
+
+from recsys.bandits import ClusterGraph, DenseStats, shard_of, stats_from_arrays
+from recsys.bandits.protocol import Statistics, StatsArrays
+
+Clock = Callable[[], float]
+"""Seconds since the epoch (``time.time``); injectable so tests control time."""
+
+
+def dense_statistics(
+    item_ids: ArrayLike, dim: int, *, lam: float = 1.0, centred: bool = True, space: str = "",
+    dtype: type[np.floating] = np.float64,
+) -> DenseStats:
+    """Empty dense statistics for a shard fleet: centred by default (see the module docs)."""
+    return DenseStats.empty(item_ids, dim, lam=lam, centred=centred, space=space, dtype=dtype)
+
+
+def graph_statistics(graph: ClusterGraph, *, lam: float = 1.0, calibration: str = "k1") -> Any:
+    """Empty graph statistics on the edges of an offline-built cluster→item graph."""
+    return graph.stats(lam=lam, calibration=calibration)  # type: ignore[arg-type]
+
+
+def shard_parts(stats: Statistics, n_shards: int) -> list[StatsArrays]:
+    """The ``(arrays, meta)`` of each shard's share of ``stats``, in shard order."""
+    return [part.to_arrays() for part in stats.split(n_shards)]  # type: ignore[attr-defined]
+
+
+def _writable(arrays: dict[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+    """Own, writable copies (arrays from Ray's object store are read-only views)."""
+    return {name: np.array(value, copy=True) for name, value in arrays.items()}
+
+
+def _held(sorted_ids: NDArray[np.int64], items: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Which ``items`` are among ``sorted_ids`` (item ids are kept sorted by every layout)."""
+    pos = np.searchsorted(sorted_ids, items)
+    found = pos < sorted_ids.size
+    found[found] = sorted_ids[pos[found]] == items[found]
+    return found
+
+
+class ParameterShard:
+    """One shard of the bandit statistics: merges deltas, publishes bounded-staleness snapshots.
+
+    Built from the ``(arrays, meta)`` of its share (:func:`shard_parts`); refuses a share that
+    holds items another shard owns. See the module docs for the publication rule.
+    """
+
+    def __init__(
+        self, index: int, n_shards: int, arrays: dict[str, NDArray[Any]], meta: dict[str, Any],
+        *, clock: Clock = time.time,
+    ) -> None:
+        if int(n_shards) != n_shards or n_shards < 1:
+            raise ValueError(f"n_shards must be a positive integer, got {n_shards!r}")
+        if not 0 <= int(index) < n_shards:
+            raise ValueError(f"index must be in [0, {n_shards}), got {index!r}")
+        self.index = int(index)
+        self.n_shards = int(n_shards)
+        self._clock = clock
+        self._stats: Any = self._owned(arrays, meta)
+        self._published: StatsArrays | None = None
+        self._published_ref: Any = None
+        self._dirty_since: float | None = None  # when the statistics first moved past it
+        self._current_at_ms = 0
+        self.deltas_applied = 0
+        self.publications = 0
+        self.rejected: Counter[str] = Counter()
+        self.foreign_rows = 0
+
+    def _owned(self, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> Any:
+        stats = stats_from_arrays(_writable(arrays), meta)
+        owner = shard_of(stats.item_ids, self.n_shards)
+        if (owner != self.index).any():
+            wrong = stats.item_ids[owner != self.index][:5].tolist()
+            raise ValueError(
+                f"shard {self.index}/{self.n_shards}: item(s) {wrong} belong to other shards; "
+                "build shards with streaming.shards.shard_parts(stats, n_shards)"
+            )
+        return stats
+
+    # -- learning ----------------------------------------------------------------------------
+
+    def apply(self, deltas: Sequence[StatsArrays]) -> int:
+        """Merge deltas (each an ``(arrays, meta)`` pair), in any order; returns the version.
+
+        A delta that cannot be merged is rejected and counted by reason; rows for items this
+        shard does not hold are dropped and counted (``stats()``); the others are merged.
+        """
+        for arrays, meta in deltas:
+            try:
+                delta = stats_from_arrays(arrays, meta)
+                held = _held(self._stats.item_ids, delta.item_ids)
+                if not held.all():
+                    self.foreign_rows += int((~held).sum())
+                    if not held.any():
+                        continue
+                    delta = delta.select(delta.item_ids[held])
+                self._stats.merge_inplace(delta)
+                self._changed()
+            except (ValueError, TypeError, KeyError) as exc:
+                self.rejected[f"{type(exc).__name__}: {str(exc)[:120]}"] += 1
+                continue
+            self.deltas_applied += 1
+        return int(self._stats.version)
+
+    def _changed(self) -> None:
+        if self._dirty_since is None:
+            self._dirty_since = self._clock()
+
+    # -- catalogue ---------------------------------------------------------------------------
+
+    def _mine(self, items: ArrayLike) -> NDArray[np.int64]:
+        ids = np.asarray(items, dtype=np.int64).ravel()
+        return ids[shard_of(ids, self.n_shards) == self.index]
+
+    def add_items(self, items: ArrayLike) -> int:
+        """Add the ones of ``items`` this shard owns (zero statistics); returns how many.
+
+        The driver may send the whole list to every shard. Items already held raise.
+        """
+        mine = self._mine(items)
+        if mine.size:
+            self._stats.add_items(mine)
+            self._changed()
+        return int(mine.size)
+
+    def add_edges(self, edge_clusters: ArrayLike, edge_items: ArrayLike) -> int:
+        """Graph layout: add the (cluster, item) edges whose items this shard owns."""
+        if not hasattr(self._stats, "add_edges"):
+            raise TypeError(f"add_edges: {self._stats.layout} statistics have no graph edges")
+        clusters = np.asarray(edge_clusters, dtype=np.int64).ravel()
+        items = np.asarray(edge_items, dtype=np.int64).ravel()
+        keep = shard_of(items, self.n_shards) == self.index
+        if keep.any():
+            self._stats.add_edges(clusters[keep], items[keep])
+            self._changed()
+        return int(keep.sum())
+
+    def retire_items(self, items: ArrayLike) -> int:
+        """Drop the ones of ``items`` this shard owns, with their statistics; returns how many.
+
+        Unknown ids that this shard would own raise (a retire of something never added).
+        """
+        mine = self._mine(items)
+        if mine.size:
+            self._stats.retire_items(mine)
+            self._changed()
+        return int(mine.size)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        return int(self._stats.version)
+
+    def _publish_if_stale(self, max_staleness_ms: float) -> None:
+        now = self._clock()
+        stale = (self._dirty_since is not None
+                 and (now - self._dirty_since) * 1000.0 >= max_staleness_ms)
+        if self._published is None or stale:
+            arrays, meta = self._stats.to_arrays()
+            self._published = ({k: v.copy() for k, v in arrays.items()},
+                               {**meta, "shard_index": self.index, "n_shards": self.n_shards,
+                                "snapshot_id": self._stats.snapshot_id,
+                                "published_ms": int(now * 1000)})
+            self._published_ref = None
+            self._dirty_since = None
+            self.publications += 1
+        current = now if self._dirty_since is None else self._dirty_since
+        self._current_at_ms = int(current * 1000)
+
+    def snapshot(self, max_staleness_ms: float = 100.0) -> StatsArrays:
+        """The published ``(arrays, meta)``, holding every delta applied more than
+        ``max_staleness_ms`` ago (republished first if needed; see the module docs)."""
+        if max_staleness_ms < 0:
+            raise ValueError(f"max_staleness_ms must be >= 0, got {max_staleness_ms!r}")
+        self._publish_if_stale(max_staleness_ms)
+        assert self._published is not None
+        arrays, meta = self._published
+        return arrays, {**meta, "current_at_ms": self._current_at_ms}
+
+    def snapshot_ref(self, max_staleness_ms: float = 100.0) -> list[Any]:
+        """``[ObjectRef]`` of :meth:`snapshot`'s publication, put in the object store once per
+        publication (wrapped in a list so Ray hands the reference itself to the caller).
+
+        ``current_at_ms`` inside is the value at publication; read it with :meth:`snapshot`
+        when the exact freshness matters.
+        """
+        arrays, meta = self.snapshot(max_staleness_ms)
+        if self._published_ref is None:
+            self._published_ref = ray.put((arrays, meta))
+        return [self._published_ref]
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def checkpoint(self) -> StatsArrays:
+        """``(arrays, meta)`` of the live statistics (views: read them before applying more)."""
+        arrays, meta = self._stats.to_arrays()
+        return arrays, {**meta, "shard_index": self.index, "n_shards": self.n_shards}
+
+    def restore(self, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> int:
+        """Replace the statistics by a checkpoint's; returns the restored version."""
+        for key, mine in (("shard_index", self.index), ("n_shards", self.n_shards)):
+            if key in meta and int(meta[key]) != mine:
+                raise ValueError(f"restore: the checkpoint is of shard {meta.get('shard_index')}"
+                                 f"/{meta.get('n_shards')}, this is shard {self.index}/"
+                                 f"{self.n_shards}")
+        self._stats = self._owned(arrays, meta)
+        self._published, self._published_ref, self._dirty_since = None, None, None
+        return self.version
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for metrics: version, items, memory, deltas applied and rejected."""
+        return {
+            "shard_index": self.index, "n_shards": self.n_shards, "version": self.version,
+            "snapshot_id": self._stats.snapshot_id, "n_items": int(self._stats.n_items),
+            "nbytes": int(sum(a.nbytes for a in self._stats.to_arrays()[0].values())),
+            "deltas_applied": self.deltas_applied, "deltas_rejected": dict(self.rejected),
+            "foreign_rows": self.foreign_rows, "publications": self.publications,
+        }
+
+
+ParameterShardActor = ray.remote(num_cpus=0)(ParameterShard)
+"""``ParameterShard`` as a Ray actor (no CPU reservation: it waits on messages most of the time)."""
+
+
+def start_shards(stats: Statistics, n_shards: int, **actor_options: Any) -> list[Any]:
+    """One ``ParameterShardActor`` per share of ``stats``; returns their handles in order."""
+    parts = shard_parts(stats, n_shards)
+    actor = ParameterShardActor.options(**actor_options) if actor_options else ParameterShardActor
+    return [actor.remote(i, n_shards, arrays, meta) for i, (arrays, meta) in enumerate(parts)]
+
+
+def merge_snapshots(snapshots: Iterable[StatsArrays]) -> Any:
+    """One statistics object from the snapshots of every shard (a reader's whole view)."""
+    merged = None
+    for arrays, meta in snapshots:
+        part = stats_from_arrays(arrays, meta)
+        merged = part.copy() if merged is None else merged.merge(part)
+    if merged is None:
+        raise ValueError("merge_snapshots: no snapshots given")
+    return merged

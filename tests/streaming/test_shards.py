@@ -1,0 +1,248 @@
+"""Parameter shards: deltas merge in any order, snapshots respect the staleness bound without
+copying on every read, the catalogue changes while running, checkpoints round-trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recsys.bandits import DenseStats, GraphStats, shard_of, stats_from_arrays
+from recsys.bandits.graph import SoftContexts
+from streaming.shards import (
+    ParameterShard,
+    dense_statistics,
+    merge_snapshots,
+    shard_parts,
+    start_shards,
+)
+
+ITEMS = np.arange(40) * 3 + 1
+DIM = 4
+N_SHARDS = 3
+N_CLUSTERS = 5
+
+
+class FakeClock:
+    """Time that only moves when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _graph() -> GraphStats:
+    c, i = np.meshgrid(np.arange(N_CLUSTERS), ITEMS, indexing="ij")
+    keep = (c.ravel() + i.ravel()) % 4 != 0
+    return GraphStats.empty(ITEMS, N_CLUSTERS, c.ravel()[keep], i.ravel()[keep], lam=0.5)
+
+
+def _batch(layout: str, rng: np.random.Generator, n: int):
+    items = rng.choice(ITEMS, n)
+    rewards = rng.random(n)
+    if layout == "graph":
+        contexts = SoftContexts.of(rng.integers(0, N_CLUSTERS, (n, 2)),
+                                   rng.dirichlet([1.0, 1.0], n))
+    else:
+        contexts = rng.normal(size=(n, DIM)) + 2.0
+    return contexts, items, rewards
+
+
+def _stats(layout: str):
+    return _graph() if layout == "graph" else dense_statistics(ITEMS, DIM, lam=0.5)
+
+
+def _shards(stats, clock=None) -> list[ParameterShard]:
+    kwargs = {} if clock is None else {"clock": clock}
+    return [ParameterShard(i, N_SHARDS, *part, **kwargs)
+            for i, part in enumerate(shard_parts(stats, N_SHARDS))]
+
+
+def _routed(delta) -> dict[int, tuple]:
+    """A delta's (arrays, meta) per owning shard, the way learners route them."""
+    owner = shard_of(delta.item_ids, N_SHARDS)
+    return {s: delta.select(delta.item_ids[owner == s]).to_arrays()
+            for s in range(N_SHARDS) if (owner == s).any()}
+
+
+def test_dense_statistics_default_to_the_centred_layout() -> None:
+    assert dense_statistics(ITEMS, DIM).centred
+    assert not dense_statistics(ITEMS, DIM, centred=False).centred
+
+
+@pytest.mark.parametrize("layout", ["dense", "graph"])
+def test_deltas_merged_in_any_order_equal_one_learn(layout: str) -> None:
+    rng = np.random.default_rng(7)
+    base = _stats(layout)
+    contexts, items, rewards = _batch(layout, rng, 300)
+    truth = base.copy().learn(contexts, items, rewards)
+    shards = _shards(base)
+    # exposure and reward parts of random slices, delivered to the shards in a shuffled order,
+    # some one by one and some several per call
+    labels = rng.integers(0, 6, items.size)
+    messages = []
+    for label in range(6):
+        rows = np.flatnonzero(labels == label)
+        for part in ("exposure", "reward"):
+            delta = base.delta_from_batch(contexts[rows], items[rows],
+                                          None if part == "exposure" else rewards[rows],
+                                          part=part)
+            messages += list(_routed(delta).items())
+    for k in rng.permutation(len(messages)):
+        shard, delta = messages[k]
+        if k % 2:
+            shards[shard].apply([delta])
+        else:
+            shards[shard].apply([delta, delta])
+            shards[shard].apply([])  # an empty call is harmless
+    # every message with an even k went twice: take the second copies back out of the truth
+    for k in range(0, len(messages), 2):
+        shard, (arrays, meta) = messages[k]
+        truth.merge_inplace(stats_from_arrays(arrays, meta))
+    merged = merge_snapshots(s.snapshot(max_staleness_ms=0) for s in shards)
+    assert merged.allclose(truth, rtol=1e-9, atol=1e-12)
+    assert sum(s.stats()["deltas_applied"] for s in shards) == len(messages) + len(messages[::2])
+
+
+def test_a_share_with_items_of_other_shards_is_refused() -> None:
+    stats = dense_statistics(ITEMS, DIM)
+    arrays, meta = stats.to_arrays()
+    with pytest.raises(ValueError, match="belong to other shards"):
+        ParameterShard(0, N_SHARDS, arrays, meta)
+    with pytest.raises(ValueError, match=r"index must be in \[0, 3\)"):
+        ParameterShard(3, N_SHARDS, *shard_parts(stats, N_SHARDS)[0])
+
+
+def test_bad_deltas_are_counted_not_raised_and_foreign_rows_are_dropped() -> None:
+    base = dense_statistics(ITEMS, DIM)
+    shard = _shards(base)[0]
+    mine = shard.checkpoint()[0]["items"]
+    other = ITEMS[shard_of(ITEMS, N_SHARDS) != 0]
+    x = np.ones((2, DIM))
+    good = base.delta_from_batch(x, np.array([mine[0], other[0]]), np.array([1.0, 1.0]))
+    wrong_dim = DenseStats.empty(mine, DIM + 1, centred=True).to_arrays()
+    not_stats = ({"items": mine}, {"format": "nonsense"})
+    version = shard.apply([wrong_dim, good.to_arrays(), not_stats])
+    counters = shard.stats()
+    assert counters["deltas_applied"] == 1 and counters["foreign_rows"] == 1
+    assert sum(counters["deltas_rejected"].values()) == 2
+    assert any("dim" in reason for reason in counters["deltas_rejected"])
+    assert version == shard.version
+    got = stats_from_arrays(*shard.snapshot(0))
+    assert got.select([mine[0]]).allclose(good.select([mine[0]]))
+
+
+def test_snapshot_republishes_only_when_changed_and_older_than_the_bound() -> None:
+    clock = FakeClock()
+    base = dense_statistics(ITEMS, DIM)
+    shard = _shards(base, clock)[1]
+    mine = shard.checkpoint()[0]["items"]
+    delta = base.delta_from_batch(np.ones((1, DIM)), mine[:1], np.array([1.0])).to_arrays()
+
+    first_arrays, first_meta = shard.snapshot(max_staleness_ms=100)
+    assert first_meta["published_ms"] == int(clock.now * 1000)
+    assert first_meta["snapshot_id"] == shard.stats()["snapshot_id"]
+    # unchanged statistics: the same publication, however old, and it is current now
+    clock.now += 5.0
+    again_arrays, again_meta = shard.snapshot(max_staleness_ms=100)
+    assert again_arrays is first_arrays and shard.publications == 1
+    assert again_meta["current_at_ms"] == int(clock.now * 1000)
+    # changed less than the bound ago: still the old publication (no copy), current as of
+    # the change
+    changed_at = clock.now
+    shard.apply([delta])
+    clock.now += 0.08
+    arrays, meta = shard.snapshot(max_staleness_ms=100)
+    assert arrays is first_arrays and meta["snapshot_id"] == first_meta["snapshot_id"]
+    assert arrays["count"].sum() == 0 and meta["current_at_ms"] == int(changed_at * 1000)
+    # more changes do not reset the clock: the first unpublished change counts
+    shard.apply([delta])
+    clock.now += 0.03
+    arrays, meta = shard.snapshot(max_staleness_ms=100)
+    assert arrays is not first_arrays and shard.publications == 2
+    assert arrays["count"].sum() == 2 and meta["snapshot_id"] == shard.stats()["snapshot_id"]
+    assert meta["published_ms"] == meta["current_at_ms"] == int(clock.now * 1000)
+    # a publication is a copy: later deltas do not leak into it
+    shard.apply([delta])
+    assert arrays["count"].sum() == 2
+    # a zero bound always sees the latest statistics
+    assert shard.snapshot(max_staleness_ms=0)[0]["count"].sum() == 3
+    with pytest.raises(ValueError, match="max_staleness_ms must be >= 0"):
+        shard.snapshot(-1)
+
+
+@pytest.mark.parametrize("layout", ["dense", "graph"])
+def test_items_are_added_and_retired_while_running(layout: str) -> None:
+    base = _stats(layout)
+    shards = _shards(base)
+    new = np.array([1000, 1001, 1002, 1003, 1004, 1005])
+    added = [s.add_items(new) for s in shards]  # the driver broadcasts; each takes its own
+    assert sum(added) == new.size
+    if layout == "graph":
+        added_edges = [s.add_edges(np.zeros(new.size, dtype=np.int64), new) for s in shards]
+        assert sum(added_edges) == new.size
+    grown = base.copy()
+    grown.add_items(new) if layout == "dense" else grown.add_edges(np.zeros(new.size), new)
+    rng = np.random.default_rng(3)
+    contexts, items, rewards = _batch(layout, rng, 50)
+    items[:6] = new
+    if layout == "graph":
+        contexts.clusters[:6, 0], contexts.weights[:6, 0] = 0, 1.0
+    delta = grown.delta_from_batch(contexts, items, rewards)
+    for s, arrays_meta in _routed(delta).items():
+        shards[s].apply([arrays_meta])
+    merged = merge_snapshots(s.snapshot(0) for s in shards)
+    assert merged.allclose(grown.learn(contexts, items, rewards))
+    gone = np.array([1000, ITEMS[0]])
+    assert sum(s.retire_items(gone) for s in shards) == 2
+    merged = merge_snapshots(s.snapshot(0) for s in shards)
+    assert not np.isin(gone, merged.item_ids).any()
+    assert merged.allclose(grown.select(np.setdiff1d(grown.item_ids, gone)))
+    # a delta for a retired item is dropped row by row and counted, the rest still merges
+    for s, arrays_meta in _routed(delta).items():
+        shards[s].apply([arrays_meta])
+    assert sum(s.stats()["foreign_rows"] for s in shards) == np.isin(delta.item_ids, gone).sum()
+    with pytest.raises(ValueError, match="already present"):
+        for s in shards:
+            s.add_items([1001])
+    if layout == "dense":
+        with pytest.raises(TypeError, match="have no graph edges"):
+            shards[0].add_edges([0], [1000])
+
+
+def test_checkpoint_restores_the_same_statistics_into_a_fresh_shard() -> None:
+    base = dense_statistics(ITEMS, DIM)
+    shard = _shards(base)[2]
+    mine = shard.checkpoint()[0]["items"]
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(30, DIM))
+    shard.apply([base.delta_from_batch(x, rng.choice(mine, 30), rng.random(30)).to_arrays()])
+    arrays, meta = shard.checkpoint()
+    saved = {k: v.copy() for k, v in arrays.items()}
+    fresh = _shards(base)[2]
+    assert fresh.restore(saved, meta) == shard.version
+    assert stats_from_arrays(*fresh.snapshot(0)).allclose(stats_from_arrays(*shard.snapshot(0)))
+    assert fresh.stats()["snapshot_id"] == shard.stats()["snapshot_id"]
+    # the restored shard learns on (its arrays are its own, not the checkpoint's)
+    fresh.apply([base.delta_from_batch(x[:1], mine[:1], np.ones(1)).to_arrays()])
+    assert np.array_equal(saved["count"], arrays["count"])
+    with pytest.raises(ValueError, match="the checkpoint is of shard 2/3, this is shard 0/3"):
+        _shards(base)[0].restore(saved, meta)
+
+
+def test_shard_actors_hand_out_snapshots_by_reference(ray_session) -> None:
+    ray = ray_session
+    base = dense_statistics(ITEMS, DIM)
+    actors = start_shards(base, N_SHARDS)
+    rng = np.random.default_rng(11)
+    x, items, r = rng.normal(size=(60, DIM)), rng.choice(ITEMS, 60), rng.random(60)
+    delta = base.delta_from_batch(x, items, r)
+    ray.get([actors[s].apply.remote([part]) for s, part in _routed(delta).items()])
+    refs = [ray.get(a.snapshot_ref.remote(0))[0] for a in actors]
+    merged = merge_snapshots(ray.get(refs))
+    assert merged.allclose(base.copy().learn(x, items, r))
+    # the same publication is handed out again while nothing changed
+    assert ray.get(actors[0].snapshot_ref.remote(0))[0] == refs[0]
+    for actor in actors:
+        ray.kill(actor)
