@@ -4,6 +4,7 @@ what is read back, fsspec roots; and one run on the real broker and a real Ray a
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from datetime import UTC, date, datetime
 
@@ -305,7 +306,7 @@ def test_a_crash_between_writing_and_checkpointing_leaves_no_duplicates(tmp_path
     ranges = ranges_on_disk(tmp_path)
     assert ranges == [(0, 29), (30, 49), (50, 79), (80, 109), (110, 139), (140, 149)]
     # Ranges tile the offsets: no gap, no overlap, so even an undeduplicated read has each once.
-    assert all(a[1] + 1 == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(ranges))
     assert lake_offsets(tmp_path, deduplicate=False) == list(range(150))
     validate_frame(scan_lake(tmp_path, "impressions").collect(), "impressions")
 
