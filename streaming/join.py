@@ -139,6 +139,7 @@ class _Open:
     offset: int
     rewards: list[float | None]
     seen: set[tuple[int, str, int, float]]
+    items: list[int] | None = None  # slate item ids, built on the first feedback
 
 
 _Held = tuple[Feedback, int, int]  # feedback, partition, offset
@@ -302,7 +303,9 @@ class EventTimeJoiner:
             self._reject(out, fb, partition, offset, Reason.USER_MISMATCH,
                          f"feedback from user {fb.user_id!r}, impression for {imp.user_id!r}")
             return
-        index = next((k for k, e in enumerate(imp.slate) if e.item_id == fb.item_id), -1)
+        if opened.items is None:
+            opened.items = [entry.item_id for entry in imp.slate]
+        index = opened.items.index(fb.item_id) if fb.item_id in opened.items else -1
         if index < 0:
             self._reject(out, fb, partition, offset, Reason.NOT_IN_SLATE,
                          f"item {fb.item_id} was not shown in request {fb.request_id!r}")
