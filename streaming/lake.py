@@ -13,12 +13,24 @@ items ``element``; readers ignore the name). ``event_date`` (date32) and ``event
 (int8) are in the directory names only, derived from ``event_time_ms`` in UTC by
 ``recsys.schema.partition_expressions``; ``<first>`` and ``<last>`` are 20-digit offsets.
 
+What the offline pipeline reads (``recsys.schema`` is the authority; all times UTC):
+
+* ``impressions``: one row per shown item: ``request_id, event_time_ms, user_id, policy_name,
+  policy_version, context_dense, context_cluster_ids, context_cluster_weights, position,
+  item_id, score, propensity, schema_version`` + provenance. A slate is its ``request_id``.
+* ``feedback``: one row per user action: ``request_id, event_time_ms, user_id, position,
+  item_id, event_type, value, schema_version`` + provenance.
+* ``rewards``: one joined example per shown item: ``request_id, event_time_ms, user_id,
+  policy_name, policy_version, context_*, position, item_id, reward, propensity,
+  schema_version`` + provenance. This is the table OPE and the debiasing models train on.
+
 Exactly once per offset range
 -----------------------------
 The sink buffers each ``(topic, partition)`` and writes a *range* of its offsets at a time. A
 range covers ``[first, last]``: ``first`` is where the previous range ended plus one, or the offset
 given to ``restore``, or, on a sink that was never restored, the first event's offset; ``last`` is
-the last event's offset, or ``until - 1`` when ``flush(until=...)`` says where the reader stands.
+the last offset given to the sink (an event's, or a rejected record's, see below), or
+``until - 1`` when ``flush(until=...)`` says where the reader stands.
 Offsets in a range that hold no event (records the consumer dead-lettered, transaction markers)
 are simply absent from its rows. A range whose events span several date/hour partitions is one
 file per partition directory, all with the range's name. Each file is written atomically
@@ -36,7 +48,9 @@ A range is cut (written) when
   next offset}``, the form a checkpoint stores. Pass the readers' positions as ``until`` so the
   durable offsets include trailing dead-lettered records and equal what the readers report.
 
-Replays. Every checkpointed offset is a range boundary (``flush`` cuts every buffer). After a
+Replays. Every checkpointed offset is a range boundary: ``flush`` cuts every buffer, and the
+coordinator records the offsets it returns (with ``until`` = the paused readers' positions, the
+two agree). After a
 crash the pipeline restores the checkpoint and the readers re-read from its offsets;
 ``restore(offsets)`` starts each partition's next range exactly at its offset and **deletes the
 files of that (topic, partition) whose range starts at or after it** (with any temporary file a
@@ -65,9 +79,17 @@ Rules that resolve what remains:
   (partitions are assigned explicitly, so it does not happen).
 
 Bad input. Decode and validation failures never reach the sink (the consumer dead-letters them).
-A record on a topic the sink does not map to a table, an event of the wrong type for its table,
-or offsets that go backwards (a reader rewound without ``restore``) are bugs: ``write`` raises
-before buffering anything of the batch.
+A valid event can still hold a value no lake column can (a feature beyond float32, an id beyond
+int64, an event time past the year 9999, which has no date directory): the sink leaves that
+record out, counts it by reason (``stats().rejected_reasons``) and keeps it for
+``take_rejected()``, which the pipeline sends to the dead-letter topic before it records a
+checkpoint; the range still covers the offset, so a replay does not revisit it. A record on a
+topic the sink does not map to a table, an event of the wrong type for its table, or offsets that
+go backwards (a reader rewound without ``restore``) are bugs: ``write`` raises before buffering
+anything of the batch.
+
+Durability is the filesystem's: a local move survives a process crash; add fsync-on-close
+(or use an object store) where power loss matters.
 
 Reading. ``scan_lake(root, table)`` returns a ``polars.LazyFrame`` of the table with the schema's
 dtypes plus ``event_date``/``event_hour`` from the directory names (filter on them to prune
@@ -84,6 +106,7 @@ from __future__ import annotations
 import io
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,10 +136,12 @@ from streaming.topics import FEEDBACK, IMPRESSIONS, REWARDS
 
 __all__ = [
     "DEFAULT_TABLES",
+    "MAX_EVENT_TIME_MS",
     "LakeFile",
     "LakeSink",
     "LakeSinkActor",
     "LakeSinkStats",
+    "RejectedRecord",
     "RestoreReport",
     "file_name",
     "lake_files",
@@ -140,6 +165,12 @@ _TO_ARROW: dict[str, Callable[..., pa.Table]] = {
     "rewards": rewards_to_arrow,
 }
 _OFFSET_DIGITS = 20
+# A value the event contract allows but an Arrow column cannot hold (an id beyond int64, a
+# feature beyond float32): ``recsys.schema`` raises ValueError, pyarrow OverflowError or an
+# ArrowException.
+_CONVERSION_ERRORS = (ValueError, OverflowError, pa.ArrowException)
+MAX_EVENT_TIME_MS = 253_402_300_800_000
+"""10000-01-01T00:00Z: later event times have no date to name their partition directory."""
 _FILE_NAME = re.compile(r"^(?P<topic>.+)-p(?P<partition>\d+)-(?P<first>\d{20})-(?P<last>\d{20})")
 
 
@@ -188,7 +219,7 @@ class RestoreReport:
 class LakeSinkStats:
     """Counts since the sink started."""
 
-    records: int
+    records: int  # records buffered or written (rejected ones are counted in ``rejected``)
     rows_written: int
     files_written: int
     ranges_written: int
@@ -196,7 +227,21 @@ class LakeSinkStats:
     bytes_written: int
     files_removed: int
     straddling_files: int
+    rejected: int = 0
     cuts: dict[str, int] = field(default_factory=dict)  # by reason: size, age, flush
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RejectedRecord:
+    """A valid event the lake cannot hold (a value outside its column's type), with the reason:
+    for the dead-letter topic (``recsys.events.encode(event)`` gives its bytes back)."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    event: Any
 
 
 @dataclass
@@ -258,6 +303,8 @@ class LakeSink:
         self._files_removed = 0
         self._straddling = 0
         self._cuts = {"size": 0, "age": 0, "flush": 0}
+        self._rejected: list[RejectedRecord] = []
+        self._rejected_reasons: Counter[str] = Counter()
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -270,6 +317,7 @@ class LakeSink:
         """
         groups = self._group(batch)
         staged = []
+        rejected: list[RejectedRecord] = []
         for key, (events, offsets) in groups.items():
             part = self._partitions.get(key)
             floor = None if part is None else part.next_offset
@@ -286,21 +334,25 @@ class LakeSink:
                     "call restore(offsets) with the offsets it restarts from"
                 )
             table_name = self.tables[key[0]]
-            table = _TO_ARROW[table_name](
-                events, kafka_topic=key[0], kafka_partition=key[1], kafka_offset=offset_array
-            )
-            staged.append((key, table_name, table, offset_array))
+            table, kept, refused = _to_table(table_name, key, events, offset_array)
+            staged.append((key, table_name, table, kept, int(offset_array[-1]) + 1))
+            rejected += refused
         now = self._clock()
         written: list[LakeFile] = []
-        for key, table_name, table, offset_array in staged:
+        for record in rejected:
+            self._rejected.append(record)
+            self._rejected_reasons[record.reason.split(":", 1)[0]] += 1
+        for key, table_name, table, kept, next_offset in staged:
             part = self._partitions.setdefault(key, _Partition(table_name))
+            part.next_offset = next_offset
+            self._records += int(kept.size)
+            if not kept.size:
+                continue
             part.tables.append(table)
-            part.offsets.append(offset_array)
-            part.records += int(offset_array.size)
-            part.next_offset = int(offset_array[-1]) + 1
+            part.offsets.append(kept)
+            part.records += int(kept.size)
             if part.oldest is None:
                 part.oldest = now
-            self._records += int(offset_array.size)
             while part.records >= self.max_records:
                 written += self._cut_size(key, part, now)
         written += self.flush_due()
@@ -387,8 +439,7 @@ class LakeSink:
         for key, part in self._partitions.items():
             if part.records:
                 self._cuts["flush"] += 1
-            if part.records or key in until:
-                self._cut_buffer(key, part, until=until.get(key))
+            self._cut_buffer(key, part, until=until.get(key))
         for key, position in until.items():
             if key not in self._partitions:
                 self._partitions[key] = _Partition(
@@ -399,15 +450,15 @@ class LakeSink:
     def _cut_buffer(
         self, key: tuple[str, int], part: _Partition, until: int | None
     ) -> list[LakeFile]:
-        """Write the whole buffer as one range, ending at ``until - 1`` when given."""
+        """Write the whole buffer as one range ending at ``until - 1``, or at the last offset
+        given to the sink (rejected records included: they are handed over, not lost)."""
+        end = part.next_offset if until is None else until
         files: list[LakeFile] = []
         if part.records:
-            offsets = np.concatenate(part.offsets)
-            last = int(offsets[-1]) if until is None else until - 1
-            files = self._write_range(key, part, pa.concat_tables(part.tables), last)
+            files = self._write_range(key, part, pa.concat_tables(part.tables), end - 1)
         part.tables, part.offsets, part.records, part.oldest = [], [], 0, None
-        if until is not None:
-            part.start = part.durable = part.next_offset = until
+        if end is not None:
+            part.start = part.durable = part.next_offset = end
         return files
 
     def _write_range(
@@ -490,6 +541,11 @@ class LakeSink:
             and parsed[:2] == (topic, partition)
         ]
 
+    def take_rejected(self) -> list[RejectedRecord]:
+        """The records rejected since the last call (for the dead-letter topic); clears them."""
+        rejected, self._rejected = self._rejected, []
+        return rejected
+
     def stats(self) -> LakeSinkStats:
         """Counts since the sink started (records given, rows, files and bytes written, cuts)."""
         return LakeSinkStats(
@@ -501,7 +557,9 @@ class LakeSink:
             bytes_written=self._bytes_written,
             files_removed=self._files_removed,
             straddling_files=self._straddling,
+            rejected=sum(self._rejected_reasons.values()),
             cuts=dict(self._cuts),
+            rejected_reasons=dict(self._rejected_reasons),
         )
 
 
@@ -511,6 +569,49 @@ _DICTIONARY_COLUMNS = frozenset(
     {"policy_name", "policy_version", "event_type", "schema_version", "kafka_topic",
      "kafka_partition"}
 )
+
+
+def _to_table(
+    table_name: str, key: tuple[str, int], events: list[Any], offsets: np.ndarray
+) -> tuple[pa.Table, np.ndarray, list[RejectedRecord]]:
+    """The events' Arrow table, the offsets of the records in it, and the records rejected.
+
+    The whole group is converted at once; only if that fails are the events converted one by one
+    to find the culprits (a rare path). Event times past ``MAX_EVENT_TIME_MS`` are rejected too:
+    their date has no directory name.
+    """
+    to_arrow = _TO_ARROW[table_name]
+    topic, partition = key
+    rejected: list[RejectedRecord] = []
+    try:
+        table = to_arrow(events, kafka_topic=topic, kafka_partition=partition, kafka_offset=offsets)
+    except _CONVERSION_ERRORS:
+        good = np.ones(len(events), dtype=bool)
+        for index, (event, offset) in enumerate(zip(events, offsets.tolist(), strict=True)):
+            try:
+                to_arrow([event])
+            except _CONVERSION_ERRORS as exc:
+                good[index] = False
+                reason = f"lake {table_name}: a value does not fit the table ({exc})"
+                rejected.append(RejectedRecord(topic, partition, offset, reason, event))
+        events = [event for event, ok in zip(events, good.tolist(), strict=True) if ok]
+        offsets = offsets[good]
+        table = to_arrow(events, kafka_topic=topic, kafka_partition=partition, kafka_offset=offsets)
+    late = table["event_time_ms"].to_numpy() >= MAX_EVENT_TIME_MS
+    if late.any():
+        row_offsets = table["kafka_offset"].to_numpy()
+        bad = np.isin(offsets, row_offsets[late])
+        for index in np.flatnonzero(bad).tolist():
+            event = events[index]
+            reason = (
+                "lake event_time_ms: expected a time before the year 10000 (the date names a "
+                f"directory), got {event.event_time_ms}"
+            )
+            rejected.append(RejectedRecord(topic, partition, int(offsets[index]), reason, event))
+        table = table.filter(pa.array(~late))
+        offsets = offsets[~bad]
+    rejected.sort(key=lambda record: record.offset)
+    return table, offsets, rejected
 
 
 def _by_date_and_hour(table: pa.Table) -> list[tuple[tuple[Any, int], pa.Table]]:

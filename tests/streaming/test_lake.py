@@ -5,6 +5,7 @@ what is read back, fsspec roots; and one run on the real broker and a real Ray a
 from __future__ import annotations
 
 import itertools
+import re
 import uuid
 from datetime import UTC, date, datetime
 
@@ -26,6 +27,7 @@ from recsys.schema import (
 )
 from streaming.consumer import ConsumedEvent
 from streaming.lake import (
+    MAX_EVENT_TIME_MS,
     LakeSink,
     file_name,
     lake_files,
@@ -475,3 +477,42 @@ def test_events_from_the_broker_land_in_the_lake_once_via_a_ray_actor(
             provenance
         )
         assert sorted(got["request_id"].unique()) == sorted(e.request_id for e in events)
+
+
+def test_values_the_lake_cannot_hold_are_rejected_with_a_reason_not_a_crash(tmp_path):
+    """Valid events can still overflow a column (float32 features, int64 ids, a date past year
+    9999): those records are set aside for the dead-letter topic and counted; the rest land."""
+    too_big = impression(2)
+    too_big = Impression(**{**{f: getattr(too_big, f) for f in too_big.__struct_fields__},
+                            "context": Context(dense=(1e39, 0.0))})
+    far_future = impression(4, time_ms=MAX_EVENT_TIME_MS)
+    events = [impression(0), impression(1), too_big, impression(3), far_future, impression(5)]
+    sink = LakeSink(tmp_path)
+    sink.write(consumed(events, range(6)))
+    sink.write(consumed([feedback(6)], [0], "recsys.feedback"))
+    huge_id = Feedback(request_id="r", event_time_ms=1, user_id="u", item_id=2**63,
+                       position=0, event_type="click")
+    sink.write(consumed([huge_id], [1], "recsys.feedback"))
+    only_bad = Reward(**{**{f: getattr(reward(8), f) for f in Reward.__struct_fields__},
+                         "item_id": 2**64 - 1})
+    sink.write(consumed([only_bad], [7], "recsys.rewards"))
+    assert sink.flush() == {(TOPIC, 0): 6, ("recsys.feedback", 0): 2, ("recsys.rewards", 0): 8}
+    rejected = sink.take_rejected()
+    assert [(r.topic, r.offset) for r in rejected] == [
+        (TOPIC, 2), (TOPIC, 4), ("recsys.feedback", 1), ("recsys.rewards", 7)
+    ]
+    assert rejected[0].event is too_big and rejected[1].event is far_future
+    assert re.match(r"lake impressions: a value does not fit the table \(context_dense: "
+                    r"expected values that fit float32", rejected[0].reason)
+    assert re.match(r"lake event_time_ms: expected a time before the year 10000 .* got "
+                    f"{MAX_EVENT_TIME_MS}", rejected[1].reason)
+    assert re.match(r"lake feedback: a value does not fit the table \(", rejected[2].reason)
+    assert sink.take_rejected() == []
+    stats = sink.stats()
+    assert stats.rejected == 4 and stats.records == 5
+    assert stats.rejected_reasons == {"lake impressions": 1, "lake event_time_ms": 1,
+                                      "lake feedback": 1, "lake rewards": 1}
+    assert lake_offsets(tmp_path) == [0, 1, 3, 5]
+    assert ranges_on_disk(tmp_path) == [(0, 5)]
+    assert ranges_on_disk(tmp_path, "feedback") == [(0, 1)]  # the range covers rejected offsets
+    assert lake_files(tmp_path, "rewards") == []
