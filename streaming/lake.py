@@ -418,7 +418,7 @@ class LakeSink:
         ``until``: the readers' positions (the next offset each will read). The caller states
         that every decoded event before them was given to the sink, so a partition's range ends
         at ``until - 1`` and its durable offset is ``until``, trailing dead letters included;
-        partitions without an entry end at their last event. The result names every partition
+        partitions without an entry end at the last offset given. The result names every partition
         the sink knows, in the form a checkpoint stores.
         """
         until = dict(until or {})
