@@ -71,6 +71,12 @@ Rules that resolve what remains:
 * ``scan_lake`` always de-duplicates rows by provenance: ``kafka_topic, kafka_partition,
   kafka_offset`` (and ``position`` for impressions, whose record is one row per shown item).
   Rows of one offset are copies of one Kafka record, so which copy is kept does not matter.
+* ``rewards`` are also de-duplicated by ``(request_id, item_id)``, keeping the row with the
+  smallest ``(kafka_partition, kafka_offset)``: a joiner recovered from a checkpoint re-sends the
+  rewards it produced after it, identical records at new offsets (``streaming.joiner``), so the
+  lake holds those offsets once each but a joined example more than once. Repeats keep the first
+  (``streaming.join``); a request's rewards share a partition (key = request id), so the
+  smallest offset is the first sent. This makes the rewards table exactly once per example.
 * Between ``restore`` and the replay catching up, the deleted uncommitted offsets are briefly
   absent from the lake; everything up to the checkpoint is always there.
 * Kafka's retention must outlast a checkpoint interval: offsets that can no longer be re-read
@@ -667,7 +673,9 @@ def scan_lake(
 
     Columns: the table's schema (``recsys.schema.arrow_schema(table)``) plus ``event_date``
     (Date) and ``event_hour`` (Int8) from the directory names. Rows are de-duplicated by
-    provenance (see the module docs) unless ``deduplicate=False``; order is unspecified.
+    provenance, and rewards also by ``(request_id, item_id)`` keeping the smallest
+    ``(kafka_partition, kafka_offset)`` (see the module docs), unless ``deduplicate=False``;
+    order is unspecified.
     """
     schema = arrow_schema(table)
     fs, path = resolve(root, filesystem)
@@ -691,7 +699,19 @@ def scan_lake(
         frame = pl.scan_pyarrow_dataset(dataset)
     if deduplicate:
         frame = frame.unique(subset=_dedup_keys(table), keep="any")
+        if table == "rewards":
+            frame = _first_reward_per_example(frame)
     return frame
+
+
+def _first_reward_per_example(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Each ``(request_id, item_id)``'s row with the smallest ``(kafka_partition,
+    kafka_offset)`` (rows already unique by provenance): the smallest partition, then among its
+    rows the smallest offset, as window filters rather than a sort of the whole table."""
+    example = ["request_id", "item_id"]
+    return frame.filter(
+        pl.col("kafka_partition") == pl.col("kafka_partition").min().over(example)
+    ).filter(pl.col("kafka_offset") == pl.col("kafka_offset").min().over(example))
 
 
 def lake_files(root: PathLike, table: TableName, *, filesystem: Any = None) -> list[str]:
