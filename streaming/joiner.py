@@ -179,8 +179,10 @@ class Joiner:
         self._producer.flush()
         return self.positions(), self.core.state_arrays()
 
-    def restore(self, offsets: Mapping[tuple[str, int], int], state: StateArrays) -> None:
-        """Seek every assigned partition to a checkpoint's offsets and rebuild the join state."""
+    def restore(self, offsets: Mapping[tuple[str, int], int],
+                state: StateArrays | None = None) -> None:
+        """Seek every assigned partition to a checkpoint's offsets and rebuild the join state
+        (``state`` None: a first start at ``offsets``, with an empty join state)."""
         mine = set(self.assignment())
         if set(offsets) != mine:
             raise ValueError(
@@ -188,7 +190,7 @@ class Joiner:
                 f"joiner's assignment {sorted(mine)}; restore with the assignment it was taken "
                 "with"
             )
-        core = EventTimeJoiner.from_state_arrays(state)
+        core = self.core if state is None else EventTimeJoiner.from_state_arrays(state)
         self._consumer.seek(offsets)
         self.core = core
 

@@ -1,0 +1,141 @@
+"""The whole streaming pipeline on the real broker and real Ray: exactly once, across stops and
+actor deaths.
+
+The truth is ``learn(part="both")`` on the true joined examples of a generated log (with
+duplicates, late, unmapped, not-in-slate and orphan events mixed in) or, when the log is produced
+in two parts, on what the pure joiner emits for the partitions' streams as produced; the pipeline
+must reach it undisturbed, after a stop and a restart with more events, and after an actor is
+killed mid-run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recsys.config import StreamSettings
+from streaming.join import EventTimeJoiner
+from streaming.lake import scan_lake
+from streaming.pipeline import StreamPipeline, Topics
+from streaming.shards import dense_statistics
+from tests.streaming.test_join import LATENESS, MAPPING, WINDOW, Log, generate_log
+from tests.streaming.test_learner import _produce, dense_contexts, truth_stats
+
+pytestmark = pytest.mark.integration
+
+N_ITEMS, DIM = 50, 3
+SETTINGS = StreamSettings(
+    learners=2, shards=2, joiners=1, batch_size=500, window_ms=WINDOW,
+    allowed_lateness_ms=LATENESS, reward_mapping="add_to_cart=0.5,click=1,purchase=1,skip=0",
+    dim=DIM, checkpoint_interval_s=3600.0,
+)
+
+
+def _topics(unique_topics) -> tuple[Topics, dict[str, str]]:
+    names = unique_topics({"imps": 2, "fbs": 2, "rewards": 2, "dead": 1})
+    return Topics(names["imps"], names["fbs"], names["rewards"], names["dead"]), names
+
+
+def _pipeline(kafka_bootstrap, topics: Topics, tmp_path, lake: bool = False) -> StreamPipeline:
+    template = dense_statistics(np.arange(N_ITEMS), DIM)
+    return StreamPipeline(
+        kafka_bootstrap, SETTINGS, template, str(tmp_path / "checkpoints"),
+        lake_uri=str(tmp_path / "lake") if lake else None, topics=topics,
+    )
+
+
+def _part(log: Log, keep) -> Log:
+    """The requests of ``log`` for which ``keep(index)`` holds (a prefix or a suffix)."""
+    wanted = {rid for rid, _ in log.truth if keep(int(rid.split("-")[1]))}
+    part = Log({p: [] for p in log.impressions}, {p: [] for p in log.feedback})
+    for source, target in ((log.impressions, part.impressions), (log.feedback, part.feedback)):
+        for p, keyed in source.items():
+            target[p] = [(k, e) for k, e in keyed if e.request_id in wanted]
+    part.truth = {key: v for key, v in log.truth.items() if key[0] in wanted}
+    return part
+
+
+def _truth(log: Log):
+    return truth_stats(dense_statistics(np.arange(N_ITEMS), DIM), log, dense_contexts)
+
+
+def _joined_truth(*parts: Log):
+    """``learn`` on the joiner's rewards for the parts produced one after the other: a split
+    log is another log (a later part's feedback can be late against the earlier part's clock)."""
+    joiner = EventTimeJoiner(WINDOW, LATENESS, MAPPING)
+    for part in parts:
+        for p in part.impressions:
+            joiner.add([e for _, e in part.impressions[p]], p)
+            joiner.add([e for _, e in part.feedback[p]], p)
+    rewards = joiner.flush().rewards
+    base = dense_statistics(np.arange(N_ITEMS), DIM)
+    return base.learn(dense_contexts(rewards), np.array([r.item_id for r in rewards]),
+                      np.array([r.reward for r in rewards]))
+
+
+def test_pipeline_reaches_the_truth_and_lands_every_event_in_the_lake(
+        kafka_bootstrap, unique_topics, ray_session, tmp_path) -> None:
+    topics, names = _topics(unique_topics)
+    log = generate_log(21, n_requests=400, partitions=2)
+    _produce(kafka_bootstrap, log, names)
+    pipeline = _pipeline(kafka_bootstrap, topics, tmp_path, lake=True)
+    try:
+        assert pipeline.start() is None  # nothing to restore: starts at the beginning
+        pipeline.run_to_end()
+        assert pipeline.statistics().allclose(_truth(log), rtol=1e-9, atol=1e-12)
+        impressions = scan_lake(tmp_path / "lake", "impressions").collect()
+        shown = sum(len(e.slate) for keyed in log.impressions.values() for _, e in keyed)
+        assert impressions.height == shown
+        assert scan_lake(tmp_path / "lake", "feedback").collect().height == sum(
+            map(len, log.feedback.values()))
+        assert pipeline.store.list() == [pipeline.coordinator.last.checkpoint_id]
+    finally:
+        pipeline.stop(checkpoint=False)
+
+
+def test_a_restarted_pipeline_resumes_from_its_checkpoint(
+        kafka_bootstrap, unique_topics, ray_session, tmp_path) -> None:
+    topics, names = _topics(unique_topics)
+    log = generate_log(22, n_requests=400, partitions=2, messy=True)
+    first_half, second_half = _part(log, lambda r: r < 200), _part(log, lambda r: r >= 200)
+    _produce(kafka_bootstrap, first_half, names)
+    pipeline = _pipeline(kafka_bootstrap, topics, tmp_path)
+    pipeline.start()
+    pipeline.run_to_end()
+    checkpoint_id = pipeline.coordinator.last.checkpoint_id
+    pipeline.stop()  # checkpoints again, at the same offsets
+    _produce(kafka_bootstrap, second_half, names)
+    resumed = _pipeline(kafka_bootstrap, topics, tmp_path)
+    try:
+        restored = resumed.start()
+        assert restored is not None and restored.checkpoint_id > checkpoint_id
+        assert resumed.statistics().allclose(_truth(first_half), rtol=1e-9, atol=1e-12)
+        resumed.run_to_end()
+        assert resumed.statistics().allclose(_joined_truth(first_half, second_half), rtol=1e-9,
+                                             atol=1e-12)
+    finally:
+        resumed.stop(checkpoint=False)
+
+
+@pytest.mark.parametrize("role", ["learners", "shards", "joiners"])
+def test_killing_an_actor_rolls_back_to_the_checkpoint_and_loses_nothing(
+        kafka_bootstrap, unique_topics, ray_session, tmp_path, role) -> None:
+    import ray
+
+    topics, names = _topics(unique_topics)
+    log = generate_log(23, n_requests=400, partitions=2, messy=True)
+    first, rest = _part(log, lambda r: r < 150), _part(log, lambda r: r >= 150)
+    _produce(kafka_bootstrap, first, names)
+    pipeline = _pipeline(kafka_bootstrap, topics, tmp_path)
+    try:
+        pipeline.start()
+        pipeline.run_to_end()  # a checkpoint after the first 150 requests
+        _produce(kafka_bootstrap, rest, names)
+        for _ in range(3):  # some of the rest is learned, and lost with the actor
+            pipeline.step()
+        ray.kill(getattr(pipeline.actors, role)[0], no_restart=True)
+        pipeline.run_to_end()
+        assert pipeline.recoveries == 1
+        assert pipeline.statistics().allclose(_joined_truth(first, rest), rtol=1e-9, atol=1e-12)
+    finally:
+        pipeline.stop(checkpoint=False)
