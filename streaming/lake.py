@@ -99,10 +99,13 @@ Durability is the filesystem's: a local move survives a process crash; add fsync
 
 Reading. ``scan_lake(root, table)`` returns a ``polars.LazyFrame`` of the table with the schema's
 dtypes plus ``event_date``/``event_hour`` from the directory names (filter on them to prune
-partitions), de-duplicated as above, in no particular order. It lists the files when called
-(files written later are not in that frame); a table with no files yet is an empty frame of the
-right schema. Local roots are read by polars' native scanner, other URIs through a pyarrow dataset
-over the fsspec filesystem.
+partitions), de-duplicated as above, in no particular order. Pruning works for impressions and
+feedback; for rewards a filter runs after the de-duplication by ``(request_id, item_id)``, which
+must see every copy of an example wherever it lies, so the whole table is read (a replay's copies
+share their event time and directory, but a request repeated after its window closed may not).
+It lists the files when called (files written later are not in that frame); a table with no files
+yet is an empty frame of the right schema. Local roots are read by polars' native scanner, other
+URIs through a pyarrow dataset over the fsspec filesystem.
 
 ``LakeSinkActor`` is the same class as a Ray actor (one per set of partitions it owns).
 """
