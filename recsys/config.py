@@ -95,7 +95,9 @@ class StreamSettings:
     not listed earns nothing and is counted). ``update_mode`` "fresh" updates the bandit state
     with an impression's exposure at once and a click's reward at once; "window" learns only
     joined examples when their attribution window closes. Unset ``checkpoint_uri``/``lake_uri``
-    mean ``<data_dir>/checkpoints`` and ``<data_dir>/lake``; any fsspec URI works.
+    mean ``<data_dir>/checkpoints`` and ``<data_dir>/lake``; any fsspec URI works. ``n_items``
+    is the dense catalogue (item ids ``0..n_items-1``); graph mode takes its catalogue from
+    ``graph_file`` (written by ``ClusterGraph.save``).
     """
 
     learners: int = 2
@@ -107,6 +109,7 @@ class StreamSettings:
     reward_mapping: str = "click=1,add_to_cart=1,purchase=1"
     update_mode: str = "fresh"
     layout: str = "dense"
+    n_items: int = 1000
     dim: int = 32
     centred: bool = True
     lam: float = 1.0
@@ -376,7 +379,8 @@ def _validate(settings: Settings) -> None:
 
 
 def _validate_stream(stream: StreamSettings) -> None:
-    for name in ("learners", "shards", "joiners", "batch_size", "dim", "checkpoints_keep"):
+    for name in ("learners", "shards", "joiners", "batch_size", "n_items", "dim",
+                 "checkpoints_keep"):
         if getattr(stream, name) < 1:
             raise ConfigError(f"stream.{name} must be >= 1, got {getattr(stream, name)}")
     for name in ("window_ms", "allowed_lateness_ms", "snapshot_staleness_ms"):

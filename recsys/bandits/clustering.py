@@ -7,12 +7,16 @@ items by inner product with the centroid; a user's context is their top-K cluste
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from recsys.bandits.graph import GraphStats, SoftContexts, Weighting
+from recsys.bandits.persistence import decode_npz, encode_npz
+from recsys.storage import PathLike, read_bytes, resolve, write_bytes_atomic
+
+GRAPH_FORMAT = "recsys.bandits.ClusterGraph/1"
 
 Calibration = Literal["k1", "normalised", "raw"]
 _CHUNK = 1024
@@ -31,6 +35,28 @@ class ClusterGraph:
     @property
     def n_clusters(self) -> int:
         return int(self.centroids.shape[0])
+
+    def save(self, uri: PathLike, *, filesystem: Any = None) -> None:
+        """Write the graph as an ``.npz`` (plain arrays and a JSON header) to a path or URI."""
+        fs, path = resolve(uri, filesystem)
+        arrays = {"centroids": self.centroids, "item_ids": self.item_ids,
+                  "edge_clusters": self.edge_clusters, "edge_items": self.edge_items}
+        write_bytes_atomic(fs, path, encode_npz({"format": GRAPH_FORMAT,
+                                                 "version": self.version}, arrays))
+
+    @classmethod
+    def load(cls, uri: PathLike, *, filesystem: Any = None) -> ClusterGraph:
+        """Read a graph written by :meth:`save` (what ``stream.graph_file`` names)."""
+        fs, path = resolve(uri, filesystem)
+        meta, arrays = decode_npz(read_bytes(fs, path), where=str(uri))
+        if meta.get("format") != GRAPH_FORMAT:
+            raise ValueError(f"{uri}: format {meta.get('format')!r}, expected {GRAPH_FORMAT!r} "
+                             "(write it with ClusterGraph.save)")
+        missing = {"centroids", "item_ids", "edge_clusters", "edge_items"} - set(arrays)
+        if missing:
+            raise ValueError(f"{uri}: missing arrays {sorted(missing)}")
+        return cls(arrays["centroids"], arrays["item_ids"], arrays["edge_clusters"],
+                   arrays["edge_items"], version=str(meta.get("version", "")))
 
     def stats(
         self, *, lam: float = 1.0, calibration: Calibration = "k1",

@@ -93,3 +93,20 @@ def test_graph_policy_learns_the_best_item_per_cluster(graph) -> None:
     ctx = graph.contexts(USERS, calibration="k1")
     top = policy.recommend(ctx, k=1).items[:, 0]
     assert np.mean(top == np.array([best[c] for c in ctx.clusters[:, 0]])) > 0.9
+
+
+def test_cluster_graph_saves_and_loads_through_a_uri(tmp_path) -> None:
+    from recsys.bandits import ClusterGraph
+
+    graph = ClusterGraph(np.eye(2), np.array([3, 5, 8]), np.array([0, 1, 1]),
+                         np.array([3, 5, 8]), version="emb-v2")
+    graph.save("memory://graphs/g.npz")
+    back = ClusterGraph.load("memory://graphs/g.npz")
+    assert back.version == "emb-v2" and back.n_clusters == 2
+    np.testing.assert_array_equal(back.edge_items, graph.edge_items)
+    assert back.stats().allclose(graph.stats())
+    from recsys.bandits import DenseStats
+
+    DenseStats.empty([1], 2).save(tmp_path / "dense.npz")
+    with pytest.raises(ValueError, match=r"expected 'recsys\.bandits\.ClusterGraph/1'"):
+        ClusterGraph.load(tmp_path / "dense.npz")
