@@ -1,0 +1,187 @@
+"""``recsys stream`` runs the streaming pipeline; ``recsys checkpoints`` inspects its checkpoints.
+
+``recsys stream`` resolves Kafka and Ray like every command (a configured cluster, a broker left
+by ``recsys broker start``, else an embedded one), ensures the topics, builds the statistics of
+the ``[stream]`` section, resumes from the newest checkpoint, and runs until Ctrl-C (or
+``--duration``), printing one status line: events/s, consumer lag, checkpoint age, recoveries.
+It checkpoints at ``stream.checkpoint_interval_s`` and once more on the way out.
+
+An embedded broker lives only as long as the command, and a checkpoint names the cluster its
+offsets belong to, so on such a broker checkpoints go to ``<checkpoint_uri>/<cluster id>``:
+they are kept apart from those of a long-lived cluster, which is what resuming needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from recsys.checkpoint import CheckpointError, CheckpointStore
+from recsys.config import Settings
+from recsys.storage import join
+
+
+def _template(settings: Settings) -> Any:
+    """Empty statistics over the configured catalogue (dense items or the offline graph)."""
+    from recsys.bandits import ClusterGraph
+    from streaming.shards import dense_statistics, graph_statistics
+
+    stream = settings.stream
+    if stream.layout == "graph":
+        assert stream.graph_file is not None
+        return graph_statistics(ClusterGraph.load(stream.graph_file), lam=stream.lam)
+    return dense_statistics(np.arange(stream.n_items), stream.dim, lam=stream.lam,
+                            centred=stream.centred)
+
+
+def _lag(pipeline: Any) -> int:
+    """Records not yet read by the learners (end offsets minus positions)."""
+    import ray
+
+    learners = pipeline.actors.learners
+    ends = ray.get([a.end_offsets.remote() for a in learners])
+    positions = ray.get([a.positions.remote() for a in learners])
+    return sum(max(0, end[tp] - pos.get(tp, 0)) for end, pos in zip(ends, positions, strict=True)
+               for tp in end)
+
+
+def _status(pipeline: Any, rate: float, started: float) -> str:
+    last = pipeline.coordinator.last
+    age = "none yet" if last is None else f"{time.monotonic() - pipeline._last_checkpoint:.0f}s ago"
+    return (f"\r  {rate:>9,.0f} events/s | lag {_lag(pipeline):>9,} | checkpoint {age} | "
+            f"recoveries {pipeline.recoveries} | up {time.monotonic() - started:.0f}s   ")
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    from streaming.pipeline import StreamPipeline
+    from streaming.services import kafka_cluster, ray_runtime
+    from streaming.topics import ensure_topics, standard_topics
+
+    settings: Settings = args.settings
+    with kafka_cluster(settings) as cluster, ray_runtime(settings):
+        ensure_topics(cluster.bootstrap, standard_topics(settings.kafka.partitions),
+                      settings.kafka.replication_factor, **cluster.client_options)
+        checkpoint_uri = settings.checkpoint_uri
+        if cluster.origin == "embedded broker":
+            from streaming.topics import cluster_layout
+
+            cluster_id = cluster_layout(cluster.bootstrap, [], **cluster.client_options).cluster_id
+            checkpoint_uri = join(checkpoint_uri, cluster_id)
+            print("note: this embedded broker lives only as long as the command; use "
+                  "`recsys broker start` or kafka.bootstrap for a pipeline that resumes later")
+        pipeline = StreamPipeline(
+            cluster.bootstrap, settings.stream, _template(settings), checkpoint_uri,
+            lake_uri=None if args.no_lake else settings.lake_uri,
+            client_options=cluster.client_options,
+        )
+        restored = pipeline.start()
+        where = "the beginning" if restored is None else f"checkpoint {restored.checkpoint_id}"
+        print(f"recsys stream: kafka {cluster.bootstrap} ({cluster.origin}), "
+              f"{settings.stream.learners} learners, {settings.stream.shards} shards, "
+              f"{settings.stream.joiners} joiners; resuming from {where}")
+        print(f"  checkpoints {checkpoint_uri}" + ("" if args.no_lake else
+                                                   f"   lake {settings.lake_uri}"))
+        started = time.monotonic()
+        window_started, window_events = started, 0
+        try:
+            while args.duration is None or time.monotonic() - started < args.duration:
+                window_events += pipeline.step()
+                now = time.monotonic()
+                if now - window_started >= args.status_interval:
+                    rate = window_events / (now - window_started)
+                    sys.stdout.write(_status(pipeline, rate, started))
+                    sys.stdout.flush()
+                    window_started, window_events = now, 0
+        except KeyboardInterrupt:
+            print("\n  interrupted: checkpointing and stopping")
+        finally:
+            try:
+                report = pipeline.checkpoint()
+                print(f"\n  last checkpoint {report.checkpoint_id} in {report.duration_s:.2f}s")
+                stats = pipeline.stats()
+                print(f"  recoveries {stats['recoveries']}")
+            finally:
+                pipeline.stop(checkpoint=False)
+    return 0
+
+
+def _store(args: argparse.Namespace) -> CheckpointStore:
+    return CheckpointStore(args.uri or args.settings.checkpoint_uri)
+
+
+def run_checkpoints(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        if args.action == "list":
+            ids = store.list()
+            if not ids:
+                print(f"no complete checkpoint in {store.uri}")
+            for checkpoint_id in ids:
+                checkpoint = store.read(checkpoint_id)
+                created = datetime.fromtimestamp((checkpoint.created_ms or 0) / 1000, UTC)
+                print(f"{checkpoint_id}  {created:%Y-%m-%d %H:%M:%S}Z  cluster "
+                      f"{checkpoint.cluster_id}  {len(checkpoint.offsets)} partitions at "
+                      f"{sum(checkpoint.offsets.values()):,} records  parts "
+                      f"{', '.join(sorted(checkpoint.stats))}")
+            return 0
+        checkpoint_id = args.id or (store.list() or [None])[-1]
+        if checkpoint_id is None:
+            print(f"no complete checkpoint in {store.uri}")
+            return 1
+        checkpoint = store.read(checkpoint_id)
+        if args.action == "show":
+            print(json.dumps({
+                "checkpoint_id": checkpoint.checkpoint_id,
+                "created_ms": checkpoint.created_ms,
+                "cluster_id": checkpoint.cluster_id,
+                "partitions": checkpoint.partitions,
+                "offsets": {f"{t}[{p}]": o for (t, p), o in sorted(checkpoint.offsets.items())},
+                "snapshot_id": checkpoint.snapshot_id,
+                "items": {name: int(s.n_items) for name, s in sorted(checkpoint.stats.items())},
+                "state": sorted(checkpoint.state),
+                "meta": checkpoint.meta,
+            }, indent=2))
+            return 0
+        # restore: make it the newest, so the next `recsys stream` resumes from it
+        new_id = store.write(checkpoint, prune=False)
+        print(f"{checkpoint_id} copied as {new_id}: the next `recsys stream` resumes from it "
+              "(events after it are replayed; lake files past it are rewritten)")
+        return 0
+    except CheckpointError as exc:
+        print(f"error: {exc}")
+        return 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "stream",
+        help="run the streaming pipeline (joiners, learners, shards, lake) until Ctrl-C",
+        description="Kafka → joiners, learners → parameter shards (+ Parquet lake) on Ray, with "
+                    "checkpoints; resumes from the newest one.",
+    )
+    parser.add_argument("--duration", type=float, default=None,
+                        help="stop after this many seconds (default: run until Ctrl-C)")
+    parser.add_argument("--status-interval", type=float, default=1.0,
+                        help="seconds between status lines (default 1)")
+    parser.add_argument("--no-lake", action="store_true", help="do not write the Parquet lake")
+    parser.set_defaults(func=run_stream)
+
+
+def register_checkpoints(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "checkpoints",
+        help="list, show or restore the streaming pipeline's checkpoints",
+        description="Inspect checkpoints (stream.checkpoint_uri, or --uri); `restore ID` makes "
+                    "an older one the newest so the next `recsys stream` resumes from it.",
+    )
+    parser.add_argument("action", choices=("list", "show", "restore"))
+    parser.add_argument("id", nargs="?", default=None,
+                        help="checkpoint id (default: the newest)")
+    parser.add_argument("--uri", default=None, help="checkpoint location (default: config)")
+    parser.set_defaults(func=run_checkpoints)
