@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from recsys.checkpoint import CheckpointStore
 from recsys.config import StreamSettings
 from streaming.join import EventTimeJoiner
 from streaming.lake import scan_lake
@@ -139,3 +140,43 @@ def test_killing_an_actor_rolls_back_to_the_checkpoint_and_loses_nothing(
         assert pipeline.statistics().allclose(_joined_truth(first, rest), rtol=1e-9, atol=1e-12)
     finally:
         pipeline.stop(checkpoint=False)
+
+
+class _CrashingStore(CheckpointStore):
+    """A store whose next write dies after the parts are written and before the manifest: what
+    a coordinator killed mid-checkpoint leaves behind."""
+
+    crash_next = False
+
+    def _write_part(self, directory, filename, meta, arrays):
+        entry = super()._write_part(directory, filename, meta, arrays)
+        if self.crash_next and filename.startswith("state-"):
+            self.crash_next = False
+            raise SystemExit("coordinator killed while writing a checkpoint")
+        return entry
+
+
+def test_a_coordinator_killed_mid_checkpoint_leaves_the_previous_cut(
+        kafka_bootstrap, unique_topics, ray_session, tmp_path) -> None:
+    topics, names = _topics(unique_topics)
+    log = generate_log(24, n_requests=300, partitions=2, messy=True)
+    first, rest = _part(log, lambda r: r < 100), _part(log, lambda r: r >= 100)
+    _produce(kafka_bootstrap, first, names)
+    pipeline = _pipeline(kafka_bootstrap, topics, tmp_path)
+    pipeline.store = pipeline.coordinator.store = _CrashingStore(tmp_path / "checkpoints")
+    pipeline.start()
+    pipeline.run_to_end()
+    good = pipeline.coordinator.last.checkpoint_id
+    _produce(kafka_bootstrap, rest, names)
+    pipeline.store.crash_next = True
+    with pytest.raises(SystemExit, match="coordinator killed"):
+        pipeline.run_to_end()
+    pipeline.stop(checkpoint=False)  # the driver is gone: its actors go with it
+    assert pipeline.store.list() == [good]  # the interrupted cut is not a checkpoint
+    resumed = _pipeline(kafka_bootstrap, topics, tmp_path)
+    try:
+        assert resumed.start().checkpoint_id == good
+        resumed.run_to_end()
+        assert resumed.statistics().allclose(_joined_truth(first, rest), rtol=1e-9, atol=1e-12)
+    finally:
+        resumed.stop(checkpoint=False)
