@@ -1,0 +1,523 @@
+"""Prometheus exposition for the streaming pipeline: lag, throughput, dead letters, freshness,
+checkpoints, shard versions and per-item exposure/reward figures.
+
+:class:`PipelineMetrics` reads a :class:`~streaming.pipeline.StreamPipeline`'s actors when the
+driver calls :meth:`~PipelineMetrics.collect` (the CLI does it once per status line), keeps the
+figures of the last collection, and serves them in the Prometheus text format from a private
+``prometheus_client`` registry: :meth:`~PipelineMetrics.render` for tests and the status line,
+:meth:`~PipelineMetrics.start` for an HTTP endpoint (loopback by default). A scrape never calls
+the actors; it shows the last collection (``recsys_stream_last_collection_timestamp_seconds``).
+
+What each family measures (``actor`` is the pipeline's name: ``joiner-0``, ``learner-1``, ...):
+
+* ``recsys_stream_consumer_lag_records{role,actor,topic,partition}``: end offset − position of
+  every partition a reader owns (records still to read), from the actors' ``end_offsets`` and
+  ``positions``.
+* ``recsys_stream_records_total{stage,actor}`` and ``recsys_stream_records_per_second``: Kafka
+  records read (learners and lake writers: ``consumed``; joiners: impressions + feedback +
+  undecodable records), and their rate between the last two collections (a counter that went down,
+  after a rebuilt actor, counts from zero).
+* ``recsys_stream_dead_letters_total{actor,reason}``: records sent to the dead-letter topic, by
+  reason: joiners' join rejections (``streaming.join.Reason``) and undecodable records; lake
+  writers' undecodable and unfit records by reason; learners' undecodable records (the learner
+  drops the events the join rejects without dead-lettering them: the joiner does).
+* ``recsys_stream_freshness_seconds`` (histogram): **shard-side visibility delay only**. At each
+  statistics pull, for each shard, the age of the oldest delta the shard has merged but readers
+  cannot see yet (now − the snapshot's ``current_at_ms``; 0 when the published snapshot is
+  current). It does not include the time an event spends in Kafka and in the learner: the actors
+  do not record event time with deltas today. The lag families bound that part in records.
+* ``recsys_stream_snapshot_age_seconds{shard}``: at the last statistics pull, the age of the
+  snapshot readers get (pull time − its ``published_ms``);
+  ``recsys_stream_snapshot_version{shard}``: the shard statistics' version (every merge bumps it),
+  with ``recsys_stream_shard_items`` and ``recsys_stream_shard_bytes``.
+* ``recsys_stream_checkpoint_age_seconds``: time since the newest checkpoint, measured from the
+  collection that first saw it (so up to one collection interval late), or from its
+  ``created_ms`` for the checkpoint the pipeline restored at start;
+  ``recsys_stream_checkpoint_duration_seconds{phase}``: drain, snapshot, write and total of the
+  last checkpoint (``CheckpointReport``).
+* ``recsys_stream_item_exposures{item}``, ``recsys_stream_item_rewards{item}`` and
+  ``recsys_stream_item_expected_reward{item}`` for the ``top_n`` items by exposure (ties: lower
+  item id first), from the shards' published snapshots (see :func:`item_figures` for each
+  layout's formula).
+* ``recsys_stream_scrape_errors_total{source}``: an actor (or the statistics pull) that raised or
+  did not answer within ``timeout_s``; the collection goes on without it.
+
+Cost: the reader and shard counters are small and read at every collection. The per-item figures
+and the freshness need the shards' snapshots (every array, moved to the driver), so they are
+pulled at most once per ``statistics_interval_s``. Clocks: ages subtract the shards' wall clock
+from the driver's, so cross-node clock skew adds to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+import numpy as np
+import ray
+from numpy.typing import NDArray
+from prometheus_client import CollectorRegistry, Histogram, generate_latest, start_http_server
+from prometheus_client import Counter as PromCounter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from recsys.bandits import stats_from_arrays
+from recsys.bandits.protocol import Statistics
+from streaming.coordinator import CheckpointReport
+from streaming.join import Reason
+
+log = logging.getLogger(__name__)
+
+Offsets = dict[tuple[str, int], int]
+JOIN_REASONS = frozenset(v for k, v in vars(Reason).items() if not k.startswith("_"))
+"""The join rejection categories (counter names in a joiner's stats, dead-letter reasons)."""
+FRESHNESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+STAGES = {"joiner": "joiner", "learner": "learner", "lake": "lake_writer"}
+"""Actor name prefix -> the stage label."""
+
+
+# -------------------------------------------------------------------------- per-item figures
+
+
+@dataclass(frozen=True)
+class ItemFigures:
+    """Per-item exposure and reward sums and the exploration-free expected reward, top items
+    first; ``rewards``/``expected`` are NaN where the layout does not hold them."""
+
+    item_ids: NDArray[np.int64]
+    exposures: NDArray[np.float64]
+    rewards: NDArray[np.float64]
+    expected: NDArray[np.float64]
+
+
+def _per_item(stats: Any) -> ItemFigures:
+    """All items of one statistics object, vectorised (see :func:`item_figures`)."""
+    ids = np.asarray(stats.item_ids, dtype=np.int64)
+    n = ids.size
+    if stats.layout == "graph":
+        rows = stats.edge_row
+        exposures = np.bincount(rows, weights=stats.count, minlength=n)
+        rewards = np.bincount(rows, weights=stats.sxr, minlength=n)
+        mass = np.bincount(rows, weights=stats.sxx, minlength=n)
+        return ItemFigures(ids, exposures, rewards, rewards / (mass + stats.lam))
+    exposures = np.asarray(stats.count, dtype=np.float64)
+    sr = getattr(stats, "sr", None)
+    if stats.layout == "dense" and sr is not None:
+        rewards = np.asarray(sr, dtype=np.float64)
+        return ItemFigures(ids, exposures, rewards, rewards / (exposures + stats.lam))
+    nan = np.full(n, np.nan)
+    return ItemFigures(ids, exposures, nan, nan.copy())
+
+
+def item_figures(parts: Sequence[Statistics], top_n: int) -> ItemFigures:
+    """The ``top_n`` items by exposure over ``parts`` (disjoint shards), ties by lower item id.
+
+    * dense, centred: exposure ``count_j``, reward ``sr_j = Σ r``, expected reward
+      ``sr_j / (count_j + λ)``: the posterior mean score at the item's mean context x̄_j (the
+      centred model's intercept; no exploration bonus).
+    * graph: summed over the item's edges, exposure ``Σ_e count_e`` (one per (event, edge): equal
+      to the events when each request has one cluster), reward ``Σ_e sxr_e = Σ w·r`` and expected
+      reward ``Σ_e sxr_e / (Σ_e sxx_e + λ)``: the edges' pooled posterior mean, the mean reward per
+      unit of cluster weight (exact for ``weighting="linear"`` with normalised weights, and for
+      one cluster of weight 1).
+    * dense uncentred and full: exposure ``count_j`` only; their sums hold Σ x·r but not Σ r, so
+      there is no context-free reward (NaN, not exported).
+    """
+    if top_n < 0:
+        raise ValueError(f"top_n must be >= 0, got {top_n}")
+    figs = [_per_item(p) for p in parts]
+    if not figs:
+        empty = np.zeros(0)
+        return ItemFigures(np.zeros(0, dtype=np.int64), empty, empty, empty)
+    ids, exp_, rew, mean = (np.concatenate([getattr(f, name) for f in figs])
+                            for name in ("item_ids", "exposures", "rewards", "expected"))
+    n, k = ids.size, min(top_n, ids.size)
+    if k == 0:
+        pick = np.zeros(0, dtype=np.intp)
+    elif k < n:  # O(n) selection; the boundary ties go to the lower ids
+        threshold = np.partition(exp_, n - k)[n - k]
+        above = np.flatnonzero(exp_ > threshold)
+        tied = np.flatnonzero(exp_ == threshold)
+        tied = tied[np.argsort(ids[tied], kind="stable")][: k - above.size]
+        pick = np.concatenate([above, tied])
+    else:
+        pick = np.arange(n)
+    pick = pick[np.lexsort((ids[pick], -exp_[pick]))]
+    return ItemFigures(ids[pick], exp_[pick], rew[pick], mean[pick])
+
+
+# -------------------------------------------------------------------------- one collection
+
+
+@dataclass
+class Reading:
+    """What one collection read from the pipeline (``PipelineMetrics.update`` takes it).
+
+    ``readers``: each reader's ``stats()`` as a mapping; ``lag``: records behind per (topic,
+    partition) per reader; ``shards``: each shard's ``stats()``; ``snapshots``: the published
+    snapshot's meta per shard and ``statistics`` the shards' statistics, both only when the
+    statistics were pulled; ``checkpoint_created_s``: wall time of the checkpoint when known
+    (a restored one); ``errors``: failures by source.
+    """
+
+    at_s: float
+    readers: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    lag: dict[str, Offsets] = field(default_factory=dict)
+    shards: dict[int, Mapping[str, Any]] = field(default_factory=dict)
+    snapshots: dict[int, Mapping[str, Any]] | None = None
+    statistics: list[Statistics] | None = None
+    checkpoint: CheckpointReport | None = None
+    checkpoint_id: str | None = None
+    checkpoint_created_s: float | None = None
+    recoveries: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+def _mapping(stats: Any) -> Mapping[str, Any]:
+    """A reader's ``stats()``: a dict, or a dataclass (``LakeWriterStats``)."""
+    return dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else dict(stats)
+
+
+class _Calls:
+    """Actor calls sharing one deadline; a failure or timeout is counted, never raised."""
+
+    def __init__(self, timeout_s: float, errors: Counter[str]) -> None:
+        self.deadline = time.monotonic() + timeout_s
+        self.errors = errors
+
+    def get(self, source: str, ref: Any) -> Any:
+        try:
+            return ray.get(ref, timeout=max(0.0, self.deadline - time.monotonic()))
+        except Exception as exc:  # a dead, hung or failing actor must not stop the pipeline
+            log.warning("metrics: %s did not answer: %s", source, exc)
+            self.errors[source] += 1
+            return None
+
+
+def read_pipeline(pipeline: Any, *, statistics: bool, max_staleness_ms: float,
+                  timeout_s: float = 5.0) -> Reading:
+    """Read every actor of a started ``StreamPipeline`` (see the module docs); never raises."""
+    reading = Reading(at_s=time.time(), recoveries=int(getattr(pipeline, "recoveries", 0)))
+    actors = pipeline.actors
+    if actors is None:  # not started, or between a kill and the rebuild
+        reading.errors["pipeline"] += 1
+        return reading
+    calls = _Calls(timeout_s, reading.errors)
+    named = actors.readers()
+    asked = [(name, a.stats.remote(), a.positions.remote(), a.end_offsets.remote())
+             for name, a in named]
+    shard_refs = [(s.stats.remote(), s.snapshot.remote(max_staleness_ms) if statistics else None)
+                  for s in actors.shards]
+    for name, stats_ref, pos_ref, end_ref in asked:
+        stats, pos, end = (calls.get(name, r) for r in (stats_ref, pos_ref, end_ref))
+        if stats is not None:
+            reading.readers[name] = _mapping(stats)
+        if pos is not None and end is not None:
+            reading.lag[name] = {tp: max(0, int(o) - int(pos.get(tp, o))) for tp, o in end.items()}
+    parts: list[Statistics] = []
+    snapshots: dict[int, Mapping[str, Any]] = {}
+    for i, (stats_ref, snap_ref) in enumerate(shard_refs):
+        stats = calls.get(f"shard-{i}", stats_ref)
+        if stats is not None:
+            reading.shards[i] = stats
+        if snap_ref is None:
+            continue
+        snap = calls.get(f"shard-{i}", snap_ref)
+        if snap is not None:
+            snapshots[i] = snap[1]
+            parts.append(stats_from_arrays(*snap))
+    if statistics:
+        reading.snapshots = snapshots
+        reading.statistics = parts if len(parts) == len(shard_refs) else None
+    reading.checkpoint = pipeline.coordinator.last
+    restored = getattr(pipeline, "restored", None)
+    if reading.checkpoint is not None:
+        reading.checkpoint_id = reading.checkpoint.checkpoint_id
+    elif restored is not None:
+        reading.checkpoint_id = restored.checkpoint_id
+        reading.checkpoint_created_s = restored.created_ms / 1000.0
+    return reading
+
+
+# -------------------------------------------------------------------------- figures
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Everything one scrape shows, derived from a :class:`Reading` (and the previous one)."""
+
+    at_s: float
+    reading: Reading
+    records: dict[str, float]  # actor -> records read so far
+    rates: dict[str, float]  # actor -> records/s since the previous collection
+    dead_letters: dict[tuple[str, str], float]  # (actor, reason) -> count
+    checkpoint_age_s: float | None
+    snapshot_age_s: dict[int, float]  # shard -> age of its publication at the last pull
+    items: ItemFigures | None
+
+
+def records_read(actor: str, stats: Mapping[str, Any]) -> float:
+    """Kafka records an actor has read, from its counters (module docs)."""
+    if actor.startswith("joiner"):
+        return float(sum(int(stats.get(k, 0)) for k in ("impressions", "feedback",
+                                                         "undecodable")))
+    return float(stats.get("consumed", 0))
+
+
+def dead_letters(actor: str, stats: Mapping[str, Any]) -> dict[str, float]:
+    """Dead letters by reason, from an actor's counters (module docs)."""
+    if actor.startswith("joiner"):
+        out = {r: float(stats[r]) for r in sorted(JOIN_REASONS) if stats.get(r)}
+        return {**out, "undecodable": float(stats.get("undecodable", 0))}
+    if actor.startswith("lake"):
+        out: Counter[str] = Counter({"undecodable": 0})
+        out.update(stats.get("undecodable_reasons") or {})
+        out.update(stats.get("rejected_reasons") or {})
+        return {k: float(v) for k, v in out.items()}
+    return {"undecodable": float(stats.get("dead_lettered", 0))}
+
+
+def _stage(actor: str) -> str:
+    return STAGES.get(actor.rsplit("-", 1)[0], actor.rsplit("-", 1)[0])
+
+
+def _g(name: str, doc: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels))
+
+
+def _c(name: str, doc: str, labels: Sequence[str] = ()) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, labels=list(labels))
+
+
+def families(f: Figures | None) -> list[Metric]:
+    """The gauge and counter families of one collection (empty families before the first)."""
+    lag = _g("recsys_stream_consumer_lag_records",
+             "Records still to read per partition (end offset - position)",
+             ["role", "actor", "topic", "partition"])
+    records = _c("recsys_stream_records", "Kafka records read by each actor", ["stage", "actor"])
+    rates = _g("recsys_stream_records_per_second",
+               "Records read per second between the last two collections", ["stage", "actor"])
+    dead = _c("recsys_stream_dead_letters", "Records sent to the dead-letter topic, by reason",
+              ["actor", "reason"])
+    age = _g("recsys_stream_snapshot_age_seconds",
+             "Age of the snapshot readers get, at the last statistics pull", ["shard"])
+    version = _g("recsys_stream_snapshot_version", "Version of the shard's statistics",
+                 ["shard"])
+    n_items = _g("recsys_stream_shard_items", "Items the shard holds", ["shard"])
+    nbytes = _g("recsys_stream_shard_bytes", "Bytes of the shard's statistics arrays", ["shard"])
+    merged = _c("recsys_stream_shard_deltas_applied", "Deltas merged by the shard", ["shard"])
+    ckpt_age = _g("recsys_stream_checkpoint_age_seconds", "Seconds since the newest checkpoint")
+    ckpt_dur = _g("recsys_stream_checkpoint_duration_seconds",
+                  "Duration of the last checkpoint by phase", ["phase"])
+    recoveries = _c("recsys_stream_recoveries", "Global rollbacks after an actor died")
+    exposures = _g("recsys_stream_item_exposures", "Exposure count of the top items", ["item"])
+    rewards = _g("recsys_stream_item_rewards", "Reward sum of the top items", ["item"])
+    expected = _g("recsys_stream_item_expected_reward",
+                  "Exploration-free expected reward of the top items", ["item"])
+    last = _g("recsys_stream_last_collection_timestamp_seconds",
+              "Wall time of the collection these figures come from")
+    out = [lag, records, rates, dead, age, version, n_items, nbytes, merged, ckpt_age, ckpt_dur,
+           recoveries, exposures, rewards, expected, last]
+    if f is None:
+        return out
+    r = f.reading
+    last.add_metric([], f.at_s)
+    for actor, offsets in sorted(r.lag.items()):
+        for (topic, partition), behind in sorted(offsets.items()):
+            lag.add_metric([_stage(actor), actor, topic, str(partition)], behind)
+    for actor, n in sorted(f.records.items()):
+        records.add_metric([_stage(actor), actor], n)
+    for actor, rate in sorted(f.rates.items()):
+        rates.add_metric([_stage(actor), actor], rate)
+    for (actor, reason), n in sorted(f.dead_letters.items()):
+        dead.add_metric([actor, reason], n)
+    for i, s in sorted(r.shards.items()):
+        version.add_metric([str(i)], float(s["version"]))
+        n_items.add_metric([str(i)], float(s["n_items"]))
+        nbytes.add_metric([str(i)], float(s["nbytes"]))
+        merged.add_metric([str(i)], float(s["deltas_applied"]))
+    for i, seconds in sorted(f.snapshot_age_s.items()):
+        age.add_metric([str(i)], seconds)
+    if f.checkpoint_age_s is not None:
+        ckpt_age.add_metric([], f.checkpoint_age_s)
+    if r.checkpoint is not None:
+        c = r.checkpoint
+        for phase, s in (("drain", c.drain_s), ("snapshot", c.snapshot_s), ("write", c.write_s),
+                         ("total", c.duration_s)):
+            ckpt_dur.add_metric([phase], s)
+    recoveries.add_metric([], r.recoveries)
+    if f.items is not None:
+        it = f.items
+        for j, item in enumerate(it.item_ids.tolist()):
+            exposures.add_metric([str(item)], float(it.exposures[j]))
+            if not np.isnan(it.rewards[j]):
+                rewards.add_metric([str(item)], float(it.rewards[j]))
+                expected.add_metric([str(item)], float(it.expected[j]))
+    return out
+
+
+class _Exporter:
+    """The registry's view of the last figures (a scrape reads them; it calls no actor)."""
+
+    def __init__(self, owner: PipelineMetrics) -> None:
+        self._owner = owner
+
+    def describe(self) -> Iterable[Metric]:
+        return families(None)
+
+    def collect(self) -> Iterable[Metric]:
+        return families(self._owner.figures)
+
+
+# -------------------------------------------------------------------------- the front
+
+
+class PipelineMetrics:
+    """Collects a pipeline's figures and exposes them in the Prometheus format (module docs).
+
+    ``pipeline`` may be None to feed :meth:`update` with readings directly (tests).
+    ``max_staleness_ms`` is the staleness bound passed to the shards' ``snapshot`` (default: the
+    pipeline's ``snapshot_staleness_ms``, what a serving reader gets).
+    """
+
+    def __init__(
+        self,
+        pipeline: Any = None,
+        *,
+        top_n: int = 20,
+        statistics_interval_s: float = 15.0,
+        max_staleness_ms: float | None = None,
+        timeout_s: float = 5.0,
+    ) -> None:
+        if top_n < 0:
+            raise ValueError(f"top_n must be >= 0, got {top_n}")
+        self.pipeline = pipeline
+        self.top_n = int(top_n)
+        self.statistics_interval_s = float(statistics_interval_s)
+        if max_staleness_ms is None:
+            settings = getattr(pipeline, "settings", None)
+            max_staleness_ms = float(getattr(settings, "snapshot_staleness_ms", 200))
+        self.max_staleness_ms = float(max_staleness_ms)
+        self.timeout_s = float(timeout_s)
+        self.registry = CollectorRegistry()
+        self.registry.register(_Exporter(self))
+        self.freshness = Histogram(
+            "recsys_stream_freshness_seconds",
+            "Age of the oldest merged delta readers cannot see yet, per shard and pull "
+            "(shard-side visibility delay only)", buckets=FRESHNESS_BUCKETS,
+            registry=self.registry)
+        self.scrape_errors = PromCounter(
+            "recsys_stream_scrape_errors", "Actors or pulls that failed or timed out in a "
+            "collection", ["source"], registry=self.registry)
+        self.figures: Figures | None = None
+        self._items: ItemFigures | None = None
+        self._snapshot_age: dict[int, float] = {}
+        self._pulled_at = -np.inf
+        self._checkpoint: tuple[str, float] | None = None  # (id, wall time first known)
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- collecting --------------------------------------------------------------------------
+
+    def collect(self) -> Figures | None:
+        """Read the pipeline once and update the figures; never raises (failures are counted
+        in ``recsys_stream_scrape_errors_total``)."""
+        if self.pipeline is None:
+            raise ValueError("collect: this PipelineMetrics has no pipeline (use update)")
+        now = time.monotonic()
+        pull = now - self._pulled_at >= self.statistics_interval_s
+        try:
+            reading = read_pipeline(self.pipeline, statistics=pull,
+                                    max_staleness_ms=self.max_staleness_ms,
+                                    timeout_s=self.timeout_s)
+        except Exception as exc:  # the pipeline object itself misbehaved: count, go on
+            log.warning("metrics: reading the pipeline failed: %s", exc)
+            self.scrape_errors.labels("pipeline").inc()
+            return self.figures
+        if reading.statistics is not None:
+            self._pulled_at = now
+        return self.update(reading)
+
+    def update(self, reading: Reading) -> Figures:
+        """Derive the figures of ``reading`` (rates against the previous one) and publish them."""
+        previous = self.figures
+        for source, n in reading.errors.items():
+            self.scrape_errors.labels(source).inc(n)
+        records = {a: records_read(a, s) for a, s in reading.readers.items()}
+        rates: dict[str, float] = {}
+        if previous is not None and reading.at_s > previous.at_s:
+            dt = reading.at_s - previous.at_s
+            for actor, n in records.items():
+                before = previous.records.get(actor)
+                if before is not None:
+                    rates[actor] = (n - before if n >= before else n) / dt
+        dead = {(a, reason): n for a, s in reading.readers.items()
+                for reason, n in dead_letters(a, s).items()}
+        if reading.snapshots is not None:
+            self._snapshot_age = {i: max(0.0, reading.at_s - m["published_ms"] / 1000.0)
+                                  for i, m in reading.snapshots.items()}
+            for meta in reading.snapshots.values():
+                self.freshness.observe(max(0.0, reading.at_s - meta["current_at_ms"] / 1000.0))
+        if reading.statistics is not None:
+            self._items = item_figures(reading.statistics, self.top_n)
+        self.figures = Figures(reading.at_s, reading, records, rates, dead,
+                               self._checkpoint_age(reading), self._snapshot_age, self._items)
+        return self.figures
+
+    def _checkpoint_age(self, reading: Reading) -> float | None:
+        if reading.checkpoint_id is None:
+            return None
+        if self._checkpoint is None or self._checkpoint[0] != reading.checkpoint_id:
+            created = reading.checkpoint_created_s
+            self._checkpoint = (reading.checkpoint_id,
+                                reading.at_s if created is None else created)
+        return max(0.0, reading.at_s - self._checkpoint[1])
+
+    # -- exposing ----------------------------------------------------------------------------
+
+    def render(self) -> str:
+        """The Prometheus text exposition of the last collection."""
+        return generate_latest(self.registry).decode()
+
+    def status_line(self) -> str:
+        """One line for a terminal: total lag, learners' events/s, checkpoint age, errors."""
+        f = self.figures
+        if f is None:
+            return "no collection yet"
+        lag = sum(sum(o.values()) for o in f.reading.lag.values())
+        rate = sum(v for a, v in f.rates.items() if a.startswith("learner"))
+        parts = [f"lag {lag:,}", f"learners {rate:,.0f} ev/s"]
+        if f.checkpoint_age_s is not None:
+            parts.append(f"checkpoint {f.checkpoint_age_s:.0f} s ago")
+        if f.reading.checkpoint is not None:
+            parts[-1] += f" ({f.reading.checkpoint.duration_s:.2f} s)"
+        errors = sum(f.reading.errors.values())
+        parts += [f"recoveries {f.reading.recoveries}"] + ([f"errors {errors}"] if errors else [])
+        return " · ".join(parts)
+
+    def start(self, port: int = 9464, addr: str = "127.0.0.1") -> int:
+        """Serve ``/metrics`` over HTTP on ``addr:port`` (0: any free port); returns the port."""
+        if self._server is not None:
+            raise RuntimeError(f"metrics server already running on port {self.port}")
+        self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
+        return self.port
+
+    @property
+    def port(self) -> int | None:
+        return None if self._server is None else int(self._server.server_port)
+
+    def stop(self) -> None:
+        """Stop the HTTP server (no-op when not running)."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self._server, self._thread = None, None
