@@ -24,8 +24,11 @@ What each family measures (``actor`` is the pipeline's name: ``joiner-0``, ``lea
 * ``recsys_stream_freshness_seconds`` (histogram): **shard-side visibility delay only**. At each
   statistics pull, for each shard, the age of the oldest delta the shard has merged but readers
   cannot see yet (now − the snapshot's ``current_at_ms``; 0 when the published snapshot is
-  current). It does not include the time an event spends in Kafka and in the learner: the actors
-  do not record event time with deltas today. The lag families bound that part in records.
+  current). The pull asks for the snapshot with the readers' staleness bound, so it republishes
+  when stale as a serving reader's would, and the figure stays under that bound unless the shard
+  is too busy to answer: it shows how much of the bound is used. It does not include the time an
+  event spends in Kafka and in the learner: the actors do not record event time with deltas
+  today. The lag families bound that part in records.
 * ``recsys_stream_snapshot_age_seconds{shard}``: at the last statistics pull, the age of the
   snapshot readers get (pull time − its ``published_ms``);
   ``recsys_stream_snapshot_version{shard}``: the shard statistics' version (every merge bumps it),
