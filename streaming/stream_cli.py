@@ -81,6 +81,13 @@ def run_stream(args: argparse.Namespace) -> int:
             client_options=cluster.client_options,
         )
         restored = pipeline.start()
+        metrics = None
+        if args.metrics_port is not None:
+            from streaming.metrics import PipelineMetrics
+
+            metrics = PipelineMetrics(pipeline)
+            port = metrics.start(args.metrics_port)
+            print(f"  metrics http://127.0.0.1:{port}/metrics")
         where = "the beginning" if restored is None else f"checkpoint {restored.checkpoint_id}"
         print(f"recsys stream: kafka {cluster.bootstrap} ({cluster.origin}), "
               f"{settings.stream.learners} learners, {settings.stream.shards} shards, "
@@ -95,6 +102,8 @@ def run_stream(args: argparse.Namespace) -> int:
                 now = time.monotonic()
                 if now - window_started >= args.status_interval:
                     rate = window_events / (now - window_started)
+                    if metrics is not None:
+                        metrics.collect()
                     sys.stdout.write(_status(pipeline, rate, started))
                     sys.stdout.flush()
                     window_started, window_events = now, 0
@@ -107,6 +116,8 @@ def run_stream(args: argparse.Namespace) -> int:
                 stats = pipeline.stats()
                 print(f"  recoveries {stats['recoveries']}")
             finally:
+                if metrics is not None:
+                    metrics.stop()
                 pipeline.stop(checkpoint=False)
     return 0
 
@@ -170,6 +181,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--status-interval", type=float, default=1.0,
                         help="seconds between status lines (default 1)")
     parser.add_argument("--no-lake", action="store_true", help="do not write the Parquet lake")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on 127.0.0.1:PORT (0: a free port)")
     parser.set_defaults(func=run_stream)
 
 

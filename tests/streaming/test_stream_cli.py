@@ -51,12 +51,14 @@ def test_stream_runs_shows_its_status_and_checkpoints_on_exit(tmp_path) -> None:
     """A real run: embedded broker, local Ray, the pipeline, a status line, a checkpoint."""
     result = subprocess.run(
         [sys.executable, "-m", "recsys.cli", "--data-dir", str(tmp_path / "state"), "stream",
-         "--duration", "3", "--status-interval", "0.5", "--set", "stream.n_items=200"],
+         "--duration", "3", "--status-interval", "0.5", "--metrics-port", "0",
+         "--set", "stream.n_items=200"],
         cwd=tmp_path, capture_output=True, text=True, timeout=240,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"events/s \| lag +0 \| checkpoint", result.stdout)
     assert "resuming from the beginning" in result.stdout
+    assert re.search(r"metrics http://127\.0\.0\.1:\d+/metrics", result.stdout)
     where = re.search(r"checkpoints (\S+)", result.stdout)
     assert where is not None
     assert CheckpointStore(where.group(1)).list() == ["ckpt-000000000000"]
