@@ -1,0 +1,243 @@
+"""Streaming learning from Kafka into parameter shards on Ray: throughput, freshness, memory.
+
+    .venv/bin/python tests/benchmarks/bench_stream.py [--events 200000] [--clicks 200] [--quick]
+
+Prints one table (with the core count and load average):
+
+* sustained impression + feedback events/s from Kafka into shard statistics, with 2 shards and
+  1 or 2 learner actors (each learner owns co-partitioned partitions of both topics), next to
+  what one process reaches just reading (raw kafka-python records) and decoding (EventConsumer,
+  msgspec), which shows whether per-record decoding is the limit;
+* freshness: a click produced → the first shard snapshot (max_staleness_ms=0) that includes it,
+  p50 and p99 over ``--clicks`` clicks, with the learners polling;
+* memory of one shard's statistics at 1M items × d = 32 (2 shards; centred float64 and float32),
+  and with its published snapshot copy.
+
+Targets (issue 8): >= 50k events/s with 2 learners and 2 shards (aim 200k/s); p99 <= 500 ms.
+Uses $RECSYS_KAFKA_BOOTSTRAP if set, else starts the embedded broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+import uuid
+from contextlib import ExitStack
+
+import numpy as np
+import ray
+from kafka import KafkaConsumer, TopicPartition
+
+from recsys.bandits import shard_of
+from recsys.events import Context, Feedback, Impression, SlateEntry
+from simulators.synthetic_traffic import generate_traffic
+from streaming.consumer import EventConsumer
+from streaming.learner import LearnerActor
+from streaming.producer import EventProducer
+from streaming.shards import dense_statistics, start_shards
+from streaming.topics import ensure_topics
+
+PARTITIONS = 2
+DIM = 32
+N_ITEMS = 1_000
+WINDOW_MS = 60_000
+LATENESS_MS = 5_000
+
+
+def topics(bootstrap: str, tag: str) -> dict[str, str]:
+    suffix = uuid.uuid4().hex[:8]
+    names = {"imps": f"bench.{tag}.imps.{suffix}", "fbs": f"bench.{tag}.fbs.{suffix}"}
+    ensure_topics(bootstrap, {name: PARTITIONS for name in names.values()})
+    return names
+
+
+def produce(bootstrap: str, names: dict[str, str], n_events: int) -> int:
+    traffic = generate_traffic(n_events, n_items=N_ITEMS, dim=DIM, seed=1)
+    with EventProducer(bootstrap) as producer:
+        for event in traffic.interleaved():
+            producer.send(event, topic=names["imps" if isinstance(event, Impression) else "fbs"])
+        producer.flush()
+    return traffic.n_events
+
+
+def expected(names: dict[str, str]) -> dict[str, type]:
+    return {names["imps"]: Impression, names["fbs"]: Feedback}
+
+
+def assignment(names: dict[str, str], learners: int, k: int) -> list[tuple[str, int]]:
+    return [(names[role], p) for p in range(k, PARTITIONS, learners) for role in ("imps", "fbs")]
+
+
+def template() -> tuple:
+    return dense_statistics(np.zeros(0, dtype=np.int64), DIM).to_arrays()  # open catalogue
+
+
+def bench_read(bootstrap: str, names: dict[str, str], n: int) -> tuple[float, float]:
+    """Records/s one process reads raw (no decoding), and decodes + validates (EventConsumer)."""
+    tps = [TopicPartition(names[r], p) for r in ("imps", "fbs") for p in range(PARTITIONS)]
+    raw = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                        fetch_max_bytes=64 * 1024 * 1024,
+                        max_partition_fetch_bytes=8 * 1024 * 1024)
+    raw.assign(tps)
+    raw.seek_to_beginning()
+    started, got = time.perf_counter(), 0
+    while got < n:
+        got += sum(len(r) for r in raw.poll(timeout_ms=500, max_records=10_000).values())
+    raw_rate = n / (time.perf_counter() - started)
+    raw.close()
+    with EventConsumer(bootstrap, [(tp.topic, tp.partition) for tp in tps],
+                       expected_types=expected(names)) as consumer:
+        started, got = time.perf_counter(), 0
+        while got < n:
+            got += len(consumer.poll(timeout_ms=500))
+        decoded_rate = n / (time.perf_counter() - started)
+    return raw_rate, decoded_rate
+
+
+def bench_learn(bootstrap: str, names: dict[str, str], n: int, learners: int) -> float:
+    """Events/s from Kafka into 2 shard actors with ``learners`` learner actors, flush included."""
+    shards = start_shards(dense_statistics(np.arange(N_ITEMS), DIM), 2)
+    actors = [LearnerActor.remote(bootstrap, assignment(names, learners, k), shards, template(),
+                                  window_ms=WINDOW_MS, allowed_lateness_ms=LATENESS_MS,
+                                  expected_types=expected(names))
+              for k in range(learners)]
+    try:
+        targets = ray.get([a.end_offsets.remote() for a in actors])
+        started = time.perf_counter()
+        pending = list(range(learners))
+        while pending:
+            steps = ray.get([actors[i].run_until.remote(targets[i], 1.0) for i in pending])
+            pending = [i for i, s in zip(pending, steps, strict=True) if not s.done]
+        ray.get([a.flush.remote() for a in actors])
+        elapsed = time.perf_counter() - started
+        learned = sum(ray.get(s.snapshot.remote(0))[0]["count"].sum() for s in shards)
+        assert learned > 0, "nothing reached the shards"
+        events = sum(s["events"] for s in ray.get([a.stats.remote() for a in actors]))
+        assert events == n, f"learned from {events} events, produced {n}"
+        return n / elapsed
+    finally:
+        for actor in [*actors, *shards]:
+            ray.kill(actor)
+
+
+def bench_freshness(bootstrap: str, clicks: int) -> list[float]:
+    """Seconds from producing a click to the first shard snapshot that holds its reward."""
+    names = topics(bootstrap, "fresh")
+    probes = np.arange(clicks) + 1_000_000  # items nothing else touches
+    catalogue = np.concatenate([np.arange(N_ITEMS), probes])
+    shards = start_shards(dense_statistics(catalogue, DIM), 2)
+    owner = shard_of(probes, 2).tolist()
+    actors = [LearnerActor.remote(bootstrap, assignment(names, 2, k), shards, template(),
+                                  window_ms=WINDOW_MS, allowed_lateness_ms=LATENESS_MS,
+                                  expected_types=expected(names)) for k in range(2)]
+    latencies = []
+    stop = threading.Event()
+
+    def keep_learning(actor) -> None:  # what a coordinator does: short slices, pausable
+        while not stop.is_set():
+            ray.get(actor.run_for.remote(0.5))
+
+    drivers = [threading.Thread(target=keep_learning, args=(a,), daemon=True) for a in actors]
+    try:
+        ray.get([a.positions.remote() for a in actors])
+        for driver in drivers:
+            driver.start()
+        now = int(time.time() * 1000)
+        with EventProducer(bootstrap, linger_ms=0) as producer:
+            for k, item in enumerate(probes.tolist()):
+                rid = f"fresh-{k}"
+                producer.send(Impression(
+                    request_id=rid, event_time_ms=now + k, user_id="u",
+                    context=Context(dense=(0.1,) * DIM), policy_name="bench",
+                    policy_version=1,
+                    slate=(SlateEntry(item_id=item, position=0, score=0.0, propensity=1.0),)),
+                    topic=names["imps"])
+                producer.flush()
+                sent = time.perf_counter()
+                producer.send(Feedback(request_id=rid, event_time_ms=now + k + 1, user_id="u",
+                                       item_id=item, position=0, event_type="click"),
+                              topic=names["fbs"])
+                producer.flush()
+                shard = shards[owner[k]]
+                while True:
+                    arrays, _ = ray.get(shard.snapshot.remote(0))
+                    row = np.searchsorted(arrays["items"], item)
+                    if arrays["sr"][row] > 0:
+                        latencies.append(time.perf_counter() - sent)
+                        break
+                    if time.perf_counter() - sent > 10:
+                        raise TimeoutError(f"click {k} not in a snapshot after 10 s")
+                    time.sleep(0.002)
+    finally:
+        stop.set()
+        for driver in drivers:
+            if driver.is_alive():
+                driver.join()
+        for actor in [*actors, *shards]:
+            ray.kill(actor)
+    return latencies
+
+
+def shard_memory(n_items: int = 1_000_000, n_shards: int = 2) -> list[tuple[str, float]]:
+    """MiB of one shard's statistics (and with its published copy) at ``n_items`` × d=32."""
+    rows = []
+    share = np.arange(n_items // n_shards)
+    for dtype in (np.float64, np.float32):
+        stats = dense_statistics(share, DIM, dtype=dtype)
+        mib = sum(a.nbytes for a in stats.to_arrays()[0].values()) / 2**20
+        name = np.dtype(dtype).name
+        rows.append((f"shard memory, centred {name} (1M items/{n_shards} shards)", mib))
+        rows.append((f"  + published snapshot copy ({name})", 2 * mib))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--clicks", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="50k events, 50 clicks")
+    args = parser.parse_args()
+    if args.quick:
+        args.events, args.clicks = 50_000, 50
+    with ExitStack() as stack:
+        bootstrap = os.environ.get("RECSYS_KAFKA_BOOTSTRAP")
+        if not bootstrap:
+            from streaming.broker import EmbeddedKafka
+
+            broker = stack.enter_context(EmbeddedKafka())
+            bootstrap = broker.bootstrap
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 logging_level="WARNING")
+        stack.callback(ray.shutdown)
+        names = topics(bootstrap, "load")
+        started = time.perf_counter()
+        n = produce(bootstrap, names, args.events)
+        produce_rate = n / (time.perf_counter() - started)
+        raw_rate, decoded_rate = bench_read(bootstrap, names, n)
+        learn = {k: bench_learn(bootstrap, names, n, k) for k in (1, 2)}
+        latencies = np.array(bench_freshness(bootstrap, args.clicks)) * 1000
+    load = os.getloadavg()
+    rows: list[tuple[str, str]] = [
+        ("cores / load average (1, 5, 15 min)",
+         f"{os.cpu_count()} / {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"),
+        ("events (impressions + click feedback)", f"{n:,} on {PARTITIONS} partitions/topic"),
+        ("produce, 1 process", f"{produce_rate:,.0f} events/s"),
+        ("read raw records, 1 process", f"{raw_rate:,.0f} records/s"),
+        ("read + decode + validate, 1 process", f"{decoded_rate:,.0f} events/s"),
+        ("learn into 2 shards, 1 learner", f"{learn[1]:,.0f} events/s"),
+        ("learn into 2 shards, 2 learners", f"{learn[2]:,.0f} events/s "
+                                            f"({learn[2] / learn[1]:.2f}x of 1 learner)"),
+        (f"freshness click → snapshot, p50 / p99 ({latencies.size} clicks)",
+         f"{np.percentile(latencies, 50):.1f} / {np.percentile(latencies, 99):.1f} ms"),
+        *[(name, f"{mib:,.0f} MiB") for name, mib in shard_memory()],
+    ]
+    width = max(len(name) for name, _ in rows)
+    print("\nbench_stream (issue 8: >= 50k events/s with 2 learners + 2 shards, p99 <= 500 ms)")
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
