@@ -1,15 +1,18 @@
 """Streaming learning from Kafka into parameter shards on Ray: throughput, freshness, memory.
 
-    .venv/bin/python tests/benchmarks/bench_stream.py [--events 200000] [--clicks 200] [--quick]
+    .venv/bin/python tests/benchmarks/bench_stream.py [--events 200000] [--clicks 200] \
+        [--load 10000] [--quick]
 
 Prints one table (with the core count and load average):
 
 * sustained impression + feedback events/s from Kafka into shard statistics, with 2 shards and
   1 or 2 learner actors (each learner owns co-partitioned partitions of both topics), next to
   what one process reaches just reading (raw kafka-python records) and decoding (EventConsumer,
-  msgspec), which shows whether per-record decoding is the limit;
+  msgspec), and the learner's own work alone on decoded events (one core): together they show
+  whether per-record reading and decoding is the limit;
 * freshness: a click produced → the first shard snapshot (max_staleness_ms=0) that includes it,
-  p50 and p99 over ``--clicks`` clicks, with the learners polling;
+  p50 and p99 over ``--clicks`` clicks, with the learners polling, idle and under ``--load``
+  events/s of other traffic produced by another process;
 * memory of one shard's statistics at 1M items × d = 32 (2 shards; centred float64 and float32),
   and with its published snapshot copy.
 
@@ -20,6 +23,7 @@ Uses $RECSYS_KAFKA_BOOTSTRAP if set, else starts the embedded broker.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import threading
 import time
@@ -33,10 +37,10 @@ from kafka import KafkaConsumer, TopicPartition
 from recsys.bandits import shard_of
 from recsys.events import Context, Feedback, Impression, SlateEntry
 from simulators.synthetic_traffic import generate_traffic
-from streaming.consumer import EventConsumer
-from streaming.learner import LearnerActor
+from streaming.consumer import ConsumedEvent, EventConsumer
+from streaming.learner import LearnerActor, LearnerCore
 from streaming.producer import EventProducer
-from streaming.shards import dense_statistics, start_shards
+from streaming.shards import ParameterShard, dense_statistics, shard_parts, start_shards
 from streaming.topics import ensure_topics
 
 PARTITIONS = 2
@@ -122,8 +126,47 @@ def bench_learn(bootstrap: str, names: dict[str, str], n: int, learners: int) ->
             ray.kill(actor)
 
 
-def bench_freshness(bootstrap: str, clicks: int) -> list[float]:
-    """Seconds from producing a click to the first shard snapshot that holds its reward."""
+def bench_learn_in_process(n: int) -> float:
+    """Events/s of the learner's own work alone (decoded events → deltas → 2 in-process shards):
+    what a learner would reach if reading and decoding records were free."""
+    traffic = generate_traffic(n, n_items=N_ITEMS, dim=DIM, seed=1)
+    events = [ConsumedEvent(e, "imps" if isinstance(e, Impression) else "fbs",
+                            hash(e.request_id) % PARTITIONS, k, 0)
+              for k, e in enumerate(traffic.interleaved())]
+    shards = [ParameterShard(i, 2, *part) for i, part in
+              enumerate(shard_parts(dense_statistics(np.arange(N_ITEMS), DIM), 2))]
+    core = LearnerCore(template(), 2, window_ms=WINDOW_MS, allowed_lateness_ms=LATENESS_MS)
+    started = time.perf_counter()
+    for start in range(0, len(events), 10_000):
+        for shard, deltas in zip(shards, core.process(events[start:start + 10_000]),
+                                 strict=True):
+            shard.apply(deltas)
+    return len(events) / (time.perf_counter() - started)
+
+
+def background_traffic(bootstrap: str, names: dict[str, str], rate: float, stop,
+                       achieved) -> None:
+    """Another process: synthetic impressions + feedback at about ``rate`` events/s (the rate
+    reached goes to ``achieved``)."""
+    traffic = generate_traffic(200_000, n_items=N_ITEMS, dim=DIM, seed=2)
+    events = traffic.interleaved()
+    with EventProducer(bootstrap) as producer:
+        started, sent = time.perf_counter(), 0
+        while not stop.is_set():
+            for event in events[sent % len(events):][:500]:
+                producer.send(event, topic=names["imps" if isinstance(event, Impression)
+                                                else "fbs"])
+            sent += 500
+            achieved.value = sent / (time.perf_counter() - started)
+            ahead = sent / rate - (time.perf_counter() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+def bench_freshness(bootstrap: str, clicks: int, load: float = 0.0) -> tuple[list[float], float]:
+    """Seconds from producing a click to the first shard snapshot that holds its reward, with
+    ``load`` events/s of other traffic produced by another process meanwhile; and the other
+    traffic's rate reached."""
     names = topics(bootstrap, "fresh")
     probes = np.arange(clicks) + 1_000_000  # items nothing else touches
     catalogue = np.concatenate([np.arange(N_ITEMS), probes])
@@ -140,10 +183,17 @@ def bench_freshness(bootstrap: str, clicks: int) -> list[float]:
             ray.get(actor.run_for.remote(0.5))
 
     drivers = [threading.Thread(target=keep_learning, args=(a,), daemon=True) for a in actors]
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process that runs Ray
+    stop_traffic, achieved = spawn.Event(), spawn.Value("d", 0.0)
+    traffic = spawn.Process(target=background_traffic,
+                            args=(bootstrap, names, load, stop_traffic, achieved), daemon=True)
     try:
         ray.get([a.positions.remote() for a in actors])
         for driver in drivers:
             driver.start()
+        if load > 0:
+            traffic.start()
+            time.sleep(3.0)  # let the learners reach a steady state under the load
         now = int(time.time() * 1000)
         with EventProducer(bootstrap, linger_ms=0) as producer:
             for k, item in enumerate(probes.tolist()):
@@ -171,13 +221,16 @@ def bench_freshness(bootstrap: str, clicks: int) -> list[float]:
                         raise TimeoutError(f"click {k} not in a snapshot after 10 s")
                     time.sleep(0.002)
     finally:
+        stop_traffic.set()
+        if traffic.is_alive():
+            traffic.join(timeout=30)
         stop.set()
         for driver in drivers:
             if driver.is_alive():
                 driver.join()
         for actor in [*actors, *shards]:
             ray.kill(actor)
-    return latencies
+    return latencies, achieved.value
 
 
 def shard_memory(n_items: int = 1_000_000, n_shards: int = 2) -> list[tuple[str, float]]:
@@ -197,6 +250,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--clicks", type=int, default=200)
+    parser.add_argument("--load", type=float, default=10_000,
+                        help="events/s of other traffic while freshness is measured")
     parser.add_argument("--quick", action="store_true", help="50k events, 50 clicks")
     args = parser.parse_args()
     if args.quick:
@@ -217,7 +272,10 @@ def main() -> None:
         produce_rate = n / (time.perf_counter() - started)
         raw_rate, decoded_rate = bench_read(bootstrap, names, n)
         learn = {k: bench_learn(bootstrap, names, n, k) for k in (1, 2)}
-        latencies = np.array(bench_freshness(bootstrap, args.clicks)) * 1000
+        maths = bench_learn_in_process(n)
+        idle = np.array(bench_freshness(bootstrap, args.clicks)[0]) * 1000
+        loaded, load_reached = bench_freshness(bootstrap, args.clicks, args.load)
+        loaded = np.array(loaded) * 1000
     load = os.getloadavg()
     rows: list[tuple[str, str]] = [
         ("cores / load average (1, 5, 15 min)",
@@ -229,8 +287,11 @@ def main() -> None:
         ("learn into 2 shards, 1 learner", f"{learn[1]:,.0f} events/s"),
         ("learn into 2 shards, 2 learners", f"{learn[2]:,.0f} events/s "
                                             f"({learn[2] / learn[1]:.2f}x of 1 learner)"),
-        (f"freshness click → snapshot, p50 / p99 ({latencies.size} clicks)",
-         f"{np.percentile(latencies, 50):.1f} / {np.percentile(latencies, 99):.1f} ms"),
+        ("learner's own work alone (decoded events → shards), 1 core", f"{maths:,.0f} events/s"),
+        (f"freshness click → snapshot p50 / p99, idle ({idle.size} clicks)",
+         f"{np.percentile(idle, 50):.1f} / {np.percentile(idle, 99):.1f} ms"),
+        (f"  under {load_reached:,.0f} events/s of other traffic (asked {args.load:,.0f})",
+         f"{np.percentile(loaded, 50):.1f} / {np.percentile(loaded, 99):.1f} ms"),
         *[(name, f"{mib:,.0f} MiB") for name, mib in shard_memory()],
     ]
     width = max(len(name) for name, _ in rows)
