@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys.bandits import DenseStats, GraphStats, shard_of, stats_from_arrays
+from recsys.bandits import ClusterGraph, DenseStats, GraphStats, shard_of, stats_from_arrays
 from recsys.bandits.graph import SoftContexts
 from streaming.shards import (
     ParameterShard,
     dense_statistics,
+    graph_statistics,
     merge_snapshots,
     shard_parts,
     start_shards,
@@ -69,6 +70,18 @@ def _routed(delta) -> dict[int, tuple]:
 def test_dense_statistics_default_to_the_centred_layout() -> None:
     assert dense_statistics(ITEMS, DIM).centred
     assert not dense_statistics(ITEMS, DIM, centred=False).centred
+
+
+def test_graph_statistics_live_on_the_cluster_graph_edges_and_shard_by_item() -> None:
+    graph = ClusterGraph(centroids=np.eye(3), item_ids=ITEMS,
+                         edge_clusters=np.repeat(np.arange(3), 4),
+                         edge_items=np.tile(ITEMS[:4], 3), version="graph-v1")
+    stats = graph_statistics(graph, calibration="normalised")
+    assert (stats.layout, stats.n_edges, stats.weighting, stats.space) == (
+        "graph", 12, "linear", "graph-v1")
+    shards = _shards(stats)
+    assert sum(s.stats()["n_items"] for s in shards) == ITEMS.size
+    assert merge_snapshots(s.snapshot(0) for s in shards).allclose(stats)
 
 
 @pytest.mark.parametrize("layout", ["dense", "graph"])
