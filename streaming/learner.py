@@ -41,6 +41,9 @@ Open requests are kept until the feedback watermark of their partition passes th
 (the context cache, bounded by ``max_open_requests``: beyond it the oldest are closed early and
 counted), held feedback until it expires; both are checked lazily, in amortised O(1) per event,
 which cannot change a decision (a feedback that would find a window closed is late or outside it).
+One exception: an impression repeated *after* its window closed is learned again if its request
+was already swept and not if it is still held (the joiner re-emits its rewards, which downstream
+de-duplicates); idempotent producers make such repeats rare.
 
 Bad input never stops a learner: events that do not decode are the consumer's dead letters;
 contexts of the wrong width, unknown clusters and items outside the catalogue are counted and
