@@ -47,8 +47,8 @@ first colon, is one of ``Reason``'s values; the actor sends it to the dead-lette
   a type shows up at once instead of silently turning those events into zeros). ``dwell`` and
   ``rating`` are unmapped by default: their reward depends on the value, which the mapping does
   not express;
-* late impressions: ``late impression`` (the bandit statistics take impressions' exposure directly
-  from the impressions topic; only the joined training example is lost);
+* late impressions: ``late impression`` (no training example; the learners skip them too, so
+  the bandit statistics stay equal to learning the joined examples);
 * an impression repeated while its request is open: identical ->
   ``counts["duplicate_impressions"]``; different -> ``conflicting impression``. A repeat arriving
   after the window closed opens the request again and re-emits its rewards (same keys;
