@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from streaming.join import EventTimeJoiner
-from tests.streaming.test_join import LATENESS, MAPPING, WINDOW, generate_log
+from tests.streaming.event_log import LATENESS, MAPPING, WINDOW, generate_log
 
 
 def batches_of(log, batch: int) -> list[tuple[int, list]]:

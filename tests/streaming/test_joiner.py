@@ -12,7 +12,7 @@ from recsys.events import Reward, decode, decode_dead_letter, encode
 from streaming.join import Reason
 from streaming.joiner import JoinerActor
 from streaming.producer import EventProducer
-from tests.streaming.test_join import LATENESS, MAPPING, WINDOW, generate_log
+from tests.streaming.event_log import LATENESS, MAPPING, WINDOW, generate_log
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,17 @@ from recsys.events import Context, Feedback, Impression, SlateEntry
 from streaming.consumer import ConsumedEvent
 from streaming.join import EventTimeJoiner, Reason
 from streaming.learner import Learner, LearnerActor, LearnerCore
-from streaming.producer import EventProducer
 from streaming.shards import ParameterShard, dense_statistics, merge_snapshots, shard_parts
-from tests.streaming.test_join import LATENESS, MAPPING, WINDOW, Log, generate_log
+from tests.streaming.event_log import (
+    LATENESS,
+    MAPPING,
+    WINDOW,
+    Log,
+    dense_contexts,
+    generate_log,
+    produce_log,
+    truth_stats,
+)
 
 IMPS, FBS = "imps", "fbs"
 N_ITEMS = 52  # generate_log's items 0..49, and 51 for feedback on an item not in the slate
@@ -74,24 +82,6 @@ def feed(core: LearnerCore, shards, batches) -> None:
     for batch in batches:
         for s, deltas in enumerate(core.process(batch)):
             shards[s].apply(deltas)
-
-
-def impressions_of(log: Log) -> dict[str, Impression]:
-    return {e.request_id: e for keyed in log.impressions.values() for _, e in keyed}
-
-
-def truth_stats(base, log: Log, contexts_of):
-    """``learn(part="both")`` on the true joined examples: one row per shown (request, item)."""
-    imps = impressions_of(log)
-    keys = sorted(log.truth)
-    events = [imps[rid] for rid, _ in keys]
-    items = np.array([item for _, item in keys])
-    rewards = np.array([log.truth[k] for k in keys])
-    return base.copy().learn(contexts_of(events), items, rewards)
-
-
-def dense_contexts(events) -> np.ndarray:
-    return np.array([e.context.dense for e in events])
 
 
 def open_catalogue() -> tuple:
@@ -310,21 +300,10 @@ def test_state_restored_mid_stream_continues_as_if_undisturbed(cut: float) -> No
 # -- on the real broker and real Ray --------------------------------------------------------
 
 
-def _produce(bootstrap: str, log: Log, topics: dict[str, str]) -> None:
-    """Each stream's events in arrival order; the key puts them on the log's partition."""
-    with EventProducer(bootstrap) as producer:
-        for role, by_partition in (("imps", log.impressions), ("fbs", log.feedback)):
-            for p, keyed in by_partition.items():
-                for _, event in keyed:
-                    producer._producer.send(topics[role], key=event.key,
-                                            value=msgspec.msgpack.encode(event), partition=p)
-        producer.flush()
-
-
 def _kafka_log(unique_topics, kafka_bootstrap, seed: int):
     topics = unique_topics({"imps": 2, "fbs": 2})
     log = generate_log(seed, n_requests=400, partitions=2, messy=True)
-    _produce(kafka_bootstrap, log, topics)
+    produce_log(kafka_bootstrap, log, topics)
     halves = [[(topics["imps"], p), (topics["fbs"], p)] for p in (0, 1)]
     return topics, log, halves
 

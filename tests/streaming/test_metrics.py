@@ -198,13 +198,12 @@ def test_a_real_pipeline_is_exposed_and_scraped_over_loopback(
         kafka_bootstrap, unique_topics, ray_session, tmp_path) -> None:
     import ray
 
-    from tests.streaming.test_join import generate_log
-    from tests.streaming.test_learner import _produce
+    from tests.streaming.event_log import generate_log, produce_log
     from tests.streaming.test_pipeline import _pipeline, _topics
 
     topics, names = _topics(unique_topics)
     log = generate_log(31, n_requests=300, partitions=2)
-    _produce(kafka_bootstrap, log, names)
+    produce_log(kafka_bootstrap, log, names)
     produced = sum(map(len, log.impressions.values())) + sum(map(len, log.feedback.values()))
     pipeline = _pipeline(kafka_bootstrap, topics, tmp_path)
     metrics = PipelineMetrics(pipeline, top_n=10, statistics_interval_s=0.0, max_staleness_ms=0)

@@ -19,8 +19,16 @@ from streaming.join import EventTimeJoiner
 from streaming.lake import scan_lake
 from streaming.pipeline import StreamPipeline, Topics
 from streaming.shards import dense_statistics
-from tests.streaming.test_join import LATENESS, MAPPING, WINDOW, Log, generate_log
-from tests.streaming.test_learner import _produce, dense_contexts, truth_stats
+from tests.streaming.event_log import (
+    LATENESS,
+    MAPPING,
+    WINDOW,
+    Log,
+    dense_contexts,
+    generate_log,
+    produce_log,
+    truth_stats,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +86,7 @@ def test_pipeline_reaches_the_truth_and_lands_every_event_in_the_lake(
         kafka_bootstrap, unique_topics, ray_session, tmp_path) -> None:
     topics, names = _topics(unique_topics)
     log = generate_log(21, n_requests=400, partitions=2)
-    _produce(kafka_bootstrap, log, names)
+    produce_log(kafka_bootstrap, log, names)
     pipeline = _pipeline(kafka_bootstrap, topics, tmp_path, lake=True)
     try:
         assert pipeline.start() is None  # nothing to restore: starts at the beginning
@@ -99,13 +107,13 @@ def test_a_restarted_pipeline_resumes_from_its_checkpoint(
     topics, names = _topics(unique_topics)
     log = generate_log(22, n_requests=400, partitions=2, messy=True)
     first_half, second_half = _part(log, lambda r: r < 200), _part(log, lambda r: r >= 200)
-    _produce(kafka_bootstrap, first_half, names)
+    produce_log(kafka_bootstrap, first_half, names)
     pipeline = _pipeline(kafka_bootstrap, topics, tmp_path)
     pipeline.start()
     pipeline.run_to_end()
     checkpoint_id = pipeline.coordinator.last.checkpoint_id
     pipeline.stop()  # checkpoints again, at the same offsets
-    _produce(kafka_bootstrap, second_half, names)
+    produce_log(kafka_bootstrap, second_half, names)
     resumed = _pipeline(kafka_bootstrap, topics, tmp_path)
     try:
         restored = resumed.start()
@@ -126,12 +134,12 @@ def test_killing_an_actor_rolls_back_to_the_checkpoint_and_loses_nothing(
     topics, names = _topics(unique_topics)
     log = generate_log(23, n_requests=400, partitions=2, messy=True)
     first, rest = _part(log, lambda r: r < 150), _part(log, lambda r: r >= 150)
-    _produce(kafka_bootstrap, first, names)
+    produce_log(kafka_bootstrap, first, names)
     pipeline = _pipeline(kafka_bootstrap, topics, tmp_path)
     try:
         pipeline.start()
         pipeline.run_to_end()  # a checkpoint after the first 150 requests
-        _produce(kafka_bootstrap, rest, names)
+        produce_log(kafka_bootstrap, rest, names)
         for _ in range(3):  # some of the rest is learned, and lost with the actor
             pipeline.step()
         ray.kill(getattr(pipeline.actors, role)[0], no_restart=True)
@@ -161,13 +169,13 @@ def test_a_coordinator_killed_mid_checkpoint_leaves_the_previous_cut(
     topics, names = _topics(unique_topics)
     log = generate_log(24, n_requests=300, partitions=2, messy=True)
     first, rest = _part(log, lambda r: r < 100), _part(log, lambda r: r >= 100)
-    _produce(kafka_bootstrap, first, names)
+    produce_log(kafka_bootstrap, first, names)
     pipeline = _pipeline(kafka_bootstrap, topics, tmp_path)
     pipeline.store = pipeline.coordinator.store = _CrashingStore(tmp_path / "checkpoints")
     pipeline.start()
     pipeline.run_to_end()
     good = pipeline.coordinator.last.checkpoint_id
-    _produce(kafka_bootstrap, rest, names)
+    produce_log(kafka_bootstrap, rest, names)
     pipeline.store.crash_next = True
     with pytest.raises(SystemExit, match="coordinator killed"):
         pipeline.run_to_end()
