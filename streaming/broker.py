@@ -279,7 +279,11 @@ class EmbeddedKafka:
             return self
         started = time.monotonic()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port, self.controller_port = free_port(), free_port()
+        # A restart keeps its address when it can, so clients of the stopped broker reconnect.
+        if self.port is None or port_open(self.port):
+            self.port = free_port()
+        if self.controller_port is None or port_open(self.controller_port):
+            self.controller_port = free_port()
         while self.controller_port == self.port:
             self.controller_port = free_port()
         props, log4j = self._write_config()
