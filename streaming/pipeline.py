@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import ray
 from kafka import KafkaConsumer, TopicPartition
 
@@ -116,7 +117,7 @@ class StreamPipeline:
         options = {"client_options": self.client_options}
         parts = shard_parts(self.template, s.shards)
         shards = [ParameterShardActor.remote(i, s.shards, *part) for i, part in enumerate(parts)]
-        template = self.template.to_arrays()  # type: ignore[attr-defined]
+        template = self._learner_template()
         expected = {t.impressions: Impression, t.feedback: Feedback}
         learners = [
             LearnerActor.remote(
@@ -149,6 +150,14 @@ class StreamPipeline:
                 for i in range(s.joiners)
             ]
         return PipelineActors(shards, learners, joiners, lake_writers)
+
+    def _learner_template(self) -> Any:
+        """What learners compute deltas against: an open catalogue for dense statistics (any
+        item id; shards keep the rows they hold, so items can be added and retired while
+        running), the whole graph for graph statistics (deltas need its edges)."""
+        if self.template.layout == "dense":
+            return self.template.select([]).to_arrays()  # type: ignore[attr-defined]
+        return self.template.to_arrays()  # type: ignore[attr-defined]
 
     def start(self) -> Checkpoint | None:
         """Create the actors and restore the newest checkpoint (or start at the beginning)."""
@@ -213,6 +222,28 @@ class StreamPipeline:
         self.recoveries += 1
         self._kill()
         return self.start()
+
+    # ------------------------------------------------------------------ the catalogue
+    def add_items(self, items: Any) -> int:
+        """Add items (zero statistics) while running: each shard takes the ones it owns.
+
+        Dense layout only (graph items come with their edges: rebuild the graph and restart).
+        Events for an item before it is added are dropped by the shards and counted.
+        """
+        return self._catalogue_change("add_items", items)
+
+    def retire_items(self, items: Any) -> int:
+        """Drop items and their statistics while running (dense layout only)."""
+        return self._catalogue_change("retire_items", items)
+
+    def _catalogue_change(self, method: str, items: Any) -> int:
+        assert self.actors is not None, "call start() first"
+        if self.template.layout != "dense":
+            raise ValueError(f"{method}: only dense statistics change their catalogue while "
+                             f"running; for {self.template.layout} statistics rebuild the graph "
+                             "and restart the pipeline")
+        ids = np.asarray(items, dtype=np.int64).ravel()
+        return sum(ray.get([getattr(s, method).remote(ids) for s in self.actors.shards]))
 
     # ------------------------------------------------------------------ reading the state
     def statistics(self) -> Statistics:

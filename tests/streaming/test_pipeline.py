@@ -223,3 +223,40 @@ def test_a_broker_restart_under_the_pipeline_loses_nothing(ray_session, tmp_path
             pipeline.stop(checkpoint=False)
     finally:
         broker.stop()
+
+
+def _difference(whole, part):
+    """The statistics ``whole`` − ``part`` (sums are additive): what the later events added."""
+    out = whole.copy()
+    for name, value in out._sums().items():
+        value -= part._sums()[name]
+    return out
+
+
+def test_items_are_retired_and_added_while_the_pipeline_runs(
+        kafka_bootstrap, unique_topics, ray_session, tmp_path) -> None:
+    topics, names = _topics(unique_topics)
+    log = generate_log(26, n_requests=300, partitions=2)
+    first, rest = _part(log, lambda r: r < 150), _part(log, lambda r: r >= 150)
+    late_items = np.arange(40, N_ITEMS)
+    produce_log(kafka_bootstrap, first, names)
+    pipeline = _pipeline(kafka_bootstrap, topics, tmp_path)
+    try:
+        pipeline.start()
+        assert pipeline.retire_items(late_items) == late_items.size
+        pipeline.run_to_end()
+        early = _joined_truth(first)
+        assert pipeline.statistics().allclose(early.select(np.arange(40)), rtol=1e-9, atol=1e-12)
+        assert pipeline.add_items(late_items) == late_items.size  # back, with zero statistics
+        produce_log(kafka_bootstrap, rest, names)
+        pipeline.run_to_end()
+        whole = _joined_truth(first, rest)
+        learned = pipeline.statistics()
+        assert learned.select(np.arange(40)).allclose(whole.select(np.arange(40)), rtol=1e-9,
+                                                      atol=1e-12)
+        assert learned.select(late_items).allclose(
+            _difference(whole, early).select(late_items), rtol=1e-9, atol=1e-9)
+        with pytest.raises(KeyError, match="retire_items: 1 unknown item id"):
+            pipeline.retire_items([999])
+    finally:
+        pipeline.stop(checkpoint=False)
