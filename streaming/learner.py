@@ -300,9 +300,18 @@ class LearnerCore:
     # -- batches -----------------------------------------------------------------------------
 
     def process(self, batch: Sequence[ConsumedEvent]) -> list[list[StatsArrays]]:
-        """Learn from one batch; returns each shard's deltas (possibly empty lists)."""
+        """Learn from one batch; returns each shard's deltas (possibly empty lists).
+
+        Each delta's meta carries ``oldest_record_ms``, the Kafka timestamp of the batch's oldest
+        record, so shards can measure how long records take to be merged (freshness)."""
         updates = self.updates(batch)
-        return self.route(updates)
+        routed = self.route(updates)
+        if batch:
+            oldest = min(c.timestamp_ms for c in batch)
+            for deltas in routed:
+                for _, meta in deltas:
+                    meta["oldest_record_ms"] = oldest
+        return routed
 
     def updates(self, batch: Sequence[ConsumedEvent]) -> Updates:
         """The rows one batch teaches (exposure and reward increases), state updated."""

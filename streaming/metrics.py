@@ -29,6 +29,10 @@ What each family measures (``actor`` is the pipeline's name: ``joiner-0``, ``lea
   is too busy to answer: it shows how much of the bound is used. It does not include the time an
   event spends in Kafka and in the learner: the actors do not record event time with deltas
   today. The lag families bound that part in records.
+* ``recsys_stream_record_to_shard_seconds`` (histogram): from a record's Kafka timestamp (the
+  producer's create time) to the moment the shard merges the delta it is in, one observation per
+  delta with its oldest record, over all shards. Add the readers' staleness bound (or
+  ``recsys_stream_freshness_seconds``) for "produced → visible to serving".
 * ``recsys_stream_snapshot_age_seconds{shard}``: at the last statistics pull, the age of the
   snapshot readers get (pull time − its ``published_ms``);
   ``recsys_stream_snapshot_version{shard}``: the shard statistics' version (every merge bumps it),
@@ -68,12 +72,18 @@ import ray
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, Histogram, generate_latest, start_http_server
 from prometheus_client import Counter as PromCounter
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from recsys.bandits import stats_from_arrays
 from recsys.bandits.protocol import Statistics
 from streaming.coordinator import CheckpointReport
 from streaming.join import Reason
+from streaming.shards import MERGE_DELAY_BUCKETS_S
 
 log = logging.getLogger(__name__)
 
@@ -325,8 +335,12 @@ def families(f: Figures | None) -> list[Metric]:
                   "Exploration-free expected reward of the top items", ["item"])
     last = _g("recsys_stream_last_collection_timestamp_seconds",
               "Wall time of the collection these figures come from")
+    merge_delay = HistogramMetricFamily(
+        "recsys_stream_record_to_shard_seconds",
+        "From a record's Kafka timestamp to the shard merging the delta it is in (the oldest "
+        "record of each delta), all shards", labels=[])
     out = [lag, records, rates, dead, age, version, n_items, nbytes, merged, ckpt_age, ckpt_dur,
-           recoveries, exposures, rewards, expected, last]
+           recoveries, exposures, rewards, expected, last, merge_delay]
     if f is None:
         return out
     r = f.reading
@@ -345,6 +359,12 @@ def families(f: Figures | None) -> list[Metric]:
         n_items.add_metric([str(i)], float(s["n_items"]))
         nbytes.add_metric([str(i)], float(s["nbytes"]))
         merged.add_metric([str(i)], float(s["deltas_applied"]))
+    counts = [s.get("merge_delay_bucket_counts") for s in r.shards.values()]
+    if counts and all(c is not None for c in counts):
+        total = np.sum(np.asarray(counts, dtype=np.int64), axis=0)
+        bounds = [*(str(b) for b in MERGE_DELAY_BUCKETS_S), "+Inf"]
+        merge_delay.add_metric([], list(zip(bounds, np.cumsum(total).tolist(), strict=True)),
+                               sum(s["merge_delay_sum_s"] for s in r.shards.values()))
     for i, seconds in sorted(f.snapshot_age_s.items()):
         age.add_metric([str(i)], seconds)
     if f.checkpoint_age_s is not None:

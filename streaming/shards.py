@@ -49,6 +49,10 @@ from recsys.bandits.protocol import Statistics, StatsArrays
 Clock = Callable[[], float]
 """Seconds since the epoch (``time.time``); injectable so tests control time."""
 
+MERGE_DELAY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                         60.0)
+"""Upper bounds of the record → merged histogram (seconds; a last, infinite bucket follows)."""
+
 
 def dense_statistics(
     item_ids: ArrayLike, dim: int, *, lam: float = 1.0, centred: bool = True, space: str = "",
@@ -108,6 +112,9 @@ class ParameterShard:
         self.publications = 0
         self.rejected: Counter[str] = Counter()
         self.foreign_rows = 0
+        # record produced → its delta merged here: per-bucket counts, sum and count (seconds)
+        self.merge_delay_counts = np.zeros(len(MERGE_DELAY_BUCKETS_S) + 1, dtype=np.int64)
+        self.merge_delay_sum_s = 0.0
 
     def _owned(self, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> Any:
         stats = stats_from_arrays(_writable(arrays), meta)
@@ -139,11 +146,19 @@ class ParameterShard:
                     delta = delta.select(delta.item_ids[held])
                 self._stats.merge_inplace(delta)
                 self._changed()
+                if "oldest_record_ms" in meta:
+                    self._observe_merge_delay(self._clock() - meta["oldest_record_ms"] / 1000.0)
             except (ValueError, TypeError, KeyError) as exc:
                 self.rejected[f"{type(exc).__name__}: {str(exc)[:120]}"] += 1
                 continue
             self.deltas_applied += 1
         return int(self._stats.version)
+
+    def _observe_merge_delay(self, seconds: float) -> None:
+        """Count one delta's delay from its oldest record's Kafka timestamp to its merge."""
+        seconds = max(0.0, seconds)
+        self.merge_delay_counts[np.searchsorted(MERGE_DELAY_BUCKETS_S, seconds)] += 1
+        self.merge_delay_sum_s += seconds
 
     def _changed(self) -> None:
         if self._dirty_since is None:
@@ -259,6 +274,8 @@ class ParameterShard:
             "nbytes": int(sum(a.nbytes for a in self._stats.to_arrays()[0].values())),
             "deltas_applied": self.deltas_applied, "deltas_rejected": dict(self.rejected),
             "foreign_rows": self.foreign_rows, "publications": self.publications,
+            "merge_delay_bucket_counts": self.merge_delay_counts.tolist(),
+            "merge_delay_sum_s": self.merge_delay_sum_s,
         }
 
 

@@ -228,6 +228,11 @@ def test_a_real_pipeline_is_exposed_and_scraped_over_loopback(
                                                     for s in pipeline.actors.shards])]
         assert series(text, "recsys_stream_snapshot_version") == {
             (("shard", str(i)),): float(v) for i, v in enumerate(versions)}
+        # every learner delta carries its oldest record's timestamp: one observation per merge
+        applied = sum(s["deltas_applied"] for s in ray.get([s.stats.remote()
+                                                           for s in pipeline.actors.shards]))
+        assert series(text, "recsys_stream_record_to_shard_seconds_count") == {(): applied}
+        assert applied > 0
 
         stats = pipeline.statistics()
         rows = np.lexsort((stats.item_ids, -stats.count))[:10]

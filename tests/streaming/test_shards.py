@@ -259,3 +259,22 @@ def test_shard_actors_hand_out_snapshots_by_reference(ray_session) -> None:
     assert ray.get(actors[0].snapshot_ref.remote(0))[0] == refs[0]
     for actor in actors:
         ray.kill(actor)
+
+
+def test_merge_delay_is_counted_from_the_oldest_record_timestamp_of_each_delta() -> None:
+    clock = FakeClock()
+    base = dense_statistics(np.arange(20), 2)
+    shard = _shards(base, clock)[0]
+    mine = shard.stats()["n_items"]
+    assert mine > 0
+    items = stats_from_arrays(*shard.checkpoint()).item_ids
+    delta = base.delta_from_batch(np.ones((2, 2)), items[:2], [1.0, 0.0])
+    arrays, meta = delta.to_arrays()
+    for age_s in (0.003, 0.2, 0.2, 90.0):  # buckets ≤ 0.005, ≤ 0.25 twice, and +Inf
+        shard.apply([(arrays, {**meta, "oldest_record_ms": (clock.now - age_s) * 1000})])
+    shard.apply([delta.to_arrays()])  # a delta without a timestamp is merged, not observed
+    stats = shard.stats()
+    counts = np.asarray(stats["merge_delay_bucket_counts"])
+    assert counts.sum() == 4 and stats["deltas_applied"] == 5
+    assert counts[0] == 1 and counts[5] == 2 and counts[-1] == 1
+    assert stats["merge_delay_sum_s"] == pytest.approx(0.003 + 0.2 + 0.2 + 90.0)
