@@ -16,17 +16,10 @@ from dataclasses import dataclass, field
 import ray
 
 from streaming.consumer import ConsumedEvent, EventConsumer
+from streaming.reading import ConsumingActor, DrainProgress, Offsets
 from streaming.topics import DEAD_LETTER
 
-Offsets = dict[tuple[str, int], int]
-
-
-@dataclass(frozen=True)
-class DrainProgress:
-    """Where a ``drain`` call left off: records consumed so far, and whether the target is met."""
-
-    consumed: int
-    done: bool
+__all__ = ["DrainProgress", "PartitionReader", "PartitionReaderActor", "ReaderStats"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +34,7 @@ class ReaderStats:
     busy_s: float = 0.0
 
 
-class PartitionReader:
+class PartitionReader(ConsumingActor):
     """Reads its explicitly assigned partitions in batches and keeps their offsets.
 
     Reading: ``read`` returns one batch of decoded events; ``drain`` reads up to given offsets (and
@@ -75,25 +68,7 @@ class PartitionReader:
         )
         self._paused = False
         self._by_type: Counter[str] = Counter()
-        self._busy_s = 0.0
-
-    # -- offsets -----------------------------------------------------------------------------
-
-    def assignment(self) -> list[tuple[str, int]]:
-        """The (topic, partition) pairs this reader owns."""
-        return list(self._assignment)
-
-    def positions(self) -> Offsets:
-        """The next offset to read per assigned (topic, partition)."""
-        return self._consumer.positions()
-
-    def end_offsets(self) -> Offsets:
-        """The current end offset (the next offset to be written) per assigned partition."""
-        return self._consumer.end_offsets()
-
-    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        """Continue the given partitions (a subset of the assignment) from the given offsets."""
-        self._consumer.seek(offsets)
+        self.busy_s = 0.0
 
     # -- checkpoint hooks --------------------------------------------------------------------
 
@@ -116,13 +91,6 @@ class PartitionReader:
             )
         self._consumer.seek(offsets)
 
-    def resume(self) -> None:
-        """Read again after ``pause``."""
-        self._paused = False
-
-    def is_paused(self) -> bool:
-        return self._paused
-
     # -- reading -----------------------------------------------------------------------------
 
     def read(self, max_records: int = 10_000, timeout_ms: int = 200) -> list[ConsumedEvent]:
@@ -132,26 +100,11 @@ class PartitionReader:
         started = time.perf_counter()
         batch = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         self._count(batch)
-        self._busy_s += time.perf_counter() - started
+        self.busy_s += time.perf_counter() - started
         return batch
 
-    def drain(
-        self, until: Mapping[tuple[str, int], int], max_seconds: float = 0.5
-    ) -> DrainProgress:
-        """Read up to (not including) ``until``'s offsets for up to ``max_seconds``, counting
-        events by type; call again until ``done``. Reads nothing while paused."""
-        not_mine = sorted(set(until) - set(self._assignment))
-        if not_mine:
-            raise ValueError(f"drain: {not_mine} are not assigned to this reader")
-        started = time.perf_counter()
-        while (
-            not self._paused
-            and time.perf_counter() - started < max_seconds
-            and not self._consumer.reached(until)
-        ):
-            self._count(self._consumer.poll(timeout_ms=100, until=until))
-        self._busy_s += time.perf_counter() - started
-        return DrainProgress(self._consumer.consumed, self._consumer.reached(until))
+    def _handle(self, batch: list[ConsumedEvent]) -> None:
+        self._count(batch)
 
     def _count(self, batch: list[ConsumedEvent]) -> None:
         self._by_type.update(type(consumed.event).__name__ for consumed in batch)
@@ -164,7 +117,7 @@ class PartitionReader:
             dead_lettered=self._consumer.dead_lettered,
             dead_letter_reasons=dict(self._consumer.dead_letter_reasons),
             by_type=dict(self._by_type),
-            busy_s=self._busy_s,
+            busy_s=self.busy_s,
         )
 
     def close(self) -> None:

@@ -76,11 +76,6 @@ class CheckpointReport:
         return self.drain_s + self.snapshot_s + self.write_s
 
 
-def _done(progress: Any) -> bool:
-    """``drain``/``run_until`` report either a bool or an object with ``done``."""
-    return bool(progress if isinstance(progress, bool) else progress.done)
-
-
 class CheckpointCoordinator:
     """Takes and restores consistent checkpoints of a :class:`PipelineActors` (see module docs).
 
@@ -166,7 +161,6 @@ class CheckpointCoordinator:
             return []
         assignments = ray.get([a.assignment.remote() for a in group])
         mine = [{tp: targets[tp] for tp in assigned if tp in targets} for assigned in assignments]
-        method = "run_until" if role == "learner" else "drain"
         pending = list(range(len(group)))
         deadline = time.monotonic() + self.drain_timeout_s
         while pending:
@@ -174,8 +168,8 @@ class CheckpointCoordinator:
                 raise CheckpointError(
                     f"checkpoint: {role} actor(s) {pending} did not reach the target offsets in "
                     f"{self.drain_timeout_s:.0f} s (is the cluster reachable?)")
-            progress = ray.get([getattr(group[i], method).remote(mine[i]) for i in pending])
-            pending = [i for i, p in zip(pending, progress, strict=True) if not _done(p)]
+            progress = ray.get([group[i].drain.remote(mine[i]) for i in pending])
+            pending = [i for i, p in zip(pending, progress, strict=True) if not p.done]
         return ray.get([a.pause.remote() for a in group])
 
     @staticmethod

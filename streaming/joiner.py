@@ -37,14 +37,16 @@ from recsys.events import DeadLetter, Feedback, Impression, encode, encode_dead_
 from streaming.consumer import ConsumedEvent, EventConsumer
 from streaming.join import EventTimeJoiner, Rejected
 from streaming.producer import EventProducer
+from streaming.reading import ConsumingActor, Offsets
 from streaming.topics import DEAD_LETTER, FEEDBACK, IMPRESSIONS, REWARDS
 
-Offsets = dict[tuple[str, int], int]
 StateArrays = dict[str, NDArray[Any]]
 
 
-class Joiner:
+class Joiner(ConsumingActor):
     """Joins impressions and feedback of the given co-partitions into rewards on Kafka."""
+
+    role = "joiner"
 
     def __init__(
         self,
@@ -71,9 +73,11 @@ class Joiner:
         self._idle_timeout_s = idle_timeout_s
         options = dict(client_options or {})
         self._producer = EventProducer(bootstrap, **options)
+        # both topics of each co-partition
+        self._assignment = [(topic, p) for p in self._partitions for topic in self._topics.values()]
         self._consumer = EventConsumer(
             bootstrap,
-            self.assignment(),
+            self._assignment,
             dead_letter_topic=dead_letter_topic,
             expected_types={impressions_topic: Impression, feedback_topic: Feedback},
             dead_letter_producer=self._producer,
@@ -83,32 +87,10 @@ class Joiner:
         self._last_feedback = dict.fromkeys(self._partitions, time.monotonic())
         self.produced: Counter[str] = Counter()
 
-    def assignment(self) -> list[tuple[str, int]]:
-        """The (topic, partition) pairs this joiner reads: both topics for each co-partition."""
-        return [(topic, p) for p in self._partitions for topic in self._topics.values()]
+    # -- reading and joining (``step`` and ``drain`` come from ConsumingActor) -----------------
 
-    # -- reading and joining -----------------------------------------------------------------
-
-    def step(self, max_records: int = 10_000, timeout_ms: int = 200) -> int:
-        """Read one batch, join it, send the rewards and dead letters; returns records read."""
-        if self._paused:
-            return 0
-        batch = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+    def _handle(self, batch: list[ConsumedEvent]) -> None:
         self._join(batch)
-        return len(batch)
-
-    def drain(self, until: Mapping[tuple[str, int], int], max_seconds: float = 0.5) -> bool:
-        """Read and join up to (not including) ``until``'s offsets for up to ``max_seconds``;
-        returns whether they are reached. Call again until True (a bounded replay)."""
-        started = time.perf_counter()
-        while not self._paused and time.perf_counter() - started < max_seconds:
-            if self._consumer.reached(until):
-                break
-            self._join(self._consumer.poll(timeout_ms=100, until=until))
-        return self._consumer.reached(until)
-
-    def end_offsets(self) -> Offsets:
-        return self._consumer.end_offsets()
 
     def _join(self, batch: list[ConsumedEvent]) -> None:
         by_partition: dict[int, list[ConsumedEvent]] = defaultdict(list)
@@ -168,10 +150,6 @@ class Joiner:
 
     # -- checkpoint hooks --------------------------------------------------------------------
 
-    def positions(self) -> Offsets:
-        """The next offset to read per assigned (topic, partition)."""
-        return self._consumer.positions()
-
     def pause(self) -> tuple[Offsets, StateArrays]:
         """Stop reading; returns the offsets and the core's state arrays, with every reward and
         dead letter for the records before those offsets acknowledged by the broker."""
@@ -193,9 +171,6 @@ class Joiner:
         core = self.core if state is None else EventTimeJoiner.from_state_arrays(state)
         self._consumer.seek(offsets)
         self.core = core
-
-    def resume(self) -> None:
-        self._paused = False
 
     def stats(self) -> dict[str, int]:
         """Counters: the core's (events, joins, rejections by reason), records sent, records

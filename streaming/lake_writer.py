@@ -44,11 +44,11 @@ from recsys.storage import PathLike
 from streaming.consumer import ConsumedEvent, EventConsumer
 from streaming.lake import LakeSink, RejectedRecord, RestoreReport
 from streaming.producer import EventProducer
+from streaming.reading import ConsumingActor, Offsets
 from streaming.topics import DEAD_LETTER, FEEDBACK, IMPRESSIONS, REWARDS
 
 __all__ = ["LakeWriter", "LakeWriterActor", "LakeWriterStats"]
 
-Offsets = dict[tuple[str, int], int]
 
 _TABLES: tuple[TableName, ...] = ("impressions", "feedback", "rewards")
 _EVENT_TYPES: dict[str, type] = {"impressions": Impression, "feedback": Feedback,
@@ -74,7 +74,7 @@ class LakeWriterStats:
     rejected_reasons: dict[str, int] = field(default_factory=dict)
 
 
-class LakeWriter:
+class LakeWriter(ConsumingActor):
     """Writes its partitions of impressions, feedback and rewards to the Parquet lake at ``root``.
 
     ``partitions``: the partition indices to read of every topic, or ``{table: indices}`` with
@@ -82,6 +82,8 @@ class LakeWriter:
     topics need not have the same partition counts). ``max_records``, ``max_age_s``,
     ``compression`` and ``filesystem`` go to the ``LakeSink``.
     """
+
+    role = "lake writer"
 
     def __init__(
         self,
@@ -127,31 +129,10 @@ class LakeWriter:
         self._paused = False
         self._rejected_sent = 0
 
-    def assignment(self) -> list[tuple[str, int]]:
-        """The (topic, partition) pairs this writer reads."""
-        return list(self._assignment)
+    # -- reading and writing (``step`` and ``drain`` come from ConsumingActor) -----------------
 
-    # -- reading and writing -----------------------------------------------------------------
-
-    def step(self, max_records: int = 10_000, timeout_ms: int = 200) -> int:
-        """Read one batch and give it to the sink (writing buffers that are due); returns the
-        events read (dead-lettered records not included). Reads nothing while paused."""
-        if self._paused:
-            return 0
-        batch = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+    def _handle(self, batch: list[ConsumedEvent]) -> None:
         self._write(batch)
-        return len(batch)
-
-    def drain(self, until: Mapping[tuple[str, int], int], max_seconds: float = 0.5) -> bool:
-        """Read and write up to (not including) ``until``'s offsets for up to ``max_seconds``;
-        returns whether they are reached. Call again until True (a bounded replay)."""
-        self._check_owned("drain", until)
-        started = time.perf_counter()
-        while not self._paused and time.perf_counter() - started < max_seconds:
-            if self._consumer.reached(until):
-                break
-            self._write(self._consumer.poll(timeout_ms=100, until=until))
-        return self._consumer.reached(until)
 
     def _write(self, batch: list[ConsumedEvent]) -> None:
         """Hand ``batch`` to the sink (``write`` also writes the buffers that are due) and
@@ -178,15 +159,7 @@ class LakeWriter:
                                     encode_dead_letter(letter))
         self._rejected_sent += len(rejected)
 
-    def end_offsets(self) -> Offsets:
-        """The current end offset (the next offset to be written) per assigned partition."""
-        return self._consumer.end_offsets()
-
     # -- checkpoint hooks --------------------------------------------------------------------
-
-    def positions(self) -> Offsets:
-        """The next offset to read per assigned (topic, partition)."""
-        return self._consumer.positions()
 
     def pause(self) -> Offsets:
         """Stop reading; write every buffer and return the offsets below which everything read
@@ -222,10 +195,6 @@ class LakeWriter:
         self._consumer.seek(given)
         return self.sink.restore(given)
 
-    def resume(self) -> None:
-        """Read again after ``pause``."""
-        self._paused = False
-
     def stats(self) -> LakeWriterStats:
         """Counters since start: records read, written, files, rejected and dead-lettered."""
         sink = self.sink.stats()
@@ -255,14 +224,6 @@ class LakeWriter:
                 self._consumer.close()
             finally:
                 self._producer.close()
-
-    def _check_owned(self, hook: str, offsets: Mapping[tuple[str, int], int]) -> None:
-        foreign = sorted(set(offsets) - set(self._assignment))
-        if foreign:
-            raise ValueError(
-                f"{hook}: {foreign} are not assigned to this lake writer (it reads "
-                f"{self._assignment})"
-            )
 
 
 def _assignment(

@@ -68,13 +68,12 @@ from recsys.bandits import shard_of, stats_from_arrays
 from recsys.bandits.graph import SoftContexts
 from recsys.bandits.protocol import StatsArrays
 from recsys.events import Feedback, Impression, Reward
-from streaming.actors import DrainProgress
 from streaming.consumer import ConsumedEvent, EventConsumer
 from streaming.join import DEFAULT_REWARD_MAPPING, FEEDBACK_TYPES, NO_TIME, Reason
+from streaming.reading import ConsumingActor, Offsets
 from streaming.topics import DEAD_LETTER
 
 Mode = Literal["fresh", "window"]
-Offsets = dict[tuple[str, int], int]
 STATE_FORMAT = "recsys.learner.state/1"
 _TYPES = tuple(sorted(FEEDBACK_TYPES))
 _TYPE_CODE = {name: code for code, name in enumerate(_TYPES)}
@@ -637,7 +636,7 @@ def _strings(values: list[str]) -> NDArray[np.str_]:
 # the Kafka + Ray learner
 
 
-class Learner:
+class Learner(ConsumingActor):
     """A learner actor's job: read its partitions, learn, send each shard its deltas.
 
     ``shards`` are ``ParameterShardActor`` handles (deltas go as fire-and-forget
@@ -646,6 +645,8 @@ class Learner:
     ``PartitionReader``'s: ``pause`` (stop reading, flush deltas and dead letters, return the
     positions), ``state_arrays``, ``restore(offsets, state)``, ``resume``.
     """
+
+    role = "learner"
 
     def __init__(
         self,
@@ -687,11 +688,10 @@ class Learner:
         self._paused = False
         self.events = 0
         self.deltas_sent = 0
-        self.busy_s = 0.0
 
     # -- learning ----------------------------------------------------------------------------
 
-    def _learn(self, batch: list[ConsumedEvent]) -> None:
+    def _handle(self, batch: list[ConsumedEvent]) -> None:
         if not batch:
             return
         self.events += len(batch)
@@ -711,31 +711,6 @@ class Learner:
             done, self._in_flight[s] = ray.wait(pending, num_returns=len(pending)
                                                 - self._max_in_flight)
             ray.get(done)  # surfaces a dead shard here rather than at the next checkpoint
-
-    def step(self, max_records: int = 10_000, timeout_ms: int = 100) -> int:
-        """Poll one batch and learn from it; returns the number of events read."""
-        if self._paused:
-            return 0
-        started = time.perf_counter()
-        batch = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        self._learn(batch)
-        self.busy_s += time.perf_counter() - started
-        return len(batch)
-
-    def run_until(self, until: Mapping[tuple[str, int], int], max_seconds: float = 0.5,
-                  max_records: int = 10_000) -> DrainProgress:
-        """Learn up to (not including) ``until``'s offsets for up to ``max_seconds``; call again
-        until ``done`` (slices let a coordinator's ``pause`` in between)."""
-        not_mine = sorted(set(until) - set(self._assignment))
-        if not_mine:
-            raise ValueError(f"run_until: {not_mine} are not assigned to this learner")
-        started = time.perf_counter()
-        while (not self._paused and time.perf_counter() - started < max_seconds
-               and not self._consumer.reached(until)):
-            self._learn(self._consumer.poll(timeout_ms=100, max_records=max_records,
-                                            until=until))
-        self.busy_s += time.perf_counter() - started
-        return DrainProgress(self._consumer.consumed, self._consumer.reached(until))
 
     def run_for(self, seconds: float, max_records: int = 10_000) -> int:
         """Learn whatever arrives for ``seconds``; returns the events read."""
@@ -757,19 +732,6 @@ class Learner:
 
     # -- offsets and checkpoint hooks ----------------------------------------------------------
 
-    def assignment(self) -> list[tuple[str, int]]:
-        return list(self._assignment)
-
-    def positions(self) -> Offsets:
-        """The next offset to read per assigned (topic, partition)."""
-        return self._consumer.positions()
-
-    def end_offsets(self) -> Offsets:
-        return self._consumer.end_offsets()
-
-    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        self._consumer.seek(offsets)
-
     def pause(self) -> Offsets:
         """Stop reading; flush deltas (merged by the shards) and dead letters; return the
         positions, which with ``state_arrays`` and the shards' checkpoints form a cut."""
@@ -777,9 +739,6 @@ class Learner:
         self.flush()
         self._consumer.flush()
         return self.positions()
-
-    def resume(self) -> None:
-        self._paused = False
 
     def state_arrays(self) -> dict[str, NDArray[Any]]:
         """The learner's state for a checkpoint (see ``LearnerCore.state_arrays``)."""

@@ -112,7 +112,7 @@ def bench_learn(bootstrap: str, names: dict[str, str], n: int, learners: int) ->
         started = time.perf_counter()
         pending = list(range(learners))
         while pending:
-            steps = ray.get([actors[i].run_until.remote(targets[i], 1.0) for i in pending])
+            steps = ray.get([actors[i].drain.remote(targets[i], 1.0) for i in pending])
             pending = [i for i, s in zip(pending, steps, strict=True) if not s.done]
         ray.get([a.flush.remote() for a in actors])
         elapsed = time.perf_counter() - started

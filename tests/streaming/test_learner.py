@@ -333,7 +333,7 @@ def test_two_learner_actors_and_two_shard_actors_reach_the_truth(
         pending = list(range(len(learners)))
         deadline = time.monotonic() + 60
         while pending and time.monotonic() < deadline:
-            progress = ray.get([learners[i].run_until.remote(targets[i]) for i in pending])
+            progress = ray.get([learners[i].drain.remote(targets[i]) for i in pending])
             pending = [i for i, step in zip(pending, progress, strict=True) if not step.done]
         assert not pending, "the learners did not reach the end offsets within 60 s"
         ray.get([lr.flush.remote() for lr in learners])
@@ -359,14 +359,14 @@ def test_a_learner_rebuilt_from_a_mid_stream_checkpoint_finishes_like_an_undistu
     undisturbed = shards_for(base)
     learner = Learner(kafka_bootstrap, assignment, undisturbed, **_options(topics))
     end = learner.end_offsets()
-    while not learner.run_until(end).done:
+    while not learner.drain(end).done:
         pass
     learner.close()
 
     shards = shards_for(base)
     first = Learner(kafka_bootstrap, assignment, shards, **_options(topics))
     middle = {tp: offset // 2 for tp, offset in end.items()}
-    while not first.run_until(middle, max_records=37).done:
+    while not first.drain(middle, max_records=37).done:
         pass
     offsets = first.pause()
     assert offsets == middle
@@ -380,7 +380,7 @@ def test_a_learner_rebuilt_from_a_mid_stream_checkpoint_finishes_like_an_undistu
         shard.restore(arrays, meta)
     second = Learner(kafka_bootstrap, assignment, restored, **_options(topics))
     second.restore(offsets, state)
-    while not second.run_until(end).done:
+    while not second.drain(end).done:
         pass
     second.close()
     assert learned(restored).allclose(learned(undisturbed), rtol=1e-9, atol=1e-12)
