@@ -256,6 +256,22 @@ class StreamPipeline:
             whole = whole.merge(part)
         return whole
 
+    def lag(self) -> int:
+        """Records in the input topics the learners have not read yet (end offsets − positions)."""
+        assert self.actors is not None, "call start() first"
+        learners = self.actors.learners
+        ends = ray.get([a.end_offsets.remote() for a in learners])
+        positions = ray.get([a.positions.remote() for a in learners])
+        return sum(max(0, end[tp] - pos.get(tp, 0))
+                   for end, pos in zip(ends, positions, strict=True) for tp in end)
+
+    @property
+    def checkpoint_age_s(self) -> float | None:
+        """Seconds since this pipeline's last checkpoint (None before the first)."""
+        if self.coordinator.last is None:
+            return None
+        return time.monotonic() - self._last_checkpoint
+
     def stats(self) -> dict[str, Any]:
         """Every actor's counters by name, plus recoveries and the last checkpoint."""
         assert self.actors is not None, "call start() first"

@@ -40,21 +40,10 @@ def _template(settings: Settings) -> Any:
                             centred=stream.centred)
 
 
-def _lag(pipeline: Any) -> int:
-    """Records not yet read by the learners (end offsets minus positions)."""
-    import ray
-
-    learners = pipeline.actors.learners
-    ends = ray.get([a.end_offsets.remote() for a in learners])
-    positions = ray.get([a.positions.remote() for a in learners])
-    return sum(max(0, end[tp] - pos.get(tp, 0)) for end, pos in zip(ends, positions, strict=True)
-               for tp in end)
-
-
 def _status(pipeline: Any, rate: float, started: float) -> str:
-    last = pipeline.coordinator.last
-    age = "none yet" if last is None else f"{time.monotonic() - pipeline._last_checkpoint:.0f}s ago"
-    return (f"\r  {rate:>9,.0f} events/s | lag {_lag(pipeline):>9,} | checkpoint {age} | "
+    age_s = pipeline.checkpoint_age_s
+    age = "none yet" if age_s is None else f"{age_s:.0f}s ago"
+    return (f"\r  {rate:>9,.0f} events/s | lag {pipeline.lag():>9,} | checkpoint {age} | "
             f"recoveries {pipeline.recoveries} | up {time.monotonic() - started:.0f}s   ")
 
 

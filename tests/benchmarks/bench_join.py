@@ -24,17 +24,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from streaming.join import EventTimeJoiner
-from tests.streaming.event_log import LATENESS, MAPPING, WINDOW, generate_log
-
-
-def batches_of(log, batch: int) -> list[tuple[int, list]]:
-    merged = {p: log.merged(p) for p in log.impressions}
-    out = []
-    for start in range(0, max(map(len, merged.values())), batch):
-        for p, events in merged.items():
-            if events[start:start + batch]:
-                out.append((p, events[start:start + batch]))
-    return out
+from tests.streaming.event_log import (
+    LATENESS,
+    MAPPING,
+    WINDOW,
+    generate_log,
+    round_robin_batches,
+)
 
 
 def one_run(batches: list[tuple[int, list]]) -> tuple[float, int, int]:
@@ -79,7 +75,7 @@ def main() -> None:
 
     log = generate_log(0, n_requests=args.requests, partitions=2, slate_size=args.slate,
                        n_items=max(1_000, 2 * args.slate))
-    batches = batches_of(log, args.batch)
+    batches = round_robin_batches(log, args.batch)
     n_events = log.n_events
     runs = [one_run(batches) for _ in range(args.repeat)]
     elapsed = statistics.median(r[0] for r in runs)

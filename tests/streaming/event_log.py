@@ -155,3 +155,14 @@ def produce_log(bootstrap: str, log: Log, topics: dict[str, str]) -> None:
                     producer._producer.send(topics[role], key=event.key,
                                             value=msgspec.msgpack.encode(event), partition=p)
         producer.flush()
+
+
+def round_robin_batches(log: Log, batch: int) -> list[tuple[int, list]]:
+    """(partition, events) batches: ``batch`` events of each partition's merged stream in turn."""
+    merged = {p: log.merged(p) for p in log.impressions}
+    out = []
+    for start in range(0, max(map(len, merged.values())), batch):
+        for p, events in merged.items():
+            if events[start:start + batch]:
+                out.append((p, events[start:start + batch]))
+    return out

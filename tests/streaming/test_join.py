@@ -22,7 +22,13 @@ from streaming.join import (
     Reason,
     Rejected,
 )
-from tests.streaming.event_log import LATENESS, MAPPING, WINDOW, Log, generate_log
+from tests.streaming.event_log import (
+    LATENESS,
+    MAPPING,
+    WINDOW,
+    generate_log,
+    round_robin_batches,
+)
 
 # -- builders ------------------------------------------------------------------------------
 
@@ -94,16 +100,6 @@ def run(j: EventTimeJoiner, batches: list[tuple[int, list]], flush: bool = True
 def cut(events: list, points: list[int]) -> list[list]:
     bounds = sorted({min(max(p, 0), len(events)) for p in points} | {0, len(events)})
     return [events[a:b] for a, b in itertools.pairwise(bounds)]
-
-
-def round_robin_batches(log: Log, batch: int) -> list[tuple[int, list]]:
-    merged = {p: log.merged(p) for p in log.impressions}
-    out = []
-    for start in range(0, max(map(len, merged.values())), batch):
-        for p, events in merged.items():
-            if events[start:start + batch]:
-                out.append((p, events[start:start + batch]))
-    return out
 
 
 # -- known truth ---------------------------------------------------------------------------
