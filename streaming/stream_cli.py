@@ -48,6 +48,21 @@ def _status(pipeline: Any, rate: float, started: float) -> str:
 
 
 def run_stream(args: argparse.Namespace) -> int:
+    """``recsys stream``; a catalogue that cannot be built or a checkpoint that belongs elsewhere
+    is reported as an error (exit 2), not a traceback."""
+    try:
+        template = _template(args.settings)
+    except (OSError, ValueError) as exc:
+        print(f"recsys stream: cannot build the statistics: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _stream(args, template)
+    except CheckpointError as exc:
+        print(f"recsys stream: {exc}", file=sys.stderr)
+        return 2
+
+
+def _stream(args: argparse.Namespace, template: Any) -> int:
     from streaming.pipeline import StreamPipeline
     from streaming.services import kafka_cluster, ray_runtime
     from streaming.topics import ensure_topics, standard_topics
@@ -65,7 +80,7 @@ def run_stream(args: argparse.Namespace) -> int:
             print("note: this embedded broker lives only as long as the command; use "
                   "`recsys broker start` or kafka.bootstrap for a pipeline that resumes later")
         pipeline = StreamPipeline(
-            cluster.bootstrap, settings.stream, _template(settings), checkpoint_uri,
+            cluster.bootstrap, settings.stream, template, checkpoint_uri,
             lake_uri=None if args.no_lake else settings.lake_uri,
             client_options=cluster.client_options,
         )

@@ -62,3 +62,11 @@ def test_stream_runs_shows_its_status_and_checkpoints_on_exit(tmp_path) -> None:
     where = re.search(r"checkpoints (\S+)", result.stdout)
     assert where is not None
     assert CheckpointStore(where.group(1)).list() == ["ckpt-000000000000"]
+
+
+def test_stream_reports_a_graph_file_it_cannot_read(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "graph.npz"
+    code = main(["stream", "--set", "stream.layout=graph", "--set", f"stream.graph_file={missing}"])
+    assert code == 2
+    assert "cannot build the statistics" in capsys.readouterr().err
