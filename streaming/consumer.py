@@ -24,7 +24,7 @@ from recsys.events import (
     decode,
     encode_dead_letter,
 )
-from streaming.producer import EventProducer
+from recsys.producer import EventProducer
 from streaming.topics import DEAD_LETTER
 
 CONTRACT_TOPIC_TYPES: dict[str, type] = {cls.topic: cls for cls in EVENT_TYPES}

@@ -130,9 +130,9 @@ def run_demo(
     import mlflow
     import ray
 
+    from recsys.producer import EventProducer
     from simulators.synthetic_traffic import generate_traffic
     from streaming.actors import PartitionReaderActor
-    from streaming.producer import EventProducer
 
     def say(message: str) -> None:
         if not quiet:

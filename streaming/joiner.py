@@ -34,9 +34,9 @@ import ray
 from numpy.typing import NDArray
 
 from recsys.events import DeadLetter, Feedback, Impression, encode, encode_dead_letter
+from recsys.producer import EventProducer
 from streaming.consumer import ConsumedEvent, EventConsumer
 from streaming.join import EventTimeJoiner, Rejected
-from streaming.producer import EventProducer
 from streaming.reading import ConsumingActor, Offsets
 from streaming.topics import DEAD_LETTER, FEEDBACK, IMPRESSIONS, REWARDS
 

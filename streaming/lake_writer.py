@@ -39,11 +39,11 @@ from typing import Any
 import ray
 
 from recsys.events import DeadLetter, Feedback, Impression, Reward, encode, encode_dead_letter
+from recsys.producer import EventProducer
 from recsys.schema import TableName
 from recsys.storage import PathLike
 from streaming.consumer import ConsumedEvent, EventConsumer
 from streaming.lake import LakeSink, RejectedRecord, RestoreReport
-from streaming.producer import EventProducer
 from streaming.reading import ConsumingActor, Offsets
 from streaming.topics import DEAD_LETTER, FEEDBACK, IMPRESSIONS, REWARDS
 

@@ -22,8 +22,8 @@ import numpy as np
 
 from recsys.config import StreamSettings, load_settings
 from recsys.events import Context, Feedback, Impression, SlateEntry
+from recsys.producer import EventProducer
 from streaming.pipeline import StreamPipeline, Topics
-from streaming.producer import EventProducer
 from streaming.services import kafka_cluster, ray_runtime
 from streaming.shards import dense_statistics
 from streaming.topics import ensure_topics

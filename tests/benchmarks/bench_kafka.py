@@ -20,10 +20,10 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 
+from recsys.producer import EventProducer
 from simulators.synthetic_traffic import generate_traffic
 from streaming.broker import EmbeddedKafka
 from streaming.consumer import EventConsumer
-from streaming.producer import EventProducer
 from streaming.topics import ensure_topics
 
 PARTITIONS = 4

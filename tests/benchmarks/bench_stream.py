@@ -36,10 +36,10 @@ from kafka import KafkaConsumer, TopicPartition
 
 from recsys.bandits import shard_of
 from recsys.events import Context, Feedback, Impression, SlateEntry
+from recsys.producer import EventProducer
 from simulators.synthetic_traffic import generate_traffic
 from streaming.consumer import ConsumedEvent, EventConsumer
 from streaming.learner import LearnerActor, LearnerCore
-from streaming.producer import EventProducer
 from streaming.shards import ParameterShard, dense_statistics, shard_parts, start_shards
 from streaming.topics import ensure_topics
 

@@ -12,7 +12,7 @@ import msgspec
 import numpy as np
 
 from recsys.events import Context, Feedback, Impression, SlateEntry
-from streaming.producer import EventProducer
+from recsys.producer import EventProducer
 
 WINDOW = 1_000
 LATENESS = 200

@@ -8,8 +8,8 @@ import re
 import pytest
 
 from recsys.events import Feedback, encode
+from recsys.producer import EventProducer
 from streaming.actors import PartitionReaderActor
-from streaming.producer import EventProducer
 
 pytestmark = pytest.mark.integration
 

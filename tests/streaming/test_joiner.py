@@ -9,9 +9,9 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from recsys.events import Reward, decode, decode_dead_letter, encode
+from recsys.producer import EventProducer
 from streaming.join import Reason
 from streaming.joiner import JoinerActor
-from streaming.producer import EventProducer
 from tests.streaming.event_log import LATENESS, MAPPING, WINDOW, generate_log
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,8 @@ from recsys.events import (
     decode_dead_letter,
     encode,
 )
+from recsys.producer import EventProducer
 from streaming.consumer import EventConsumer
-from streaming.producer import EventProducer
 from streaming.topics import TopicLayoutError, ensure_topics
 
 pytestmark = pytest.mark.integration

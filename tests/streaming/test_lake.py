@@ -420,9 +420,9 @@ def test_bugs_in_the_input_raise_and_leave_the_sink_unchanged(tmp_path):
 def test_events_from_the_broker_land_in_the_lake_once_via_a_ray_actor(
     kafka_bootstrap, unique_topics, ray_session, tmp_path
 ):
+    from recsys.producer import EventProducer
     from streaming.consumer import EventConsumer
     from streaming.lake import LakeSinkActor
-    from streaming.producer import EventProducer
 
     topics = unique_topics({"impressions": 2, "feedback": 2, "rewards": 1, "dead": 1})
     kinds = {"impressions": Impression, "feedback": Feedback, "rewards": Reward}

@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from recsys.events import Context, Impression, Reward, decode, decode_dead_letter, encode
+from recsys.producer import EventProducer
 from recsys.schema import (
     PARTITIONING,
     feedback_to_arrow,
@@ -21,7 +22,6 @@ from recsys.schema import (
 )
 from streaming.lake import LakeSink, lake_files, scan_lake
 from streaming.lake_writer import LakeWriter, LakeWriterActor
-from streaming.producer import EventProducer
 from tests.streaming.test_joiner import read_all
 from tests.streaming.test_lake import (
     HOUR_MS,

@@ -1,5 +1,5 @@
 """Producing events: idempotent, batched, compressed sends keyed by request id, with delivery
-accounting."""
+accounting. Lives in recsys because both the streaming actors and the serving app produce."""
 
 from __future__ import annotations
 
