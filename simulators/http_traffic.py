@@ -1,0 +1,593 @@
+"""The simulator's users as HTTP traffic for a live serving app (the closed-loop demo).
+
+``HttpUsers`` plays the simulator's users against a serving app on this machine: each round it
+samples requests from the simulator, asks ``POST /recommend`` for a slate per request
+(concurrently, one keep-alive ``aiohttp`` session), lets the simulator's choice model click, and
+posts the clicks to ``POST /feedback`` as one batched list. It counts requests, clicks and
+*expected* clicks (``1 − P(no click)`` of each served slate under the choice model, a
+lower-variance CTR) per policy arm and per round, and counts every HTTP error by status.
+
+Wire ids: a user is ``f"u{user_index}"`` (``user_id_on_wire``), the same ids that
+``write_user_features`` writes into the user-feature table the serving app loads; an item id is
+the simulator's item index. Only loopback servers are accepted: simulated clicks must never
+reach a real service's logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import numpy as np
+import polars as pl
+
+from simulators.model import Requests, SlateSimulator
+
+USER_PREFIX = "u"
+FEEDBACK_BATCH = 10_000
+"""Events per ``POST /feedback`` at most (``recsys.serving.schemas.MAX_FEEDBACK_BATCH``)."""
+MAX_ERROR_MESSAGES = 20
+_CHUNK_CELLS = 2**22
+
+HISTORY_SCHEMA: dict[str, Any] = {
+    "round": pl.Int64,
+    "wall_time_s": pl.Float64,
+    "elapsed_s": pl.Float64,
+    "arm": pl.String,
+    "requests": pl.Int64,
+    "clicks": pl.Int64,
+    "expected_clicks": pl.Float64,
+}
+
+
+def user_id_on_wire(user_index: int | np.ndarray) -> str | list[str]:
+    """The serving app's id of simulator user ``user_index``: ``"u{index}"``."""
+    if isinstance(user_index, np.ndarray):
+        return [f"{USER_PREFIX}{i}" for i in user_index.tolist()]
+    return f"{USER_PREFIX}{int(user_index)}"
+
+
+def check_loopback(base_url: str) -> str:
+    """``base_url`` without a trailing slash; ValueError unless it is http(s) on this machine."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"base_url must look like http://127.0.0.1:8000, got {base_url!r}")
+    host = parts.hostname
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(
+            f"refusing to send simulated users to {host!r}: simulated clicks would pollute a real "
+            f"service's logs; serve the app on 127.0.0.1, localhost or ::1"
+        )
+    return base_url.rstrip("/")
+
+
+# ------------------------------------------------------------------------------------ results
+@dataclass(frozen=True)
+class ArmCounts:
+    """Traffic of one policy arm: requests served, clicks, and expected clicks."""
+
+    requests: int = 0
+    clicks: int = 0
+    expected_clicks: float = 0.0
+
+    @property
+    def ctr(self) -> float:
+        """Clicks per served request (NaN with no requests)."""
+        return self.clicks / self.requests if self.requests else float("nan")
+
+    @property
+    def expected_ctr(self) -> float:
+        """Expected clicks per served request under the choice model: the arm's value as
+        served, with the click coin flips averaged out."""
+        return self.expected_clicks / self.requests if self.requests else float("nan")
+
+    def __add__(self, other: ArmCounts) -> ArmCounts:
+        return ArmCounts(
+            self.requests + other.requests,
+            self.clicks + other.clicks,
+            self.expected_clicks + other.expected_clicks,
+        )
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """One round: ``sent`` requests, ``served`` of them got a valid slate; ``errors`` counts
+    this round's failures by status (``"503"``, ``"422"``, ``"transport"``, ...)."""
+
+    round_index: int
+    wall_time_s: float
+    """``time.time()`` when the round ended."""
+    elapsed_s: float
+    """Seconds since this ``HttpUsers`` started its first round."""
+    duration_s: float
+    sent: int
+    served: int
+    arms: dict[str, ArmCounts]
+    feedback_posted: int
+    feedback_accepted: int
+    retries_503: int
+    errors: dict[str, int]
+
+    @property
+    def clicks(self) -> int:
+        return sum(a.clicks for a in self.arms.values())
+
+
+@dataclass
+class HttpErrors:
+    """Every failed call, counted by status (``"503"``, ``"transport"``, ``"invalid_response"``,
+    ...) with the first ``MAX_ERROR_MESSAGES`` messages kept; ``retries_503`` counts retries."""
+
+    by_status: Counter[str] = field(default_factory=Counter)
+    messages: list[str] = field(default_factory=list)
+    retries_503: int = 0
+
+    def add(self, status: str, message: str) -> None:
+        self.by_status[status] += 1
+        if len(self.messages) < MAX_ERROR_MESSAGES:
+            self.messages.append(message)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_status.values())
+
+    def by_class(self) -> dict[str, int]:
+        """Counts grouped as ``4xx``, ``5xx`` and the non-HTTP kinds."""
+        out: Counter[str] = Counter()
+        for status, n in self.by_status.items():
+            out[f"{status[0]}xx" if status.isdigit() else status] += n
+        return dict(out)
+
+
+@dataclass(frozen=True)
+class ServedValue:
+    """The true value of served slates: expected clicks per request over the simulator's user
+    distribution. ``user_coverage`` is the user weight the slates cover (1: every user)."""
+
+    value: float
+    standard_error: float
+    user_coverage: float
+    n_slates: int
+
+
+# ------------------------------------------------------------------------------- the client
+class HttpUsers:
+    """The simulator's users, sent to a serving app on this machine over HTTP.
+
+    ``send_context``: True sends ``context.dense`` = the user's observable features (rounded to
+    float32, as in the user-feature table); False sends only ``user_id`` so the server looks the
+    user up in its table (see ``write_user_features``). ``policy``: force one arm; by default the
+    server's traffic split picks and the arm is read from the response. ``seed`` fixes the
+    client's draws (users, clicks); the server's randomness is its own.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        sim: SlateSimulator,
+        k: int | None = None,
+        *,
+        send_context: bool = True,
+        concurrency: int = 32,
+        seed: int = 0,
+        policy: str | None = None,
+        max_retries_503: int = 5,
+        backoff_s: float = 0.05,
+        max_backoff_s: float = 1.0,
+        request_timeout_s: float = 10.0,
+        keep_served: bool = True,
+    ) -> None:
+        self.base_url = check_loopback(base_url)
+        self.sim = sim
+        self.k = sim.config.slate_size if k is None else k
+        if not 1 <= self.k <= sim.config.slate_size:
+            raise ValueError(
+                f"k must be in [1, sim.config.slate_size={sim.config.slate_size}] (the choice "
+                f"model has examination weights for that many positions), got {self.k}"
+            )
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if max_retries_503 < 0 or backoff_s < 0 or request_timeout_s <= 0:
+            raise ValueError("max_retries_503 and backoff_s must be >= 0, request_timeout_s > 0")
+        self.send_context = send_context
+        self.concurrency = concurrency
+        self.policy = policy
+        self.max_retries_503 = max_retries_503
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.request_timeout_s = request_timeout_s
+        self.keep_served = keep_served
+        self.rng = np.random.default_rng(seed)
+        self.errors = HttpErrors()
+        self.rounds: list[RoundResult] = []
+        self._rows: list[tuple] = []
+        self._served: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+        self._t0: float | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+
+    # --------------------------------------------------------------------------- session
+    async def __aenter__(self) -> HttpUsers:
+        self._get_session()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP session (a later round opens a new one)."""
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._session_loop is not loop:
+            connector = aiohttp.TCPConnector(limit=self.concurrency)
+            timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+            self._session_loop = loop
+        return self._session
+
+    # ---------------------------------------------------------------------------- calls
+    async def _post(self, path: str, payload: Any, errors: Counter[str]) -> Any | None:
+        """POST JSON; retry 503 with capped exponential backoff; count and return None on
+        failure."""
+        session = self._get_session()
+        url = self.base_url + path
+        for attempt in range(self.max_retries_503 + 1):
+            try:
+                async with session.post(url, json=payload) as resp:
+                    if resp.status == 200:
+                        return await resp.json()
+                    body = (await resp.text())[:300]
+                    if resp.status == 503 and attempt < self.max_retries_503:
+                        self.errors.retries_503 += 1
+                        errors["retries_503"] += 1
+                        await asyncio.sleep(self._backoff(attempt, resp.headers.get("Retry-After")))
+                        continue
+                    status = str(resp.status)
+                    message = f"POST {path} -> {status}: {body}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                status, message = "transport", f"POST {path} -> {type(exc).__name__}: {exc}"
+            self.errors.add(status, message)
+            errors[status] += 1
+            return None
+        raise AssertionError("unreachable")
+
+    def _backoff(self, attempt: int, retry_after: str | None) -> float:
+        delay = self.backoff_s * 2**attempt
+        if retry_after is not None:
+            with contextlib.suppress(ValueError):  # an HTTP date: keep the exponential delay
+                delay = max(delay, float(retry_after))
+        return min(delay, self.max_backoff_s)
+
+    async def _recommend(
+        self, payload: dict, gate: asyncio.Semaphore, errors: Counter[str]
+    ) -> dict | None:
+        async with gate:
+            return await self._post("/recommend", payload, errors)
+
+    def _payloads(self, requests: Requests) -> list[dict]:
+        ids = user_id_on_wire(requests.user_id)
+        base: dict[str, Any] = {"k": self.k}
+        if self.policy is not None:
+            base["policy"] = self.policy
+        if not requests.available.all():  # new-item arrivals: the server cannot know them
+            base["candidates"] = np.flatnonzero(requests.available).tolist()
+        if not self.send_context:
+            return [{"user_id": u, **base} for u in ids]
+        dense = requests.context.astype(np.float32).tolist()
+        pairs = zip(ids, dense, strict=True)
+        return [{"user_id": u, "context": {"dense": d}, **base} for u, d in pairs]
+
+    def _valid(self, body: dict, available: np.ndarray, errors: Counter[str]) -> bool:
+        """A usable slate: k distinct, existing, available items and the fields feedback needs."""
+        try:
+            items = np.asarray(body["items"], dtype=np.int64)
+            ok = (
+                isinstance(body["request_id"], str)
+                and isinstance(body["policy"], str)
+                and isinstance(body["user_id"], str)
+                and items.shape == (self.k,)
+                and items.min() >= 0
+                and items.max() < self.sim.config.n_items
+                and np.unique(items).size == self.k
+                and bool(available[items].all())
+            )
+            reason = f"items={body['items']!r} (want {self.k} distinct available item ids)"
+        except (KeyError, TypeError, ValueError) as exc:
+            ok, reason = False, f"{type(exc).__name__}: {exc}"
+        if not ok:
+            self.errors.add("invalid_response", f"POST /recommend -> 200 but unusable: {reason}")
+            errors["invalid_response"] += 1
+        return ok
+
+    # ---------------------------------------------------------------------------- rounds
+    async def run_round(self, n_requests: int) -> RoundResult:
+        """One round: ``n_requests`` users ask for slates, click, and their clicks are posted."""
+        if n_requests < 1:
+            raise ValueError(f"n_requests must be >= 1, got {n_requests}")
+        start = time.monotonic()
+        if self._t0 is None:
+            self._t0 = start
+        errors: Counter[str] = Counter()
+        requests = self.sim.sample_requests(n_requests, rng=self.rng)
+        gate = asyncio.Semaphore(self.concurrency)
+        bodies = await asyncio.gather(
+            *(self._recommend(p, gate, errors) for p in self._payloads(requests))
+        )
+        ok = np.array(
+            [b is not None and self._valid(b, requests.available, errors) for b in bodies],
+            dtype=bool,
+        )
+        rows = np.flatnonzero(ok)
+        arms: dict[str, ArmCounts] = {}
+        posted = accepted = 0
+        round_index = len(self.rounds)
+        if rows.size:
+            served = [bodies[i] for i in rows]
+            slates = np.array([b["items"] for b in served], dtype=np.int64)
+            kept = Requests(
+                requests.user_id[rows], requests.context[rows], requests.time[rows],
+                requests.available,
+            )
+            responses = self.sim.respond(kept, slates, rng=self.rng)
+            expected = 1.0 - responses.click_probabilities[:, -1]
+            arm_of = np.array([b["policy"] for b in served])
+            for arm in np.unique(arm_of).tolist():
+                mask = arm_of == arm
+                arms[arm] = ArmCounts(
+                    int(mask.sum()),
+                    int((responses.clicked_position[mask] >= 0).sum()),
+                    float(expected[mask].sum()),
+                )
+                if self.keep_served:
+                    self._served.setdefault(arm, []).append(
+                        (round_index, kept.user_id[mask].copy(), slates[mask])
+                    )
+            posted, accepted = await self._post_clicks(served, responses.clicked_position, errors)
+        end = time.monotonic()
+        result = RoundResult(
+            round_index=round_index,
+            wall_time_s=time.time(),
+            elapsed_s=end - self._t0,
+            duration_s=end - start,
+            sent=n_requests,
+            served=int(rows.size),
+            arms=arms,
+            feedback_posted=posted,
+            feedback_accepted=accepted,
+            retries_503=errors.pop("retries_503", 0),
+            errors=dict(errors),
+        )
+        self.rounds.append(result)
+        self._rows.extend(
+            (round_index, result.wall_time_s, result.elapsed_s, arm, c.requests, c.clicks,
+             c.expected_clicks)
+            for arm, c in arms.items()
+        )
+        return result
+
+    async def _post_clicks(
+        self, served: list[dict], clicked: np.ndarray, errors: Counter[str]
+    ) -> tuple[int, int]:
+        """One feedback event per click, posted as one list per round (chunked at
+        ``FEEDBACK_BATCH``). Returns (events posted, events the server accepted)."""
+        now_ms = int(time.time() * 1000)
+        rows = np.flatnonzero(clicked >= 0)
+        events = [
+            {
+                "request_id": served[i]["request_id"],
+                "user_id": served[i]["user_id"],
+                "item_id": int(served[i]["items"][p]),
+                "position": int(p),
+                "event_type": "click",
+                "value": 1.0,
+                "event_time_ms": now_ms,
+            }
+            for i, p in zip(rows.tolist(), clicked[rows].tolist(), strict=True)
+        ]
+        posted = accepted = 0
+        for start in range(0, len(events), FEEDBACK_BATCH):
+            batch = events[start : start + FEEDBACK_BATCH]
+            posted += len(batch)
+            body = await self._post("/feedback", batch, errors)
+            if body is not None:
+                n = int(body.get("accepted", 0)) if isinstance(body, dict) else 0
+                accepted += n
+                if n != len(batch):
+                    self.errors.add(
+                        "feedback_not_accepted",
+                        f"POST /feedback accepted {n} of {len(batch)} events: {body!r:.300}",
+                    )
+                    errors["feedback_not_accepted"] += 1
+        return posted, accepted
+
+    async def run_async(
+        self,
+        *,
+        duration_s: float | None = None,
+        n_rounds: int | None = None,
+        round_size: int = 100,
+        on_round: Callable[[RoundResult], bool | None] | None = None,
+        pause_s: float = 0.0,
+    ) -> list[RoundResult]:
+        """Rounds until ``duration_s`` has passed or ``n_rounds`` ran (whichever comes first);
+        ``on_round(result)`` after each, returning False stops early. Closes the session."""
+        if duration_s is None and n_rounds is None:
+            raise ValueError("give duration_s or n_rounds (or both: the first reached stops)")
+        start = time.monotonic()
+        out: list[RoundResult] = []
+        try:
+            while (n_rounds is None or len(out) < n_rounds) and (
+                duration_s is None or time.monotonic() - start < duration_s
+            ):
+                result = await self.run_round(round_size)
+                out.append(result)
+                if on_round is not None and on_round(result) is False:
+                    break
+                if pause_s:
+                    await asyncio.sleep(pause_s)
+        finally:
+            await self.aclose()
+        return out
+
+    def run(
+        self,
+        *,
+        duration_s: float | None = None,
+        n_rounds: int | None = None,
+        round_size: int = 100,
+        on_round: Callable[[RoundResult], bool | None] | None = None,
+        pause_s: float = 0.0,
+    ) -> list[RoundResult]:
+        """Synchronous ``run_async`` (its own event loop)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError("HttpUsers.run() starts its own event loop; inside a running "
+                               "loop use `await users.run_async(...)`")
+        return asyncio.run(
+            self.run_async(
+                duration_s=duration_s, n_rounds=n_rounds, round_size=round_size,
+                on_round=on_round, pause_s=pause_s,
+            )
+        )
+
+    # ------------------------------------------------------------------------ accounting
+    def history(self) -> pl.DataFrame:
+        """One row per (round, arm): requests, clicks, expected clicks, the round's CTRs and
+        the arm's cumulative counts and CTRs so far."""
+        frame = pl.DataFrame(self._rows, schema=HISTORY_SCHEMA, orient="row")
+        cum = [pl.col(c).cum_sum().over("arm").alias(f"cum_{c}")
+               for c in ("requests", "clicks", "expected_clicks")]
+        return (
+            frame.sort("round", "arm")
+            .with_columns(*cum)
+            .with_columns(
+                ctr=pl.col("clicks") / pl.col("requests"),
+                expected_ctr=pl.col("expected_clicks") / pl.col("requests"),
+                cum_ctr=pl.col("cum_clicks") / pl.col("cum_requests"),
+                cum_expected_ctr=pl.col("cum_expected_clicks") / pl.col("cum_requests"),
+            )
+        )
+
+    def totals(self) -> dict[str, ArmCounts]:
+        """Cumulative counts per arm over all rounds."""
+        out: dict[str, ArmCounts] = {}
+        for r in self.rounds:
+            for arm, c in r.arms.items():
+                out[arm] = out.get(arm, ArmCounts()) + c
+        return out
+
+    def served(self, arm: str, since_round: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(user indices (m,), slates (m, k)) that ``arm`` served from round ``since_round``
+        on; needs ``keep_served``."""
+        if not self.keep_served:
+            raise ValueError("served slates are not kept: construct HttpUsers(keep_served=True)")
+        parts = [(u, s) for r, u, s in self._served.get(arm, []) if r >= since_round]
+        if not parts:
+            return np.empty(0, dtype=np.int64), np.empty((0, self.k), dtype=np.int64)
+        return np.concatenate([u for u, _ in parts]), np.concatenate([s for _, s in parts])
+
+    def true_value(self, arm: str, since_round: int = 0) -> ServedValue:
+        """``true_value_of_slates`` of the slates ``arm`` served from ``since_round`` on, in the
+        simulator's current state."""
+        users, slates = self.served(arm, since_round)
+        if users.size == 0:
+            raise ValueError(f"arm {arm!r} served nothing since round {since_round}; arms seen: "
+                             f"{sorted(self._served)}")
+        return true_value_of_slates(self.sim, users, slates)
+
+
+# ------------------------------------------------------------------------------- helpers
+async def wait_ready(base_url: str, timeout_s: float = 30.0, poll_s: float = 0.1) -> None:
+    """Poll ``GET {base_url}/health`` until it answers 200; TimeoutError after ``timeout_s``."""
+    url = check_loopback(base_url) + "/health"
+    deadline = time.monotonic() + timeout_s
+    last = "no answer yet"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=max(poll_s, 1.0))) as s:
+        while True:
+            try:
+                async with s.get(url) as resp:
+                    if resp.status == 200:
+                        return
+                    last = f"{resp.status} {(await resp.text())[:200]}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"GET {url} did not answer 200 within {timeout_s:g}s (waiting for the serving "
+                    f"app to load a snapshot); last answer: {last}"
+                )
+            await asyncio.sleep(poll_s)
+
+
+def true_value_of_slates(
+    sim: SlateSimulator, user_ids: np.ndarray | Sequence[int], slates: np.ndarray
+) -> ServedValue:
+    """The true value of the given (user, slate) pairs: expected clicks per request over the
+    simulator's user distribution, in its current state.
+
+    Each user's value is the mean click probability of the slates given for that user; users are
+    then weighted by ``sim.user_weights``. One slate per user for every user is exact for a
+    deterministic arm; the slates an arm served to sampled traffic give a consistent estimate,
+    renormalised over the users they cover (``user_coverage``). ``standard_error`` is the
+    weighted-mean sandwich error over slates: the policy's own randomness and, conservatively,
+    the spread between users.
+    """
+    users = np.asarray(user_ids, dtype=np.int64)
+    slates = np.asarray(slates)
+    if users.ndim != 1 or slates.ndim != 2 or slates.shape[0] != users.size or users.size == 0:
+        raise ValueError(f"need user_ids (m,) and slates (m, k) with m >= 1, got {users.shape} "
+                         f"and {slates.shape}")
+    n_users = sim.config.n_users
+    if users.min() < 0 or users.max() >= n_users:
+        raise ValueError(f"user_ids must be simulator user indices in [0, {n_users})")
+    clicks = np.empty(users.size)
+    step = max(1, _CHUNK_CELLS // (slates.shape[1] * sim.config.dim))
+    for i in range(0, users.size, step):  # bounds the (rows, k, dim) utility intermediate
+        rows = slice(i, i + step)
+        clicks[rows] = 1.0 - sim.click_probabilities(users[rows], slates[rows])[:, -1]
+    count = np.bincount(users, minlength=n_users)
+    per_user = np.bincount(users, weights=clicks, minlength=n_users)
+    covered = count > 0
+    coverage = float(sim.user_weights[covered].sum())
+    if coverage <= 0:
+        raise ValueError("the given users all have zero arrival weight in the simulator")
+    value = float(sim.user_weights[covered] @ (per_user[covered] / count[covered]) / coverage)
+    a = sim.user_weights[users] / (count[users] * coverage)  # each slate's weight; they sum to 1
+    se = float(np.sqrt(np.sum(a**2 * (clicks - value) ** 2)))
+    return ServedValue(value, se, coverage, int(users.size))
+
+
+def write_user_features(sim: SlateSimulator, path: str | Path) -> Path:
+    """Write the simulator's observable user features as the serving app's user-feature table:
+    Parquet with ``user_id`` (``"u{i}"``) and ``context_dense`` (list<float32>)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    features = sim.user_features().astype(np.float32)
+    frame = pl.DataFrame(
+        {
+            "user_id": user_id_on_wire(np.arange(sim.config.n_users)),
+            "context_dense": pl.Series(features).cast(pl.List(pl.Float32)),
+        }
+    )
+    frame.write_parquet(path)
+    return path
