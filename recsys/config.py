@@ -125,6 +125,37 @@ class StreamSettings:
         return parse_reward_mapping(self.reward_mapping)
 
 
+@dataclass(frozen=True)
+class ServeSettings:
+    """The serving app (``recsys serve``): where it listens, how fresh its snapshot must be, which
+    policies it serves and how traffic is split between them.
+
+    ``policies`` is a JSON object ``{name: policy spec}`` (``recsys.bandits.policy_spec`` form)
+    or unset for the defaults: ``diag_lin_ts`` (Thompson sampling with Monte Carlo propensities
+    and a small exploration floor, so every logged propensity is > 0) and ``uniform`` (ε = 1: a
+    uniformly random control with exact propensities). ``traffic`` splits requests that name no
+    policy (``name=share`` pairs; shares are normalised). ``max_staleness_ms`` bounds how old the
+    statistics a replica scores with may be; it refreshes every ``refresh_interval_ms``.
+    ``user_features_uri`` is a Parquet table (``user_id``, ``context_dense``) used when a request
+    brings no context. ``backend`` is ``numpy`` or ``torch`` (``torch_device`` cpu or cuda).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    replicas: int = 1
+    max_staleness_ms: int = 200
+    refresh_interval_ms: int = 50
+    policies: str | None = None
+    traffic: str = "diag_lin_ts=0.5,uniform=0.5"
+    default_k: int = 10
+    user_features_uri: str | None = None
+    backend: str = "numpy"
+    torch_device: str = "cpu"
+    torch_threads: int | None = None
+    impression_buffer_mb: int = 32
+    linger_ms: int = 5
+
+
 def parse_reward_mapping(text: str) -> dict[str, float]:
     """``"click=1,purchase=1,dislike=0"`` → a dict; errors name the bad pair."""
     known = typing.get_args(FeedbackType)
@@ -159,6 +190,7 @@ class Settings:
     ray: RaySettings = field(default_factory=RaySettings)
     mlflow: MlflowSettings = field(default_factory=MlflowSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
+    serve: ServeSettings = field(default_factory=ServeSettings)
     sources: Mapping[str, Source] = field(default_factory=dict, compare=False, repr=False)
     config_file: Path | None = None
 
@@ -196,7 +228,7 @@ class Settings:
 
 
 _SECTIONS: dict[str, type] = {"kafka": KafkaSettings, "ray": RaySettings, "mlflow": MlflowSettings,
-                              "stream": StreamSettings}
+                              "stream": StreamSettings, "serve": ServeSettings}
 _TOP_LEVEL: dict[str, Any] = {"data_dir": Path}
 
 
@@ -369,6 +401,7 @@ def _validate(settings: Settings) -> None:
     if k.startup_timeout_s <= 0:
         raise ConfigError("kafka.startup_timeout_s must be > 0")
     _validate_stream(settings.stream)
+    _validate_serve(settings.serve)
     if settings.ray.num_cpus is not None and settings.ray.num_cpus < 1:
         raise ConfigError(f"ray.num_cpus must be >= 1, got {settings.ray.num_cpus}")
     address = settings.ray.address
@@ -400,3 +433,39 @@ def _validate_stream(stream: StreamSettings) -> None:
         raise ConfigError("stream.layout = 'graph' needs stream.graph_file (the cluster→item "
                           "graph built offline)")
     stream.rewards()
+
+
+def _validate_serve(serve: ServeSettings) -> None:
+    if not 0 < serve.port < 65536:
+        raise ConfigError(f"serve.port must be in 1..65535, got {serve.port}")
+    for name in ("replicas", "default_k", "refresh_interval_ms", "impression_buffer_mb"):
+        if getattr(serve, name) < 1:
+            raise ConfigError(f"serve.{name} must be >= 1, got {getattr(serve, name)}")
+    for name in ("max_staleness_ms", "linger_ms"):
+        if getattr(serve, name) < 0:
+            raise ConfigError(f"serve.{name} must be >= 0, got {getattr(serve, name)}")
+    if serve.backend not in ("numpy", "torch"):
+        raise ConfigError(f"serve.backend must be 'numpy' or 'torch', got {serve.backend!r}")
+    if serve.torch_threads is not None and serve.torch_threads < 1:
+        raise ConfigError(f"serve.torch_threads must be >= 1, got {serve.torch_threads}")
+    parse_traffic(serve.traffic)
+
+
+def parse_traffic(text: str) -> dict[str, float]:
+    """``"diag_lin_ts=0.5,uniform=0.5"`` → normalised shares; errors name the bad pair."""
+    shares: dict[str, float] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = pair.partition("=")
+        try:
+            share = float(value) if sep else float("nan")
+        except ValueError:
+            share = float("nan")
+        if not name.strip() or not share >= 0:
+            raise ConfigError(f"serve.traffic: expected name=share pairs with share >= 0, got "
+                              f"{pair!r}")
+        shares[name.strip()] = share
+    total = sum(shares.values())
+    if not shares or total <= 0:
+        raise ConfigError("serve.traffic: give at least one policy a positive share, e.g. "
+                          "'diag_lin_ts=0.5,uniform=0.5'")
+    return {name: share / total for name, share in shares.items()}

@@ -56,13 +56,18 @@ class Context(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             raise EventValidationError("context.cluster_weights: weights must be >= 0")
 
 
-class SlateEntry(msgspec.Struct, frozen=True, kw_only=True):
-    """One shown item: where it was shown, its score, and P(logging policy shows it there)."""
+class SlateEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One shown item: where it was shown, its score, and P(logging policy shows it there).
+
+    ``propensity_se`` is the standard error of a Monte Carlo propensity (Thompson sampling), 0
+    (and omitted on the wire) when the propensity is exact; records without it decode as 0.
+    """
 
     item_id: NonNegativeInt
     position: NonNegativeInt
     score: float
     propensity: Probability
+    propensity_se: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):

@@ -58,8 +58,22 @@ class EventProducer:
             **client_options,
         )
         self.sent = 0
+        self.acked = 0
         self.failed = 0
         self._errors: list[BaseException] = []
+
+    def _on_ack(self, _metadata: object) -> None:
+        self.acked += 1
+
+    @property
+    def pending(self) -> int:
+        """Records queued but neither acknowledged nor failed yet (the producer's buffer)."""
+        return max(0, self.sent - self.acked - self.failed)
+
+    def warm(self, topics: Iterable[str]) -> None:
+        """Fetch the topics' metadata now, so the first ``send`` does not block on it."""
+        for topic in topics:
+            self._producer.partitions_for(topic)
 
     def _on_error(self, exc: BaseException) -> None:
         self.failed += 1
@@ -83,6 +97,7 @@ class EventProducer:
     ) -> None:
         """Queue already-encoded bytes (dead letters, replays, tests of malformed input)."""
         future = self._producer.send(topic, key=key, value=value, partition=partition)
+        future.add_callback(self._on_ack)
         future.add_errback(self._on_error)
         self.sent += 1
 

@@ -48,6 +48,21 @@ class Topics:
     dead_letter: str = DEAD_LETTER
 
 
+def _wait_name_free(name: str, timeout_s: float = 30.0) -> None:
+    """Wait until no live actor holds ``name`` (a killed actor releases it asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get_actor(name)
+        except ValueError:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"shard name {name!r} is still taken by a live actor after "
+                               f"{timeout_s:.0f} s; is another pipeline using the same "
+                               "shard_name_prefix?")
+        time.sleep(0.05)
+
+
 def share(partitions: int, readers: int, reader: int) -> list[int]:
     """Reader ``reader``'s partition numbers out of ``partitions``: ``p % readers == reader``."""
     return [p for p in range(partitions) if p % readers == reader]
@@ -71,6 +86,7 @@ class StreamPipeline:
         lake_uri: str | None = None,
         topics: Topics = Topics(),
         client_options: Mapping[str, object] | None = None,
+        shard_name_prefix: str | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.settings = settings
@@ -78,6 +94,7 @@ class StreamPipeline:
         self.lake_uri = lake_uri
         self.topics = topics
         self.client_options = dict(client_options or {})
+        self.shard_name_prefix = shard_name_prefix
         layout = self._layout()
         self.partitions = layout.partitions[topics.impressions]
         if layout.partitions[topics.feedback] != self.partitions:
@@ -116,7 +133,7 @@ class StreamPipeline:
         s, t = self.settings, self.topics
         options = {"client_options": self.client_options}
         parts = shard_parts(self.template, s.shards)
-        shards = [ParameterShardActor.remote(i, s.shards, *part) for i, part in enumerate(parts)]
+        shards = [self._shard_actor(i).remote(i, s.shards, *part) for i, part in enumerate(parts)]
         template = self._learner_template()
         expected = {t.impressions: Impression, t.feedback: Feedback}
         learners = [
@@ -150,6 +167,21 @@ class StreamPipeline:
                 for i in range(s.joiners)
             ]
         return PipelineActors(shards, learners, joiners, lake_writers)
+
+    def shard_names(self) -> list[str]:
+        """The Ray names of the shard actors (``shard_name_prefix``), in shard order: serving
+        replicas look the shards up by these names, so they find the rebuilt shards after a
+        recovery. Empty when the shards are unnamed."""
+        if self.shard_name_prefix is None:
+            return []
+        return [f"{self.shard_name_prefix}{i}" for i in range(self.settings.shards)]
+
+    def _shard_actor(self, index: int) -> Any:
+        if self.shard_name_prefix is None:
+            return ParameterShardActor
+        name = self.shard_names()[index]
+        _wait_name_free(name)
+        return ParameterShardActor.options(name=name)
 
     def _learner_template(self) -> Any:
         """What learners compute deltas against: an open catalogue for dense statistics (any

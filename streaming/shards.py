@@ -248,6 +248,17 @@ class ParameterShard:
             self._published_ref = ray.put((arrays, meta))
         return [self._published_ref]
 
+    def publication(self, max_staleness_ms: float = 100.0) -> dict[str, Any]:
+        """What a serving replica polls (``recsys.serving.snapshots``' shard protocol): the
+        publication's ``ref`` (``[ObjectRef]``, as :meth:`snapshot_ref`) with its
+        ``snapshot_id``, ``version``, ``published_ms`` and the current ``current_at_ms``, so the
+        reader fetches the arrays only when ``snapshot_id`` changed."""
+        ref = self.snapshot_ref(max_staleness_ms)
+        assert self._published is not None
+        meta = self._published[1]
+        return {"ref": ref, "snapshot_id": meta["snapshot_id"], "version": int(meta["version"]),
+                "published_ms": int(meta["published_ms"]), "current_at_ms": self._current_at_ms}
+
     # -- checkpoints -------------------------------------------------------------------------
 
     def checkpoint(self) -> StatsArrays:

@@ -1,0 +1,122 @@
+"""The HTTP contract of the serving app: request and response bodies (pydantic models).
+
+FastAPI turns these into the OpenAPI schema and validates every body against them: a malformed
+body gets a 422 whose ``detail`` names the field (``loc``) and what was expected (``msg``). Names
+follow the event contract (``recsys.events``): ``user_id``, ``item_id``, ``position``,
+``propensity``, ``event_type``, ``value``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+FeedbackType = Literal["click", "add_to_cart", "purchase", "dwell", "rating", "skip"]
+Id = Annotated[str, Field(min_length=1, max_length=256)]
+ItemId = Annotated[int, Field(ge=0, le=2**63 - 1)]
+MAX_K = 1000
+MAX_CANDIDATES = 100_000
+MAX_FEEDBACK_BATCH = 10_000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+def _finite(values: list[float], name: str) -> list[float]:
+    if not all(map(math.isfinite, values)):
+        raise ValueError(f"{name} must be finite numbers (no NaN or infinity)")
+    return values
+
+
+class ContextIn(_Strict):
+    """The context to score with: a dense user embedding, sparse cluster weights, or both."""
+
+    dense: list[float] = Field(default_factory=list, max_length=4096)
+    cluster_ids: list[ItemId] = Field(default_factory=list, max_length=4096)
+    cluster_weights: list[float] = Field(default_factory=list, max_length=4096)
+
+    @field_validator("dense", "cluster_weights")
+    @classmethod
+    def _check_finite(cls, values: list[float], info) -> list[float]:  # type: ignore[no-untyped-def]
+        return _finite(values, info.field_name)
+
+    @model_validator(mode="after")
+    def _check_pairs(self) -> ContextIn:
+        if len(self.cluster_ids) != len(self.cluster_weights):
+            raise ValueError(f"cluster_ids has {len(self.cluster_ids)} entries but "
+                             f"cluster_weights has {len(self.cluster_weights)}; they must pair up")
+        if any(w < 0 for w in self.cluster_weights):
+            raise ValueError("cluster_weights must be >= 0")
+        if not self.dense and not self.cluster_ids:
+            raise ValueError("give dense features, cluster weights, or omit context to use the "
+                             "user-feature table")
+        return self
+
+
+class RecommendRequest(_Strict):
+    """``POST /recommend``. ``context`` omitted: looked up by ``user_id`` in the user-feature
+    table. ``policy`` omitted: the configured traffic split picks one. ``request_id`` omitted:
+    the server makes one (give your own to correlate with your logs; it must be unique)."""
+
+    user_id: Id
+    context: ContextIn | None = None
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    candidates: list[ItemId] | None = Field(default=None, min_length=1, max_length=MAX_CANDIDATES)
+    policy: Id | None = None
+    request_id: Id | None = None
+
+
+class RecommendResponse(BaseModel):
+    """A served slate. ``propensities[p]`` is P(the policy shows ``items[p]`` at position p),
+    ``propensity_se[p]`` its Monte Carlo standard error (0 when exact). ``policy_version`` is the
+    version of the learned state the policy scored with (the snapshot's); ``snapshot_age_ms`` is
+    how long ago that snapshot was published by the shards."""
+
+    request_id: str
+    user_id: str
+    policy: str
+    policy_version: int
+    snapshot_id: str
+    snapshot_age_ms: float
+    items: list[int]
+    scores: list[float]
+    propensities: list[float]
+    propensity_se: list[float]
+
+
+class FeedbackIn(_Strict):
+    """One user action on a shown item (``POST /feedback``, alone or in a list)."""
+
+    request_id: Id
+    user_id: Id
+    item_id: ItemId
+    position: int = Field(ge=0, le=MAX_K)
+    event_type: FeedbackType = "click"
+    value: float = 1.0
+    event_time_ms: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+    @field_validator("value")
+    @classmethod
+    def _check_value(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("value must be a finite number")
+        return value
+
+
+class FeedbackResponse(BaseModel):
+    """How many feedback events were accepted (queued for Kafka)."""
+
+    accepted: int
+
+
+class Health(BaseModel):
+    """``GET /health``: ready once a snapshot is loaded."""
+
+    ready: bool
+    snapshot_id: str | None
+    snapshot_age_ms: float | None
+    policies: list[str]
+    detail: str
