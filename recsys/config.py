@@ -136,8 +136,9 @@ class ServeSettings:
     uniformly random control with exact propensities). ``traffic`` splits requests that name no
     policy (``name=share`` pairs; shares are normalised). ``max_staleness_ms`` bounds how old the
     statistics a replica scores with may be; it refreshes every ``refresh_interval_ms``.
-    ``user_features_uri`` is a Parquet table (``user_id``, ``context_dense``) used when a request
-    brings no context. ``backend`` is ``numpy`` or ``torch`` (``torch_device`` cpu or cuda).
+    ``max_buffered_events`` bounds the events waiting for Kafka per replica: beyond it requests
+    get a 503 rather than a slate that cannot be logged. ``user_features_uri`` is a Parquet table
+    (``user_id``, ``context_dense``) used when a request brings no context. ``backend`` is ``numpy`` or ``torch`` (``torch_device`` cpu or cuda).
     """
 
     host: str = "127.0.0.1"
@@ -152,7 +153,7 @@ class ServeSettings:
     backend: str = "numpy"
     torch_device: str = "cpu"
     torch_threads: int | None = None
-    impression_buffer_mb: int = 32
+    max_buffered_events: int = 100_000
     linger_ms: int = 5
 
 
@@ -438,7 +439,7 @@ def _validate_stream(stream: StreamSettings) -> None:
 def _validate_serve(serve: ServeSettings) -> None:
     if not 0 < serve.port < 65536:
         raise ConfigError(f"serve.port must be in 1..65535, got {serve.port}")
-    for name in ("replicas", "default_k", "refresh_interval_ms", "impression_buffer_mb"):
+    for name in ("replicas", "default_k", "refresh_interval_ms", "max_buffered_events"):
         if getattr(serve, name) < 1:
             raise ConfigError(f"serve.{name} must be >= 1, got {getattr(serve, name)}")
     for name in ("max_staleness_ms", "linger_ms"):

@@ -251,7 +251,7 @@ class HttpUsers:
         for attempt in range(self.max_retries_503 + 1):
             try:
                 async with session.post(url, json=payload) as resp:
-                    if resp.status == 200:
+                    if 200 <= resp.status < 300:  # /feedback answers 202 Accepted
                         return await resp.json()
                     body = (await resp.text())[:300]
                     if resp.status == 503 and attempt < self.max_retries_503:

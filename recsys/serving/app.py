@@ -1,0 +1,114 @@
+"""The HTTP API: FastAPI routes on a Ray Serve deployment, around :class:`RecommenderService`.
+
+``POST /recommend``, ``POST /feedback``, ``GET /health``, ``GET /metrics``; ``/docs`` and
+``/openapi.json`` come from FastAPI. A body that does not validate gets FastAPI's 422 whose
+``detail`` names the field (``loc``) and what was expected (``msg``); a request the service
+refuses for a client reason gets the same shape (:class:`RequestError`); a request the replica
+cannot answer now gets a 503 with the reason (no snapshot yet, Kafka buffer full). Every answer is
+counted by endpoint and status on ``/metrics``.
+"""
+
+# No `from __future__ import annotations`: Ray Serve re-wraps the routes, and FastAPI must see
+# the body types themselves, not strings it can no longer resolve.
+
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from recsys.serving import service as replica
+from recsys.serving.schemas import (
+    MAX_FEEDBACK_BATCH,
+    FeedbackIn,
+    FeedbackResponse,
+    Health,
+    RecommendRequest,
+    RecommendResponse,
+)
+from recsys.serving.service import RecommenderService, RequestError, ServiceConfig, Unavailable
+
+app = FastAPI(
+    title="recsys serving",
+    description="Slates scored with the newest bandit snapshot, every one logged to Kafka with "
+                "its propensities; feedback in; health and Prometheus metrics.",
+    version="1",
+)
+
+_ENDPOINTS = {"/recommend", "/feedback", "/health", "/metrics"}
+
+
+@app.middleware("http")
+async def _count(request: Request, call_next: Any) -> Response:
+    started = time.perf_counter()
+    response = await call_next(request)
+    service = replica.current()
+    if service is not None:
+        path = request.url.path if request.url.path in _ENDPOINTS else "other"
+        service.metrics.requests.labels(path, str(response.status_code)).inc()
+        service.metrics.latency.labels(path).observe(time.perf_counter() - started)
+    return response
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 without echoing the input: a body holding NaN or infinity parses but could
+    not be written back as JSON (the default handler would then fail with a 500)."""
+    detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
+               "type": str(e.get("type", "value_error"))} for e in exc.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+@app.exception_handler(RequestError)
+async def _request_error(_: Request, exc: RequestError) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail()}, status_code=exc.status)
+
+
+@app.exception_handler(Unavailable)
+async def _unavailable(_: Request, exc: Unavailable) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256,
+                  health_check_period_s=5)
+@serve.ingress(app)
+class Recommender:
+    """One replica: a :class:`RecommenderService` behind the routes."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.service = RecommenderService(ServiceConfig(**config))
+        replica.set_current(self.service)
+
+    @app.post("/recommend", response_model=RecommendResponse)
+    async def recommend(self, body: RecommendRequest) -> RecommendResponse:
+        """A slate for one user, with the propensity of every item at its position."""
+        return self.service.recommend(body)
+
+    @app.post("/feedback", response_model=FeedbackResponse, status_code=202)
+    async def feedback(self, body: FeedbackIn | list[FeedbackIn]) -> FeedbackResponse:
+        """User actions on shown items, one event or a list (at most 10,000)."""
+        events = body if isinstance(body, list) else [body]
+        if len(events) > MAX_FEEDBACK_BATCH:
+            raise RequestError((), f"expected at most {MAX_FEEDBACK_BATCH} events per call, got "
+                               f"{len(events)}", status=413)
+        return FeedbackResponse(accepted=self.service.feedback(events))
+
+    @app.get("/health", response_model=Health)
+    async def health(self) -> JSONResponse:
+        """200 once a snapshot is loaded, 503 before."""
+        state = self.service.health()
+        return JSONResponse(state.model_dump(), status_code=200 if state.ready else 503)
+
+    @app.get("/metrics")
+    async def metrics(self) -> Response:
+        """Prometheus text exposition of this replica."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(self.service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    def __del__(self) -> None:
+        service = getattr(self, "service", None)
+        if service is not None:
+            service.close()

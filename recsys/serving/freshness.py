@@ -1,0 +1,71 @@
+"""Freshness end to end, measured from outside: post a click, poll until the served score moves.
+
+A probe item has no reward yet, so every policy that scores the posterior mean serves it with a
+score of exactly 0 (no reward means zero reward sums, whatever the exposures: the probe's own
+impressions and any other traffic's leave it at 0). The probe asks ``POST /recommend`` for that
+item alone (``candidates=[item]``, a mean-scoring ``policy`` such as the uniform control, whose
+score is the posterior mean), posts a click on that impression, and polls the same request until
+the score is above 0: the time from the click's ``202`` to the first changed score is one
+observation of click → Kafka → learner → shard → snapshot → replica.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import requests
+
+
+@dataclass
+class FreshnessResult:
+    """Click → changed score latencies (seconds) and the probes that timed out."""
+
+    latencies_s: list[float] = field(default_factory=list)
+    timeouts: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def percentiles_ms(self) -> dict[str, float]:
+        if not self.latencies_s:
+            return {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
+        ms = np.asarray(self.latencies_s) * 1000
+        return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+                "max": float(ms.max())}
+
+
+def measure_freshness(url: str, items: list[int], context: list[float], *, policy: str,
+                      user_id: str = "freshness-probe", timeout_s: float = 5.0,
+                      poll_interval_s: float = 0.005) -> FreshnessResult:
+    """One probe per item in ``items`` (each must have no reward yet; see the module docs)."""
+    result = FreshnessResult()
+    body = {"user_id": user_id, "context": {"dense": list(map(float, context))}, "k": 1,
+            "policy": policy}
+    with requests.Session() as http:
+        def score(item: int) -> tuple[float, dict]:
+            response = http.post(f"{url}/recommend", json={**body, "candidates": [item]},
+                                 timeout=30)
+            response.raise_for_status()
+            served = response.json()
+            return served["scores"][0], served
+
+        for item in items:
+            first, served = score(item)
+            if first != 0.0:
+                result.skipped.append(f"item {item} already scores {first} (it has rewards)")
+                continue
+            click = {"request_id": served["request_id"], "user_id": user_id, "item_id": item,
+                     "position": 0, "event_type": "click"}
+            http.post(f"{url}/feedback", json=click, timeout=30).raise_for_status()
+            clicked = time.perf_counter()
+            while True:
+                now, _ = score(item)
+                elapsed = time.perf_counter() - clicked
+                if now > 0.0:
+                    result.latencies_s.append(elapsed)
+                    break
+                if elapsed > timeout_s:
+                    result.timeouts += 1
+                    break
+                time.sleep(poll_interval_s)
+    return result
