@@ -138,7 +138,11 @@ class ServeSettings:
     statistics a replica scores with may be; it refreshes every ``refresh_interval_ms``.
     ``max_buffered_events`` bounds the events waiting for Kafka per replica: beyond it requests
     get a 503 rather than a slate that cannot be logged. ``user_features_uri`` is a Parquet table
-    (``user_id``, ``context_dense``) used when a request brings no context. ``backend`` is ``numpy`` or ``torch`` (``torch_device`` cpu or cuda).
+    (``user_id``, ``context_dense``) used when a request brings no context. ``linger_ms``
+    batches the replica's Kafka sends: the producer's sender is a Python thread that competes
+    with requests for the GIL, so fewer, larger sends keep request latency down (impressions
+    reach Kafka up to that much later). ``backend`` is ``numpy`` or ``torch`` (``torch_device``
+    cpu or cuda).
     """
 
     host: str = "127.0.0.1"
@@ -154,7 +158,7 @@ class ServeSettings:
     torch_device: str = "cpu"
     torch_threads: int | None = None
     max_buffered_events: int = 100_000
-    linger_ms: int = 5
+    linger_ms: int = 50
 
 
 def parse_reward_mapping(text: str) -> dict[str, float]:

@@ -232,7 +232,8 @@ def _save_plot(report: DemoReport, path: Path) -> str:
         ax.plot(report.period_end_s, values, marker="o", label=f"{arm} (observed CTR)")
     for arm, value in report.true_value_late.items():
         ax.axhline(value, linestyle=":", linewidth=1,
-                   color="C0" if arm == LEARNING_ARM else "C1")
+                   color="C0" if arm == LEARNING_ARM else "C1",
+                   label=f"{arm} (true value, last third)")
     ax.axhline(report.optimal_value, color="grey", linestyle="--", linewidth=1,
                label="optimal (true value)")
     ax.set_xlabel("seconds of traffic")

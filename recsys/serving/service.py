@@ -95,7 +95,7 @@ class ServiceConfig:
     torch_device: str = "cpu"
     torch_threads: int | None = None
     max_buffered_events: int = 100_000
-    linger_ms: int = 5
+    linger_ms: int = 50
     compression: str = "lz4"
     seed: int | None = None
 
@@ -230,6 +230,7 @@ class RecommenderService:
         try:  # random_state is the replica's Generator: use() keeps it, the views share it
             policies = {name: copy.copy(base).use(snapshot.stats)
                         for name, base in self._base.items()}
+            self.scorer.prepare(snapshot.stats)  # here, so that no request pays for it
         except ValueError as exc:  # a policy's λ that does not match the statistics
             self.metrics.refreshes.labels("error").inc()
             self.last_refresh_error = f"the snapshot does not fit the policies: {exc}"
