@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -44,6 +45,13 @@ def kafka_cluster(settings: Settings) -> Iterator[KafkaCluster]:
         broker.stop()
 
 
+def serving_ingress_environment(settings: Settings) -> None:
+    """Choose Ray Serve's ingress for a Ray instance started by this process (the choice is read
+    from the environment when Serve starts; an explicit RAY_SERVE_ENABLE_HA_PROXY wins)."""
+    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY",
+                          "1" if settings.serve.ingress == "haproxy" else "0")
+
+
 @contextlib.contextmanager
 def ray_runtime(settings: Settings) -> Iterator[str]:
     """Connect to ``ray.address`` or start a local instance; reuse one already initialised in this
@@ -57,6 +65,7 @@ def ray_runtime(settings: Settings) -> Iterator[str]:
         ray.init(address=settings.ray.address, logging_level=logging.WARNING)
         origin = f"cluster at {settings.ray.address}"
     else:
+        serving_ingress_environment(settings)
         ray.init(
             num_cpus=settings.ray.num_cpus,
             include_dashboard=False,

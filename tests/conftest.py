@@ -72,6 +72,7 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
+        os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")  # the default serve.ingress
         ray.init(
             num_cpus=2,
             include_dashboard=False,

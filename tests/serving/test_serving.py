@@ -297,3 +297,36 @@ def test_bad_requests_name_the_field_and_the_server_keeps_serving(live) -> None:
         assert response.json()["detail"][0]["loc"] == loc, (body, response.text)
     ok = post(stack.url, "/recommend", {"user_id": "u1", "context": {"dense": dense}, "k": 3})
     assert ok.status_code == 200 and len(ok.json()["items"]) == 3
+
+
+def test_no_snapshot_and_a_full_kafka_buffer_get_a_503_not_a_blind_slate(live) -> None:
+    """In-process replicas on the live stack: one whose shards do not exist is not ready and
+    refuses to serve; one that may not buffer anything for Kafka refuses too, and counts it."""
+    from dataclasses import replace
+
+    from recsys.serving.schemas import RecommendRequest
+    from recsys.serving.service import RecommenderService, Unavailable
+
+    stack, sim, *_ = live
+    request = RecommendRequest(user_id="u1", context={"dense": [0.0] * sim.n_features}, k=2)
+    orphan = RecommenderService(replace(stack.service_config, shard_names=["no-such-shard-0"]),
+                                start=False)
+    try:
+        assert orphan.refresh() is False
+        health = orphan.health()
+        assert not health.ready and "not found" in health.detail
+        with pytest.raises(Unavailable, match="no snapshot loaded yet"):
+            orphan.recommend(request)
+    finally:
+        orphan.close()
+    blocked = RecommenderService(replace(stack.service_config, max_buffered_events=0),
+                                 start=False)
+    try:
+        blocked.wait_ready(30)
+        with pytest.raises(Unavailable, match="waiting for Kafka"):
+            blocked.recommend(request)
+        metrics = blocked.metrics.render().decode()
+        assert 'recsys_serve_impressions_total{outcome="rejected"} 1.0' in metrics
+        assert 'outcome="queued"' not in metrics
+    finally:
+        blocked.close()

@@ -19,7 +19,7 @@ from streaming.demo import CONTROL_ARM, LEARNING_ARM, DemoReport
 
 REPO = Path(__file__).resolve().parents[2]
 LEFTOVER_MARKERS = ("raylet", "gcs_server", "ServeController", "ServeReplica", "ProxyActor",
-                    "kafka.Kafka", "dashboard/agent", "log_monitor")
+                    "HAProxy", "haproxy", "kafka.Kafka", "dashboard/agent", "log_monitor")
 
 
 def our_processes() -> dict[int, str]:
