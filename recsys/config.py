@@ -454,6 +454,10 @@ def _validate_serve(serve: ServeSettings) -> None:
     for name in ("max_staleness_ms", "linger_ms"):
         if getattr(serve, name) < 0:
             raise ConfigError(f"serve.{name} must be >= 0, got {getattr(serve, name)}")
+    if serve.refresh_interval_ms > serve.max_staleness_ms:
+        raise ConfigError(f"serve.refresh_interval_ms ({serve.refresh_interval_ms}) must not "
+                          f"exceed serve.max_staleness_ms ({serve.max_staleness_ms}): a replica "
+                          "that polls less often cannot keep that staleness bound")
     if serve.ingress not in ("haproxy", "proxy"):
         raise ConfigError(f"serve.ingress must be 'haproxy' or 'proxy', got {serve.ingress!r}")
     if serve.backend not in ("numpy", "torch"):

@@ -95,7 +95,8 @@ async def _unavailable(_: Request, exc: Unavailable) -> JSONResponse:
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256,
-                  health_check_period_s=5)
+                  health_check_period_s=5, graceful_shutdown_timeout_s=5,
+                  graceful_shutdown_wait_loop_s=1)
 @serve.ingress(app)
 class Recommender:
     """One replica: a :class:`RecommenderService` behind the routes."""

@@ -46,8 +46,17 @@ def wait_healthy(url: str, timeout_s: float) -> dict:
         time.sleep(0.2)
 
 
-def stop_serving() -> None:
-    """Stop Ray Serve: its applications, controller and proxies."""
+def stop_serving(timeout_s: float = 60.0) -> None:
+    """Stop Ray Serve (its applications, controller and ingress) and wait until the controller is
+    gone, so that a Serve started next in this Ray instance does not meet the old one."""
+    import ray
     from ray import serve
 
     serve.shutdown()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+        except ValueError:
+            return
+        time.sleep(0.2)

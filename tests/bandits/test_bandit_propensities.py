@@ -195,3 +195,30 @@ def test_recommend_one_on_every_layout_matches_the_batch_distribution(layout: st
     np.testing.assert_allclose(props, dist[cols], rtol=1e-12)
     freq = np.bincount(cols, minlength=dist.size) / items.size
     assert np.all(np.abs(freq - dist) <= 4.5 * np.sqrt(dist * (1 - dist) / items.size) + 1e-12)
+
+
+@pytest.mark.parametrize("per_slot", [False, True])
+def test_thompson_replays_leave_out_only_items_that_cannot_reach_the_slate(per_slot) -> None:
+    """Items 6σ below the k-th best are left out of the Monte Carlo replays; the propensities
+    are those of replays over the whole catalogue (within Monte Carlo error)."""
+    from recsys.bandits.slates import contenders, thompson_propensities, thompson_select
+
+    rng = np.random.default_rng(3)
+    n, k = 400, 3
+    mean = np.concatenate([rng.normal(1.0, 0.05, 10), rng.normal(-2.0, 0.1, n - 10)])[None, :]
+    scale = np.full((1, n), 0.05)
+    shown, _ = thompson_select(mean, scale, k, rng, per_slot=per_slot)
+    kept = contenders(mean, scale, k, shown)
+    assert set(shown[0]) <= set(kept) and set(range(10)) <= set(kept) and kept.size < 20
+    p_pruned, se = thompson_propensities(mean, scale, shown, 4000, rng, per_slot=per_slot)
+    full = np.zeros((1, k))
+    for _ in range(8):  # the unpruned reference: replay over every column by hand
+        replay, _ = thompson_select(np.repeat(mean, 500, axis=0), np.repeat(scale, 500, axis=0),
+                                    k, rng, per_slot=per_slot)
+        full += (replay == shown).sum(axis=0)
+    full /= 4000
+    ref_se = np.sqrt(full * (1 - full) / 4000)
+    assert (np.abs(p_pruned - full) <= 5 * np.hypot(se, ref_se) + 1e-12).all(), (p_pruned, full)
+    tight = contenders(mean, np.full((1, n), 1e-6), k, shown)
+    wide = contenders(mean, np.full((1, n), 5.0), k, shown)
+    assert tight.size <= kept.size <= wide.size == n

@@ -154,14 +154,14 @@ def main() -> None:
                     f = fresh["result"]
                     results["freshness"] = {**f.percentiles_ms(), "timeouts": f.timeouts,
                                             "probes": len(f.latencies_s)}
+                if backend == "numpy":  # before TS, which can leave a queue behind
+                    sweep = loadtest(live.url, 25, 8.0 if args.quick else 10.0, "ucb",
+                                     RESULTS / "serving_sweep.json", sweep=True)
+                    results["sweep"] = sweep
                 ts = loadtest(live.url, args.low_rate, duration, "ts",
                               RESULTS / f"serving_ts_{backend}.json")
                 results[f"ts_low_{backend}"] = ts
                 rows.append(row(f"Diag-LinTS, 100 MC draws, {backend}", ts, "aim p99 ≤ 25 ms"))
-                if backend == "numpy":
-                    sweep = loadtest(live.url, 25, 8.0 if args.quick else 10.0, "ucb",
-                                     RESULTS / "serving_sweep.json", sweep=True)
-                    results["sweep"] = sweep
     load = os.getloadavg()
     print(f"\nHTTP serving, top-{K} of {N_ITEMS:,} items, d = {DIM}, stream running; "
           f"{os.cpu_count()} cores, load average {load[0]:.1f}; {duration:.0f} s per run, "

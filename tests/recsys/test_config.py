@@ -85,6 +85,13 @@ def test_security_settings_pass_through_to_the_client() -> None:
         ("", {"RECSYS_STREAM_REWARD_MAPPING": "click=1,like=1"}, "unknown feedback type 'like'"),
         ("", {"RECSYS_STREAM_REWARD_MAPPING": "click"}, "expected type=value pairs, got 'click'"),
         ("", {"RECSYS_STREAM_REWARD_MAPPING": "click=1,click=0"}, "'click' is mapped twice"),
+        ("", {"RECSYS_SERVE_PORT": "70000"}, "serve.port must be in 1..65535"),
+        ("", {"RECSYS_SERVE_BACKEND": "jax"}, "serve.backend must be 'numpy' or 'torch'"),
+        ("", {"RECSYS_SERVE_INGRESS": "nginx"}, "serve.ingress must be"),
+        ("", {"RECSYS_SERVE_TRAFFIC": "ts=-1"}, "serve.traffic: expected name=share"),
+        ("", {"RECSYS_SERVE_TRAFFIC": "ts=0"}, "give at least one policy a positive share"),
+        ("[serve]\nmax_staleness_ms = 100\nrefresh_interval_ms = 150\n", {},
+         "must not exceed serve.max_staleness_ms"),
     ],
 )
 def test_bad_configuration_says_what_to_fix(tmp_path, text, env, message) -> None:
