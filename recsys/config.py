@@ -157,7 +157,6 @@ class ServeSettings:
     refresh_interval_ms: int = 50
     policies: str | None = None
     traffic: str = "diag_lin_ts=0.5,uniform=0.5"
-    default_k: int = 10
     user_features_uri: str | None = None
     backend: str = "numpy"
     torch_device: str = "cpu"
@@ -448,7 +447,7 @@ def _validate_stream(stream: StreamSettings) -> None:
 def _validate_serve(serve: ServeSettings) -> None:
     if not 0 < serve.port < 65536:
         raise ConfigError(f"serve.port must be in 1..65535, got {serve.port}")
-    for name in ("replicas", "default_k", "refresh_interval_ms", "max_buffered_events"):
+    for name in ("replicas", "refresh_interval_ms", "max_buffered_events"):
         if getattr(serve, name) < 1:
             raise ConfigError(f"serve.{name} must be >= 1, got {getattr(serve, name)}")
     for name in ("max_staleness_ms", "linger_ms"):

@@ -113,8 +113,8 @@ def live_stack(
             settings, bootstrap=bootstrap, shard_names=pipeline.shard_names(),
             shard_namespace=ray.get_runtime_context().namespace, client_options=options,
             impressions_topic=topics.impressions, feedback_topic=topics.feedback)
-        if service_overrides:
-            config = replace(config, **service_overrides)
+        if service_overrides:  # [serve] settings to change for this stack only
+            config = replace(config, serve=replace(config.serve, **service_overrides))
         began = time.monotonic()
         url = start_serving(config, host=settings.serve.host, port=settings.serve.port,
                             replicas=settings.serve.replicas)

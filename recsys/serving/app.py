@@ -108,7 +108,7 @@ class Recommender:
         # The request loop shares the GIL with the snapshot refresher and Kafka's sender thread;
         # with the default 5 ms switch interval a request waits up to that long at every hand-off.
         sys.setswitchinterval(0.0005)
-        self.service = RecommenderService(ServiceConfig(**config))
+        self.service = RecommenderService(ServiceConfig.from_dict(config))
         replica.set_current(self.service)
 
     @app.post("/recommend", response_model=RecommendResponse)

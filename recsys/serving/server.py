@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 import urllib.error
@@ -20,7 +19,7 @@ def start_serving(config: object, *, host: str = "127.0.0.1", port: int = 8000,
     from recsys.serving.app import Recommender
 
     serve.start(http_options={"host": host, "port": port})
-    options = dataclasses.asdict(config)  # type: ignore[call-overload]
+    options = config.to_dict()  # type: ignore[attr-defined]
     serve.run(Recommender.options(num_replicas=replicas).bind(options), name=APP_NAME,
               route_prefix="/")
     url = f"http://{host}:{port}"

@@ -23,6 +23,7 @@ Decisions:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 import uuid
@@ -41,7 +42,7 @@ from recsys.bandits import (
     policy_from_spec,
     policy_spec,
 )
-from recsys.config import Settings, parse_traffic
+from recsys.config import ServeSettings, Settings, parse_traffic
 from recsys.events import Context, Feedback, Impression, SlateEntry
 from recsys.producer import EventProducer
 from recsys.serving.backends import make_scorer
@@ -77,27 +78,28 @@ def default_policies(settings: Settings) -> dict[str, dict[str, Any]]:
 
 @dataclass
 class ServiceConfig:
-    """Everything a replica needs, as plain values (it travels to Ray Serve as JSON-able data)."""
+    """Everything a replica needs: the ``[serve]`` settings and where the running system is
+    (Kafka, topics, the shards' names); plain data, so it travels to Ray Serve as a dict
+    (:meth:`to_dict` / :meth:`from_dict`)."""
 
     bootstrap: str
     shard_names: list[str]
     shard_namespace: str | None
     policies: dict[str, dict[str, Any]]
     traffic: dict[str, float]
+    serve: ServeSettings = field(default_factory=ServeSettings)
     impressions_topic: str = "recsys.impressions"
     feedback_topic: str = "recsys.feedback"
     client_options: dict[str, Any] = field(default_factory=dict)
-    max_staleness_ms: float = 200.0
-    refresh_interval_ms: float = 50.0
-    default_k: int = 10
-    user_features_uri: str | None = None
-    backend: str = "numpy"
-    torch_device: str = "cpu"
-    torch_threads: int | None = None
-    max_buffered_events: int = 100_000
-    linger_ms: int = 50
     compression: str = "lz4"
     seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServiceConfig:
+        return cls(**{**data, "serve": ServeSettings(**data.get("serve", {}))})
 
     @classmethod
     def from_settings(cls, settings: Settings, *, bootstrap: str, shard_names: list[str],
@@ -113,12 +115,7 @@ class ServiceConfig:
             bootstrap=bootstrap, shard_names=shard_names, shard_namespace=shard_namespace,
             policies=policies, traffic=parse_traffic(serve.traffic),
             impressions_topic=impressions_topic, feedback_topic=feedback_topic,
-            client_options=dict(client_options or {}),
-            max_staleness_ms=serve.max_staleness_ms,
-            refresh_interval_ms=serve.refresh_interval_ms, default_k=serve.default_k,
-            user_features_uri=serve.user_features_uri, backend=serve.backend,
-            torch_device=serve.torch_device, torch_threads=serve.torch_threads,
-            max_buffered_events=serve.max_buffered_events, linger_ms=serve.linger_ms,
+            client_options=dict(client_options or {}), serve=serve,
             compression=settings.kafka.compression,
         )
 
@@ -186,16 +183,17 @@ class RecommenderService:
         self._base = build_policies(config.policies, config.traffic, self._rng)
         self._arms = list(config.traffic)
         self._cut = np.cumsum([config.traffic[a] for a in self._arms])
-        self.scorer = (make_scorer("torch", device=config.torch_device,
-                                   threads=config.torch_threads)
-                       if config.backend == "torch" else make_scorer(config.backend))
-        self.users = UserFeatures(config.user_features_uri) if config.user_features_uri else None
-        shard_staleness = max(0.0, config.max_staleness_ms - config.refresh_interval_ms)
+        serve = config.serve
+        self.scorer = (make_scorer("torch", device=serve.torch_device,
+                                   threads=serve.torch_threads)
+                       if serve.backend == "torch" else make_scorer(serve.backend))
+        self.users = UserFeatures(serve.user_features_uri) if serve.user_features_uri else None
+        shard_staleness = max(0.0, serve.max_staleness_ms - serve.refresh_interval_ms)
         self.snapshots = ShardSnapshots(config.shard_names, config.shard_namespace,
                                         shard_staleness)
         self.metrics = ServingMetrics()
         self.producer = EventProducer(
-            config.bootstrap, compression=config.compression, linger_ms=config.linger_ms,
+            config.bootstrap, compression=config.compression, linger_ms=serve.linger_ms,
             max_block_ms=2000, **config.client_options)
         self.producer.warm([config.impressions_topic, config.feedback_topic])
         self._served: _Served | None = None
@@ -240,7 +238,7 @@ class RecommenderService:
         return True
 
     def _refresh_loop(self) -> None:
-        interval = self.config.refresh_interval_ms / 1000.0
+        interval = self.config.serve.refresh_interval_ms / 1000.0
         while not self._stop.is_set():
             started = time.monotonic()
             self.refresh()
@@ -364,7 +362,7 @@ class RecommenderService:
     def _log(self, event: Impression | Feedback, topic: str, counter: Any) -> None:
         from kafka.errors import KafkaError
 
-        full = self.producer.pending >= self.config.max_buffered_events
+        full = self.producer.pending >= self.config.serve.max_buffered_events
         try:
             if full:
                 raise KafkaError("buffer full")
@@ -372,8 +370,8 @@ class RecommenderService:
         except KafkaError:
             counter.labels("rejected").inc()
             raise Unavailable(f"{self.producer.pending} events are waiting for Kafka (at most "
-                              f"{self.config.max_buffered_events}): Kafka is unreachable or slow; "
-                              "not serving a slate that cannot be logged") from None
+                              f"{self.config.serve.max_buffered_events}): Kafka is unreachable "
+                              "or slow; not serving a slate that cannot be logged") from None
         counter.labels("queued").inc()
 
     def feedback(self, events: list[FeedbackIn]) -> int:

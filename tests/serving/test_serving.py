@@ -319,8 +319,9 @@ def test_no_snapshot_and_a_full_kafka_buffer_get_a_503_not_a_blind_slate(live) -
             orphan.recommend(request)
     finally:
         orphan.close()
-    blocked = RecommenderService(replace(stack.service_config, max_buffered_events=0),
-                                 start=False)
+    config = stack.service_config
+    no_buffer = replace(config, serve=replace(config.serve, max_buffered_events=0))
+    blocked = RecommenderService(no_buffer, start=False)
     try:
         blocked.wait_ready(30)
         with pytest.raises(Unavailable, match="waiting for Kafka"):
