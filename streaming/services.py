@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -47,9 +48,20 @@ def kafka_cluster(settings: Settings) -> Iterator[KafkaCluster]:
 
 def serving_ingress_environment(settings: Settings) -> None:
     """Choose Ray Serve's ingress for a Ray instance started by this process (the choice is read
-    from the environment when Serve starts; an explicit RAY_SERVE_ENABLE_HA_PROXY wins)."""
-    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY",
-                          "1" if settings.serve.ingress == "haproxy" else "0")
+    from the environment when Serve starts; explicit RAY_SERVE_* variables win). HAProxy's stats
+    and metrics listeners get free ports: their fixed defaults (8404, 9101) collide when two
+    instances share a host."""
+    haproxy = settings.serve.ingress == "haproxy"
+    os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1" if haproxy else "0")
+    if haproxy:
+        for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+            os.environ.setdefault(name, str(_free_port()))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -72,7 +72,10 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")  # the default serve.ingress
+        from recsys.config import Settings
+        from streaming.services import serving_ingress_environment
+
+        serving_ingress_environment(Settings())  # the default serve.ingress, on free ports
         ray.init(
             num_cpus=2,
             include_dashboard=False,
