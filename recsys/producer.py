@@ -3,11 +3,12 @@ accounting. Lives in recsys because both the streaming actors and the serving ap
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from kafka import KafkaProducer
 
-from recsys.events import Event, encode
+from recsys.events import DeadLetter, Event, encode, encode_dead_letter
 
 # What idempotence stands on (kafka-python 3.x, KIP-679): the broker assigns this producer an id and
 # epoch and de-duplicates retried batches by per-partition sequence numbers, which needs acks from
@@ -100,6 +101,17 @@ class EventProducer:
         future.add_callback(self._on_ack)
         future.add_errback(self._on_error)
         self.sent += 1
+
+    def send_dead_letter(
+        self, topic: str, *, source_topic: str, partition: int, offset: int,
+        key: bytes | None, value: bytes | None, reason: str,
+    ) -> None:
+        """Queue a ``DeadLetter`` for the record at ``source_topic[partition]@offset``: its raw
+        bytes and why it was rejected, stamped now (one shape for every role that rejects)."""
+        letter = DeadLetter(source_topic=source_topic, partition=partition, offset=offset,
+                            key=key, value=value, reason=reason,
+                            failed_at_ms=int(time.time() * 1000))
+        self.send_raw(topic, key, encode_dead_letter(letter))
 
     def flush(self, timeout_s: float | None = 60.0) -> None:
         """Block until every queued record is acknowledged; raise if any was not delivered."""

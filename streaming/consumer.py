@@ -18,11 +18,9 @@ from kafka import KafkaConsumer, TopicPartition
 
 from recsys.events import (
     EVENT_TYPES,
-    DeadLetter,
     Event,
     EventValidationError,
     decode,
-    encode_dead_letter,
 )
 from recsys.producer import EventProducer
 from streaming.topics import DEAD_LETTER
@@ -247,16 +245,9 @@ class EventConsumer:
         reason = (
             str(exc) if isinstance(exc, EventValidationError) else f"{type(exc).__name__}: {exc}"
         )
-        record = DeadLetter(
-            source_topic=topic,
-            partition=partition,
-            offset=offset,
-            key=key,
-            value=value,
-            reason=reason,
-            failed_at_ms=int(time.time() * 1000),
-        )
-        self._dlq.send_raw(self.dead_letter_topic, key, encode_dead_letter(record))
+        self._dlq.send_dead_letter(self.dead_letter_topic, source_topic=topic,
+                                   partition=partition, offset=offset, key=key, value=value,
+                                   reason=reason)
         self.dead_lettered += 1
         self.dead_letter_reasons[reason.split(":", 1)[0]] += 1
 

@@ -33,7 +33,7 @@ from typing import Any
 import ray
 from numpy.typing import NDArray
 
-from recsys.events import DeadLetter, Feedback, Impression, encode, encode_dead_letter
+from recsys.events import Feedback, Impression, encode
 from recsys.producer import EventProducer
 from streaming.consumer import ConsumedEvent, EventConsumer
 from streaming.join import EventTimeJoiner, Rejected
@@ -126,19 +126,11 @@ class Joiner(ConsumingActor):
         for reward in rewards:
             self._producer.send(reward, self._rewards_topic)
         self.produced["rewards"] += len(rewards)
-        failed_at_ms = int(time.time() * 1000)
         for item in rejected:
-            record = DeadLetter(
-                source_topic=self._topics[type(item.event)],
-                partition=item.partition,
-                offset=item.offset,
-                key=item.event.key,
-                value=encode(item.event),
-                reason=item.reason,
-                failed_at_ms=failed_at_ms,
-            )
-            self._producer.send_raw(self._dead_letter_topic, record.key,
-                                    encode_dead_letter(record))
+            self._producer.send_dead_letter(
+                self._dead_letter_topic, source_topic=self._topics[type(item.event)],
+                partition=item.partition, offset=item.offset, key=item.event.key,
+                value=encode(item.event), reason=item.reason)
         self.produced["dead_letters"] += len(rejected)
 
     def flush_windows(self) -> int:

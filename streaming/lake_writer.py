@@ -31,14 +31,13 @@ once) and ``scan_lake(root, "rewards")`` keeps the first of each ``(request_id, 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
-from recsys.events import DeadLetter, Feedback, Impression, Reward, encode, encode_dead_letter
+from recsys.events import Feedback, Impression, Reward, encode
 from recsys.producer import EventProducer
 from recsys.schema import TableName
 from recsys.storage import PathLike
@@ -144,19 +143,11 @@ class LakeWriter(ConsumingActor):
         """Each record the lake cannot hold to the dead-letter topic, with the sink's reason."""
         if not rejected:
             return
-        failed_at_ms = int(time.time() * 1000)
         for record in rejected:
-            letter = DeadLetter(
-                source_topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                key=record.event.key,
-                value=encode(record.event),
-                reason=record.reason,
-                failed_at_ms=failed_at_ms,
-            )
-            self._producer.send_raw(self._dead_letter_topic, letter.key,
-                                    encode_dead_letter(letter))
+            self._producer.send_dead_letter(
+                self._dead_letter_topic, source_topic=record.topic, partition=record.partition,
+                offset=record.offset, key=record.event.key, value=encode(record.event),
+                reason=record.reason)
         self._rejected_sent += len(rejected)
 
     # -- checkpoint hooks --------------------------------------------------------------------
