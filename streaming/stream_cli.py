@@ -27,7 +27,7 @@ from recsys.config import Settings
 from recsys.storage import join
 
 
-def _template(settings: Settings) -> Any:
+def statistics_template(settings: Settings) -> Any:
     """Empty statistics over the configured catalogue (dense items or the offline graph)."""
     from recsys.bandits import ClusterGraph
     from streaming.shards import dense_statistics, graph_statistics
@@ -38,6 +38,17 @@ def _template(settings: Settings) -> Any:
         return graph_statistics(ClusterGraph.load(stream.graph_file), lam=stream.lam)
     return dense_statistics(np.arange(stream.n_items), stream.dim, lam=stream.lam,
                             centred=stream.centred)
+
+
+def checkpoint_location(settings: Settings, cluster: Any) -> str:
+    """Where this cluster's checkpoints go: ``settings.checkpoint_uri``, or below it a folder
+    named by the cluster id for an embedded broker (see the module docs)."""
+    if cluster.origin != "embedded broker":
+        return settings.checkpoint_uri
+    from streaming.topics import cluster_layout
+
+    cluster_id = cluster_layout(cluster.bootstrap, [], **cluster.client_options).cluster_id
+    return join(settings.checkpoint_uri, cluster_id)
 
 
 def _status(pipeline: Any, rate: float, started: float) -> str:
@@ -51,7 +62,7 @@ def run_stream(args: argparse.Namespace) -> int:
     """``recsys stream``; a catalogue that cannot be built or a checkpoint that belongs elsewhere
     is reported as an error (exit 2), not a traceback."""
     try:
-        template = _template(args.settings)
+        template = statistics_template(args.settings)
     except (OSError, ValueError) as exc:
         print(f"recsys stream: cannot build the statistics: {exc}", file=sys.stderr)
         return 2
@@ -71,12 +82,8 @@ def _stream(args: argparse.Namespace, template: Any) -> int:
     with kafka_cluster(settings) as cluster, ray_runtime(settings):
         ensure_topics(cluster.bootstrap, standard_topics(settings.kafka.partitions),
                       settings.kafka.replication_factor, **cluster.client_options)
-        checkpoint_uri = settings.checkpoint_uri
+        checkpoint_uri = checkpoint_location(settings, cluster)
         if cluster.origin == "embedded broker":
-            from streaming.topics import cluster_layout
-
-            cluster_id = cluster_layout(cluster.bootstrap, [], **cluster.client_options).cluster_id
-            checkpoint_uri = join(checkpoint_uri, cluster_id)
             print("note: this embedded broker lives only as long as the command; use "
                   "`recsys broker start` or kafka.bootstrap for a pipeline that resumes later")
         pipeline = StreamPipeline(
