@@ -202,23 +202,14 @@ def _final_values(sim: Any, stats: Any, config: Any, plan: DemoPlan) -> dict[str
 def _freshness(stack: Any, sim: Any, plan: DemoPlan) -> Any:
     """Probe items added now (no rewards yet): click → served score changed, ``plan.freshness_
     probes`` times (``recsys.serving.freshness``)."""
-    from recsys.serving.freshness import measure_freshness
+    from recsys.serving.freshness import measure_freshness, wait_until_served
 
     probes = list(range(plan.n_items, plan.n_items + plan.freshness_probes))
     with stack.driver.paused() as pipeline:
         pipeline.add_items(probes)
-    deadline = time.monotonic() + 30
     context = sim.user_features(np.array([0]))[0].tolist()
-    import requests
-
-    while time.monotonic() < deadline:  # wait until the replica's catalogue has the probes
-        r = requests.post(f"{stack.url}/recommend", json={
-            "user_id": "probe", "context": {"dense": context}, "k": 1,
-            "candidates": [probes[-1]], "policy": CONTROL_ARM}, timeout=30)
-        if r.status_code == 200:
-            break
-        time.sleep(0.1)
-    return measure_freshness(stack.url, probes[:-1] or probes, context, policy=CONTROL_ARM)
+    wait_until_served(stack.url, probes[-1], context, policy=CONTROL_ARM)
+    return measure_freshness(stack.url, probes, context, policy=CONTROL_ARM)
 
 
 def _save_plot(report: DemoReport, path: Path) -> str:

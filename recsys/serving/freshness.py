@@ -34,6 +34,23 @@ class FreshnessResult:
                 "max": float(ms.max())}
 
 
+def wait_until_served(url: str, item: int, context: list[float], *, policy: str,
+                      timeout_s: float = 30.0) -> None:
+    """Block until the app serves ``item`` (e.g. just added to the catalogue: replicas see it
+    with their next snapshot); ``TimeoutError`` with the last answer otherwise."""
+    body = {"user_id": "freshness-probe", "context": {"dense": list(map(float, context))},
+            "k": 1, "candidates": [item], "policy": policy}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = requests.post(f"{url}/recommend", json=body, timeout=30)
+        if response.status_code == 200:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"item {item} was not served within {timeout_s:.0f} s; last "
+                               f"answer {response.status_code}: {response.text[:300]}")
+        time.sleep(0.1)
+
+
 def measure_freshness(url: str, items: list[int], context: list[float], *, policy: str,
                       user_id: str = "freshness-probe", timeout_s: float = 5.0,
                       poll_interval_s: float = 0.005) -> FreshnessResult:

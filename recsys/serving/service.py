@@ -163,10 +163,10 @@ class UserFeatures:
         if frame.height and dims.min() != dims.max():
             raise ValueError(f"user_features_uri: {uri!r} has contexts of different lengths "
                              f"({dims.min()}..{dims.max()})")
-        self.index = {u: i for i, u in enumerate(frame["user_id"].to_list())}
+        self.index = dict(zip(frame["user_id"].to_list(), range(frame.height), strict=True))
         dim = int(dims.max()) if frame.height else 0
-        self.matrix = np.asarray(frame["context_dense"].to_list(), dtype=np.float64).reshape(
-            frame.height, dim)
+        self.matrix = (frame["context_dense"].cast(pl.Array(pl.Float64, dim)).to_numpy()
+                       if frame.height else np.empty((0, 0)))
 
     def get(self, user_id: str) -> np.ndarray | None:
         row = self.index.get(user_id)

@@ -42,7 +42,7 @@ import numpy as np
 
 from recsys.bandits import DiagLinTS, DiagLinUCB, EpsilonGreedy, policy_spec
 from recsys.config import KafkaSettings, ServeSettings, Settings, StreamSettings
-from recsys.serving.freshness import measure_freshness
+from recsys.serving.freshness import measure_freshness, wait_until_served
 from streaming.live import live_stack
 from streaming.services import kafka_cluster, ray_runtime
 from streaming.shards import dense_statistics
@@ -132,8 +132,8 @@ def main() -> None:
                     probes = list(range(N_ITEMS, N_ITEMS + args.freshness_probes))
                     with live.driver.paused() as pipeline:
                         pipeline.add_items(probes)
-                    time.sleep(1.0)
                     context = (np.ones(DIM) / np.sqrt(DIM)).tolist()
+                    wait_until_served(live.url, probes[-1], context, policy="uniform")
 
                     def probe(into: dict = fresh, items: list = probes,
                               ctx: list = context, url: str = live.url) -> None:

@@ -37,3 +37,24 @@ def test_traffic_must_name_served_policies() -> None:
         build_policies(specs, {"ts": 1.0}, np.random.default_rng(0))
     with pytest.raises(ValueError, match="at least one"):
         build_policies({}, {}, np.random.default_rng(0))
+
+
+def test_user_feature_table_rows_and_refusals(tmp_path) -> None:
+    import polars as pl
+
+    from recsys.serving.service import UserFeatures
+
+    path = tmp_path / "users.parquet"
+    pl.DataFrame({"user_id": ["u0", "u1"], "context_dense": [[1.0, 2.0], [3.0, 4.0]]},
+                 schema={"user_id": pl.String, "context_dense": pl.List(pl.Float32)}
+                 ).write_parquet(path)
+    users = UserFeatures(str(path))
+    np.testing.assert_array_equal(users.get("u1"), [3.0, 4.0])
+    assert users.get("u9") is None
+    ragged = tmp_path / "ragged.parquet"
+    pl.DataFrame({"user_id": ["a", "b"],
+                  "context_dense": [[1.0], [1.0, 2.0]]}).write_parquet(ragged)
+    with pytest.raises(ValueError, match="contexts of different lengths"):
+        UserFeatures(str(ragged))
+    with pytest.raises(ValueError, match="cannot read"):
+        UserFeatures(str(tmp_path / "missing.parquet"))

@@ -28,7 +28,7 @@ from recsys.bandits import DiagLinTS, DiagLinUCB, EpsilonGreedy, policy_spec
 from recsys.config import KafkaSettings, ServeSettings, Settings, StreamSettings
 from recsys.events import Impression, decode
 from recsys.ope import InverseProbabilityWeighting, bandit_feedback_from_frame
-from recsys.serving.freshness import measure_freshness
+from recsys.serving.freshness import measure_freshness, wait_until_served
 from simulators.ground_truth import policy_value
 from simulators.http_traffic import HttpUsers
 from simulators.model import SimulatorConfig, SlateSimulator
@@ -226,11 +226,7 @@ def test_a_click_changes_the_served_score(live) -> None:
     with stack.driver.paused() as pipeline:
         assert pipeline.add_items(probes) == len(probes)
     context = sim.user_features(np.array([11]))[0].astype(float).tolist()
-    deadline = time.monotonic() + 30
-    while post(stack.url, "/recommend", {"user_id": "u11", "context": {"dense": context},
-                                         "candidates": [probes[-1]], "k": 1}).status_code != 200:
-        assert time.monotonic() < deadline, "the replica never served the added items"
-        time.sleep(0.1)
+    wait_until_served(stack.url, probes[-1], context, policy="uniform")
     result = measure_freshness(stack.url, probes, context, policy="uniform", timeout_s=10)
     assert result.skipped == [] and result.timeouts == 0, result
     assert len(result.latencies_s) == len(probes)
