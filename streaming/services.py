@@ -6,12 +6,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from recsys.config import Settings
-from streaming.broker import EmbeddedKafka, is_our_jvm, metadata_available, read_state
+from streaming.broker import (
+    EmbeddedKafka,
+    free_port,
+    is_our_jvm,
+    metadata_available,
+    read_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +60,8 @@ def serving_ingress_environment(settings: Settings) -> None:
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1" if haproxy else "0")
     if haproxy:
         for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
-            os.environ.setdefault(name, str(_free_port()))
+            os.environ.setdefault(name, str(free_port()))
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

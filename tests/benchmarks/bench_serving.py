@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ import numpy as np
 from recsys.bandits import DiagLinTS, DiagLinUCB, EpsilonGreedy, policy_spec
 from recsys.config import KafkaSettings, ServeSettings, Settings, StreamSettings
 from recsys.serving.freshness import measure_freshness, wait_until_served
+from streaming.broker import free_port
 from streaming.live import live_stack
 from streaming.services import kafka_cluster, ray_runtime
 from streaming.shards import dense_statistics
@@ -56,10 +56,6 @@ POLICIES = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def warm_template():

@@ -20,16 +20,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
-fastapi = pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
-pytest.importorskip("aiohttp")
-
-from fastapi import FastAPI, Request  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
-
-from recsys.config import load_settings  # noqa: E402
-from recsys.serving.loadtest import (  # noqa: E402
+from recsys.config import load_settings
+from recsys.serving.loadtest import (
     LoadtestResult,
     check_loopback,
     endpoint_urls,
@@ -39,6 +35,7 @@ from recsys.serving.loadtest import (  # noqa: E402
     run_loadtest,
     wait_for_health,
 )
+from streaming.broker import free_port
 
 
 def _stub_app() -> FastAPI:
@@ -87,10 +84,6 @@ def server() -> Iterator[str]:
         sock.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the generator -------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import time
 import uuid
 
@@ -33,6 +32,7 @@ from simulators.ground_truth import policy_value
 from simulators.http_traffic import HttpUsers
 from simulators.model import SimulatorConfig, SlateSimulator
 from simulators.policies import UniformPolicy
+from streaming.broker import free_port
 from streaming.lake import scan_lake
 from streaming.live import live_stack
 from streaming.pipeline import Topics
@@ -47,10 +47,6 @@ UCB = DiagLinUCB(alpha=0.5, epsilon=0.2, centred=True)
 UNIFORM = EpsilonGreedy(epsilon=1.0, centred=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

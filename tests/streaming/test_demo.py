@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from streaming.broker import free_port
 from streaming.demo import CONTROL_ARM, LEARNING_ARM, DemoReport
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,10 +37,6 @@ def our_processes() -> dict[int, str]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.integration

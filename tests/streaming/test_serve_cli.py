@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -13,12 +12,7 @@ import time
 import requests
 
 from recsys.cli import main
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from streaming.broker import free_port
 
 
 def test_serve_answers_requests_and_stops_after_its_duration(tmp_path) -> None:
