@@ -18,7 +18,8 @@ def start_serving(config: object, *, host: str = "127.0.0.1", port: int = 8000,
 
     from recsys.serving.app import Recommender
 
-    serve.start(http_options={"host": host, "port": port})
+    # A free gRPC port too: Serve's default (9000) collides when two instances share a host.
+    serve.start(http_options={"host": host, "port": port}, grpc_options={"port": _free_port()})
     options = config.to_dict()  # type: ignore[attr-defined]
     serve.run(Recommender.options(num_replicas=replicas).bind(options), name=APP_NAME,
               route_prefix="/")
@@ -59,3 +60,11 @@ def stop_serving(timeout_s: float = 60.0) -> None:
         except ValueError:
             return
         time.sleep(0.2)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
