@@ -1,0 +1,142 @@
+"""One experiment's data, as every part of the offline pipeline sees it.
+
+Loaders (Coat, the Open Bandit Dataset, FINN.no slates, the lake, simulated logs) and splits
+produce a ``Dataset``; propensity estimators, objectives, trainers and metrics consume it. Ids are
+contiguous integers ``0..n_users-1`` and ``0..n_items-1`` (loaders map raw ids).
+
+Frames (``train``, ``valid``, ``test``, ``mar_sample``) share one column contract:
+
+- ``user_id`` Int64, ``item_id`` Int64, ``label`` Float64: a rating (task ``"rating"``) or a
+  0/1 outcome (task ``"implicit"``; positives-only frames hold only 1.0);
+- optional ``propensity`` Float64: P(the pair is observed / the item is shown), when known;
+- optional ``noise`` Boolean: ground truth that the interaction is noise (injected or accidental);
+- optional ``event_time_ms`` Int64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+Task = Literal["rating", "implicit"]
+TASKS: tuple[str, ...] = ("rating", "implicit")
+
+REQUIRED_COLUMNS: dict[str, pl.DataType] = {
+    "user_id": pl.Int64(),
+    "item_id": pl.Int64(),
+    "label": pl.Float64(),
+}
+OPTIONAL_COLUMNS: dict[str, pl.DataType] = {
+    "propensity": pl.Float64(),
+    "noise": pl.Boolean(),
+    "event_time_ms": pl.Int64(),
+}
+
+
+def interactions_frame(
+    user_id: np.ndarray,
+    item_id: np.ndarray,
+    label: np.ndarray | None = None,
+    **optional: np.ndarray,
+) -> pl.DataFrame:
+    """A frame in the interaction contract from arrays (``label`` defaults to 1.0)."""
+    columns: dict[str, pl.Series] = {
+        "user_id": pl.Series(np.asarray(user_id), dtype=pl.Int64),
+        "item_id": pl.Series(np.asarray(item_id), dtype=pl.Int64),
+        "label": pl.Series(
+            np.ones(len(user_id)) if label is None else np.asarray(label), dtype=pl.Float64
+        ),
+    }
+    for name, values in optional.items():
+        if name not in OPTIONAL_COLUMNS:
+            raise ValueError(
+                f"unknown interaction column {name!r}; optional columns are "
+                f"{', '.join(OPTIONAL_COLUMNS)}"
+            )
+        columns[name] = pl.Series(np.asarray(values), dtype=OPTIONAL_COLUMNS[name])
+    return pl.DataFrame(columns)
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Interactions split into train/valid/test plus whatever side information the source has."""
+
+    name: str
+    task: Task
+    n_users: int
+    n_items: int
+    train: pl.DataFrame
+    valid: pl.DataFrame
+    test: pl.DataFrame
+    user_features: np.ndarray | None = None
+    """(n_users, n_user_features) float, when the source has user features."""
+    item_features: np.ndarray | None = None
+    """(n_items, n_item_features) float, when the source has item features."""
+    propensity_matrix: np.ndarray | None = None
+    """(n_users, n_items) P(observed), when the source ships one (Coat)."""
+    mar_sample: pl.DataFrame | None = None
+    """A small missing-at-random sample of labels (Naive Bayes propensities); never in ``test``."""
+    true_relevance: np.ndarray | None = None
+    """(n_users, n_items) ground-truth relevance (simulated data only)."""
+    lineage: Mapping[str, str] = field(default_factory=dict)
+    """Where the data came from: ``data_source``, ``split``, ``noise_ratio``, lake offsets..."""
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.n_users < 1 or self.n_items < 1:
+            raise ValueError(f"{self.name}: n_users and n_items must be >= 1")
+        frames = {"train": self.train, "valid": self.valid, "test": self.test}
+        if self.mar_sample is not None:
+            frames["mar_sample"] = self.mar_sample
+        for part, frame in frames.items():
+            check_interactions(frame, f"{self.name}.{part}", self.n_users, self.n_items)
+        for name, rows in (("user_features", self.n_users), ("item_features", self.n_items)):
+            array = getattr(self, name)
+            if array is not None and (array.ndim != 2 or array.shape[0] != rows):
+                raise ValueError(f"{self.name}: {name} must have shape ({rows}, f)")
+        for name in ("propensity_matrix", "true_relevance"):
+            array = getattr(self, name)
+            if array is not None and array.shape != (self.n_users, self.n_items):
+                raise ValueError(
+                    f"{self.name}: {name} must have shape ({self.n_users}, {self.n_items}), "
+                    f"got {array.shape}"
+                )
+
+    def fingerprint(self) -> str:
+        """A short content hash of the splits (lineage: which data a model was trained on)."""
+        digest = hashlib.sha256()
+        for frame in (self.train, self.valid, self.test):
+            digest.update(
+                frame.select(list(REQUIRED_COLUMNS)).hash_rows(seed=0).to_numpy().tobytes()
+            )
+        return digest.hexdigest()[:16]
+
+
+def check_interactions(frame: pl.DataFrame, where: str, n_users: int, n_items: int) -> None:
+    """Raise ``ValueError`` naming ``where`` if ``frame`` breaks the interaction contract."""
+    for name, dtype in REQUIRED_COLUMNS.items():
+        if name not in frame.columns:
+            raise ValueError(f"{where}: missing column {name!r}")
+        if frame.schema[name] != dtype:
+            raise ValueError(f"{where}: column {name!r} must be {dtype}, got {frame.schema[name]}")
+    for name, dtype in OPTIONAL_COLUMNS.items():
+        if name in frame.columns and frame.schema[name] != dtype:
+            raise ValueError(f"{where}: column {name!r} must be {dtype}, got {frame.schema[name]}")
+    if frame.height == 0:
+        return
+    for name, bound in (("user_id", n_users), ("item_id", n_items)):
+        low, high = frame[name].min(), frame[name].max()
+        if low < 0 or high >= bound:
+            raise ValueError(f"{where}: {name} must lie in [0, {bound}), found [{low}, {high}]")
+    if frame["label"].null_count() or not np.isfinite(frame["label"].to_numpy()).all():
+        raise ValueError(f"{where}: label holds nulls or non-finite values")
+    if "propensity" in frame.columns:
+        p = frame["propensity"].to_numpy()
+        if not ((p > 0) & (p <= 1)).all():
+            raise ValueError(f"{where}: propensity must lie in (0, 1]")
