@@ -202,6 +202,9 @@ class Settings:
     serve: ServeSettings = field(default_factory=ServeSettings)
     sources: Mapping[str, Source] = field(default_factory=dict, compare=False, repr=False)
     config_file: Path | None = None
+    tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, repr=False)
+    """The config file's command tables (``COMMAND_TABLES``), as written: the command validates
+    them (``[train]`` is an offline training specification, read by ``recsys train``)."""
 
     @property
     def mlflow_tracking_uri(self) -> str:
@@ -239,6 +242,8 @@ class Settings:
 _SECTIONS: dict[str, type] = {"kafka": KafkaSettings, "ray": RaySettings, "mlflow": MlflowSettings,
                               "stream": StreamSettings, "serve": ServeSettings}
 _TOP_LEVEL: dict[str, Any] = {"data_dir": Path}
+COMMAND_TABLES = frozenset({"train"})
+"""Tables of a config file that belong to one command, kept whole in ``Settings.tables``."""
 
 
 def known_keys() -> list[str]:
@@ -306,10 +311,11 @@ def _flatten_file(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for name, value in data.items():
         if isinstance(value, Mapping):
+            if name in COMMAND_TABLES:
+                continue
             if name not in _SECTIONS:
-                raise ConfigError(
-                    f"unknown section [{name}] in {path}; sections are {', '.join(_SECTIONS)}"
-                )
+                known = ", ".join([*_SECTIONS, *sorted(COMMAND_TABLES)])
+                raise ConfigError(f"unknown section [{name}] in {path}; sections are {known}")
             for key, inner in value.items():
                 flat[f"{name}.{key}"] = inner
         else:
@@ -366,12 +372,14 @@ def load_settings(
     values: dict[str, Any] = {}
     sources: dict[str, Source] = {}
     layers: list[tuple[Source, str, Mapping[str, Any]]] = []
+    tables: dict[str, Mapping[str, Any]] = {}
     if path is not None:
         try:
             data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
         layers.append(("file", str(path), _flatten_file(data, path)))
+        tables = {name: data[name] for name in COMMAND_TABLES if isinstance(data.get(name), dict)}
     layers.append(("env", "the environment", _from_env(environ)))
     cli_values = {k: v for k, v in (cli or {}).items() if v is not None}
     for key in cli_values:
@@ -391,6 +399,7 @@ def load_settings(
         data_dir=values.get("data_dir", Settings.data_dir),
         sources={key: sources.get(key, "default") for key in known_keys()},
         config_file=path,
+        tables=tables,
         **sections,
     )
     _validate(settings)

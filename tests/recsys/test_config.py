@@ -145,3 +145,14 @@ def test_stream_settings_resolve_paths_and_rewards(tmp_path: Path) -> None:
     env = {"RECSYS_STREAM_LAKE_URI": "memory://lake", "RECSYS_STREAM_CENTRED": "false"}
     settings = load_settings(environ=env)
     assert settings.lake_uri == "memory://lake" and settings.stream.centred is False
+
+
+def test_command_tables_are_kept_whole_for_their_command(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[mlflow]\nexperiment = "coat"\n[train]\nseeds = [0, 1]\n[train.model]\nname = "mf"\n',
+    )
+    settings = load_settings(config_file=path, environ={})
+    assert settings.mlflow.experiment == "coat"
+    assert settings.tables["train"] == {"seeds": [0, 1], "model": {"name": "mf"}}
+    assert load_settings(config_file=write(tmp_path, "[kafka]\n"), environ={}).tables == {}
