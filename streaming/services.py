@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from recsys.config import Settings
+from recsys.ray_runtime import ray_runtime as shared_ray_runtime
 from streaming.broker import (
     EmbeddedKafka,
     free_port,
@@ -66,27 +67,6 @@ def serving_ingress_environment(settings: Settings) -> None:
 
 @contextlib.contextmanager
 def ray_runtime(settings: Settings) -> Iterator[str]:
-    """Connect to ``ray.address`` or start a local instance; reuse one already initialised in this
-    process (tests start Ray once per session) and shut down only what was started here."""
-    import ray
-
-    if ray.is_initialized():
-        yield "already initialised"
-        return
-    if settings.ray.address:
-        ray.init(address=settings.ray.address, logging_level=logging.WARNING)
-        origin = f"cluster at {settings.ray.address}"
-    else:
-        serving_ingress_environment(settings)
-        ray.init(
-            num_cpus=settings.ray.num_cpus,
-            include_dashboard=False,
-            object_store_memory=settings.ray.object_store_memory_mb * 1024 * 1024,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
-        origin = "local instance"
-    try:
+    """``recsys.ray_runtime`` with the serving ingress environment set before a local start."""
+    with shared_ray_runtime(settings, serving_ingress_environment) as origin:
         yield origin
-    finally:
-        ray.shutdown()
