@@ -1,5 +1,5 @@
 """The Kafka → Parquet lake sink: impressions, feedback and rewards as hive-partitioned Parquet,
-written exactly once per offset range, and ``scan_lake`` for the offline pipeline.
+written exactly once per offset range (``recsys.lake.scan_lake`` reads it, re-exported here).
 
 Layout (under a root that is a local path or any fsspec URI: ``s3://``, ``gs://``, ``memory://``)::
 
@@ -97,15 +97,9 @@ anything of the batch.
 Durability is the filesystem's: a local move survives a process crash; add fsync-on-close
 (or use an object store) where power loss matters.
 
-Reading. ``scan_lake(root, table)`` returns a ``polars.LazyFrame`` of the table with the schema's
-dtypes plus ``event_date``/``event_hour`` from the directory names (filter on them to prune
-partitions), de-duplicated as above, in no particular order. Pruning works for impressions and
-feedback; for rewards a filter runs after the de-duplication by ``(request_id, item_id)``, which
-must see every copy of an example wherever it lies, so the whole table is read (a replay's copies
-share their event time and directory, but a request repeated after its window closed may not).
-It lists the files when called (files written later are not in that frame); a table with no files
-yet is an empty frame of the right schema. Local roots are read by polars' native scanner, other
-URIs through a pyarrow dataset over the fsspec filesystem.
+Reading. ``scan_lake`` and ``lake_files`` live in ``recsys.lake`` (so the offline pipeline can
+read the lake without importing ``streaming``) and are re-exported here; its module docs say
+what a scan returns, how it de-duplicates and which filters prune partitions.
 
 ``LakeSinkActor`` is the same class as a Ray actor (one per set of partitions it owns).
 """
@@ -123,17 +117,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import ray
-from fsspec.implementations.local import LocalFileSystem
 
 from recsys.events import Feedback, Impression, Reward
+from recsys.lake import _dedup_keys as _dedup_keys  # re-exported: moved to recsys.lake
+from recsys.lake import _first_reward_per_example as _first_reward_per_example
+from recsys.lake import lake_files, scan_lake
 from recsys.schema import (
-    PARTITIONING,
-    PROVENANCE_COLUMNS,
     TableName,
-    arrow_schema,
     feedback_to_arrow,
     impressions_to_arrow,
     partition_expressions,
@@ -655,70 +647,3 @@ def _parquet_bytes(table: pa.Table, compression: str) -> bytes:
 
 LakeSinkActor = ray.remote(num_cpus=0.25)(LakeSink)
 """``LakeSink`` as a Ray actor: mostly I/O, so it asks for a quarter of a CPU."""
-
-
-# -- reading ---------------------------------------------------------------------------------------
-
-
-def _dedup_keys(table: TableName) -> list[str]:
-    """The columns that identify one row: the record, and the slate position for impressions."""
-    return [*PROVENANCE_COLUMNS, "position"] if table == "impressions" else list(PROVENANCE_COLUMNS)
-
-
-def scan_lake(
-    root: PathLike,
-    table: TableName,
-    *,
-    filesystem: Any = None,
-    deduplicate: bool = True,
-) -> pl.LazyFrame:
-    """The lake table ``table`` under ``root`` as a lazy frame, each Kafka record's rows once.
-
-    Columns: the table's schema (``recsys.schema.arrow_schema(table)``) plus ``event_date``
-    (Date) and ``event_hour`` (Int8) from the directory names. Rows are de-duplicated by
-    provenance, and rewards also by ``(request_id, item_id)`` keeping the smallest
-    ``(kafka_partition, kafka_offset)`` (see the module docs), unless ``deduplicate=False``;
-    order is unspecified.
-    """
-    schema = arrow_schema(table)
-    fs, path = resolve(root, filesystem)
-    base = join(path, table)
-    files = sorted(fs.glob(join(base, "event_date=*", "event_hour=*", "*.parquet")))
-    full = pa.schema([*schema, *PARTITIONING], metadata=schema.metadata)
-    if not files:
-        return pl.LazyFrame(pl.from_arrow(full.empty_table()))
-    if isinstance(fs, LocalFileSystem):
-        hive = pl.from_arrow(PARTITIONING.empty_table()).schema  # type: ignore[union-attr]
-        frame = pl.scan_parquet(files, hive_partitioning=True, hive_schema=hive)
-    else:
-        dataset = ds.dataset(
-            files,
-            schema=full,
-            filesystem=fs,
-            format="parquet",
-            partitioning=ds.partitioning(PARTITIONING, flavor="hive"),
-            partition_base_dir=base,
-        )
-        frame = pl.scan_pyarrow_dataset(dataset)
-    if deduplicate:
-        frame = frame.unique(subset=_dedup_keys(table), keep="any")
-        if table == "rewards":
-            frame = _first_reward_per_example(frame)
-    return frame
-
-
-def _first_reward_per_example(frame: pl.LazyFrame) -> pl.LazyFrame:
-    """Each ``(request_id, item_id)``'s row with the smallest ``(kafka_partition,
-    kafka_offset)`` (rows already unique by provenance): the smallest partition, then among its
-    rows the smallest offset, as window filters rather than a sort of the whole table."""
-    example = ["request_id", "item_id"]
-    return frame.filter(
-        pl.col("kafka_partition") == pl.col("kafka_partition").min().over(example)
-    ).filter(pl.col("kafka_offset") == pl.col("kafka_offset").min().over(example))
-
-
-def lake_files(root: PathLike, table: TableName, *, filesystem: Any = None) -> list[str]:
-    """The Parquet files of ``table`` under ``root`` (paths in the root's filesystem), sorted."""
-    arrow_schema(table)  # validates the name
-    fs, path = resolve(root, filesystem)
-    return sorted(fs.glob(join(path, table, "event_date=*", "event_hour=*", "*.parquet")))
