@@ -1,0 +1,136 @@
+"""Scoring a trained model on a split with the metrics its data set supports.
+
+- Rating data (explicit ratings, or 0/1 outcomes of shown items): MSE and MAE of the predictions
+  (ratings clipped to the training label range; logits turned into probabilities), the
+  self-normalised inverse-propensity MSE/MAE when the split's rows carry propensities (an
+  estimate of the missing-at-random error from missing-not-at-random validation rows: early
+  stopping on Coat uses it), and AUC (ratings binarised at ``RATING_POSITIVE``).
+- Implicit data: full-ranking Recall/NDCG@K with the training items masked (and validation
+  items too when scoring the test split), from ``recsys.ranking``.
+- Simulated data: Recall@K against the true relevance and the mean true relevance of the top K.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+
+from recsys.ranking import (
+    auc,
+    rank_metrics,
+    rating_metrics,
+    relevance_recall,
+    true_relevance_at_k,
+    user_items,
+)
+
+if TYPE_CHECKING:
+    from offline.training import PreparedData
+
+Split = Literal["valid", "test"]
+KS = (20, 50)
+RATING_POSITIVE = 4.0
+"""Ratings at or above this count as positive for AUC (Coat's usual binarisation)."""
+SCORE_CHUNK = 1024
+"""Users scored at once in full ranking (bounds the (users, items) score block)."""
+
+
+def is_binary(labels: pl.Series) -> bool:
+    """0/1 labels: the model's outputs are logits."""
+    return bool(labels.is_in([0.0, 1.0]).all())
+
+
+@torch.no_grad()
+def predict_pairs(model: nn.Module, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """The model's raw outputs for (user, item) pairs."""
+    device = next(model.parameters()).device
+    out = model(
+        torch.as_tensor(users, dtype=torch.long, device=device),
+        torch.as_tensor(items, dtype=torch.long, device=device),
+    )
+    return out.detach().cpu().double().numpy()
+
+
+@torch.no_grad()
+def score_matrix(model: nn.Module, n_users: int) -> np.ndarray:
+    """(n_users, n_items) scores, computed in blocks of users."""
+    device = next(model.parameters()).device
+    blocks = [
+        model.score_all(torch.arange(start, min(start + SCORE_CHUNK, n_users), device=device))
+        .detach()
+        .cpu()
+        .double()
+        .numpy()
+        for start in range(0, n_users, SCORE_CHUNK)
+    ]
+    return np.concatenate(blocks, axis=0)
+
+
+def _rating(model: nn.Module, data: PreparedData, split: Split) -> dict[str, float]:
+    dataset = data.dataset
+    frame = dataset.valid if split == "valid" else dataset.test
+    if frame.height == 0:
+        return {}
+    labels = frame["label"].to_numpy()
+    raw = predict_pairs(model, frame["user_id"].to_numpy(), frame["item_id"].to_numpy())
+    binary = is_binary(dataset.train["label"])
+    if binary:
+        prediction = 1.0 / (1.0 + np.exp(-raw))
+    else:
+        low, high = dataset.train["label"].min(), dataset.train["label"].max()
+        prediction = np.clip(raw, low, high)
+    out = {f"{split}_{k}": v for k, v in rating_metrics(prediction, labels).items()}
+    propensity = frame["propensity"].to_numpy() if "propensity" in frame.columns else None
+    if propensity is not None and split == "valid":
+        weights = 1.0 / propensity
+        for name, error in (("mse", (prediction - labels) ** 2),
+                            ("mae", np.abs(prediction - labels))):
+            out[f"{split}_snips_{name}"] = float(np.sum(weights * error) / np.sum(weights))
+    positive = labels >= (0.5 if binary else RATING_POSITIVE)
+    if 0 < positive.sum() < len(positive):
+        out[f"{split}_auc"] = auc(prediction, positive.astype(np.int64))
+    return out
+
+
+def _ranking(model: nn.Module, data: PreparedData, split: Split) -> dict[str, float]:
+    dataset = data.dataset
+    n_users, n_items = dataset.n_users, dataset.n_items
+    truth = dataset.valid if split == "valid" else dataset.test
+    seen = [dataset.train] if split == "valid" else [dataset.train, dataset.valid]
+    if dataset.task == "rating":  # exposures: rank against the clicked ones, nothing masked
+        truth = truth.filter(pl.col("label") > 0)
+        seen = []
+    seen_frame = pl.concat([f.select("user_id", "item_id") for f in seen]) if seen else None
+    scores = score_matrix(model, n_users)
+    out: dict[str, float] = {}
+    mask = None
+    if seen_frame is not None:
+        mask = user_items(seen_frame["user_id"], seen_frame["item_id"], n_users, n_items)
+    if truth.height:
+        test = user_items(truth["user_id"], truth["item_id"], n_users, n_items)
+        metrics = rank_metrics(scores, test, mask, KS)
+        out.update({f"{split}_{k}": float(v) for k, v in metrics.items()
+                    if "@" in k})
+    if split == "test" and dataset.true_relevance is not None:
+        for k in KS:
+            out[f"test_true_recall@{k}"] = relevance_recall(scores, dataset.true_relevance, mask, k)
+            out[f"test_true_relevance@{k}"] = true_relevance_at_k(
+                scores, dataset.true_relevance, mask, k
+            )
+    return out
+
+
+def evaluate(model: nn.Module, data: PreparedData, split: Split) -> dict[str, float]:
+    """Every metric the data set supports on ``split``, keyed ``<split>_<metric>``."""
+    model.eval()
+    dataset = data.dataset
+    if dataset.task == "rating":
+        out = _rating(model, data, split)
+        if split == "test" and dataset.true_relevance is not None:
+            out.update(_ranking(model, data, split))
+        return out
+    return _ranking(model, data, split)
