@@ -1,0 +1,98 @@
+"""Running training specifications end to end: prepare the data of every (spec, seed), train all
+runs on Ray Train (or in-process), and log each run to mlflow."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from offline.ray_training import Job, run_jobs
+from offline.sources import prepare
+from offline.spec import TrainSpec
+from offline.training import PreparedData, RunResult, train_run
+from recsys.config import Settings
+
+Backend = Literal["ray", "local"]
+
+
+@dataclass(eq=False)
+class TrainedRun:
+    """A finished run with the data it was trained on and where mlflow recorded it."""
+
+    spec: TrainSpec
+    result: RunResult
+    data: PreparedData
+    mlflow: dict[str, Any]
+
+
+def data_key(spec: TrainSpec, seed: int) -> str:
+    """Runs with the same data source, parameters, propensities and seed share prepared data."""
+    identity = [spec.data.name, spec.data.params, spec.propensity.name, spec.propensity.params,
+                spec.clip, seed]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def train_specs(
+    specs: Sequence[TrainSpec],
+    settings: Settings,
+    *,
+    name: str,
+    backend: Backend = "ray",
+    num_workers: int | None = None,
+    progress: bool = True,
+    log_models: bool = True,
+    extra_tags: dict[str, str] | None = None,
+) -> list[TrainedRun]:
+    """Train every seed of every spec; log each run to mlflow (the experiment must be set)."""
+    jobs: list[Job] = []
+    prepared: dict[str, PreparedData] = {}
+    for spec in specs:
+        for seed in spec.seeds:
+            key = data_key(spec, seed)
+            if key not in prepared:
+                prepared[key] = prepare(spec, seed, settings.data_dir, settings.lake_uri)
+            jobs.append(Job(spec, seed, key))
+    if backend == "local":
+        results = [train_run(job.spec, job.seed, prepared[job.data_key]) for job in jobs]
+    elif backend == "ray":
+        workers = num_workers or max(spec.num_workers for spec in specs)
+        use_gpu = specs[0].use_gpu
+        results = run_jobs(jobs, prepared, storage_path=settings.data_dir / "ray_train",
+                           name=name, num_workers=workers, use_gpu=use_gpu, progress=progress)
+    else:
+        raise ValueError(f"backend must be 'ray' or 'local', got {backend!r}")
+    from offline.run_tracking import log_run
+
+    trained = []
+    for job, result in zip(jobs, results, strict=True):
+        data = prepared[job.data_key]
+        ids = log_run(result, job.spec, data, extra_tags=extra_tags, log_model=log_models)
+        trained.append(TrainedRun(job.spec, result, data, ids))
+    return trained
+
+
+def summarise(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation and count of a metric over seeds."""
+    array = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(array.mean()),
+        "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+        "n": len(array),
+        "values": [float(v) for v in array],
+    }
+
+
+def export_user_table(run: TrainedRun, path: str | Path) -> Path:
+    """The run's user embeddings as the serving app's user-feature table."""
+    from offline.models import export_user_features
+    from offline.run_tracking import rebuild_model
+
+    model = rebuild_model(run.result, run.data)
+    user_ids = run.data.user_ids or tuple(str(u) for u in range(run.data.dataset.n_users))
+    return export_user_features(model, path, list(user_ids))
