@@ -49,8 +49,8 @@ def predict_pairs(model: nn.Module, users: np.ndarray, items: np.ndarray) -> np.
     """The model's raw outputs for (user, item) pairs."""
     device = next(model.parameters()).device
     out = model(
-        torch.as_tensor(users, dtype=torch.long, device=device),
-        torch.as_tensor(items, dtype=torch.long, device=device),
+        torch.tensor(users, dtype=torch.long, device=device),
+        torch.tensor(items, dtype=torch.long, device=device),
     )
     return out.detach().cpu().double().numpy()
 

@@ -17,6 +17,16 @@ from offline.training import PreparedData, RunResult, model_arrays
 from offline.weights import inverse_propensity_weights, plot_weight_diagnostics
 
 
+def mlflow_metric_name(name: str) -> str:
+    """mlflow refuses ``@`` in metric names: ``recall@20`` is logged as ``recall_at_20``."""
+    return name.replace("@", "_at_")
+
+
+def _metrics(values: dict[str, float], prefix: str = "") -> dict[str, float]:
+    return {mlflow_metric_name(prefix + k): float(v) for k, v in values.items()
+            if k != "epoch" and np.isfinite(v)}
+
+
 def rebuild_model(result: RunResult, data: PreparedData) -> nn.Module:
     """The trained model of ``result`` as a torch module (config + weights)."""
     model = build_model(result.model_name, dict(result.model_config),
@@ -71,13 +81,10 @@ def log_run(
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         for row in result.history:
             step = int(row["epoch"])
-            mlflow.log_metrics({k: float(v) for k, v in row.items()
-                                if k != "epoch" and np.isfinite(v)}, step=step)
-        mlflow.log_metrics({f"final_{k}": float(v) for k, v in result.metrics.items()
-                            if np.isfinite(v)})
+            mlflow.log_metrics(_metrics(row), step=step)
+        mlflow.log_metrics(_metrics(result.metrics, "final_"))
         if data.propensity_summary:
-            mlflow.log_metrics({f"propensity_{k}": v for k, v in data.propensity_summary.items()
-                                if np.isfinite(v)})
+            mlflow.log_metrics(_metrics(data.propensity_summary, "propensity_"))
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             plot_learning_curves(result, spec.optimizer.monitor, folder / "learning_curves.png")
