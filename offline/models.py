@@ -62,9 +62,12 @@ class BiasedMF(nn.Module):
             self.global_bias.fill_(self.initial_global_bias)
 
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        """Scores of the pairs (users[b], items[b]): shape [B]."""
+        """Scores of the pairs (users[b], items[b]): shape [B]; with items of shape [B, C], each
+        user's C candidates: shape [B, C] (``score_candidates``)."""
         device = self.global_bias.device
         users, items = _index(users, device), _index(items, device)
+        if items.dim() == 2 and users.dim() == 1:
+            return self.score_candidates(users, items)
         dot = (self.user_factors(users) * self.item_factors(items)).sum(-1)
         return (
             self.global_bias
@@ -72,6 +75,14 @@ class BiasedMF(nn.Module):
             + self.item_bias(items).squeeze(-1)
             + dot
         )
+
+    def score_candidates(self, users: Tensor, items: Tensor) -> Tensor:
+        """Scores of each user's own candidate items: users [B], items [B, C] -> [B, C] (one
+        lookup per user, not per candidate: PLD scores a pool of candidates per user)."""
+        device = self.global_bias.device
+        users, items = _index(users, device), _index(items, device)
+        dot = (self.item_factors(items) * self.user_factors(users).unsqueeze(1)).sum(-1)
+        return self.global_bias + self.user_bias(users) + self.item_bias(items).squeeze(-1) + dot
 
     def score_all(self, users: Tensor) -> Tensor:
         """Scores of every item for each user: shape [B, n_items]."""
@@ -197,10 +208,20 @@ class TwoTower(nn.Module):
         return self._side(self.item_features, self.item_tower, self.item_ids, index)
 
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        """Scores of the pairs (users[b], items[b]): shape [B]."""
+        """Scores of the pairs (users[b], items[b]): shape [B]; with items of shape [B, C], each
+        user's C candidates: shape [B, C] (``score_candidates``)."""
         items = _index(items, self.item_bias.device)
+        if items.dim() == 2 and _index(users, self.item_bias.device).dim() == 1:
+            return self.score_candidates(users, items)
         u, v = self.user_vectors(users), self.item_vectors(items)
         return (u * v).sum(-1) + self.item_bias[items]
+
+    def score_candidates(self, users: Tensor, items: Tensor) -> Tensor:
+        """Scores of each user's own candidate items: users [B], items [B, C] -> [B, C]."""
+        items = _index(items, self.item_bias.device)
+        u = self.user_vectors(users)
+        v = self.item_vectors(items.reshape(-1)).reshape(*items.shape, -1)
+        return torch.bmm(v, u.unsqueeze(-1)).squeeze(-1) + self.item_bias[items]
 
     def score_all(self, users: Tensor) -> Tensor:
         """Scores of every item for each user: shape [B, n_items]."""

@@ -206,6 +206,9 @@ def _floyd_pools(
         draw = torch.minimum(draw, top)
         taken = (offsets[:, :step] == draw.unsqueeze(1)).any(dim=1)
         offsets[:, step] = torch.where(taken, top, draw)
+    short = degree < k
+    if not bool(short.any()):
+        return offsets
     with_replacement = (
         torch.rand(batch, k, generator=generator, dtype=torch.float64) * degree.unsqueeze(1)
     ).long()
@@ -220,6 +223,20 @@ def _score_pairs(model: nn.Module, *pairs: tuple[torch.Tensor, torch.Tensor]) ->
     items = torch.cat([i.reshape(-1) for _, i in pairs])
     scores = model(users, items).split([u.numel() for u, _ in pairs])
     return [chunk.reshape(u.shape) for chunk, (u, _) in zip(scores, pairs, strict=True)]
+
+
+def _score_pool(
+    model: nn.Module, users: torch.Tensor, pool_items: torch.Tensor, negatives: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, k) scores of each user's candidate pool and (B,) of its shared negative in one
+    forward call; one user lookup per user when the model has ``score_candidates``."""
+    if hasattr(_unwrap(model), "score_candidates"):  # its forward takes [B, C] candidates
+        scores = model(users, torch.cat([pool_items, negatives.unsqueeze(1)], 1))
+        return scores[:, :-1], scores[:, -1]
+    pool, negative = _score_pairs(
+        model, (users.unsqueeze(1).expand_as(pool_items), pool_items), (users, negatives)
+    )
+    return pool, negative
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -773,6 +790,7 @@ class _ImplicitObjective(Objective):
         order = torch.argsort(self._users_cpu, stable=True)
         degree = torch.bincount(self._users_cpu, minlength=data.n_users)
         self._user_rows = order
+        self._user_items = self._items_cpu[order]
         self._user_start = torch.cumsum(degree, 0) - degree
         self._user_degree = degree
         self._active_users = users_with_positives
@@ -947,11 +965,13 @@ class PLD(_ImplicitObjective):
         pick = torch.randint(self._active_users.numel(), (size,), generator=generator)
         users = self._active_users[pick]
         offsets = _floyd_pools(self._user_degree[users], k, generator)
-        pool_rows = self._user_rows[self._user_start[users].unsqueeze(1) + offsets]
+        # Positions in the user-sorted order: items come from one gather; the rows (for the
+        # statistics and the chosen pair) only where needed.
+        positions = self._user_start[users].unsqueeze(1) + offsets
         return {
             "users": users,
-            "pool_rows": pool_rows,
-            "pool_items": self._items_cpu[pool_rows],
+            "pool_positions": positions,
+            "pool_items": self._user_items[positions],
             "neg_items": self.sample_negatives(users, generator),
             "uniforms": torch.rand(size, generator=generator, dtype=torch.float64),
         }
@@ -970,21 +990,25 @@ class PLD(_ImplicitObjective):
             value = self._step_loss(*_score_pairs(model, (users, batch["pos_items"]),
                                                   (users, negatives)))
             return self._finish(value, batch["rows"])
-        pool_rows, pool_items = batch["pool_rows"], batch["pool_items"]
+        positions, pool_items = batch["pool_positions"], batch["pool_items"]
         size = pool_items.shape[0]
+        # Personal losses without gradient (one user lookup per user), then an ordinary step on
+        # the chosen pair; scoring the pool with gradient instead costs more in the backward
+        # pass (measured: tests/benchmarks/bench_offline.py) than this second, small forward.
         with torch.no_grad():
-            pool_scores, negative_scores = _score_pairs(
-                model, (users.unsqueeze(1).expand_as(pool_items), pool_items), (users, negatives)
-            )
+            pool_scores, negative_scores = _score_pool(model, users, pool_items, negatives)
             candidate_losses = self._candidate_losses(pool_scores, negative_scores)
             probabilities = L.pld_candidate_probabilities(candidate_losses,
                                                           self.hyperparameters["tau"])
             choice = L.choose_by_uniforms(probabilities.double(), batch["uniforms"])
         index = torch.arange(size, device=choice.device)
-        chosen_rows = pool_rows[index, choice]
         value = self._step_loss(*_score_pairs(model, (users, pool_items[index, choice]),
                                               (users, negatives)))
-        self._record_trained(pool_rows.reshape(-1), key="_pool")
+        chosen_rows = self._user_rows[positions[index.cpu(), choice.cpu()]]
+        if self.data_ is not None and self.data_.noise is not None:
+            self._record_trained(self._user_rows[positions.reshape(-1)], key="_pool")
+        else:
+            self._add("n_trained_pool", float(positions.numel()))
         return self._finish(value, chosen_rows)
 
 

@@ -73,13 +73,24 @@ class OptimizerSpec:
     """A validation metric (``valid_...``); ``mse``/``mae``/``loss`` are minimised, others
     maximised."""
     eval_every: int = 1
+    l2: float = 0.0
+    """Explicit L2 penalty l2·Σ‖θ‖² / n_train added to the loss (Schnabel et al.'s MF
+    regulariser; AdamW's decoupled ``weight_decay`` is a different thing)."""
+    l2_bias_scale: float = 1.0
+    """The L2 penalty's factor on bias terms relative to the factor tables."""
+    refit: bool = False
+    """After early stopping, retrain on train ∪ valid for the best epoch count (the validation
+    rows are training data too; only the epoch count comes from them)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "epochs", "eval_every"):
             if getattr(self, name) < 1:
                 raise SpecError(f"[train.optimizer] `{name}` must be >= 1")
-        if self.lr <= 0 or self.weight_decay < 0 or self.patience < 0:
-            raise SpecError("[train.optimizer] needs lr > 0, weight_decay >= 0, patience >= 0")
+        if self.lr <= 0 or self.weight_decay < 0 or self.patience < 0 or self.l2 < 0 or (
+            self.l2_bias_scale < 0
+        ):
+            raise SpecError("[train.optimizer] needs lr > 0 and weight_decay, patience, l2, "
+                            "l2_bias_scale >= 0")
         if not self.monitor.startswith("valid_"):
             raise SpecError(
                 f"[train.optimizer] monitor must be a validation metric (valid_...), "

@@ -6,6 +6,7 @@ data-parallel training and each rank takes its share of every epoch's batches.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 from torch import nn
 
@@ -88,6 +90,97 @@ def _improved(value: float, best: float | None, maximise: bool) -> bool:
     return best is None or (value > best if maximise else value < best)
 
 
+def l2_penalty(model: nn.Module, bias_scale: float) -> torch.Tensor:
+    """Σ‖θ‖² over the model's weight tables, biases scaled by ``bias_scale``; scalars (the global
+    bias) are not penalised."""
+    terms = [
+        (bias_scale if "bias" in name else 1.0) * parameter.pow(2).sum()
+        for name, parameter in model.named_parameters()
+        if parameter.dim() > 0
+    ]
+    return torch.stack(terms).sum()
+
+
+def _with_validation_rows(data: PreparedData) -> PreparedData:
+    """Train ∪ valid as the training split (the refit after early stopping)."""
+    dataset = data.dataset
+    train = pl.concat([dataset.train, dataset.valid], how="diagonal_relaxed")
+    if "noise" in train.columns:
+        train = train.with_columns(pl.col("noise").fill_null(False))
+    propensity = data.train_propensity
+    if propensity is not None:
+        if "propensity" not in dataset.valid.columns:
+            raise ValueError("refit needs the validation rows' propensities")
+        propensity = np.concatenate([propensity, dataset.valid["propensity"].to_numpy()])
+    return dataclasses.replace(
+        data,
+        dataset=dataclasses.replace(dataset, train=train),
+        train_propensity=propensity,
+    )
+
+
+@dataclass
+class _Loop:
+    """One model, objective and optimiser, stepping through epochs."""
+
+    spec: TrainSpec
+    data: PreparedData
+    seed: int
+    rank: int
+    world_size: int
+    device: torch.device
+    wrap: Callable[[nn.Module], nn.Module] | None
+
+    def __post_init__(self) -> None:
+        spec, dataset = self.spec, self.data.dataset
+        self.model = new_model(spec, dataset, self.seed).to(self.device)
+        self.trained = self.wrap(self.model) if self.wrap is not None else self.model
+        generator = torch.Generator().manual_seed(self.seed)  # the same on every rank
+        self.objective = make_objective(spec.objective.name, **spec.objective.params)
+        tensors = TrainTensors.from_dataset(
+            dataset,
+            propensity=self.data.train_propensity,
+            propensity_matrix=self.data.propensity_matrix,
+            device=self.device,
+        )
+        self.objective.setup(self.trained, tensors, generator)
+        optim = spec.optimizer
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=optim.lr,
+                                           weight_decay=optim.weight_decay)
+        self.l2_scale = optim.l2 / max(dataset.train.height, 1)
+        # Every rank takes the same number of steps (data-parallel gradients are averaged in
+        # lockstep); with more than one rank the epoch's last, uneven steps are dropped.
+        self.steps_per_rank = min(
+            self.objective.n_steps(optim.batch_size, r, self.world_size)
+            for r in range(self.world_size)
+        )
+
+    def epoch(self, epoch: int) -> dict[str, float]:
+        """Train one epoch; its record (time, loss, the objective's statistics)."""
+        optim = self.spec.optimizer
+        self.model.train()
+        started = time.perf_counter()
+        total, steps = torch.zeros((), device=self.device), 0
+        batches = self.objective.batches(epoch, optim.batch_size, self.rank, self.world_size)
+        for batch in itertools.islice(batches, self.steps_per_rank):
+            loss = self.objective.loss(self.trained, batch, epoch)
+            if self.l2_scale:
+                loss = loss + self.l2_scale * l2_penalty(self.model, optim.l2_bias_scale)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.objective.after_step(self.trained, batch, epoch)
+            total += loss.detach()
+            steps += 1
+        return {
+            "epoch": float(epoch),
+            "epoch_seconds": time.perf_counter() - started,
+            "train_loss": float(total) / max(steps, 1),
+            **{f"train_{k}": float(v) for k, v in self.objective.epoch_stats().items()
+               if k != "loss"},
+        }
+
+
 def train_run(
     spec: TrainSpec,
     seed: int,
@@ -99,53 +192,20 @@ def train_run(
     wrap: Callable[[nn.Module], nn.Module] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> RunResult:
-    """Train ``spec``'s model with ``seed``; keep the weights of the best validation epoch and
-    score them on the test split. ``wrap`` makes the data-parallel model (Ray Train's
-    ``prepare_model``); ``on_epoch`` sees each epoch's record (progress reporting)."""
-    dataset = data.dataset
+    """Train ``spec``'s model with ``seed``; keep the weights of the best validation epoch (or,
+    with ``optimizer.refit``, retrain on train ∪ valid for that many epochs) and score them on
+    the test split. ``wrap`` makes the data-parallel model (Ray Train's ``prepare_model``);
+    ``on_epoch`` sees each epoch's record (progress reporting)."""
     device = torch.device(device)
-    model = new_model(spec, dataset, seed).to(device)
-    trained = wrap(model) if wrap is not None else model
-    generator = torch.Generator().manual_seed(seed)  # the same on every rank: disjoint slices
-    objective = make_objective(spec.objective.name, **spec.objective.params)
-    tensors = TrainTensors.from_dataset(
-        dataset,
-        propensity=data.train_propensity,
-        propensity_matrix=data.propensity_matrix,
-        device=device,
-    )
-    objective.setup(trained, tensors, generator)
     optim = spec.optimizer
-    optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
-    # Every rank takes the same number of steps (data-parallel gradients are averaged in lockstep);
-    # with more than one rank the epoch's last, uneven steps are dropped.
-    steps_per_rank = min(
-        objective.n_steps(optim.batch_size, r, world_size) for r in range(world_size)
-    )
+    loop = _Loop(spec, data, seed, rank, world_size, device, wrap)
+    model = loop.model
     history: list[dict[str, float]] = []
     best_value: float | None = None
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     best_epoch, stale = 0, 0
     for epoch in range(optim.epochs):
-        model.train()
-        started = time.perf_counter()
-        total, steps = torch.zeros((), device=device), 0
-        for batch in itertools.islice(
-            objective.batches(epoch, optim.batch_size, rank, world_size), steps_per_rank
-        ):
-            loss = objective.loss(trained, batch, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            objective.after_step(trained, batch, epoch)
-            total += loss.detach()
-            steps += 1
-        record: dict[str, float] = {
-            "epoch": float(epoch),
-            "epoch_seconds": time.perf_counter() - started,
-            "train_loss": float(total) / max(steps, 1),
-            **{f"train_{k}": float(v) for k, v in objective.epoch_stats().items()},
-        }
+        record = loop.epoch(epoch)
         last = epoch == optim.epochs - 1
         if (epoch + 1) % optim.eval_every == 0 or last:
             model.eval()
@@ -168,8 +228,14 @@ def train_run(
             break
     model.load_state_dict(best_state)
     model.eval()
+    valid_metrics = evaluate(model, data, "valid")
+    if optim.refit:
+        refit = _Loop(spec, _with_validation_rows(data), seed, rank, world_size, device, wrap)
+        for epoch in range(best_epoch + 1):
+            refit.epoch(epoch)
+        model, best_state = refit.model.eval(), refit.model.state_dict()
     metrics = {
-        **evaluate(model, data, "valid"),
+        **valid_metrics,
         **evaluate(model, data, "test"),
         "best_epoch": float(best_epoch),
         "epochs_run": float(len(history)),
@@ -183,7 +249,7 @@ def train_run(
         seed=seed,
         model_name=spec.model.name,
         model_config=model.config(),
-        state={k: v.detach().cpu() for k, v in best_state.items()},
+        state={k: v.detach().cpu().clone() for k, v in best_state.items()},
         history=history,
         metrics=metrics,
         best_epoch=best_epoch,

@@ -267,13 +267,14 @@ def test_pld_batches_are_user_uniform_pools_of_the_users_positives() -> None:
     data = TrainTensors(users, items, torch.ones(users.numel()), 6, 30)
     objective, _ = ready("pld", data, warmup_epochs=1, k=5)
     warm = list(objective.batches(0, 8))
-    assert "rows" in warm[0] and "pool_rows" not in warm[0]
+    assert "rows" in warm[0] and "pool_positions" not in warm[0]
     batches = list(objective.batches(1, 8))
     assert len(batches) == len(warm) == math.ceil(users.numel() / 8)
     drawn = []
     for _ in range(60):
         for batch in objective.batches(1 + len(drawn), 8):
-            pool_rows, batch_users = batch["pool_rows"], batch["users"]
+            pool_rows = objective._user_rows[batch["pool_positions"]]  # train rows of the pool
+            batch_users = batch["users"]
             assert pool_rows.shape == (8, 5)
             assert torch.equal(data.users[pool_rows], batch_users.unsqueeze(1).expand(-1, 5))
             assert torch.equal(data.items[pool_rows], batch["pool_items"])
@@ -293,7 +294,8 @@ def test_pld_pools_are_uniform_subsets() -> None:
     subsets: dict[tuple[int, ...], int] = {}
     for epoch in range(30):
         for batch in objective.batches(epoch, 700):  # one step of 700 user draws
-            for row in batch["pool_rows"].sort(dim=1).values.tolist():
+            pool_rows = objective._user_rows[batch["pool_positions"]]
+            for row in pool_rows.sort(dim=1).values.tolist():
                 subsets[tuple(row)] = subsets.get(tuple(row), 0) + 1
     assert len(subsets) == math.comb(7, 5)
     assert chisquare(list(subsets.values())).pvalue > 1e-3
