@@ -83,6 +83,9 @@ class Dataset:
     """A small missing-at-random sample of labels (Naive Bayes propensities); never in ``test``."""
     true_relevance: np.ndarray | None = None
     """(n_users, n_items) ground-truth relevance (simulated data only)."""
+    user_ids: tuple[str, ...] | None = None
+    """The source's id of each contiguous user, when users were re-indexed (exported user
+    tables are keyed by these)."""
     lineage: Mapping[str, str] = field(default_factory=dict)
     """Where the data came from: ``data_source``, ``split``, ``noise_ratio``, lake offsets..."""
 
@@ -100,6 +103,8 @@ class Dataset:
             array = getattr(self, name)
             if array is not None and (array.ndim != 2 or array.shape[0] != rows):
                 raise ValueError(f"{self.name}: {name} must have shape ({rows}, f)")
+        if self.user_ids is not None and len(self.user_ids) != self.n_users:
+            raise ValueError(f"{self.name}: user_ids must name all {self.n_users} users")
         for name in ("propensity_matrix", "true_relevance"):
             array = getattr(self, name)
             if array is not None and array.shape != (self.n_users, self.n_items):

@@ -109,12 +109,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _poll(tracker: Any, bar: tqdm, jobs: Sequence[Job], done: threading.Event) -> None:
+    """Advance the bar by epochs; a run that stops early skips its remaining epochs."""
+    current = 0
     while not done.wait(0.5):
         try:
             events = ray.get(tracker.drain.remote(), timeout=5)
         except Exception:  # the bar is a convenience: never fail a training for it
             continue
         for event in events:
+            while current < event["job"]:
+                bar.update(sum(j.spec.optimizer.epochs for j in jobs[: current + 1]) - bar.n)
+                current += 1
             job = jobs[event["job"]]
             bar.update(1)
             metric = job.spec.optimizer.monitor
@@ -170,6 +175,7 @@ def run_jobs(
     finally:
         done.set()
         poller.join()
+        bar.update(bar.total - bar.n)
         bar.close()
         ray.kill(tracker)
     by_job = {int(metrics["job"]): checkpoint for checkpoint, metrics in result.best_checkpoints}

@@ -94,5 +94,7 @@ def export_user_table(run: TrainedRun, path: str | Path) -> Path:
     from offline.run_tracking import rebuild_model
 
     model = rebuild_model(run.result, run.data)
-    user_ids = run.data.user_ids or tuple(str(u) for u in range(run.data.dataset.n_users))
+    dataset = run.data.dataset
+    user_ids = (run.data.user_ids or dataset.user_ids
+                or tuple(str(u) for u in range(dataset.n_users)))
     return export_user_features(model, path, list(user_ids))

@@ -251,6 +251,7 @@ def coat_implicit_dataset(
         user_features=coat.user_features[user_ids],
         item_features=coat.item_features,
         propensity_matrix=coat.propensities[user_ids],
+        user_ids=tuple(str(int(u)) for u in user_ids),
         lineage={
             "data_source": "coat",
             "split": "per_user_random_70_10_20",

@@ -111,3 +111,31 @@ def test_implicit_training_reports_ranking_metrics_and_noisy_share() -> None:
     result = train_run(spec, 0, data)
     assert {"test_recall@20", "test_ndcg@20", "test_ndcg_uncapped@20"} <= set(result.metrics)
     assert 0 < result.metrics["train_noisy_share"] < 1
+
+
+def test_two_tower_trains_on_features_and_exports_the_serving_user_table(tmp_path) -> None:
+    from offline.runner import TrainedRun, export_user_table
+    from recsys.serving.service import UserFeatures
+
+    rng = np.random.default_rng(1)
+    n_users, n_items = 25, 15
+    users = np.repeat(np.arange(n_users), 4)
+    items = rng.integers(0, n_items, users.size)
+    frame = interactions_frame(users, items).unique(["user_id", "item_id"])
+    user_ids = tuple(f"user-{u}" for u in range(n_users))
+    train, held_out = frame.head(frame.height - 30), frame.tail(30)
+    dataset = Dataset("features", "implicit", n_users, n_items, train, held_out.head(15),
+                      held_out.tail(15), user_features=rng.normal(size=(n_users, 3)),
+                      item_features=rng.normal(size=(n_items, 2)), user_ids=user_ids)
+    spec = TrainSpec.from_table(_table(model={"name": "two_tower", "dim": 6, "hidden": [8]},
+                                       objective={"name": "bpr"},
+                                       optimizer={"monitor": "valid_recall@20", "epochs": 2}))
+    data = PreparedData(dataset)
+    result = train_run(spec, 0, data)
+    path = export_user_table(TrainedRun(spec, result, data, {}), tmp_path / "users.parquet")
+    table = UserFeatures(str(path))
+    from offline.run_tracking import rebuild_model
+
+    expected = rebuild_model(result, data).user_embeddings().detach().numpy()
+    np.testing.assert_allclose(table.get("user-3"), expected[3], rtol=1e-6)
+    assert table.get("3") is None
