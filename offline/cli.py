@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,8 +68,13 @@ def register_reproduce(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _start(settings: Settings) -> str:
+    """Configure mlflow, keeping its per-model chatter (artifact download bars, registry
+    notices) out of the progress bar and the tables."""
     from recsys.tracking import configure_mlflow
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("mlflow", "mlflow.pyfunc", "mlflow.tracking", "mlflow.store"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return configure_mlflow(settings)
 
 

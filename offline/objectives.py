@@ -873,6 +873,39 @@ class BCE(_PairwiseOrPointwise):
         return self._finish(L.bce_with_logits(logits, labels).mean(), batch["rows"])
 
 
+class RelIPS(_PairwiseOrPointwise):
+    """Unbiased pointwise loss for clicks under exposure bias (Saito et al., WSDM 2020, Rel-MF):
+    a click at exposure propensity θ counts as relevance 1/θ, so the loss of a positive is
+    (1/θ)·(−log σ(s)) + (1 − 1/θ)·(−log(1 − σ(s))); sampled non-clicked pairs are plain negatives.
+    Naive BCE treats every unclicked pair as irrelevant and so learns exposure × relevance."""
+
+    name = "rel_ips"
+    fixed_base = "bce"
+    defaults: ClassVar[dict[str, Any]] = {"n_negatives": 1, "clip": 0.05}
+
+    def _validate(self, hp: dict[str, Any]) -> None:
+        super()._validate(hp)
+        self._require(0 < hp["clip"] <= 1, f"{self.name}: clip must be in (0, 1]")
+
+    def _setup(self, model: nn.Module, data: TrainTensors) -> None:
+        super()._setup(model, data)
+        if data.propensity is None:
+            raise ValueError(f"{self.name} needs the exposure propensity of each click: set "
+                             "[train.propensity] (e.g. estimator = \"popularity\")")
+        self._inverse = L.inverse_propensity(data.propensity.cpu(), self.hyperparameters["clip"])
+
+    def loss(self, model: nn.Module, batch: Batch, epoch: int) -> torch.Tensor:
+        positive, negative = self._scores(model, batch)
+        weight = self._inverse[batch["rows"]].to(positive.device, positive.dtype)
+        ones, zeros = torch.ones_like(positive), torch.zeros_like(positive)
+        positive_loss = (weight * L.bce_with_logits(positive, ones)
+                         + (1 - weight) * L.bce_with_logits(positive, zeros))
+        negative_loss = L.bce_with_logits(negative.reshape(-1), torch.zeros_like(
+            negative.reshape(-1)))
+        value = torch.cat([positive_loss, negative_loss]).mean()
+        return self._finish(value, batch["rows"])
+
+
 class BPR(_PairwiseOrPointwise):
     """−log σ(s_pos − s_neg) with one uniform negative per positive."""
 
@@ -1031,7 +1064,8 @@ class PLDBCE(PLD):
 
 OBJECTIVES: dict[str, type[Objective]] = {
     cls.name: cls
-    for cls in (Naive, IPS, SNIPS, DRJL, KBIPS, KBDR, BCE, BPR, TCE, RCE, PLD, PLDBCE)
+    for cls in (Naive, IPS, SNIPS, DRJL, KBIPS, KBDR, BCE, RelIPS, BPR, TCE, RCE, PLD,
+                PLDBCE)
 }
 
 

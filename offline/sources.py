@@ -144,6 +144,7 @@ SOURCES: dict[str, Callable[..., PreparedData]] = {
     "finn": _finn,
     "lake": _lake,
     "simulator_exposure": _simulated("simulator-exposure", "rating"),
+    "simulator_exposure_clicks": _simulated("simulator-exposure", "implicit"),
     "simulator_noisy_clicks": _simulated("simulator-noisy-clicks", "implicit"),
 }
 
