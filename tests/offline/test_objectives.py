@@ -18,7 +18,7 @@ from offline.objectives import OBJECTIVES, Objective, TrainTensors, make_objecti
 torch.set_num_threads(1)
 
 RATING = ("naive", "ips", "snips", "dr_jl", "kbips", "kbdr")
-ROW_BATCHED_IMPLICIT = ("bce", "bpr", "tce", "rce")
+ROW_BATCHED_IMPLICIT = ("bce", "rel_ips", "bpr", "tce", "rce")
 
 
 class Dot(nn.Module):
@@ -50,7 +50,7 @@ def random_data(
         labels=labels,
         n_users=n_users,
         n_items=n_items,
-        propensity=None if implicit else torch.rand(n, generator=gen) * 0.5 + 0.05,
+        propensity=torch.rand(n, generator=gen) * 0.5 + 0.05,  # rel_ips needs it on clicks
         noise=torch.rand(n, generator=gen) < 0.2,
     )
 
@@ -515,3 +515,29 @@ def test_epoch_stats_reset() -> None:
     objective, model = ready("bpr", random_data(implicit=True))
     train(objective, model, epochs=1, batch_size=64)
     assert objective.epoch_stats() == {}
+
+
+def test_rel_ips_reweights_clicks_by_exposure_and_equals_bce_at_full_exposure() -> None:
+    users = torch.tensor([0, 0, 1, 2])
+    items = torch.tensor([1, 2, 0, 3])
+    propensity = torch.tensor([1.0, 0.5, 0.25, 1.0])
+    data = TrainTensors(users, items, torch.ones(4), 3, 6, propensity=propensity)
+    rel, model = ready("rel_ips", data, n_negatives=2, clip=0.05)
+    batch = next(rel.batches(0, 4))
+    positive = model(batch["users"], batch["pos_items"])
+    negative = model(batch["users"].unsqueeze(1).expand(-1, 2), batch["neg_items"]).reshape(-1)
+    weight = 1 / propensity[batch["rows"]]
+    expected = torch.cat([
+        weight * -torch.nn.functional.logsigmoid(positive)
+        + (1 - weight) * -torch.nn.functional.logsigmoid(-positive),
+        -torch.nn.functional.logsigmoid(-negative),
+    ]).mean()
+    assert torch.allclose(rel.loss(model, batch, 0), expected, atol=1e-6)
+    # Fully exposed clicks: the unbiased loss is plain BCE on the same batch.
+    exposed = TrainTensors(users, items, torch.ones(4), 3, 6, propensity=torch.ones(4))
+    rel_full, model = ready("rel_ips", exposed, n_negatives=2)
+    bce, _ = ready("bce", exposed, n_negatives=2)
+    batch = next(rel_full.batches(0, 4))
+    assert torch.allclose(rel_full.loss(model, batch, 0), bce.loss(model, batch, 0), atol=1e-6)
+    with pytest.raises(ValueError, match="exposure propensity"):
+        ready("rel_ips", TrainTensors(users, items, torch.ones(4), 3, 6))
