@@ -112,12 +112,14 @@ def run_train(args: argparse.Namespace) -> int:
     except (SpecError, ValueError, FileNotFoundError) as exc:
         print(f"recsys train: {exc}", file=sys.stderr)
         return 2
-    metrics = sorted({k for run in runs for k in run.result.metrics
-                      if k.startswith("test_") and "snips" not in k})
+    shown = ("test_mae", "test_mse", "test_auc", "test_recall@20", "test_ndcg@20",
+             "test_true_recall@20", "train_noisy_share")
+    metrics = [k for k in shown if any(k in run.result.metrics for run in runs)]
     print(f"\n{spec.name}: {len(runs)} run(s) in {time.perf_counter() - started:.0f} s")
     for run in runs:
-        shown = ", ".join(f"{k}={run.result.metrics[k]:.4f}" for k in metrics)
-        print(f"  seed {run.result.seed}: best epoch {run.result.best_epoch}: {shown}")
+        values = ", ".join(f"{k}={run.result.metrics[k]:.4f}" for k in metrics
+                           if k in run.result.metrics)
+        print(f"  seed {run.result.seed}: best epoch {run.result.best_epoch}: {values}")
         print(f"    mlflow run {run.mlflow['run_id']}  model {run.mlflow['model_uri']}")
     if len(runs) > 1:
         for k in metrics:

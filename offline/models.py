@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 def _index(values: Any, device: torch.device) -> Tensor:
     """Ids as a long tensor on ``device`` (accepts tensors, numpy arrays and sequences)."""
+    if isinstance(values, np.ndarray) and not values.flags.writeable:
+        values = values.copy()  # read-only views (e.g. from polars) cannot back a tensor
     return torch.as_tensor(values, dtype=torch.long, device=device)
 
 

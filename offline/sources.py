@@ -69,10 +69,49 @@ def _finn(params: dict[str, Any], seed: int, data_dir: Path, lake_uri: str) -> P
     return PreparedData(finn_dataset(path, seed=seed, **params))
 
 
+FEEDBACK = ("clicks", "shown")
+
+
+def as_feedback(dataset: Dataset, feedback: str, noise_ratio: float, seed: int) -> Dataset:
+    """Logged rewards as training data: ``"shown"`` keeps every shown item with its 0/1 outcome
+    and logged propensity (a rating task); ``"clicks"`` keeps each clicked pair once (implicit
+    feedback, accidental clicks marked noise) with PLD-protocol noise at ``noise_ratio``."""
+    if feedback not in FEEDBACK:
+        raise SpecError(f"[train.data] feedback must be one of {FEEDBACK}, got {feedback!r}")
+    lineage = {**dataset.lineage, "feedback": feedback, "noise_ratio": str(noise_ratio)}
+    if feedback == "shown":
+        return dataclasses.replace(dataset, task="rating", lineage=lineage)
+
+    def clicks(frame: pl.DataFrame) -> pl.DataFrame:
+        if "noise" not in frame.columns:
+            frame = frame.with_columns(pl.lit(False).alias("noise"))
+        return (frame.filter(pl.col("label") > 0)
+                .group_by("user_id", "item_id", maintain_order=True)
+                .agg(pl.col("label").first(), pl.col("noise").all())
+                .select("user_id", "item_id", "label", "noise"))
+
+    train, valid, test = (clicks(f) for f in (dataset.train, dataset.valid, dataset.test))
+    # A pair clicked in train is not a held-out target (the split is over log rows).
+    valid = valid.join(train, on=["user_id", "item_id"], how="anti")
+    test = test.join(pl.concat([train, valid]), on=["user_id", "item_id"], how="anti")
+    if noise_ratio > 0:
+        interacted = pl.concat([train, valid, test]).select("user_id", "item_id")
+        clicked_noise = train.select("user_id", "item_id", pl.col("noise").alias("clicked"))
+        train = (inject_noise(train.drop("noise"), interacted, dataset.n_items, noise_ratio, seed)
+                 .join(clicked_noise, on=["user_id", "item_id"], how="left")
+                 .with_columns(pl.col("noise") | pl.col("clicked").fill_null(False))
+                 .drop("clicked"))
+    return dataclasses.replace(dataset, task="implicit", train=train, valid=valid.drop("noise"),
+                               test=test.drop("noise"), lineage=lineage)
+
+
 def _lake(params: dict[str, Any], seed: int, data_dir: Path, lake_uri: str) -> PreparedData:
     uri = params.pop("uri", lake_uri)
+    feedback = params.pop("feedback", "clicks")
+    noise_ratio = float(params.pop("noise_ratio", 0.0))
     lake = lake_dataset(uri, seed=seed, **params)
-    return PreparedData(lake.dataset, user_ids=tuple(str(u) for u in lake.user_ids))
+    return PreparedData(as_feedback(lake.dataset, feedback, noise_ratio, seed),
+                        user_ids=tuple(str(u) for u in lake.user_ids))
 
 
 def simulated_dataset_dir(kind: str, params: dict[str, Any], seed: int, data_dir: Path) -> Path:
@@ -91,7 +130,7 @@ def simulated_dataset_dir(kind: str, params: dict[str, Any], seed: int, data_dir
     return out
 
 
-def _simulated(kind: str, task: str) -> Callable[..., PreparedData]:
+def _simulated(kind: str, feedback: str) -> Callable[..., PreparedData]:
     def load(params: dict[str, Any], seed: int, data_dir: Path, lake_uri: str) -> PreparedData:
         noise_ratio = float(params.pop("noise_ratio", 0.0))
         split = params.pop("split", "user")
@@ -100,39 +139,13 @@ def _simulated(kind: str, task: str) -> Callable[..., PreparedData]:
         lake = lake_dataset(folder / "lake", split=split, seed=seed,
                             name=kind.replace("-", "_"))
         truth = np.load(folder / "truth.npz")["relevance"]
-        users = lake.user_ids.astype(np.int64)
-        relevance = truth[np.ix_(users, lake.item_ids.astype(np.int64))]
-        dataset = lake.dataset
-        lineage = {**dataset.lineage, "data_source": kind, "world_seed": str(world_seed),
-                   "noise_ratio": str(noise_ratio)}
-        if task == "rating":  # shown items with 0/1 outcomes and their logged propensities
-            dataset = dataclasses.replace(dataset, task="rating", true_relevance=relevance,
-                                          lineage=lineage)
-        else:  # clicked pairs only, once each; the simulator's accidental clicks are noise
-            def clicks(frame: pl.DataFrame) -> pl.DataFrame:
-                return (frame.filter(pl.col("label") > 0)
-                        .group_by("user_id", "item_id", maintain_order=True)
-                        .agg(pl.col("label").first(), pl.col("noise").all())
-                        .select("user_id", "item_id", "label", "noise"))
-
-            train, valid, test = (clicks(f) for f in (dataset.train, dataset.valid, dataset.test))
-            # A pair clicked in train is not a test target (the split is over log rows).
-            valid = valid.join(train, on=["user_id", "item_id"], how="anti")
-            test = test.join(pl.concat([train, valid]), on=["user_id", "item_id"], how="anti")
-            interacted = pl.concat([train, valid, test]).select("user_id", "item_id")
-            if noise_ratio > 0:
-                train = inject_noise(train.drop("noise"), interacted, dataset.n_items,
-                                     noise_ratio, seed).join(
-                    train.select("user_id", "item_id", pl.col("noise").alias("clicked_noise")),
-                    on=["user_id", "item_id"], how="left",
-                ).with_columns(
-                    (pl.col("noise") | pl.col("clicked_noise").fill_null(False)).alias("noise")
-                ).drop("clicked_noise")
-            dataset = dataclasses.replace(
-                dataset, train=train, valid=valid.drop("noise"), test=test.drop("noise"),
-                true_relevance=relevance, lineage=lineage,
-            )
-        return PreparedData(dataset, user_ids=tuple(str(u) for u in lake.user_ids))
+        relevance = truth[np.ix_(lake.user_ids.astype(np.int64), lake.item_ids.astype(np.int64))]
+        dataset = dataclasses.replace(
+            lake.dataset, true_relevance=relevance,
+            lineage={**lake.dataset.lineage, "data_source": kind, "world_seed": str(world_seed)},
+        )
+        return PreparedData(as_feedback(dataset, feedback, noise_ratio, seed),
+                            user_ids=tuple(str(u) for u in lake.user_ids))
 
     return load
 
@@ -143,9 +156,9 @@ SOURCES: dict[str, Callable[..., PreparedData]] = {
     "obd": _real(obd_dataset, "obd"),
     "finn": _finn,
     "lake": _lake,
-    "simulator_exposure": _simulated("simulator-exposure", "rating"),
-    "simulator_exposure_clicks": _simulated("simulator-exposure", "implicit"),
-    "simulator_noisy_clicks": _simulated("simulator-noisy-clicks", "implicit"),
+    "simulator_exposure": _simulated("simulator-exposure", "shown"),
+    "simulator_exposure_clicks": _simulated("simulator-exposure", "clicks"),
+    "simulator_noisy_clicks": _simulated("simulator-noisy-clicks", "clicks"),
 }
 
 
