@@ -145,13 +145,16 @@ def pld_candidate_probabilities(losses: torch.Tensor, tau: float) -> torch.Tenso
     """PLD resampling probabilities softmax(−ℓ/τ) over the last axis (the candidate pool)."""
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
-    return torch.softmax(-losses / tau, dim=-1)
+    # softmax written out: torch.softmax over a last axis of a few candidates is several times
+    # slower on CPU, and this sits on PLD's per-step path.
+    weights = torch.exp((losses.amin(dim=-1, keepdim=True) - losses) / tau)
+    return weights / weights.sum(dim=-1, keepdim=True)
 
 
 def choose_by_uniforms(probabilities: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Index per row drawn from ``probabilities`` by inverting its CDF at the given U(0,1) draws."""
     cdf = probabilities.cumsum(dim=-1)
-    index = (cdf < uniforms.unsqueeze(-1) * cdf[..., -1:]).sum(dim=-1)
+    index = (cdf < uniforms.unsqueeze(-1).to(cdf.dtype) * cdf[..., -1:]).sum(dim=-1)
     return index.clamp_max(probabilities.shape[-1] - 1)
 
 

@@ -1033,7 +1033,7 @@ class PLD(_ImplicitObjective):
             candidate_losses = self._candidate_losses(pool_scores, negative_scores)
             probabilities = L.pld_candidate_probabilities(candidate_losses,
                                                           self.hyperparameters["tau"])
-            choice = L.choose_by_uniforms(probabilities.double(), batch["uniforms"])
+            choice = L.choose_by_uniforms(probabilities, batch["uniforms"])
         index = torch.arange(size, device=choice.device)
         value = self._step_loss(*_score_pairs(model, (users, pool_items[index, choice]),
                                               (users, negatives)))
