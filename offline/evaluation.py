@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -20,8 +21,9 @@ import torch
 from torch import nn
 
 from recsys.ranking import (
+    UserItems,
     auc,
-    rank_metrics,
+    rank_metrics_per_user,
     rating_metrics,
     relevance_recall,
     true_relevance_at_k,
@@ -56,18 +58,34 @@ def predict_pairs(model: nn.Module, users: np.ndarray, items: np.ndarray) -> np.
 
 
 @torch.no_grad()
-def score_matrix(model: nn.Module, n_users: int) -> np.ndarray:
-    """(n_users, n_items) scores, computed in blocks of users."""
+def score_blocks(model: nn.Module, n_users: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(users, their scores over every item) in blocks of ``SCORE_CHUNK`` users, so full ranking
+    never holds the whole (n_users, n_items) matrix."""
     device = next(model.parameters()).device
-    blocks = [
-        model.score_all(torch.arange(start, min(start + SCORE_CHUNK, n_users), device=device))
-        .detach()
-        .cpu()
-        .double()
-        .numpy()
-        for start in range(0, n_users, SCORE_CHUNK)
-    ]
-    return np.concatenate(blocks, axis=0)
+    for start in range(0, n_users, SCORE_CHUNK):
+        users = np.arange(start, min(start + SCORE_CHUNK, n_users))
+        scores = model.score_all(torch.as_tensor(users, device=device))
+        yield users, scores.detach().cpu().double().numpy()
+
+
+def score_matrix(model: nn.Module, n_users: int) -> np.ndarray:
+    """(n_users, n_items) scores (for the simulator's true-relevance metrics)."""
+    return np.concatenate([scores for _, scores in score_blocks(model, n_users)], axis=0)
+
+
+def _rank_metrics(model: nn.Module, test: UserItems, mask: UserItems | None,
+                  n_users: int) -> dict[str, float]:
+    """``recsys.ranking.rank_metrics`` over score blocks: per-user values, averaged over the
+    users with a test item."""
+    blocks: dict[str, list[np.ndarray]] = {}
+    for users, scores in score_blocks(model, n_users):
+        for name, values in rank_metrics_per_user(scores, test, mask, KS, users=users).items():
+            blocks.setdefault(name, []).append(values)
+    per_user = {name: np.concatenate(values) for name, values in blocks.items()}
+    ranked = ~np.isnan(next(iter(per_user.values())))
+    if not ranked.any():
+        raise ValueError("no user has a held-out item outside its training items; nothing to rank")
+    return {name: float(values[ranked].mean()) for name, values in per_user.items()}
 
 
 def _rating(model: nn.Module, data: PreparedData, split: Split) -> dict[str, float]:
@@ -105,17 +123,16 @@ def _ranking(model: nn.Module, data: PreparedData, split: Split) -> dict[str, fl
         truth = truth.filter(pl.col("label") > 0)
         seen = []
     seen_frame = pl.concat([f.select("user_id", "item_id") for f in seen]) if seen else None
-    scores = score_matrix(model, n_users)
     out: dict[str, float] = {}
     mask = None
     if seen_frame is not None:
         mask = user_items(seen_frame["user_id"], seen_frame["item_id"], n_users, n_items)
     if truth.height:
         test = user_items(truth["user_id"], truth["item_id"], n_users, n_items)
-        metrics = rank_metrics(scores, test, mask, KS)
-        out.update({f"{split}_{k}": float(v) for k, v in metrics.items()
-                    if "@" in k})
+        metrics = _rank_metrics(model, test, mask, n_users)
+        out.update({f"{split}_{k}": v for k, v in metrics.items()})
     if split == "test" and dataset.true_relevance is not None:
+        scores = score_matrix(model, n_users)
         for k in KS:
             out[f"test_true_recall@{k}"] = relevance_recall(scores, dataset.true_relevance, mask, k)
             out[f"test_true_relevance@{k}"] = true_relevance_at_k(

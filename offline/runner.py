@@ -95,6 +95,5 @@ def export_user_table(run: TrainedRun, path: str | Path) -> Path:
 
     model = rebuild_model(run.result, run.data)
     dataset = run.data.dataset
-    user_ids = (run.data.user_ids or dataset.user_ids
-                or tuple(str(u) for u in range(dataset.n_users)))
+    user_ids = dataset.user_ids or tuple(str(u) for u in range(dataset.n_users))
     return export_user_features(model, path, list(user_ids))

@@ -110,8 +110,7 @@ def _lake(params: dict[str, Any], seed: int, data_dir: Path, lake_uri: str) -> P
     feedback = params.pop("feedback", "clicks")
     noise_ratio = float(params.pop("noise_ratio", 0.0))
     lake = lake_dataset(uri, seed=seed, **params)
-    return PreparedData(as_feedback(lake.dataset, feedback, noise_ratio, seed),
-                        user_ids=tuple(str(u) for u in lake.user_ids))
+    return PreparedData(as_feedback(lake.dataset, feedback, noise_ratio, seed))
 
 
 def simulated_dataset_dir(kind: str, params: dict[str, Any], seed: int, data_dir: Path) -> Path:
@@ -144,8 +143,7 @@ def _simulated(kind: str, feedback: str) -> Callable[..., PreparedData]:
             lake.dataset, true_relevance=relevance,
             lineage={**lake.dataset.lineage, "data_source": kind, "world_seed": str(world_seed)},
         )
-        return PreparedData(as_feedback(dataset, feedback, noise_ratio, seed),
-                            user_ids=tuple(str(u) for u in lake.user_ids))
+        return PreparedData(as_feedback(dataset, feedback, noise_ratio, seed))
 
     return load
 

@@ -36,8 +36,6 @@ class PreparedData:
     """(n_users, n_items) P(observed), for objectives that sample unobserved pairs."""
     valid_propensity: np.ndarray | None = None
     """P(observed) of each validation row (self-normalised validation errors)."""
-    user_ids: tuple[str, ...] | None = None
-    """Original user ids by contiguous id (exporting a user-feature table needs them)."""
     propensity_summary: dict[str, float] = field(default_factory=dict)
 
 
@@ -54,11 +52,6 @@ class RunResult:
     metrics: dict[str, float]
     best_epoch: int
     world_size: int = 1
-
-    @property
-    def mean_epoch_seconds(self) -> float:
-        times = [row["epoch_seconds"] for row in self.history]
-        return float(np.mean(times)) if times else float("nan")
 
 
 def model_arrays(dataset: Dataset, model_name: str) -> dict[str, np.ndarray]:

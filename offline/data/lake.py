@@ -171,6 +171,7 @@ def lake_dataset(
         name=name,
         task="implicit",
         n_users=len(user_ids),
+        user_ids=tuple(str(u) for u in user_ids),
         n_items=len(item_ids),
         train=train,
         valid=valid,
