@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,39 @@ def shared_data() -> Path:
 
 
 # -- real services, started once per test session ------------------------------------------------
+
+SERVICE_FIXTURES = frozenset({"kafka_bootstrap", "unique_topics", "ray_session"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that asks for a real service must say so, so ``-m "not integration"`` starts none."""
+    unmarked = [
+        item.nodeid for item in items
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("integration") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests use a Kafka or Ray fixture without @pytest.mark.integration: "
+            + ", ".join(unmarked[:10]) + (" ..." if len(unmarked) > 10 else "")
+        )
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_ray(request: pytest.FixtureRequest):
+    """A test without the integration marker must not start Ray (directly or through our code)."""
+    if request.node.get_closest_marker("integration") is not None:
+        yield
+        return
+    before = _ray_running()
+    yield
+    if not before and _ray_running():
+        pytest.fail("this test started Ray but is not marked @pytest.mark.integration")
 
 
 @pytest.fixture(scope="session")

@@ -317,6 +317,7 @@ def _options(topics) -> dict:
             "expected_types": {topics["imps"]: I, topics["fbs"]: F}}
 
 
+@pytest.mark.integration
 def test_two_learner_actors_and_two_shard_actors_reach_the_truth(
         kafka_bootstrap, unique_topics, ray_session) -> None:
     ray = ray_session
@@ -350,6 +351,7 @@ def test_two_learner_actors_and_two_shard_actors_reach_the_truth(
             ray.kill(actor)
 
 
+@pytest.mark.integration
 def test_a_learner_rebuilt_from_a_mid_stream_checkpoint_finishes_like_an_undisturbed_one(
         kafka_bootstrap, unique_topics) -> None:
     topics, log, halves = _kafka_log(unique_topics, kafka_bootstrap, seed=9)

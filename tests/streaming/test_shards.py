@@ -244,6 +244,7 @@ def test_checkpoint_restores_the_same_statistics_into_a_fresh_shard() -> None:
         _shards(base)[0].restore(saved, meta)
 
 
+@pytest.mark.integration
 def test_shard_actors_hand_out_snapshots_by_reference(ray_session) -> None:
     ray = ray_session
     base = dense_statistics(ITEMS, DIM)
