@@ -125,3 +125,15 @@ def ray_session():
 def mlflow_store(tmp_path: Path) -> str:
     """A real mlflow store in a fresh sqlite file; returns its tracking URI."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for this test (seeded results and no oversubscription on 2 cores),
+    with the process-wide setting restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -20,6 +20,7 @@ from recsys.events import (
 from recsys.producer import EventProducer
 from streaming.consumer import EventConsumer
 from streaming.topics import TopicLayoutError, ensure_topics
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -189,9 +190,13 @@ def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_keep_flowing(
     with dlq:
         dlq.seek_to_beginning()
         raw = []
-        while len(raw) < len(bad):
+
+        def all_dead_letters_read() -> bool:
             batches = dlq._consumer.poll(timeout_ms=1000)
-            raw += [r for records in batches.values() for r in records]
+            raw.extend(r for records in batches.values() for r in records)
+            return len(raw) >= len(bad)
+
+        wait_until(all_dead_letters_read, timeout_s=60, what=f"{len(bad)} dead letters")
     letters = {decode_dead_letter(r.value).key: decode_dead_letter(r.value) for r in raw}
     assert set(letters) == {key for key, _, _ in bad}
     for key, value, reason in bad:
