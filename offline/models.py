@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import torch
 from torch import Tensor, nn
+
+from recsys.schema import write_user_features
 
 
 def _index(values: Any, device: torch.device) -> Tensor:
@@ -266,22 +267,10 @@ def build_model(name: str, config: dict[str, Any], **arrays: Any) -> nn.Module:
 
 
 def export_user_features(model: nn.Module, path: str | Path, user_ids: Sequence[str]) -> Path:
-    """Write the user embeddings as the serving app's user-feature table (Parquet: ``user_id``
-    string, ``context_dense`` list<float32>), so online bandits can use them as contexts."""
+    """Write the user embeddings as the serving app's user-feature table
+    (``recsys.schema.USER_FEATURES``; ``user_ids``: the raw id of every model user, in model
+    order), so online bandits can use them as contexts."""
     with torch.no_grad():
         matrix = model.user_embeddings().detach().to("cpu", torch.float32).numpy()
-    ids = [str(u) for u in user_ids]
-    if len(ids) != matrix.shape[0]:
-        raise ValueError(f"user_ids has {len(ids)} ids but the model has {matrix.shape[0]} users; "
-                         "pass the raw id of every model user, in model order")
-    if len(set(ids)) != len(ids):
-        raise ValueError("user_ids holds duplicates; each model user needs its own raw id")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame({
-        "user_id": pl.Series(ids, dtype=pl.String),
-        "context_dense": pl.Series(matrix, dtype=pl.Array(pl.Float32, matrix.shape[1])).cast(
-            pl.List(pl.Float32)
-        ),
-    }).write_parquet(path)
-    return path
+    write_user_features(path, user_ids, matrix)
+    return Path(path)

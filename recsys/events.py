@@ -15,6 +15,8 @@ from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
+from recsys import topics
+
 SCHEMA_VERSION = 1
 """Bumped on any incompatible change; decoders reject versions they do not know."""
 
@@ -23,6 +25,7 @@ SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 Probability = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
+StandardError = Annotated[float, msgspec.Meta(ge=0.0)]
 FeedbackType = Literal["click", "add_to_cart", "purchase", "dwell", "rating", "skip"]
 
 
@@ -67,7 +70,7 @@ class SlateEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     position: NonNegativeInt
     score: float
     propensity: Probability
-    propensity_se: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+    propensity_se: StandardError = 0.0
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -90,7 +93,7 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 class Impression(_Event, tag="impression"):
     """A served slate (topic ``recsys.impressions``, key ``request_id``)."""
 
-    topic: ClassVar[str] = "recsys.impressions"
+    topic: ClassVar[str] = topics.IMPRESSIONS
     request_id: NonEmptyStr
     event_time_ms: NonNegativeInt
     user_id: NonEmptyStr
@@ -114,7 +117,7 @@ class Impression(_Event, tag="impression"):
 class Feedback(_Event, tag="feedback"):
     """A user action on a shown item (topic ``recsys.feedback``, key ``request_id``)."""
 
-    topic: ClassVar[str] = "recsys.feedback"
+    topic: ClassVar[str] = topics.FEEDBACK
     request_id: NonEmptyStr
     event_time_ms: NonNegativeInt
     user_id: NonEmptyStr
@@ -131,9 +134,11 @@ class Feedback(_Event, tag="feedback"):
 
 class Reward(_Event, tag="reward"):
     """A joined example, emitted once the attribution window of a shown item has closed
-    (topic ``recsys.rewards``): reward 0 when nothing happened."""
+    (topic ``recsys.rewards``): reward 0 when nothing happened. ``propensity`` and
+    ``propensity_se`` are the shown item's slate entry's; records without ``propensity_se`` decode
+    as 0 (exact)."""
 
-    topic: ClassVar[str] = "recsys.rewards"
+    topic: ClassVar[str] = topics.REWARDS
     request_id: NonEmptyStr
     event_time_ms: NonNegativeInt
     user_id: NonEmptyStr
@@ -144,6 +149,7 @@ class Reward(_Event, tag="reward"):
     propensity: Probability
     policy_name: NonEmptyStr
     policy_version: NonNegativeInt
+    propensity_se: StandardError = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -155,7 +161,7 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     """A record that failed to decode or validate (topic ``recsys.dead-letter``): the raw bytes,
     where they came from and why they were rejected, so nothing bad is ever dropped silently."""
 
-    topic: ClassVar[str] = "recsys.dead-letter"
+    topic: ClassVar[str] = topics.DEAD_LETTER
     source_topic: str
     partition: int
     offset: int
@@ -166,11 +172,8 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     schema_version: int = SCHEMA_VERSION
 
 
-DEAD_LETTER_TOPIC = DeadLetter.topic
-
 Event = Impression | Feedback | Reward
 EVENT_TYPES: tuple[type[_Event], ...] = (Impression, Feedback, Reward)
-TOPIC_OF: dict[type[_Event], str] = {cls: cls.topic for cls in EVENT_TYPES}
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder: msgspec.msgpack.Decoder[Event] = msgspec.msgpack.Decoder(Event)

@@ -76,16 +76,24 @@ def scan_lake(
     full = pa.schema([*schema, *PARTITIONING], metadata=schema.metadata)
     if not files:
         return pl.LazyFrame(pl.from_arrow(full.empty_table()))
+    # Extra columns after the table's (simulated logs: score, noise) as the first file has them.
+    with fs.open(files[0], "rb") as handle:
+        extras = [f for f in pq.read_schema(handle) if f.name not in full.names]
+    file_schema = pa.schema([*schema, *extras], metadata=schema.metadata)
     if isinstance(fs, LocalFileSystem):
-        hive = pl.from_arrow(PARTITIONING.empty_table()).schema  # type: ignore[union-attr]
-        frame = pl.scan_parquet(files, hive_partitioning=True, hive_schema=hive)
+        # Columns a file lacks (propensity_se in files written before it existed) read as nulls.
+        frame = pl.scan_parquet(
+            files,
+            schema=pl.from_arrow(file_schema.empty_table()).schema,  # type: ignore[union-attr]
+            hive_partitioning=True,
+            hive_schema=pl.from_arrow(PARTITIONING.empty_table()).schema,  # type: ignore[union-attr]
+            missing_columns="insert",
+            extra_columns="ignore",
+        )
     else:
-        # Extra columns after the table's (simulated logs: score, noise) as the first file has them.
-        with fs.open(files[0], "rb") as handle:
-            extras = [f for f in pq.read_schema(handle) if f.name not in full.names]
         dataset = ds.dataset(
             files,
-            schema=pa.schema([*schema, *extras, *PARTITIONING], metadata=schema.metadata),
+            schema=pa.schema([*file_schema, *PARTITIONING], metadata=schema.metadata),
             filesystem=fs,
             format="parquet",
             partitioning=ds.partitioning(PARTITIONING, flavor="hive"),

@@ -28,13 +28,21 @@ Decisions
   polars' ``scan_parquet(hive_schema=...)``), and frames read back with them validate.
 * **Provenance.** ``kafka_topic``, ``kafka_partition``, ``kafka_offset`` say which record a row
   came from, so the lake sink can write each offset range exactly once and a reader can
-  de-duplicate. They are the only nullable columns: present in every frame, filled by the lake
-  sink, null in frames that did not come from Kafka (the simulator's).
+  de-duplicate. They are nullable: present in every frame, filled by the lake sink, null in
+  frames that did not come from Kafka (the simulator's).
+* **Propensity error.** ``propensity_se`` (impressions and rewards) is the standard error of a
+  Monte Carlo propensity (Thompson sampling; 0 when exact), so OPE can tell estimated propensities
+  from exact ones. It is the other nullable column: null where the source did not record it (lake
+  files written before the column existed read back with nulls, see ``recsys.lake``).
 * **Version.** ``SCHEMA_VERSION`` is ``recsys.events.SCHEMA_VERSION``: the table schemas change
   exactly when the event contract does. Each row carries the ``schema_version`` of its event, and
   each schema's metadata carries the version it describes (``recsys.schema_version``).
 * **Extra columns** are rejected unless the caller declares them (``extra_columns``): the
   simulator declares its ground-truth ``noise`` label and the policy ``score`` of the shown item.
+
+The serving app's user-feature table (``user_id``, ``context_dense``) is a contract too:
+``USER_FEATURES``, written by ``write_user_features`` (the simulator's users, the offline user
+embeddings) and read by ``read_user_features`` (the serving app).
 
 Public API: ``IMPRESSIONS``, ``FEEDBACK``, ``REWARDS`` (``pa.Schema``), ``arrow_schema(name)``,
 ``polars_schema(name)``, ``validate_frame``/``conform`` (polars frames), and
@@ -44,15 +52,18 @@ Arrow table in one pass; ``pl.from_arrow`` makes it a polars frame without copyi
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from recsys.events import SCHEMA_VERSION, Context, Feedback, Impression, Reward
-from recsys.validation import first_non_finite
+from recsys.storage import PathLike, resolve, write_bytes_atomic
+from recsys.validation import as_array, check_finite, first_non_finite, message
 
 __all__ = [
     "FEEDBACK",
@@ -61,6 +72,7 @@ __all__ = [
     "PROVENANCE_COLUMNS",
     "REWARDS",
     "SCHEMA_VERSION",
+    "USER_FEATURES",
     "TableName",
     "arrow_schema",
     "conform",
@@ -68,8 +80,10 @@ __all__ = [
     "impressions_to_arrow",
     "partition_expressions",
     "polars_schema",
+    "read_user_features",
     "rewards_to_arrow",
     "validate_frame",
+    "write_user_features",
 ]
 
 TableName = Literal["impressions", "feedback", "rewards"]
@@ -105,6 +119,10 @@ _PROVENANCE = [
     pa.field("kafka_offset", pa.int64()),
 ]
 _VERSION = [_required("schema_version", pa.int32())]
+_PROPENSITY = [
+    _required("propensity", pa.float64()),
+    pa.field("propensity_se", pa.float64()),
+]
 
 IMPRESSIONS = pa.schema(
     [
@@ -113,7 +131,7 @@ IMPRESSIONS = pa.schema(
         *_CONTEXT,
         *_SHOWN,
         _required("score", pa.float64()),
-        _required("propensity", pa.float64()),
+        *_PROPENSITY,
         *_VERSION,
         *_PROVENANCE,
     ],
@@ -141,7 +159,7 @@ REWARDS = pa.schema(
         *_CONTEXT,
         *_SHOWN,
         _required("reward", pa.float64()),
-        _required("propensity", pa.float64()),
+        *_PROPENSITY,
         *_VERSION,
         *_PROVENANCE,
     ],
@@ -224,7 +242,7 @@ def validate_frame(
         if column not in present:
             problems.append(
                 f"{name}.{column}: expected a {dtype} column, got no such column; add it "
-                "(recsys.schema.conform fills missing provenance columns with nulls)"
+                "(recsys.schema.conform fills missing nullable columns with nulls)"
             )
         elif present[column] != dtype:
             problems.append(
@@ -265,8 +283,9 @@ def conform(
     """``frame`` in the lake schema's column order and dtypes, then validated.
 
     Casts are strict (a value that does not fit is an error naming the column, never a silent
-    null); missing provenance columns are added as nulls; declared extras and partition columns
-    are kept after the schema columns. Anything else is left for ``validate_frame`` to reject.
+    null); missing nullable columns (provenance, ``propensity_se``) are added as nulls; declared
+    extras and partition columns are kept after the schema columns. Anything else is left for
+    ``validate_frame`` to reject.
     """
     if not isinstance(frame, pl.DataFrame):
         raise TypeError(f"frame: expected a polars DataFrame, got {type(frame).__name__}")
@@ -379,7 +398,7 @@ def impressions_to_arrow(
     """
     n = len(events)
     request_id, event_time, user_id, policy_name, policy_version, version = ([] for _ in range(6))
-    slate_size, position, item_id, score, propensity = ([] for _ in range(5))
+    slate_size, position, item_id, score, propensity, propensity_se = ([] for _ in range(6))
     context = _ContextColumns()
     for index, event in enumerate(events):
         _check_type(event, Impression, index)
@@ -396,6 +415,7 @@ def impressions_to_arrow(
             item_id.append(entry.item_id)
             score.append(entry.score)
             propensity.append(entry.propensity)
+            propensity_se.append(entry.propensity_se)
     per_request = pa.table(
         [
             pa.array(request_id, pa.string()),
@@ -415,6 +435,7 @@ def impressions_to_arrow(
         "item_id": pa.array(item_id, pa.int64()),
         "score": pa.array(score, pa.float64()),
         "propensity": pa.array(propensity, pa.float64()),
+        "propensity_se": pa.array(propensity_se, pa.float64()),
     }
     columns = [shown[f.name] if f.name in shown else rows[f.name] for f in IMPRESSIONS]
     return pa.Table.from_arrays(columns, schema=IMPRESSIONS)
@@ -461,7 +482,7 @@ def rewards_to_arrow(
 ) -> pa.Table:
     """A batch of joined rewards as one ``REWARDS`` table (one row per event)."""
     request_id, event_time, user_id, policy_name, policy_version = ([] for _ in range(5))
-    position, item_id, reward, propensity, version = ([] for _ in range(5))
+    position, item_id, reward, propensity, propensity_se, version = ([] for _ in range(6))
     context = _ContextColumns()
     for index, event in enumerate(events):
         _check_type(event, Reward, index)
@@ -475,6 +496,7 @@ def rewards_to_arrow(
         item_id.append(event.item_id)
         reward.append(event.reward)
         propensity.append(event.propensity)
+        propensity_se.append(event.propensity_se)
         version.append(event.schema_version)
     arrays = [
         pa.array(request_id, pa.string()),
@@ -487,7 +509,98 @@ def rewards_to_arrow(
         pa.array(item_id, pa.int64()),
         pa.array(reward, pa.float64()),
         pa.array(propensity, pa.float64()),
+        pa.array(propensity_se, pa.float64()),
         pa.array(version, pa.int32()),
         *_kafka_columns(len(events), kafka_topic, kafka_partition, kafka_offset),
     ]
     return pa.Table.from_arrays(arrays, schema=REWARDS)
+
+
+# ------------------------------------------------------------------------ the user-feature table
+
+USER_FEATURES = pa.schema(
+    [_required("user_id", pa.string()), _required("context_dense", pa.list_(pa.float32()))],
+    metadata=_METADATA,
+)
+"""The serving app's user-feature table: each user's dense context (float32), one row per user."""
+
+
+def write_user_features(
+    path: PathLike, user_ids: Sequence[str], features: np.ndarray, *, filesystem: Any = None
+) -> str:
+    """Write ``features[i]`` as the context of ``user_ids[i]`` in the ``USER_FEATURES`` table.
+
+    One Parquet file at ``path`` (a local path or fsspec URI), written atomically; returns the
+    path within its filesystem. Ids must be distinct and the features finite in float32.
+    """
+    ids = [str(u) for u in user_ids]
+    matrix = as_array(features, "features", 2)
+    if len(ids) != matrix.shape[0]:
+        raise ValueError(
+            message("user_ids", f"one id per row of features ({matrix.shape[0]})",
+                    f"{len(ids)} ids", "pass the raw id of every user, in row order")
+        )
+    if len(set(ids)) != len(ids):
+        first = ids[int(pl.Series(ids).is_duplicated().arg_true()[0])]
+        raise ValueError(
+            message("user_ids", "distinct ids", f"{first!r} more than once",
+                    "each user needs its own id")
+        )
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused just below
+        values = matrix.astype(np.float32)
+    check_finite(values, "features", "rescale them to fit float32")
+    n, dim = values.shape
+    dense = pa.ListArray.from_arrays(
+        pa.array(np.arange(n + 1) * dim, pa.int32()),
+        pa.array(values.ravel(), pa.float32()),
+        type=pa.list_(pa.float32()),
+    )
+    table = pa.Table.from_arrays([pa.array(ids, pa.string()), dense], schema=USER_FEATURES)
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    fs, target = resolve(path, filesystem)
+    write_bytes_atomic(fs, target, sink.getvalue())
+    return target
+
+
+def read_user_features(
+    path: PathLike, *, filesystem: Any = None, name: str = "path"
+) -> tuple[list[str], np.ndarray]:
+    """The ids and the (n_users, dim) float64 contexts of a ``USER_FEATURES`` table.
+
+    ``name`` is how the caller's user spells ``path`` (a setting's name), for the error messages.
+    """
+    fs, source = resolve(path, filesystem)
+    columns = USER_FEATURES.names
+    try:
+        with fs.open(source, "rb") as handle:
+            table = pq.read_table(handle, columns=columns)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise ValueError(
+            message(name, f"a Parquet table with columns {columns}", f"{path!r} ({exc})",
+                    "write it with recsys.schema.write_user_features")
+        ) from None
+    try:
+        table = table.cast(USER_FEATURES)
+    except (ValueError, pa.ArrowException) as exc:
+        raise ValueError(
+            message(name, f"the user-feature schema ({USER_FEATURES.types})",
+                    f"{table.schema.types} in {path!r} ({exc})")
+        ) from None
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    nulls = frame.null_count().row(0)
+    if any(nulls):
+        raise ValueError(message(name, "no null ids or contexts", f"{sum(nulls)} in {path!r}"))
+    ids = frame["user_id"].to_list()
+    if len(set(ids)) != len(ids):
+        raise ValueError(message(name, "one row per user id", f"repeated ids in {path!r}"))
+    dims = frame["context_dense"].list.len()
+    if frame.height and dims.min() != dims.max():
+        raise ValueError(
+            message(name, "contexts of one length", f"lengths {dims.min()}..{dims.max()} in "
+                    f"{path!r}")
+        )
+    dim = int(dims.max()) if frame.height else 0
+    flat = frame["context_dense"].explode().to_numpy() if dim else np.empty(0)
+    return ids, np.asarray(flat, dtype=np.float64).reshape(frame.height, dim)

@@ -23,7 +23,7 @@ from recsys.events import (
     decode,
 )
 from recsys.producer import EventProducer
-from streaming.topics import DEAD_LETTER
+from recsys.topics import DEAD_LETTER
 
 CONTRACT_TOPIC_TYPES: dict[str, type] = {cls.topic: cls for cls in EVENT_TYPES}
 # Bad input, not bugs: the only failures that go to the dead-letter topic. (``decode`` already turns

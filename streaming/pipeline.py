@@ -28,12 +28,13 @@ from recsys.bandits.protocol import Statistics
 from recsys.checkpoint import Checkpoint, CheckpointStore
 from recsys.config import StreamSettings
 from recsys.events import Feedback, Impression
+from recsys.topics import DEAD_LETTER, FEEDBACK, IMPRESSIONS, REWARDS
 from streaming.coordinator import CheckpointCoordinator, CheckpointReport, PipelineActors
 from streaming.joiner import JoinerActor
 from streaming.lake_writer import LakeWriterActor
 from streaming.learner import LearnerActor
 from streaming.shards import ParameterShardActor, shard_parts
-from streaming.topics import DEAD_LETTER, FEEDBACK, IMPRESSIONS, REWARDS, cluster_layout
+from streaming.topics import cluster_layout
 
 Offsets = dict[tuple[str, int], int]
 

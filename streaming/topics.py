@@ -1,4 +1,6 @@
-"""Topic names, idempotent topic creation, and the check that co-partitioned topics agree."""
+"""Kafka administration of the contract topics (``recsys.topics`` names them): idempotent topic
+creation, the check that co-partitioned topics agree, and the cluster layout a checkpoint
+records."""
 
 from __future__ import annotations
 
@@ -10,13 +12,8 @@ from dataclasses import dataclass
 from kafka.admin import KafkaAdminClient
 from kafka.errors import TopicAlreadyExistsError
 
-from recsys.events import DEAD_LETTER_TOPIC, Feedback, Impression, Reward
+from recsys.topics import DEAD_LETTER, FEEDBACK, IMPRESSIONS, REWARDS
 
-IMPRESSIONS = Impression.topic
-FEEDBACK = Feedback.topic
-REWARDS = Reward.topic
-DEAD_LETTER = DEAD_LETTER_TOPIC
-ALL_TOPICS = (IMPRESSIONS, FEEDBACK, REWARDS, DEAD_LETTER)
 # Impressions and feedback are keyed by request id and joined partition by partition: partition p
 # of one must hold the same requests as partition p of the other, so their counts must be equal.
 CO_PARTITIONED: tuple[tuple[str, ...], ...] = ((IMPRESSIONS, FEEDBACK),)

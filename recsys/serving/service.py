@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys import topics
 from recsys.bandits import (
     BasePolicy,
     DiagLinTS,
@@ -45,6 +46,7 @@ from recsys.bandits import (
 from recsys.config import ServeSettings, Settings, parse_traffic
 from recsys.events import Context, Feedback, Impression, SlateEntry
 from recsys.producer import EventProducer
+from recsys.schema import read_user_features
 from recsys.serving.backends import make_scorer
 from recsys.serving.metrics import ServingMetrics
 from recsys.serving.schemas import FeedbackIn, Health, RecommendRequest, RecommendResponse
@@ -88,8 +90,8 @@ class ServiceConfig:
     policies: dict[str, dict[str, Any]]
     traffic: dict[str, float]
     serve: ServeSettings = field(default_factory=ServeSettings)
-    impressions_topic: str = "recsys.impressions"
-    feedback_topic: str = "recsys.feedback"
+    impressions_topic: str = topics.IMPRESSIONS
+    feedback_topic: str = topics.FEEDBACK
     client_options: dict[str, Any] = field(default_factory=dict)
     compression: str = "lz4"
     seed: int | None = None
@@ -104,8 +106,8 @@ class ServiceConfig:
     @classmethod
     def from_settings(cls, settings: Settings, *, bootstrap: str, shard_names: list[str],
                       shard_namespace: str | None, client_options: dict[str, Any] | None = None,
-                      impressions_topic: str = "recsys.impressions",
-                      feedback_topic: str = "recsys.feedback") -> ServiceConfig:
+                      impressions_topic: str = topics.IMPRESSIONS,
+                      feedback_topic: str = topics.FEEDBACK) -> ServiceConfig:
         """The replica configuration of ``[serve]`` for a running pipeline's shards."""
         import json
 
@@ -149,24 +151,11 @@ class _Served:
 
 
 class UserFeatures:
-    """The user-feature table (Parquet: ``user_id`` string, ``context_dense`` list of floats)."""
+    """The user-feature table (``recsys.schema.USER_FEATURES``), looked up by user id."""
 
     def __init__(self, uri: str) -> None:
-        import polars as pl
-
-        try:
-            frame = pl.read_parquet(uri, columns=["user_id", "context_dense"])
-        except Exception as exc:  # polars raises several types for a missing or bad file
-            raise ValueError(f"user_features_uri: cannot read {uri!r} as a Parquet table with "
-                             f"user_id and context_dense ({exc})") from None
-        dims = frame["context_dense"].list.len()
-        if frame.height and dims.min() != dims.max():
-            raise ValueError(f"user_features_uri: {uri!r} has contexts of different lengths "
-                             f"({dims.min()}..{dims.max()})")
-        self.index = dict(zip(frame["user_id"].to_list(), range(frame.height), strict=True))
-        dim = int(dims.max()) if frame.height else 0
-        self.matrix = (frame["context_dense"].cast(pl.Array(pl.Float64, dim)).to_numpy()
-                       if frame.height else np.empty((0, 0)))
+        ids, self.matrix = read_user_features(uri, name="user_features_uri")
+        self.index = dict(zip(ids, range(len(ids)), strict=True))
 
     def get(self, user_id: str) -> np.ndarray | None:
         row = self.index.get(user_id)

@@ -115,7 +115,7 @@ def test_exported_user_features_load_in_the_serving_app(name, tmp_path):
         np.testing.assert_array_equal(table.get(raw_ids[row]), expected[row].astype(np.float64))
     assert table.get("nobody") is None
     assert not math.isnan(float(table.matrix.sum()))
-    with pytest.raises(ValueError, match="in model order"):
+    with pytest.raises(ValueError, match="user_ids: expected one id per row"):
         export_user_features(model, tmp_path / "x.parquet", raw_ids[:-1])
-    with pytest.raises(ValueError, match="duplicates"):
+    with pytest.raises(ValueError, match="user_ids: expected distinct ids"):
         export_user_features(model, tmp_path / "x.parquet", ["a"] * model.n_users)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -82,8 +83,8 @@ def test_feedback_round_trips(request_id, item, position, value, kind) -> None:
     assert decode(encode(event)) == event
 
 
-@given(contexts(), finite, propensity)
-def test_reward_round_trips(context, reward, p) -> None:
+@given(contexts(), finite, propensity, st.floats(0, 1))
+def test_reward_round_trips(context, reward, p, se) -> None:
     event = Reward(
         request_id="r",
         event_time_ms=1,
@@ -95,8 +96,27 @@ def test_reward_round_trips(context, reward, p) -> None:
         propensity=p,
         policy_name="ts",
         policy_version=2,
+        propensity_se=se,
     )
     assert decode(encode(event)) == event
+
+
+def test_records_written_before_propensity_se_existed_decode_as_exact() -> None:
+    entry = {"item_id": 3, "position": 0, "score": 1.0, "propensity": 0.5}
+    context = {"dense": [0.5]}
+    old_impression = {"type": "impression", "schema_version": SCHEMA_VERSION, "request_id": "r",
+                      "event_time_ms": 1, "user_id": "u", "context": context,
+                      "policy_name": "ts", "policy_version": 0, "slate": [entry]}
+    old_reward = {"type": "reward", "schema_version": SCHEMA_VERSION, "request_id": "r",
+                  "event_time_ms": 1, "user_id": "u", "context": context, "item_id": 3,
+                  "position": 0, "reward": 1.0, "propensity": 0.5, "policy_name": "ts",
+                  "policy_version": 0}
+    impression = decode(msgspec.msgpack.encode(old_impression))
+    assert isinstance(impression, Impression) and impression.slate[0].propensity_se == 0.0
+    reward = decode(msgspec.msgpack.encode(old_reward))
+    assert isinstance(reward, Reward) and reward.propensity_se == 0.0
+    with pytest.raises(EventValidationError, match="propensity_se"):
+        decode(msgspec.msgpack.encode({**old_reward, "propensity_se": -0.1}))
 
 
 def test_every_record_carries_the_schema_version() -> None:

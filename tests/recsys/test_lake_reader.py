@@ -1,7 +1,8 @@
 """recsys.lake reads a hand-written hive layout: values round-trip with the schema's dtypes and
 the directory columns, each Kafka record is read once, rewards once per (request_id, item_id)
 (the smallest partition, then offset), rows without provenance are kept as written, extra
-columns survive, and a memory:// root reads the same as a local one."""
+columns survive, a memory:// root reads the same as a local one, and files written before
+``propensity_se`` existed read it as null."""
 
 from __future__ import annotations
 
@@ -159,3 +160,25 @@ def test_a_memory_root_reads_what_a_local_root_reads(tmp_path):
         assert len(lake_files(root, "rewards")) == 3
     finally:
         fsspec.filesystem("memory").rm(root.removeprefix("memory://"), recursive=True)
+
+
+@pytest.mark.parametrize("old_file_first", [True, False])
+@pytest.mark.parametrize("memory", [False, True])
+def test_files_written_before_propensity_se_existed_read_it_as_null(tmp_path, old_file_first,
+                                                                     memory):
+    old = rewards_frame(3)
+    new = rewards_frame(3, first_offset=3, request_prefix="s").with_columns(
+        pl.Series("propensity_se", [0.0, 0.01, 0.02])
+    )
+    root = f"memory://lake-old-{np.random.default_rng().integers(1 << 30)}" if memory else tmp_path
+    names = ("a", "b") if old_file_first else ("b", "a")
+    write_hive(root, "rewards", old.drop("propensity_se"), name=names[0])
+    write_hive(root, "rewards", new, name=names[1])
+    try:
+        read = scan_lake(root, "rewards").collect().sort("kafka_offset")
+        assert dict(read.drop("event_date", "event_hour").schema) == dict(polars_schema("rewards"))
+        assert read["propensity_se"].to_list() == [None, None, None, 0.0, 0.01, 0.02]
+        assert read["propensity"].to_list() == [0.25] * 6
+    finally:
+        if memory:
+            fsspec.filesystem("memory").rm(str(root).removeprefix("memory://"), recursive=True)

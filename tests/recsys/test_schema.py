@@ -20,13 +20,16 @@ from recsys.schema import (
     IMPRESSIONS,
     PARTITIONING,
     REWARDS,
+    USER_FEATURES,
     conform,
     feedback_to_arrow,
     impressions_to_arrow,
     partition_expressions,
     polars_schema,
+    read_user_features,
     rewards_to_arrow,
     validate_frame,
+    write_user_features,
 )
 from simulators.logged_data import LOG_EXTRAS, collect_logs
 from simulators.model import SimulatorConfig, SlateSimulator
@@ -64,6 +67,7 @@ def impressions(draw) -> Impression:
                 position=p,
                 score=draw(st.floats(allow_nan=False, allow_infinity=False)),
                 propensity=draw(st.floats(1e-9, 1.0)),
+                propensity_se=draw(st.sampled_from([0.0, 1e-3, 0.25])),
             )
             for p, item in enumerate(items)
         ),
@@ -102,6 +106,7 @@ def impressions_from_rows(frame: pl.DataFrame) -> list[Impression]:
                         position=r["position"],
                         score=r["score"],
                         propensity=r["propensity"],
+                        propensity_se=r["propensity_se"],
                     )
                     for r in rows[i:j]
                 ),
@@ -146,6 +151,7 @@ def _reward(i: int) -> Reward:
         propensity=1.0 / (i + 1),
         policy_name="diag-linucb",
         policy_version=i,
+        propensity_se=0.01 * i,
     )
 
 
@@ -289,6 +295,9 @@ def test_conform_casts_orders_and_fills_provenance():
         .select(reversed(frame.columns[:-3]))
     )
     assert conform(loose, "rewards").equals(frame)
+    unrecorded = conform(loose.drop("propensity_se"), "rewards")  # a source without the error
+    assert unrecorded["propensity_se"].null_count() == 3
+    assert unrecorded.drop("propensity_se").equals(frame.drop("propensity_se"))
     with pytest.raises(ValueError, match=r"^rewards: expected values that fit the schema's dtypes"):
         conform(frame.with_columns(pl.lit("x").alias("position")), "rewards")
 
@@ -318,3 +327,33 @@ def test_schema_version_follows_the_event_contract():
 
 def test_the_ope_adapter_defaults_are_rewards_columns():
     assert set(DEFAULT_COLUMNS.values()) <= set(REWARDS.names)
+
+
+@pytest.mark.parametrize("root", ["local", "memory"])
+def test_the_user_feature_table_round_trips_local_and_remote(tmp_path, root):
+    rng = np.random.default_rng(0)
+    ids = [f"u{i}" for i in rng.permutation(7)]
+    features = rng.normal(size=(7, 3))
+    path = tmp_path / "users.parquet" if root == "local" else f"memory://uf-{rng.integers(1 << 30)}"
+    write_user_features(path, ids, features)
+    read_ids, matrix = read_user_features(path)
+    assert read_ids == ids
+    np.testing.assert_array_equal(matrix, features.astype(np.float32).astype(np.float64))
+    if root == "local":
+        assert pq.read_schema(path).equals(USER_FEATURES, check_metadata=False)
+
+
+def test_bad_user_feature_tables_are_refused_naming_what_is_wrong(tmp_path):
+    path = tmp_path / "users.parquet"
+    with pytest.raises(ValueError, match=r"^user_ids: expected one id per row of features \(2\)"):
+        write_user_features(path, ["a"], np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"^user_ids: expected distinct ids, got 'a' more"):
+        write_user_features(path, ["a", "b", "a"], np.zeros((3, 3)))
+    with pytest.raises(ValueError, match=r"^features: expected finite values"):
+        write_user_features(path, ["a", "b"], np.array([[0.0], [1e39]]))
+    with pytest.raises(ValueError, match=r"^user_features_uri: expected a Parquet table"):
+        read_user_features(tmp_path / "missing.parquet", name="user_features_uri")
+    ragged = pl.DataFrame({"user_id": ["a", "b"], "context_dense": [[1.0], [1.0, 2.0]]})
+    ragged.write_parquet(path)
+    with pytest.raises(ValueError, match=r"^path: expected contexts of one length, got lengths 1"):
+        read_user_features(path)

@@ -335,7 +335,8 @@ def test_mismatched_impression_and_feedback_partitions_are_refused(kafka_bootstr
 
 
 def test_the_standard_topics_are_checked_by_default():
-    from streaming.topics import FEEDBACK, IMPRESSIONS, check_co_partitioned
+    from recsys.topics import FEEDBACK, IMPRESSIONS
+    from streaming.topics import check_co_partitioned
 
     check_co_partitioned({IMPRESSIONS: 4, FEEDBACK: 4})
     with pytest.raises(
