@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recsys.policy import Policy
 from simulators.model import SlateSimulator
-from simulators.policies import EpsilonGreedyPolicy, SlatePolicy
+from simulators.policies import EpsilonGreedyPolicy
 
 _CHUNK_CELLS = 2**22
 
@@ -47,29 +48,35 @@ def item_click_probabilities(sim: SlateSimulator, position: int = 0) -> np.ndarr
 
 def policy_value(
     sim: SlateSimulator,
-    policy: SlatePolicy,
+    policy: Policy,
     n_monte_carlo: int = 200,
-    rng: np.random.Generator | None = None,
+    slate_size: int | None = None,
 ) -> PolicyValue:
-    """The expected clicks per request of ``policy`` in the simulator's current state."""
+    """The expected clicks per request of ``policy`` in the simulator's current state, for slates
+    of ``slate_size`` (default: the simulator's).
+
+    One-item slates and the deterministic ε = 0 greedy policy are exact; longer slates of a
+    random policy average ``n_monte_carlo`` slates per user drawn by ``recommend`` (the policy's
+    own ``random_state``). Where some items have not arrived, the policy gets ``available``.
+    """
+    k = slate_size or sim.config.slate_size
     users = np.arange(sim.config.n_users)
     context = sim.user_features(users)
     available = sim.available_items()
-    available = None if available.all() else available
+    only_available = {} if available.all() else {"available": available}
     weights = sim.user_weights
     deterministic = isinstance(policy, EpsilonGreedyPolicy) and policy.epsilon == 0
-    if policy.slate_size == 1:
-        dist = policy.action_dist(context, available)[:, :, 0]
-        q = item_click_probabilities(sim)
+    if k == 1:
+        dist = policy.action_dist(context, 1, **only_available)[:, :, 0]
+        q = item_click_probabilities(sim)[:, policy.item_ids_]
         return PolicyValue(float(weights @ (dist * q).sum(axis=1)), 0.0, True)
     if deterministic:
-        slates, _ = policy.sample(context, np.random.default_rng(0), available)
+        slates = policy.recommend(context, k, **only_available).items
         clicks = 1.0 - sim.click_probabilities(users, slates)[:, -1]
         return PolicyValue(float(weights @ clicks), 0.0, True)
-    rng = rng or np.random.default_rng(0)
     draws = np.empty(n_monte_carlo)
     for m in range(n_monte_carlo):  # loop over Monte Carlo draws, each one vectorised over users
-        slates, _ = policy.sample(context, rng, available)
+        slates = policy.recommend(context, k, **only_available).items
         draws[m] = weights @ (1.0 - sim.click_probabilities(users, slates)[:, -1])
     return PolicyValue(
         float(draws.mean()), float(draws.std(ddof=1) / np.sqrt(n_monte_carlo)), False
@@ -109,8 +116,11 @@ def optimal_value(sim: SlateSimulator, slate_size: int | None = None) -> PolicyV
     return PolicyValue(float(sim.user_weights @ clicks), 0.0, True)
 
 
-def regret(sim: SlateSimulator, policy: SlatePolicy, n_monte_carlo: int = 200) -> PolicyValue:
-    """Expected clicks per request lost against the optimal policy (same state)."""
-    value = policy_value(sim, policy, n_monte_carlo)
-    best = optimal_value(sim, policy.slate_size).value
+def regret(
+    sim: SlateSimulator, policy: Policy, n_monte_carlo: int = 200, slate_size: int | None = None
+) -> PolicyValue:
+    """Expected clicks per request lost against the optimal policy (same state, same slate
+    size; default: the simulator's)."""
+    value = policy_value(sim, policy, n_monte_carlo, slate_size)
+    best = optimal_value(sim, slate_size).value
     return PolicyValue(best - value.value, value.standard_error, value.exact)

@@ -16,9 +16,9 @@ import numpy as np
 import polars as pl
 
 from recsys.events import Context, Feedback, Impression, SlateEntry
+from recsys.policy import Policy
 from recsys.schema import SCHEMA_VERSION, conform, polars_schema, validate_frame
 from simulators.model import SlateSimulator
-from simulators.policies import SlatePolicy
 
 LOG_EXTRAS: dict[str, pl.DataType] = {"score": pl.Float64(), "noise": pl.Boolean()}
 """Simulator-only columns after the ``rewards`` schema's: the shown item's policy score and the
@@ -29,7 +29,7 @@ LOG_COLUMNS = (*polars_schema("rewards").names(), *LOG_EXTRAS)
 
 def collect_logs(
     sim: SlateSimulator,
-    policy: SlatePolicy,
+    policy: Policy,
     n_requests: int,
     rng: np.random.Generator,
     batch_size: int = 100_000,
@@ -37,20 +37,26 @@ def collect_logs(
     ms_per_request: int = 10,
     policy_version: int = 0,
 ) -> pl.DataFrame:
-    """Run ``policy`` on ``n_requests`` simulated requests; the log frame in the ``rewards``
-    schema plus ``LOG_EXTRAS``."""
+    """Run ``policy`` on ``n_requests`` simulated requests (slates of the simulator's
+    ``slate_size``); the log frame in the ``rewards`` schema plus ``LOG_EXTRAS``.
+
+    ``rng`` draws the requests and the clicks; the slates come from the policy's own
+    ``random_state`` (give it ``rng`` too for one stream). In a world where items arrive over
+    time the policy is passed ``available``, the mask of the items that have arrived.
+    """
+    policy_name = getattr(policy, "name", type(policy).__name__)
+    k = sim.config.slate_size
     frames = []
     done = 0
     while done < n_requests:
         n = min(batch_size, n_requests - done)
         requests = sim.sample_requests(n, rng)
-        available = None if requests.available.all() else requests.available
-        slates, pscore = policy.sample(requests.context, rng, available)
-        responses = sim.respond(requests, slates, rng)
-        scores = policy.shown_scores(requests.context, slates)
-        frames.append(
-            _batch_frame(requests, slates, pscore, scores, responses, policy.name, policy_version)
-        )
+        if requests.available.all():
+            slate = policy.recommend(requests.context, k)
+        else:
+            slate = policy.recommend(requests.context, k, available=requests.available)
+        responses = sim.respond(requests, slate.items, rng)
+        frames.append(_batch_frame(requests, slate, responses, policy_name, policy_version))
         done += n
     frame = pl.concat(frames).with_columns(
         (pl.lit(start_time_ms) + pl.col("event_time_ms") * ms_per_request).alias("event_time_ms")
@@ -58,10 +64,8 @@ def collect_logs(
     return conform(frame, "rewards", LOG_EXTRAS)
 
 
-def _batch_frame(
-    requests, slates, pscore, scores, responses, policy_name, policy_version
-) -> pl.DataFrame:
-    n, k = slates.shape
+def _batch_frame(requests, slate, responses, policy_name, policy_version) -> pl.DataFrame:
+    n, k = slate.items.shape
     req = np.repeat(requests.time, k)
     noise = np.repeat(responses.noise, k) & (responses.clicks.ravel() == 1)
     context = pl.Series(np.repeat(requests.context.astype(np.float32), k, axis=0))
@@ -77,11 +81,11 @@ def _batch_frame(
             "context_cluster_ids": no_clusters,
             "context_cluster_weights": no_clusters.cast(pl.List(pl.Float32)),
             "position": np.tile(np.arange(k), n),
-            "item_id": slates.ravel(),
+            "item_id": slate.items.ravel(),
             "reward": responses.clicks.ravel().astype(np.float64),
-            "propensity": pscore.ravel(),
+            "propensity": slate.propensities.ravel(),
             "schema_version": np.full(n * k, SCHEMA_VERSION, dtype=np.int32),
-            "score": scores.ravel(),
+            "score": slate.scores.ravel(),
             "noise": noise,
         }
     )

@@ -41,13 +41,12 @@ from recsys.schema import arrow_schema, partition_expressions
 from simulators.ground_truth import item_click_probabilities
 from simulators.logged_data import collect_logs
 from simulators.model import SimulatorConfig, SlateSimulator
-from simulators.policies import SlatePolicy, SoftmaxPolicy, UniformPolicy
+from simulators.policies import EpsilonMixturePolicy, FixedPolicy, SoftmaxPolicy, UniformPolicy
 
 __all__ = [
     "EXPOSURE_DEFAULTS",
     "KAFKA_TOPIC",
     "NOISY_CLICKS_DEFAULTS",
-    "EpsilonMixturePolicy",
     "exposure_setup",
     "noisy_clicks_setup",
     "write_exposure_dataset",
@@ -104,49 +103,6 @@ _INTEGER = (
 _POSITIVE = ("n_users", "n_items", "n_requests", "dim", "ms_per_request", "skew", "epsilon")
 _NON_NEGATIVE = ("affinity", "item_bias_std", "feature_noise", "personalization", "start_time_ms")
 _BATCH_SIZE = 20_000
-_CHUNK_CELLS = 2**21
-
-
-class EpsilonMixturePolicy(SlatePolicy):
-    """One-item slates from ``(1 − ε) · base + ε · uniform``: every item keeps a propensity of at
-    least ε / n_items, and the logged propensity is the exact mixture probability."""
-
-    slate_size = 1
-
-    def __init__(self, base: SlatePolicy, epsilon: float) -> None:
-        if base.slate_size != 1:
-            raise ValueError(f"base: expected a policy of slate_size 1, got {base.slate_size}")
-        if not 0.0 < epsilon <= 1.0:
-            raise ValueError(f"epsilon: expected a value in (0, 1], got {epsilon}")
-        self.base = base
-        self.epsilon = epsilon
-        self.n_items = base.n_items
-        self.name = f"{base.name}_eps{epsilon:g}"
-
-    def action_dist(self, context: np.ndarray, available: np.ndarray | None = None) -> np.ndarray:
-        items = self._items(available)
-        dist = (1.0 - self.epsilon) * self.base.action_dist(context, available)
-        dist[:, items, :] += self.epsilon / items.size
-        return dist
-
-    def sample(self, context, rng, available=None):  # type: ignore[override]
-        context = np.asarray(context)
-        n = len(context)
-        slates = np.empty((n, 1), dtype=np.int64)
-        pscore = np.empty((n, 1))
-        step = max(1, _CHUNK_CELLS // self.n_items)
-        for start in range(0, n, step):
-            rows = slice(start, min(start + step, n))
-            p = self.action_dist(context[rows], available)[:, :, 0]
-            cdf = p.cumsum(axis=1)
-            draw = rng.random(len(p))[:, None] * cdf[:, -1:]
-            chosen = np.minimum((cdf <= draw).sum(axis=1), self.n_items - 1)
-            slates[rows, 0] = chosen
-            pscore[rows, 0] = p[np.arange(len(p)), chosen]
-        return slates, pscore
-
-    def shown_scores(self, context: np.ndarray, slates: np.ndarray) -> np.ndarray:
-        return self.base.shown_scores(context, slates)
 
 
 # ------------------------------------------------------------------------------------- setups
@@ -232,7 +188,6 @@ def exposure_setup(
     popularity = _zscore(c * _zscore(sim.item_bias) + np.sqrt(1.0 - c * c) * own)
     base = SoftmaxPolicy(
         p["personalization"] * sim.item_features,
-        slate_size=1,
         temperature=1.0,
         item_bias=p["skew"] * popularity,
     )
@@ -260,7 +215,7 @@ def noisy_clicks_setup(
             click_noise=p["click_noise"],
         )
     )
-    return sim, UniformPolicy(p["n_items"], p["slate_size"]), p
+    return sim, UniformPolicy(p["n_items"]), p
 
 
 # ------------------------------------------------------------------------------------- writers
@@ -442,14 +397,15 @@ def _prepare(out_dir: str | Path, overwrite: bool) -> Path:
 
 
 def _logs(
-    sim: SlateSimulator, policy: SlatePolicy, p: Mapping[str, Any], seed: int
+    sim: SlateSimulator, policy: FixedPolicy, p: Mapping[str, Any], seed: int
 ) -> pl.DataFrame:
     """The logged rows with synthetic provenance, in event-time order."""
+    rng = np.random.default_rng([seed, 2])  # one stream: requests, slates and clicks
     frame = collect_logs(
         sim,
-        policy,
+        policy.set_params(random_state=rng),
         p["n_requests"],
-        np.random.default_rng([seed, 2]),
+        rng,
         batch_size=_BATCH_SIZE,
         start_time_ms=p["start_time_ms"],
         ms_per_request=p["ms_per_request"],

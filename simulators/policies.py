@@ -1,16 +1,28 @@
-"""Slate policies that know their own propensities: uniform, ε-greedy and softmax/Plackett–Luce.
+"""The simulator's logging policies: uniform, ε-greedy, softmax/Plackett–Luce and ε-mixtures.
 
-Every policy gives, for a batch of contexts, both a sample of slates with the propensity of each
-shown item at its position, and the full position-wise distribution ``action_dist`` of shape
-(n, n_items, slate_size) that off-policy estimators take as the evaluation policy. A propensity
-here is P(the policy shows item a at position k | context), the marginal the event contract logs.
+They satisfy ``recsys.policy.Policy``, like the bandits: ``recommend(contexts, k)`` draws slates
+with the exact propensity of every shown item at its position (P(the policy shows item a at
+position p | context), the marginal the event contract logs), and ``action_dist(contexts, k)`` is
+the full position-wise distribution ``(n, n_items, k)`` that off-policy estimators take as the
+evaluation policy. Both take ``available``, a mask of the items that may be shown (items that have
+not arrived yet get probability 0). Nothing is learned: the constructor holds the parameters
+(scikit-learn estimators, so ``get_params``/``clone`` work) and checks nothing; they are checked
+when the policy is used. Items are the integers ``0 .. n_items-1``.
 """
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
+from typing import Any, Self
 
 import numpy as np
+from numpy.typing import NDArray
+from sklearn.base import BaseEstimator
+
+from recsys.bandits.base import make_generator
+from recsys.bandits.slates import Slate
+from recsys.validation import check_scalar, message
 
 _CHUNK_CELLS = 2**22  # contexts × items per block: bounds memory on large catalogues
 _MAX_ITEMS_THIRD_POSITION = 2000
@@ -21,37 +33,117 @@ def _chunks(n: int, width: int) -> list[slice]:
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-class SlatePolicy(ABC):
-    """A stochastic (or deterministic) slate policy over ``n_items`` items."""
+class FixedPolicy(BaseEstimator, ABC):
+    """Base of the simulator's policies: fixed parameters, exact propensities.
 
-    n_items: int
-    slate_size: int
+    ``random_state`` follows scikit-learn: the generator is built from it at the first draw and
+    advanced by every ``recommend`` after that, so an int makes the sequence of draws
+    reproducible; a ``numpy.random.Generator`` is used as is (the caller and the policy then
+    advance one stream, which is how a seeded study draws requests, slates and clicks from one
+    generator). ``set_params(random_state=...)`` starts the new generator.
+    """
+
     name: str = "policy"
+    """What logs record as ``policy_name``."""
+
+    def __init__(self, *, random_state: int | np.random.Generator | None = None) -> None:
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ the contract
+    @property
+    def item_ids_(self) -> NDArray[np.int64]:
+        """The items, ``0 .. n_items-1``, in the column order of ``action_dist``."""
+        return np.arange(self._n_items())
+
+    def recommend(
+        self, contexts: Any, k: int = 1, *, available: NDArray[np.bool_] | None = None
+    ) -> Slate:
+        """One slate of ``k`` distinct items per context with their exact propensities and the
+        policy's score of each shown item (0 for score-free policies)."""
+        contexts = np.asarray(contexts)
+        pool = self._pool(k, available)
+        shown, propensities = self._draw(contexts, k, pool, available, self._generator())
+        return Slate(
+            items=shown,
+            propensities=propensities,
+            propensity_se=np.zeros(propensities.shape),
+            scores=self._shown_scores(contexts, shown),
+        )
+
+    def action_dist(
+        self, contexts: Any, k: int = 1, *, available: NDArray[np.bool_] | None = None
+    ) -> NDArray[np.float64]:
+        """(n, n_items, k): P(item a at position p | context)."""
+        contexts = np.asarray(contexts)
+        return self._dist(contexts, k, self._pool(k, available), available)
+
+    def set_params(self, **params: Any) -> Self:
+        """Set parameters (scikit-learn); a new ``random_state`` starts a new generator."""
+        super().set_params(**params)
+        if "random_state" in params:
+            self.__dict__.pop("_rng", None)
+        return self
+
+    # ------------------------------------------------------------------ what subclasses give
+    @abstractmethod
+    def _n_items(self) -> int:
+        """The catalogue size (checked)."""
 
     @abstractmethod
-    def action_dist(self, context: np.ndarray, available: np.ndarray | None = None) -> np.ndarray:
-        """(n, n_items, slate_size): P(item a at position k | context)."""
+    def _dist(
+        self, contexts: np.ndarray, k: int, pool: np.ndarray, available: np.ndarray | None
+    ) -> NDArray[np.float64]:
+        """``action_dist`` over the items of ``pool`` (the available ones)."""
 
     @abstractmethod
-    def sample(
+    def _draw(
         self,
-        context: np.ndarray,
+        contexts: np.ndarray,
+        k: int,
+        pool: np.ndarray,
+        available: np.ndarray | None,
         rng: np.random.Generator,
-        available: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Slates (n, slate_size) of distinct items and their propensities (n, slate_size)."""
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """Slates (n, k) of distinct items of ``pool`` and their propensities (n, k)."""
 
-    def shown_scores(self, context: np.ndarray, slates: np.ndarray) -> np.ndarray:
-        """(n, slate_size) the policy's score of each shown item (0 for score-free policies)."""
+    def _check_params(self, k: int) -> None:
+        """Raise if a parameter is invalid for slates of ``k`` (extended by subclasses)."""
+
+    def _shown_scores(self, contexts: np.ndarray, slates: np.ndarray) -> NDArray[np.float64]:
+        """(n, k) the policy's score of each shown item (0 for score-free policies)."""
         return np.zeros(slates.shape)
 
-    def _items(self, available: np.ndarray | None) -> np.ndarray:
-        items = np.arange(self.n_items) if available is None else np.flatnonzero(available)
-        if items.size < self.slate_size:
-            raise ValueError(
-                f"only {items.size} items are available for slates of {self.slate_size}"
-            )
-        return items
+    # ------------------------------------------------------------------ shared plumbing
+    def _generator(self) -> np.random.Generator:
+        rng = self.__dict__.get("_rng")
+        if rng is None:
+            rng = self._rng = make_generator(self.random_state)
+        return rng
+
+    def _pool(self, k: int, available: np.ndarray | None) -> NDArray[np.int64]:
+        """The items that may be shown, after checking ``k``, ``available`` and the parameters."""
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise ValueError(message("k", "an integer >= 1", repr(k)))
+        self._check_params(k)
+        n_items = self._n_items()
+        if available is None:
+            pool = np.arange(n_items)
+        else:
+            mask = np.asarray(available)
+            if mask.dtype != np.bool_ or mask.shape != (n_items,):
+                got = f"dtype {mask.dtype}, shape {mask.shape}"
+                raise ValueError(message("available", f"a bool mask of shape ({n_items},)", got))
+            pool = np.flatnonzero(mask)
+        if pool.size < k:
+            raise ValueError(message("k", f"at most {pool.size} (the available items)", k,
+                                     "lower k or make more items available"))
+        return pool
+
+
+def _check_count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(message(name, "an integer >= 1", repr(value)))
+    return int(value)
 
 
 def _uniform_slates(n: int, pool: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -65,59 +157,82 @@ def _uniform_slates(n: int, pool: np.ndarray, k: int, rng: np.random.Generator) 
         idx[bad] = rng.integers(pool.size, size=(len(bad), k))
 
 
-class UniformPolicy(SlatePolicy):
+class UniformPolicy(FixedPolicy):
     """Uniformly random ordered slates of distinct items: every propensity is 1 / n_available."""
 
     name = "uniform"
 
-    def __init__(self, n_items: int, slate_size: int) -> None:
+    def __init__(self, n_items: int, *, random_state: int | np.random.Generator | None = None
+                 ) -> None:
+        super().__init__(random_state=random_state)
         self.n_items = n_items
-        self.slate_size = slate_size
 
-    def action_dist(self, context: np.ndarray, available: np.ndarray | None = None) -> np.ndarray:
-        items = self._items(available)
-        dist = np.zeros((len(context), self.n_items, self.slate_size))
-        dist[:, items, :] = 1.0 / items.size
+    def _n_items(self) -> int:
+        return _check_count(self.n_items, "n_items")
+
+    def _dist(self, contexts, k, pool, available):  # type: ignore[override]
+        dist = np.zeros((len(contexts), self._n_items(), k))
+        dist[:, pool, :] = 1.0 / pool.size
         return dist
 
-    def sample(self, context, rng, available=None):  # type: ignore[override]
-        items = self._items(available)
-        slates = _uniform_slates(len(context), items, self.slate_size, rng)
-        return slates, np.full(slates.shape, 1.0 / items.size)
+    def _draw(self, contexts, k, pool, available, rng):  # type: ignore[override]
+        slates = _uniform_slates(len(contexts), pool, k, rng)
+        return slates, np.full(slates.shape, 1.0 / pool.size)
 
 
-class ScoringPolicy(SlatePolicy):
+class ScoringPolicy(FixedPolicy):
     """A policy driven by linear scores ⟨context, item_features⟩ / √f + item_bias."""
 
     def __init__(
         self,
         item_features: np.ndarray,
-        slate_size: int,
+        *,
         item_bias: np.ndarray | None = None,
+        random_state: int | np.random.Generator | None = None,
     ) -> None:
-        self.item_features = np.asarray(item_features, dtype=float)
-        self.n_items = self.item_features.shape[0]
-        self.slate_size = slate_size
-        self.item_bias = np.zeros(self.n_items) if item_bias is None else np.asarray(item_bias)
-        if slate_size > self.n_items:
-            raise ValueError(f"`slate_size` ({slate_size}) exceeds the {self.n_items} items")
+        super().__init__(random_state=random_state)
+        self.item_features = item_features
+        self.item_bias = item_bias
 
-    def scores(self, context: np.ndarray, available: np.ndarray | None = None) -> np.ndarray:
+    def _features(self) -> NDArray[np.float64]:
+        features = np.asarray(self.item_features, dtype=float)
+        if features.ndim != 2 or features.shape[0] < 1:
+            got = f"shape {features.shape}"
+            raise ValueError(message("item_features", "a 2-d array (n_items, n_features)", got))
+        return features
+
+    def _n_items(self) -> int:
+        return int(np.shape(self.item_features)[0])
+
+    def _bias(self) -> NDArray[np.float64]:
+        n_items = self._n_items()
+        if self.item_bias is None:
+            return np.zeros(n_items)
+        bias = np.asarray(self.item_bias, dtype=float)
+        if bias.shape != (n_items,):
+            raise ValueError(message("item_bias", f"shape ({n_items},)", f"shape {bias.shape}"))
+        return bias
+
+    def _check_params(self, k: int) -> None:
+        self._features()
+        self._bias()
+
+    def scores(self, contexts: np.ndarray, available: np.ndarray | None = None) -> np.ndarray:
         """(n, n_items) scores; unavailable items score -inf."""
-        context = np.asarray(context, dtype=float)
-        if context.ndim != 2 or context.shape[1] != self.item_features.shape[1]:
-            raise ValueError(
-                f"`context` must be (n, {self.item_features.shape[1]}), got {context.shape}"
-            )
-        s = context @ self.item_features.T / np.sqrt(context.shape[1]) + self.item_bias
+        features = self._features()
+        contexts = np.asarray(contexts, dtype=float)
+        if contexts.ndim != 2 or contexts.shape[1] != features.shape[1]:
+            expected = f"shape (n, {features.shape[1]})"
+            raise ValueError(message("contexts", expected, f"shape {contexts.shape}"))
+        s = contexts @ features.T / np.sqrt(contexts.shape[1]) + self._bias()
         if available is not None:
             s[:, ~available] = -np.inf
         return s
 
-    def shown_scores(self, context: np.ndarray, slates: np.ndarray) -> np.ndarray:
-        context = np.asarray(context, dtype=float)
-        dot = np.einsum("nf,nkf->nk", context, self.item_features[slates])
-        return dot / np.sqrt(context.shape[1]) + self.item_bias[slates]
+    def _shown_scores(self, contexts, slates):  # type: ignore[override]
+        contexts = np.asarray(contexts, dtype=float)
+        dot = np.einsum("nf,nkf->nk", contexts, self._features()[slates])
+        return dot / np.sqrt(contexts.shape[1]) + self._bias()[slates]
 
 
 def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -135,36 +250,37 @@ class EpsilonGreedyPolicy(ScoringPolicy):
     def __init__(
         self,
         item_features: np.ndarray,
-        slate_size: int,
+        *,
         epsilon: float = 0.1,
         item_bias: np.ndarray | None = None,
+        random_state: int | np.random.Generator | None = None,
     ) -> None:
-        super().__init__(item_features, slate_size, item_bias)
-        if not 0.0 <= epsilon <= 1.0:
-            raise ValueError(f"`epsilon` must be in [0, 1], got {epsilon}")
+        super().__init__(item_features, item_bias=item_bias, random_state=random_state)
         self.epsilon = epsilon
 
-    def action_dist(self, context, available=None):  # type: ignore[override]
-        items = self._items(available)
-        n, k = len(context), self.slate_size
-        dist = np.zeros((n, self.n_items, k))
-        dist[:, items, :] = self.epsilon / items.size
-        for rows in _chunks(n, self.n_items):
-            top = _top_k(self.scores(context[rows], available), k)
-            r = np.arange(rows.start, rows.stop)[:, None]
-            dist[r, top, np.arange(k)] += 1.0 - self.epsilon
+    def _check_params(self, k: int) -> None:
+        super()._check_params(k)
+        check_scalar(self.epsilon, "epsilon", 0.0, 1.0)
+
+    def _greedy(self, contexts: np.ndarray, k: int, available: np.ndarray | None) -> np.ndarray:
+        slates = np.empty((len(contexts), k), dtype=np.int64)
+        for rows in _chunks(len(contexts), self._n_items()):
+            slates[rows] = _top_k(self.scores(contexts[rows], available), k)
+        return slates
+
+    def _dist(self, contexts, k, pool, available):  # type: ignore[override]
+        dist = np.zeros((len(contexts), self._n_items(), k))
+        dist[:, pool, :] = self.epsilon / pool.size
+        greedy = self._greedy(contexts, k, available)
+        dist[np.arange(len(contexts))[:, None], greedy, np.arange(k)] += 1.0 - self.epsilon
         return dist
 
-    def sample(self, context, rng, available=None):  # type: ignore[override]
-        items = self._items(available)
-        n, k = len(context), self.slate_size
-        slates = np.empty((n, k), dtype=np.int64)
-        for rows in _chunks(n, self.n_items):
-            slates[rows] = _top_k(self.scores(context[rows], available), k)
-        greedy = slates.copy()
-        explore = rng.random(n) < self.epsilon
-        slates[explore] = _uniform_slates(int(explore.sum()), items, k, rng)
-        pscore = self.epsilon / items.size + (1 - self.epsilon) * (slates == greedy)
+    def _draw(self, contexts, k, pool, available, rng):  # type: ignore[override]
+        greedy = self._greedy(contexts, k, available)
+        slates = greedy.copy()
+        explore = rng.random(len(contexts)) < self.epsilon
+        slates[explore] = _uniform_slates(int(explore.sum()), pool, k, rng)
+        pscore = self.epsilon / pool.size + (1 - self.epsilon) * (slates == greedy)
         return slates, pscore
 
 
@@ -200,62 +316,62 @@ def plackett_luce_marginals(probs: np.ndarray, slate_size: int) -> np.ndarray:
 
 class SoftmaxPolicy(ScoringPolicy):
     """Plackett–Luce over softmax(scores / temperature): position 0 is a softmax draw, each next
-    position a softmax draw among the items not yet shown. Exact propensities for slate_size ≤ 3."""
+    position a softmax draw among the items not yet shown. Exact propensities for k ≤ 3."""
 
     name = "softmax"
 
     def __init__(
         self,
         item_features: np.ndarray,
-        slate_size: int,
+        *,
         temperature: float = 1.0,
         item_bias: np.ndarray | None = None,
+        random_state: int | np.random.Generator | None = None,
     ) -> None:
-        super().__init__(item_features, slate_size, item_bias)
-        if temperature <= 0:
-            raise ValueError(f"`temperature` must be > 0, got {temperature}")
-        if slate_size > 3:
-            raise ValueError("SoftmaxPolicy computes exact propensities for slate_size <= 3")
-        if slate_size == 3 and self.n_items > _MAX_ITEMS_THIRD_POSITION:
-            raise ValueError(
-                f"exact third-position propensities cost O(n_items²) per context; with "
-                f"{self.n_items} items use slate_size <= 2 (or at most "
-                f"{_MAX_ITEMS_THIRD_POSITION} items)"
-            )
+        super().__init__(item_features, item_bias=item_bias, random_state=random_state)
         self.temperature = temperature
 
-    def first_pick(self, context: np.ndarray, available: np.ndarray | None = None) -> np.ndarray:
+    def _check_params(self, k: int) -> None:
+        super()._check_params(k)
+        check_scalar(self.temperature, "temperature", 0.0, low_open=True)
+        if k > 3:
+            raise ValueError(message("k", "at most 3 (exact Plackett–Luce propensities)", k))
+        if k == 3 and self._n_items() > _MAX_ITEMS_THIRD_POSITION:
+            raise ValueError(message(
+                "k", f"at most 2 with {self._n_items()} items", k,
+                "exact third-position propensities cost O(n_items²) per context; use k <= 2 "
+                f"or at most {_MAX_ITEMS_THIRD_POSITION} items"))
+
+    def _first_pick(self, contexts: np.ndarray, available: np.ndarray | None) -> np.ndarray:
         """(n, n_items) softmax probabilities of the first position."""
-        z = self.scores(context, available) / self.temperature
+        z = self.scores(contexts, available) / self.temperature
         z -= z.max(axis=1, keepdims=True)
         p = np.exp(z)
         return p / p.sum(axis=1, keepdims=True)
 
-    def action_dist(self, context, available=None):  # type: ignore[override]
-        context = np.asarray(context)
-        if self.slate_size < 3:
-            return plackett_luce_marginals(self.first_pick(context, available), self.slate_size)
-        unique, inverse = np.unique(context, axis=0, return_inverse=True)
-        marginals = plackett_luce_marginals(self.first_pick(unique, available), self.slate_size)
+    def _dist(self, contexts, k, pool, available):  # type: ignore[override]
+        if k < 3:
+            return plackett_luce_marginals(self._first_pick(contexts, available), k)
+        unique, inverse = np.unique(contexts, axis=0, return_inverse=True)
+        marginals = plackett_luce_marginals(self._first_pick(unique, available), k)
         return marginals[inverse.ravel()]
 
-    def sample(self, context, rng, available=None):  # type: ignore[override]
-        self._items(available)
-        context = np.asarray(context)
-        n, k = len(context), self.slate_size
+    def _draw(self, contexts, k, pool, available, rng):  # type: ignore[override]
+        n = len(contexts)
         if k < 3:  # marginals cost O(n_items) per context: compute them row by row
             rows_of, first = np.arange(n), None
         else:
             # Contexts repeat (one per user) and position-2 marginals cost O(n_items²) per
             # context, so they are computed once per distinct context.
-            unique, rows_of = np.unique(context, axis=0, return_inverse=True)
+            unique, rows_of = np.unique(contexts, axis=0, return_inverse=True)
             rows_of = rows_of.ravel()
-            first = self.first_pick(unique, available)
+            first = self._first_pick(unique, available)
             marginals = plackett_luce_marginals(first, k)
         slates = np.empty((n, k), dtype=np.int64)
         pscore = np.empty((n, k))
-        for rows in _chunks(n, self.n_items):
-            p = self.first_pick(context[rows], available) if first is None else first[rows_of[rows]]
+        for rows in _chunks(n, self._n_items()):
+            p = self._first_pick(contexts[rows], available) if first is None \
+                else first[rows_of[rows]]
             gumbel = -np.log(-np.log(rng.random(p.shape)))
             with np.errstate(divide="ignore"):
                 chosen = _top_k(np.log(p) + gumbel, k)
@@ -266,3 +382,56 @@ class SoftmaxPolicy(ScoringPolicy):
         if first is not None:
             pscore = marginals[rows_of[:, None], slates, np.arange(k)]
         return slates, pscore
+
+
+class EpsilonMixturePolicy(FixedPolicy):
+    """One-item slates from ``(1 − ε) · base + ε · uniform``: every item keeps a propensity of at
+    least ε / n_items, and the logged propensity is the exact mixture probability."""
+
+    def __init__(
+        self,
+        base: FixedPolicy,
+        epsilon: float,
+        *,
+        random_state: int | np.random.Generator | None = None,
+    ) -> None:
+        super().__init__(random_state=random_state)
+        self.base = base
+        self.epsilon = epsilon
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"{self.base.name}_eps{self.epsilon:g}"
+
+    def _n_items(self) -> int:
+        return self.base._n_items()
+
+    def _check_params(self, k: int) -> None:
+        if not isinstance(self.base, FixedPolicy):
+            got = type(self.base).__name__
+            raise TypeError(message("base", "a policy of simulators.policies", got))
+        self.base._check_params(k)
+        if k != 1:
+            raise ValueError(message("k", "1 (an ε-mixture draws one-item slates)", k))
+        check_scalar(self.epsilon, "epsilon", 0.0, 1.0, low_open=True)
+
+    def _dist(self, contexts, k, pool, available):  # type: ignore[override]
+        dist = (1.0 - self.epsilon) * self.base.action_dist(contexts, k, available=available)
+        dist[:, pool, :] += self.epsilon / pool.size
+        return dist
+
+    def _draw(self, contexts, k, pool, available, rng):  # type: ignore[override]
+        n, n_items = len(contexts), self._n_items()
+        slates = np.empty((n, 1), dtype=np.int64)
+        pscore = np.empty((n, 1))
+        for rows in _chunks(n, n_items):
+            p = self._dist(contexts[rows], k, pool, available)[:, :, 0]
+            cdf = p.cumsum(axis=1)
+            draw = rng.random(len(p))[:, None] * cdf[:, -1:]
+            chosen = np.minimum((cdf <= draw).sum(axis=1), n_items - 1)
+            slates[rows, 0] = chosen
+            pscore[rows, 0] = p[np.arange(len(p)), chosen]
+        return slates, pscore
+
+    def _shown_scores(self, contexts, slates):  # type: ignore[override]
+        return self.base._shown_scores(contexts, slates)

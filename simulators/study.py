@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from recsys.ope import (
@@ -31,11 +32,12 @@ from recsys.ope import (
     bandit_feedback_from_frame,
 )
 from recsys.ope.bootstrap import means_from_counts, resample_counts, summarize_bootstrap
+from recsys.policy import Policy
 from simulators.fitting import SlateChoiceModel, reproduction_report
 from simulators.ground_truth import policy_value
 from simulators.model import SimulatorConfig, SlateSimulator
 from simulators.obd import choice_data, load_action_dist, load_obd, obd_dir, user_context
-from simulators.policies import EpsilonGreedyPolicy, SlatePolicy, SoftmaxPolicy, UniformPolicy
+from simulators.policies import EpsilonGreedyPolicy, FixedPolicy, SoftmaxPolicy, UniformPolicy
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,8 @@ class StudySetup:
     """The world, the logging policy and the target policies of the coverage study."""
 
     sim: SlateSimulator
-    logging_policy: SlatePolicy
-    targets: dict[str, SlatePolicy]
+    logging_policy: FixedPolicy
+    targets: dict[str, Policy]
     truths: dict[str, float]
 
 
@@ -55,11 +57,11 @@ def study_setup(seed: int = 0, n_items: int = 20) -> StudySetup:
     )
     sim = SlateSimulator(config)
     features = sim.item_features
-    logging_policy = SoftmaxPolicy(features, 1, temperature=1.0)
-    targets: dict[str, SlatePolicy] = {
-        "epsilon_greedy_0.1": EpsilonGreedyPolicy(features, 1, epsilon=0.1),
-        "softmax_T0.5": SoftmaxPolicy(features, 1, temperature=0.5),
-        "uniform": UniformPolicy(n_items, 1),
+    logging_policy = SoftmaxPolicy(features, temperature=1.0)
+    targets: dict[str, Policy] = {
+        "epsilon_greedy_0.1": EpsilonGreedyPolicy(features, epsilon=0.1),
+        "softmax_T0.5": SoftmaxPolicy(features, temperature=0.5),
+        "uniform": UniformPolicy(n_items),
     }
     truths = {name: policy_value(sim, policy).value for name, policy in targets.items()}
     return StudySetup(sim, logging_policy, targets, truths)
@@ -92,11 +94,14 @@ def coverage_study(
     rows = []
     counts = resample_counts(n_rounds, n_bootstrap_samples, random_state=seed)
     for rep in range(n_repetitions):  # one vectorised experiment per repetition
+        # one generator per repetition draws the requests, the logged slates and the clicks
         rng = np.random.default_rng([seed, rep])
+        logging_policy = clone(setup.logging_policy).set_params(random_state=rng)
         requests = sim.sample_requests(n_rounds, rng)
-        slates, pscore = setup.logging_policy.sample(requests.context, rng)
-        responses = sim.respond(requests, slates, rng)
-        action = slates[:, 0]
+        slate = logging_policy.recommend(requests.context)
+        responses = sim.respond(requests, slate.items, rng)
+        action = slate.items[:, 0]
+        pscore = slate.propensities[:, 0]
         reward = responses.clicks[:, 0].astype(float)
         # Misspecified on purpose: the reward model ignores the context (one-hot action only).
         q_hat = RegressionModel(Ridge(alpha=1.0), n_items).fit_predict(
@@ -108,7 +113,7 @@ def coverage_study(
             kwargs = {
                 "reward": reward,
                 "action": action,
-                "pscore": pscore[:, 0],
+                "pscore": pscore,
                 "action_dist": dist,
                 "estimated_rewards_by_reg_model": q_hat,
             }
