@@ -188,7 +188,7 @@ def _final_values(sim: Any, stats: Any, config: Any, plan: DemoPlan) -> dict[str
     from simulators.http_traffic import true_value_of_slates
     from simulators.policies import UniformPolicy
 
-    out = {CONTROL_ARM: policy_value(sim, UniformPolicy(plan.n_items, plan.slate_size)).value}
+    out = {CONTROL_ARM: policy_value(sim, UniformPolicy(plan.n_items, random_state=0)).value}
     spec = config.policies[LEARNING_ARM]
     policy = policy_from_spec({**spec, "params": {**spec["params"], "n_mc_draws": 0,
                                                   "random_state": plan.seed}}).use(stats)
