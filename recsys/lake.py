@@ -1,36 +1,8 @@
-"""Reading the Parquet lake: ``scan_lake`` and ``lake_files``, shared by streaming and offline.
+"""Reading the Parquet lake: ``scan_lake`` and ``lake_files``.
 
-The lake sink (``streaming.lake``) writes it; this module only reads it, so the offline pipeline
-can train on the lake without importing ``streaming``. Layout (under a root that is a local path
-or any fsspec URI: ``s3://``, ``gs://``, ``memory://``)::
-
-    <root>/<table>/event_date=2024-03-01/event_hour=23/<topic>-p<partition>-<first>-<last>.parquet
-
-Reading. ``scan_lake(root, table)`` returns a ``polars.LazyFrame`` of the table with the schema's
-dtypes plus ``event_date``/``event_hour`` from the directory names (filter on them to prune
-partitions), de-duplicated, in no particular order:
-
-* rows are unique by provenance: ``kafka_topic, kafka_partition, kafka_offset`` (and
-  ``position`` for impressions, whose record is one row per shown item). Rows of one offset are
-  copies of one Kafka record (a file kept across a restore that straddles its offset, then
-  rewritten by the replay), so which copy is kept does not matter;
-* ``rewards`` are also unique by ``(request_id, item_id)``, keeping the row with the smallest
-  ``(kafka_partition, kafka_offset)``: a joiner recovered from a checkpoint re-sends the rewards
-  it produced after it, identical records at new offsets, and a request's rewards share a
-  partition (key = request id), so the smallest offset is the first sent.
-
-Rows whose provenance is null were not written by the sink (the simulator's logs written in the
-lake layout, ``recsys.schema.conform`` fills the provenance with nulls): they cannot be replays,
-so both de-duplications leave them as they are.
-
-Pruning works for impressions and feedback; for rewards a filter runs after the de-duplication by
-``(request_id, item_id)``, which must see every copy of an example wherever it lies, so the whole
-table is read (a replay's copies share their event time and directory, but a request repeated
-after its window closed may not). It lists the files when called (files written later are not in
-that frame); a table with no files yet is an empty frame of the right schema. Local roots are read
-by polars' native scanner, other URIs through a pyarrow dataset over the fsspec filesystem. Files
-may carry extra columns after the table's schema (simulated logs add ``score`` and ``noise``);
-scans keep them (the pyarrow path takes them from the first file).
+The lake sink (``streaming.lake``) writes the lake; reading it lives in ``recsys`` so the offline
+pipeline can train on it without importing ``streaming``. A scan returns each Kafka record's rows
+once and each joined reward once; the README ("Parquet lake") gives the layout and the rules.
 """
 
 from __future__ import annotations
@@ -66,8 +38,12 @@ def scan_lake(
     Columns: the table's schema (``recsys.schema.arrow_schema(table)``) plus ``event_date``
     (Date) and ``event_hour`` (Int8) from the directory names. Rows are de-duplicated by
     provenance, and rewards also by ``(request_id, item_id)`` keeping the smallest
-    ``(kafka_partition, kafka_offset)`` (see the module docs), unless ``deduplicate=False``;
-    rows without provenance are kept as written; order is unspecified.
+    ``(kafka_partition, kafka_offset)`` (a recovered joiner re-sends identical rewards at new
+    offsets; the first sent is kept), unless ``deduplicate=False``; rows without provenance
+    (simulated logs) are kept as written; order is unspecified. Files are listed when called; a
+    table without files is an empty frame. Filters on ``event_date``/``event_hour`` prune
+    directories for impressions and feedback (rewards are read whole: the de-duplication must
+    see every copy of an example).
     """
     schema = arrow_schema(table)
     fs, path = resolve(root, filesystem)

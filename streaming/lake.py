@@ -1,107 +1,10 @@
 """The Kafka → Parquet lake sink: impressions, feedback and rewards as hive-partitioned Parquet,
-written exactly once per offset range (``recsys.lake.scan_lake`` reads it, re-exported here).
+each Kafka offset range written exactly once, so a replay after a crash rewrites the same files.
 
-Layout (under a root that is a local path or any fsspec URI: ``s3://``, ``gs://``, ``memory://``)::
-
-    <root>/<table>/event_date=2024-03-01/event_hour=23/<topic>-p<partition>-<first>-<last>.parquet
-
-``<table>`` is ``impressions``, ``feedback`` or ``rewards``, and each file holds exactly the table's
-schema from ``recsys.schema`` (``IMPRESSIONS``, ``FEEDBACK``, ``REWARDS``): the event fields, one
-row per shown item for impressions, and the provenance columns ``kafka_topic``,
-``kafka_partition``, ``kafka_offset`` always filled (Parquet's standard list layout names a list's
-items ``element``; readers ignore the name). ``event_date`` (date32) and ``event_hour``
-(int8) are in the directory names only, derived from ``event_time_ms`` in UTC by
-``recsys.schema.partition_expressions``; ``<first>`` and ``<last>`` are 20-digit offsets.
-
-What the offline pipeline reads (``recsys.schema`` is the authority; all times UTC):
-
-* ``impressions``: one row per shown item: ``request_id, event_time_ms, user_id, policy_name,
-  policy_version, context_dense, context_cluster_ids, context_cluster_weights, position,
-  item_id, score, propensity, schema_version`` + provenance. A slate is its ``request_id``.
-* ``feedback``: one row per user action: ``request_id, event_time_ms, user_id, position,
-  item_id, event_type, value, schema_version`` + provenance.
-* ``rewards``: one joined example per shown item: ``request_id, event_time_ms, user_id,
-  policy_name, policy_version, context_*, position, item_id, reward, propensity,
-  schema_version`` + provenance. This is the table OPE and the debiasing models train on.
-
-Exactly once per offset range
------------------------------
-The sink buffers each ``(topic, partition)`` and writes a *range* of its offsets at a time. A
-range covers ``[first, last]``: ``first`` is where the previous range ended plus one, or the offset
-given to ``restore``, or, on a sink that was never restored, the first event's offset; ``last`` is
-the last offset given to the sink (an event's, or a rejected record's, see below), or
-``until - 1`` when ``flush(until=...)`` says where the reader stands.
-Offsets in a range that hold no event (records the consumer dead-lettered, transaction markers)
-are simply absent from its rows. A range whose events span several date/hour partitions is one
-file per partition directory, all with the range's name. Each file is written atomically
-(``recsys.storage``): a temporary name, then a move.
-
-A range is cut (written) when
-
-* it holds ``max_records`` Kafka records: cut at exactly that record, so the cut depends only on
-  where the range started, never on how the records were batched (an impression record is
-  several rows; a record's rows never split);
-* its oldest record has waited ``max_age_s`` in the buffer (checked by ``write`` and
-  ``flush_due``; processing time, so not reproducible);
-* ``flush()`` is called: the checkpoint coordinator calls it before it records offsets, and it
-  returns the offsets below which everything is durable in the lake, ``{(topic, partition):
-  next offset}``, the form a checkpoint stores. Pass the readers' positions as ``until`` so the
-  durable offsets include trailing dead-lettered records and equal what the readers report.
-
-Replays. Every checkpointed offset is a range boundary: ``flush`` cuts every buffer, and the
-coordinator records the offsets it returns (with ``until`` = the paused readers' positions, the
-two agree). After a
-crash the pipeline restores the checkpoint and the readers re-read from its offsets;
-``restore(offsets)`` starts each partition's next range exactly at its offset and **deletes the
-files of that (topic, partition) whose range starts at or after it** (with any temporary file a
-crash left): they were written after the checkpoint, and the replay writes those offsets again,
-possibly cut elsewhere (an age cut, or a flush whose checkpoint never completed). Files that end
-before the offset are committed and stay. So the lake never holds two files with overlapping
-ranges of one partition, and a replay with the same cuts (size cuts and coordinator flushes)
-rewrites the same file names with byte-identical content. Call ``restore`` with the readers'
-starting offsets on every start, with or without a checkpoint, so a crash before the first
-checkpoint is cleaned up too.
-
-Rules that resolve what remains:
-
-* A file that *straddles* a restore offset (starts before it, ends at or after it) cannot come
-  from a sink whose ranges end at checkpoints; it is kept (its rows before the offset are
-  committed), reported by ``restore`` and counted in ``stats().straddling_files``. The replay
-  writes its later offsets again, and ``scan_lake`` de-duplicates them.
-* ``scan_lake`` always de-duplicates rows by provenance: ``kafka_topic, kafka_partition,
-  kafka_offset`` (and ``position`` for impressions, whose record is one row per shown item).
-  Rows of one offset are copies of one Kafka record, so which copy is kept does not matter.
-* ``rewards`` are also de-duplicated by ``(request_id, item_id)``, keeping the row with the
-  smallest ``(kafka_partition, kafka_offset)``: a joiner recovered from a checkpoint re-sends the
-  rewards it produced after it, identical records at new offsets (``streaming.joiner``), so the
-  lake holds those offsets once each but a joined example more than once. Repeats keep the first
-  (``streaming.join``); a request's rewards share a partition (key = request id), so the
-  smallest offset is the first sent. This makes the rewards table exactly once per example.
-* Between ``restore`` and the replay catching up, the deleted uncommitted offsets are briefly
-  absent from the lake; everything up to the checkpoint is always there.
-* Kafka's retention must outlast a checkpoint interval: offsets that can no longer be re-read
-  cannot be rewritten (the bandit state would miss them too).
-* One sink owns a (topic, partition); two sinks writing the same partition is not supported
-  (partitions are assigned explicitly, so it does not happen).
-
-Bad input. Decode and validation failures never reach the sink (the consumer dead-letters them).
-A valid event can still hold a value no lake column can (a feature beyond float32, an id beyond
-int64, an event time past the year 9999, which has no date directory): the sink leaves that
-record out, counts it by reason (``stats().rejected_reasons``) and keeps it for
-``take_rejected()``, which the pipeline sends to the dead-letter topic before it records a
-checkpoint; the range still covers the offset, so a replay does not revisit it. A record on a
-topic the sink does not map to a table, an event of the wrong type for its table, or offsets that
-go backwards (a reader rewound without ``restore``) are bugs: ``write`` raises before buffering
-anything of the batch.
-
-Durability is the filesystem's: a local move survives a process crash; add fsync-on-close
-(or use an object store) where power loss matters.
-
-Reading. ``scan_lake`` and ``lake_files`` live in ``recsys.lake`` (so the offline pipeline can
-read the lake without importing ``streaming``) and are re-exported here; its module docs say
-what a scan returns, how it de-duplicates and which filters prune partitions.
-
-``LakeSinkActor`` is the same class as a Ray actor (one per set of partitions it owns).
+``LakeSink`` buffers consumed events per (topic, partition) and cuts offset ranges into files;
+``restore`` rolls the lake back to a checkpoint's offsets. ``streaming.lake_writer`` runs it as a
+Ray actor; ``recsys.lake.scan_lake`` reads the lake. The layout, the cut and replay rules and what
+a scan returns are in the README ("Parquet lake").
 """
 
 from __future__ import annotations
@@ -118,12 +21,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
 
 from recsys.events import Feedback, Impression, Reward
-from recsys.lake import _dedup_keys as _dedup_keys  # re-exported: moved to recsys.lake
-from recsys.lake import _first_reward_per_example as _first_reward_per_example
-from recsys.lake import lake_files, scan_lake
 from recsys.schema import (
     TableName,
     feedback_to_arrow,
@@ -132,22 +31,19 @@ from recsys.schema import (
     rewards_to_arrow,
 )
 from recsys.storage import PathLike, join, resolve, write_bytes_atomic
+from recsys.topics import FEEDBACK, IMPRESSIONS, REWARDS
 from streaming.consumer import ConsumedEvent
-from streaming.topics import FEEDBACK, IMPRESSIONS, REWARDS
 
 __all__ = [
     "DEFAULT_TABLES",
     "MAX_EVENT_TIME_MS",
     "LakeFile",
     "LakeSink",
-    "LakeSinkActor",
     "LakeSinkStats",
     "RejectedRecord",
     "RestoreReport",
     "file_name",
-    "lake_files",
     "parse_file_name",
-    "scan_lake",
 ]
 
 Offsets = dict[tuple[str, int], int]
@@ -264,7 +160,7 @@ class LakeSink:
 
     ``root``: a local path or fsspec URI (``filesystem`` overrides the URI's). ``tables`` maps
     each topic to its table (default: the contract topics, ``DEFAULT_TABLES``). ``max_records``
-    and ``max_age_s`` are the cut rules described in the module docs; ``clock`` (seconds,
+    and ``max_age_s`` are the cut rules (README, "Parquet lake"); ``clock`` (seconds,
     monotonic) measures buffer age. ``compression`` is the Parquet codec.
     """
 
@@ -643,7 +539,3 @@ def _parquet_bytes(table: pa.Table, compression: str) -> bytes:
     dictionary = [name for name in table.column_names if name in _DICTIONARY_COLUMNS]
     pq.write_table(table, sink, compression=compression, use_dictionary=dictionary)
     return sink.getvalue()
-
-
-LakeSinkActor = ray.remote(num_cpus=0.25)(LakeSink)
-"""``LakeSink`` as a Ray actor: mostly I/O, so it asks for a quarter of a CPU."""

@@ -41,10 +41,10 @@ from recsys.events import Feedback, Impression, Reward, encode
 from recsys.producer import EventProducer
 from recsys.schema import TableName
 from recsys.storage import PathLike
+from recsys.topics import DEAD_LETTER, FEEDBACK, IMPRESSIONS, REWARDS
 from streaming.consumer import ConsumedEvent, EventConsumer
 from streaming.lake import LakeSink, RejectedRecord, RestoreReport
 from streaming.reading import ConsumingActor, Offsets
-from streaming.topics import DEAD_LETTER, FEEDBACK, IMPRESSIONS, REWARDS
 
 __all__ = ["LakeWriter", "LakeWriterActor", "LakeWriterStats"]
 

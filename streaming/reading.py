@@ -1,8 +1,8 @@
 """What every Kafka-reading actor shares: an explicit assignment, batch reads, bounded drains.
 
-``PartitionReader``, ``Learner``, ``Joiner`` and ``LakeWriter`` each own a fixed set of
-(topic, partition) pairs and an ``EventConsumer``; they differ only in what they do with a batch
-(``_handle``) and in what a checkpoint must flush (their own ``pause``/``restore``). This base
+``Learner``, ``Joiner`` and ``LakeWriter`` each own a fixed set of (topic, partition) pairs and
+an ``EventConsumer``; they differ only in what they do with a batch (``_handle``) and in what a
+checkpoint must flush (their own ``pause``/``restore``). This base
 gives them one ``step`` (one poll), one ``drain`` (read up to given offsets, never past them, in
 time slices so a coordinator's ``pause`` gets in between), the offset queries, ``resume``, and the
 ownership check, so the checkpoint coordinator drives all of them the same way.

@@ -22,10 +22,10 @@ from collections.abc import Callable
 
 from recsys.events import Reward
 from recsys.schema import feedback_to_arrow, impressions_to_arrow, rewards_to_arrow
+from recsys.topics import FEEDBACK, IMPRESSIONS, REWARDS
 from simulators.synthetic_traffic import generate_traffic
 from streaming.consumer import ConsumedEvent
 from streaming.lake import LakeSink
-from streaming.topics import FEEDBACK, IMPRESSIONS, REWARDS
 
 PARTITIONS = 4
 BATCH = 10_000

@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from recsys.lake import scan_lake
 from recsys.schema import partition_expressions
 from simulators.ground_truth import item_click_probabilities
 from simulators.offline_data import (
@@ -20,7 +21,6 @@ from simulators.offline_data import (
     write_exposure_dataset,
     write_noisy_clicks_dataset,
 )
-from streaming.lake import scan_lake
 
 SMALL_EXPOSURE = {"n_users": 40, "n_items": 30, "n_requests": 3000, "ms_per_request": 4000}
 SMALL_NOISY = {"n_users": 40, "n_items": 30, "n_requests": 6000, "ms_per_request": 2000}

@@ -1,6 +1,6 @@
 """The Kafka → Parquet lake sink: file names and offset ranges, date/hour partitioning, replays
 that rewrite the same files, recovery after a crash between a write and a checkpoint, schema of
-what is read back, fsspec roots; and one run on the real broker and a real Ray actor."""
+what is read back, fsspec roots; and one run on the real broker."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys.events import Context, Feedback, Impression, Reward, SlateEntry
+from recsys.lake import lake_files, scan_lake
 from recsys.schema import (
     IMPRESSIONS,
     PARTITIONING,
@@ -26,14 +27,7 @@ from recsys.schema import (
     validate_frame,
 )
 from streaming.consumer import ConsumedEvent
-from streaming.lake import (
-    MAX_EVENT_TIME_MS,
-    LakeSink,
-    file_name,
-    lake_files,
-    parse_file_name,
-    scan_lake,
-)
+from streaming.lake import MAX_EVENT_TIME_MS, LakeSink, file_name, parse_file_name
 
 TOPIC = "recsys.impressions"
 HOUR_MS = 3_600_000
@@ -413,16 +407,13 @@ def test_bugs_in_the_input_raise_and_leave_the_sink_unchanged(tmp_path):
         sink.restore({("recsys.clicks", 0): 0})
 
 
-# -- real broker, real Ray ---------------------------------------------------------------------
+# -- real broker ---------------------------------------------------------------------------------
 
 
 @pytest.mark.integration
-def test_events_from_the_broker_land_in_the_lake_once_via_a_ray_actor(
-    kafka_bootstrap, unique_topics, ray_session, tmp_path
-):
+def test_events_from_the_broker_land_in_the_lake_once(kafka_bootstrap, unique_topics, tmp_path):
     from recsys.producer import EventProducer
     from streaming.consumer import EventConsumer
-    from streaming.lake import LakeSinkActor
 
     topics = unique_topics({"impressions": 2, "feedback": 2, "rewards": 1, "dead": 1})
     kinds = {"impressions": Impression, "feedback": Feedback, "rewards": Reward}
@@ -447,17 +438,15 @@ def test_events_from_the_broker_land_in_the_lake_once_via_a_ray_actor(
         dead_letter_topic=topics["dead"],
         expected_types={topics[t]: kinds[t] for t in kinds},
     ) as consumer:
-        sink = LakeSinkActor.remote(
-            tmp_path, tables={topics[t]: t for t in kinds}, max_records=17
-        )
+        sink = LakeSink(tmp_path, tables={topics[t]: t for t in kinds}, max_records=17)
         ends = consumer.end_offsets()
         received = []
         while not consumer.reached(ends):
             batch = consumer.poll(timeout_ms=200, max_records=50, until=ends)
             received += batch
-            ray_session.get(sink.write.remote(batch))
+            sink.write(batch)
         assert consumer.dead_lettered == 3
-        durable = ray_session.get(sink.flush.remote(until=consumer.positions()))
+        durable = sink.flush(until=consumer.positions())
     assert durable == ends
     for table, events in sent.items():
         read = validate_frame(scan_lake(tmp_path, table).collect(), table)

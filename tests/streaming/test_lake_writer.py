@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from recsys.events import Context, Impression, Reward, decode, decode_dead_letter, encode
+from recsys.lake import lake_files, scan_lake
 from recsys.producer import EventProducer
 from recsys.schema import (
     PARTITIONING,
@@ -20,7 +21,7 @@ from recsys.schema import (
     impressions_to_arrow,
     rewards_to_arrow,
 )
-from streaming.lake import LakeSink, lake_files, scan_lake
+from streaming.lake import LakeSink
 from streaming.lake_writer import LakeWriter, LakeWriterActor
 from tests.streaming.test_joiner import read_all
 from tests.streaming.test_lake import (

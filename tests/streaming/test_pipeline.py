@@ -15,8 +15,8 @@ import pytest
 
 from recsys.checkpoint import CheckpointStore
 from recsys.config import StreamSettings
+from recsys.lake import scan_lake
 from streaming.join import EventTimeJoiner
-from streaming.lake import scan_lake
 from streaming.pipeline import StreamPipeline, Topics
 from streaming.shards import dense_statistics
 from tests.streaming.event_log import (
