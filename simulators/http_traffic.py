@@ -2,34 +2,33 @@
 
 ``HttpUsers`` plays the simulator's users against a serving app on this machine: each round it
 samples requests from the simulator, asks ``POST /recommend`` for a slate per request
-(concurrently, one keep-alive ``aiohttp`` session), lets the simulator's choice model click, and
-posts the clicks to ``POST /feedback`` as one batched list. It counts requests, clicks and
-*expected* clicks (``1 − P(no click)`` of each served slate under the choice model, a
-lower-variance CTR) per policy arm and per round, and counts every HTTP error by status.
+(concurrently, over the shared client transport ``recsys.client.http``, which retries 503), lets
+the simulator's choice model click, and posts the clicks to ``POST /feedback`` as one batched
+list. It counts requests, clicks and *expected* clicks (``1 − P(no click)`` of each served slate
+under the choice model, a lower-variance CTR) per policy arm and per round, and counts every HTTP
+error by status.
 
 Wire ids: a user is ``f"u{user_index}"`` (``user_id_on_wire``), the same ids that
 ``write_user_features`` writes into the user-feature table the serving app loads; an item id is
-the simulator's item index. Only loopback servers are accepted: simulated clicks must never
-reach a real service's logs.
+the simulator's item index. Only loopback servers are accepted (``recsys.client.guard``):
+simulated clicks must never reach a real service's logs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import aiohttp
 import numpy as np
 import polars as pl
 
+from recsys import schema
+from recsys.client.http import JsonClient
 from simulators.model import Requests, SlateSimulator
 
 USER_PREFIX = "u"
@@ -54,24 +53,6 @@ def user_id_on_wire(user_index: int | np.ndarray) -> str | list[str]:
     if isinstance(user_index, np.ndarray):
         return [f"{USER_PREFIX}{i}" for i in user_index.tolist()]
     return f"{USER_PREFIX}{int(user_index)}"
-
-
-def check_loopback(base_url: str) -> str:
-    """``base_url`` without a trailing slash; ValueError unless it is http(s) on this machine."""
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"base_url must look like http://127.0.0.1:8000, got {base_url!r}")
-    host = parts.hostname
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise ValueError(
-            f"refusing to send simulated users to {host!r}: simulated clicks would pollute a real "
-            f"service's logs; serve the app on 127.0.0.1, localhost or ::1"
-        )
-    return base_url.rstrip("/")
 
 
 # ------------------------------------------------------------------------------------ results
@@ -190,7 +171,6 @@ class HttpUsers:
         request_timeout_s: float = 10.0,
         keep_served: bool = True,
     ) -> None:
-        self.base_url = check_loopback(base_url)
         self.sim = sim
         self.k = sim.config.slate_size if k is None else k
         if not 1 <= self.k <= sim.config.slate_size:
@@ -198,17 +178,14 @@ class HttpUsers:
                 f"k must be in [1, sim.config.slate_size={sim.config.slate_size}] (the choice "
                 f"model has examination weights for that many positions), got {self.k}"
             )
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        if max_retries_503 < 0 or backoff_s < 0 or request_timeout_s <= 0:
-            raise ValueError("max_retries_503 and backoff_s must be >= 0, request_timeout_s > 0")
+        if not (isinstance(concurrency, int) and concurrency >= 1):
+            raise ValueError(f"concurrency: expected an integer >= 1, got {concurrency!r}")
+        self.client = JsonClient(base_url, max_connections=concurrency,
+                                 timeout_s=request_timeout_s, max_retries_503=max_retries_503,
+                                 backoff_s=backoff_s, max_backoff_s=max_backoff_s)
         self.send_context = send_context
         self.concurrency = concurrency
         self.policy = policy
-        self.max_retries_503 = max_retries_503
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.request_timeout_s = request_timeout_s
         self.keep_served = keep_served
         self.rng = np.random.default_rng(seed)
         self.errors = HttpErrors()
@@ -216,12 +193,8 @@ class HttpUsers:
         self._rows: list[tuple] = []
         self._served: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
         self._t0: float | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._session_loop: asyncio.AbstractEventLoop | None = None
 
-    # --------------------------------------------------------------------------- session
     async def __aenter__(self) -> HttpUsers:
-        self._get_session()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -229,51 +202,20 @@ class HttpUsers:
 
     async def aclose(self) -> None:
         """Close the HTTP session (a later round opens a new one)."""
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        if self._session is None or self._session.closed or self._session_loop is not loop:
-            connector = aiohttp.TCPConnector(limit=self.concurrency)
-            timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
-            self._session_loop = loop
-        return self._session
+        await self.client.aclose()
 
     # ---------------------------------------------------------------------------- calls
     async def _post(self, path: str, payload: Any, errors: Counter[str]) -> Any | None:
-        """POST JSON; retry 503 with capped exponential backoff; count and return None on
-        failure."""
-        session = self._get_session()
-        url = self.base_url + path
-        for attempt in range(self.max_retries_503 + 1):
-            try:
-                async with session.post(url, json=payload) as resp:
-                    if 200 <= resp.status < 300:  # /feedback answers 202 Accepted
-                        return await resp.json()
-                    body = (await resp.text())[:300]
-                    if resp.status == 503 and attempt < self.max_retries_503:
-                        self.errors.retries_503 += 1
-                        errors["retries_503"] += 1
-                        await asyncio.sleep(self._backoff(attempt, resp.headers.get("Retry-After")))
-                        continue
-                    status = str(resp.status)
-                    message = f"POST {path} -> {status}: {body}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                status, message = "transport", f"POST {path} -> {type(exc).__name__}: {exc}"
-            self.errors.add(status, message)
-            errors[status] += 1
-            return None
-        raise AssertionError("unreachable")
-
-    def _backoff(self, attempt: int, retry_after: str | None) -> float:
-        delay = self.backoff_s * 2**attempt
-        if retry_after is not None:
-            with contextlib.suppress(ValueError):  # an HTTP date: keep the exponential delay
-                delay = max(delay, float(retry_after))
-        return min(delay, self.max_backoff_s)
+        """POST JSON (503 retried by the client); the body, or None with the failure counted."""
+        reply = await self.client.post_json(path, payload)
+        if reply.retries_503:
+            self.errors.retries_503 += reply.retries_503
+            errors["retries_503"] += reply.retries_503
+        if reply.ok:
+            return reply.body
+        self.errors.add(reply.status, reply.error or reply.status)
+        errors[reply.status] += 1
+        return None
 
     async def _recommend(
         self, payload: dict, gate: asyncio.Semaphore, errors: Counter[str]
@@ -446,16 +388,8 @@ class HttpUsers:
             await self.aclose()
         return out
 
-    def run(
-        self,
-        *,
-        duration_s: float | None = None,
-        n_rounds: int | None = None,
-        round_size: int = 100,
-        on_round: Callable[[RoundResult], bool | None] | None = None,
-        pause_s: float = 0.0,
-    ) -> list[RoundResult]:
-        """Synchronous ``run_async`` (its own event loop)."""
+    def run(self, **options: Any) -> list[RoundResult]:
+        """Synchronous ``run_async`` (same keyword arguments) on its own event loop."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -463,12 +397,7 @@ class HttpUsers:
         else:
             raise RuntimeError("HttpUsers.run() starts its own event loop; inside a running "
                                "loop use `await users.run_async(...)`")
-        return asyncio.run(
-            self.run_async(
-                duration_s=duration_s, n_rounds=n_rounds, round_size=round_size,
-                on_round=on_round, pause_s=pause_s,
-            )
-        )
+        return asyncio.run(self.run_async(**options))
 
     # ------------------------------------------------------------------------ accounting
     def history(self) -> pl.DataFrame:
@@ -517,28 +446,6 @@ class HttpUsers:
 
 
 # ------------------------------------------------------------------------------- helpers
-async def wait_ready(base_url: str, timeout_s: float = 30.0, poll_s: float = 0.1) -> None:
-    """Poll ``GET {base_url}/health`` until it answers 200; TimeoutError after ``timeout_s``."""
-    url = check_loopback(base_url) + "/health"
-    deadline = time.monotonic() + timeout_s
-    last = "no answer yet"
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=max(poll_s, 1.0))) as s:
-        while True:
-            try:
-                async with s.get(url) as resp:
-                    if resp.status == 200:
-                        return
-                    last = f"{resp.status} {(await resp.text())[:200]}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"GET {url} did not answer 200 within {timeout_s:g}s (waiting for the serving "
-                    f"app to load a snapshot); last answer: {last}"
-                )
-            await asyncio.sleep(poll_s)
-
-
 def true_value_of_slates(
     sim: SlateSimulator, user_ids: np.ndarray | Sequence[int], slates: np.ndarray
 ) -> ServedValue:
@@ -578,16 +485,8 @@ def true_value_of_slates(
 
 
 def write_user_features(sim: SlateSimulator, path: str | Path) -> Path:
-    """Write the simulator's observable user features as the serving app's user-feature table:
-    Parquet with ``user_id`` (``"u{i}"``) and ``context_dense`` (list<float32>)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    features = sim.user_features().astype(np.float32)
-    frame = pl.DataFrame(
-        {
-            "user_id": user_id_on_wire(np.arange(sim.config.n_users)),
-            "context_dense": pl.Series(features).cast(pl.List(pl.Float32)),
-        }
-    )
-    frame.write_parquet(path)
-    return path
+    """Write the simulator's observable user features as the serving app's user-feature table
+    (``recsys.schema.USER_FEATURES``), users named ``"u{i}"``."""
+    ids = user_id_on_wire(np.arange(sim.config.n_users))
+    schema.write_user_features(path, ids, sim.user_features())
+    return Path(path)

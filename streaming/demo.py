@@ -201,8 +201,8 @@ def _final_values(sim: Any, stats: Any, config: Any, plan: DemoPlan) -> dict[str
 
 def _freshness(stack: Any, sim: Any, plan: DemoPlan) -> Any:
     """Probe items added now (no rewards yet): click → served score changed, ``plan.freshness_
-    probes`` times (``recsys.serving.freshness``)."""
-    from recsys.serving.freshness import measure_freshness, wait_until_served
+    probes`` times (``recsys.client.freshness``)."""
+    from recsys.client.freshness import measure_freshness, wait_until_served
 
     probes = list(range(plan.n_items, plan.n_items + plan.freshness_probes))
     with stack.driver.paused() as pipeline:

@@ -41,7 +41,7 @@ import numpy as np
 
 from recsys.bandits import DiagLinTS, DiagLinUCB, EpsilonGreedy, policy_spec
 from recsys.config import KafkaSettings, ServeSettings, Settings, StreamSettings
-from recsys.serving.freshness import measure_freshness, wait_until_served
+from recsys.client.freshness import measure_freshness, wait_until_served
 from streaming.broker import free_port
 from streaming.live import live_stack
 from streaming.services import kafka_cluster, ray_runtime

@@ -27,7 +27,7 @@ from recsys.bandits import DiagLinTS, DiagLinUCB, EpsilonGreedy, policy_spec
 from recsys.config import KafkaSettings, ServeSettings, Settings, StreamSettings
 from recsys.events import Impression, decode
 from recsys.ope import InverseProbabilityWeighting, bandit_feedback_from_frame
-from recsys.serving.freshness import measure_freshness, wait_until_served
+from recsys.client.freshness import measure_freshness, wait_until_served
 from simulators.ground_truth import policy_value
 from simulators.http_traffic import HttpUsers
 from simulators.model import SimulatorConfig, SlateSimulator

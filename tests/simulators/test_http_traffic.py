@@ -2,24 +2,18 @@
 
 The stub follows the HTTP contract (``recsys.serving.schemas`` validates every body it gets):
 uniformly random slates with propensity 1/n, arms "learning"/"uniform" alternating by request,
-503 from /health and /recommend for the first calls when asked, and it records all feedback.
+503 from /recommend for the first calls when asked, and it records all feedback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
@@ -35,13 +29,12 @@ from simulators.ground_truth import optimal_slates, optimal_value, policy_value
 from simulators.http_traffic import (
     FEEDBACK_BATCH,
     HttpUsers,
-    check_loopback,
     true_value_of_slates,
-    wait_ready,
     write_user_features,
 )
 from simulators.model import SimulatorConfig, SlateSimulator
 from simulators.policies import UniformPolicy
+from tests.client.stub_server import closed_port, serve_app
 
 CONFIG = SimulatorConfig(n_users=200, n_items=30, slate_size=3, no_click_utility=1.5, seed=3)
 ARMS = ("learning", "uniform")
@@ -52,11 +45,9 @@ class Stub:
     """What the stub server saw and how it misbehaves."""
 
     n_items: int
-    health_503: int = 0
     recommend_503: int = 0
     reject_every: int = 0  # every n-th /recommend call gets a 422 (0: never)
     short_every: int = 0  # every n-th /recommend call serves one item too few (0: never)
-    health_calls: int = 0
     recommend_calls: int = 0
     served: dict[str, RecommendRequest | RecommendResponse] = field(default_factory=dict)
     requests: list[RecommendRequest] = field(default_factory=list)
@@ -66,14 +57,6 @@ class Stub:
 
     def app(self) -> FastAPI:
         app = FastAPI()
-
-        @app.get("/health")
-        def health():  # type: ignore[no-untyped-def]
-            self.health_calls += 1
-            if self.health_calls <= self.health_503:
-                return JSONResponse({"ready": False}, status_code=503)
-            return {"ready": True, "snapshot_id": "s", "snapshot_age_ms": 0.0,
-                    "policies": list(ARMS), "detail": "ok"}
 
         @app.post("/recommend", response_model=RecommendResponse)
         def recommend(body: RecommendRequest):  # type: ignore[no-untyped-def]
@@ -107,39 +90,10 @@ class Stub:
         return app
 
 
-@contextmanager
-def serve(stub: Stub) -> Iterator[str]:
-    """Run the stub on a free loopback port; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(stub.app(), log_level="warning", lifespan="off", access_log=False)
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the stub server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_rounds_post_every_click_for_a_served_slate_and_counts_add_up():
     sim = SlateSimulator(CONFIG)
     stub = Stub(CONFIG.n_items)
-    with serve(stub) as url:
+    with serve_app(stub.app()) as url:
         users = HttpUsers(url, sim, concurrency=8, seed=1)
         seen: list[int] = []
         results = users.run(n_rounds=4, round_size=60, on_round=lambda r: seen.append(r.clicks))
@@ -182,7 +136,7 @@ def test_feedback_is_chunked_at_the_batch_limit(monkeypatch):
     monkeypatch.setattr(http_traffic, "FEEDBACK_BATCH", 3)
     sim = SlateSimulator(CONFIG)
     stub = Stub(CONFIG.n_items)
-    with serve(stub) as url:
+    with serve_app(stub.app()) as url:
         result = HttpUsers(url, sim, seed=4).run(n_rounds=1, round_size=80)[0]
     assert result.clicks > 3 and stub.feedback_posts == -(-result.clicks // 3)
     assert len(stub.feedback) == result.feedback_posted == result.feedback_accepted == result.clicks
@@ -191,7 +145,7 @@ def test_feedback_is_chunked_at_the_batch_limit(monkeypatch):
 def test_user_ids_only_and_a_forced_arm():
     sim = SlateSimulator(CONFIG)
     stub = Stub(CONFIG.n_items)
-    with serve(stub) as url:
+    with serve_app(stub.app()) as url:
         users = HttpUsers(url, sim, k=2, send_context=False, policy="uniform", seed=2)
         result = users.run(n_rounds=1, round_size=30)[0]
     assert all(r.context is None and r.policy == "uniform" and r.k == 2 for r in stub.requests)
@@ -202,7 +156,7 @@ def test_user_ids_only_and_a_forced_arm():
 def test_503_is_retried_with_backoff_and_counted():
     sim = SlateSimulator(CONFIG)
     stub = Stub(CONFIG.n_items, recommend_503=5)
-    with serve(stub) as url:
+    with serve_app(stub.app()) as url:
         users = HttpUsers(url, sim, concurrency=4, backoff_s=0.01, max_retries_503=5)
         result = users.run(n_rounds=1, round_size=20)[0]
     assert result.served == 20 and result.retries_503 == 5 == users.errors.retries_503
@@ -212,7 +166,7 @@ def test_503_is_retried_with_backoff_and_counted():
 def test_errors_are_counted_by_status_never_dropped():
     sim = SlateSimulator(CONFIG)
     stub = Stub(CONFIG.n_items, recommend_503=10_000)
-    with serve(stub) as url:
+    with serve_app(stub.app()) as url:
         users = HttpUsers(url, sim, backoff_s=0.0, max_retries_503=2)
         result = asyncio.run(users.run_async(n_rounds=1, round_size=10))[0]
     assert result.served == 0 and result.arms == {} and result.errors == {"503": 10}
@@ -220,7 +174,7 @@ def test_errors_are_counted_by_status_never_dropped():
     assert "POST /recommend -> 503" in users.errors.messages[0] and users.history().is_empty()
 
     stub = Stub(CONFIG.n_items, reject_every=4)
-    with serve(stub) as url:
+    with serve_app(stub.app()) as url:
         users = HttpUsers(url, sim)
         result = users.run(n_rounds=1, round_size=20)[0]
     assert result.errors == {"422": 5} and result.served == 15
@@ -228,7 +182,7 @@ def test_errors_are_counted_by_status_never_dropped():
     assert "rejected by the stub" in users.errors.messages[0]
 
     stub = Stub(CONFIG.n_items, short_every=5)
-    with serve(stub) as url:
+    with serve_app(stub.app()) as url:
         users = HttpUsers(url, sim)
         result = users.run(n_rounds=1, round_size=20)[0]
     assert result.errors == {"invalid_response": 4} and result.served == 16
@@ -239,29 +193,10 @@ def test_errors_are_counted_by_status_never_dropped():
     assert result.errors == {"transport": 5} and users.errors.by_class() == {"transport": 5}
 
 
-def test_wait_ready_polls_health_until_200_and_times_out_clearly():
-    stub = Stub(CONFIG.n_items, health_503=3)
-    with serve(stub) as url:
-        asyncio.run(wait_ready(url, timeout_s=10, poll_s=0.01))
-    assert stub.health_calls == 4
-    url = f"http://127.0.0.1:{closed_port()}"
-    with pytest.raises(TimeoutError, match=r"GET .*/health did not answer 200 within 0.2s"):
-        asyncio.run(wait_ready(url, timeout_s=0.2, poll_s=0.05))
-
-
-@pytest.mark.parametrize(
-    "url", ["http://example.com:8000", "http://10.1.2.3", "ftp://127.0.0.1", "127.0.0.1:8000"]
-)
-def test_non_loopback_urls_are_refused(url):
-    with pytest.raises(ValueError, match=r"refusing|must look like"):
-        HttpUsers(url, SlateSimulator(CONFIG))
-    with pytest.raises(ValueError):
-        asyncio.run(wait_ready(url, timeout_s=0.1))
-
-
-def test_loopback_urls_are_accepted():
-    for url in ("http://localhost:1/", "http://127.0.0.2:80", "http://[::1]:8000"):
-        assert not check_loopback(url).endswith("/")
+def test_non_loopback_servers_are_refused():
+    # the guard itself is tested in tests/client/test_guard.py
+    with pytest.raises(ValueError, match=r"^url: expected a loopback host"):
+        HttpUsers("http://10.1.2.3:8000", SlateSimulator(CONFIG))
 
 
 def test_user_feature_table_round_trips(tmp_path):
@@ -276,13 +211,13 @@ def test_user_feature_table_round_trips(tmp_path):
 
 def test_true_value_of_uniform_slates_matches_ground_truth():
     sim = SlateSimulator(CONFIG)
-    policy = UniformPolicy(CONFIG.n_items, CONFIG.slate_size)
-    truth = policy_value(sim, policy, n_monte_carlo=200)
+    truth = policy_value(sim, UniformPolicy(CONFIG.n_items, random_state=0), n_monte_carlo=200)
     rng = np.random.default_rng(5)
+    policy = UniformPolicy(CONFIG.n_items, random_state=rng)  # the traffic's stream
     every_user = np.tile(np.arange(CONFIG.n_users), 100)  # all users, 100 slates each
     sampled = sim.sample_requests(20_000, rng=rng).user_id  # traffic-like users
     for users in (every_user, sampled):
-        slates, _ = policy.sample(sim.user_features(users), rng)
+        slates = policy.recommend(sim.user_features(users), CONFIG.slate_size).items
         got = true_value_of_slates(sim, users, slates)
         assert got.n_slates == users.size and got.user_coverage > 0.99
         assert abs(got.value - truth.value) < 4 * np.hypot(got.standard_error,
