@@ -9,6 +9,19 @@ from collections.abc import Callable, Iterator
 
 from recsys.config import Settings
 
+_TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class _DropMessages(logging.Filter):
+    """Drop log records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
 
 @contextlib.contextmanager
 def ray_runtime(
@@ -28,13 +41,20 @@ def ray_runtime(
     else:
         if before_local_start is not None:
             before_local_start(settings)
-        ray.init(
-            num_cpus=settings.ray.num_cpus,
-            include_dashboard=False,
-            object_store_memory=settings.ray.object_store_memory_mb * 1024 * 1024,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
+        # Ray enables token authentication for a new local instance (the safe default, kept)
+        # and warns about it on every start; the user has nothing to do about it.
+        quiet = _DropMessages("Token authentication is enabled")
+        logging.getLogger(_TOKEN_AUTH_LOGGER).addFilter(quiet)
+        try:
+            ray.init(
+                num_cpus=settings.ray.num_cpus,
+                include_dashboard=False,
+                object_store_memory=settings.ray.object_store_memory_mb * 1024 * 1024,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+            )
+        finally:
+            logging.getLogger(_TOKEN_AUTH_LOGGER).removeFilter(quiet)
         origin = "local instance"
     try:
         yield origin

@@ -2,8 +2,14 @@
 
 Resolves Kafka and Ray like every command (configured, detached broker, or embedded), starts the
 streaming pipeline (resuming from its newest checkpoint) with named shards, deploys the Ray Serve
-app that scores with their snapshots, prints the URL and the docs URL, and prints one status line
-a second: slates served, events/s through the pipeline, consumer lag, checkpoint age.
+app that scores with their snapshots, and prints where everything is: the app's URL, its docs and
+its own metrics (``GET /metrics``: requests, latency, shed load), and the stream's Prometheus
+metrics (``streaming.metrics``: consumer lag, events/s, dead letters, freshness, checkpoints) on a
+second port (``--metrics-port``). Then a status line: records through the pipeline, lag, events/s,
+checkpoint age (redrawn on a terminal, a plain line every 30 s in a log).
+
+The HTTP ports are checked before anything starts: a taken port is one line that says which port
+and how to choose another, with exit status 2.
 """
 
 from __future__ import annotations
@@ -11,10 +17,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 from recsys.checkpoint import CheckpointError
 from recsys.config import Settings
+from recsys.progress import StatusLine
+from recsys.serving.server import PortInUseError, ensure_port_free
+
+STATUS_EVERY_S = 1.0
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -22,6 +33,16 @@ def run_serve(args: argparse.Namespace) -> int:
     from streaming.stream_cli import statistics_template
 
     settings: Settings = args.settings
+    if args.port is not None:
+        settings = replace(settings, serve=replace(settings.serve, port=args.port))
+    try:
+        ensure_port_free(settings.serve.host, settings.serve.port)
+        if args.metrics_port:
+            ensure_port_free("127.0.0.1", args.metrics_port, name="--metrics-port",
+                             fix="choose another (0: any free port)")
+    except PortInUseError as exc:
+        print(f"recsys serve: {exc}", file=sys.stderr)
+        return 2
     try:
         template = statistics_template(settings)
     except (OSError, ValueError) as exc:
@@ -30,7 +51,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         with kafka_cluster(settings) as cluster, ray_runtime(settings):
             _serve_until_stopped(args, settings, cluster, template)
-    except (CheckpointError, TimeoutError) as exc:
+    except (CheckpointError, TimeoutError, PortInUseError) as exc:
         print(f"recsys serve: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -40,30 +61,42 @@ def _serve_until_stopped(args: argparse.Namespace, settings: Settings, cluster: 
                          template: Any) -> None:
     """The live stack on ``cluster`` until ``--duration`` or Ctrl-C, with a status line."""
     from streaming.live import live_stack
+    from streaming.metrics import PipelineMetrics
     from streaming.stream_cli import checkpoint_location
 
     with live_stack(settings, cluster.bootstrap, template, checkpoint_location(settings, cluster),
                     client_options=cluster.client_options,
                     lake_uri=None if args.no_lake else settings.lake_uri) as stack:
-        print(f"recsys serve: {stack.url}  (docs {stack.url}/docs, metrics {stack.url}/metrics)")
-        print(f"  kafka {cluster.bootstrap} ({cluster.origin}); policies "
-              f"{', '.join(stack.service_config.policies)}; traffic "
-              f"{stack.service_config.traffic}")
-        started = time.monotonic()
+        metrics = PipelineMetrics(stack.pipeline)
+        metrics_port = metrics.start(args.metrics_port)
         try:
-            while args.duration is None or time.monotonic() - started < args.duration:
-                time.sleep(1.0)
-                if not stack.driver.alive:
-                    break
-                age = stack.pipeline.checkpoint_age_s
-                sys.stdout.write(
-                    f"\r  pipeline {stack.driver.records:>10,} records | checkpoint "
-                    f"{'none yet' if age is None else f'{age:.0f}s ago'} | up "
-                    f"{time.monotonic() - started:.0f}s   ")
-                sys.stdout.flush()
-        except KeyboardInterrupt:
-            print("\n  interrupted: stopping")
-        print()
+            print(f"recsys serve: {stack.url}  (docs {stack.url}/docs, serving metrics "
+                  f"{stack.url}/metrics)")
+            print(f"  stream metrics http://127.0.0.1:{metrics_port}/metrics; kafka "
+                  f"{cluster.bootstrap} ({cluster.origin}); policies "
+                  f"{', '.join(stack.service_config.policies)}; traffic "
+                  f"{stack.service_config.traffic}", flush=True)
+            _show_status(args, stack, metrics)
+        finally:
+            metrics.stop()
+
+
+def _show_status(args: argparse.Namespace, stack: Any, metrics: Any) -> None:
+    status = StatusLine(sys.stdout)
+    started = time.monotonic()
+    try:
+        while args.duration is None or time.monotonic() - started < args.duration:
+            time.sleep(STATUS_EVERY_S)
+            if not stack.driver.alive:
+                break
+            metrics.collect()
+            status.show(f"  {stack.driver.records:>10,} records · {metrics.status_line()} · up "
+                        f"{time.monotonic() - started:.0f} s")
+    except KeyboardInterrupt:
+        status.close()
+        print("  interrupted: stopping")
+    finally:
+        status.close()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,8 +104,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="serve slates over HTTP from the live streaming pipeline until Ctrl-C",
         description="Ray Serve app (POST /recommend, POST /feedback, GET /health, GET /metrics) "
-                    "on the streaming pipeline's shards; settings in the [serve] section.",
+                    "on the streaming pipeline's shards, with the stream's own Prometheus "
+                    "metrics on a second port; settings in the [serve] section.",
     )
+    parser.add_argument("--port", type=int, default=None,
+                        help="HTTP port of the app (default: serve.port, 8000)")
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="port of the stream's Prometheus metrics (default 0: any free port, "
+                             "printed at start)")
     parser.add_argument("--duration", type=float, default=None,
                         help="stop after this many seconds (default: run until Ctrl-C)")
     parser.add_argument("--no-lake", action="store_true", help="do not write the Parquet lake")

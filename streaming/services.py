@@ -32,17 +32,25 @@ class KafkaCluster:
     startup_seconds: float | None = None
 
 
-@contextlib.contextmanager
-def kafka_cluster(settings: Settings) -> Iterator[KafkaCluster]:
-    """The configured cluster; else a broker left running by ``recsys broker start``; else an
-    embedded broker started now and stopped (with its data deleted) when the block exits."""
-    options = settings.kafka.client_options()
+def running_cluster(settings: Settings) -> KafkaCluster | None:
+    """The configured cluster, else a broker left running by ``recsys broker start``; None when
+    there is neither (nothing is started here)."""
     if settings.kafka.bootstrap:
-        yield KafkaCluster(settings.kafka.bootstrap, options, "configured")
-        return
+        return KafkaCluster(settings.kafka.bootstrap, settings.kafka.client_options(),
+                            "configured")
     state = read_state(settings.kafka_data_dir)
     if state is not None and is_our_jvm(state) and metadata_available(state.bootstrap):
-        yield KafkaCluster(state.bootstrap, {}, "detached broker")
+        return KafkaCluster(state.bootstrap, {}, "detached broker")
+    return None
+
+
+@contextlib.contextmanager
+def kafka_cluster(settings: Settings) -> Iterator[KafkaCluster]:
+    """:func:`running_cluster`; else an embedded broker started now and stopped (with its data
+    deleted) when the block exits."""
+    running = running_cluster(settings)
+    if running is not None:
+        yield running
         return
     broker = EmbeddedKafka.from_settings(settings, temporary=True)
     broker.start()
@@ -62,7 +70,6 @@ def serving_ingress_environment(settings: Settings) -> None:
     if haproxy:
         for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
             os.environ.setdefault(name, str(free_port()))
-
 
 
 @contextlib.contextmanager

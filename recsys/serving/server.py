@@ -2,27 +2,71 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
+import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 
 APP_NAME = "recsys"
+CONTROLLER_NAME = "SERVE_CONTROLLER_ACTOR"
+SERVE_NAMESPACE = "serve"
+
+
+class PortInUseError(OSError):
+    """The HTTP port the app should listen on is taken; the message says how to choose another."""
+
+
+def ensure_port_free(host: str, port: int, *, name: str = "serve.port",
+                     fix: str = "choose another with --port N (or --set serve.port=N)") -> None:
+    """Raise :class:`PortInUseError` when something already listens on ``host:port``; checked
+    before anything starts, so a taken port is one line, not a traceback after the services
+    came up. ``name`` and ``fix`` word the message (the setting or flag, and what to do)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the HTTP server does
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise PortInUseError(f"{name}: expected a free port, got {port}, already in use on "
+                                 f"{host}; {fix}") from None
+
+
+@contextlib.contextmanager
+def _serve_logs_at(level: int) -> Iterator[None]:
+    """Ray Serve's driver-side log level for the block: its INFO lines ("Started Serve", "Connecting
+    to existing Serve app", "Application ... is ready") repeat what the caller prints itself."""
+    logger = logging.getLogger("ray.serve")
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def start_serving(config: object, *, host: str = "127.0.0.1", port: int = 8000,
                   replicas: int = 1, ready_timeout_s: float = 60.0) -> str:
     """Deploy the app with ``config`` (a ``ServiceConfig``), wait until ``/health`` says ready,
-    and return its base URL. Raises ``TimeoutError`` saying what the app last reported."""
+    and return its base URL. Raises :class:`PortInUseError` when ``port`` is taken and
+    ``TimeoutError`` saying what the app last reported."""
     from ray import serve
 
     from recsys.serving.app import Recommender
 
-    # A free gRPC port too: Serve's default (9000) collides when two instances share a host.
-    serve.start(http_options={"host": host, "port": port}, grpc_options={"port": _free_port()})
-    options = config.to_dict()  # type: ignore[attr-defined]
-    serve.run(Recommender.options(num_replicas=replicas).bind(options), name=APP_NAME,
-              route_prefix="/")
+    ensure_port_free(host, port)
+    with _serve_logs_at(logging.WARNING):
+        # A free gRPC port too: Serve's default (9000) collides when two instances share a host.
+        serve.start(http_options={"host": host, "port": port},
+                    grpc_options={"port": _free_port()})
+        options = config.to_dict()  # type: ignore[attr-defined]
+        serve.run(Recommender.options(num_replicas=replicas).bind(options), name=APP_NAME,
+                  route_prefix="/")
     url = f"http://{host}:{port}"
     wait_healthy(url, ready_timeout_s)
     return url
@@ -48,23 +92,37 @@ def wait_healthy(url: str, timeout_s: float) -> dict:
 
 def stop_serving(timeout_s: float = 60.0) -> None:
     """Stop Ray Serve (its applications, controller and ingress) and wait until the controller is
-    gone, so that a Serve started next in this Ray instance does not meet the old one."""
-    import ray
-    from ray import serve
+    gone, so that a Serve started next in this Ray instance does not meet the old one.
 
-    serve.shutdown()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
-        except ValueError:
-            return
-        time.sleep(0.2)
+    Not ``serve.shutdown()``: Ray retries the controller's tasks forever, so its wait on
+    ``graceful_shutdown`` is retried after the controller has exited and always ends in a 30 s
+    timeout and a warning. Here the controller is asked to shut down without waiting, and its
+    disappearance is what we wait for.
+    """
+    import ray
+    from ray.serve import context
+
+    client, had_cached = context._check_cached_client_alive()
+    if client is None and not had_cached:  # started by another driver of this Ray instance
+        client = context._get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return
+    client.shutdown_cached_handles()
+    with _serve_logs_at(logging.WARNING):
+        with contextlib.suppress(ray.exceptions.RayActorError):
+            ray.get(client._controller.graceful_shutdown.remote(wait=False), timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+            except ValueError:
+                break
+            time.sleep(0.1)
+    client._shutdown = True
+    context._disconnect()
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
