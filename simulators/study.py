@@ -21,6 +21,7 @@ import polars as pl
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression, Ridge
 
+from recsys.obd import load_action_dist
 from recsys.ope import (
     DirectMethod,
     DoublyRobust,
@@ -36,7 +37,7 @@ from recsys.policy import Policy
 from simulators.fitting import SlateChoiceModel, reproduction_report
 from simulators.ground_truth import policy_value
 from simulators.model import SimulatorConfig, SlateSimulator
-from simulators.obd import choice_data, load_action_dist, load_obd, obd_dir, user_context
+from simulators.obd import choice_data, load_obd, obd_dir, user_context
 from simulators.policies import EpsilonGreedyPolicy, FixedPolicy, SoftmaxPolicy, UniformPolicy
 
 

@@ -6,7 +6,7 @@ from offline.data.coat import CoatData, coat_implicit_dataset, coat_rating_datas
 from offline.data.finn import FinnSlates, finn_dataset, load_finn_slates
 from offline.data.lake import LakeData, lake_dataset, scan_interactions
 from offline.data.noise import inject_noise
-from offline.data.obd import load_obd, obd_dataset
+from offline.data.obd import obd_dataset
 from offline.data.splits import filter_min_interactions, reindex, split_by_time, split_per_user
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "lake_dataset",
     "load_coat",
     "load_finn_slates",
-    "load_obd",
     "obd_dataset",
     "reindex",
     "scan_interactions",

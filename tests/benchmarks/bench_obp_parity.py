@@ -99,7 +99,8 @@ def parity_jobs(workdir: Path) -> tuple[list[dict], list[str]]:
 
 def obd_inputs(shared_data: Path) -> dict[str, np.ndarray]:
     """The uniform-random OBD logs as OBP inputs for evaluating Bernoulli-TS's action_dist."""
-    from simulators.obd import load_action_dist, load_obd, obd_dir
+    from recsys.obd import load_action_dist
+    from simulators.obd import load_obd, obd_dir
 
     dist_path = obd_dir(shared_data) / "bts_action_dist.csv"
     if not dist_path.is_file():

@@ -1,4 +1,5 @@
-"""Open Bandit Dataset: the loader on generated files, and the real-data OPE check."""
+"""Open Bandit Dataset: the simulators' log frame on generated files (``recsys.obd`` reads them),
+and the real-data OPE check."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from simulators.obd import load_action_dist, load_item_context, load_obd
+from recsys.obd import load_action_dist, load_item_context
+from simulators.obd import load_obd
 from simulators.study import obd_check
 
 
@@ -55,11 +57,13 @@ def test_loader_on_generated_files(tmp_path):
     root = write_obd_layout(tmp_path)
     frame = load_obd(root, "random")
     assert frame.height == 60
+    assert frame["request_id"].to_list() == [str(i) for i in range(60)]
+    assert frame["policy_name"].unique().to_list() == ["obd_random"]
     assert frame["position"].min() >= 0 and frame["position"].max() <= 2
     assert frame["propensity"].to_list() == frame["propensity_score"].to_list()
     assert frame["reward"].to_list() == frame["click"].cast(pl.Float64).to_list()
     assert frame["event_time_ms"].dtype == pl.Int64
-    assert load_item_context(root).columns[0] == "item_id"
+    assert load_item_context(root / "obd").columns[0] == "item_id"
     assert load_action_dist(root / "obd" / "bts_action_dist.csv").shape == (5, 3)
     table = obd_check(root, n_bootstrap_samples=20)
     assert table.height == 6 and table["estimate"].is_finite().all()
@@ -68,13 +72,17 @@ def test_loader_on_generated_files(tmp_path):
 def test_loader_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="Open Bandit Dataset"):
         load_obd(tmp_path, "random")
-    with pytest.raises(ValueError, match="`behavior_policy`"):
+    with pytest.raises(ValueError, match=r"^policy: expected one of \('random', 'bts'\)"):
         load_obd(tmp_path, "greedy")
     bad = tmp_path / "dist.csv"
     pl.DataFrame(
         {"item_id": [0, 1], "position_index": [0, 0], "probability": [0.5, 0.2]}
     ).write_csv(bad)
     with pytest.raises(ValueError, match="sum to 1"):
+        load_action_dist(bad)
+    pl.DataFrame({"item_id": [0, 1], "position_index": [0, 0], "probability": [0.5, 1.5]}
+                 ).write_csv(bad)
+    with pytest.raises(ValueError, match=r"line 3, column 'probability': expected a probability"):
         load_action_dist(bad)
 
 
