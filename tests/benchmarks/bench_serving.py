@@ -1,7 +1,7 @@
 """HTTP serving on the live system: latency at a fixed rate, Thompson sampling's cost, click
 freshness, and the highest sustained rate — loopback only, bounded runs.
 
-    .venv/bin/python tests/benchmarks/bench_serving.py [--quick] [--duration 60]
+    .venv/bin/python tests/benchmarks/bench_serving.py [--quick] [--duration 60] [--generator-only]
 
 The stack is the product's (``streaming.live.live_stack``): the streaming pipeline (1 learner,
 2 shards, 1 joiner) running on the impressions the load produces, and the Ray Serve app scoring
@@ -17,7 +17,11 @@ scheduled send time too, so a slow server cannot hide its queueing). Rows:
 * freshness: click posted → served score changed, on probe items, measured while the
   ``--low-rate`` UCB load runs: target p99 ≤ 1 s;
 * the highest rate (×1.5 steps from 25/s, 10 s each) whose intended p99 stays ≤ 50 ms with no
-  errors.
+  errors;
+* first, the load generator alone (``recsys.client.load``) against a stub that answers at once,
+  in this process: the rate it achieves and how late it sends (sent − scheduled), i.e. the
+  client's own share of the latencies above. ``--generator-only`` runs just this table, without
+  Kafka or Ray (the figures the client tests do not assert, since they depend on the machine).
 
 Writes ``tests/benchmarks/results/serving.json`` and prints the table with the core count and load
 average (this machine is shared: read the numbers with that in mind).
@@ -38,14 +42,19 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from fastapi import FastAPI
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from recsys.bandits import DiagLinTS, DiagLinUCB, EpsilonGreedy, policy_spec
-from recsys.config import KafkaSettings, ServeSettings, Settings, StreamSettings
 from recsys.client.freshness import measure_freshness, wait_until_served
+from recsys.client.load import run_loadtest
+from recsys.config import KafkaSettings, ServeSettings, Settings, StreamSettings
 from streaming.broker import free_port
 from streaming.live import live_stack
 from streaming.services import kafka_cluster, ray_runtime
 from streaming.shards import dense_statistics
+from tests.client.stub_server import serve_app
 
 N_ITEMS, DIM, K = 10_000, 32, 10
 RESULTS = Path(__file__).parent / "results"
@@ -56,6 +65,46 @@ POLICIES = {
 }
 
 
+
+
+GENERATOR_RATES = (50.0, 200.0, 800.0, 2000.0)
+
+
+def instant_app() -> FastAPI:
+    """A stub ``POST /recommend`` that answers at once: what is left is the client's cost."""
+    app = FastAPI()
+
+    @app.post("/recommend")
+    async def recommend() -> dict:
+        return {"items": [1, 2, 3]}
+
+    return app
+
+
+def generator_table(duration: float) -> list[dict]:
+    """The load generator alone against ``instant_app``, one run per rate in
+    ``GENERATOR_RATES``; prints the table and returns its rows."""
+    rows = []
+    with serve_app(instant_app()) as url:
+        for rate in GENERATOR_RATES:
+            result = run_loadtest(f"{url}/recommend", rate, duration, lambda i: {"user_id": "u"},
+                                  warmup_s=1.0)
+            lag_ms = (result.sent - result.scheduled) * 1e3
+            service = result.percentiles("service")
+            rows.append({"target_rate": rate, "achieved_rate": result.achieved_rate,
+                         "requests": result.requests, "send_lag_p50_ms": float(np.median(lag_ms)),
+                         "send_lag_p99_ms": float(np.percentile(lag_ms, 99)),
+                         "service_p99_ms": service["p99"], "skipped": result.skipped,
+                         "errors": result.transport_errors + result.count_class(5)})
+    print(f"\nload generator alone (stub answering at once, same process), {duration:.0f} s per "
+          f"rate; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    print(f"  {'target/s':>9}{'achieved/s':>12}{'requests':>10}{'lag p50 ms':>12}"
+          f"{'lag p99 ms':>12}{'svc p99 ms':>12}{'skipped':>9}{'errors':>8}")
+    for r in rows:
+        print(f"  {r['target_rate']:>9.0f}{r['achieved_rate']:>12.1f}{r['requests']:>10,}"
+              f"{r['send_lag_p50_ms']:>12.2f}{r['send_lag_p99_ms']:>12.2f}"
+              f"{r['service_p99_ms']:>12.2f}{r['skipped']:>9}{r['errors']:>8}")
+    return rows
 
 
 def warm_template():
@@ -109,10 +158,17 @@ def main() -> None:
                              "latency without queueing is on the table too")
     parser.add_argument("--quick", action="store_true", help="20 s runs, a short sweep")
     parser.add_argument("--freshness-probes", type=int, default=50)
+    parser.add_argument("--generator-only", action="store_true",
+                        help="only the load generator against a stub (no Kafka, no Ray)")
     args = parser.parse_args()
     duration = 20.0 if args.quick else args.duration
     RESULTS.mkdir(exist_ok=True)
     rows, results = [], {}
+    results["generator"] = generator_table(5.0 if args.quick else 10.0)
+    if args.generator_only:
+        (RESULTS / "serving_generator.json").write_text(json.dumps(results["generator"],
+                                                                   indent=2))
+        return
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         base = settings_for(Path(tmp), "numpy")
         kafka = stack.enter_context(kafka_cluster(base))
