@@ -13,13 +13,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import polars as pl
 import torch
 from torch import nn
 
+from offline.prepared import PreparedData
 from recsys.ranking import (
     UserItems,
     auc,
@@ -29,9 +30,6 @@ from recsys.ranking import (
     true_relevance_at_k,
     user_items,
 )
-
-if TYPE_CHECKING:
-    from offline.training import PreparedData
 
 Split = Literal["valid", "test"]
 KS = (20, 50)

@@ -24,8 +24,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from offline.prepared import PreparedData
 from offline.spec import TrainSpec
-from offline.training import PreparedData, RunResult, train_run
+from offline.training import RunResult, train_run
 
 WEIGHTS_FILE = "model.safetensors"
 RUN_FILE = "run.json"

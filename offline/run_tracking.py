@@ -11,9 +11,10 @@ import numpy as np
 from torch import nn
 
 from offline.models import build_model
+from offline.prepared import PreparedData
 from offline.registry import lineage_tags, log_torch_model
 from offline.spec import TrainSpec
-from offline.training import PreparedData, RunResult, model_arrays
+from offline.training import RunResult, model_arrays
 from offline.weights import inverse_propensity_weights, plot_weight_diagnostics
 
 

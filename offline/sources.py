@@ -31,9 +31,9 @@ from offline.data import (
     obd_dataset,
 )
 from offline.dataset import Dataset
+from offline.prepared import PreparedData
 from offline.propensity import make_propensity
 from offline.spec import Component, SpecError, TrainSpec
-from offline.training import PreparedData
 from offline.weights import clip_propensities, inverse_propensity_weights, weight_summary
 
 DATASET_ENTRY_POINTS = "recsys.datasets"

@@ -10,7 +10,7 @@ import dataclasses
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,21 +22,8 @@ from offline.dataset import Dataset
 from offline.evaluation import evaluate
 from offline.models import build_model
 from offline.objectives import TrainTensors, make_objective
+from offline.prepared import PreparedData
 from offline.spec import TrainSpec
-
-
-@dataclass(frozen=True, eq=False)
-class PreparedData:
-    """A data set with the propensities its objective needs, computed once per experiment."""
-
-    dataset: Dataset
-    train_propensity: np.ndarray | None = None
-    """P(observed) of each train row, clipped as the spec says."""
-    propensity_matrix: np.ndarray | None = None
-    """(n_users, n_items) P(observed), for objectives that sample unobserved pairs."""
-    valid_propensity: np.ndarray | None = None
-    """P(observed) of each validation row (self-normalised validation errors)."""
-    propensity_summary: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(eq=False)

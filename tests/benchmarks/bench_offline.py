@@ -29,9 +29,9 @@ import ray
 
 from offline.data import inject_noise, split_per_user
 from offline.dataset import Dataset, interactions_frame
+from offline.prepared import PreparedData
 from offline.ray_training import Job, run_jobs
 from offline.spec import TrainSpec
-from offline.training import PreparedData
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

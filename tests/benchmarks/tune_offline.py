@@ -20,9 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np
 import torch
 
+from offline.prepared import PreparedData
 from offline.reproduce import SEEDS, shipped_spec
 from offline.sources import prepare
-from offline.training import PreparedData, train_run
+from offline.training import train_run
 
 SHOWN = ("test_mae", "test_mse", "test_recall@20", "test_ndcg@20", "test_true_recall@20",
          "train_noisy_share")

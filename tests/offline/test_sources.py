@@ -50,7 +50,7 @@ def test_shown_items_are_a_rating_task_and_bad_feedback_is_refused() -> None:
 
 
 def test_propensities_are_clipped_and_summarised() -> None:
-    from offline.training import PreparedData
+    from offline.prepared import PreparedData
 
     shown = as_feedback(_logs(), "shown", noise_ratio=0.0, seed=0)
     prepared = attach_propensities(PreparedData(shown), Component("logged"), clip=0.6)

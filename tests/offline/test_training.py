@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from offline.dataset import Dataset, interactions_frame
+from offline.prepared import PreparedData
 from offline.spec import SpecError, TrainSpec
-from offline.training import PreparedData, train_run
+from offline.training import train_run
 
 
 def _table(**overrides):
