@@ -50,44 +50,15 @@ def inverse_propensity(propensity: torch.Tensor, clip: float | None = None) -> t
     return 1.0 / propensity
 
 
-def ips_loss(
-    losses: torch.Tensor, propensity: torch.Tensor, clip: float | None = None
-) -> torch.Tensor:
-    """Σ loss/p over the batch divided by the batch size (unbiased up to a constant factor)."""
-    return (losses * inverse_propensity(propensity, clip)).sum() / losses.numel()
+def ips_loss(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ w·loss over the batch divided by the batch size: IPS with w = 1/p (unbiased up to a
+    constant factor; see ``inverse_propensity``), or any balancing weights averaging about 1."""
+    return (losses * weights).sum() / losses.numel()
 
 
-def snips_loss(
-    losses: torch.Tensor, propensity: torch.Tensor, clip: float | None = None
-) -> torch.Tensor:
-    """Σ loss/p / Σ 1/p over the batch: self-normalised IPS (small bias, less variance)."""
-    weights = inverse_propensity(propensity, clip)
+def snips_loss(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ w·loss / Σ w over the batch: self-normalised IPS (small bias, less variance)."""
     return (losses * weights).sum() / weights.sum()
-
-
-def doubly_robust_terms(
-    errors: torch.Tensor,
-    imputed_observed: torch.Tensor,
-    imputed_unobserved: torch.Tensor,
-    inverse_propensity: torch.Tensor,
-    n_observed: float | None = None,
-    n_unobserved: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The DR estimate's (direct, correction) parts, both averaged over all pairs.
-
-    With D the observed rows plus the sampled unobserved pairs, the DR loss is
-    (1/|D|) Σ_D [ê + o·(e − ê)·w]: ``direct`` = (1/|D|) Σ_D ê and
-    ``correction`` = (1/|D|) Σ_observed (e − ê)·w, which is exactly zero when ê = e.
-    By default D is the batch itself; ``n_observed`` / ``n_unobserved`` (the population sizes the
-    batch's observed rows and sampled pairs stand for) reweight each part to its population.
-    """
-    n_obs, n_unobs = errors.numel(), imputed_unobserved.numel()
-    scale_obs = 1.0 if n_observed is None else n_observed / n_obs
-    scale_unobs = 1.0 if n_unobserved is None else n_unobserved / max(n_unobs, 1)
-    n_total = scale_obs * n_obs + scale_unobs * n_unobs
-    direct = (scale_obs * imputed_observed.sum() + scale_unobs * imputed_unobserved.sum()) / n_total
-    correction = scale_obs * ((errors - imputed_observed) * inverse_propensity).sum() / n_total
-    return direct, correction
 
 
 def doubly_robust_loss(
@@ -98,11 +69,29 @@ def doubly_robust_loss(
     n_observed: float | None = None,
     n_unobserved: float | None = None,
 ) -> torch.Tensor:
-    """DR loss (1/|D|) Σ_D [ê + o·(e − ê)·w] (Wang et al. 2019; w = 1/p, or KB weights)."""
-    direct, correction = doubly_robust_terms(
-        errors, imputed_observed, imputed_unobserved, inverse_propensity, n_observed, n_unobserved
-    )
+    """DR loss (1/|D|) Σ_D [ê + o·(e − ê)·w] (Wang et al. 2019; w = 1/p, or KB weights).
+
+    D is the observed rows plus the sampled unobserved pairs; the loss is the direct part
+    (1/|D|) Σ_D ê plus the correction (1/|D|) Σ_observed (e − ê)·w, which is exactly zero when
+    ê = e. By default D is the batch itself; ``n_observed`` / ``n_unobserved`` (the population
+    sizes the batch's observed rows and sampled pairs stand for) reweight each part to its
+    population.
+    """
+    n_obs, n_unobs = errors.numel(), imputed_unobserved.numel()
+    scale_obs = 1.0 if n_observed is None else n_observed / n_obs
+    scale_unobs = 1.0 if n_unobserved is None else n_unobserved / max(n_unobs, 1)
+    n_total = scale_obs * n_obs + scale_unobs * n_unobs
+    direct = (scale_obs * imputed_observed.sum() + scale_unobs * imputed_unobserved.sum()) / n_total
+    correction = scale_obs * ((errors - imputed_observed) * inverse_propensity).sum() / n_total
     return direct + correction
+
+
+def imputation_loss(
+    imputed: torch.Tensor, errors: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Σ_observed w·(ê − e)²: what the DR imputation model is fitted on (w = 1/p, or KB
+    weights)."""
+    return ((imputed - errors) ** 2 * weights).sum()
 
 
 def drop_rate_schedule(step: int, max_drop_rate: float, num_gradual: int) -> float:
@@ -141,6 +130,14 @@ def reweighted_bpr(positive: torch.Tensor, negative: torch.Tensor, beta: float) 
     return bpr_loss(positive, negative) * weight
 
 
+def rel_ips_loss(logit: torch.Tensor, inverse_propensity: torch.Tensor) -> torch.Tensor:
+    """Rel-MF per-click loss (Saito et al., WSDM 2020): a click at exposure propensity θ counts
+    as relevance 1/θ, so its loss is (1/θ)·(−log σ(s)) + (1 − 1/θ)·(−log(1 − σ(s)))."""
+    ones, zeros = torch.ones_like(logit), torch.zeros_like(logit)
+    return (inverse_propensity * bce_with_logits(logit, ones)
+            + (1 - inverse_propensity) * bce_with_logits(logit, zeros))
+
+
 def pld_candidate_probabilities(losses: torch.Tensor, tau: float) -> torch.Tensor:
     """PLD resampling probabilities softmax(−ℓ/τ) over the last axis (the candidate pool)."""
     if tau <= 0:
@@ -158,9 +155,9 @@ def choose_by_uniforms(probabilities: torch.Tensor, uniforms: torch.Tensor) -> t
     return index.clamp_max(probabilities.shape[-1] - 1)
 
 
-def pld_choose(losses: torch.Tensor, tau: float, generator: torch.Generator) -> torch.Tensor:
-    """One candidate index per row of ``losses`` (B, k), drawn with probability softmax(−ℓ/τ)."""
-    uniforms = torch.rand(losses.shape[:-1], generator=generator, device=losses.device)
+def pld_choose(losses: torch.Tensor, tau: float, uniforms: torch.Tensor) -> torch.Tensor:
+    """One candidate index per row of ``losses`` (B, k), drawn with probability softmax(−ℓ/τ)
+    by inverting the CDF at the given U(0, 1) draws (B,)."""
     return choose_by_uniforms(pld_candidate_probabilities(losses, tau), uniforms)
 
 

@@ -40,49 +40,50 @@ def test_bpr_by_hand_and_stable() -> None:
 def test_ips_and_snips_by_hand() -> None:
     losses, propensity = t(1.0, 2.0, 3.0), t(0.5, 0.25, 1.0)
     assert close(L.naive_loss(losses), 2.0)
-    assert close(L.ips_loss(losses, propensity), (2 + 8 + 3) / 3)
-    assert close(L.ips_loss(losses, propensity, clip=0.5), (2 + 4 + 3) / 3)
-    assert close(L.snips_loss(losses, propensity), (2 + 8 + 3) / (2 + 4 + 1))
     assert close(L.inverse_propensity(propensity, clip=0.5), t(2.0, 2.0, 1.0))
+    assert close(L.ips_loss(losses, L.inverse_propensity(propensity)), (2 + 8 + 3) / 3)
+    assert close(L.ips_loss(losses, L.inverse_propensity(propensity, clip=0.5)), (2 + 4 + 3) / 3)
+    assert close(L.snips_loss(losses, L.inverse_propensity(propensity)), (2 + 8 + 3) / (2 + 4 + 1))
 
 
 def test_ips_with_unit_propensity_and_snips_with_equal_propensity_are_naive() -> None:
     losses = torch.rand(50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert close(L.ips_loss(losses, torch.ones(50, dtype=torch.float64)), L.naive_loss(losses))
-    assert close(L.snips_loss(losses, torch.full((50,), 0.3, dtype=torch.float64)),
+    assert close(L.snips_loss(losses, torch.full((50,), 1 / 0.3, dtype=torch.float64)),
                  L.naive_loss(losses))
-    assert not close(L.ips_loss(losses, torch.full((50,), 0.3, dtype=torch.float64)),
+    assert not close(L.ips_loss(losses, torch.full((50,), 1 / 0.3, dtype=torch.float64)),
                      L.naive_loss(losses))
 
 
 def test_doubly_robust_by_hand() -> None:
     errors, imputed_observed, imputed_unobserved = t(1.0, 2.0), t(0.5, 1.0), t(0.2, 0.3)
     weights = t(2.0, 4.0)
-    direct, correction = L.doubly_robust_terms(errors, imputed_observed, imputed_unobserved,
-                                               weights)
-    assert close(direct, (0.5 + 1.0 + 0.2 + 0.3) / 4)
-    assert close(correction, (0.5 * 2 + 1.0 * 4) / 4)
+    # direct part (0.5 + 1.0 + 0.2 + 0.3) / 4, correction (0.5·2 + 1.0·4) / 4
     assert close(L.doubly_robust_loss(errors, imputed_observed, imputed_unobserved, weights),
                  0.5 + 1.25)
     # the 2 observed rows stand for 10, the 2 sampled pairs for 30: scales 5 and 15, |D| = 40
-    direct, correction = L.doubly_robust_terms(errors, imputed_observed, imputed_unobserved,
-                                               weights, n_observed=10, n_unobserved=30)
-    assert close(direct, (5 * 1.5 + 15 * 0.5) / 40)
-    assert close(correction, 5 * (0.5 * 2 + 1.0 * 4) / 40)
+    scaled = L.doubly_robust_loss(errors, imputed_observed, imputed_unobserved, weights,
+                                  n_observed=10, n_unobserved=30)
+    assert close(scaled, (5 * 1.5 + 15 * 0.5) / 40 + 5 * (0.5 * 2 + 1.0 * 4) / 40)
 
 
-def test_doubly_robust_with_perfect_imputation_has_zero_correction() -> None:
+def test_doubly_robust_with_perfect_imputation_is_the_direct_part() -> None:
     gen = torch.Generator().manual_seed(1)
-    errors = torch.rand(20, generator=gen)
-    weights = 1 / (torch.rand(20, generator=gen) * 0.9 + 0.05)
-    imputed_unobserved = torch.rand(40, generator=gen)
-    direct, correction = L.doubly_robust_terms(errors, errors.clone(), imputed_unobserved, weights)
-    assert correction.item() == 0.0
-    assert close(direct, (errors.sum() + imputed_unobserved.sum()) / 60)
-    _, scaled = L.doubly_robust_terms(errors, errors.clone(), imputed_unobserved, weights, 500, 9e4)
-    assert scaled.item() == 0.0
-    _, off = L.doubly_robust_terms(errors, errors + 0.1, imputed_unobserved, weights)
-    assert off.item() != 0.0
+    errors = torch.rand(20, generator=gen, dtype=torch.float64)
+    weights = 1 / (torch.rand(20, generator=gen, dtype=torch.float64) * 0.9 + 0.05)
+    imputed_unobserved = torch.rand(40, generator=gen, dtype=torch.float64)
+    direct = (errors.sum() + imputed_unobserved.sum()) / 60
+    assert close(L.doubly_robust_loss(errors, errors.clone(), imputed_unobserved, weights), direct,
+                 tol=1e-12)
+    scaled = L.doubly_robust_loss(errors, errors.clone(), imputed_unobserved, weights, 500, 9e4)
+    assert close(scaled, (25 * errors.sum() + 2250 * imputed_unobserved.sum()) / 9.05e4,
+                 tol=1e-12)
+    off = L.doubly_robust_loss(errors, errors + 0.1, imputed_unobserved, weights)
+    assert not close(off, (errors.sum() + 0.1 * 20 + imputed_unobserved.sum()) / 60)
+
+
+def test_imputation_loss_by_hand() -> None:
+    assert close(L.imputation_loss(t(1.0, 2.0), t(0.5, 4.0), t(2.0, 0.5)), 0.25 * 2 + 4 * 0.5)
 
 
 def test_drop_rate_schedule() -> None:
@@ -126,6 +127,14 @@ def test_reweighting_is_detached() -> None:
     assert close(logit.grad, sigma * (sigma - 1))  # weight · dBCE/ds, no derivative of the weight
 
 
+def test_rel_ips_loss_by_hand_and_bce_at_full_exposure() -> None:
+    logit = t(math.log(3))  # σ = 3/4
+    assert close(L.rel_ips_loss(logit, t(2.0)), 2 * math.log(4 / 3) - math.log(4))
+    logits = torch.randn(10, dtype=torch.float64)
+    assert close(L.rel_ips_loss(logits, torch.ones(10, dtype=torch.float64)),
+                 L.bce_with_logits(logits, torch.ones(10, dtype=torch.float64)))
+
+
 def test_pld_probabilities_by_hand_and_limits() -> None:
     assert close(L.pld_candidate_probabilities(t(0.0, math.log(2)), 1.0), t(2 / 3, 1 / 3))
     losses = torch.rand(64, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
@@ -138,20 +147,25 @@ def test_pld_probabilities_by_hand_and_limits() -> None:
         L.pld_candidate_probabilities(losses, 0.0)
 
 
+def uniforms(n: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=gen, dtype=torch.float64)
+
+
 def test_pld_choose_limits() -> None:
     gen = torch.Generator().manual_seed(4)
     losses = torch.rand(20_000, 5, generator=gen)
-    choice = L.pld_choose(losses, 1e6, gen)
+    choice = L.pld_choose(losses, 1e6, uniforms(20_000, gen))
     counts = torch.bincount(choice, minlength=5).numpy()
     assert chisquare(counts).pvalue > 1e-3
-    assert torch.equal(L.pld_choose(losses[:500], 1e-6, gen), losses[:500].argmin(dim=1))
+    assert torch.equal(L.pld_choose(losses[:500], 1e-6, uniforms(500, gen)),
+                       losses[:500].argmin(dim=1))
 
 
 def test_pld_choose_matches_probabilities() -> None:
     gen = torch.Generator().manual_seed(5)
     losses = t(0.1, 0.2, 0.4, 0.8).expand(40_000, 4)
     probabilities = L.pld_candidate_probabilities(losses[0], 0.2)
-    counts = torch.bincount(L.pld_choose(losses, 0.2, gen), minlength=4)
+    counts = torch.bincount(L.pld_choose(losses, 0.2, uniforms(40_000, gen)), minlength=4)
     assert chisquare(counts.numpy(), (probabilities * 40_000).numpy()).pvalue > 1e-3
 
 

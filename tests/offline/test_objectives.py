@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
+from sklearn.base import clone
 from torch import nn
 
 from offline import losses as L
@@ -88,10 +89,44 @@ def test_registry_and_unknown_names() -> None:
     assert set(OBJECTIVES) == {*RATING, *ROW_BATCHED_IMPLICIT, "pld", "pld_bce"}
     for name, cls in OBJECTIVES.items():
         assert cls.name == name and cls.task in ("rating", "implicit")
-    with pytest.raises(ValueError, match=r"unknown objective 'plD'.*bpr.*pld"):
+    with pytest.raises(ValueError, match=r"^objective: expected one of .*'bpr'.*got 'plD'"):
         make_objective("plD")
-    with pytest.raises(ValueError, match=r"unknown hyperparameter.*'temperature'.*tau"):
+    with pytest.raises(ValueError, match=r"^temperature: expected a hyperparameter of pld .*'tau'"):
         make_objective("pld", temperature=0.1)
+
+
+NON_DEFAULT = {
+    "pointwise_loss": "bce", "clip": 0.1, "ratio": 2, "population_weights": False,
+    "imputation_lr": 0.5, "imputation_weight_decay": 0.1, "n_centres": 4, "tolerance": 0.01,
+    "balance_gamma": 2.0, "kernel_gamma": 0.3, "embedding_dim": 6, "weight_lr": 0.2,
+    "weight_weight_decay": 0.01, "n_negatives": 3, "base": "bce", "max_drop_rate": 0.4,
+    "num_gradual": 7, "beta": 0.5, "warmup_epochs": 2, "k": 3, "tau": 0.7,
+}
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_hyperparameters_are_init_arguments_and_clone_keeps_them(name: str) -> None:
+    cls = OBJECTIVES[name]
+    names = set(cls().get_params())
+    assert names <= NON_DEFAULT.keys()
+    params = {key: NON_DEFAULT[key] for key in names}
+    objective = make_objective(name, **params)
+    assert objective.get_params() == params  # stored unchanged, under the same names
+    twin = clone(objective)
+    assert type(twin) is cls and twin is not objective and twin.get_params() == params
+    assert cls(**cls().get_params()).get_params() == cls().get_params()
+
+
+def test_set_params_values_are_checked_at_setup() -> None:
+    objective = make_objective("pld").set_params(tau=-1.0)
+    assert objective.tau == -1.0  # the constructor and set_params check nothing
+    with pytest.raises(ValueError, match=r"^tau: expected a real number > 0"):
+        objective.check_params()
+    data = random_data(implicit=True)
+    with pytest.raises(ValueError, match=r"^tau"):
+        objective.setup(Dot(data.n_users, data.n_items), data, torch.Generator())
+    with pytest.raises(TypeError, match=r"^k: expected an integer >= 1, got 2\.5"):
+        make_objective("pld", k=2.5)
 
 
 @pytest.mark.parametrize(
@@ -443,7 +478,7 @@ def test_dr_jl_loss_and_imputation_update() -> None:
     for population_weights in (False, True):
         objective, model = ready("dr_jl", data, ratio=1.5, imputation_lr=0.05,
                                  population_weights=population_weights)
-        imputation = objective.auxiliary_modules()["imputation"]
+        imputation = objective.imputation_.module
         assert imputation is not model
         assert not torch.equal(imputation.user.weight, model.user.weight)  # re-initialised
         batch = next(iter(objective.batches(0, 32)))
@@ -482,8 +517,8 @@ def test_kernel_balancing_weights_learn_balance() -> None:
     data = random_data(n=300)
     for name in ("kbips", "kbdr"):
         objective, model = ready(name, data)
-        modules = objective.auxiliary_modules()
-        assert set(modules) == ({"weight"} if name == "kbips" else {"weight", "imputation"})
+        assert objective.weight_model_ is not model
+        assert hasattr(objective, "imputation_") == (name == "kbdr")
         batch = next(iter(objective.batches(0, 64)))
         assert batch["sampled_users"].numel() == 5 * 64 and batch["centres"].numel() == 3
         objective.after_step(model, batch, 0)
