@@ -42,6 +42,8 @@ MakeBody = Callable[[int], dict[str, Any]]
 
 
 def _ms(values: np.ndarray) -> dict[str, float]:
+    """``PERCENTILES`` and the max of ``values`` (seconds) in ms: observed samples, never
+    interpolated (NaN when empty)."""
     if values.size == 0:
         return {name: math.nan for name, _ in PERCENTILES} | {"max": math.nan}
     qs = np.percentile(values, [q for _, q in PERCENTILES], method="higher") * 1e3
@@ -203,7 +205,6 @@ class LoadtestResult:
                 "status": self.status.tolist(),
             }
         return json_safe(out)
-
 
     def save_plot(self, path: str | Path) -> Path:
         """Write latency over time and a latency histogram to ``path`` (PNG); return the path."""

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import math
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -291,6 +293,13 @@ def run_cli(argv: list[str], data_dir: Path) -> int:
     args = parser.parse_args(["loadtest", *argv])
     args.settings = load_settings(config_file=None, cli={"data_dir": str(data_dir)})
     return args.func(args)
+
+
+def test_the_declared_entry_point_is_this_command() -> None:
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    commands = tomllib.loads(pyproject.read_text())["project"]["entry-points"]["recsys.commands"]
+    module, _, name = commands["loadtest"].partition(":")
+    assert getattr(importlib.import_module(module), name) is register
 
 
 def test_cli_ok_run_writes_table_plot_and_json(server: str, tmp_path: Path,
