@@ -27,7 +27,7 @@ from recsys.ope import (
 from simulators.ground_truth import item_click_probabilities, policy_value
 from simulators.logged_data import collect_logs
 from simulators.model import SimulatorConfig, SlateSimulator
-from simulators.policies import EpsilonGreedyPolicy, SlatePolicy, UniformPolicy
+from simulators.policies import EpsilonGreedyPolicy, UniformPolicy
 
 CONFIG = SimulatorConfig(n_users=500, n_items=20, dim=8, slate_size=1, no_click_utility=1.0,
                          feature_noise=0.25, seed=0)
@@ -36,28 +36,11 @@ ALPHA = 0.01  # 99 % intervals: a seeded test that misses 1 time in 100 if the c
 SERVED_DRAWS = 200
 
 
-class FrozenBandit(SlatePolicy):
-    """A trained recsys policy seen by ``simulators.ground_truth`` (single-slot slates)."""
-
-    name = "frozen_bandit"
-
-    def __init__(self, policy: BasePolicy) -> None:
-        self.policy = policy
-        self.n_items = policy.stats_.n_items
-        self.slate_size = 1
-
-    def action_dist(self, context: np.ndarray, available: np.ndarray | None = None) -> np.ndarray:
-        return self.policy.action_dist(context, 1)
-
-    def sample(self, context, rng, available=None):  # type: ignore[override]
-        raise NotImplementedError("the ground truth of one-item slates needs only action_dist")
-
-
 @pytest.fixture(scope="module")
 def world() -> tuple[SlateSimulator, BanditFeedback, BanditFeedback]:
     sim = SlateSimulator(CONFIG)
-    logger = EpsilonGreedyPolicy(sim.item_features, 1, epsilon=0.5)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(0)  # one stream for the requests, the slates and the clicks
+    logger = EpsilonGreedyPolicy(sim.item_features, epsilon=0.5, random_state=rng)
     train, held_out = (bandit_feedback_from_frame(collect_logs(sim, logger, N_LOGGED, rng),
                                                   n_actions=CONFIG.n_items) for _ in range(2))
     return sim, train, held_out
@@ -94,14 +77,14 @@ POLICIES = {
 def test_ope_of_a_trained_bandit_covers_its_true_value(world, make) -> None:
     sim, train, held_out = world
     policy = trained(make(), train)
-    truth = policy_value(sim, FrozenBandit(policy)).value
+    truth = policy_value(sim, policy).value
     served, served_se = served_value(sim, policy)
     # action_dist is what recommend serves (both sides Monte Carlo for TS: hence √2)
     assert abs(truth - served) <= 4.5 * np.sqrt(2) * served_se, (truth, served, served_se)
 
-    uniform = policy_value(sim, UniformPolicy(CONFIG.n_items, 1)).value
-    worst = policy_value(sim, FrozenBandit(trained(Greedy(centred=True, random_state=0), train,
-                                                   worst=True))).value
+    uniform = policy_value(sim, UniformPolicy(CONFIG.n_items)).value
+    worst = policy_value(sim, trained(Greedy(centred=True, random_state=0), train,
+                                      worst=True)).value
     assert truth > uniform + 0.2 and uniform > worst + 0.1  # the three are far apart
 
     action_dist = policy.action_dist(held_out.context, 1)

@@ -24,14 +24,18 @@ from simulators.policies import EpsilonGreedyPolicy, SoftmaxPolicy, UniformPolic
 
 
 def rate(sim, policy, n_requests: int, batch: int, rng) -> tuple[float, float, float]:
-    """(requests/s of the simulator alone, of simulator + policy, click-through per request)."""
+    """(requests/s of the simulator alone, of simulator + policy, click-through per request).
+
+    The policy gets the items that have arrived (``available``) in worlds with new items."""
     sim_seconds = policy_seconds = 0.0
     clicks = 0
+    k = sim.config.slate_size
     for _ in range(n_requests // batch):
         t0 = time.perf_counter()
         requests = sim.sample_requests(batch, rng)
         t1 = time.perf_counter()
-        slates, _ = policy.sample(requests.context, rng)
+        available = None if requests.available.all() else requests.available
+        slates = policy.recommend(requests.context, k, available=available).items
         t2 = time.perf_counter()
         responses = sim.respond(requests, slates, rng)
         t3 = time.perf_counter()
@@ -89,30 +93,17 @@ def main() -> None:
             }
         )
         sim = SlateSimulator(config)
-        k = config.slate_size
         if policy_name == "uniform":
-            policy = UniformPolicy(args.items, k)
+            policy = UniformPolicy(args.items, random_state=rng)
         elif policy_name == "greedy":
-            policy = EpsilonGreedyPolicy(sim.item_features, k, epsilon=0.1)
+            policy = EpsilonGreedyPolicy(sim.item_features, epsilon=0.1, random_state=rng)
         else:
             # Exact Plackett-Luce propensities: O(n_items) per context for two positions (a
             # third costs O(n_items^2), so softmax slates of 3 are limited to small catalogues).
-            policy = SoftmaxPolicy(sim.item_features, k)
-        if not sim.available_items().all():  # new items: uniform over the arrived ones
-            policy = _AvailableOnly(policy, sim)
+            policy = SoftmaxPolicy(sim.item_features, random_state=rng)
         batch = min(args.batch, n_requests)
         sim_rate, total_rate, ctr = rate(sim, policy, n_requests, batch, rng)
         print(f"{label:<34}{sim_rate:>14,.0f}{total_rate:>19,.0f}{ctr:>12.4f}")
-
-
-class _AvailableOnly:
-    """Restricts a policy to the items that have arrived (the new-items effect)."""
-
-    def __init__(self, policy, sim) -> None:
-        self.policy, self.sim = policy, sim
-
-    def sample(self, context, rng):
-        return self.policy.sample(context, rng, self.sim.available_items())
 
 
 if __name__ == "__main__":

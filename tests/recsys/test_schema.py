@@ -201,9 +201,8 @@ def test_event_batches_are_checked():
 
 def simulator_frame(n_requests: int = 300) -> pl.DataFrame:
     sim = SlateSimulator(SimulatorConfig(n_items=12, slate_size=3, seed=3))
-    return collect_logs(
-        sim, SoftmaxPolicy(sim.item_features, 3), n_requests, np.random.default_rng(4)
-    )
+    rng = np.random.default_rng(4)
+    return collect_logs(sim, SoftmaxPolicy(sim.item_features, random_state=rng), n_requests, rng)
 
 
 def test_simulator_frames_are_lake_reward_frames():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 
 from simulators.fitting import SlateChoiceModel, reproduction_report
 from simulators.ground_truth import policy_value
@@ -20,7 +21,7 @@ def simulated_logs():
     sim = SlateSimulator(config)
     rng = np.random.default_rng(0)
     requests = sim.sample_requests(24_000, rng)
-    slates, _ = UniformPolicy(15, 3).sample(requests.context, rng)
+    slates = UniformPolicy(15, random_state=rng).recommend(requests.context, 3).items
     responses = sim.respond(requests, slates, rng)
     return sim, requests.user_id, slates, responses.clicked_position
 
@@ -42,12 +43,12 @@ def test_fit_recovers_the_simulator_and_reproduces_held_out_click_rates(simulate
     assert np.corrcoef(true_p, fitted_p)[0, 1] > 0.9
     # The fitted simulator ranks policies like the real one.
     fitted_sim = model.to_simulator(user_weights=np.bincount(users, minlength=30))
-    good = SoftmaxPolicy(sim.item_latent, 3, temperature=0.3)
-    fitted_good = SoftmaxPolicy(fitted_sim.item_features, 3, temperature=0.3)
-    uniform = UniformPolicy(15, 3)
+    good = SoftmaxPolicy(sim.item_latent, temperature=0.3)
+    fitted_good = SoftmaxPolicy(fitted_sim.item_features, temperature=0.3)
+    uniform = UniformPolicy(15)
 
     def value(world, policy):
-        return policy_value(world, policy, n_monte_carlo=30).value
+        return policy_value(world, clone(policy).set_params(random_state=0), n_monte_carlo=30).value
 
     assert value(fitted_sim, fitted_good) > value(fitted_sim, uniform)
     assert value(sim, good) > value(sim, uniform)

@@ -15,8 +15,9 @@ from simulators.policies import SoftmaxPolicy
 
 def test_logs_round_trip_through_the_event_contract():
     sim = SlateSimulator(SimulatorConfig(n_items=30, click_noise=0.02))
-    policy = SoftmaxPolicy(sim.item_features, 3)
-    frame = collect_logs(sim, policy, 2000, np.random.default_rng(0), batch_size=700)
+    rng = np.random.default_rng(0)
+    frame = collect_logs(sim, SoftmaxPolicy(sim.item_features, random_state=rng), 2000, rng,
+                         batch_size=700)
     assert tuple(frame.columns) == LOG_COLUMNS
     validate_frame(frame, "rewards", LOG_EXTRAS)
     assert frame.height == 6000 and frame["request_id"].n_unique() == 2000
@@ -38,7 +39,8 @@ def test_logs_round_trip_through_the_event_contract():
 
 def test_logs_feed_the_estimators():
     sim = SlateSimulator(SimulatorConfig(n_items=10, slate_size=2))
-    frame = collect_logs(sim, SoftmaxPolicy(sim.item_features, 2), 500, np.random.default_rng(1))
+    rng = np.random.default_rng(1)
+    frame = collect_logs(sim, SoftmaxPolicy(sim.item_features, random_state=rng), 500, rng)
     feedback = bandit_feedback_from_frame(frame, n_actions=10, len_list=2)
     assert feedback.context is not None and feedback.context.shape == (1000, sim.n_features)
     assert feedback.pscore.max() <= 1
@@ -46,7 +48,8 @@ def test_logs_feed_the_estimators():
 
 def test_to_events_needs_a_schema_frame_with_scores():
     sim = SlateSimulator(SimulatorConfig(n_items=10, slate_size=2))
-    frame = collect_logs(sim, SoftmaxPolicy(sim.item_features, 2), 20, np.random.default_rng(2))
+    rng = np.random.default_rng(2)
+    frame = collect_logs(sim, SoftmaxPolicy(sim.item_features, random_state=rng), 20, rng)
     with pytest.raises(ValueError, match=r"^frame: expected a score column"):
         to_events(frame.drop("score"))
     with pytest.raises(ValueError, match=r"^rewards\.reward: expected a Float64 column"):

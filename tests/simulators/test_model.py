@@ -14,10 +14,9 @@ from simulators.policies import UniformPolicy
 def run_uniform(sim: SlateSimulator, n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     requests = sim.sample_requests(n, rng)
-    available = None if requests.available.all() else requests.available
-    slates, _ = UniformPolicy(sim.config.n_items, sim.config.slate_size).sample(
-        requests.context, rng, available
-    )
+    slates = UniformPolicy(sim.config.n_items, random_state=rng).recommend(
+        requests.context, sim.config.slate_size, available=requests.available
+    ).items
     return requests, slates, sim.respond(requests, slates, rng)
 
 

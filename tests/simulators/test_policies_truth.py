@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 
 from simulators.ground_truth import optimal_slates, optimal_value, policy_value
 from simulators.logged_data import collect_logs
@@ -17,18 +18,19 @@ from simulators.policies import (
 
 SIM = SlateSimulator(SimulatorConfig(n_items=8, slate_size=3, n_users=50))
 POLICIES = {
-    "uniform": UniformPolicy(8, 3),
-    "epsilon_greedy": EpsilonGreedyPolicy(SIM.item_features, 3, epsilon=0.3),
-    "softmax": SoftmaxPolicy(SIM.item_features, 3, temperature=0.7),
+    "uniform": UniformPolicy(8, random_state=0),
+    "epsilon_greedy": EpsilonGreedyPolicy(SIM.item_features, epsilon=0.3, random_state=0),
+    "softmax": SoftmaxPolicy(SIM.item_features, temperature=0.7, random_state=0),
 }
 
 
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_propensities_are_the_empirical_position_marginals(name):
-    policy = POLICIES[name]
+    policy = clone(POLICIES[name])
     context = np.repeat(SIM.user_features(np.array([4])), 100_000, axis=0)
-    slates, pscore = policy.sample(context, np.random.default_rng(0))
-    dist = policy.action_dist(context[:1])[0]
+    slate = policy.recommend(context, 3)
+    slates, pscore = slate.items, slate.propensities
+    dist = policy.action_dist(context[:1], 3)[0]
     np.testing.assert_allclose(dist.sum(axis=0), 1.0)
     assert (np.sort(slates, axis=1)[:, 1:] != np.sort(slates, axis=1)[:, :-1]).all()
     np.testing.assert_allclose(pscore, dist[slates, np.arange(3)])
@@ -45,20 +47,21 @@ def test_plackett_luce_marginals_of_a_two_item_catalogue():
 
 def test_policy_values_match_simulated_clicks():
     sim = SlateSimulator(SimulatorConfig(n_items=20, slate_size=1, n_users=300, seed=3))
-    policy = SoftmaxPolicy(sim.item_features, 1)
+    rng = np.random.default_rng(1)  # one stream for the requests, the slates and the clicks
+    policy = SoftmaxPolicy(sim.item_features, random_state=rng)
     truth = policy_value(sim, policy)
     assert truth.exact and truth.standard_error == 0
-    logs = collect_logs(sim, policy, 300_000, np.random.default_rng(1))
+    logs = collect_logs(sim, policy, 300_000, rng)
     se = np.sqrt(truth.value * (1 - truth.value) / logs.height)
     assert abs(logs["reward"].mean() - truth.value) < 4 * se
 
 
 def test_slate_policy_value_by_monte_carlo_has_a_standard_error():
     sim = SlateSimulator(SimulatorConfig(n_items=20, slate_size=3, n_users=300, seed=4))
-    policy = SoftmaxPolicy(sim.item_features, 3)
-    truth = policy_value(sim, policy, n_monte_carlo=100)
+    truth = policy_value(sim, SoftmaxPolicy(sim.item_features, random_state=0), n_monte_carlo=100)
     assert not truth.exact and truth.standard_error > 0
-    logs = collect_logs(sim, policy, 200_000, np.random.default_rng(2))
+    rng = np.random.default_rng(2)
+    logs = collect_logs(sim, SoftmaxPolicy(sim.item_features, random_state=rng), 200_000, rng)
     clicks_per_request = logs["reward"].sum() / 200_000
     se = np.sqrt(truth.value / 200_000) + truth.standard_error
     assert abs(clicks_per_request - truth.value) < 4 * se
@@ -67,8 +70,8 @@ def test_slate_policy_value_by_monte_carlo_has_a_standard_error():
 def test_optimal_policy_beats_every_other_policy_and_ordering_matters():
     best = optimal_value(SIM).value
     for policy in POLICIES.values():
-        assert policy_value(SIM, policy).value < best
-    greedy = policy_value(SIM, EpsilonGreedyPolicy(SIM.item_features, 3, epsilon=0.0))
+        assert policy_value(SIM, clone(policy)).value < best
+    greedy = policy_value(SIM, EpsilonGreedyPolicy(SIM.item_features, epsilon=0.0))
     assert greedy.exact
     slates = optimal_slates(SIM)
     users = np.arange(SIM.config.n_users)
@@ -81,6 +84,6 @@ def test_regret_is_zero_for_the_optimum_and_positive_otherwise():
 
     # Noise-free features: greedy on the true utilities is the optimal policy.
     sim = SlateSimulator(SimulatorConfig(n_items=8, slate_size=3, n_users=50, feature_noise=0.0))
-    oracle = EpsilonGreedyPolicy(sim.item_latent, 3, epsilon=0.0, item_bias=sim.item_bias)
+    oracle = EpsilonGreedyPolicy(sim.item_latent, epsilon=0.0, item_bias=sim.item_bias)
     assert regret(sim, oracle).value == pytest.approx(0.0, abs=1e-12)
-    assert regret(sim, POLICIES["uniform"], n_monte_carlo=30).value > 0.01
+    assert regret(sim, clone(POLICIES["uniform"]), n_monte_carlo=30).value > 0.01
