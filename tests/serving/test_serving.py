@@ -177,7 +177,7 @@ def test_closed_loop_logs_propensities_and_ips_covers_the_truth(live) -> None:
     dist = np.full((feedback.n_rounds, WORLD.n_items, 1), 1.0 / WORLD.n_items)
     interval = InverseProbabilityWeighting().estimate_interval(
         **feedback.estimator_kwargs(dist), alpha=0.01, n_bootstrap_samples=1000, random_state=0)
-    truth = policy_value(sim, UniformPolicy(WORLD.n_items, 1)).value
+    truth = policy_value(sim, UniformPolicy(WORLD.n_items)).value
     assert interval["99.0% CI (lower)"] <= truth <= interval["99.0% CI (upper)"], (interval,
                                                                                     truth)
     ts_share = frame.filter(pl.col("policy_name") == "ts").height / frame.height
