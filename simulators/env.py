@@ -13,6 +13,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from recsys.validation import message
 from simulators.model import Requests, SimulatorConfig, SlateSimulator
 
 
@@ -23,7 +24,7 @@ class SlateRecommendationEnv(gym.Env):
 
     def __init__(self, config: SimulatorConfig | None = None, episode_length: int = 100) -> None:
         if episode_length < 1:
-            raise ValueError(f"`episode_length` must be >= 1, got {episode_length}")
+            raise ValueError(message("episode_length", "an integer >= 1", episode_length))
         self.config = config or SimulatorConfig()
         self.episode_length = episode_length
         self.sim = SlateSimulator(self.config)
@@ -53,7 +54,7 @@ class SlateRecommendationEnv(gym.Env):
         slate = np.asarray(action, dtype=np.int64).reshape(1, -1)
         if slate.shape[1] != self.config.slate_size or len(set(slate[0].tolist())) != slate.size:
             raise ValueError(
-                f"`action` must be {self.config.slate_size} distinct item ids, got {slate[0]}"
+                message("action", f"{self.config.slate_size} distinct item ids", slate[0])
             )
         response = self.sim.respond(self._request, slate, self.np_random)
         clicked = int(response.clicked_position[0])

@@ -21,34 +21,47 @@ import polars as pl
 import torch
 from sklearn.base import BaseEstimator
 
+from recsys.validation import message
 from simulators.model import SimulatorConfig, SlateSimulator
 
 
 def _check_logs(user_index, slates, positions, clicked, n_users, n_items, n_positions):
     slates = np.asarray(slates)
     if slates.ndim != 2:
-        raise ValueError(f"`slates` must be (n, slate_size) item ids, got shape {slates.shape}")
+        raise ValueError(message("slates", "(n, slate_size) item ids", f"shape {slates.shape}"))
     n, k = slates.shape
     positions = np.broadcast_to(np.arange(k), (n, k)) if positions is None else positions
     positions = np.asarray(positions)
     if positions.shape != slates.shape:
-        raise ValueError(f"`positions` must have the shape of `slates` {slates.shape}")
+        raise ValueError(
+            message("positions", f"the shape of slates {slates.shape}", positions.shape)
+        )
     user_index = np.zeros(n, dtype=np.int64) if user_index is None else np.asarray(user_index)
     clicked = np.asarray(clicked)
-    if user_index.shape != (n,) or clicked.shape != (n,):
-        raise ValueError(f"`user_index` and `clicked` must have shape ({n},)")
+    for name, array in (("user_index", user_index), ("clicked", clicked)):
+        if array.shape != (n,):
+            raise ValueError(message(name, f"shape ({n},)", f"shape {array.shape}"))
     shown = slates >= 0
     if (slates >= n_items).any():
-        raise ValueError(f"`slates` item ids must be < n_items={n_items}")
+        raise ValueError(message("slates", f"item ids < n_items ({n_items})", slates.max()))
     if ((positions < 0) & shown).any() or (positions >= n_positions).any():
-        raise ValueError(f"`positions` of shown slots must be in [0, {n_positions})")
+        raise ValueError(
+            message("positions", f"positions of shown slots in [0, {n_positions})",
+                    f"values in [{positions[shown].min()}, {positions.max()}]")
+        )
     if user_index.min() < 0 or user_index.max() >= n_users:
-        raise ValueError(f"`user_index` must be in [0, {n_users})")
+        raise ValueError(
+            message("user_index", f"ids in [0, {n_users})",
+                    f"values in [{user_index.min()}, {user_index.max()}]")
+        )
     if clicked.min() < -1 or clicked.max() >= k:
-        raise ValueError(f"`clicked` must be a slot index in [0, {k}) or -1 for no click")
+        raise ValueError(
+            message("clicked", f"a slot index in [0, {k}) or -1 for no click",
+                    f"values in [{clicked.min()}, {clicked.max()}]")
+        )
     valid = clicked >= 0
     if not shown[np.flatnonzero(valid), clicked[valid]].all():
-        raise ValueError("`clicked` points at an empty slot (-1 in `slates`)")
+        raise ValueError(message("clicked", "shown slots", "an empty slot (-1 in slates)"))
     return user_index, slates, positions, clicked
 
 
@@ -95,7 +108,7 @@ class SlateChoiceModel(BaseEstimator):
     ) -> SlateChoiceModel:
         """Maximise the listwise likelihood of ``clicked`` (slot index, -1 none)."""
         if clicked is None:
-            raise ValueError("`clicked` is required: the slot index clicked, or -1")
+            raise ValueError(message("clicked", "the slot index clicked, or -1", "None"))
         # Full-batch steps on logs of this size are dominated by thread hand-offs, not flops.
         threads = torch.get_num_threads()
         torch.set_num_threads(1)

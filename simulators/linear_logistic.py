@@ -19,6 +19,8 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from recsys.validation import check_scalar, message
+
 
 class LinearLogisticEnv:
     """Seeded environment: ``n_actions`` arms, ``dim``-dimensional contexts (feature 0 is 1)."""
@@ -34,12 +36,12 @@ class LinearLogisticEnv:
         signal: float = 1.0,
         seed: int = 0,
     ) -> None:
-        if n_actions < 2 or dim < 2:
-            raise ValueError("need at least 2 actions and 2 features")
-        if not 0.0 <= correlation < 1.0:
-            raise ValueError(f"correlation must be in [0, 1), got {correlation}")
+        for name, value in (("n_actions", n_actions), ("dim", dim)):
+            if value < 2:
+                raise ValueError(message(name, "an integer >= 2", value))
+        check_scalar(correlation, "correlation", 0.0, 1.0, high_open=True)
         if context not in ("gaussian", "segments"):
-            raise ValueError(f"context must be 'gaussian' or 'segments', got {context!r}")
+            raise ValueError(message("context", "'gaussian' or 'segments'", repr(context)))
         self.context = context
         self.n_actions = n_actions
         self.dim = dim

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from recsys.validation import check_scalar, message
 from simulators.exposure import ExposureTable
 
 
@@ -56,23 +57,22 @@ class SimulatorConfig:
         positive = ("n_users", "n_items", "dim", "slate_size", "new_item_horizon")
         for name in positive:
             if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}")
+                raise ValueError(message(name, "an integer >= 1", getattr(self, name)))
         if self.slate_size > self.n_items:
             raise ValueError(
-                f"`slate_size` ({self.slate_size}) cannot exceed `n_items` ({self.n_items})"
+                message("slate_size", f"at most n_items ({self.n_items})", self.slate_size)
             )
         if self.observed_dims is not None and not 1 <= self.observed_dims <= self.dim:
-            raise ValueError(f"`observed_dims` must be in [1, dim={self.dim}]")
+            raise ValueError(
+                message("observed_dims", f"an integer in [1, dim] = [1, {self.dim}]",
+                        self.observed_dims)
+            )
         for name in ("click_noise", "new_item_fraction"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1), got {getattr(self, name)}")
-        if not 0.0 < self.position_decay <= 1.0:
-            raise ValueError(f"`position_decay` must be in (0, 1], got {self.position_decay}")
-        if not 0.0 <= self.fatigue_decay <= 1.0:
-            raise ValueError(f"`fatigue_decay` must be in [0, 1], got {self.fatigue_decay}")
+            check_scalar(getattr(self, name), name, 0.0, 1.0, high_open=True)
+        check_scalar(self.position_decay, "position_decay", 0.0, 1.0, low_open=True)
+        check_scalar(self.fatigue_decay, "fatigue_decay", 0.0, 1.0)
         for name in ("feature_noise", "drift_std", "fatigue_strength", "popularity_bias"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
+            check_scalar(getattr(self, name), name, 0.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -174,7 +174,9 @@ class SlateSimulator:
         clicks included (they are what the logs record)."""
         slates = np.asarray(slates)
         if slates.ndim != 2 or slates.shape[0] != len(user_id):
-            raise ValueError(f"`slates` must be (n_requests, slate_size), got {slates.shape}")
+            raise ValueError(
+                message("slates", f"shape ({len(user_id)}, slate_size)", f"shape {slates.shape}")
+            )
         k = slates.shape[1]
         s = self.utilities(user_id, slates)
         weights = np.exp(s) * self.examination[:k]
@@ -214,11 +216,19 @@ class SlateSimulator:
 
     def _check_slates(self, requests: Requests, slates: np.ndarray) -> None:
         if slates.ndim != 2 or slates.shape[0] != len(requests):
-            raise ValueError(f"`slates` must be (n_requests, slate_size), got {slates.shape}")
+            raise ValueError(
+                message("slates", f"shape ({len(requests)}, slate_size)", f"shape {slates.shape}")
+            )
         if slates.min() < 0 or slates.max() >= self.config.n_items:
-            raise ValueError(f"`slates` item ids must be in [0, {self.config.n_items})")
+            raise ValueError(
+                message("slates", f"item ids in [0, n_items) = [0, {self.config.n_items})",
+                        f"ids in [{slates.min()}, {slates.max()}]")
+            )
         if not requests.available.all() and not requests.available[slates].all():
-            raise ValueError("`slates` show items that have not arrived yet")
+            raise ValueError(
+                message("slates", "items that have arrived", "items that have not arrived yet",
+                        "pass requests.available to the policy")
+            )
 
     def _advance(self, requests: Requests, slates: np.ndarray, rng: np.random.Generator) -> None:
         """Between batches: drift the users who came, add exposures, move the clock."""

@@ -141,20 +141,17 @@ def _check_seed(seed: int) -> int:
 
 
 def _config(p: Mapping[str, Any], seed: int, **fixed: Any) -> SimulatorConfig:
-    try:
-        return SimulatorConfig(
-            n_users=p["n_users"],
-            n_items=p["n_items"],
-            dim=p["dim"],
-            affinity=p["affinity"],
-            item_bias_std=p["item_bias_std"],
-            feature_noise=p["feature_noise"],
-            no_click_utility=p["no_click_utility"],
-            seed=seed,
-            **fixed,
-        )
-    except ValueError as exc:  # the config names the parameter in backticks
-        raise ValueError(str(exc).replace("`", "")) from None
+    return SimulatorConfig(
+        n_users=p["n_users"],
+        n_items=p["n_items"],
+        dim=p["dim"],
+        affinity=p["affinity"],
+        item_bias_std=p["item_bias_std"],
+        feature_noise=p["feature_noise"],
+        no_click_utility=p["no_click_utility"],
+        seed=seed,
+        **fixed,
+    )
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:

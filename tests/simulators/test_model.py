@@ -38,9 +38,9 @@ def test_choices_follow_the_listwise_probabilities_and_ctr_is_a_few_percent():
 
 
 def test_config_errors_name_the_argument():
-    with pytest.raises(ValueError, match="`slate_size`"):
+    with pytest.raises(ValueError, match=r"^slate_size: expected at most n_items"):
         SimulatorConfig(n_items=2, slate_size=3)
-    with pytest.raises(ValueError, match="`click_noise`"):
+    with pytest.raises(ValueError, match=r"^click_noise: expected a real number in"):
         SimulatorConfig(click_noise=1.5)
 
 
