@@ -2,7 +2,8 @@
 
 Every estimator follows the scikit-learn API: hyperparameters in the constructor, ``fit(dataset)``
 on an ``offline.dataset.Dataset`` (its ``train`` frame is the observed pairs) returns ``self``,
-learned attributes end in ``_``. All predict vectorised over id arrays:
+learned attributes end in ``_``. The base class checks the data set and the ids; an estimator
+implements ``_fit`` and ``_predict`` on validated ids. All predict vectorised over id arrays:
 
 - ``predict(user_id, item_id, label=None) -> np.ndarray`` per pair (``label`` only where the
   estimate depends on it: Naive Bayes);
@@ -29,6 +30,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
 from offline.dataset import Dataset
+from recsys.validation import check_scalar
 
 __all__ = [
     "PROPENSITY_ESTIMATORS",
@@ -55,9 +57,7 @@ def _check_probabilities(p: np.ndarray, where: str) -> np.ndarray:
 
 
 def _require_train(dataset: Dataset, who: str) -> pl.DataFrame:
-    """The observed pairs of ``dataset``, refusing anything that is not a non-empty Dataset."""
-    if not isinstance(dataset, Dataset):
-        raise TypeError(f"{who}.fit expects an offline.dataset.Dataset, got {type(dataset)!r}")
+    """The observed pairs of ``dataset``, refusing an empty train split."""
     if dataset.train.height == 0:
         raise ValueError(f"{who} needs observed pairs: {dataset.name}.train is empty")
     return dataset.train
@@ -70,15 +70,34 @@ class PropensityEstimator(BaseEstimator, ABC):
     needs_label: ClassVar[bool] = False
     """Whether ``predict`` needs the label of each pair (Naive Bayes)."""
 
-    @abstractmethod
     def fit(self, dataset: Dataset) -> Self:
-        """Learn from ``dataset.train`` (the observed pairs) and the side information needed."""
+        """Learn from ``dataset.train`` (the observed pairs) and the side information needed;
+        predictions then take ids in the data set's ranges."""
+        if not isinstance(dataset, Dataset):
+            raise TypeError(
+                f"{type(self).__name__}.fit expects an offline.dataset.Dataset, got "
+                f"{type(dataset)!r}"
+            )
+        self._fit(dataset)
+        self.n_users_, self.n_items_ = dataset.n_users, dataset.n_items
+        return self
 
     @abstractmethod
+    def _fit(self, dataset: Dataset) -> None:
+        """Learn the estimator's attributes from ``dataset``."""
+
     def predict(
         self, user_id: ArrayLike, item_id: ArrayLike, label: ArrayLike | None = None
     ) -> np.ndarray:
         """P(observed) of each (user, item[, label]) pair."""
+        users, items = self._ids(user_id, item_id)
+        return self._predict(users, items, label)
+
+    @abstractmethod
+    def _predict(
+        self, users: np.ndarray, items: np.ndarray, label: ArrayLike | None
+    ) -> np.ndarray:
+        """P(observed) of each pair of validated int64 ids (and its label, where needed)."""
 
     def predict_frame(self, frame: pl.DataFrame) -> np.ndarray:
         """P(observed) of every row of an interaction frame."""
@@ -130,7 +149,7 @@ class LoggedPropensity(PropensityEstimator):
 
     name: ClassVar[str] = "logged"
 
-    def fit(self, dataset: Dataset) -> Self:
+    def _fit(self, dataset: Dataset) -> None:
         """Index the logged propensities of ``dataset.train`` by (user, item)."""
         train = _require_train(dataset, "LoggedPropensity")
         if "propensity" not in train.columns:
@@ -142,14 +161,11 @@ class LoggedPropensity(PropensityEstimator):
         keys = train["user_id"].to_numpy() * dataset.n_items + train["item_id"].to_numpy()
         self.keys_, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
         self.propensity_ = np.bincount(inverse, weights=p) / counts
-        self.n_users_, self.n_items_ = dataset.n_users, dataset.n_items
-        return self
 
-    def predict(
-        self, user_id: ArrayLike, item_id: ArrayLike, label: ArrayLike | None = None
+    def _predict(
+        self, users: np.ndarray, items: np.ndarray, label: ArrayLike | None
     ) -> np.ndarray:
         """The mean logged propensity of each (user, item) pair; unlogged pairs raise."""
-        users, items = self._ids(user_id, item_id)
         keys = users * self.n_items_ + items
         position = np.minimum(np.searchsorted(self.keys_, keys), len(self.keys_) - 1)
         missing = self.keys_[position] != keys
@@ -184,10 +200,8 @@ class ShippedPropensity(PropensityEstimator):
 
     name: ClassVar[str] = "shipped"
 
-    def fit(self, dataset: Dataset) -> Self:
+    def _fit(self, dataset: Dataset) -> None:
         """Take ``dataset.propensity_matrix`` after checking it lies in (0, 1]."""
-        if not isinstance(dataset, Dataset):
-            raise TypeError(f"ShippedPropensity.fit expects a Dataset, got {type(dataset)!r}")
         if dataset.propensity_matrix is None:
             raise ValueError(
                 f"ShippedPropensity needs dataset.propensity_matrix: {dataset.name} ships no "
@@ -196,14 +210,11 @@ class ShippedPropensity(PropensityEstimator):
         self.matrix_ = _check_probabilities(
             dataset.propensity_matrix, f"{dataset.name}.propensity_matrix"
         ).copy()
-        self.n_users_, self.n_items_ = dataset.n_users, dataset.n_items
-        return self
 
-    def predict(
-        self, user_id: ArrayLike, item_id: ArrayLike, label: ArrayLike | None = None
+    def _predict(
+        self, users: np.ndarray, items: np.ndarray, label: ArrayLike | None
     ) -> np.ndarray:
         """The shipped P(observed) of each pair."""
-        users, items = self._ids(user_id, item_id)
         return self.matrix_[users, items]
 
     def predict_matrix(self) -> np.ndarray:
@@ -224,22 +235,18 @@ class PopularityPropensity(PropensityEstimator):
     def __init__(self, power: float = 0.5) -> None:
         self.power = power
 
-    def fit(self, dataset: Dataset) -> Self:
+    def _fit(self, dataset: Dataset) -> None:
         """Count each item's observations in ``dataset.train``."""
-        if not (np.isfinite(self.power) and self.power >= 0):
-            raise ValueError(f"power must be a finite number >= 0, got {self.power!r}")
+        check_scalar(self.power, "power", 0.0, high_open=True)
         train = _require_train(dataset, "PopularityPropensity")
         counts = np.bincount(train["item_id"].to_numpy(), minlength=dataset.n_items)
         self.item_counts_ = counts
         self.item_propensity_ = (np.maximum(counts, 1) / counts.max()) ** float(self.power)
-        self.n_users_, self.n_items_ = dataset.n_users, dataset.n_items
-        return self
 
-    def predict(
-        self, user_id: ArrayLike, item_id: ArrayLike, label: ArrayLike | None = None
+    def _predict(
+        self, users: np.ndarray, items: np.ndarray, label: ArrayLike | None
     ) -> np.ndarray:
         """The item's popularity propensity, whatever the user."""
-        _, items = self._ids(user_id, item_id)
         return self.item_propensity_[items]
 
 
@@ -292,14 +299,11 @@ class LogisticPropensity(PropensityEstimator):
         self.max_pairs = max_pairs
         self.random_state = random_state
 
-    def fit(self, dataset: Dataset) -> Self:
+    def _fit(self, dataset: Dataset) -> None:
         """Fit P(observed | user, item features) on all pairs (or a corrected subsample)."""
-        if not (np.isfinite(self.C) and self.C > 0):
-            raise ValueError(f"C must be a positive number, got {self.C!r}")
-        if int(self.max_iter) < 1:
-            raise ValueError(f"max_iter must be >= 1, got {self.max_iter!r}")
-        if int(self.max_pairs) < 2:
-            raise ValueError(f"max_pairs must be >= 2, got {self.max_pairs!r}")
+        check_scalar(self.C, "C", 0.0, low_open=True, high_open=True)
+        check_scalar(self.max_iter, "max_iter", 1.0)
+        check_scalar(self.max_pairs, "max_pairs", 2.0)
         train = _require_train(dataset, "LogisticPropensity")
         if dataset.user_features is None or dataset.item_features is None:
             raise ValueError(
@@ -339,8 +343,6 @@ class LogisticPropensity(PropensityEstimator):
             self.item_features_ = item_x.copy()
         self.n_pairs_fit_ = len(keys)
         self.intercept_correction_ = correction
-        self.n_users_, self.n_items_ = n_users, n_items
-        return self
 
     def _sample_pairs(
         self, positives: np.ndarray, n_pairs: int
@@ -395,11 +397,10 @@ class LogisticPropensity(PropensityEstimator):
             blocks.append(sp.csr_matrix((ones, (rows, items)), shape=(len(users), n_items)))
         return sp.hstack(blocks, format="csr")
 
-    def predict(
-        self, user_id: ArrayLike, item_id: ArrayLike, label: ArrayLike | None = None
+    def _predict(
+        self, users: np.ndarray, items: np.ndarray, label: ArrayLike | None
     ) -> np.ndarray:
         """sigmoid(intercept + user part + item part (+ user ⊗ item part)) of each pair."""
-        users, items = self._ids(user_id, item_id)
         logit = self.intercept_ + self.user_logit_[users] + self.item_logit_[items]
         if self.interactions:
             logit = logit + np.einsum(
@@ -423,10 +424,9 @@ class NaiveBayesPropensity(PropensityEstimator):
     def __init__(self, smoothing: float = 1.0) -> None:
         self.smoothing = smoothing
 
-    def fit(self, dataset: Dataset) -> Self:
+    def _fit(self, dataset: Dataset) -> None:
         """Estimate the rating distributions of observed and missing-at-random labels."""
-        if not (np.isfinite(self.smoothing) and self.smoothing >= 0):
-            raise ValueError(f"smoothing must be a finite number >= 0, got {self.smoothing!r}")
+        check_scalar(self.smoothing, "smoothing", 0.0, high_open=True)
         train = _require_train(dataset, "NaiveBayesPropensity")
         if dataset.mar_sample is None or dataset.mar_sample.height == 0:
             raise ValueError(
@@ -454,14 +454,11 @@ class NaiveBayesPropensity(PropensityEstimator):
         self.level_propensity_ = np.minimum(
             p_label_given_observed * self.p_observed_ / p_label, 1.0
         )
-        self.n_users_, self.n_items_ = dataset.n_users, dataset.n_items
-        return self
 
-    def predict(
-        self, user_id: ArrayLike, item_id: ArrayLike, label: ArrayLike | None = None
+    def _predict(
+        self, users: np.ndarray, items: np.ndarray, label: ArrayLike | None
     ) -> np.ndarray:
         """P(O=1 | Y=label) of each pair; ``label`` is required and must be a level seen at fit."""
-        users, _ = self._ids(user_id, item_id)
         if label is None:
             raise ValueError("NaiveBayesPropensity.predict needs the label of each pair")
         labels = np.asarray(label, dtype=np.float64)

@@ -58,6 +58,10 @@ class ImplicitObjective(Objective):
         """One item per entry of ``users``, uniform over that user's non-positive items."""
         return self._positives.sample(users.reshape(-1), generator).reshape(users.shape)
 
+    def _negative_users(self, users: torch.Tensor) -> torch.Tensor:
+        """The user of each negative to draw for the batch's positives: one each (B,)."""
+        return users
+
     def _make_batch(
         self, rows: torch.Tensor, epoch: int, generator: torch.Generator, batch_size: int
     ) -> Batch:
@@ -66,7 +70,7 @@ class ImplicitObjective(Objective):
             "rows": rows,
             "users": users,
             "pos_items": self._items_cpu[rows],
-            "neg_items": self.sample_negatives(users, generator),
+            "neg_items": self.sample_negatives(self._negative_users(users), generator),
         }
 
     def _scores(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,20 +110,11 @@ class PairwiseOrPointwise(ImplicitObjective):
             check_choice(self.base, "base", BASES)
         check_int(self.n_negatives, "n_negatives", 1)
 
-    def _make_batch(
-        self, rows: torch.Tensor, epoch: int, generator: torch.Generator, batch_size: int
-    ) -> Batch:
+    def _negative_users(self, users: torch.Tensor) -> torch.Tensor:
+        """One negative per positive (B,) for BPR, ``n_negatives`` (B, n) for BCE."""
         if self._base() == "bpr":
-            return super()._make_batch(rows, epoch, generator, batch_size)
-        users = self._users_cpu[rows]
-        return {
-            "rows": rows,
-            "users": users,
-            "pos_items": self._items_cpu[rows],
-            "neg_items": self.sample_negatives(
-                users.unsqueeze(1).expand(-1, self.n_negatives), generator
-            ),
-        }
+            return users
+        return users.unsqueeze(1).expand(-1, self.n_negatives)
 
     def _pointwise(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, labels) of positives then negatives, flattened."""
