@@ -17,15 +17,14 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator
 
+from recsys.bandits.arrays import NUMPY, ArrayBackend
 from recsys.bandits.dense import DenseStats
 from recsys.bandits.protocol import Statistics
 from recsys.bandits.slates import (
     Slate,
     eligible_counts,
-    greedy_marginals,
     mix_with_uniform,
     rank_marginals,
-    top_k,
     uniform_marginals,
 )
 from recsys.bandits.validation import check_positive, check_probability
@@ -197,19 +196,20 @@ class BasePolicy(BaseEstimator):
         return self
 
     # ------------------------------------------------------------------ scoring
-    def _moments(self, contexts: Any) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Score mean and standard deviation, -inf mean / 0 sd for non-candidates."""
-        mean, var, eligible = self._stats().moments(contexts)
-        sd = np.sqrt(var)
+    def _moments(
+        self, contexts: Any, arrays: ArrayBackend = NUMPY, rows: NDArray[np.intp] | None = None
+    ) -> tuple[Any, Any]:
+        """Score mean and standard deviation on ``arrays`` (over the item ``rows``, default
+        all), -inf mean / 0 sd for non-candidates."""
+        mean, sd, eligible = arrays.moments(self._stats(), contexts, rows)
         if eligible is not None:
             mean = np.where(eligible, mean, -np.inf)
             sd = np.where(eligible, sd, 0.0)
         return mean, sd
 
-    def _rule(
-        self, mean: NDArray[np.float64], sd: NDArray[np.float64]
-    ) -> NDArray[np.float64]:
-        """The deterministic score of the policy (overridden by UCB)."""
+    def _rule(self, mean: Any, sd: Any) -> Any:
+        """The deterministic score of the policy (overridden by UCB); arithmetic only, so it
+        runs on any array backend."""
         return mean
 
     def score(self, contexts: Any, *, exploit: bool = False) -> NDArray[np.float64]:
@@ -220,20 +220,37 @@ class BasePolicy(BaseEstimator):
     # ------------------------------------------------------------------ slates
     def recommend(self, contexts: Any, k: int = 1) -> Slate:
         """Top-k slates for a batch of requests with P(item at position) for every entry."""
-        mean, sd = self._moments(contexts)
+        return self.recommend_on(NUMPY, contexts, k)
+
+    def recommend_on(
+        self, arrays: ArrayBackend, contexts: Any, k: int, rows: NDArray[np.intp] | None = None
+    ) -> Slate:
+        """:meth:`recommend` with the arrays on ``arrays`` and, when ``rows`` is given, only
+        those item rows as candidates (see ``recsys.bandits.arrays``)."""
+        mean, sd = self._moments(contexts, arrays, rows)
         scores = self._rule(mean, sd)
-        n_elig = eligible_counts(scores, k)
+        n_elig = arrays.eligible_counts(scores, k)
         eps = self._uniform_mix
-        greedy = top_k(scores, k, self._rng)
-        shown = mix_with_uniform(greedy, scores, eps, self._rng)[0] if eps > 0.0 else greedy
-        prop = (1.0 - eps) * greedy_marginals(scores, shown, greedy) + eps / n_elig[:, None]
-        return self._slate(shown, prop, np.zeros_like(prop), scores)
+        batch = n_elig.size
+        if eps < 1.0:
+            greedy = arrays.top_k(scores, k, self._rng)
+        else:  # uniform: the greedy slate never shows
+            greedy = np.full((batch, k), -1, dtype=np.intp)
+        shown = greedy
+        if eps > 0.0:
+            shown = mix_with_uniform(greedy, arrays.eligibility(scores), eps, self._rng)[0]
+        p_greedy = (arrays.greedy_marginals(scores, shown, greedy) if eps < 1.0
+                    else np.zeros(shown.shape))
+        prop = (1.0 - eps) * p_greedy + eps / n_elig[:, None]
+        return self._slate(shown, prop, np.zeros_like(prop),
+                           arrays.take(scores, np.arange(batch), shown), rows)
 
     def recommend_one(self, context: Any, k: int = 1) -> Slate:
         """One request: the same slate distribution and propensities as ``recommend`` on a batch
-        of one, with a lower fixed cost for the single-slot case (per-event serving)."""
+        of one, with a lower fixed cost for the single-slot case (per-event serving). Policies
+        whose slates are not a greedy rule mixed with uniform ones override it."""
         stats = self._stats()
-        if k != 1 or type(self).recommend is not BasePolicy.recommend:
+        if k != 1:
             return self.recommend(context, k)
         mean, var, eligible = stats.moments_one(context)
         scores = self._rule(mean, np.sqrt(var))
@@ -261,13 +278,11 @@ class BasePolicy(BaseEstimator):
         prop: NDArray[np.float64],
         se: NDArray[np.float64],
         scores: NDArray[np.float64],
+        rows: NDArray[np.intp] | None = None,
     ) -> Slate:
-        return Slate(
-            items=self.item_ids_[shown],
-            propensities=prop,
-            propensity_se=se,
-            scores=scores[np.arange(shown.shape[0])[:, None], shown],
-        )
+        """The slate of the shown columns (of the item ``rows`` when given) and their scores."""
+        ids = self.item_ids_ if rows is None else self.item_ids_[rows]
+        return Slate(items=ids[shown], propensities=prop, propensity_se=se, scores=scores)
 
     # ------------------------------------------------------------------ evaluation
     def action_dist(self, contexts: Any, k: int = 1) -> NDArray[np.float64]:

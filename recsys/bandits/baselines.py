@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from recsys.bandits.arrays import ArrayBackend
 from recsys.bandits.base import BasePolicy
 from recsys.bandits.slates import (
     Slate,
@@ -91,16 +92,25 @@ class SquareCB(BasePolicy):
         super()._check_params()
         self._gamma = check_positive(self.gamma, "gamma", allow_zero=True)
 
-    def recommend(self, contexts: Any, k: int = 1) -> Slate:
-        """IGW slates with exact propensities (mixed with the exploration floor if set)."""
-        mean, _ = self._moments(contexts)
+    def recommend_on(
+        self, arrays: ArrayBackend, contexts: Any, k: int, rows: NDArray[np.intp] | None = None
+    ) -> Slate:
+        """IGW slates with exact propensities (mixed with the exploration floor if set); the
+        moments come from ``arrays``, the draw is made on the host."""
+        mean, _ = self._moments(contexts, arrays, rows)
+        mean = arrays.host(mean)
         n_elig = eligible_counts(mean, k)
         shown, probs, greedy = igw_slate(mean, k, self._gamma, self._rng)
         floor = self._uniform_mix
         if floor > 0.0:
             shown, _ = mix_with_uniform(shown, mean, floor, self._rng)
         prop = (1.0 - floor) * igw_marginals(mean, probs, greedy, shown) + floor / n_elig[:, None]
-        return self._slate(shown, prop, np.zeros_like(prop), mean)
+        return self._slate(shown, prop, np.zeros_like(prop),
+                           mean[np.arange(shown.shape[0])[:, None], shown], rows)
+
+    def recommend_one(self, context: Any, k: int = 1) -> Slate:
+        """One request (a batch of one: the IGW draw has no cheaper single-slot path)."""
+        return self.recommend(context, k)
 
     def _policy_dist(
         self, mean: NDArray[np.float64], sd: NDArray[np.float64], k: int

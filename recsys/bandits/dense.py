@@ -27,15 +27,24 @@ disagree. The scoring rule (UCB, Thompson sampling, ...) lives in the policies, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from recsys.bandits.accumulate import scatter_add_many, touched_rows
+from recsys.bandits.contexts import DenseContexts
 from recsys.bandits.items import ItemIndex
-from recsys.bandits.protocol import Part, StatsBase, check_part, new_origin, register_layout
+from recsys.bandits.protocol import (
+    ItemSummary,
+    Part,
+    StatsBase,
+    check_part,
+    new_origin,
+    register_layout,
+)
 from recsys.bandits.validation import (
     check_context_one,
     check_contexts,
@@ -44,6 +53,9 @@ from recsys.bandits.validation import (
     check_reward_one,
     check_rewards,
 )
+
+if TYPE_CHECKING:
+    from recsys.config import StreamSettings
 
 FORMAT = "recsys.bandits.DenseStats/1"
 _SMALL_BATCH = 64
@@ -56,15 +68,43 @@ _PART_SUMS = {"both": {"sxx", "sxr", "sx", "count", "sr"}, "exposure": {"sxx", "
 
 
 @dataclass(eq=False)
-class _Posterior:
-    """Cached scoring arrays, valid for one statistics version."""
+class DensePosterior:
+    """The scoring arrays of one statistics version, and the score moments computed from them.
+
+    The arrays are numpy arrays (``DenseStats`` caches them) or the same arrays on another array
+    backend (torch tensors on a device: ``recsys.serving.backends``); :meth:`moments` uses only
+    operators both support, so every backend scores with this one function.
+    """
 
     version: int
-    theta: NDArray[np.floating]  # slope means [n, d]
-    inv_d: NDArray[np.floating]  # slope variances (before v²) [n, d]
-    w1: NDArray[np.floating] | None = None  # centred: x̄/d [n, d]
-    b0: NDArray[np.floating] | None = None  # centred: intercept of the mean [n]
-    c0: NDArray[np.floating] | None = None  # centred: constant of the variance [n]
+    theta: Any  # slope means [n, d]
+    inv_d: Any  # slope variances (before v²) [n, d]
+    w1: Any = None  # centred: x̄/d [n, d]
+    b0: Any = None  # centred: intercept of the mean [n]
+    c0: Any = None  # centred: constant of the variance [n]
+
+    def map(self, convert: Callable[[Any], Any]) -> DensePosterior:
+        """The same posterior with every array converted (to a device, a dtype, some rows)."""
+        def each(a: Any) -> Any:
+            return None if a is None else convert(a)
+
+        return DensePosterior(self.version, each(self.theta), each(self.inv_d), each(self.w1),
+                              each(self.b0), each(self.c0))
+
+    def moments(self, x: Any) -> tuple[Any, Any]:
+        """Mean and variance of each item's score for each context row of ``x`` [batch, d]
+        (in the arrays' dtype and backend): [batch, items]."""
+        mean = x @ self.theta.T
+        var = (x * x) @ self.inv_d.T
+        if self.w1 is not None:
+            mean += self.b0
+            cross = x @ self.w1.T
+            cross *= 2.0
+            var += self.c0
+            var -= cross
+            var += abs(var)  # max(var, 0) in place on any backend: (v + |v|) / 2
+            var *= 0.5
+        return mean, var
 
 
 @register_layout
@@ -94,7 +134,7 @@ class DenseStats(StatsBase):
     version: int = 0
     origin: str = field(default_factory=new_origin)
     _borrowed: bool = field(default=False, repr=False)
-    _cache: _Posterior | None = field(default=None, repr=False)
+    _cache: DensePosterior | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -135,9 +175,19 @@ class DenseStats(StatsBase):
             stats.set_prior_mean(prior_mean)
         return stats
 
+    @classmethod
+    def for_stream(cls, stream: StreamSettings) -> DenseStats:
+        """Empty statistics over items ``0 .. stream.n_items - 1`` and ``stream.dim`` features."""
+        return cls.empty(np.arange(stream.n_items), stream.dim, lam=stream.lam,
+                         centred=stream.centred)
+
     @property
     def centred(self) -> bool:
         return self.sx is not None
+
+    def context_codec(self) -> DenseContexts:
+        """Contexts are dense vectors of ``dim`` features."""
+        return DenseContexts(self.dim)
 
     @property
     def n_items(self) -> int:
@@ -459,7 +509,7 @@ class DenseStats(StatsBase):
         return self
 
     # ------------------------------------------------------------------ posterior
-    def _posterior_rows(self, rows: Rows) -> _Posterior:
+    def _posterior_rows(self, rows: Rows) -> DensePosterior:
         """Scoring arrays for some rows, computed in float64 and stored in the stats' dtype."""
         dtype = self.sxx.dtype
         sxx = self.sxx[rows].astype(np.float64)
@@ -467,7 +517,7 @@ class DenseStats(StatsBase):
         prior = 0.0 if self.prior_mean is None else self.lam * self.prior_mean[rows]
         if self.sx is None or self.sr is None:
             inv_d = 1.0 / (self.lam + sxx)
-            return _Posterior(self.version, ((sxr + prior) * inv_d).astype(dtype, copy=False),
+            return DensePosterior(self.version, ((sxr + prior) * inv_d).astype(dtype, copy=False),
                               inv_d.astype(dtype, copy=False))
         nn = self.count[rows] + self.lam
         sr = self.sr[rows]
@@ -476,14 +526,14 @@ class DenseStats(StatsBase):
         inv_d = 1.0 / np.maximum(self.lam + sxx - self.sx[rows] * xbar, self.lam)
         theta = (sxr - xbar * sr[:, None] + prior) * inv_d
         w1 = xbar * inv_d
-        return _Posterior(
+        return DensePosterior(
             self.version, theta.astype(dtype, copy=False), inv_d.astype(dtype, copy=False),
             w1=w1.astype(dtype, copy=False),
             b0=(sr / nn - (theta * xbar).sum(axis=1)).astype(dtype, copy=False),
             c0=(1.0 / nn + (xbar * w1).sum(axis=1)).astype(dtype, copy=False),
         )
 
-    def _posterior(self) -> _Posterior:
+    def _posterior(self) -> DensePosterior:
         if self._cache is None or self._cache.version != self.version:
             self._cache = self._posterior_rows(slice(None))
         return self._cache
@@ -496,31 +546,26 @@ class DenseStats(StatsBase):
         post = self._posterior()
         return post.theta, post.inv_d
 
-    def score_moments(
-        self, contexts: NDArray[np.float64], rows: NDArray[np.intp] | None = None
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Mean and variance of each item's score for each context, [batch, items].
+    def linear_posterior(self) -> DensePosterior:
+        """The cached scoring arrays (numpy) that any array backend scores with."""
+        return self._posterior()
 
-        ``rows`` restricts the result to those item rows (candidate lists).
-        """
-        post = self._posterior()
-        pick: Any = slice(None) if rows is None else rows
-        theta, inv_d = post.theta[pick], post.inv_d[pick]
-        x = contexts.astype(theta.dtype, copy=False)
-        mean = x @ theta.T
-        var = (x * x) @ inv_d.T
-        if post.w1 is not None and post.b0 is not None and post.c0 is not None:
-            mean += post.b0[pick]
-            var += post.c0[pick] - 2.0 * (x @ post.w1[pick].T)
-            np.maximum(var, 0.0, out=var)
-        return mean.astype(np.float64, copy=False), var.astype(np.float64, copy=False)
+    def prepare_scoring(self) -> None:
+        """Build the scoring cache now (seconds for a million items), not at the first request."""
+        self._posterior()
 
     def moments(
-        self, contexts: ArrayLike
+        self, contexts: ArrayLike, rows: NDArray[np.intp] | None = None
     ) -> tuple[NDArray[np.float64], NDArray[np.float64], None]:
-        """Validated :meth:`score_moments` for all items (every item is a candidate)."""
-        mean, var = self.score_moments(check_contexts(contexts, self.dim))
-        return mean, var, None
+        """Mean and variance of each item's score for each context, [batch, items]; ``rows``
+        restricts the items to those rows (a candidate list). Every item is a candidate, so the
+        eligibility mask is None."""
+        x = check_contexts(contexts, self.dim)
+        post = self._posterior()
+        if rows is not None:
+            post = post.map(lambda a: a[rows])
+        mean, var = post.moments(x.astype(post.theta.dtype, copy=False))
+        return mean.astype(np.float64, copy=False), var.astype(np.float64, copy=False), None
 
     def moments_one(
         self, context: ArrayLike
@@ -536,6 +581,18 @@ class DenseStats(StatsBase):
             var += post.c0 - 2.0 * (post.w1 @ x)
             np.maximum(var, 0.0, out=var)
         return mean.astype(np.float64, copy=False), var.astype(np.float64, copy=False), None
+
+    def item_summary(self) -> ItemSummary:
+        """Exposure ``count_j``; centred: reward ``sr_j = Σ r`` and expected reward
+        ``sr_j / (count_j + λ)``, the posterior mean score at the item's mean context x̄_j (the
+        centred model's intercept, no exploration bonus). Uncentred sums hold Σ x·r but no
+        Σ r, so there is no context-free reward (NaN)."""
+        exposures = np.asarray(self.count, dtype=np.float64)
+        if self.sr is None:
+            nan = np.full(self.n_items, np.nan)
+            return ItemSummary(self.item_ids, exposures, nan, nan.copy())
+        rewards = np.asarray(self.sr, dtype=np.float64)
+        return ItemSummary(self.item_ids, exposures, rewards, rewards / (exposures + self.lam))
 
     # ------------------------------------------------------------------ copies / sharding
     def _copy(self, rows: Rows | None = None) -> DenseStats:

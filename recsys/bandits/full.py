@@ -16,8 +16,16 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from recsys.bandits.accumulate import scatter_add
+from recsys.bandits.contexts import DenseContexts
 from recsys.bandits.items import ItemIndex
-from recsys.bandits.protocol import Part, StatsBase, check_part, new_origin, register_layout
+from recsys.bandits.protocol import (
+    ItemSummary,
+    Part,
+    StatsBase,
+    check_part,
+    new_origin,
+    register_layout,
+)
 from recsys.bandits.validation import (
     check_contexts,
     check_items,
@@ -89,6 +97,17 @@ class FullStats(StatsBase):
     @property
     def item_ids(self) -> NDArray[np.int64]:
         return self.items.ids
+
+    def context_codec(self) -> DenseContexts:
+        """Contexts are dense vectors of ``dim`` features."""
+        return DenseContexts(self.dim)
+
+    def item_summary(self) -> ItemSummary:
+        """Exposure ``count_j`` only: the sums hold Σ x·r but no Σ r (reward and expected
+        reward are NaN)."""
+        nan = np.full(self.n_items, np.nan)
+        return ItemSummary(self.item_ids, np.asarray(self.count, dtype=np.float64), nan,
+                           nan.copy())
 
     # ------------------------------------------------------------------ learning
     def _validated(
@@ -284,12 +303,15 @@ class FullStats(StatsBase):
         return np.einsum("nij,nj->ni", self.a_inv, num), self.a_inv
 
     def moments(
-        self, contexts: ArrayLike
+        self, contexts: ArrayLike, rows: NDArray[np.intp] | None = None
     ) -> tuple[NDArray[np.float64], NDArray[np.float64], None]:
-        """Mean ``x·θ̂_j`` and variance ``xᵀA_j⁻¹x`` of every item's score, [batch, n_items]."""
+        """Mean ``x·θ̂_j`` and variance ``xᵀA_j⁻¹x`` of every item's score, [batch, items];
+        ``rows`` restricts the items to those rows (a candidate list)."""
         x = check_contexts(contexts, self.dim)
         theta, a_inv = self.posterior()
-        n, d = self.n_items, self.dim
+        if rows is not None:
+            theta, a_inv = theta[rows], a_inv[rows]
+        n, d = theta.shape
         # xᵀA⁻¹x for every (request, item) as one matrix product per block of requests: an
         # einsum over [b, n, d, d] is an order of magnitude slower than BLAS here
         stacked = a_inv.transpose(1, 0, 2).reshape(d, n * d)

@@ -22,72 +22,29 @@ is the exploration space); :attr:`GraphStats.skipped` counts them so that a drif
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from recsys.bandits.contexts import ClusterContexts, SoftContexts, as_soft_contexts
 from recsys.bandits.items import ItemIndex
-from recsys.bandits.protocol import Part, StatsBase, check_part, new_origin, register_layout
+from recsys.bandits.protocol import (
+    ItemSummary,
+    Moments,
+    Part,
+    StatsBase,
+    check_part,
+    new_origin,
+    register_layout,
+)
 from recsys.bandits.validation import check_items, check_positive, check_rewards
+
+if TYPE_CHECKING:
+    from recsys.config import StreamSettings
 
 FORMAT = "recsys.bandits.GraphStats/1"
 Weighting = Literal["squared", "linear"]
-
-
-@dataclass(frozen=True, eq=False)
-class SoftContexts:
-    """Sparse soft cluster memberships for a batch: ``clusters`` and ``weights`` of shape [B, K].
-
-    Padding entries use cluster ``-1`` with weight 0.
-    """
-
-    clusters: NDArray[np.int64]
-    weights: NDArray[np.float64]
-
-    @classmethod
-    def of(cls, clusters: ArrayLike, weights: ArrayLike) -> SoftContexts:
-        """Validated contexts; a single request may be given as 1-d arrays."""
-        c = np.asarray(clusters)
-        w = np.asarray(weights, dtype=np.float64)
-        if c.ndim == 1:
-            c = c[None, :]
-        if w.ndim == 1:
-            w = w[None, :]
-        if c.ndim != 2 or c.shape != w.shape:
-            raise ValueError(
-                f"soft contexts: clusters {c.shape} and weights {w.shape} must both be [batch, K]"
-            )
-        if c.size and not np.issubdtype(c.dtype, np.integer):
-            raise ValueError(f"soft contexts: cluster ids must be integers, got {c.dtype}")
-        if not np.isfinite(w).all():
-            raise ValueError("soft contexts: weights contain NaN or infinity")
-        if (w < 0).any():
-            raise ValueError("soft contexts: weights must be >= 0")
-        c = c.astype(np.int64)
-        if ((c < 0) & (w > 0)).any():
-            raise ValueError("soft contexts: a padding cluster (-1) has a non-zero weight")
-        return cls(c, w)
-
-    def __len__(self) -> int:
-        return int(self.clusters.shape[0])
-
-    def __getitem__(self, rows: slice | ArrayLike) -> SoftContexts:
-        """The contexts of some requests (a slice, index array or mask), still [rows, K]."""
-        pick = rows if isinstance(rows, slice) else np.asarray(rows)
-        return SoftContexts(self.clusters[pick].reshape(-1, self.clusters.shape[1]),
-                            self.weights[pick].reshape(-1, self.weights.shape[1]))
-
-
-def _as_contexts(contexts: SoftContexts | tuple[ArrayLike, ArrayLike]) -> SoftContexts:
-    if isinstance(contexts, SoftContexts):
-        return contexts
-    if isinstance(contexts, tuple) and len(contexts) == 2:
-        return SoftContexts.of(*contexts)
-    raise TypeError(
-        "graph-mode contexts must be SoftContexts or a (clusters, weights) pair, got "
-        f"{type(contexts).__name__}"
-    )
 
 
 @register_layout
@@ -169,6 +126,16 @@ class GraphStats(StatsBase):
             stats.prior_mean = np.array(mu)
         return stats
 
+    @classmethod
+    def for_stream(cls, stream: StreamSettings) -> GraphStats:
+        """Empty statistics on the edges of the offline graph ``stream.graph_file``."""
+        from recsys.bandits.clustering import ClusterGraph
+
+        if stream.graph_file is None:
+            raise ValueError("stream.graph_file: expected the cluster→item graph file "
+                             "(ClusterGraph.save) for layout 'graph', got none")
+        return ClusterGraph.load(stream.graph_file).stats(lam=stream.lam)
+
     @property
     def n_items(self) -> int:
         return len(self.items)
@@ -190,6 +157,14 @@ class GraphStats(StatsBase):
     def d(self) -> NDArray[np.float64]:
         return self.lam + self.sxx
 
+    def context_codec(self) -> ClusterContexts:
+        """Contexts are soft memberships over this graph's clusters."""
+        return ClusterContexts(self.n_clusters)
+
+    def delta_template(self) -> GraphStats:
+        """The whole graph: a delta lives on its edges, so learners need them all."""
+        return self.copy()
+
     def _like(self, keep: NDArray[np.intp]) -> GraphStats:
         """Zero-sum statistics on a subset of this graph's edges (the shape of a delta)."""
         return GraphStats(
@@ -207,7 +182,7 @@ class GraphStats(StatsBase):
         """Touched edges and their sums; the sums ``part`` does not touch are zero, and events
         off the graph are counted once, with their exposure (not again with their reward)."""
         check_part(part, rewards)
-        ctx = _as_contexts(contexts)
+        ctx = as_soft_contexts(contexts)
         self._check_clusters(ctx)
         batch = len(ctx)
         rows = self.items.rows(check_items(items, batch))
@@ -448,10 +423,15 @@ class GraphStats(StatsBase):
         return num / d, 1.0 / d
 
     def moments(
-        self, contexts: SoftContexts | tuple[ArrayLike, ArrayLike]
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
-        """Score mean and variance [batch, n_items] and the candidate mask (graph neighbours)."""
-        ctx = _as_contexts(contexts)
+        self, contexts: SoftContexts | tuple[ArrayLike, ArrayLike],
+        rows: NDArray[np.intp] | None = None,
+    ) -> Moments:
+        """Score mean and variance [batch, items] and the candidate mask (graph neighbours);
+        ``rows`` restricts the columns to those item rows (a candidate list)."""
+        if rows is not None:
+            mean, var, eligible = self.moments(contexts)
+            return mean[:, rows], var[:, rows], eligible[:, rows]  # type: ignore[index]
+        ctx = as_soft_contexts(contexts)
         self._check_clusters(ctx)
         batch = len(ctx)
         active = ctx.weights > 0
@@ -485,6 +465,18 @@ class GraphStats(StatsBase):
         """:meth:`moments` for one request's (clusters [K], weights [K]): arrays of [n_items]."""
         mean, var, eligible = self.moments(context)
         return mean[0], var[0], eligible[0]
+
+    def item_summary(self) -> ItemSummary:
+        """Summed over each item's edges: exposure ``Σ_e count_e`` (one per (event, edge): the
+        events when each request has one cluster), reward ``Σ_e sxr_e = Σ w·r`` and expected
+        reward ``Σ_e sxr_e / (Σ_e sxx_e + λ)``, the edges' pooled posterior mean: the mean
+        reward per unit of cluster weight (exact for ``weighting="linear"`` with normalised
+        weights, and for one cluster of weight 1)."""
+        n, rows = self.n_items, self.edge_row
+        exposures = np.bincount(rows, weights=self.count, minlength=n)
+        rewards = np.bincount(rows, weights=self.sxr, minlength=n)
+        mass = np.bincount(rows, weights=self.sxx, minlength=n)
+        return ItemSummary(self.item_ids, exposures, rewards, rewards / (mass + self.lam))
 
     # ------------------------------------------------------------------ snapshots
     def _arrays_and_meta(self) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:

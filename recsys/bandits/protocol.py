@@ -18,13 +18,20 @@ nothing. A set of shards is identified by the ids of its parts.
 from __future__ import annotations
 
 import secrets
-from typing import Any, ClassVar, Literal, Protocol, Self, runtime_checkable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Self, runtime_checkable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from recsys.bandits.persistence import decode_npz, encode_npz
 from recsys.storage import PathLike, read_bytes, resolve, write_bytes_atomic
+from recsys.validation import message
+
+if TYPE_CHECKING:
+    from recsys.bandits.contexts import ContextCodec
+    from recsys.config import StreamSettings
 
 StatsArrays = tuple[dict[str, NDArray[Any]], dict[str, Any]]
 """``(arrays, meta)``: plain numpy arrays plus JSON-safe metadata (format, layout, identity)."""
@@ -44,6 +51,25 @@ def check_part(part: str, rewards: object) -> None:
     if rewards is None and part != "exposure":
         raise ValueError(f"rewards: required for part={part!r} (only part='exposure' may "
                          "omit them)")
+
+
+Moments = tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_] | None]
+"""Score mean and variance ``[batch, items]`` and the candidate mask (None: every item)."""
+
+
+@dataclass(frozen=True, eq=False)
+class ItemSummary:
+    """Per-item figures of one statistics object, in item-id order (what metrics export).
+
+    ``exposures``: the item's exposure count; ``rewards``: its reward sum; ``expected``: the
+    exploration-free expected reward. ``rewards``/``expected`` are NaN where the layout holds
+    no context-free reward (dense uncentred and full statistics: Σ x·r but no Σ r).
+    """
+
+    item_ids: NDArray[np.int64]
+    exposures: NDArray[np.float64]
+    rewards: NDArray[np.float64]
+    expected: NDArray[np.float64]
 
 
 @runtime_checkable
@@ -85,19 +111,33 @@ class Statistics(Protocol):
 
     def retire_items(self, items: ArrayLike) -> Self: ...
 
+    def add_edges(self, edge_clusters: ArrayLike, edge_items: ArrayLike) -> Self: ...
+
     def select(self, items: ArrayLike) -> Self: ...
+
+    def split(self, n_shards: int) -> list[Self]: ...
+
+    def delta_template(self) -> Self: ...
 
     @staticmethod
     def shard_of(items: ArrayLike, n_shards: int) -> NDArray[np.int64]: ...
 
     # scoring
-    def moments(self, contexts: Any) -> tuple[
-        NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_] | None]: ...
+    def moments(self, contexts: Any, rows: NDArray[np.intp] | None = None) -> Moments: ...
 
     def moments_one(self, context: Any) -> tuple[
         NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_] | None]: ...
 
     def posterior(self) -> tuple[NDArray[np.floating], NDArray[np.floating]]: ...
+
+    def prepare_scoring(self) -> None: ...
+
+    def linear_posterior(self) -> Any: ...
+
+    def context_codec(self) -> ContextCodec: ...
+
+    # reporting
+    def item_summary(self) -> ItemSummary: ...
 
     # snapshots
     def to_arrays(self) -> StatsArrays: ...
@@ -180,6 +220,28 @@ class StatsBase:
         return [self.select(self.item_ids[owner == s])  # type: ignore[attr-defined]
                 for s in range(n_shards)]
 
+    def delta_template(self) -> Self:
+        """What learners compute deltas against: here an empty selection, an open catalogue
+        (deltas take any item id; shards keep the rows they hold), so a learner holds no
+        catalogue-sized arrays and items can be added and retired while running. Layouts whose
+        deltas need more of the catalogue (graph edges) override it."""
+        return self.select(np.zeros(0, dtype=np.int64))  # type: ignore[attr-defined]
+
+    def add_edges(self, edge_clusters: ArrayLike, edge_items: ArrayLike) -> Self:
+        """Add graph edges; only the graph layout has them (this raises ``TypeError``)."""
+        raise TypeError(message("add_edges", "graph statistics (they have edges)",
+                                f"{self.layout} statistics"))
+
+    def prepare_scoring(self) -> None:
+        """Build whatever scoring reads now (a no-op here; layouts with a cache override it),
+        so that the first request after a snapshot is published does not pay for it."""
+
+    def linear_posterior(self) -> Any:
+        """The scoring arrays as a :class:`~recsys.bandits.dense.DensePosterior`, which any
+        array backend scores with; None here: this layout's scoring is not two matrix products
+        (graph: sparse gathers; full: per-item matrices), so only numpy scores it."""
+        return None
+
     # ------------------------------------------------------------------ snapshots
     def _arrays_and_meta(self) -> StatsArrays:
         raise NotImplementedError
@@ -243,6 +305,18 @@ def register_layout(cls: type[StatsBase]) -> type[StatsBase]:
     return cls
 
 
+def merge_parts(parts: Sequence[Statistics]) -> Statistics:
+    """One new statistics object, the sum of ``parts`` (shards' shares, deltas; overlapping or
+    not) over the union of their items; it never aliases a part. The one way to put shards
+    back together: serving replicas, the pipeline and tests all call it."""
+    if not parts:
+        raise ValueError(message("parts", "at least one statistics object", "none"))
+    merged = parts[0].copy() if len(parts) == 1 else parts[0].merge(parts[1])
+    for part in parts[2:]:
+        merged = merged.merge(part)
+    return merged
+
+
 def stats_from_arrays(arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> Any:
     """Rebuild statistics of whatever layout ``meta`` names (checkpoints, Ray transfers)."""
     by_format = {cls.format: name for name, cls in LAYOUTS.items()}
@@ -250,6 +324,15 @@ def stats_from_arrays(arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> 
     if layout not in LAYOUTS:
         raise ValueError(f"unknown statistics layout {layout!r}; known: {sorted(LAYOUTS)}")
     return LAYOUTS[layout].from_arrays(arrays, meta)
+
+
+def stats_for_stream(stream: StreamSettings) -> Any:
+    """Empty statistics of the layout ``stream.layout`` names, over its configured catalogue
+    (each streamed layout's ``for_stream``)."""
+    if stream.layout not in LAYOUTS:
+        raise ValueError(message("stream.layout", f"one of {sorted(LAYOUTS)}",
+                                 repr(stream.layout)))
+    return LAYOUTS[stream.layout].for_stream(stream)  # type: ignore[attr-defined]
 
 
 def load_stats(uri: PathLike, *, filesystem: Any = None) -> Any:

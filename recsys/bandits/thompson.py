@@ -15,15 +15,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from recsys.bandits.arrays import ArrayBackend
 from recsys.bandits.base import BasePolicy
 from recsys.bandits.full import FullCovariancePolicy
 from recsys.bandits.slates import (
     Slate,
-    eligible_counts,
     mix_with_uniform,
     thompson_action_dist,
-    thompson_propensities,
-    thompson_select,
 )
 from recsys.bandits.validation import check_positive
 from recsys.validation import message
@@ -89,27 +87,35 @@ class DiagLinTS(BasePolicy):
             return mean
         return mean + self._v * sd * self._rng.standard_normal(mean.shape)
 
-    def recommend(self, contexts: Any, k: int = 1) -> Slate:
-        """Thompson-sampled slates with Monte Carlo propensities and their standard errors."""
-        mean, sd = self._moments(contexts)
-        scale = self._v * sd
-        n_elig = eligible_counts(mean, k)
-        shown, sampled = thompson_select(mean, scale, k, self._rng, per_slot=self._per_slot)
+    def recommend_on(
+        self, arrays: ArrayBackend, contexts: Any, k: int, rows: NDArray[np.intp] | None = None
+    ) -> Slate:
+        """Thompson-sampled slates with Monte Carlo propensities and their standard errors (an
+        explored slate logs the posterior mean of what it shows)."""
+        mean, sd = self._moments(contexts, arrays, rows)
+        scale = sd * self._v
+        n_elig = arrays.eligible_counts(mean, k)
+        gen = arrays.generator(self._rng)
+        shown, sampled = arrays.thompson_select(mean, scale, k, gen, per_slot=self._per_slot)
         floor = self._uniform_mix
         if floor > 0.0:
-            shown, explore = mix_with_uniform(shown, mean, floor, self._rng)
-            sampled = np.where(explore[:, None], np.take_along_axis(mean, shown, axis=1),
-                               sampled)
+            shown, explore = mix_with_uniform(shown, arrays.eligibility(mean), floor, self._rng)
+            explored = np.flatnonzero(explore)
+            if explored.size:
+                sampled[explored] = arrays.take(mean, explored, shown[explored])
         if self._n_mc_draws:
-            p_hat, se = thompson_propensities(mean, scale, shown, self._n_mc_draws, self._rng,
-                                              per_slot=self._per_slot)
+            p_hat, se = arrays.thompson_propensities(mean, scale, shown, self._n_mc_draws, gen,
+                                                     per_slot=self._per_slot)
             prop = (1.0 - floor) * p_hat + floor / n_elig[:, None]
             se = (1.0 - floor) * se
         else:
             prop = np.full(shown.shape, np.nan)
             se = np.full(shown.shape, np.nan)
-        return Slate(items=self.item_ids_[shown], propensities=prop, propensity_se=se,
-                     scores=sampled)
+        return self._slate(shown, prop, se, sampled, rows)
+
+    def recommend_one(self, context: Any, k: int = 1) -> Slate:
+        """One request (a batch of one: Thompson sampling has no cheaper single-slot path)."""
+        return self.recommend(context, k)
 
     def action_dist(self, contexts: Any, k: int = 1) -> NDArray[np.float64]:
         """P(item at position | request) for every item, ``[n_rounds, n_items, k]``.

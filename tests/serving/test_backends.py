@@ -75,19 +75,21 @@ def test_deterministic_slates_equal_numpy(cpu: TorchScorer, centred: bool, make)
         assert got.items.dtype == np.int64 and got.scores.dtype == np.float64
 
 
-def test_torch_moments_equal_score_moments(cpu: TorchScorer) -> None:
+def test_torch_moments_equal_numpy_moments(cpu: TorchScorer) -> None:
+    arrays = cpu.arrays
     for centred in (False, True):
         stats = trained_stats(centred)
-        policy = DiagLinTS(centred=centred).use(stats)
         x = contexts(8)
-        mean, var = stats.score_moments(x)
-        got_mean, got_sd = cpu.moments(policy, x)
-        np.testing.assert_allclose(got_mean, mean, rtol=0.0, atol=1e-12)
-        np.testing.assert_allclose(got_sd, np.sqrt(var), rtol=0.0, atol=1e-12)
-        cand = ITEMS[::3]
-        rows = np.searchsorted(ITEMS, cand)
-        got_mean, got_sd = cpu.moments(policy, x, candidates=cand)
-        np.testing.assert_allclose(got_mean, mean[:, rows], rtol=0.0, atol=1e-12)
+        mean, var, _ = stats.moments(x)
+        got_mean, got_sd, eligible = arrays.moments(stats, x, None)
+        assert eligible is None
+        np.testing.assert_allclose(arrays.host(got_mean), mean, rtol=0.0, atol=1e-12)
+        np.testing.assert_allclose(arrays.host(got_sd), np.sqrt(var), rtol=0.0, atol=1e-12)
+        rows = np.searchsorted(ITEMS, ITEMS[::3])
+        got_mean, got_sd, _ = arrays.moments(stats, x, rows)
+        np.testing.assert_allclose(arrays.host(got_mean), mean[:, rows], rtol=0.0, atol=1e-12)
+        np.testing.assert_allclose(arrays.host(got_sd), np.sqrt(var[:, rows]), rtol=0.0,
+                                   atol=1e-12)
 
 
 def test_float32_statistics_score_in_float32(cpu: TorchScorer) -> None:
@@ -97,7 +99,7 @@ def test_float32_statistics_score_in_float32(cpu: TorchScorer) -> None:
     expected = policy.recommend(x, K)
     got = cpu.recommend(policy, x, K)
     np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-5, atol=1e-5)
-    assert cpu._cache[stats].theta.dtype == torch.float32
+    assert cpu.arrays._cache[stats].posterior.theta.dtype == torch.float32
 
 
 # ------------------------------------------------------------------ uniform mix
@@ -198,7 +200,7 @@ def test_thompson_logged_mean_path_equals_numpy(cpu: TorchScorer) -> None:
     policy = DiagLinTS(v=1.0, exploration_floor=1.0, centred=True, random_state=0).use(stats)
     x = contexts(32)
     slate = cpu.recommend(policy, x, K)
-    mean, _ = stats.score_moments(x)
+    mean, _, _ = stats.moments(x)
     cols = np.searchsorted(ITEMS, slate.items)
     np.testing.assert_allclose(slate.scores, mean[np.arange(32)[:, None], cols], atol=1e-12,
                                rtol=0.0)
@@ -293,27 +295,38 @@ def test_bad_k_and_missing_statistics(scorer) -> None:
 
 
 # ------------------------------------------------------------------ fallbacks and cache
-def test_other_policies_fall_back_to_numpy(cpu: TorchScorer) -> None:
+def test_squarecb_draws_on_the_host_from_torch_moments(cpu: TorchScorer) -> None:
     x = contexts(12)
     stats = trained_stats(False)
-    for make in (lambda: SquareCB(gamma=50.0, random_state=4).use(stats),
-                 lambda: LinUCB(alpha=0.5, epsilon=0.1, random_state=4).init(ITEMS, DIM)):
-        assert_same_slate(cpu.recommend(make(), x, K), make().recommend(x, K), atol=0.0)
+    got = cpu.recommend(SquareCB(gamma=50.0, random_state=4).use(stats), x, K)
+    expected = SquareCB(gamma=50.0, random_state=4).use(stats).recommend(x, K)
+    np.testing.assert_array_equal(got.items, expected.items)
+    np.testing.assert_allclose(got.scores, expected.scores, rtol=0.0, atol=1e-12)
+    np.testing.assert_allclose(got.propensities, expected.propensities, rtol=1e-9, atol=0.0)
+
+
+def test_full_covariance_falls_back_to_numpy(cpu: TorchScorer) -> None:
+    x = contexts(12)
+
+    def make() -> LinUCB:
+        return LinUCB(alpha=0.5, epsilon=0.1, random_state=4).init(ITEMS, DIM)
+
+    assert_same_slate(cpu.recommend(make(), x, K), make().recommend(x, K), atol=0.0)
 
 
 def test_snapshot_is_uploaded_once_and_refreshed_on_change(cpu: TorchScorer) -> None:
     stats = trained_stats(False)
     policy = DiagLinUCB(alpha=0.8).use(stats)
     cpu.prepare(stats)
-    entry = cpu._cache[stats]
+    entry = cpu.arrays._cache[stats]
     x = contexts(4)
     cpu.recommend(policy, x, K)
     cpu.recommend(policy, x, K)
-    assert cpu._cache[stats] is entry
+    assert cpu.arrays._cache[stats] is entry
     stats.learn(contexts(50, seed=9), np.full(50, ITEMS[3]), np.ones(50))  # a refresh
     assert_same_slate(cpu.recommend(policy, x, K), policy.recommend(x, K))
-    assert cpu._cache[stats] is not entry
-    assert cpu._cache[stats].snapshot_id == stats.snapshot_id
+    assert cpu.arrays._cache[stats] is not entry
+    assert cpu.arrays._cache[stats].snapshot_id == stats.snapshot_id
 
 
 def test_numpy_prepare_builds_the_posterior_cache() -> None:
@@ -364,7 +377,7 @@ def test_cuda_equals_numpy() -> None:
     x = contexts(16)
     policy = DiagLinUCB(alpha=0.8, centred=True).use(stats)
     assert_same_slate(gpu.recommend(policy, x, K), policy.recommend(x, K))
-    assert gpu._cache[stats].theta.device.type == "cuda"
+    assert gpu.arrays._cache[stats].posterior.theta.device.type == "cuda"
     ts = DiagLinTS(v=3.0, n_mc_draws=400, centred=True, random_state=0).use(stats)
     slate = gpu.recommend(ts, x, 3)
     dist = ts.action_dist(x, 3)
