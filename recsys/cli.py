@@ -2,8 +2,10 @@
 
 Subcommands come from the ``recsys.commands`` entry-point group, so packages that depend on
 recsys (streaming, simulators, offline) contribute commands without recsys importing them. An entry
-point is ``register(subparsers)``: it adds one subparser whose defaults set ``func(args) -> int``.
-Every command receives the resolved configuration as ``args.settings``.
+point is ``register(subparsers)``: it adds one subparser with ``recsys.commands.add_command``.
+Every command receives the resolved configuration as ``args.settings``, resolved and validated
+before the command starts anything; a misspelt flag, setting or ``RECSYS_*`` variable is answered
+with the closest names, and a failure the user can fix is one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -13,9 +15,18 @@ import importlib.metadata
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 
-from recsys.config import ConfigError, Settings, load_settings, parse_assignments
+from recsys.commands import USAGE_ERROR, CommandError, add_command, run_command
+from recsys.config import (
+    ConfigError,
+    ConfigWarning,
+    Settings,
+    load_settings,
+    parse_assignments,
+)
+from recsys.validation import did_you_mean
 
 ENTRY_POINT_GROUP = "recsys.commands"
 
@@ -81,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_global_flags(parser, suppress=False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    info = subparsers.add_parser("info", help="print the resolved configuration and its sources")
-    info.set_defaults(func=_cmd_info)
+    add_command(subparsers, "info", _cmd_info,
+                help="print the resolved configuration and its sources")
     for entry_point in sorted(
         importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name
     ):
@@ -90,27 +101,56 @@ def build_parser() -> argparse.ArgumentParser:
             register = entry_point.load()
         except ImportError as exc:
             # One broken plugin must not take the whole CLI down; say what is missing.
-            broken = subparsers.add_parser(entry_point.name, help=f"(unavailable: {exc})")
-            broken.set_defaults(func=_unavailable(entry_point.name, exc))
+            add_command(subparsers, entry_point.name, _unavailable(exc),
+                        help=f"(unavailable: {exc})")
             continue
         register(subparsers)
     for sub in subparsers.choices.values():
         _add_global_flags(sub, suppress=True)
+        sub.set_defaults(command_parser=sub)
     return parser
 
 
-def _unavailable(name: str, exc: Exception):
+def _unavailable(exc: Exception):
     def run(_: argparse.Namespace) -> int:
-        print(f"recsys {name}: cannot load this command: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(f"cannot load this command: {exc}")
 
     return run
 
 
+def _unrecognized(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """argparse's message for arguments ``parser`` does not take, with the closest flags."""
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    hints = [did_you_mean(extra.split("=", 1)[0], flags, n=2)
+             for extra in extras if extra.startswith("-")]
+    return "; ".join(["unrecognized arguments: " + " ".join(extras), *filter(None, hints)])
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; arguments the command does not take exit with the command's usage (not the
+    top level's) and the flags closest to the misspelt ones."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command_parser = getattr(args, "command_parser", parser)
+        command_parser.error(_unrecognized(command_parser, extras))
+    return args
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The configuration the flags resolve to; ignored configuration is warned about on stderr,
+    one line each."""
     cli = {key: getattr(args, key, None) for _, key, _ in _GLOBAL_FLAGS}
-    cli.update(parse_assignments(getattr(args, "assignments", None)))
-    return load_settings(config_file=getattr(args, "config", None), cli=cli)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigWarning)
+        cli.update(parse_assignments(getattr(args, "assignments", None)))
+        settings = load_settings(config_file=getattr(args, "config", None), cli=cli)
+    for warning in caught:
+        if issubclass(warning.category, ConfigWarning):
+            print(f"recsys: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename,
+                                 warning.lineno)
+    return settings
 
 
 def exit_cleanly_on_sigterm() -> None:
@@ -123,13 +163,13 @@ def exit_cleanly_on_sigterm() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     exit_cleanly_on_sigterm()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         args.settings = settings_from_args(args)
     except ConfigError as exc:
-        parser.exit(2, f"recsys: configuration error: {exc}\n")
+        parser.exit(USAGE_ERROR, f"recsys: configuration error: {exc}\n")
     try:
-        return int(args.func(args) or 0)
+        return run_command(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

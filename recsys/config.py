@@ -18,12 +18,14 @@ import os
 import tomllib
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from recsys.events import FeedbackType
+from recsys.validation import did_you_mean, message
 
 ENV_PREFIX = "RECSYS_"
 DEFAULT_CONFIG_FILE = "recsys.toml"
@@ -32,7 +34,12 @@ Source = Literal["default", "file", "env", "cli"]
 
 
 class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message says which key and what to fix."""
+    """A configuration value that cannot be used; the message says which key and what to fix
+    (``recsys.validation``'s convention: ``key: expected ..., got ...[; fix]``)."""
+
+
+class ConfigWarning(UserWarning):
+    """Configuration that is ignored, such as an environment variable no setting reads."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,9 @@ class ServeSettings:
     linger_ms: int = 50
 
 
+_REWARD_MAPPING = "stream.reward_mapping"
+
+
 def parse_reward_mapping(text: str) -> dict[str, float]:
     """``"click=1,purchase=1,dislike=0"`` → a dict; errors name the bad pair."""
     known = typing.get_args(FeedbackType)
@@ -177,16 +187,17 @@ def parse_reward_mapping(text: str) -> dict[str, float]:
                 raise ValueError(pair)
             reward = float(value)
         except ValueError:
-            raise ConfigError(f"stream.reward_mapping: expected type=value pairs, got {pair!r}") \
-                from None
+            raise ConfigError(message(_REWARD_MAPPING, "type=value pairs", repr(pair))) from None
         if name not in known:
-            raise ConfigError(f"stream.reward_mapping: unknown feedback type {name!r}; known: "
-                              f"{', '.join(known)}")
+            raise ConfigError(message(_REWARD_MAPPING, f"feedback types ({', '.join(known)})",
+                                      f"unknown type {name!r}", did_you_mean(name, known)))
         if name in mapping:
-            raise ConfigError(f"stream.reward_mapping: {name!r} is mapped twice")
+            raise ConfigError(message(_REWARD_MAPPING, "each feedback type once",
+                                      f"{name!r} mapped twice"))
         mapping[name] = reward
     if not mapping:
-        raise ConfigError("stream.reward_mapping: map at least one feedback type to a reward")
+        raise ConfigError(message(_REWARD_MAPPING, "at least one type=value pair", repr(text),
+                                  "e.g. 'click=1'"))
     return mapping
 
 
@@ -296,15 +307,17 @@ def _coerce(key: str, raw: Any, origin: str) -> Any:
             return str(raw)
     except (TypeError, ValueError):
         name = getattr(target, "__name__", str(target))
-        raise ConfigError(f"{key} (from {origin}): expected {name}, got {raw!r}") from None
+        raise ConfigError(message(key, name, repr(raw), f"set in {origin}")) from None
     raise ConfigError(f"{key}: unsupported setting type {target!r}")  # pragma: no cover
 
 
 def _check_key(key: str, origin: str) -> None:
+    """A known dotted setting name, or an error naming the closest ones (not all of them)."""
     if key not in known_keys():
-        raise ConfigError(
-            f"unknown setting {key!r} in {origin}; known settings: {', '.join(known_keys())}"
-        )
+        listed = "`recsys info` lists every setting"
+        hint = did_you_mean(key, known_keys())
+        raise ConfigError(message(origin, "a known setting", repr(key),
+                                  f"{hint} ({listed})" if hint else listed))
 
 
 def _flatten_file(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
@@ -314,8 +327,9 @@ def _flatten_file(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
             if name in COMMAND_TABLES:
                 continue
             if name not in _SECTIONS:
-                known = ", ".join([*_SECTIONS, *sorted(COMMAND_TABLES)])
-                raise ConfigError(f"unknown section [{name}] in {path}; sections are {known}")
+                known = [*_SECTIONS, *sorted(COMMAND_TABLES)]
+                raise ConfigError(message(str(path), f"sections {', '.join(known)}",
+                                          f"[{name}]", did_you_mean(name, known)))
             for key, inner in value.items():
                 flat[f"{name}.{key}"] = inner
         else:
@@ -329,8 +343,27 @@ def _env_key(key: str) -> str:
     return ENV_PREFIX + key.replace(".", "_").upper()
 
 
+OTHER_ENVIRONMENT_VARIABLES = {
+    ENV_PREFIX + "CONFIG": "the config file (when --config is not given)",
+    ENV_PREFIX + "SHARED_DATA": "the folder of the real data sets (offline, simulators)",
+}
+"""``RECSYS_*`` variables that are not settings but are read by name."""
+
+
 def _from_env(environ: Mapping[str, str]) -> dict[str, str]:
-    return {key: environ[_env_key(key)] for key in known_keys() if _env_key(key) in environ}
+    """The settings set in ``environ``; other ``RECSYS_*`` variables (typos, mostly) are warned
+    about, naming the closest variable, since nothing reads them."""
+    by_variable = {_env_key(key): key for key in known_keys()}
+    for variable in sorted(environ):
+        if (variable.startswith(ENV_PREFIX) and variable not in by_variable
+                and variable not in OTHER_ENVIRONMENT_VARIABLES):
+            hint = did_you_mean(variable, [*by_variable, *OTHER_ENVIRONMENT_VARIABLES])
+            warnings.warn(
+                message("environment", "RECSYS_<SECTION>_<KEY> of a known setting",
+                        f"{variable} (ignored)", hint or "`recsys info` lists every setting"),
+                ConfigWarning, stacklevel=3)
+    return {key: environ[variable] for variable, key in by_variable.items()
+            if variable in environ}
 
 
 def parse_assignments(assignments: list[str] | None) -> dict[str, str]:
@@ -340,7 +373,7 @@ def parse_assignments(assignments: list[str] | None) -> dict[str, str]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+            raise ConfigError(message("--set", "section.key=value", repr(item)))
         _check_key(key, "--set")
         out[key] = value
     return out
@@ -361,11 +394,12 @@ def load_settings(
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+            raise ConfigError(message("--config", "an existing TOML file", str(path),
+                                      "examples in offline/configs/"))
     elif environ.get(ENV_PREFIX + "CONFIG"):
         path = Path(environ[ENV_PREFIX + "CONFIG"])
         if not path.is_file():
-            raise ConfigError(f"RECSYS_CONFIG points to {path}, which does not exist")
+            raise ConfigError(message("RECSYS_CONFIG", "an existing TOML file", str(path)))
     elif Path(DEFAULT_CONFIG_FILE).is_file():
         path = Path(DEFAULT_CONFIG_FILE)
 
@@ -377,7 +411,7 @@ def load_settings(
         try:
             data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+            raise ConfigError(message(str(path), "valid TOML", str(exc))) from exc
         layers.append(("file", str(path), _flatten_file(data, path)))
         tables = {name: data[name] for name in COMMAND_TABLES if isinstance(data.get(name), dict)}
     layers.append(("env", "the environment", _from_env(environ)))
@@ -406,72 +440,70 @@ def load_settings(
     return settings
 
 
+def _at_least(name: str, value: float, low: float, kind: str = "an integer") -> None:
+    if not value >= low:  # NaN fails too
+        raise ConfigError(message(name, f"{kind} >= {low:g}", value))
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(message(name, "a number > 0", value))
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(message(name, f"one of {', '.join(choices)}", repr(value),
+                                  did_you_mean(value, choices)))
+
+
 def _validate(settings: Settings) -> None:
     k = settings.kafka
-    if k.partitions < 1:
-        raise ConfigError(f"kafka.partitions must be >= 1, got {k.partitions}")
-    if k.replication_factor < 1:
-        raise ConfigError(f"kafka.replication_factor must be >= 1, got {k.replication_factor}")
-    if k.compression not in ("none", "gzip", "lz4", "zstd", "snappy"):
-        raise ConfigError(
-            f"kafka.compression must be one of none, gzip, lz4, zstd, snappy; got {k.compression!r}"
-        )
-    if k.startup_timeout_s <= 0:
-        raise ConfigError("kafka.startup_timeout_s must be > 0")
+    _at_least("kafka.partitions", k.partitions, 1)
+    _at_least("kafka.replication_factor", k.replication_factor, 1)
+    _one_of("kafka.compression", k.compression, ("none", "gzip", "lz4", "zstd", "snappy"))
+    _positive("kafka.startup_timeout_s", k.startup_timeout_s)
     _validate_stream(settings.stream)
     _validate_serve(settings.serve)
-    if settings.ray.num_cpus is not None and settings.ray.num_cpus < 1:
-        raise ConfigError(f"ray.num_cpus must be >= 1, got {settings.ray.num_cpus}")
+    if settings.ray.num_cpus is not None:
+        _at_least("ray.num_cpus", settings.ray.num_cpus, 1)
     address = settings.ray.address
     if address and not (address == "auto" or address.startswith("ray://") or ":" in address):
-        raise ConfigError(
-            f"ray.address must be 'auto', 'ray://host:port' or 'host:port'; got {address!r}"
-        )
+        raise ConfigError(message("ray.address", "'auto', 'ray://host:port' or 'host:port'",
+                                  repr(address)))
 
 
 def _validate_stream(stream: StreamSettings) -> None:
     for name in ("learners", "shards", "joiners", "batch_size", "n_items", "dim",
                  "checkpoints_keep"):
-        if getattr(stream, name) < 1:
-            raise ConfigError(f"stream.{name} must be >= 1, got {getattr(stream, name)}")
+        _at_least(f"stream.{name}", getattr(stream, name), 1)
     for name in ("window_ms", "allowed_lateness_ms", "snapshot_staleness_ms"):
-        if getattr(stream, name) < 0:
-            raise ConfigError(f"stream.{name} must be >= 0, got {getattr(stream, name)}")
-    if not stream.lam > 0:
-        raise ConfigError(f"stream.lam must be > 0, got {stream.lam}")
-    if not stream.checkpoint_interval_s > 0:
-        raise ConfigError(f"stream.checkpoint_interval_s must be > 0, got "
-                          f"{stream.checkpoint_interval_s}")
-    if stream.update_mode not in ("fresh", "window"):
-        raise ConfigError(f"stream.update_mode must be 'fresh' or 'window', got "
-                          f"{stream.update_mode!r}")
-    if stream.layout not in ("dense", "graph"):
-        raise ConfigError(f"stream.layout must be 'dense' or 'graph', got {stream.layout!r}")
+        _at_least(f"stream.{name}", getattr(stream, name), 0)
+    _positive("stream.lam", stream.lam)
+    _positive("stream.checkpoint_interval_s", stream.checkpoint_interval_s)
+    _one_of("stream.update_mode", stream.update_mode, ("fresh", "window"))
+    _one_of("stream.layout", stream.layout, ("dense", "graph"))
     if stream.layout == "graph" and stream.graph_file is None:
-        raise ConfigError("stream.layout = 'graph' needs stream.graph_file (the cluster→item "
-                          "graph built offline)")
+        raise ConfigError(message("stream.graph_file", "the cluster→item graph built offline",
+                                  "none", "stream.layout = 'graph' needs it"))
     stream.rewards()
 
 
 def _validate_serve(serve: ServeSettings) -> None:
     if not 0 < serve.port < 65536:
-        raise ConfigError(f"serve.port must be in 1..65535, got {serve.port}")
+        raise ConfigError(message("serve.port", "a port in 1..65535", serve.port))
     for name in ("replicas", "refresh_interval_ms", "max_buffered_events"):
-        if getattr(serve, name) < 1:
-            raise ConfigError(f"serve.{name} must be >= 1, got {getattr(serve, name)}")
+        _at_least(f"serve.{name}", getattr(serve, name), 1)
     for name in ("max_staleness_ms", "linger_ms"):
-        if getattr(serve, name) < 0:
-            raise ConfigError(f"serve.{name} must be >= 0, got {getattr(serve, name)}")
+        _at_least(f"serve.{name}", getattr(serve, name), 0)
     if serve.refresh_interval_ms > serve.max_staleness_ms:
-        raise ConfigError(f"serve.refresh_interval_ms ({serve.refresh_interval_ms}) must not "
-                          f"exceed serve.max_staleness_ms ({serve.max_staleness_ms}): a replica "
-                          "that polls less often cannot keep that staleness bound")
-    if serve.ingress not in ("haproxy", "proxy"):
-        raise ConfigError(f"serve.ingress must be 'haproxy' or 'proxy', got {serve.ingress!r}")
-    if serve.backend not in ("numpy", "torch"):
-        raise ConfigError(f"serve.backend must be 'numpy' or 'torch', got {serve.backend!r}")
-    if serve.torch_threads is not None and serve.torch_threads < 1:
-        raise ConfigError(f"serve.torch_threads must be >= 1, got {serve.torch_threads}")
+        raise ConfigError(message(
+            "serve.refresh_interval_ms", f"at most serve.max_staleness_ms "
+            f"({serve.max_staleness_ms})", serve.refresh_interval_ms,
+            "a replica that polls less often cannot keep that staleness bound"))
+    _one_of("serve.ingress", serve.ingress, ("haproxy", "proxy"))
+    _one_of("serve.backend", serve.backend, ("numpy", "torch"))
+    if serve.torch_threads is not None:
+        _at_least("serve.torch_threads", serve.torch_threads, 1)
     parse_traffic(serve.traffic)
 
 
@@ -485,11 +517,11 @@ def parse_traffic(text: str) -> dict[str, float]:
         except ValueError:
             share = float("nan")
         if not name.strip() or not share >= 0:
-            raise ConfigError(f"serve.traffic: expected name=share pairs with share >= 0, got "
-                              f"{pair!r}")
+            raise ConfigError(message("serve.traffic", "name=share pairs with share >= 0",
+                                      repr(pair)))
         shares[name.strip()] = share
     total = sum(shares.values())
     if not shares or total <= 0:
-        raise ConfigError("serve.traffic: give at least one policy a positive share, e.g. "
-                          "'diag_lin_ts=0.5,uniform=0.5'")
+        raise ConfigError(message("serve.traffic", "at least one positive share", repr(text),
+                                  "e.g. 'diag_lin_ts=0.5,uniform=0.5'"))
     return {name: share / total for name, share in shares.items()}

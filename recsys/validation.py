@@ -14,8 +14,10 @@ from these primitives.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -149,3 +151,15 @@ def check_scalar(
     if not (above and below):  # NaN fails both comparisons
         raise ValueError(message(name, expected, repr(value)))
     return v
+
+
+def did_you_mean(received: str, known: Iterable[str], n: int = 3) -> str | None:
+    """The ``fix`` part of a message for a misspelt name: ``did you mean a or b?``, naming the
+    closest of ``known`` (at most ``n``, and only those about as close as the closest), or None
+    when none is close."""
+    scores = sorted(((difflib.SequenceMatcher(None, received, name).ratio(), name)
+                     for name in set(known)), reverse=True)
+    close = [name for score, name in scores[:n] if score >= max(0.6, scores[0][0] - 0.1)]
+    if not close:
+        return None
+    return f"did you mean {' or '.join(close)}?"

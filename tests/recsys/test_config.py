@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from recsys.cli import main
-from recsys.config import ConfigError, load_settings, parse_assignments
+from recsys.config import ConfigError, ConfigWarning, load_settings, parse_assignments
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -72,26 +72,36 @@ def test_security_settings_pass_through_to_the_client() -> None:
 @pytest.mark.parametrize(
     ("text", "env", "message"),
     [
-        ("[kafka]\npartitons = 3\n", {}, "unknown setting 'kafka.partitons'"),
-        ("[kafak]\npartitions = 3\n", {}, r"unknown section \[kafak\]"),
-        ("[kafka]\npartitions = 'many'\n", {}, "kafka.partitions .*expected int, got 'many'"),
-        ("", {"RECSYS_KAFKA_PARTITIONS": "0"}, "kafka.partitions must be >= 1"),
-        ("", {"RECSYS_KAFKA_COMPRESSION": "rar"}, "kafka.compression must be one of"),
-        ("", {"RECSYS_RAY_ADDRESS": "nowhere"}, "ray.address must be"),
-        ("[kafka\n", {}, "not valid TOML"),
-        ("", {"RECSYS_STREAM_SHARDS": "0"}, "stream.shards must be >= 1"),
-        ("", {"RECSYS_STREAM_UPDATE_MODE": "eventually"}, "stream.update_mode must be"),
-        ("[stream]\nlayout = 'graph'\n", {}, "needs stream.graph_file"),
-        ("", {"RECSYS_STREAM_REWARD_MAPPING": "click=1,like=1"}, "unknown feedback type 'like'"),
-        ("", {"RECSYS_STREAM_REWARD_MAPPING": "click"}, "expected type=value pairs, got 'click'"),
-        ("", {"RECSYS_STREAM_REWARD_MAPPING": "click=1,click=0"}, "'click' is mapped twice"),
-        ("", {"RECSYS_SERVE_PORT": "70000"}, "serve.port must be in 1..65535"),
-        ("", {"RECSYS_SERVE_BACKEND": "jax"}, "serve.backend must be 'numpy' or 'torch'"),
-        ("", {"RECSYS_SERVE_INGRESS": "nginx"}, "serve.ingress must be"),
-        ("", {"RECSYS_SERVE_TRAFFIC": "ts=-1"}, "serve.traffic: expected name=share"),
-        ("", {"RECSYS_SERVE_TRAFFIC": "ts=0"}, "give at least one policy a positive share"),
+        ("[kafka]\npartitons = 3\n", {},
+         "recsys.toml: expected a known setting, got 'kafka.partitons'; "
+         "did you mean kafka.partitions[?]"),
+        ("[kafak]\npartitions = 3\n", {}, r"got \[kafak\]; did you mean kafka[?]"),
+        ("[kafka]\npartitions = 'many'\n", {},
+         "^kafka.partitions: expected int, got 'many'; set in .*recsys.toml$"),
+        ("", {"RECSYS_KAFKA_PARTITIONS": "0"},
+         "^kafka.partitions: expected an integer >= 1, got 0$"),
+        ("", {"RECSYS_KAFKA_COMPRESSION": "rar"},
+         "^kafka.compression: expected one of none, gzip, lz4, zstd, snappy, got 'rar'$"),
+        ("", {"RECSYS_RAY_ADDRESS": "nowhere"}, "^ray.address: expected 'auto', "),
+        ("[kafka\n", {}, "recsys.toml: expected valid TOML, got "),
+        ("", {"RECSYS_STREAM_SHARDS": "0"}, "^stream.shards: expected an integer >= 1, got 0$"),
+        ("", {"RECSYS_STREAM_UPDATE_MODE": "windw"},
+         "^stream.update_mode: expected one of fresh, window, got 'windw'; did you mean window"),
+        ("[stream]\nlayout = 'graph'\n", {},
+         "^stream.graph_file: expected .* got none; stream.layout = 'graph' needs it$"),
+        ("", {"RECSYS_STREAM_REWARD_MAPPING": "click=1,clik=1"},
+         "^stream.reward_mapping: expected feedback types .*, got unknown type 'clik'; "
+         "did you mean click[?]$"),
+        ("", {"RECSYS_STREAM_REWARD_MAPPING": "click"},
+         "^stream.reward_mapping: expected type=value pairs, got 'click'$"),
+        ("", {"RECSYS_STREAM_REWARD_MAPPING": "click=1,click=0"}, "got 'click' mapped twice"),
+        ("", {"RECSYS_SERVE_PORT": "70000"}, "^serve.port: expected a port in 1..65535"),
+        ("", {"RECSYS_SERVE_BACKEND": "jax"}, "^serve.backend: expected one of numpy, torch"),
+        ("", {"RECSYS_SERVE_INGRESS": "nginx"}, "^serve.ingress: expected one of haproxy, proxy"),
+        ("", {"RECSYS_SERVE_TRAFFIC": "ts=-1"}, "^serve.traffic: expected name=share"),
+        ("", {"RECSYS_SERVE_TRAFFIC": "ts=0"}, "^serve.traffic: expected at least one positive"),
         ("[serve]\nmax_staleness_ms = 100\nrefresh_interval_ms = 150\n", {},
-         "must not exceed serve.max_staleness_ms"),
+         r"^serve.refresh_interval_ms: expected at most serve.max_staleness_ms \(100\), got 150"),
     ],
 )
 def test_bad_configuration_says_what_to_fix(tmp_path, text, env, message) -> None:
@@ -100,8 +110,33 @@ def test_bad_configuration_says_what_to_fix(tmp_path, text, env, message) -> Non
 
 
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match=r"^--config: expected an existing TOML file, got "):
         load_settings(config_file=tmp_path / "nope.toml", environ={})
+
+
+def test_unknown_setting_names_the_nearest_keys_not_all_of_them() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_assignments(["stream.windw_ms=5"])
+    text = str(caught.value)
+    assert text.startswith("--set: expected a known setting, got 'stream.windw_ms'")
+    assert "did you mean stream.window_ms?" in text
+    assert "kafka.bootstrap" not in text  # not the whole list
+    with pytest.raises(ConfigError, match=r"got 'zzz\.qqq'; `recsys info` lists every setting$"):
+        parse_assignments(["zzz.qqq=1"])
+
+
+def test_unknown_recsys_environment_variables_are_warned_about() -> None:
+    env = {"RECSYS_STREM_LAYOUT": "graph", "RECSYS_CONFIG_DIR": "x", "RECSYS_SHARED_DATA": "d",
+           "RECSYS_KAFKA_PARTITIONS": "3", "OTHER_VARIABLE": "1"}
+    with pytest.warns(ConfigWarning) as caught:
+        settings = load_settings(environ=env)
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2, messages  # settings, RECSYS_SHARED_DATA and others are not
+    assert messages[0].startswith("environment: expected RECSYS_<SECTION>_<KEY> of a known "
+                                  "setting, got RECSYS_CONFIG_DIR (ignored); did you mean "
+                                  "RECSYS_CONFIG?")
+    assert "got RECSYS_STREM_LAYOUT (ignored); did you mean RECSYS_STREAM_LAYOUT?" in messages[1]
+    assert settings.stream.layout == "dense" and settings.kafka.partitions == 3
 
 
 def test_set_assignments() -> None:
@@ -109,9 +144,9 @@ def test_set_assignments() -> None:
         "kafka.partitions": "8",
         "mlflow.experiment": "a=b",
     }
-    with pytest.raises(ConfigError, match=r"section\.key=value"):
+    with pytest.raises(ConfigError, match=r"^--set: expected section\.key=value"):
         parse_assignments(["kafka.partitions"])
-    with pytest.raises(ConfigError, match="unknown setting"):
+    with pytest.raises(ConfigError, match=r"^--set: expected a known setting"):
         parse_assignments(["kafka.nope=1"])
 
 
