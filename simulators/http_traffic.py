@@ -152,7 +152,9 @@ class HttpUsers:
     float32, as in the user-feature table); False sends only ``user_id`` so the server looks the
     user up in its table (see ``write_user_features``). ``policy``: force one arm; by default the
     server's traffic split picks and the arm is read from the response. ``seed`` fixes the
-    client's draws (users, clicks); the server's randomness is its own.
+    client's draws (users, clicks); the server's randomness is its own. ``concurrency`` bounds the
+    requests in flight; it and the 503-retry and timeout settings configure the transport
+    (``recsys.client.http.JsonClient``).
     """
 
     def __init__(
