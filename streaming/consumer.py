@@ -24,6 +24,7 @@ from recsys.events import (
 )
 from recsys.producer import EventProducer
 from recsys.topics import DEAD_LETTER
+from recsys.validation import message
 
 CONTRACT_TOPIC_TYPES: dict[str, type] = {cls.topic: cls for cls in EVENT_TYPES}
 # Bad input, not bugs: the only failures that go to the dead-letter topic. (``decode`` already turns
@@ -67,7 +68,7 @@ class EventConsumer:
     ) -> None:
         self.assignment = [TopicPartition(topic, p) for topic, p in partitions]
         if not self.assignment:
-            raise ValueError("partitions: assign at least one (topic, partition) pair")
+            raise ValueError(message("partitions", "at least one (topic, partition) pair", "none"))
         self.expected_types = dict(
             CONTRACT_TOPIC_TYPES if expected_types is None else expected_types
         )
@@ -100,7 +101,10 @@ class EventConsumer:
         for (topic, partition), offset in offsets.items():
             tp = TopicPartition(topic, partition)
             if tp not in self.assignment:
-                raise ValueError(f"cannot seek {topic}[{partition}]: it is not assigned here")
+                raise ValueError(
+                    message("offsets", "partitions assigned to this consumer",
+                            f"{topic}[{partition}], which is not assigned here")
+                )
             self._consumer.seek(tp, offset)
 
     def seek_to_beginning(self) -> None:
@@ -203,7 +207,10 @@ class EventConsumer:
         """Read each partition in ``until`` up to (not including) its offset, and no further."""
         unknown = [k for k in until if TopicPartition(*k) not in self.assignment]
         if unknown:
-            raise ValueError(f"cannot read {unknown} up to an offset: not assigned here")
+            raise ValueError(
+                message("until", "partitions assigned to this consumer",
+                        f"{unknown}, which are not assigned here")
+            )
         deadline = time.monotonic() + timeout_s
         out: list[ConsumedEvent] = []
         while not self.reached(until):

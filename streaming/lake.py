@@ -32,6 +32,7 @@ from recsys.schema import (
 )
 from recsys.storage import PathLike, join, resolve, write_bytes_atomic
 from recsys.topics import FEEDBACK, IMPRESSIONS, REWARDS
+from recsys.validation import message
 from streaming.consumer import ConsumedEvent
 
 __all__ = [
@@ -176,15 +177,13 @@ class LakeSink:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if isinstance(max_records, bool) or int(max_records) != max_records or max_records < 1:
-            raise ValueError(f"max_records: expected a positive integer, got {max_records!r}")
+            raise ValueError(message("max_records", "a positive integer", repr(max_records)))
         if not max_age_s > 0:
-            raise ValueError(f"max_age_s: expected a positive number of seconds, got {max_age_s!r}")
+            raise ValueError(message("max_age_s", "a positive number of seconds", repr(max_age_s)))
         self.tables: dict[str, str] = dict(DEFAULT_TABLES if tables is None else tables)
         bad = {t: name for t, name in self.tables.items() if name not in _EVENT_TYPES}
         if bad:
-            raise ValueError(
-                f"tables: expected table names among {sorted(_EVENT_TYPES)}, got {bad}"
-            )
+            raise ValueError(message("tables", f"table names among {sorted(_EVENT_TYPES)}", bad))
         self.root = str(root)
         self.max_records = int(max_records)
         self.max_age_s = float(max_age_s)
@@ -221,14 +220,17 @@ class LakeSink:
             offset_array = np.asarray(offsets, dtype=np.int64)
             if offset_array.size > 1 and not bool(np.all(np.diff(offset_array) > 0)):
                 raise ValueError(
-                    f"{key[0]}[{key[1]}]: offsets in the batch must increase, got "
-                    f"{offsets[:10]}...; pass events in the order the consumer returned them"
+                    message(f"batch {key[0]}[{key[1]}]", "offsets that increase",
+                            f"{offsets[:10]}...",
+                            "pass events in the order the consumer returned them")
                 )
             if floor is not None and offset_array[0] < floor:
                 raise ValueError(
-                    f"{key[0]}[{key[1]}]: offset {int(offset_array[0])} was already given to the "
-                    f"sink (the next expected offset is >= {floor}); after seeking a reader back, "
-                    "call restore(offsets) with the offsets it restarts from"
+                    message(f"batch {key[0]}[{key[1]}]",
+                            f"offsets >= {floor} (earlier ones were already given to the sink)",
+                            f"offset {int(offset_array[0])}",
+                            "after seeking a reader back, call restore(offsets) with the "
+                            "offsets it restarts from")
                 )
             table_name = self.tables[key[0]]
             table, kept, refused = _to_table(table_name, key, events, offset_array)
@@ -267,16 +269,18 @@ class LakeSink:
                 table_name = self.tables.get(consumed.topic)
                 if table_name is None:
                     raise ValueError(
-                        f"topic {consumed.topic!r}: the lake sink has no table for it (it writes "
-                        f"{sorted(self.tables)}); map it with LakeSink(tables={{topic: table}})"
+                        message("batch", f"topics with a lake table {sorted(self.tables)}",
+                                f"topic {consumed.topic!r}",
+                                "map it with LakeSink(tables={topic: table})")
                     )
                 group = groups[key] = ([], [])
             expected = _EVENT_TYPES[self.tables[consumed.topic]]
             if type(consumed.event) is not expected:
                 raise TypeError(
-                    f"{consumed.topic}[{consumed.partition}] offset {consumed.offset}: expected a "
-                    f"recsys.events.{expected.__name__} for the {self.tables[consumed.topic]} "
-                    f"table, got {type(consumed.event).__name__}"
+                    message(f"batch {consumed.topic}[{consumed.partition}] offset "
+                            f"{consumed.offset}",
+                            f"a recsys.events.{expected.__name__} for the "
+                            f"{self.tables[consumed.topic]} table", type(consumed.event).__name__)
                 )
             group[0].append(consumed.event)
             group[1].append(consumed.offset)
@@ -322,16 +326,16 @@ class LakeSink:
         for key, position in until.items():
             if key[0] not in self.tables:
                 raise ValueError(
-                    f"until: topic {key[0]!r} has no lake table (the sink writes "
-                    f"{sorted(self.tables)})"
+                    message("until", f"topics with a lake table {sorted(self.tables)}",
+                            f"topic {key[0]!r}")
                 )
             part = self._partitions.get(key)
             given = None if part is None else part.next_offset
             if given is not None and position < given:
                 raise ValueError(
-                    f"until: {key[0]}[{key[1]}] is at {position}, but the sink already holds "
-                    f"offsets up to {given - 1}; pass the readers' positions taken after the "
-                    "events were written"
+                    message("until", f"{key[0]}[{key[1]}] at or past {given} (the sink holds "
+                            f"offsets up to {given - 1})", position,
+                            "pass the readers' positions taken after the events were written")
                 )
         for key, part in self._partitions.items():
             if part.records:
@@ -401,11 +405,14 @@ class LakeSink:
         for (topic, partition), offset in offsets.items():
             if topic not in self.tables:
                 raise ValueError(
-                    f"restore: topic {topic!r} has no lake table (the sink writes "
-                    f"{sorted(self.tables)})"
+                    message("offsets", f"topics with a lake table {sorted(self.tables)}",
+                            f"topic {topic!r}")
                 )
             if int(offset) < 0 or int(partition) < 0:
-                raise ValueError(f"restore: {topic}[{partition}] offset {offset}: expected >= 0")
+                raise ValueError(
+                    message("offsets", "partitions and offsets >= 0",
+                            f"{topic}[{partition}] at {offset}")
+                )
         self._partitions = {}
         removed: list[str] = []
         straddling: list[str] = []

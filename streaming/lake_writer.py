@@ -42,6 +42,7 @@ from recsys.producer import EventProducer
 from recsys.schema import TableName
 from recsys.storage import PathLike
 from recsys.topics import DEAD_LETTER, FEEDBACK, IMPRESSIONS, REWARDS
+from recsys.validation import message
 from streaming.consumer import ConsumedEvent, EventConsumer
 from streaming.lake import LakeSink, RejectedRecord, RestoreReport
 from streaming.reading import ConsumingActor, Offsets
@@ -103,7 +104,7 @@ class LakeWriter(ConsumingActor):
         topics = {"impressions": impressions_topic, "feedback": feedback_topic,
                   "rewards": rewards_topic}
         if len(set(topics.values())) != len(topics):
-            raise ValueError(f"topics: expected three different topic names, got {topics}")
+            raise ValueError(message("topics", "three different topic names", topics))
         self._assignment = _assignment(partitions, topics)
         self._topics = topics
         self._dead_letter_topic = dead_letter_topic
@@ -176,13 +177,13 @@ class LakeWriter(ConsumingActor):
         foreign, missing = sorted(set(given) - mine), sorted(mine - set(given))
         if foreign or missing:
             raise ValueError(
-                "restore: the offsets must name exactly this lake writer's partitions "
-                f"{sorted(mine)}; not assigned here: {foreign}, missing: {missing} (restore "
-                "with the assignment the checkpoint was taken with)"
+                message("offsets", f"exactly this lake writer's partitions {sorted(mine)}",
+                        f"not assigned here: {foreign}, missing: {missing}",
+                        "restore with the assignment the checkpoint was taken with")
             )
         negative = {tp: o for tp, o in given.items() if o < 0}
         if negative:
-            raise ValueError(f"restore: offsets must be >= 0, got {negative}")
+            raise ValueError(message("offsets", "offsets >= 0", negative))
         self._consumer.seek(given)
         return self.sink.restore(given)
 
@@ -225,7 +226,7 @@ def _assignment(
         unknown = sorted(set(partitions) - set(_TABLES))
         if unknown:
             raise ValueError(
-                f"partitions: expected tables among {list(_TABLES)} as keys, got {unknown}"
+                message("partitions", f"tables among {list(_TABLES)} as keys", unknown)
             )
         by_table = {t: list(partitions[t]) for t in _TABLES if t in partitions}
     else:
@@ -235,10 +236,10 @@ def _assignment(
     for table, indices in by_table.items():
         bad = [p for p in indices if isinstance(p, bool) or int(p) != p or p < 0]
         if bad:
-            raise ValueError(f"partitions: {table}: expected indices >= 0, got {bad}")
+            raise ValueError(message(f"partitions[{table!r}]", "indices >= 0", bad))
         assignment += [(topics[table], int(p)) for p in sorted({int(p) for p in indices})]
     if not assignment:
-        raise ValueError("partitions: give at least one partition to write to the lake")
+        raise ValueError(message("partitions", "at least one partition to write", "none"))
     return assignment
 
 

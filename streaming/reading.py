@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from recsys.validation import message
 from streaming.consumer import ConsumedEvent, EventConsumer
 
 Offsets = dict[tuple[str, int], int]
@@ -63,7 +64,7 @@ class ConsumingActor:
               max_records: int = 10_000) -> DrainProgress:
         """Read and handle up to (not including) ``until``'s offsets for up to ``max_seconds``;
         call again until ``done`` (a bounded replay). Reads nothing while paused."""
-        self._check_owned("drain", until)
+        self._check_owned("until", until)
         started = time.perf_counter()
         while (not self._paused and time.perf_counter() - started < max_seconds
                and not self._consumer.reached(until)):
@@ -97,8 +98,10 @@ class ConsumingActor:
     def is_paused(self) -> bool:
         return self._paused
 
-    def _check_owned(self, hook: str, offsets: Mapping[tuple[str, int], int]) -> None:
+    def _check_owned(self, name: str, offsets: Mapping[tuple[str, int], int]) -> None:
         foreign = sorted(set(offsets) - set(self._assignment))
         if foreign:
-            raise ValueError(f"{hook}: {foreign} are not assigned to this {self.role} (it reads "
-                             f"{self._assignment})")
+            raise ValueError(
+                message(name, f"partitions of this {self.role}'s assignment {self._assignment}",
+                        f"{foreign}, which are not assigned to this {self.role}")
+            )

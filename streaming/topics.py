@@ -13,6 +13,7 @@ from kafka.admin import KafkaAdminClient
 from kafka.errors import TopicAlreadyExistsError
 
 from recsys.topics import DEAD_LETTER, FEEDBACK, IMPRESSIONS, REWARDS
+from recsys.validation import message
 
 # Impressions and feedback are keyed by request id and joined partition by partition: partition p
 # of one must hold the same requests as partition p of the other, so their counts must be equal.
@@ -51,7 +52,7 @@ def ensure_topics(
             if name in existing:
                 continue
             if partitions < 1:
-                raise ValueError(f"topic {name}: partitions must be >= 1, got {partitions}")
+                raise ValueError(message(f"topics[{name!r}]", "a partition count >= 1", partitions))
             # Another process may create it at the same moment: that is the idempotent outcome.
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(

@@ -381,21 +381,21 @@ def test_a_memory_root_writes_restores_and_scans():
 def test_bugs_in_the_input_raise_and_leave_the_sink_unchanged(tmp_path):
     sink = LakeSink(tmp_path)
     sink.write(stream(5))
-    with pytest.raises(ValueError, match=r"topic 'recsys.clicks': the lake sink has no table"):
+    with pytest.raises(ValueError, match=r"^batch: expected topics with a lake .* 'recsys.clicks'"):
         sink.write(stream(2, start=5) + consumed([feedback(1)], [0], "recsys.clicks"))
     with pytest.raises(
         TypeError,
-        match=r"recsys.impressions\[0\] offset 6: expected a recsys.events.Impression for the "
-        r"impressions table, got Feedback",
+        match=r"^batch recsys.impressions\[0\] offset 6: expected a recsys.events.Impression for "
+        r"the impressions table, got Feedback",
     ):
         sink.write(stream(1, start=5) + consumed([feedback(6)], [6]))
-    with pytest.raises(ValueError, match=r"offsets in the batch must increase"):
+    with pytest.raises(ValueError, match=r"^batch recsys.impressions\[0\]: expected offsets that"):
         sink.write(consumed([impression(7), impression(6)], [7, 6]))
     with pytest.raises(
-        ValueError, match=r"offset 3 was already given to the sink .* call restore\(offsets\)"
+        ValueError, match=r"^batch .*: expected offsets >= 5 .* got offset 3; .* restore\(offsets\)"
     ):
         sink.write(stream(3, start=3))
-    with pytest.raises(ValueError, match=r"until: recsys.impressions\[0\] is at 4"):
+    with pytest.raises(ValueError, match=r"^until: expected recsys.impressions\[0\] at or past 5"):
         sink.flush(until={(TOPIC, 0): 4})
     assert sink.stats().records == 5 and sink.stats().buffered_records == 5
     assert sink.flush() == {(TOPIC, 0): 5}
@@ -403,7 +403,7 @@ def test_bugs_in_the_input_raise_and_leave_the_sink_unchanged(tmp_path):
         LakeSink(tmp_path, max_records=0)
     with pytest.raises(ValueError, match=r"^tables: expected table names among"):
         LakeSink(tmp_path, tables={"x": "clicks"})
-    with pytest.raises(ValueError, match=r"^restore: topic 'recsys.clicks' has no lake table"):
+    with pytest.raises(ValueError, match=r"^offsets: expected topics with a .* 'recsys.clicks'"):
         sink.restore({("recsys.clicks", 0): 0})
 
 

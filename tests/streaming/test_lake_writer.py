@@ -250,7 +250,7 @@ def test_restoring_partitions_the_writer_does_not_own_is_refused(
 def test_partitions_name_tables_and_indices_or_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"expected tables among .* got \['clicks'\]"):
         LakeWriter("localhost:1", tmp_path, {"clicks": [0]})
-    with pytest.raises(ValueError, match=r"impressions: expected indices >= 0, got \[-1\]"):
+    with pytest.raises(ValueError, match=r"^partitions\['impressions'\]: expected indices >= 0"):
         LakeWriter("localhost:1", tmp_path, [-1])
     with pytest.raises(ValueError, match="at least one partition"):
         LakeWriter("localhost:1", tmp_path, {"feedback": []})
