@@ -22,11 +22,11 @@ from typing import Any
 import ray
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from offline.prepared import PreparedData
 from offline.spec import TrainSpec
 from offline.training import RunResult, train_run
+from recsys.progress import ProgressBar, progress_bar
 
 WEIGHTS_FILE = "model.safetensors"
 RUN_FILE = "run.json"
@@ -109,7 +109,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report({"job": index}, checkpoint=checkpoint)
 
 
-def _poll(tracker: Any, bar: tqdm, jobs: Sequence[Job], done: threading.Event) -> None:
+def _poll(tracker: Any, bar: ProgressBar, jobs: Sequence[Job], done: threading.Event) -> None:
     """Advance the bar by epochs; a run that stops early skips its remaining epochs."""
     current = 0
     while not done.wait(0.5):
@@ -166,8 +166,8 @@ def run_jobs(
         ),
     )
     total = sum(j.spec.optimizer.epochs for j in jobs)
-    bar = tqdm(total=total, desc=f"{name} ({len(jobs)} runs, {num_workers} worker(s))",
-               unit="epoch", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=total, desc=f"{name} ({len(jobs)} runs, {num_workers} worker(s))",
+                       unit="epoch", disable=not progress, dynamic_ncols=True)
     done = threading.Event()
     poller = threading.Thread(target=_poll, args=(tracker, bar, jobs, done), daemon=True)
     poller.start()

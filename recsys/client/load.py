@@ -276,10 +276,10 @@ async def arun_loadtest(url: str, rate: float, duration_s: float, make_body: Mak
         tasks: set[asyncio.Task[None]] = set()
         bar = None
         if progress:
-            from tqdm import tqdm
+            from recsys.progress import progress_bar
 
-            bar = tqdm(total=total, unit="req", desc="loadtest", disable=None, leave=False,
-                       mininterval=0.5)
+            bar = progress_bar(total=total, unit="req", desc="loadtest", leave=False,
+                               mininterval=0.5)
         t0 = time.perf_counter() + 0.05  # a little lead so request 0 is not already late
         try:
             for i in range(total):
