@@ -35,6 +35,7 @@ from offline.prepared import PreparedData
 from offline.propensity import make_propensity
 from offline.spec import Component, SpecError, TrainSpec
 from offline.weights import clip_propensities, inverse_propensity_weights, weight_summary
+from recsys.validation import message
 
 DATASET_ENTRY_POINTS = "recsys.datasets"
 MAX_PROPENSITY_MATRIX = 50_000_000
@@ -77,7 +78,7 @@ def as_feedback(dataset: Dataset, feedback: str, noise_ratio: float, seed: int) 
     and logged propensity (a rating task); ``"clicks"`` keeps each clicked pair once (implicit
     feedback, accidental clicks marked noise) with PLD-protocol noise at ``noise_ratio``."""
     if feedback not in FEEDBACK:
-        raise SpecError(f"[train.data] feedback must be one of {FEEDBACK}, got {feedback!r}")
+        raise SpecError(message("train.data.feedback", f"one of {FEEDBACK}", repr(feedback)))
     lineage = {**dataset.lineage, "feedback": feedback, "noise_ratio": str(noise_ratio)}
     if feedback == "shown":
         return dataclasses.replace(dataset, task="rating", lineage=lineage)
@@ -163,9 +164,7 @@ SOURCES: dict[str, Callable[..., PreparedData]] = {
 def load_source(data: Component, seed: int, data_dir: Path, lake_uri: str) -> PreparedData:
     """The data set ``data`` names, split with ``seed``."""
     if data.name not in SOURCES:
-        raise SpecError(
-            f"[train.data] unknown source {data.name!r}; choose one of {', '.join(SOURCES)}"
-        )
+        raise SpecError(message("train.data.name", f"one of {', '.join(SOURCES)}", repr(data.name)))
     try:
         return SOURCES[data.name](dict(data.params), seed, data_dir, lake_uri)
     except TypeError as exc:  # an unknown parameter of the builder

@@ -32,6 +32,7 @@ import polars as pl
 
 from offline.data.splits import split_by_time
 from offline.dataset import Dataset
+from recsys.validation import message
 
 __all__ = ["FIRST_ITEM", "FinnSlates", "finn_dataset", "load_finn_slates"]
 
@@ -67,34 +68,45 @@ def _arrays(path: Path, max_users: int | None) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as npz:
         missing = [k for k in ("userId", "slate", *_KEYS_2D) if k not in npz.files]
         if missing:
-            raise ValueError(f"{path}: missing the arrays {missing} (has {sorted(npz.files)})")
+            raise ValueError(
+                message(str(path), f"the arrays {missing} too", f"only {sorted(npz.files)}")
+            )
         rows = slice(None) if max_users is None else slice(0, int(max_users))
         arrays = {k: npz[k][rows] for k in ("userId", "slate", *_KEYS_2D)}
     for key, array in arrays.items():
         if not np.issubdtype(array.dtype, np.integer):
-            raise ValueError(f"{path}: {key} must hold integers, got dtype {array.dtype}")
+            raise ValueError(message(f"{path}: {key}", "integers", f"dtype {array.dtype}"))
     slate = arrays["slate"]
     if slate.ndim != 3:
         raise ValueError(
-            f"{path}: slate must be (users, interactions, positions), got {slate.shape}"
+            message(f"{path}: slate", "shape (users, interactions, positions)",
+                    f"shape {slate.shape}")
         )
     users, steps, width = slate.shape
     if arrays["userId"].shape != (users,):
-        raise ValueError(f"{path}: userId must have shape ({users},), got {arrays['userId'].shape}")
+        raise ValueError(
+            message(f"{path}: userId", f"shape ({users},)", f"shape {arrays['userId'].shape}")
+        )
     for key in _KEYS_2D:
         if arrays[key].shape != (users, steps):
             raise ValueError(
-                f"{path}: {key} must have shape ({users}, {steps}) like slate, got "
-                f"{arrays[key].shape}"
+                message(f"{path}: {key}", f"shape ({users}, {steps}) like slate",
+                        f"shape {arrays[key].shape}")
             )
     if (slate < 0).any() or (arrays["click"] < 0).any():
-        raise ValueError(f"{path}: item ids in slate and click must be >= 0")
+        raise ValueError(message(f"{path}: slate, click", "item ids >= 0", "negative ids"))
     idx = arrays["click_idx"]
     if ((idx < 0) | (idx >= width)).any():
-        raise ValueError(f"{path}: click_idx must lie in [0, {width}) (a slate position)")
+        raise ValueError(
+            message(f"{path}: click_idx", f"slate positions in [0, {width})",
+                    f"values in [{idx.min()}, {idx.max()}]")
+        )
     lengths = arrays["slate_lengths"]
     if ((lengths < 0) | (lengths > width)).any():
-        raise ValueError(f"{path}: slate_lengths must lie in [0, {width}]")
+        raise ValueError(
+            message(f"{path}: slate_lengths", f"lengths in [0, {width}]",
+                    f"values in [{lengths.min()}, {lengths.max()}]")
+        )
     return arrays
 
 

@@ -25,6 +25,7 @@ from offline.dataset import Dataset
 from recsys.lake import scan_lake
 from recsys.schema import TableName
 from recsys.storage import PathLike
+from recsys.validation import message
 
 __all__ = ["LakeData", "lake_dataset", "lake_offsets", "scan_interactions"]
 
@@ -57,7 +58,7 @@ def scan_interactions(
     pruned where the table allows it (impressions and feedback; rewards are de-duplicated over
     the whole table first, see ``recsys.lake``)."""
     if since_ms is not None and until_ms is not None and until_ms <= since_ms:
-        raise ValueError(f"until_ms ({until_ms}) must be after since_ms ({since_ms})")
+        raise ValueError(message("until_ms", f"a time after since_ms ({since_ms})", until_ms))
     frame = scan_lake(lake_uri, table)
     if since_ms is not None:
         frame = frame.filter(
@@ -90,18 +91,22 @@ def _check(frame: pl.DataFrame, where: str) -> None:
     for name, count in nulls.items():
         if count:
             raise ValueError(
-                f"{where}: column {name!r} holds {count} nulls of {frame.height} rows; fix the "
-                "rows that produced them (training never fills them in)"
+                message(f"{where}.{name}", "no nulls", f"{count} nulls of {frame.height} rows",
+                        "fix the rows that produced them (training never fills them in)")
             )
     reward = frame["reward"].to_numpy()
     if not np.isfinite(reward).all():
-        raise ValueError(f"{where}: column 'reward' holds non-finite values")
+        raise ValueError(
+            message(f"{where}.reward", "finite values",
+                    f"{int((~np.isfinite(reward)).sum())} non-finite values")
+        )
     p = frame["propensity"].to_numpy()
     bad = ~((p > 0) & (p <= 1))
     if bad.any():
         raise ValueError(
-            f"{where}: column 'propensity' must lie in (0, 1], got {int(bad.sum())} rows outside "
-            f"(e.g. {p[bad][0]!r}); a logged propensity of 0 cannot be inverted"
+            message(f"{where}.propensity", "probabilities in (0, 1]",
+                    f"{int(bad.sum())} rows outside (e.g. {p[bad][0]!r})",
+                    "a logged propensity of 0 cannot be inverted")
         )
 
 
@@ -126,16 +131,17 @@ def lake_dataset(
     Kafka offset per topic/partition) when the provenance columns are filled.
     """
     if split not in ("time", "user"):
-        raise ValueError(f"split: expected 'time' or 'user', got {split!r}")
+        raise ValueError(message("split", "'time' or 'user'", repr(split)))
     lazy = scan_interactions(lake_uri, table, since_ms, until_ms)
     present = lazy.collect_schema().names()
     if "reward" not in present:
-        raise ValueError(f"table {table!r} has no reward column; read 'rewards'")
+        raise ValueError(message("table", "a table with a reward column", repr(table),
+                                 "read 'rewards'"))
     extra = ["noise"] if "noise" in present else []
     provenance = ("kafka_topic", "kafka_partition", "kafka_offset")
     raw = lazy.select("request_id", *_READ, *extra, *provenance).collect()
     if raw.height == 0:
-        raise ValueError(f"{lake_uri}: no {table} rows in the requested window")
+        raise ValueError(message(f"{lake_uri} ({table})", "rows in the requested window", "none"))
     _check(raw, f"{lake_uri} ({table})")
     offsets = lake_offsets(raw)
     # One row per (request_id, item_id) after scan_lake: a stable order whatever the scan's.

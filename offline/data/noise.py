@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from recsys.validation import message
+
 __all__ = ["inject_noise"]
 
 _ROUNDS = 4
@@ -35,13 +37,15 @@ def inject_noise(
     ``train``. Raises ``ValueError`` if a user has fewer never-interacted items than needed.
     """
     if not (np.isfinite(ratio) and ratio >= 0):
-        raise ValueError(f"ratio: expected a non-negative number, got {ratio!r}")
+        raise ValueError(message("ratio", "a non-negative number", repr(ratio)))
     if isinstance(n_items, bool) or int(n_items) != n_items or n_items < 1:
-        raise ValueError(f"n_items: expected a positive integer, got {n_items!r}")
+        raise ValueError(message("n_items", "a positive integer", repr(n_items)))
     for name, frame in (("train", train), ("interacted", interacted)):
         missing = {"user_id", "item_id"} - set(frame.columns)
         if missing:
-            raise ValueError(f"{name}: missing columns {sorted(missing)}")
+            raise ValueError(
+                message(name, "user_id and item_id columns", f"no {sorted(missing)} columns")
+            )
     clean = train.with_columns(pl.lit(False).alias("noise"))
     pairs = (
         pl.concat([train.select("user_id", "item_id"), interacted.select("user_id", "item_id")])
@@ -49,7 +53,11 @@ def inject_noise(
         .unique()
     )
     if pairs.height and (pairs["item_id"].min() < 0 or pairs["item_id"].max() >= n_items):
-        raise ValueError(f"item ids must lie in [0, {n_items}) (n_items); reindex first")
+        raise ValueError(
+            message("train, interacted", f"item ids in [0, n_items) = [0, {n_items})",
+                    f"ids in [{pairs['item_id'].min()}, {pairs['item_id'].max()}]",
+                    "reindex first")
+        )
     need = (
         train.group_by("user_id")
         .len()
@@ -68,9 +76,10 @@ def inject_noise(
     if short.height:
         row = short.row(0, named=True)
         raise ValueError(
-            f"inject_noise: {short.height} users have fewer never-interacted items than the "
-            f"{ratio} noise ratio needs (user {row['user_id']}: {row['free']} free, {row['k']} "
-            "needed); lower the ratio"
+            message("ratio", "a noise ratio every user has enough never-interacted items for",
+                    f"{ratio}, which {short.height} users have fewer never-interacted items for "
+                    f"(user {row['user_id']}: {row['free']} free, {row['k']} needed)",
+                    "lower the ratio")
         )
     rng = np.random.default_rng(seed)
     picked: list[pl.DataFrame] = []

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
+from recsys.validation import message
+
 __all__ = [
     "check_fractions",
     "filter_min_interactions",
@@ -31,20 +33,20 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     """``fractions`` as a (train, valid, test) triple, or ``ValueError`` saying what is wrong."""
     values = tuple(float(f) for f in fractions)
     if len(values) != 3:
-        raise ValueError(f"fractions: expected (train, valid, test), got {len(values)} values")
+        raise ValueError(message("fractions", "(train, valid, test)", f"{len(values)} values"))
     if not all(np.isfinite(values)) or min(values) < 0:
-        raise ValueError(f"fractions: expected non-negative numbers, got {values}")
+        raise ValueError(message("fractions", "non-negative numbers", values))
     if values[0] <= 0:
-        raise ValueError(f"fractions: the train fraction must be > 0, got {values}")
+        raise ValueError(message("fractions", "a train fraction > 0", values))
     if abs(sum(values) - 1.0) > 1e-9:
-        raise ValueError(f"fractions: expected a sum of 1, got {values} (sum {sum(values)})")
+        raise ValueError(message("fractions", "a sum of 1", f"{values} (sum {sum(values)})"))
     return values  # type: ignore[return-value]
 
 
 def filter_min_interactions(frame: pl.DataFrame, min_per_user: int) -> pl.DataFrame:
     """The rows of users with at least ``min_per_user`` rows (one pass, not an iterated k-core)."""
     if isinstance(min_per_user, bool) or int(min_per_user) != min_per_user or min_per_user < 1:
-        raise ValueError(f"min_per_user: expected a positive integer, got {min_per_user!r}")
+        raise ValueError(message("min_per_user", "a positive integer", repr(min_per_user)))
     return frame.filter(pl.len().over("user_id") >= int(min_per_user))
 
 
@@ -61,10 +63,10 @@ def reindex(
     columns = []
     for name, enabled in (("user_id", users), ("item_id", items)):
         if name not in frame.columns:
-            raise ValueError(f"reindex: missing column {name!r}")
+            raise ValueError(message("frame", f"a {name} column", f"columns {frame.columns}"))
         raw = frame[name]
         if raw.null_count():
-            raise ValueError(f"reindex: column {name!r} holds {raw.null_count()} nulls")
+            raise ValueError(message(f"frame.{name}", "no nulls", f"{raw.null_count()} nulls"))
         mapped[name] = np.asarray(raw.unique().sort().to_list())
         if enabled:
             columns.append((pl.col(name).rank("dense") - 1).cast(pl.Int64).alias(name))
@@ -116,9 +118,11 @@ def split_by_time(
     one). Rows with equal times are ordered as they come, so a cut can fall between them."""
     fr = check_fractions(fractions)
     if time_column not in frame.columns:
-        raise ValueError(f"split_by_time: missing column {time_column!r}")
+        raise ValueError(message("time_column", "a column of frame", repr(time_column)))
     if frame[time_column].null_count():
-        raise ValueError(f"split_by_time: column {time_column!r} holds nulls")
+        raise ValueError(
+            message(f"frame.{time_column}", "no nulls", f"{frame[time_column].null_count()} nulls")
+        )
     over = "user_id" if per_user else None
     rank = pl.struct(pl.col(time_column), pl.int_range(pl.len()).alias("__row")).rank("ordinal")
     ranked = frame.with_columns(

@@ -86,11 +86,11 @@ def test_the_data_set_is_split_by_interaction_index_per_user(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"slate": np.zeros((6, 5), dtype=np.int32)}, "slate must be"),
-        ({"click": np.zeros((6, 4), dtype=np.int32)}, r"click must have shape \(6, 5\)"),
-        ({"userId": np.zeros(5, dtype=np.int32)}, "userId must have shape"),
-        ({"click_idx": np.full((6, 5), 7, dtype=np.int32)}, "click_idx must lie"),
-        ({"slate": np.zeros((6, 5, 7), dtype=np.float32)}, "slate must hold integers"),
+        ({"slate": np.zeros((6, 5), dtype=np.int32)}, "slate: expected shape"),
+        ({"click": np.zeros((6, 4), dtype=np.int32)}, r"click: expected shape \(6, 5\)"),
+        ({"userId": np.zeros(5, dtype=np.int32)}, r"userId: expected shape \(6,\)"),
+        ({"click_idx": np.full((6, 5), 7, dtype=np.int32)}, "click_idx: expected slate positions"),
+        ({"slate": np.zeros((6, 5, 7), dtype=np.float32)}, "slate: expected integers"),
     ],
 )
 def test_inconsistent_arrays_are_refused(tmp_path, override, message):
@@ -101,7 +101,7 @@ def test_inconsistent_arrays_are_refused(tmp_path, override, message):
 
 def test_missing_keys_are_named(tmp_path):
     np.savez(tmp_path / "data.npz", userId=np.zeros(3), click=np.zeros((3, 2)))
-    with pytest.raises(ValueError, match=r"missing the arrays \['slate', 'click_idx'"):
+    with pytest.raises(ValueError, match=r"expected the arrays \['slate', 'click_idx'"):
         load_finn_slates(tmp_path / "data.npz")
     with pytest.raises(FileNotFoundError):
         load_finn_slates(tmp_path / "nothing.npz")

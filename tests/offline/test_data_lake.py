@@ -84,11 +84,11 @@ def test_simulated_logs_keep_their_noise_column_and_have_no_offsets(tmp_path):
 @pytest.mark.parametrize(
     ("column", "value", "message"),
     [
-        ("propensity", 0.0, r"'propensity' must lie in \(0, 1\]"),
-        ("propensity", 1.5, r"'propensity' must lie in \(0, 1\]"),
-        ("reward", None, "'reward' holds 1 nulls"),
-        ("propensity", None, "'propensity' holds 1 nulls"),
-        ("reward", float("nan"), "'reward' holds non-finite"),
+        ("propensity", 0.0, r"\(rewards\)\.propensity: expected probabilities in \(0, 1\]"),
+        ("propensity", 1.5, r"\(rewards\)\.propensity: expected probabilities in \(0, 1\]"),
+        ("reward", None, r"\(rewards\)\.reward: expected no nulls, got 1 nulls"),
+        ("propensity", None, r"\(rewards\)\.propensity: expected no nulls, got 1 nulls"),
+        ("reward", float("nan"), r"\(rewards\)\.reward: expected finite values, got 1 non"),
     ],
 )
 def test_bad_rows_are_refused_naming_the_column(tmp_path, column, value, message):
@@ -104,5 +104,5 @@ def test_bad_rows_are_refused_naming_the_column(tmp_path, column, value, message
 
 def test_an_empty_window_is_refused(tmp_path):
     lake(tmp_path)
-    with pytest.raises(ValueError, match="no rewards rows"):
+    with pytest.raises(ValueError, match=r"\(rewards\): expected rows in the requested window"):
         lake_dataset(tmp_path, since_ms=T0 + 100 * HOUR_MS)
