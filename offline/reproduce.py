@@ -9,7 +9,8 @@
   against Rel-MF's propensity-corrected loss; on shown items with their outcomes, naive, IPS,
   SNIPS and DR-JL.
 
-Each experiment trains all its runs in one Ray Train fit, logs every run (with its model) as a
+Each experiment prepares all its data first (without Ray, so a missing data file is reported before
+Ray starts), then trains all its runs in one Ray Train fit, logs every run (with its model) as a
 child of one mlflow parent run, checks its targets, and prints a table; all of it also goes to a
 JSON results file.
 """
@@ -25,7 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from offline.runner import Backend, TrainedRun, summarise, train_specs
+from offline.runner import (
+    Backend,
+    PreparedJobs,
+    TrainedRun,
+    prepare_jobs,
+    summarise,
+    train_jobs,
+)
 from offline.spec import TrainSpec
 from recsys.config import Settings
 
@@ -170,11 +178,33 @@ EXPERIMENTS: dict[str, Experiment] = {
 }
 
 
+@dataclass(frozen=True)
+class PreparedExperiment:
+    """An experiment with one specification per cell and the data of every run."""
+
+    experiment: Experiment
+    seeds: tuple[int, ...]
+    specs: list[TrainSpec]
+    jobs: PreparedJobs
+    seconds: float
+    """How long preparing the data took (part of the experiment's time)."""
+
+
+def prepare_experiment(experiment: Experiment, settings: Settings,
+                       seeds: tuple[int, ...] = SEEDS) -> PreparedExperiment:
+    """Every cell's specification for ``seeds`` and its data (needs no Ray)."""
+    started = time.perf_counter()
+    specs = [shipped_spec(cell.config).with_overrides({**cell.overrides, "seeds": list(seeds)})
+             for cell in experiment.cells]
+    jobs = prepare_jobs(specs, settings)
+    return PreparedExperiment(experiment, tuple(seeds), specs, jobs,
+                              time.perf_counter() - started)
+
+
 def run_experiment(
-    experiment: Experiment,
+    prepared: PreparedExperiment,
     settings: Settings,
     *,
-    seeds: tuple[int, ...] = SEEDS,
     backend: Backend = "ray",
     num_workers: int | None = None,
     progress: bool = True,
@@ -183,15 +213,12 @@ def run_experiment(
     """Train every cell for every seed and aggregate; the experiment's result as a dict."""
     import mlflow
 
-    started = time.perf_counter()
-    specs = []
-    for cell in experiment.cells:
-        spec = shipped_spec(cell.config).with_overrides({**cell.overrides, "seeds": list(seeds)})
-        specs.append(spec)
+    experiment, specs, seeds = prepared.experiment, prepared.specs, prepared.seeds
+    started = time.perf_counter() - prepared.seconds
     with mlflow.start_run(run_name=f"reproduce-{experiment.name}") as parent:
-        runs = train_specs(specs, settings, name=f"reproduce-{experiment.name}", backend=backend,
-                           num_workers=num_workers, progress=progress, log_models=log_models,
-                           extra_tags={"reproduce": experiment.name})
+        runs = train_jobs(prepared.jobs, settings, name=f"reproduce-{experiment.name}",
+                          backend=backend, num_workers=num_workers, progress=progress,
+                          log_models=log_models, extra_tags={"reproduce": experiment.name})
         rows = _aggregate(experiment, specs, runs)
         targets = experiment.check(rows)
         result = {

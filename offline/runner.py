@@ -1,5 +1,7 @@
-"""Running training specifications end to end: prepare the data of every (spec, seed), train all
-runs on Ray Train (or in-process), and log each run to mlflow."""
+"""Running training specifications end to end in two steps: prepare the data of every (spec,
+seed) (``prepare_jobs``: it reads every data file, so a missing or malformed one is reported before
+Ray starts), then train all runs on Ray Train (or in-process) and log each run to mlflow
+(``train_jobs``)."""
 
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from offline.prepared import PreparedData
 from offline.ray_training import Job, run_jobs
 from offline.sources import prepare
 from offline.spec import TrainSpec
-from offline.training import PreparedData, RunResult, train_run
+from offline.training import RunResult, train_run
 from recsys.config import Settings
 
 Backend = Literal["ray", "local"]
@@ -38,8 +41,30 @@ def data_key(spec: TrainSpec, seed: int) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def train_specs(
-    specs: Sequence[TrainSpec],
+@dataclass(eq=False)
+class PreparedJobs:
+    """Every seed of some specifications as a job, with their data (shared between jobs with
+    the same ``data_key``)."""
+
+    jobs: list[Job]
+    data: dict[str, PreparedData]
+
+
+def prepare_jobs(specs: Sequence[TrainSpec], settings: Settings) -> PreparedJobs:
+    """The jobs of every seed of every spec, with their data prepared (needs no Ray)."""
+    jobs: list[Job] = []
+    prepared: dict[str, PreparedData] = {}
+    for spec in specs:
+        for seed in spec.seeds:
+            key = data_key(spec, seed)
+            if key not in prepared:
+                prepared[key] = prepare(spec, seed, settings.data_dir, settings.lake_uri)
+            jobs.append(Job(spec, seed, key))
+    return PreparedJobs(jobs, prepared)
+
+
+def train_jobs(
+    prepared_jobs: PreparedJobs,
     settings: Settings,
     *,
     name: str,
@@ -49,20 +74,14 @@ def train_specs(
     log_models: bool = True,
     extra_tags: dict[str, str] | None = None,
 ) -> list[TrainedRun]:
-    """Train every seed of every spec; log each run to mlflow (the experiment must be set)."""
-    jobs: list[Job] = []
-    prepared: dict[str, PreparedData] = {}
-    for spec in specs:
-        for seed in spec.seeds:
-            key = data_key(spec, seed)
-            if key not in prepared:
-                prepared[key] = prepare(spec, seed, settings.data_dir, settings.lake_uri)
-            jobs.append(Job(spec, seed, key))
+    """Train every job (with ``backend="ray"``, Ray must be running); log each run to mlflow
+    (the experiment must be set)."""
+    jobs, prepared = prepared_jobs.jobs, prepared_jobs.data
     if backend == "local":
         results = [train_run(job.spec, job.seed, prepared[job.data_key]) for job in jobs]
     elif backend == "ray":
-        workers = num_workers or max(spec.num_workers for spec in specs)
-        use_gpu = specs[0].use_gpu
+        workers = num_workers or max(job.spec.num_workers for job in jobs)
+        use_gpu = jobs[0].spec.use_gpu
         results = run_jobs(jobs, prepared, storage_path=settings.data_dir / "ray_train",
                            name=name, num_workers=workers, use_gpu=use_gpu, progress=progress)
     else:

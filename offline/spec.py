@@ -4,6 +4,11 @@ One specification is one experiment cell: data source and split, propensity esti
 objective, optimiser, seeds and scale-out. ``recsys train --config FILE`` reads it from FILE's
 ``[train]`` table; ``recsys reproduce`` builds grids of them from the shipped configs.
 
+``TrainSpec.from_table`` checks everything that can be checked without the data: keys, ranges,
+and the names of the data source, propensity estimator, model and objective and their
+hyperparameters against the registries, so a typo is reported before Ray starts, with the closest
+names. Messages follow ``recsys.validation`` (``train.objective.name: expected ..., got ...``).
+
 ```toml
 [train]
 name = "coat-mf-ips"          # mlflow run name and registered model name
@@ -30,9 +35,12 @@ monitor = "valid_snips_mse"   # early stopping on this validation metric
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import inspect
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
+
+from recsys.validation import did_you_mean, message
 
 UseGpu = bool | Literal["auto"]
 
@@ -44,11 +52,34 @@ class SpecError(ValueError):
 def _split(table: Mapping[str, Any], where: str, required: str) -> tuple[str, dict[str, Any]]:
     """``table``'s ``required`` name and the rest of its keys (the component's hyperparameters)."""
     if not isinstance(table, Mapping):
-        raise SpecError(f"[{where}] must be a table, got {type(table).__name__}")
+        raise SpecError(message(where, "a table", type(table).__name__))
     if required not in table:
-        raise SpecError(f"[{where}] needs `{required}`")
+        raise SpecError(message(f"{where}.{required}", "a name", "nothing",
+                                f"[{where}] needs `{required}`"))
     params = {k: v for k, v in table.items() if k != required}
     return str(table[required]), params
+
+
+def _check_keys(where: str, keys: Collection[str], known: Collection[str]) -> None:
+    """Refuse keys that are not ``known``, naming the closest known ones."""
+    unknown = sorted(set(keys) - set(known))
+    if unknown:
+        hints = filter(None, (did_you_mean(key, known) for key in unknown))
+        raise SpecError(message(where, f"keys among {', '.join(sorted(known)) or 'none'}",
+                                f"unknown keys {unknown}", "; ".join(hints) or None))
+
+
+def _init_parameters(cls: type) -> set[str]:
+    """The keyword arguments ``cls(...)`` takes by name."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {name for name, parameter in inspect.signature(cls).parameters.items()
+            if parameter.kind in kinds}
+
+
+def _check_name(where: str, name: str, known: Collection[str], what: str) -> None:
+    if name not in known:
+        raise SpecError(message(where, f"{what} ({', '.join(known)})", repr(name),
+                                did_you_mean(name, known)))
 
 
 @dataclass(frozen=True)
@@ -85,17 +116,17 @@ class OptimizerSpec:
     def __post_init__(self) -> None:
         for name in ("batch_size", "epochs", "eval_every"):
             if getattr(self, name) < 1:
-                raise SpecError(f"[train.optimizer] `{name}` must be >= 1")
-        if self.lr <= 0 or self.weight_decay < 0 or self.patience < 0 or self.l2 < 0 or (
-            self.l2_bias_scale < 0
-        ):
-            raise SpecError("[train.optimizer] needs lr > 0 and weight_decay, patience, l2, "
-                            "l2_bias_scale >= 0")
+                raise SpecError(message(f"train.optimizer.{name}", "an integer >= 1",
+                                        getattr(self, name)))
+        if not self.lr > 0:
+            raise SpecError(message("train.optimizer.lr", "a number > 0", self.lr))
+        for name in ("weight_decay", "patience", "l2", "l2_bias_scale"):
+            if not getattr(self, name) >= 0:
+                raise SpecError(message(f"train.optimizer.{name}", "a number >= 0",
+                                        getattr(self, name)))
         if not self.monitor.startswith("valid_"):
-            raise SpecError(
-                f"[train.optimizer] monitor must be a validation metric (valid_...), "
-                f"got {self.monitor!r}"
-            )
+            raise SpecError(message("train.optimizer.monitor",
+                                    "a validation metric (valid_...)", repr(self.monitor)))
 
     @property
     def maximise(self) -> bool:
@@ -123,15 +154,15 @@ class TrainSpec:
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
-            raise SpecError("[train] needs a non-empty `name`")
+            raise SpecError(message("train.name", "a non-empty string", repr(self.name)))
         if self.num_workers < 1:
-            raise SpecError("[train] num_workers must be >= 1")
+            raise SpecError(message("train.num_workers", "an integer >= 1", self.num_workers))
         if not self.seeds:
-            raise SpecError("[train] seeds must list at least one seed")
+            raise SpecError(message("train.seeds", "at least one seed", "[]"))
         if self.use_gpu not in (True, False, "auto"):
-            raise SpecError('[train] use_gpu must be true, false or "auto"')
+            raise SpecError(message("train.use_gpu", 'true, false or "auto"', repr(self.use_gpu)))
         if not 0.0 <= self.clip < 1.0:
-            raise SpecError("[train.propensity] clip must be in [0, 1)")
+            raise SpecError(message("train.propensity.clip", "a number in [0, 1)", self.clip))
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> TrainSpec:
@@ -139,12 +170,11 @@ class TrainSpec:
         table = copy.deepcopy(dict(table))
         known = {"name", "seeds", "num_workers", "use_gpu", "register", "export_user_features",
                  "data", "propensity", "model", "objective", "optimizer"}
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise SpecError(f"[train] unknown keys {unknown}; known: {sorted(known)}")
+        _check_keys("train", table, known)
         for section in ("data", "model", "objective"):
             if section not in table:
-                raise SpecError(f"[train] needs a [train.{section}] table")
+                raise SpecError(message(f"train.{section}", "a table", "none",
+                                        f"add a [train.{section}] table"))
         data = Component(*_split(table["data"], "train.data", "source"))
         model = Component(*_split(table["model"], "train.model", "name"))
         objective = Component(*_split(table["objective"], "train.objective", "name"))
@@ -152,15 +182,12 @@ class TrainSpec:
         clip = float(propensity_table.pop("clip", 0.0))
         propensity = Component(*_split(propensity_table, "train.propensity", "estimator"))
         optimizer_table = table.get("optimizer", {})
-        names = {f.name for f in fields(OptimizerSpec)}
-        bad = sorted(set(optimizer_table) - names)
-        if bad:
-            raise SpecError(f"[train.optimizer] unknown keys {bad}; known: {sorted(names)}")
+        _check_keys("train.optimizer", optimizer_table, {f.name for f in fields(OptimizerSpec)})
         seeds = table.get("seeds", [0])
         if isinstance(seeds, int):
             seeds = [seeds]
         try:
-            return cls(
+            spec = cls(
                 name=str(table.get("name", f"{data.name}-{model.name}-{objective.name}")),
                 data=data,
                 model=model,
@@ -175,7 +202,39 @@ class TrainSpec:
                 clip=clip,
             )
         except TypeError as exc:
-            raise SpecError(f"[train] {exc}") from exc
+            raise SpecError(f"train: {exc}") from exc
+        spec.check_components()
+        return spec
+
+    def check_components(self) -> None:
+        """The named components exist and take the given hyperparameters (the registries are
+        imported here: they import this module)."""
+        from offline.models import MODELS
+        from offline.objectives import OBJECTIVES, make_objective
+        from offline.propensity import PROPENSITY_ESTIMATORS, make_propensity
+        from offline.sources import SOURCES
+
+        _check_name("train.data.source", self.data.name, SOURCES, "a data source")
+        _check_name("train.propensity.estimator", self.propensity.name,
+                    ["none", *PROPENSITY_ESTIMATORS], "a propensity estimator or none")
+        if self.propensity.name != "none":
+            _check_keys("train.propensity", self.propensity.params,
+                        _init_parameters(PROPENSITY_ESTIMATORS[self.propensity.name]))
+            try:
+                make_propensity(self.propensity.name, **self.propensity.params)
+            except (TypeError, ValueError) as exc:
+                raise SpecError(f"train.propensity: {exc}") from None
+        _check_name("train.model.name", self.model.name, MODELS, "a model")
+        model = MODELS[self.model.name]
+        data_derived = {"n_users", "n_items", *getattr(model, "array_names", ())}
+        _check_keys("train.model", self.model.params, _init_parameters(model) - data_derived)
+        _check_name("train.objective.name", self.objective.name, OBJECTIVES, "an objective")
+        _check_keys("train.objective", self.objective.params,
+                    OBJECTIVES[self.objective.name]().get_params())
+        try:
+            make_objective(self.objective.name, **self.objective.params)
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"train.objective: {exc}") from None
 
     def to_table(self) -> dict[str, Any]:
         """The TOML-shaped table back (``from_table(to_table())`` is this spec)."""

@@ -1,20 +1,22 @@
-"""`recsys train` end to end as a user runs it: a config file, Ray Train's TorchTrainer on a real
+"""`recsys train` as a user runs it: end to end (a config file, Ray Train's TorchTrainer on a real
 local Ray, simulated logs read back from the lake layout, and a real mlflow store holding the
-runs and the registered model, which scores exactly as the trained weights do."""
+runs and the registered model, which scores exactly as the trained weights do), and the mistakes
+of a first try, reported in one line before Ray starts."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
+import ray
 
 from recsys.cli import main
-
-pytestmark = pytest.mark.integration
 
 CONFIG = """
 [mlflow]
@@ -48,6 +50,7 @@ monitor = "valid_recall@20"
 """
 
 
+@pytest.mark.integration
 def test_recsys_train_runs_on_ray_train_and_registers_the_model(
     ray_session, tmp_path: Path, capsys
 ) -> None:
@@ -103,13 +106,83 @@ def test_recsys_train_runs_on_ray_train_and_registers_the_model(
     assert table.height == 60 and table["context_dense"].list.len().unique().to_list() == [8]
 
 
-def test_recsys_train_refuses_a_config_without_a_train_table(tmp_path: Path, capsys) -> None:
-    config = tmp_path / "plain.toml"
-    config.write_text("[mlflow]\nexperiment = 'x'\n")
-    assert main(["--data-dir", str(tmp_path), "train", "--config", str(config)]) == 2
-    assert "has no [train] table" in capsys.readouterr().err
-    config.write_text("[train]\nname = 'x'\n[train.data]\nsource = 'nowhere'\n"
-                      "[train.model]\nname = 'mf'\n[train.objective]\nname = 'bpr'\n")
-    assert main(["--data-dir", str(tmp_path), "train", "--config", str(config),
-                 "--backend", "local"]) == 2
-    assert "unknown source 'nowhere'" in capsys.readouterr().err
+def _train(tmp_path: Path, config: str, capsys) -> tuple[int, str]:
+    path = tmp_path / "config.toml"
+    path.write_text(config)
+    code = main(["--data-dir", str(tmp_path / "data"), "train", "--config", str(path)])
+    return code, capsys.readouterr().err
+
+
+def test_train_without_a_config_file_says_how_to_give_one(monkeypatch, tmp_path, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RECSYS_CONFIG", raising=False)
+    assert main(["train"]) == 2
+    assert capsys.readouterr().err == (
+        "recsys train: needs a config file with a [train] table: pass --config FILE, e.g. "
+        "recsys train --config offline/configs/coat_mf_ips.toml (more in offline/configs/)\n")
+    assert not ray.is_initialized()
+
+
+def test_train_refuses_a_config_without_a_train_table(tmp_path, capsys) -> None:
+    code, err = _train(tmp_path, "[mlflow]\nexperiment = 'x'\n", capsys)
+    assert code == 2
+    assert err.startswith(f"recsys train: {tmp_path / 'config.toml'} has no [train] table; ")
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (('name = "pld"', 'name = "pdl"'),
+         "train.objective.name: expected an objective (naive, ips, snips, dr_jl, kbips, kbdr, "
+         "bce, rel_ips, bpr, tce, rce, pld, pld_bce), got 'pdl'; did you mean pld?"),
+        (("warmup_epochs = 1", "warmup_epoch = 1"),
+         "train.objective: expected keys among k, tau, warmup_epochs, got unknown keys "
+         "['warmup_epoch']; did you mean warmup_epochs?"),
+        (("warmup_epochs = 1", "warmup_epochs = -1"), "train.objective: "),
+        (('name = "mf"', 'name = "fm"'), "train.model.name: expected a model (mf, two_tower), "
+         "got 'fm'"),
+        (("dim = 8", "dimm = 8"), "train.model: expected keys among dim, global_bias, "
+         "init_std, got unknown keys ['dimm']; did you mean dim?"),
+        (('source = "simulator_noisy_clicks"', 'source = "simulator_noisy_click"'),
+         "train.data.source: expected a data source ("),
+        (("epochs = 3", "epochs = 0"), "train.optimizer.epochs: expected an integer >= 1, got 0"),
+        (("[train.optimizer]", "[train.optimizer]\nlearning_rate = 0.1"),
+         "train.optimizer: expected keys among "),
+    ],
+)
+def test_a_config_mistake_is_one_line_before_ray_starts(tmp_path, capsys, change, message) -> None:
+    code, err = _train(tmp_path, CONFIG.replace(*change), capsys)
+    assert code == 2
+    assert err.startswith(f"recsys train: {tmp_path / 'config.toml'}: {message}"), err
+    assert err.count("\n") == 1
+    assert not ray.is_initialized()
+
+
+def test_a_missing_data_file_is_reported_before_ray_starts(tmp_path, capsys) -> None:
+    config = CONFIG.replace('source = "simulator_noisy_clicks"',
+                            f'source = "coat"\npath = "{tmp_path / "nowhere"}"')
+    config = config.replace('name = "pld"\nwarmup_epochs = 1', 'name = "naive"')
+    config = config.replace('monitor = "valid_recall@20"', 'monitor = "valid_mse"')
+    code, err = _train(tmp_path, config, capsys)
+    assert code == 2
+    assert err == (f"recsys train: [train.data] path {tmp_path / 'nowhere'} does not exist (set "
+                   "`path`, or RECSYS_SHARED_DATA to the folder holding coat/ and obd/)\n")
+    assert not ray.is_initialized()
+
+
+def test_a_typo_is_one_line_and_exit_status_2_without_a_traceback(tmp_path) -> None:
+    """As a user sees it: a separate process, its whole output."""
+    config = tmp_path / "typo.toml"
+    config.write_text(CONFIG.replace('name = "pld"', 'name = "pdl"'))
+    result = subprocess.run(
+        [sys.executable, "-m", "recsys.cli", "--data-dir", str(tmp_path / "data"), "train",
+         "--config", str(config)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"recsys train: {config}: train.objective.name: expected an objective (naive, ips, snips, "
+        "dr_jl, kbips, kbdr, bce, rel_ips, bpr, tce, rce, pld, pld_bce), got 'pdl'; did you mean "
+        "pld?"]
