@@ -1,0 +1,261 @@
+"""What ``recsys demo`` shows: its report (and the rule that judges it), the table printed at the
+end, and the plot of the two arms learning over time, all from the per-round traffic history.
+
+The history has one row per (round, arm): ``elapsed_s``, ``requests``, ``clicks`` and
+``expected_clicks`` (the choice model's click probability of each served slate, summed: the
+true value of what was served). Regret is expected clicks lost against the simulator's optimal
+policy: ``optimal value × requests − expected clicks``, summed over rounds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recsys.tracking import mlflow_ui_command
+
+LEARNING_ARM = "diag_lin_ts"
+CONTROL_ARM = "uniform"
+PERIODS = 6
+"""The run is cut into this many equal periods for the CTR-over-time table."""
+Z_NEEDED = 3.0
+COLOURS = {LEARNING_ARM: "C0", CONTROL_ARM: "C1"}
+
+
+@dataclass
+class DemoReport:
+    """What one run measured; :meth:`problems` judges it."""
+
+    run_dir: str
+    kafka_origin: str
+    requests: dict[str, int]
+    clicks: dict[str, int]
+    ctr_by_period: dict[str, list[float]]
+    period_end_s: list[float]
+    true_value_late: dict[str, float]
+    """The simulator's true value of the slates each arm served in the last third of the run."""
+    true_value_final: dict[str, float]
+    """True value of each arm's policy on the final statistics (uniform: exact)."""
+    optimal_value: float
+    freshness_ms: dict[str, float]
+    freshness_timeouts: int
+    events_processed: int
+    bad_records_sent: int
+    dead_letters: int
+    http_errors: dict[str, int]
+    traffic_s: float
+    late_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """(clicks, requests) per arm over the second half of the run (the verdict's sample)."""
+    cumulative_regret: dict[str, float] = field(default_factory=dict)
+    """Expected clicks each arm lost against the optimal policy over the whole run."""
+    wall_s: float = 0.0
+    plot: str = ""
+    mlflow_run_id: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def z_score(self) -> float:
+        """Two-proportion z of learning vs uniform CTR over the second half of the run."""
+        late = self.late_counts
+        if LEARNING_ARM not in late or CONTROL_ARM not in late:
+            return float("nan")
+        (c1, n1), (c0, n0) = late[LEARNING_ARM], late[CONTROL_ARM]
+        if n1 == 0 or n0 == 0:
+            return float("nan")
+        p1, p0, p = c1 / n1, c0 / n0, (c1 + c0) / (n1 + n0)
+        se = math.sqrt(max(p * (1 - p) * (1 / n1 + 1 / n0), 1e-12))
+        return (p1 - p0) / se
+
+    def problems(self) -> list[str]:
+        """Every way the run failed the demo's rule, in words; empty when it succeeded: the
+        learning arm clearly beats uniform (observed CTR, z > 3, and true value), nothing bad was
+        lost (every malformed record dead-lettered), no 5xx."""
+        out = []
+        z = self.z_score()
+        if not z > Z_NEEDED:
+            out.append(f"the learning arm does not clearly beat uniform on observed CTR "
+                       f"(z = {z:.2f}, need > {Z_NEEDED:g})")
+        late = self.true_value_late
+        if not late.get(LEARNING_ARM, 0) > late.get(CONTROL_ARM, 1):
+            out.append(f"the learning arm's true value {late.get(LEARNING_ARM)} is not above "
+                       f"uniform's {late.get(CONTROL_ARM)}")
+        if self.dead_letters != self.bad_records_sent:
+            out.append(f"{self.dead_letters} dead letters for {self.bad_records_sent} malformed "
+                       "records")
+        fives = {s: n for s, n in self.http_errors.items() if s.startswith("5")}
+        if fives:
+            out.append(f"server errors: {fives}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "z_score": self.z_score(), "problems": self.problems()}
+
+
+# -- from the history ------------------------------------------------------------------------
+
+
+def ctr_table(history: pl.DataFrame, traffic_s: float) -> tuple[
+        list[float], dict[str, list[float]], dict[str, tuple[int, int]]]:
+    """The end of each of :data:`PERIODS` equal periods, each arm's CTR in each period, and each
+    arm's (clicks, requests) over the second half of the run."""
+    edges = [traffic_s * (i + 1) / PERIODS for i in range(PERIODS)]
+    framed = history.with_columns(
+        period=(pl.col("elapsed_s") / max(traffic_s, 1e-9) * PERIODS).floor().clip(0, PERIODS - 1)
+        .cast(pl.Int64))
+    by = framed.group_by("arm", "period").agg(pl.col("clicks").sum(), pl.col("requests").sum())
+    ctr: dict[str, list[float]] = {}
+    late: dict[str, tuple[int, int]] = {}
+    for arm in sorted(set(by["arm"].to_list())):
+        rows = {r["period"]: r for r in by.filter(pl.col("arm") == arm).iter_rows(named=True)}
+        ctr[arm] = [rows[p]["clicks"] / rows[p]["requests"] if p in rows and rows[p]["requests"]
+                    else float("nan") for p in range(PERIODS)]
+        second = [rows[p] for p in range(PERIODS // 2, PERIODS) if p in rows]
+        late[arm] = (sum(r["clicks"] for r in second), sum(r["requests"] for r in second))
+    return edges, ctr, late
+
+
+@dataclass(frozen=True)
+class ArmCurves:
+    """One arm's curves over the rounds it was served in (arrays of one length)."""
+
+    elapsed_s: np.ndarray
+    ctr: np.ndarray
+    """Observed clicks per slate over the trailing window."""
+    ctr_low: np.ndarray
+    ctr_high: np.ndarray
+    """95% Wilson interval of ``ctr``."""
+    true_value: np.ndarray
+    """Expected clicks per slate of the slates served in the trailing window."""
+    cumulative_regret: np.ndarray
+
+
+def arm_curves(history: pl.DataFrame, arm: str, window_s: float,
+               optimal_value: float) -> ArmCurves:
+    """Trailing-window CTR (with its 95% Wilson band), the true value of what was served in the
+    same window, and cumulative regret, at the end of each round ``arm`` was served in."""
+    rows = history.filter(pl.col("arm") == arm).sort("elapsed_s")
+    t = rows["elapsed_s"].to_numpy()
+    requests, clicks, expected = (rows[c].to_numpy().astype(float)
+                                  for c in ("requests", "clicks", "expected_clicks"))
+
+    def trailing(x: np.ndarray) -> np.ndarray:
+        total = np.concatenate([[0.0], np.cumsum(x)])
+        start = np.searchsorted(t, t - window_s, side="right")
+        return total[1:] - total[start]
+
+    n, k, e = trailing(requests), trailing(clicks), trailing(expected)
+    safe = np.maximum(n, 1.0)
+    p = k / safe
+    z = 1.96
+    centre = (p + z * z / (2 * safe)) / (1 + z * z / safe)
+    half = z * np.sqrt(p * (1 - p) / safe + z * z / (4 * safe**2)) / (1 + z * z / safe)
+    return ArmCurves(t, p, centre - half, centre + half, e / safe,
+                     np.cumsum(optimal_value * requests - expected))
+
+
+def cumulative_regret(history: pl.DataFrame, optimal_value: float) -> dict[str, float]:
+    """Expected clicks each arm lost against the optimal policy over the run."""
+    lost = history.group_by("arm").agg(
+        (optimal_value * pl.col("requests") - pl.col("expected_clicks")).sum().alias("lost"))
+    return dict(zip(lost["arm"].to_list(), lost["lost"].to_list(), strict=True))
+
+
+def plot_window_s(traffic_s: float) -> float:
+    """The trailing window of the plotted CTR: a twentieth of the run, between 2 and 10 s, so the
+    first seconds of learning are visible and the curve is not all noise."""
+    return float(np.clip(traffic_s / 20, 2.0, 10.0))
+
+
+def save_plot(history: pl.DataFrame, report: DemoReport, path: Path) -> str:
+    """Two panels over seconds of traffic: each arm's observed CTR over a trailing window with
+    its 95% band, the true value of what it served and the optimal value; and each arm's
+    cumulative regret (same colours). The legend sits below the panels, covering no data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    window = plot_window_s(report.traffic_s)
+    arms = sorted(set(history["arm"].to_list()), key=lambda a: a != LEARNING_ARM)
+    fig, (ctr_ax, regret_ax) = plt.subplots(
+        2, 1, figsize=(9, 7.5), sharex=True, height_ratios=(3, 2), layout="constrained")
+    for i, arm in enumerate(arms):
+        colour = COLOURS.get(arm, f"C{i + 2}")
+        c = arm_curves(history, arm, window, report.optimal_value)
+        ctr_ax.fill_between(c.elapsed_s, c.ctr_low, c.ctr_high, color=colour, alpha=0.2,
+                            linewidth=0, label=f"{arm}: 95% interval")
+        ctr_ax.plot(c.elapsed_s, c.ctr, color=colour, linewidth=1.5,
+                    label=f"{arm}: observed CTR (last {window:g} s)")
+        ctr_ax.plot(c.elapsed_s, c.true_value, color=colour, linewidth=1, linestyle="--",
+                    label=f"{arm}: true value of the slates served")
+        regret_ax.plot(c.elapsed_s, c.cumulative_regret, color=colour, linewidth=1.5)
+    ctr_ax.axhline(report.optimal_value, color="grey", linestyle=":", linewidth=1,
+                   label="optimal policy (true value)")
+    ctr_ax.set_ylabel("clicks per slate")
+    ctr_ax.set_ylim(0, 1)
+    ctr_ax.grid(alpha=0.3)
+    ctr_ax.set_title("recsys demo: Thompson sampling learning online vs a uniform control")
+    regret_ax.set_title("cumulative regret", fontsize="medium")
+    regret_ax.set_ylabel("expected clicks lost\nvs the optimal policy")
+    regret_ax.set_xlabel("seconds of traffic")
+    regret_ax.set_xlim(0, report.traffic_s)
+    regret_ax.grid(alpha=0.3)
+    fig.legend(*ctr_ax.get_legend_handles_labels(), loc="outside lower center", ncols=3,
+               fontsize="small", frameon=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def print_report(report: DemoReport, settings: Any) -> None:
+    """The end-of-run table, the figures and the verdict, for a terminal or a log."""
+    arms = sorted(report.requests, key=lambda a: a != LEARNING_ARM)
+    width = 16
+    print()
+    print("CTR (clicks per slate) over time")
+    print(f"  {'until':>8} " + "".join(f"{a:>{width}}" for a in arms))
+    for period, end in enumerate(report.period_end_s):
+        print(f"  {end:>7.0f}s " + "".join(f"{report.ctr_by_period[a][period]:>{width}.3f}"
+                                           for a in arms))
+    print()
+    print(f"  {'':<40}" + "".join(f"{a:>{width}}" for a in arms))
+    late = report.true_value_late
+    rows = [
+        ("requests", {a: f"{report.requests[a]:,}" for a in arms}),
+        ("observed CTR", {a: f"{report.clicks[a] / max(report.requests[a], 1):.3f}"
+                          for a in arms}),
+        ("true value of slates served, last third", {a: f"{late.get(a, 0):.3f}" for a in arms}),
+        ("regret per slate, last third",
+         {a: f"{report.optimal_value - late.get(a, 0):.3f}" for a in arms}),
+        ("cumulative regret (expected clicks lost)",
+         {a: f"{report.cumulative_regret.get(a, math.nan):,.0f}" for a in arms}),
+        ("true value of the final policy", {a: f"{report.true_value_final.get(a, 0):.3f}"
+                                            for a in arms}),
+    ]
+    for name, values in rows:
+        print(f"  {name:<40}" + "".join(f"{values[a]:>{width}}" for a in arms))
+    print(f"  {'optimal value (simulator)':<40}{report.optimal_value:>{width}.3f}")
+    f = report.freshness_ms
+    print(f"\n  freshness, click → served score changed: p50 {f['p50']:.0f} ms, p99 "
+          f"{f['p99']:.0f} ms, max {f['max']:.0f} ms ({report.freshness_timeouts} timeouts)")
+    print(f"  events processed by the stream: {report.events_processed:,}; dead-lettered "
+          f"records {report.dead_letters} (of {report.bad_records_sent} malformed sent); HTTP "
+          f"errors {report.http_errors or 'none'}")
+    print(f"  z (learning vs uniform, second half): {report.z_score():.1f}; traffic "
+          f"{report.traffic_s:.0f} s, wall {report.wall_s:.0f} s")
+    print(f"  plot {report.plot}")
+    print(f"  mlflow run {report.mlflow_run_id}: {mlflow_ui_command(settings)}")
+    problems = report.problems()
+    if problems:
+        print("\nFAILED: " + "; ".join(problems))
+    else:
+        print("\nOK: the learning arm clearly beats uniform; nothing lost, bad input "
+              "dead-lettered")
