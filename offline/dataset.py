@@ -23,6 +23,8 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from recsys.validation import message
+
 Task = Literal["rating", "implicit"]
 TASKS: tuple[str, ...] = ("rating", "implicit")
 
@@ -55,8 +57,7 @@ def interactions_frame(
     for name, values in optional.items():
         if name not in OPTIONAL_COLUMNS:
             raise ValueError(
-                f"unknown interaction column {name!r}; optional columns are "
-                f"{', '.join(OPTIONAL_COLUMNS)}"
+                message("optional", f"columns among {', '.join(OPTIONAL_COLUMNS)}", repr(name))
             )
         columns[name] = pl.Series(np.asarray(values), dtype=OPTIONAL_COLUMNS[name])
     return pl.DataFrame(columns)
@@ -91,9 +92,10 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        if self.n_users < 1 or self.n_items < 1:
-            raise ValueError(f"{self.name}: n_users and n_items must be >= 1")
+            raise ValueError(message("task", f"one of {TASKS}", repr(self.task)))
+        for name, count in (("n_users", self.n_users), ("n_items", self.n_items)):
+            if count < 1:
+                raise ValueError(message(f"{self.name}.{name}", "an integer >= 1", count))
         frames = {"train": self.train, "valid": self.valid, "test": self.test}
         if self.mar_sample is not None:
             frames["mar_sample"] = self.mar_sample
@@ -102,15 +104,21 @@ class Dataset:
         for name, rows in (("user_features", self.n_users), ("item_features", self.n_items)):
             array = getattr(self, name)
             if array is not None and (array.ndim != 2 or array.shape[0] != rows):
-                raise ValueError(f"{self.name}: {name} must have shape ({rows}, f)")
+                raise ValueError(
+                    message(f"{self.name}.{name}", f"shape ({rows}, n_features)",
+                            f"shape {array.shape}")
+                )
         if self.user_ids is not None and len(self.user_ids) != self.n_users:
-            raise ValueError(f"{self.name}: user_ids must name all {self.n_users} users")
+            raise ValueError(
+                message(f"{self.name}.user_ids", f"one id for each of the {self.n_users} users",
+                        f"{len(self.user_ids)} ids")
+            )
         for name in ("propensity_matrix", "true_relevance"):
             array = getattr(self, name)
             if array is not None and array.shape != (self.n_users, self.n_items):
                 raise ValueError(
-                    f"{self.name}: {name} must have shape ({self.n_users}, {self.n_items}), "
-                    f"got {array.shape}"
+                    message(f"{self.name}.{name}", f"shape ({self.n_users}, {self.n_items})",
+                            f"shape {array.shape}")
                 )
 
     def fingerprint(self) -> str:
@@ -127,21 +135,27 @@ def check_interactions(frame: pl.DataFrame, where: str, n_users: int, n_items: i
     """Raise ``ValueError`` naming ``where`` if ``frame`` breaks the interaction contract."""
     for name, dtype in REQUIRED_COLUMNS.items():
         if name not in frame.columns:
-            raise ValueError(f"{where}: missing column {name!r}")
+            raise ValueError(message(f"{where}.{name}", f"a {dtype} column", "no such column"))
         if frame.schema[name] != dtype:
-            raise ValueError(f"{where}: column {name!r} must be {dtype}, got {frame.schema[name]}")
+            raise ValueError(message(f"{where}.{name}", f"dtype {dtype}", frame.schema[name]))
     for name, dtype in OPTIONAL_COLUMNS.items():
         if name in frame.columns and frame.schema[name] != dtype:
-            raise ValueError(f"{where}: column {name!r} must be {dtype}, got {frame.schema[name]}")
+            raise ValueError(message(f"{where}.{name}", f"dtype {dtype}", frame.schema[name]))
     if frame.height == 0:
         return
     for name, bound in (("user_id", n_users), ("item_id", n_items)):
         low, high = frame[name].min(), frame[name].max()
         if low < 0 or high >= bound:
-            raise ValueError(f"{where}: {name} must lie in [0, {bound}), found [{low}, {high}]")
+            raise ValueError(
+                message(f"{where}.{name}", f"ids in [0, {bound})", f"values in [{low}, {high}]")
+            )
     if frame["label"].null_count() or not np.isfinite(frame["label"].to_numpy()).all():
-        raise ValueError(f"{where}: label holds nulls or non-finite values")
+        raise ValueError(message(f"{where}.label", "finite values", "nulls or non-finite values"))
     if "propensity" in frame.columns:
         p = frame["propensity"].to_numpy()
-        if not ((p > 0) & (p <= 1)).all():
-            raise ValueError(f"{where}: propensity must lie in (0, 1]")
+        bad = ~((p > 0) & (p <= 1))
+        if bad.any():
+            raise ValueError(
+                message(f"{where}.propensity", "probabilities in (0, 1]",
+                        f"{int(bad.sum())} values outside (e.g. {p[bad][0]!r})")
+            )
