@@ -20,24 +20,22 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
 from recsys.checkpoint import CheckpointError, CheckpointStore
+from recsys.commands import CommandError, add_command
 from recsys.config import Settings
 from recsys.storage import join
 
 
 def statistics_template(settings: Settings) -> Any:
-    """Empty statistics over the configured catalogue (dense items or the offline graph)."""
-    from recsys.bandits import ClusterGraph
-    from streaming.shards import dense_statistics, graph_statistics
+    """Empty statistics over the configured catalogue (dense items or the offline graph); a
+    catalogue that cannot be built (a graph file that is missing or malformed) is a
+    CommandError, raised before anything starts."""
+    from recsys.bandits import stats_for_stream
 
-    stream = settings.stream
-    if stream.layout == "graph":
-        assert stream.graph_file is not None
-        return graph_statistics(ClusterGraph.load(stream.graph_file), lam=stream.lam)
-    return dense_statistics(np.arange(stream.n_items), stream.dim, lam=stream.lam,
-                            centred=stream.centred)
+    try:
+        return stats_for_stream(settings.stream)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"cannot build the statistics: {exc}") from None
 
 
 def checkpoint_location(settings: Settings, cluster: Any) -> str:
@@ -61,24 +59,12 @@ def _status(pipeline: Any, rate: float, started: float) -> str:
 def run_stream(args: argparse.Namespace) -> int:
     """``recsys stream``; a catalogue that cannot be built or a checkpoint that belongs elsewhere
     is reported as an error (exit 2), not a traceback."""
-    try:
-        template = statistics_template(args.settings)
-    except (OSError, ValueError) as exc:
-        print(f"recsys stream: cannot build the statistics: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return _stream(args, template)
-    except CheckpointError as exc:
-        print(f"recsys stream: {exc}", file=sys.stderr)
-        return 2
-
-
-def _stream(args: argparse.Namespace, template: Any) -> int:
     from streaming.pipeline import StreamPipeline
     from streaming.services import kafka_cluster, ray_runtime
     from streaming.topics import ensure_topics, standard_topics
 
     settings: Settings = args.settings
+    template = statistics_template(settings)
     with kafka_cluster(settings) as cluster, ray_runtime(settings):
         ensure_topics(cluster.bootstrap, standard_topics(settings.kafka.partitions),
                       settings.kafka.replication_factor, **cluster.client_options)
@@ -137,55 +123,64 @@ def _store(args: argparse.Namespace) -> CheckpointStore:
     return CheckpointStore(args.uri or args.settings.checkpoint_uri)
 
 
+def _chosen_id(store: CheckpointStore, checkpoint_id: str | None) -> str:
+    """``checkpoint_id`` (default: the newest) if ``store`` holds it complete; else a
+    CommandError that says which ids there are."""
+    ids = store.list()
+    if not ids:
+        raise CommandError(f"no complete checkpoint in {store.uri}; `recsys stream` writes them "
+                           "(stream.checkpoint_uri, or --uri for another location)", exit_code=1)
+    if checkpoint_id is None:
+        return ids[-1]
+    if checkpoint_id not in ids:
+        raise CommandError(f"no checkpoint {checkpoint_id!r} in {store.uri}; it holds "
+                           f"{ids[0]} .. {ids[-1]} (`recsys checkpoints list`), or pass --uri")
+    return checkpoint_id
+
+
 def run_checkpoints(args: argparse.Namespace) -> int:
     store = _store(args)
-    try:
-        if args.action == "list":
-            ids = store.list()
-            if not ids:
-                print(f"no complete checkpoint in {store.uri}")
-            for checkpoint_id in ids:
-                checkpoint = store.read(checkpoint_id)
-                created = datetime.fromtimestamp((checkpoint.created_ms or 0) / 1000, UTC)
-                print(f"{checkpoint_id}  {created:%Y-%m-%d %H:%M:%S}Z  cluster "
-                      f"{checkpoint.cluster_id}  {len(checkpoint.offsets)} partitions at "
-                      f"{sum(checkpoint.offsets.values()):,} records  parts "
-                      f"{', '.join(sorted(checkpoint.stats))}")
-            return 0
-        checkpoint_id = args.id or (store.list() or [None])[-1]
-        if checkpoint_id is None:
+    if args.action == "list":
+        ids = store.list()
+        if not ids:
             print(f"no complete checkpoint in {store.uri}")
-            return 1
-        checkpoint = store.read(checkpoint_id)
-        if args.action == "show":
-            print(json.dumps({
-                "checkpoint_id": checkpoint.checkpoint_id,
-                "created_ms": checkpoint.created_ms,
-                "cluster_id": checkpoint.cluster_id,
-                "partitions": checkpoint.partitions,
-                "offsets": {f"{t}[{p}]": o for (t, p), o in sorted(checkpoint.offsets.items())},
-                "snapshot_id": checkpoint.snapshot_id,
-                "items": {name: int(s.n_items) for name, s in sorted(checkpoint.stats.items())},
-                "state": sorted(checkpoint.state),
-                "meta": checkpoint.meta,
-            }, indent=2))
-            return 0
-        # restore: make it the newest, so the next `recsys stream` resumes from it
-        new_id = store.write(checkpoint, prune=False)
-        print(f"{checkpoint_id} copied as {new_id}: the next `recsys stream` resumes from it "
-              "(events after it are replayed; lake files past it are rewritten)")
+        for checkpoint_id in ids:
+            checkpoint = store.read(checkpoint_id)
+            created = datetime.fromtimestamp((checkpoint.created_ms or 0) / 1000, UTC)
+            print(f"{checkpoint_id}  {created:%Y-%m-%d %H:%M:%S}Z  cluster "
+                  f"{checkpoint.cluster_id}  {len(checkpoint.offsets)} partitions at "
+                  f"{sum(checkpoint.offsets.values()):,} records  parts "
+                  f"{', '.join(sorted(checkpoint.stats))}")
         return 0
-    except CheckpointError as exc:
-        print(f"error: {exc}")
-        return 1
+    checkpoint_id = _chosen_id(store, args.id)
+    checkpoint = store.read(checkpoint_id)
+    if args.action == "show":
+        print(json.dumps({
+            "checkpoint_id": checkpoint.checkpoint_id,
+            "created_ms": checkpoint.created_ms,
+            "cluster_id": checkpoint.cluster_id,
+            "partitions": checkpoint.partitions,
+            "offsets": {f"{t}[{p}]": o for (t, p), o in sorted(checkpoint.offsets.items())},
+            "snapshot_id": checkpoint.snapshot_id,
+            "items": {name: int(s.n_items) for name, s in sorted(checkpoint.stats.items())},
+            "state": sorted(checkpoint.state),
+            "meta": checkpoint.meta,
+        }, indent=2))
+        return 0
+    # restore: make it the newest, so the next `recsys stream` resumes from it
+    new_id = store.write(checkpoint, prune=False)
+    print(f"{checkpoint_id} copied as {new_id}: the next `recsys stream` resumes from it "
+          "(events after it are replayed; lake files past it are rewritten)")
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "stream",
+    parser = add_command(
+        subparsers, "stream", run_stream,
         help="run the streaming pipeline (joiners, learners, shards, lake) until Ctrl-C",
         description="Kafka → joiners, learners → parameter shards (+ Parquet lake) on Ray, with "
                     "checkpoints; resumes from the newest one.",
+        expected=(CheckpointError,),
     )
     parser.add_argument("--duration", type=float, default=None,
                         help="stop after this many seconds (default: run until Ctrl-C)")
@@ -194,18 +189,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-lake", action="store_true", help="do not write the Parquet lake")
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus metrics on 127.0.0.1:PORT (0: a free port)")
-    parser.set_defaults(func=run_stream)
 
 
 def register_checkpoints(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "checkpoints",
+    parser = add_command(
+        subparsers, "checkpoints", run_checkpoints,
         help="list, show or restore the streaming pipeline's checkpoints",
         description="Inspect checkpoints (stream.checkpoint_uri, or --uri); `restore ID` makes "
                     "an older one the newest so the next `recsys stream` resumes from it.",
+        expected=(CheckpointError,),
     )
     parser.add_argument("action", choices=("list", "show", "restore"))
     parser.add_argument("id", nargs="?", default=None,
                         help="checkpoint id (default: the newest)")
     parser.add_argument("--uri", default=None, help="checkpoint location (default: config)")
-    parser.set_defaults(func=run_checkpoints)

@@ -1,4 +1,5 @@
-"""``recsys stream`` and ``recsys checkpoints`` as a user runs them."""
+"""``recsys stream`` and ``recsys checkpoints`` as a user runs them; what can be checked before
+Kafka and Ray start is reported in one line (exit status 2) without starting them."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ import sys
 
 import numpy as np
 import pytest
+import ray
 
 from recsys.bandits import DenseStats
 from recsys.checkpoint import Checkpoint, CheckpointStore
 from recsys.cli import main
-
-pytestmark = pytest.mark.integration
 
 
 def _checkpoints(tmp_path) -> str:
@@ -41,12 +41,25 @@ def test_checkpoints_list_show_and_restore(tmp_path, capsys, monkeypatch) -> Non
     assert "copied as ckpt-000000000002" in capsys.readouterr().out
     newest = CheckpointStore(uri).latest()
     assert newest is not None and newest.offsets == {("t", 0): 10}
-    assert main(["checkpoints", "show", "ckpt-000000000099", "--uri", uri]) == 1
-    assert "not a complete checkpoint" in capsys.readouterr().out
     assert main(["checkpoints", "list", "--uri", str(tmp_path / "none")]) == 0
     assert "no complete checkpoint" in capsys.readouterr().out
 
 
+def test_checkpoints_show_of_a_missing_id_says_which_ids_there_are(tmp_path, capsys) -> None:
+    uri = _checkpoints(tmp_path)
+    assert main(["checkpoints", "show", "nope", "--uri", uri]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (f"recsys checkpoints: no checkpoint 'nope' in {uri}; it holds "
+                            "ckpt-000000000000 .. ckpt-000000000001 (`recsys checkpoints list`), "
+                            "or pass --uri\n")
+    assert main(["checkpoints", "restore", "--uri", str(tmp_path / "none")]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"recsys checkpoints: no complete checkpoint in {tmp_path / 'none'}; `recsys stream` "
+        "writes them")
+
+
+@pytest.mark.integration
 def test_stream_runs_shows_its_status_and_checkpoints_on_exit(tmp_path) -> None:
     """A real run: embedded broker, local Ray, the pipeline, a status line, a checkpoint."""
     result = subprocess.run(
@@ -69,4 +82,5 @@ def test_stream_reports_a_graph_file_it_cannot_read(tmp_path, capsys, monkeypatc
     missing = tmp_path / "graph.npz"
     code = main(["stream", "--set", "stream.layout=graph", "--set", f"stream.graph_file={missing}"])
     assert code == 2
-    assert "cannot build the statistics" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("recsys stream: cannot build the statistics: ")
+    assert not ray.is_initialized()
