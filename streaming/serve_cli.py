@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from recsys.checkpoint import CheckpointError
+from recsys.commands import add_command
 from recsys.config import Settings
 from recsys.progress import StatusLine
 from recsys.serving.server import PortInUseError, ensure_port_free
@@ -35,25 +36,13 @@ def run_serve(args: argparse.Namespace) -> int:
     settings: Settings = args.settings
     if args.port is not None:
         settings = replace(settings, serve=replace(settings.serve, port=args.port))
-    try:
-        ensure_port_free(settings.serve.host, settings.serve.port)
-        if args.metrics_port:
-            ensure_port_free("127.0.0.1", args.metrics_port, name="--metrics-port",
-                             fix="choose another (0: any free port)")
-    except PortInUseError as exc:
-        print(f"recsys serve: {exc}", file=sys.stderr)
-        return 2
-    try:
-        template = statistics_template(settings)
-    except (OSError, ValueError) as exc:
-        print(f"recsys serve: cannot build the statistics: {exc}", file=sys.stderr)
-        return 2
-    try:
-        with kafka_cluster(settings) as cluster, ray_runtime(settings):
-            _serve_until_stopped(args, settings, cluster, template)
-    except (CheckpointError, TimeoutError, PortInUseError) as exc:
-        print(f"recsys serve: {exc}", file=sys.stderr)
-        return 2
+    ensure_port_free(settings.serve.host, settings.serve.port)
+    if args.metrics_port:
+        ensure_port_free("127.0.0.1", args.metrics_port, name="--metrics-port",
+                         fix="choose another (0: any free port)")
+    template = statistics_template(settings)
+    with kafka_cluster(settings) as cluster, ray_runtime(settings):
+        _serve_until_stopped(args, settings, cluster, template)
     return 0
 
 
@@ -100,12 +89,13 @@ def _show_status(args: argparse.Namespace, stack: Any, metrics: Any) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "serve",
+    parser = add_command(
+        subparsers, "serve", run_serve,
         help="serve slates over HTTP from the live streaming pipeline until Ctrl-C",
         description="Ray Serve app (POST /recommend, POST /feedback, GET /health, GET /metrics) "
                     "on the streaming pipeline's shards, with the stream's own Prometheus "
                     "metrics on a second port; settings in the [serve] section.",
+        expected=(CheckpointError, TimeoutError, PortInUseError),
     )
     parser.add_argument("--port", type=int, default=None,
                         help="HTTP port of the app (default: serve.port, 8000)")
@@ -115,4 +105,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--duration", type=float, default=None,
                         help="stop after this many seconds (default: run until Ctrl-C)")
     parser.add_argument("--no-lake", action="store_true", help="do not write the Parquet lake")
-    parser.set_defaults(func=run_serve)
