@@ -15,7 +15,7 @@ import numpy as np
 
 from recsys.policy import Policy
 from simulators.model import SlateSimulator
-from simulators.policies import EpsilonGreedyPolicy
+from simulators.policies import GreedyPolicy
 
 _CHUNK_CELLS = 2**22
 
@@ -55,7 +55,7 @@ def policy_value(
     """The expected clicks per request of ``policy`` in the simulator's current state, for slates
     of ``slate_size`` (default: the simulator's).
 
-    One-item slates and the deterministic ε = 0 greedy policy are exact; longer slates of a
+    One-item slates and the deterministic greedy policy are exact; longer slates of a
     random policy average ``n_monte_carlo`` slates per user drawn by ``recommend`` (the policy's
     own ``random_state``). Where some items have not arrived, the policy gets ``available``.
     """
@@ -65,12 +65,11 @@ def policy_value(
     available = sim.available_items()
     only_available = {} if available.all() else {"available": available}
     weights = sim.user_weights
-    deterministic = isinstance(policy, EpsilonGreedyPolicy) and policy.epsilon == 0
     if k == 1:
         dist = policy.action_dist(context, 1, **only_available)[:, :, 0]
         q = item_click_probabilities(sim)[:, policy.item_ids_]
         return PolicyValue(float(weights @ (dist * q).sum(axis=1)), 0.0, True)
-    if deterministic:
+    if isinstance(policy, GreedyPolicy):  # one slate per user
         slates = policy.recommend(context, k, **only_available).items
         clicks = 1.0 - sim.click_probabilities(users, slates)[:, -1]
         return PolicyValue(float(weights @ clicks), 0.0, True)

@@ -1,4 +1,4 @@
-"""The simulator's logging policies: uniform, ε-greedy, softmax/Plackett–Luce and ε-mixtures.
+"""The simulator's logging policies: uniform, greedy, softmax/Plackett–Luce and ε-mixtures.
 
 They satisfy ``recsys.policy.Policy``, like the bandits: ``recommend(contexts, k)`` draws slates
 with the exact propensity of every shown item at its position (P(the policy shows item a at
@@ -242,25 +242,11 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
-class EpsilonGreedyPolicy(ScoringPolicy):
-    """Top-k by score with probability 1 − ε, a uniform slate otherwise. ε = 0 is greedy."""
+class GreedyPolicy(ScoringPolicy):
+    """The k best items by score, best first: deterministic (every propensity is 1). Mix it with
+    uniform slates (:class:`EpsilonMixturePolicy`) for ε-greedy."""
 
-    name = "epsilon_greedy"
-
-    def __init__(
-        self,
-        item_features: np.ndarray,
-        *,
-        epsilon: float = 0.1,
-        item_bias: np.ndarray | None = None,
-        random_state: int | np.random.Generator | None = None,
-    ) -> None:
-        super().__init__(item_features, item_bias=item_bias, random_state=random_state)
-        self.epsilon = epsilon
-
-    def _check_params(self, k: int) -> None:
-        super()._check_params(k)
-        check_scalar(self.epsilon, "epsilon", 0.0, 1.0)
+    name = "greedy"
 
     def _greedy(self, contexts: np.ndarray, k: int, available: np.ndarray | None) -> np.ndarray:
         slates = np.empty((len(contexts), k), dtype=np.int64)
@@ -270,18 +256,13 @@ class EpsilonGreedyPolicy(ScoringPolicy):
 
     def _dist(self, contexts, k, pool, available):  # type: ignore[override]
         dist = np.zeros((len(contexts), self._n_items(), k))
-        dist[:, pool, :] = self.epsilon / pool.size
         greedy = self._greedy(contexts, k, available)
-        dist[np.arange(len(contexts))[:, None], greedy, np.arange(k)] += 1.0 - self.epsilon
+        dist[np.arange(len(contexts))[:, None], greedy, np.arange(k)] = 1.0
         return dist
 
     def _draw(self, contexts, k, pool, available, rng):  # type: ignore[override]
-        greedy = self._greedy(contexts, k, available)
-        slates = greedy.copy()
-        explore = rng.random(len(contexts)) < self.epsilon
-        slates[explore] = _uniform_slates(int(explore.sum()), pool, k, rng)
-        pscore = self.epsilon / pool.size + (1 - self.epsilon) * (slates == greedy)
-        return slates, pscore
+        slates = self._greedy(contexts, k, available)
+        return slates, np.ones(slates.shape)
 
 
 def plackett_luce_marginals(probs: np.ndarray, slate_size: int) -> np.ndarray:
@@ -385,8 +366,14 @@ class SoftmaxPolicy(ScoringPolicy):
 
 
 class EpsilonMixturePolicy(FixedPolicy):
-    """One-item slates from ``(1 − ε) · base + ε · uniform``: every item keeps a propensity of at
-    least ε / n_items, and the logged propensity is the exact mixture probability."""
+    """``(1 − ε) · base + ε · uniform``: every available item keeps a propensity of at least
+    ε / n_available at every position, and the logged propensity is the exact mixture's.
+
+    ``EpsilonMixturePolicy(GreedyPolicy(item_features), epsilon)`` is ε-greedy. One-item slates
+    are drawn from the mixed distribution directly (one uniform number per request); longer
+    slates are uniformly random with probability ε and the base policy's otherwise (the base
+    draws from its own ``random_state``).
+    """
 
     def __init__(
         self,
@@ -411,9 +398,7 @@ class EpsilonMixturePolicy(FixedPolicy):
             got = type(self.base).__name__
             raise TypeError(message("base", "a policy of simulators.policies", got))
         self.base._check_params(k)
-        if k != 1:
-            raise ValueError(message("k", "1 (an ε-mixture draws one-item slates)", k))
-        check_scalar(self.epsilon, "epsilon", 0.0, 1.0, low_open=True)
+        check_scalar(self.epsilon, "epsilon", 0.0, 1.0)
 
     def _dist(self, contexts, k, pool, available):  # type: ignore[override]
         dist = (1.0 - self.epsilon) * self.base.action_dist(contexts, k, available=available)
@@ -421,11 +406,35 @@ class EpsilonMixturePolicy(FixedPolicy):
         return dist
 
     def _draw(self, contexts, k, pool, available, rng):  # type: ignore[override]
+        if k == 1:
+            return self._draw_one(contexts, pool, available, rng)
+        n = len(contexts)
+        explore = rng.random(n) < self.epsilon
+        slates = np.empty((n, k), dtype=np.int64)
+        base_prop = np.empty((n, k))
+        if not explore.all():
+            slate = self.base.recommend(contexts[~explore], k, available=available)
+            slates[~explore], base_prop[~explore] = slate.items, slate.propensities
+        slates[explore] = _uniform_slates(int(explore.sum()), pool, k, rng)
+        if explore.any():  # the base policy's probability of the uniformly drawn entries
+            dist = self.base.action_dist(contexts[explore], k, available=available)
+            rows = np.arange(dist.shape[0])[:, None]
+            base_prop[explore] = dist[rows, slates[explore], np.arange(k)]
+        return slates, self.epsilon / pool.size + (1 - self.epsilon) * base_prop
+
+    def _draw_one(
+        self,
+        contexts: np.ndarray,
+        pool: np.ndarray,
+        available: np.ndarray | None,
+        rng: np.random.Generator,
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """One-item slates by inverting the mixed distribution's CDF."""
         n, n_items = len(contexts), self._n_items()
         slates = np.empty((n, 1), dtype=np.int64)
         pscore = np.empty((n, 1))
         for rows in _chunks(n, n_items):
-            p = self._dist(contexts[rows], k, pool, available)[:, :, 0]
+            p = self._dist(contexts[rows], 1, pool, available)[:, :, 0]
             cdf = p.cumsum(axis=1)
             draw = rng.random(len(p))[:, None] * cdf[:, -1:]
             chosen = np.minimum((cdf <= draw).sum(axis=1), n_items - 1)

@@ -38,7 +38,13 @@ from simulators.fitting import SlateChoiceModel, reproduction_report
 from simulators.ground_truth import policy_value
 from simulators.model import SimulatorConfig, SlateSimulator
 from simulators.obd import choice_data, load_obd, obd_dir, user_context
-from simulators.policies import EpsilonGreedyPolicy, FixedPolicy, SoftmaxPolicy, UniformPolicy
+from simulators.policies import (
+    EpsilonMixturePolicy,
+    FixedPolicy,
+    GreedyPolicy,
+    SoftmaxPolicy,
+    UniformPolicy,
+)
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,7 @@ def study_setup(seed: int = 0, n_items: int = 20) -> StudySetup:
     features = sim.item_features
     logging_policy = SoftmaxPolicy(features, temperature=1.0)
     targets: dict[str, Policy] = {
-        "epsilon_greedy_0.1": EpsilonGreedyPolicy(features, epsilon=0.1),
+        "epsilon_greedy_0.1": EpsilonMixturePolicy(GreedyPolicy(features), 0.1),
         "softmax_T0.5": SoftmaxPolicy(features, temperature=0.5),
         "uniform": UniformPolicy(n_items),
     }

@@ -27,7 +27,7 @@ from recsys.ope import (
 from simulators.ground_truth import item_click_probabilities, policy_value
 from simulators.logged_data import collect_logs
 from simulators.model import SimulatorConfig, SlateSimulator
-from simulators.policies import EpsilonGreedyPolicy, UniformPolicy
+from simulators.policies import EpsilonMixturePolicy, GreedyPolicy, UniformPolicy
 
 CONFIG = SimulatorConfig(n_users=500, n_items=20, dim=8, slate_size=1, no_click_utility=1.0,
                          feature_noise=0.25, seed=0)
@@ -40,7 +40,7 @@ SERVED_DRAWS = 200
 def world() -> tuple[SlateSimulator, BanditFeedback, BanditFeedback]:
     sim = SlateSimulator(CONFIG)
     rng = np.random.default_rng(0)  # one stream for the requests, the slates and the clicks
-    logger = EpsilonGreedyPolicy(sim.item_features, epsilon=0.5, random_state=rng)
+    logger = EpsilonMixturePolicy(GreedyPolicy(sim.item_features), 0.5, random_state=rng)
     train, held_out = (bandit_feedback_from_frame(collect_logs(sim, logger, N_LOGGED, rng),
                                                   n_actions=CONFIG.n_items) for _ in range(2))
     return sim, train, held_out

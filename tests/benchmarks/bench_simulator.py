@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from simulators.model import SimulatorConfig, SlateSimulator
-from simulators.policies import EpsilonGreedyPolicy, SoftmaxPolicy, UniformPolicy
+from simulators.policies import EpsilonMixturePolicy, GreedyPolicy, SoftmaxPolicy, UniformPolicy
 
 
 def rate(sim, policy, n_requests: int, batch: int, rng) -> tuple[float, float, float]:
@@ -96,7 +96,7 @@ def main() -> None:
         if policy_name == "uniform":
             policy = UniformPolicy(args.items, random_state=rng)
         elif policy_name == "greedy":
-            policy = EpsilonGreedyPolicy(sim.item_features, epsilon=0.1, random_state=rng)
+            policy = EpsilonMixturePolicy(GreedyPolicy(sim.item_features), 0.1, random_state=rng)
         else:
             # Exact Plackett-Luce propensities: O(n_items) per context for two positions (a
             # third costs O(n_items^2), so softmax slates of 3 are limited to small catalogues).

@@ -23,8 +23,8 @@ import pytest
 from recsys.bandits import DiagLinTS, DiagLinUCB, EpsilonGreedy, InSlateTS, SquareCB
 from recsys.policy import Policy
 from simulators.policies import (
-    EpsilonGreedyPolicy,
     EpsilonMixturePolicy,
+    GreedyPolicy,
     SoftmaxPolicy,
     UniformPolicy,
 )
@@ -51,6 +51,8 @@ class Case:
     make: Callable[[int], Policy]
     """A ready policy with the given ``random_state``."""
     slate_sizes: tuple[int, ...] = (1, 3)
+    random: bool = True
+    """False for a deterministic policy (its slates do not depend on the seed)."""
 
 
 def bandit(cls: type, **params: object) -> Callable[[int], Policy]:
@@ -70,13 +72,14 @@ CASES = {
     "bandit-inslate-ts": Case(bandit(InSlateTS, v=1.0, n_mc_draws=MC_DRAWS,
                                      exploration_floor=0.1)),
     "simulator-uniform": Case(lambda rs: UniformPolicy(N_ITEMS, random_state=rs)),
+    "simulator-greedy": Case(lambda rs: GreedyPolicy(ITEM_FEATURES, random_state=rs),
+                             random=False),
     "simulator-epsilon-greedy": Case(
-        lambda rs: EpsilonGreedyPolicy(ITEM_FEATURES, epsilon=0.3, random_state=rs)),
+        lambda rs: EpsilonMixturePolicy(GreedyPolicy(ITEM_FEATURES), 0.3, random_state=rs)),
     "simulator-softmax": Case(
         lambda rs: SoftmaxPolicy(ITEM_FEATURES, temperature=0.7, random_state=rs)),
-    "simulator-epsilon-mixture": Case(
-        lambda rs: EpsilonMixturePolicy(SoftmaxPolicy(ITEM_FEATURES), 0.2, random_state=rs),
-        slate_sizes=(1,)),
+    "simulator-epsilon-softmax": Case(lambda rs: EpsilonMixturePolicy(
+        SoftmaxPolicy(ITEM_FEATURES, random_state=rs), 0.2, random_state=rs)),
 }
 PARAMS = [pytest.param(case, k, id=f"{name}-k{k}")
           for name, case in CASES.items() for k in case.slate_sizes]
@@ -146,5 +149,6 @@ def test_random_state_makes_slates_reproducible(case: Case, k: int) -> None:
     np.testing.assert_array_equal(first.items, second.items)
     np.testing.assert_array_equal(first.propensities, second.propensities)
     many = np.repeat(CONTEXTS, 50, axis=0)
-    assert not np.array_equal(case.make(7).recommend(many, k).items,
-                              case.make(8).recommend(many, k).items)
+    same = np.array_equal(case.make(7).recommend(many, k).items,
+                          case.make(8).recommend(many, k).items)
+    assert same != case.random

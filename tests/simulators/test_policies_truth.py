@@ -10,7 +10,8 @@ from simulators.ground_truth import optimal_slates, optimal_value, policy_value
 from simulators.logged_data import collect_logs
 from simulators.model import SimulatorConfig, SlateSimulator
 from simulators.policies import (
-    EpsilonGreedyPolicy,
+    EpsilonMixturePolicy,
+    GreedyPolicy,
     SoftmaxPolicy,
     UniformPolicy,
     plackett_luce_marginals,
@@ -19,7 +20,8 @@ from simulators.policies import (
 SIM = SlateSimulator(SimulatorConfig(n_items=8, slate_size=3, n_users=50))
 POLICIES = {
     "uniform": UniformPolicy(8, random_state=0),
-    "epsilon_greedy": EpsilonGreedyPolicy(SIM.item_features, epsilon=0.3, random_state=0),
+    "epsilon_greedy": EpsilonMixturePolicy(GreedyPolicy(SIM.item_features), 0.3,
+                                           random_state=0),
     "softmax": SoftmaxPolicy(SIM.item_features, temperature=0.7, random_state=0),
 }
 
@@ -71,7 +73,7 @@ def test_optimal_policy_beats_every_other_policy_and_ordering_matters():
     best = optimal_value(SIM).value
     for policy in POLICIES.values():
         assert policy_value(SIM, clone(policy)).value < best
-    greedy = policy_value(SIM, EpsilonGreedyPolicy(SIM.item_features, epsilon=0.0))
+    greedy = policy_value(SIM, GreedyPolicy(SIM.item_features))
     assert greedy.exact
     slates = optimal_slates(SIM)
     users = np.arange(SIM.config.n_users)
@@ -84,6 +86,6 @@ def test_regret_is_zero_for_the_optimum_and_positive_otherwise():
 
     # Noise-free features: greedy on the true utilities is the optimal policy.
     sim = SlateSimulator(SimulatorConfig(n_items=8, slate_size=3, n_users=50, feature_noise=0.0))
-    oracle = EpsilonGreedyPolicy(sim.item_latent, epsilon=0.0, item_bias=sim.item_bias)
+    oracle = GreedyPolicy(sim.item_latent, item_bias=sim.item_bias)
     assert regret(sim, oracle).value == pytest.approx(0.0, abs=1e-12)
     assert regret(sim, clone(POLICIES["uniform"]), n_monte_carlo=30).value > 0.01
