@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from recsys.schema import write_user_features
+from recsys.validation import check_scalar, message
 
 
 def _index(values: Any, device: torch.device) -> Tensor:
@@ -40,12 +41,10 @@ class BiasedMF(nn.Module):
         global_bias: float = 0.0,
     ) -> None:
         super().__init__()
-        if n_users < 1 or n_items < 1 or dim < 1:
-            raise ValueError(
-                f"BiasedMF needs n_users, n_items and dim >= 1, got {n_users}, {n_items}, {dim}"
-            )
-        if init_std <= 0:
-            raise ValueError(f"init_std must be > 0, got {init_std}")
+        for name, size in (("n_users", n_users), ("n_items", n_items), ("dim", dim)):
+            if size < 1:
+                raise ValueError(message(name, "an integer >= 1", size))
+        check_scalar(init_std, "init_std", 0.0, low_open=True)
         self.n_users, self.n_items, self.dim = int(n_users), int(n_items), int(dim)
         self.init_std, self.initial_global_bias = float(init_std), float(global_bias)
         self.user_factors = nn.Embedding(self.n_users, self.dim)
@@ -119,10 +118,13 @@ def _features(values: Any, name: str) -> Tensor:
     )
     array = array.to(torch.float32)
     if array.ndim != 2 or array.shape[0] < 1:
-        raise ValueError(f"{name} must be a 2-D (rows, features) array, got shape "
-                         f"{tuple(array.shape)}")
+        raise ValueError(
+            message(name, "a 2-d (rows, features) array", f"shape {tuple(array.shape)}")
+        )
     if not torch.isfinite(array).all():
-        raise ValueError(f"{name} holds NaN or infinite values; impute or drop them first")
+        raise ValueError(
+            message(name, "finite values", "NaN or infinite values", "impute or drop them first")
+        )
     return array.contiguous()
 
 
@@ -160,12 +162,15 @@ class TwoTower(nn.Module):
         super().__init__()
         users = _features(user_features, "user_features")
         items = _features(item_features, "item_features")
-        if dim < 1 or any(int(h) < 1 for h in hidden):
-            raise ValueError(f"dim and hidden sizes must be >= 1, got dim={dim}, hidden={hidden}")
+        if dim < 1:
+            raise ValueError(message("dim", "an integer >= 1", dim))
+        if any(int(h) < 1 for h in hidden):
+            raise ValueError(message("hidden", "layer sizes >= 1", hidden))
         if not use_ids and (users.shape[1] == 0 or items.shape[1] == 0):
-            raise ValueError("a side without features needs use_ids=True (nothing to embed)")
-        if init_std <= 0:
-            raise ValueError(f"init_std must be > 0, got {init_std}")
+            raise ValueError(
+                message("use_ids", "True when a side has no features (nothing to embed)", False)
+            )
+        check_scalar(init_std, "init_std", 0.0, low_open=True)
         self.dim, self.hidden = int(dim), tuple(int(h) for h in hidden)
         self.use_ids, self.init_std = bool(use_ids), float(init_std)
         self.n_users, self.n_items = users.shape[0], items.shape[0]
@@ -252,17 +257,22 @@ def model_name(model: nn.Module) -> str:
     for name, cls in MODELS.items():
         if type(model) is cls:
             return name
-    raise ValueError(f"{type(model).__name__} is not a registered model; known: {sorted(MODELS)}")
+    raise ValueError(
+        message("model", f"an instance of a registered model {sorted(MODELS)}",
+                type(model).__name__)
+    )
 
 
 def build_model(name: str, config: dict[str, Any], **arrays: Any) -> nn.Module:
     """``MODELS[name](**config, **arrays)``, with errors that name what is missing."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+        raise ValueError(message("name", f"a model among {sorted(MODELS)}", repr(name)))
     cls = MODELS[name]
     wanted = set(cls.array_names)  # type: ignore[attr-defined]
     if set(arrays) != wanted:
-        raise ValueError(f"model {name!r} takes arrays {sorted(wanted)}, got {sorted(arrays)}")
+        raise ValueError(
+            message("arrays", f"the arrays model {name!r} takes, {sorted(wanted)}", sorted(arrays))
+        )
     return cls(**config, **arrays)
 
 
