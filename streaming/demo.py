@@ -24,20 +24,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from recsys.commands import add_command
 from recsys.config import ServeSettings, Settings, StreamSettings
 from recsys.events import Context, Feedback, Impression, SlateEntry, encode
 from recsys.progress import progress_bar
-from recsys.serving.server import PortInUseError, ensure_port_free
+from recsys.serving.server import PortInUseError, claim_serve_port
 from recsys.tracking import configure_mlflow
 from simulators.model import SimulatorConfig, SlateSimulator
 from streaming.demo_report import (
@@ -93,25 +93,17 @@ class DemoRun:
 
 
 @dataclass
-class Observations:
-    """What :func:`run_loop` measured, before any judgement."""
+class LoopOutput:
+    """What :func:`run_loop` hands to the report step: the figures it measured (the derived
+    ones are left for :func:`build_report`) and what the rest is made from."""
 
-    kafka_origin: str
+    measured: DemoReport
     history: Any
     """Per-round traffic (``simulators.http_traffic.HttpUsers.history``)."""
-    traffic_s: float
-    requests: dict[str, int]
-    clicks: dict[str, int]
-    true_value_late: dict[str, float]
-    true_value_final: dict[str, float]
-    optimal_value: float
-    freshness: Any
-    events_processed: int
-    dead_letters: int
-    http_errors: dict[str, int]
     statistics: Any
+    """The stream's final bandit statistics."""
     policies: dict[str, Any]
-    timings: dict[str, float] = field(default_factory=dict)
+    """The serving app's policy specs."""
 
 
 def bad_records(n: int, impressions: str, feedback: str) -> list[tuple[str, bytes]]:
@@ -168,7 +160,7 @@ def prepare(settings: Settings, plan: DemoPlan) -> DemoRun:
 # -- step 2: run -------------------------------------------------------------------------------
 
 
-def run_loop(run: DemoRun, say: Callable[[str], None], *, quiet: bool = False) -> Observations:
+def run_loop(run: DemoRun, say: Callable[[str], None], *, quiet: bool = False) -> LoopOutput:
     """Start Kafka, Ray, the pipeline and the app; send the malformed records; play the users
     for ``plan.duration_s``; measure freshness and the true values; stop everything."""
     from recsys.producer import EventProducer
@@ -209,20 +201,22 @@ def run_loop(run: DemoRun, say: Callable[[str], None], *, quiet: bool = False) -
             totals = users.totals()
             late_values = {arm: users.true_value(arm, third).value
                            for arm in (LEARNING_ARM, CONTROL_ARM) if arm in totals}
-            observed = Observations(
-                kafka_origin=kafka.origin, history=users.history(), traffic_s=traffic_s,
+            measured = DemoReport(
+                run_dir=str(run.run_dir), kafka_origin=kafka.origin, traffic_s=traffic_s,
                 requests={a: c.requests for a, c in totals.items()},
                 clicks={a: c.clicks for a, c in totals.items()},
                 true_value_late=late_values,
                 true_value_final=_final_values(sim, stats, stack.service_config, plan),
-                optimal_value=optimal_value(sim).value, freshness=fresh,
-                events_processed=events,
+                optimal_value=optimal_value(sim).value,
+                freshness_ms=fresh.percentiles_ms(), freshness_timeouts=fresh.timeouts,
+                events_processed=events, bad_records_sent=plan.bad_records,
                 dead_letters=_dead_letters(kafka.bootstrap, topics.dead_letter,
                                            kafka.client_options),
-                http_errors=dict(users.errors.by_status), statistics=stats,
-                policies=dict(stack.service_config.policies), timings=timings)
+                http_errors=dict(users.errors.by_status), timings=timings)
+            output = LoopOutput(measured, users.history(), stats,
+                                dict(stack.service_config.policies))
             say("• shutting down")
-    return observed
+    return output
 
 
 def _play(users: Any, plan: DemoPlan, quiet: bool) -> float:
@@ -311,25 +305,17 @@ def _dead_letters(bootstrap: str, topic: str, client_options: dict) -> int:
 # -- step 3: report ----------------------------------------------------------------------------
 
 
-def build_report(run: DemoRun, observed: Observations) -> DemoReport:
-    """Judge and summarise the observations; write the history, the final statistics and the
-    plot into the run's folder."""
-    edges, ctr, late = ctr_table(observed.history, observed.traffic_s)
-    report = DemoReport(
-        run_dir=str(run.run_dir), kafka_origin=observed.kafka_origin,
-        requests=observed.requests, clicks=observed.clicks, ctr_by_period=ctr,
-        period_end_s=edges, true_value_late=observed.true_value_late,
-        true_value_final=observed.true_value_final, optimal_value=observed.optimal_value,
-        freshness_ms=observed.freshness.percentiles_ms(),
-        freshness_timeouts=observed.freshness.timeouts,
-        events_processed=observed.events_processed, bad_records_sent=run.plan.bad_records,
-        dead_letters=observed.dead_letters, http_errors=observed.http_errors,
-        traffic_s=observed.traffic_s, late_counts=late,
-        cumulative_regret=cumulative_regret(observed.history, observed.optimal_value),
-        timings=observed.timings)
-    observed.history.write_parquet(run.run_dir / "history.parquet")
-    observed.statistics.save(str(run.run_dir / "final_statistics.npz"))
-    report.plot = save_plot(observed.history, report, run.run_dir / "ctr_over_time.png")
+def build_report(run: DemoRun, output: LoopOutput) -> DemoReport:
+    """Complete the measured report with the figures derived from the history (CTR table, the
+    verdict's sample, cumulative regret); write the history, the final statistics and the plot
+    into the run's folder."""
+    report, history = output.measured, output.history
+    report.period_end_s, report.ctr_by_period, report.late_counts = ctr_table(
+        history, report.traffic_s)
+    report.cumulative_regret = cumulative_regret(history, report.optimal_value)
+    history.write_parquet(run.run_dir / "history.parquet")
+    output.statistics.save(str(run.run_dir / "final_statistics.npz"))
+    report.plot = save_plot(history, report, run.run_dir / "ctr_over_time.png")
     return report
 
 
@@ -388,10 +374,10 @@ def run_demo(settings: Settings, plan: DemoPlan, *, quiet: bool = False) -> Demo
 
     wall = time.perf_counter()
     run = prepare(settings, plan)
-    observed = run_loop(run, say, quiet=quiet)
-    report = build_report(run, observed)
+    output = run_loop(run, say, quiet=quiet)
+    report = build_report(run, output)
     report.wall_s = time.perf_counter() - wall
-    log_run(run, report, observed.policies)
+    log_run(run, report, output.policies)
     return report
 
 
@@ -399,14 +385,7 @@ def run_demo(settings: Settings, plan: DemoPlan, *, quiet: bool = False) -> Demo
 
 
 def run(args: argparse.Namespace) -> int:
-    settings: Settings = args.settings
-    if args.port is not None:
-        settings = replace(settings, serve=replace(settings.serve, port=args.port))
-    try:
-        ensure_port_free(settings.serve.host, settings.serve.port)
-    except PortInUseError as exc:
-        print(f"recsys demo: {exc}", file=sys.stderr)
-        return 2
+    settings = claim_serve_port(args.settings, args.port)
     plan = DemoPlan.quick(args.seed) if args.quick else DemoPlan(
         world=replace(DEMO_WORLD, seed=args.seed))
     if args.duration is not None:
@@ -420,12 +399,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
+    parser = add_command(
+        subparsers, "demo", run,
         help="the closed loop: simulated users, serving over HTTP, the stream learning online",
         description="Simulated users ask the serving app for slates and click; the stream learns "
                     "from Kafka and the app scores with the new snapshots; Thompson sampling vs "
                     "a uniform control, side by side.",
+        expected=(PortInUseError,),
     )
     parser.add_argument("--quick", action="store_true",
                         help="a ≤ 2-minute version (60 s of traffic)")
@@ -435,4 +415,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="HTTP port of the serving app (default: serve.port, 8000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.set_defaults(func=run)

@@ -35,8 +35,6 @@ class DemoReport:
     kafka_origin: str
     requests: dict[str, int]
     clicks: dict[str, int]
-    ctr_by_period: dict[str, list[float]]
-    period_end_s: list[float]
     true_value_late: dict[str, float]
     """The simulator's true value of the slates each arm served in the last third of the run."""
     true_value_final: dict[str, float]
@@ -49,6 +47,9 @@ class DemoReport:
     dead_letters: int
     http_errors: dict[str, int]
     traffic_s: float
+    period_end_s: list[float] = field(default_factory=list)
+    ctr_by_period: dict[str, list[float]] = field(default_factory=dict)
+    """Each arm's CTR in each of :data:`PERIODS` equal periods, ending at ``period_end_s``."""
     late_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
     """(clicks, requests) per arm over the second half of the run (the verdict's sample)."""
     cumulative_regret: dict[str, float] = field(default_factory=dict)

@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
 from typing import Any
 
 from recsys.checkpoint import CheckpointError
 from recsys.commands import add_command
 from recsys.config import Settings
 from recsys.progress import StatusLine
-from recsys.serving.server import PortInUseError, ensure_port_free
+from recsys.serving.server import PortInUseError, claim_serve_port, ensure_port_free
 
 STATUS_EVERY_S = 1.0
 
@@ -33,10 +32,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from streaming.services import kafka_cluster, ray_runtime
     from streaming.stream_cli import statistics_template
 
-    settings: Settings = args.settings
-    if args.port is not None:
-        settings = replace(settings, serve=replace(settings.serve, port=args.port))
-    ensure_port_free(settings.serve.host, settings.serve.port)
+    settings = claim_serve_port(args.settings, args.port)
     if args.metrics_port:
         ensure_port_free("127.0.0.1", args.metrics_port, name="--metrics-port",
                          fix="choose another (0: any free port)")

@@ -11,6 +11,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
+
+from recsys.config import Settings
 
 APP_NAME = "recsys"
 CONTROLLER_NAME = "SERVE_CONTROLLER_ACTOR"
@@ -35,6 +38,15 @@ def ensure_port_free(host: str, port: int, *, name: str = "serve.port",
                 raise
             raise PortInUseError(f"{name}: expected a free port, got {port}, already in use on "
                                  f"{host}; {fix}") from None
+
+
+def claim_serve_port(settings: Settings, port: int | None = None) -> Settings:
+    """``settings`` with ``serve.port`` set to ``port`` (when given), once it is checked free
+    (:class:`PortInUseError` otherwise)."""
+    if port is not None:
+        settings = replace(settings, serve=replace(settings.serve, port=port))
+    ensure_port_free(settings.serve.host, settings.serve.port)
+    return settings
 
 
 @contextlib.contextmanager

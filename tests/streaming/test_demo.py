@@ -194,3 +194,21 @@ def test_the_plot_curves_are_trailing_windows_with_bands_and_summed_regret() -> 
 def test_the_plot_is_written(tmp_path) -> None:
     path = Path(save_plot(history(), report(traffic_s=20.0), tmp_path / "plot.png"))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_a_taken_port_is_one_line_before_anything_starts(capsys) -> None:
+    import socket
+
+    import ray
+
+    from recsys.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["demo", "--quick", "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2 and not ray.is_initialized()
+    assert err.startswith("recsys demo: serve.port:") and err.count("\n") == 1
+    assert f"got {port}, already in use" in err and "--port" in err
