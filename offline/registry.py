@@ -23,6 +23,7 @@ from torch import nn
 
 from offline.dataset import Dataset
 from offline.models import MODELS, build_model, model_name
+from recsys.validation import message
 
 LINEAGE_TAGS: tuple[str, ...] = ("data_source", "split", "dataset_hash", "code_version")
 FORMAT_VERSION = 1
@@ -76,12 +77,15 @@ def read_model(config_path: str | Path, weights_path: str | Path) -> nn.Module:
 
     meta = json.loads(Path(config_path).read_text())
     if meta.get("format_version") != FORMAT_VERSION or meta.get("model") not in MODELS:
-        raise ValueError(f"{config_path}: not an offline model config (format "
-                         f"{meta.get('format_version')!r}, model {meta.get('model')!r})")
+        raise ValueError(
+            message(str(config_path), f"an offline model config (format {FORMAT_VERSION!r}, "
+                    f"a model among {sorted(MODELS)})", f"format "
+                    f"{meta.get('format_version')!r}, model {meta.get('model')!r}")
+        )
     state = load_file(str(weights_path))
     missing = [name for name in meta["arrays"] if name not in state]
     if missing:
-        raise ValueError(f"{weights_path}: feature arrays {missing} are missing")
+        raise ValueError(message(str(weights_path), f"the feature arrays {missing}", "none"))
     model = build_model(meta["model"], meta["config"], **{n: state[n] for n in meta["arrays"]})
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -90,7 +94,7 @@ def read_model(config_path: str | Path, weights_path: str | Path) -> nn.Module:
 def _ids(frame: pd.DataFrame, column: str, bound: int) -> np.ndarray:
     values = frame[column].to_numpy()
     if len(values) and (pd.isna(values).any() or values.min() < 0 or values.max() >= bound):
-        raise ValueError(f"{column} must be integers in [0, {bound})")
+        raise ValueError(message(column, f"integers in [0, {bound})", "nulls or ids outside"))
     return values.astype(np.int64)
 
 
@@ -99,7 +103,10 @@ def score_frame(model: nn.Module, frame: pd.DataFrame, params: Mapping[str, Any]
     """Pyfunc ``predict``: scores of the rows' pairs, or each user's top ``k`` items (columns
     ``user_id``, ``item_id``, ``rank``, ``score``) when ``item_id`` is absent."""
     if "user_id" not in frame.columns:
-        raise ValueError("the input needs a user_id column (and item_id to score pairs)")
+        raise ValueError(
+            message("frame", "a user_id column (and item_id to score pairs)",
+                    f"columns {list(frame.columns)}")
+        )
     n_users, n_items = model.n_users, model.n_items
     users = _ids(frame, "user_id", n_users)
     with torch.no_grad():
@@ -108,7 +115,7 @@ def score_frame(model: nn.Module, frame: pd.DataFrame, params: Mapping[str, Any]
             return model(torch.from_numpy(users), torch.from_numpy(items)).numpy()
         k = int((params or {}).get("k", DEFAULT_K))
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise ValueError(message("k", "an integer >= 1", k))
         k = min(k, n_items)
         scores, items = torch.topk(model.score_all(torch.from_numpy(users)), k, dim=1)
     return pd.DataFrame({
