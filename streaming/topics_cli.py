@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from recsys.commands import CommandError, add_command
 from recsys.events import EventValidationError, decode
 
 EVENT_TAGS = frozenset({"impression", "feedback", "reward"})
@@ -78,31 +79,24 @@ def run_tail(args: argparse.Namespace) -> int:
     from kafka.errors import KafkaError
 
     if args.max is not None and args.max < 1:
-        print(f"recsys topics tail: --max: expected a count >= 1, got {args.max}",
-              file=sys.stderr)
-        return 2
+        raise CommandError(f"--max: expected a count >= 1, got {args.max}")
     found = _resolve_bootstrap(args)
     if found is None:
-        print("recsys topics tail: no Kafka to read: pass --bootstrap HOST:PORT (or set "
-              "kafka.bootstrap), or start a broker with `recsys broker start`", file=sys.stderr)
-        return 2
+        raise CommandError("no Kafka to read: pass --bootstrap HOST:PORT (or set "
+                           "kafka.bootstrap), or start a broker with `recsys broker start`")
     bootstrap, options = found
     try:
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                  group_id=None, **options)
     except (KafkaError, OSError) as exc:
-        print(f"recsys topics tail: no Kafka broker answers at {bootstrap}: {exc}",
-              file=sys.stderr)
-        return 2
+        raise CommandError(f"--bootstrap: no Kafka broker answers at {bootstrap}: {exc}") from exc
     try:
         topics = consumer.topics()
         if args.topic not in topics:
             near = difflib.get_close_matches(args.topic, sorted(topics), n=3)
             hint = (f"; did you mean {', '.join(near)}?" if near
                     else f"; topics: {', '.join(sorted(topics)) or 'none'}")
-            print(f"recsys topics tail: topic: expected an existing topic, got "
-                  f"{args.topic!r}{hint}", file=sys.stderr)
-            return 2
+            raise CommandError(f"topic: expected an existing topic, got {args.topic!r}{hint}")
         partitions = [TopicPartition(args.topic, p)
                       for p in sorted(consumer.partitions_for_topic(args.topic) or ())]
         consumer.assign(partitions)
@@ -146,8 +140,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Kafka topics of the event contract, decoded (records are msgpack; for the "
                     "raw bytes use kcat or the Kafka console consumer).")
     actions = parser.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
-    tail = actions.add_parser(
-        "tail", help="print a topic's records as JSON lines (new ones, until Ctrl-C)",
+    tail = add_command(
+        actions, "tail", run_tail,
+        help="print a topic's records as JSON lines (new ones, until Ctrl-C)",
         description="Print a topic's records as JSON lines, one per record; records that do "
                     "not decode are printed with an `error` field, never skipped.")
     tail.add_argument("topic", help="topic name, e.g. recsys.impressions")
@@ -160,4 +155,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tail.add_argument("--bootstrap", default=None, metavar="HOST:PORT",
                       help="Kafka bootstrap servers (default: kafka.bootstrap, else the broker "
                            "of `recsys broker start`)")
-    tail.set_defaults(func=run_tail)
