@@ -33,6 +33,16 @@ def _chunks(n: int, width: int) -> list[slice]:
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
+def _check_count(value: Any, name: str) -> int:
+    """A positive integer (TypeError for a non-integer, ValueError below 1)."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        got = f"{value!r} of type {type(value).__name__}"
+        raise TypeError(message(name, "an integer >= 1", got))
+    if value < 1:
+        raise ValueError(message(name, "an integer >= 1", repr(value)))
+    return int(value)
+
+
 class FixedPolicy(BaseEstimator, ABC):
     """Base of the simulator's policies: fixed parameters, exact propensities.
 
@@ -122,8 +132,7 @@ class FixedPolicy(BaseEstimator, ABC):
 
     def _pool(self, k: int, available: np.ndarray | None) -> NDArray[np.int64]:
         """The items that may be shown, after checking ``k``, ``available`` and the parameters."""
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-            raise ValueError(message("k", "an integer >= 1", repr(k)))
+        k = _check_count(k, "k")
         self._check_params(k)
         n_items = self._n_items()
         if available is None:
@@ -138,12 +147,6 @@ class FixedPolicy(BaseEstimator, ABC):
             raise ValueError(message("k", f"at most {pool.size} (the available items)", k,
                                      "lower k or make more items available"))
         return pool
-
-
-def _check_count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(message(name, "an integer >= 1", repr(value)))
-    return int(value)
 
 
 def _uniform_slates(n: int, pool: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

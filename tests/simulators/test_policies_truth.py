@@ -89,3 +89,35 @@ def test_regret_is_zero_for_the_optimum_and_positive_otherwise():
     oracle = GreedyPolicy(sim.item_latent, item_bias=sim.item_bias)
     assert regret(sim, oracle).value == pytest.approx(0.0, abs=1e-12)
     assert regret(sim, clone(POLICIES["uniform"]), n_monte_carlo=30).value > 0.01
+
+
+def test_parameters_are_checked_when_the_policy_is_used():
+    features = SIM.item_features
+    context = SIM.user_features(np.arange(3))
+    lazy = SoftmaxPolicy(features, temperature=-1.0)  # the constructor only stores
+    with pytest.raises(ValueError, match=r"^temperature: expected a real number > 0, got -1"):
+        lazy.recommend(context, 2)
+    with pytest.raises(ValueError, match=r"^k: expected at most 3 \(exact Plackett"):
+        SoftmaxPolicy(features).action_dist(context, 4)
+    with pytest.raises(ValueError, match=r"^k: expected at most 5 \(the available items\)"):
+        UniformPolicy(8).recommend(context, 6, available=np.arange(8) < 5)
+    with pytest.raises(ValueError, match=r"^available: expected a bool mask of shape \(8,\)"):
+        UniformPolicy(8).recommend(context, 2, available=np.ones(7, dtype=bool))
+    with pytest.raises(TypeError, match=r"^k: expected an integer >= 1, got 2.0"):
+        GreedyPolicy(features).recommend(context, 2.0)
+    with pytest.raises(ValueError, match=r"^epsilon: expected a real number in \[0, 1\]"):
+        EpsilonMixturePolicy(GreedyPolicy(features), 1.5).action_dist(context)
+    with pytest.raises(TypeError, match=r"^base: expected a policy of simulators.policies"):
+        EpsilonMixturePolicy(object(), 0.1).recommend(context)
+    with pytest.raises(ValueError, match=r"^contexts: expected shape \(n, 16\)"):
+        GreedyPolicy(features).recommend(context[:, :3], 2)
+
+
+def test_random_state_follows_scikit_learn():
+    context = np.repeat(SIM.user_features(np.array([1])), 200, axis=0)
+    policy = SoftmaxPolicy(SIM.item_features, random_state=3)
+    first = policy.recommend(context, 3).items
+    assert not np.array_equal(policy.recommend(context, 3).items, first)  # the stream advances
+    np.testing.assert_array_equal(clone(policy).recommend(context, 3).items, first)
+    policy.set_params(random_state=3)  # a new random_state starts over
+    np.testing.assert_array_equal(policy.recommend(context, 3).items, first)
