@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from recsys.client.guard import check_loopback, is_loopback_host
+from recsys.commands import CommandError, add_command
 from recsys.validation import message
 
 if TYPE_CHECKING:  # the generator (and aiohttp) load when the command runs, not with every CLI
@@ -112,15 +112,13 @@ def run_cli(args: argparse.Namespace) -> int:
             if not args.factor > 1:
                 raise ValueError(f"--factor must be > 1, got {args.factor:g}")
     except ValueError as exc:
-        print(f"recsys loadtest: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(str(exc)) from None
     plot = Path(args.plot) if args.plot else Path(settings.data_dir) / "loadtest.png"
 
     try:
         health = wait_for_health(health_url, timeout_s=args.health_timeout)
     except TimeoutError as exc:
-        print(f"recsys loadtest: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(str(exc), exit_code=1) from None
     snapshot = health.get("snapshot_id")
     print(f"recsys loadtest: {endpoint} healthy"
           + (f" (snapshot {snapshot}, policies {', '.join(health.get('policies') or [])})"
@@ -163,8 +161,8 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``recsys loadtest`` (entry point ``recsys.client.loadtest:register``)."""
-    parser = subparsers.add_parser(
-        "loadtest",
+    parser = add_command(
+        subparsers, "loadtest", run_cli,
         help="load POST /recommend on a local server at a fixed rate; report latency percentiles",
         description="Open-loop load at a fixed rate against a loopback server (never another "
                     "host): reports service latency and intended (coordinated-omission-"
@@ -212,4 +210,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="where to write the plot (default <data_dir>/loadtest.png)")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="also write the summary as JSON here")
-    parser.set_defaults(func=run_cli)

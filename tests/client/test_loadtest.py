@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from recsys.client.load import LoadtestResult, run_loadtest
 from recsys.client.loadtest import endpoint_urls, recommend_bodies, register
 from recsys.client.sweep import SweepResult, find_max_rate, sweep_rates
+from recsys.commands import run_command
 from recsys.config import load_settings
 from tests.client.stub_server import closed_port, serve_app
 
@@ -292,7 +293,7 @@ def run_cli(argv: list[str], data_dir: Path) -> int:
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["loadtest", *argv])
     args.settings = load_settings(config_file=None, cli={"data_dir": str(data_dir)})
-    return args.func(args)
+    return run_command(args)
 
 
 def test_the_declared_entry_point_is_this_command() -> None:
