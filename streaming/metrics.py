@@ -69,7 +69,6 @@ from wsgiref.simple_server import WSGIServer
 
 import numpy as np
 import ray
-from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, Histogram, generate_latest, start_http_server
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import (
@@ -79,7 +78,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from recsys.bandits import stats_from_arrays
+from recsys.bandits import ItemSummary, Publication, stats_from_arrays
 from recsys.bandits.protocol import Statistics
 from streaming.coordinator import CheckpointReport
 from streaming.join import Reason
@@ -98,56 +97,17 @@ STAGES = {"joiner": "joiner", "learner": "learner", "lake": "lake_writer"}
 # -------------------------------------------------------------------------- per-item figures
 
 
-@dataclass(frozen=True)
-class ItemFigures:
-    """Per-item exposure and reward sums and the exploration-free expected reward, top items
-    first; ``rewards``/``expected`` are NaN where the layout does not hold them."""
-
-    item_ids: NDArray[np.int64]
-    exposures: NDArray[np.float64]
-    rewards: NDArray[np.float64]
-    expected: NDArray[np.float64]
-
-
-def _per_item(stats: Any) -> ItemFigures:
-    """All items of one statistics object, vectorised (see :func:`item_figures`)."""
-    ids = np.asarray(stats.item_ids, dtype=np.int64)
-    n = ids.size
-    if stats.layout == "graph":
-        rows = stats.edge_row
-        exposures = np.bincount(rows, weights=stats.count, minlength=n)
-        rewards = np.bincount(rows, weights=stats.sxr, minlength=n)
-        mass = np.bincount(rows, weights=stats.sxx, minlength=n)
-        return ItemFigures(ids, exposures, rewards, rewards / (mass + stats.lam))
-    exposures = np.asarray(stats.count, dtype=np.float64)
-    sr = getattr(stats, "sr", None)
-    if stats.layout == "dense" and sr is not None:
-        rewards = np.asarray(sr, dtype=np.float64)
-        return ItemFigures(ids, exposures, rewards, rewards / (exposures + stats.lam))
-    nan = np.full(n, np.nan)
-    return ItemFigures(ids, exposures, nan, nan.copy())
-
-
-def item_figures(parts: Sequence[Statistics], top_n: int) -> ItemFigures:
-    """The ``top_n`` items by exposure over ``parts`` (disjoint shards), ties by lower item id.
-
-    * dense, centred: exposure ``count_j``, reward ``sr_j = Σ r``, expected reward
-      ``sr_j / (count_j + λ)``: the posterior mean score at the item's mean context x̄_j (the
-      centred model's intercept; no exploration bonus).
-    * graph: summed over the item's edges, exposure ``Σ_e count_e`` (one per (event, edge): equal
-      to the events when each request has one cluster), reward ``Σ_e sxr_e = Σ w·r`` and expected
-      reward ``Σ_e sxr_e / (Σ_e sxx_e + λ)``: the edges' pooled posterior mean, the mean reward per
-      unit of cluster weight (exact for ``weighting="linear"`` with normalised weights, and for
-      one cluster of weight 1).
-    * dense uncentred and full: exposure ``count_j`` only; their sums hold Σ x·r but not Σ r, so
-      there is no context-free reward (NaN, not exported).
-    """
+def item_figures(parts: Sequence[Statistics], top_n: int) -> ItemSummary:
+    """The ``top_n`` items by exposure over ``parts`` (disjoint shards), ties by lower item id,
+    top items first; each layout's figures are its ``item_summary`` (exposure, reward sum and
+    exploration-free expected reward; NaN, not exported, where the layout has no
+    context-free reward)."""
     if top_n < 0:
         raise ValueError(f"top_n must be >= 0, got {top_n}")
-    figs = [_per_item(p) for p in parts]
+    figs = [p.item_summary() for p in parts]
     if not figs:
         empty = np.zeros(0)
-        return ItemFigures(np.zeros(0, dtype=np.int64), empty, empty, empty)
+        return ItemSummary(np.zeros(0, dtype=np.int64), empty, empty, empty)
     ids, exp_, rew, mean = (np.concatenate([getattr(f, name) for f in figs])
                             for name in ("item_ids", "exposures", "rewards", "expected"))
     n, k = ids.size, min(top_n, ids.size)
@@ -162,7 +122,7 @@ def item_figures(parts: Sequence[Statistics], top_n: int) -> ItemFigures:
     else:
         pick = np.arange(n)
     pick = pick[np.lexsort((ids[pick], -exp_[pick]))]
-    return ItemFigures(ids[pick], exp_[pick], rew[pick], mean[pick])
+    return ItemSummary(ids[pick], exp_[pick], rew[pick], mean[pick])
 
 
 # -------------------------------------------------------------------------- one collection
@@ -173,17 +133,17 @@ class Reading:
     """What one collection read from the pipeline (``PipelineMetrics.update`` takes it).
 
     ``readers``: each reader's ``stats()`` as a mapping; ``lag``: records behind per (topic,
-    partition) per reader; ``shards``: each shard's ``stats()``; ``snapshots``: the published
-    snapshot's meta per shard and ``statistics`` the shards' statistics, both only when the
-    statistics were pulled; ``checkpoint_created_s``: wall time of the checkpoint when known
-    (a restored one); ``errors``: failures by source.
+    partition) per reader; ``shards``: each shard's ``stats()``; ``publications``: each shard's
+    :class:`~recsys.bandits.Publication` and ``statistics`` the shards' statistics, both only
+    when the statistics were pulled; ``checkpoint_created_s``: wall time of the checkpoint when
+    known (a restored one); ``errors``: failures by source.
     """
 
     at_s: float
     readers: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     lag: dict[str, Offsets] = field(default_factory=dict)
     shards: dict[int, Mapping[str, Any]] = field(default_factory=dict)
-    snapshots: dict[int, Mapping[str, Any]] | None = None
+    publications: dict[int, Publication] | None = None
     statistics: list[Statistics] | None = None
     checkpoint: CheckpointReport | None = None
     checkpoint_id: str | None = None
@@ -225,7 +185,8 @@ def read_pipeline(pipeline: Any, *, statistics: bool, max_staleness_ms: float,
     named = actors.readers()
     asked = [(name, a.stats.remote(), a.positions.remote(), a.end_offsets.remote())
              for name, a in named]
-    shard_refs = [(s.stats.remote(), s.snapshot.remote(max_staleness_ms) if statistics else None)
+    shard_refs = [(s.stats.remote(),
+                   s.publication.remote(max_staleness_ms) if statistics else None)
                   for s in actors.shards]
     for name, stats_ref, pos_ref, end_ref in asked:
         stats, pos, end = (calls.get(name, r) for r in (stats_ref, pos_ref, end_ref))
@@ -234,19 +195,20 @@ def read_pipeline(pipeline: Any, *, statistics: bool, max_staleness_ms: float,
         if pos is not None and end is not None:
             reading.lag[name] = {tp: max(0, int(o) - int(pos.get(tp, o))) for tp, o in end.items()}
     parts: list[Statistics] = []
-    snapshots: dict[int, Mapping[str, Any]] = {}
-    for i, (stats_ref, snap_ref) in enumerate(shard_refs):
+    publications: dict[int, Publication] = {}
+    for i, (stats_ref, pub_ref) in enumerate(shard_refs):
         stats = calls.get(f"shard-{i}", stats_ref)
         if stats is not None:
             reading.shards[i] = stats
-        if snap_ref is None:
+        if pub_ref is None:
             continue
-        snap = calls.get(f"shard-{i}", snap_ref)
+        pub = calls.get(f"shard-{i}", pub_ref)
+        snap = None if pub is None else calls.get(f"shard-{i}", pub.ref)
         if snap is not None:
-            snapshots[i] = snap[1]
+            publications[i] = pub
             parts.append(stats_from_arrays(*snap))
     if statistics:
-        reading.snapshots = snapshots
+        reading.publications = publications
         reading.statistics = parts if len(parts) == len(shard_refs) else None
     reading.checkpoint = pipeline.coordinator.last
     restored = getattr(pipeline, "restored", None)
@@ -272,7 +234,7 @@ class Figures:
     dead_letters: dict[tuple[str, str], float]  # (actor, reason) -> count
     checkpoint_age_s: float | None
     snapshot_age_s: dict[int, float]  # shard -> age of its publication at the last pull
-    items: ItemFigures | None
+    items: ItemSummary | None
 
 
 def records_read(actor: str, stats: Mapping[str, Any]) -> float:
@@ -439,7 +401,7 @@ class PipelineMetrics:
             "recsys_stream_scrape_errors", "Actors or pulls that failed or timed out in a "
             "collection", ["source"], registry=self.registry)
         self.figures: Figures | None = None
-        self._items: ItemFigures | None = None
+        self._items: ItemSummary | None = None
         self._snapshot_age: dict[int, float] = {}
         self._pulled_at = -np.inf
         self._checkpoint: tuple[str, float] | None = None  # (id, wall time first known)
@@ -482,11 +444,11 @@ class PipelineMetrics:
                     rates[actor] = (n - before if n >= before else n) / dt
         dead = {(a, reason): n for a, s in reading.readers.items()
                 for reason, n in dead_letters(a, s).items()}
-        if reading.snapshots is not None:
-            self._snapshot_age = {i: max(0.0, reading.at_s - m["published_ms"] / 1000.0)
-                                  for i, m in reading.snapshots.items()}
-            for meta in reading.snapshots.values():
-                self.freshness.observe(max(0.0, reading.at_s - meta["current_at_ms"] / 1000.0))
+        if reading.publications is not None:
+            self._snapshot_age = {i: max(0.0, reading.at_s - p.published_ms / 1000.0)
+                                  for i, p in reading.publications.items()}
+            for pub in reading.publications.values():
+                self.freshness.observe(max(0.0, reading.at_s - pub.current_at_ms / 1000.0))
         if reading.statistics is not None:
             self._items = item_figures(reading.statistics, self.top_n)
         self.figures = Figures(reading.at_s, reading, records, rates, dead,

@@ -23,7 +23,7 @@ import numpy as np
 import ray
 from kafka import KafkaConsumer, TopicPartition
 
-from recsys.bandits import stats_from_arrays
+from recsys.bandits import merge_parts, stats_from_arrays
 from recsys.bandits.protocol import Statistics
 from recsys.checkpoint import Checkpoint, CheckpointStore
 from recsys.config import StreamSettings
@@ -33,7 +33,7 @@ from streaming.coordinator import CheckpointCoordinator, CheckpointReport, Pipel
 from streaming.joiner import JoinerActor
 from streaming.lake_writer import LakeWriterActor
 from streaming.learner import LearnerActor
-from streaming.shards import ParameterShardActor, shard_parts
+from streaming.shards import start_shards
 from streaming.topics import cluster_layout
 
 Offsets = dict[tuple[str, int], int]
@@ -47,21 +47,6 @@ class Topics:
     feedback: str = FEEDBACK
     rewards: str = REWARDS
     dead_letter: str = DEAD_LETTER
-
-
-def _wait_name_free(name: str, timeout_s: float = 30.0) -> None:
-    """Wait until no live actor holds ``name`` (a killed actor releases it asynchronously)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            ray.get_actor(name)
-        except ValueError:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"shard name {name!r} is still taken by a live actor after "
-                               f"{timeout_s:.0f} s; is another pipeline using the same "
-                               "shard_name_prefix?")
-        time.sleep(0.05)
 
 
 def share(partitions: int, readers: int, reader: int) -> list[int]:
@@ -133,8 +118,7 @@ class StreamPipeline:
     def _build(self) -> PipelineActors:
         s, t = self.settings, self.topics
         options = {"client_options": self.client_options}
-        parts = shard_parts(self.template, s.shards)
-        shards = [self._shard_actor(i).remote(i, s.shards, *part) for i, part in enumerate(parts)]
+        shards = start_shards(self.template, s.shards, names=self.shard_names() or None)
         template = self._learner_template()
         expected = {t.impressions: Impression, t.feedback: Feedback}
         learners = [
@@ -177,20 +161,10 @@ class StreamPipeline:
             return []
         return [f"{self.shard_name_prefix}{i}" for i in range(self.settings.shards)]
 
-    def _shard_actor(self, index: int) -> Any:
-        if self.shard_name_prefix is None:
-            return ParameterShardActor
-        name = self.shard_names()[index]
-        _wait_name_free(name)
-        return ParameterShardActor.options(name=name)
-
     def _learner_template(self) -> Any:
-        """What learners compute deltas against: an open catalogue for dense statistics (any
-        item id; shards keep the rows they hold, so items can be added and retired while
-        running), the whole graph for graph statistics (deltas need its edges)."""
-        if self.template.layout == "dense":
-            return self.template.select([]).to_arrays()  # type: ignore[attr-defined]
-        return self.template.to_arrays()  # type: ignore[attr-defined]
+        """What learners compute deltas against (``Statistics.delta_template``): an open
+        catalogue for dense statistics, the whole graph for graph statistics."""
+        return self.template.delta_template().to_arrays()
 
     def start(self) -> Checkpoint | None:
         """Create the actors and restore the newest checkpoint (or start at the beginning)."""
@@ -271,10 +245,10 @@ class StreamPipeline:
 
     def _catalogue_change(self, method: str, items: Any) -> int:
         assert self.actors is not None, "call start() first"
-        if self.template.layout != "dense":
-            raise ValueError(f"{method}: only dense statistics change their catalogue while "
-                             f"running; for {self.template.layout} statistics rebuild the graph "
-                             "and restart the pipeline")
+        if self.template.delta_template().n_items:  # the learners hold a fixed catalogue
+            raise ValueError(f"{method}: {self.template.layout} statistics do not change their "
+                             "catalogue while running (learners compute deltas on a fixed "
+                             "one); rebuild the catalogue and restart the pipeline")
         ids = np.asarray(items, dtype=np.int64).ravel()
         return sum(ray.get([getattr(s, method).remote(ids) for s in self.actors.shards]))
 
@@ -282,12 +256,8 @@ class StreamPipeline:
     def statistics(self) -> Statistics:
         """The shards' current statistics merged into one object (tests, reports)."""
         assert self.actors is not None, "call start() first"
-        parts = [stats_from_arrays(*p)
-                 for p in ray.get([s.checkpoint.remote() for s in self.actors.shards])]
-        whole = parts[0]
-        for part in parts[1:]:
-            whole = whole.merge(part)
-        return whole
+        return merge_parts([stats_from_arrays(*p) for p in
+                            ray.get([s.checkpoint.remote() for s in self.actors.shards])])
 
     def lag(self) -> int:
         """Records in the input topics the learners have not read yet (end offsets − positions)."""

@@ -4,10 +4,10 @@ A :class:`ParameterShard` owns the items with ``shard_of(item, n_shards) == inde
 hash, so learners route deltas and the driver builds shards without talking to each other). The
 driver builds whole statistics, ``split``s them and ships each part as ``to_arrays()``
 ``(arrays, meta)``: plain numpy arrays travel through Ray's object store without pickling our
-own objects. The shard is layout-agnostic: it only calls the ``recsys.bandits`` statistics
-protocol, so dense (:func:`dense_statistics`, centred by default: the bandits issue measured the
-centred layout about 3x better on dense embeddings) and graph statistics
-(:func:`graph_statistics`, from a ``ClusterGraph``) run unchanged.
+own objects (:func:`start_shards` does all of it). The shard is layout-agnostic: it only calls
+the ``recsys.bandits`` statistics protocol, so dense (:func:`dense_statistics`, centred by
+default: the bandits issue measured the centred layout about 3x better on dense embeddings) and
+graph statistics (``ClusterGraph.stats``) run unchanged.
 
 Design decisions:
 
@@ -23,11 +23,12 @@ Design decisions:
   was longer ago than the bound; otherwise the published copy is handed out again. The returned
   snapshot therefore holds every delta applied more than ``max_staleness_ms`` ago, and a hot
   shard copies at most once per bound however many readers it has.
-  ``snapshot_ref`` hands out an object reference instead: the publication is put in Ray's object
-  store once and every reader maps it zero-copy (what serving replicas should use).
-  The snapshot meta carries ``snapshot_id`` (names the content), ``published_ms`` (wall clock,
-  when the copy was made) and ``current_at_ms`` (the last time the shard confirmed the snapshot
-  equals its statistics), plus ``shard_index`` and ``n_shards``.
+  Readers (serving replicas, the pipeline's metrics) call ``publication``: a
+  :class:`~recsys.bandits.Publication` (defined in ``recsys``, so serving never imports this
+  module) whose ``ref`` points at the publication put in Ray's object store once, which every
+  reader maps zero-copy, with its ``snapshot_id`` (names the content), ``published_ms`` (wall
+  clock, when the copy was made) and ``current_at_ms`` (the last time the shard confirmed the
+  publication equals its statistics).
 * **Checkpoints** are ``checkpoint()`` → the ``(arrays, meta)`` of the live statistics and
   ``restore(arrays, meta)``; the coordinator calls them while the learners are flushed and paused.
 """
@@ -36,14 +37,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import ray
 from numpy.typing import ArrayLike, NDArray
 
-from recsys.bandits import ClusterGraph, DenseStats, shard_of, stats_from_arrays
+from recsys.bandits import DenseStats, Publication, shard_of, stats_from_arrays
 from recsys.bandits.protocol import Statistics, StatsArrays
 
 Clock = Callable[[], float]
@@ -60,11 +61,6 @@ def dense_statistics(
 ) -> DenseStats:
     """Empty dense statistics for a shard fleet: centred by default (see the module docs)."""
     return DenseStats.empty(item_ids, dim, lam=lam, centred=centred, space=space, dtype=dtype)
-
-
-def graph_statistics(graph: ClusterGraph, *, lam: float = 1.0, calibration: str = "k1") -> Any:
-    """Empty graph statistics on the edges of an offline-built cluster→item graph."""
-    return graph.stats(lam=lam, calibration=calibration)  # type: ignore[arg-type]
 
 
 def shard_parts(stats: Statistics, n_shards: int) -> list[StatsArrays]:
@@ -182,14 +178,13 @@ class ParameterShard:
         return int(mine.size)
 
     def add_edges(self, edge_clusters: ArrayLike, edge_items: ArrayLike) -> int:
-        """Graph layout: add the (cluster, item) edges whose items this shard owns."""
-        if not hasattr(self._stats, "add_edges"):
-            raise TypeError(f"add_edges: {self._stats.layout} statistics have no graph edges")
+        """Graph layout: add the (cluster, item) edges whose items this shard owns; returns
+        how many (other layouts raise ``TypeError``: they have no edges)."""
         clusters = np.asarray(edge_clusters, dtype=np.int64).ravel()
         items = np.asarray(edge_items, dtype=np.int64).ravel()
         keep = shard_of(items, self.n_shards) == self.index
+        self._stats.add_edges(clusters[keep], items[keep])
         if keep.any():
-            self._stats.add_edges(clusters[keep], items[keep])
             self._changed()
         return int(keep.sum())
 
@@ -236,28 +231,18 @@ class ParameterShard:
         arrays, meta = self._published
         return arrays, {**meta, "current_at_ms": self._current_at_ms}
 
-    def snapshot_ref(self, max_staleness_ms: float = 100.0) -> list[Any]:
-        """``[ObjectRef]`` of :meth:`snapshot`'s publication, put in the object store once per
-        publication (wrapped in a list so Ray hands the reference itself to the caller).
-
-        ``current_at_ms`` inside is the value at publication; read it with :meth:`snapshot`
-        when the exact freshness matters.
-        """
+    def publication(self, max_staleness_ms: float = 100.0) -> Publication:
+        """What readers poll (``recsys.bandits.Publisher``): :meth:`snapshot`'s publication,
+        put in the object store once per publication, with what it is (see the module docs),
+        so a reader fetches the arrays only when ``snapshot_id`` changed. ``current_at_ms`` is
+        the current value; the meta inside ``ref`` keeps the one at publication."""
         arrays, meta = self.snapshot(max_staleness_ms)
         if self._published_ref is None:
             self._published_ref = ray.put((arrays, meta))
-        return [self._published_ref]
-
-    def publication(self, max_staleness_ms: float = 100.0) -> dict[str, Any]:
-        """What a serving replica polls (``recsys.serving.snapshots``' shard protocol): the
-        publication's ``ref`` (``[ObjectRef]``, as :meth:`snapshot_ref`) with its
-        ``snapshot_id``, ``version``, ``published_ms`` and the current ``current_at_ms``, so the
-        reader fetches the arrays only when ``snapshot_id`` changed."""
-        ref = self.snapshot_ref(max_staleness_ms)
-        assert self._published is not None
-        meta = self._published[1]
-        return {"ref": ref, "snapshot_id": meta["snapshot_id"], "version": int(meta["version"]),
-                "published_ms": int(meta["published_ms"]), "current_at_ms": self._current_at_ms}
+        return Publication(
+            ref=self._published_ref, snapshot_id=str(meta["snapshot_id"]),
+            version=int(meta["version"]), published_ms=int(meta["published_ms"]),
+            current_at_ms=self._current_at_ms, shard_index=self.index, n_shards=self.n_shards)
 
     # -- checkpoints -------------------------------------------------------------------------
 
@@ -294,19 +279,35 @@ ParameterShardActor = ray.remote(num_cpus=0)(ParameterShard)
 """``ParameterShard`` as a Ray actor (no CPU reservation: it waits on messages most of the time)."""
 
 
-def start_shards(stats: Statistics, n_shards: int, **actor_options: Any) -> list[Any]:
-    """One ``ParameterShardActor`` per share of ``stats``; returns their handles in order."""
-    parts = shard_parts(stats, n_shards)
-    actor = ParameterShardActor.options(**actor_options) if actor_options else ParameterShardActor
-    return [actor.remote(i, n_shards, arrays, meta) for i, (arrays, meta) in enumerate(parts)]
+def start_shards(stats: Statistics, n_shards: int, *, names: Sequence[str] | None = None
+                 ) -> list[Any]:
+    """One ``ParameterShardActor`` per share of ``stats``; returns their handles in order.
+
+    ``names`` (one per shard) names the actors, so serving replicas find them; a name still
+    held by a killed actor (released asynchronously) is waited for.
+    """
+    if names is not None and len(names) != n_shards:
+        raise ValueError(f"names: expected {n_shards} shard names, got {len(names)}")
+    handles = []
+    for i, (arrays, meta) in enumerate(shard_parts(stats, n_shards)):
+        actor = ParameterShardActor
+        if names is not None:
+            _wait_name_free(names[i])
+            actor = ParameterShardActor.options(name=names[i])
+        handles.append(actor.remote(i, n_shards, arrays, meta))
+    return handles
 
 
-def merge_snapshots(snapshots: Iterable[StatsArrays]) -> Any:
-    """One statistics object from the snapshots of every shard (a reader's whole view)."""
-    merged = None
-    for arrays, meta in snapshots:
-        part = stats_from_arrays(arrays, meta)
-        merged = part.copy() if merged is None else merged.merge(part)
-    if merged is None:
-        raise ValueError("merge_snapshots: no snapshots given")
-    return merged
+def _wait_name_free(name: str, timeout_s: float = 30.0) -> None:
+    """Wait until no live actor holds ``name`` (a killed actor releases it asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get_actor(name)
+        except ValueError:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"shard name {name!r} is still taken by a live actor after "
+                               f"{timeout_s:.0f} s; is another pipeline using the same "
+                               "shard_name_prefix?")
+        time.sleep(0.05)

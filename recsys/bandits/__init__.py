@@ -16,20 +16,33 @@ Example::
     arrays, meta = shards[s].to_arrays()        # Ray object store / checkpoint / mlflow artifact
 
 Every layout implements :class:`Statistics` (``recsys.bandits.protocol``): callers never need
-``isinstance``; ``snapshot_id`` names a snapshot's content.
+``isinstance``; ``snapshot_id`` names a snapshot's content; ``merge_parts`` puts shards back
+together; parameter shards publish a :class:`Publication`. Policies sample slates through an
+array backend (``recsys.bandits.arrays``): numpy here, torch in the serving app.
 
 Policies are scikit-learn estimators (``get_params``/``set_params``/``clone``); ``action_dist``
 gives Open Bandit Pipeline's ``(n_rounds, n_items, k)`` distribution for ``recsys.ope``; and
 ``policy_spec``/``policy_from_spec`` store a policy's class and hyperparameters as JSON.
 """
 
+from recsys.bandits.arrays import ArrayBackend
 from recsys.bandits.base import BasePolicy
 from recsys.bandits.baselines import EpsilonGreedy, Greedy, SquareCB
 from recsys.bandits.clustering import ClusterGraph, build_cluster_graph
+from recsys.bandits.contexts import ContextError
 from recsys.bandits.dense import DenseStats
 from recsys.bandits.full import FullStats
 from recsys.bandits.graph import GraphStats, SoftContexts
-from recsys.bandits.protocol import Statistics, load_stats, shard_of, stats_from_arrays
+from recsys.bandits.protocol import (
+    ItemSummary,
+    Statistics,
+    load_stats,
+    merge_parts,
+    shard_of,
+    stats_for_stream,
+    stats_from_arrays,
+)
+from recsys.bandits.publication import Publication, Publisher
 from recsys.bandits.slates import Slate
 from recsys.bandits.spec import POLICY_CLASSES, policy_from_spec, policy_spec
 from recsys.bandits.thompson import DiagLinTS, InSlateTS, LinTS
@@ -38,8 +51,10 @@ from recsys.bandits.validation import UnknownItemError
 
 __all__ = [
     "POLICY_CLASSES",
+    "ArrayBackend",
     "BasePolicy",
     "ClusterGraph",
+    "ContextError",
     "DenseStats",
     "DiagLinTS",
     "DiagLinUCB",
@@ -48,8 +63,11 @@ __all__ = [
     "GraphStats",
     "Greedy",
     "InSlateTS",
+    "ItemSummary",
     "LinTS",
     "LinUCB",
+    "Publication",
+    "Publisher",
     "Slate",
     "SoftContexts",
     "SquareCB",
@@ -57,8 +75,10 @@ __all__ = [
     "UnknownItemError",
     "build_cluster_graph",
     "load_stats",
+    "merge_parts",
     "policy_from_spec",
     "policy_spec",
     "shard_of",
+    "stats_for_stream",
     "stats_from_arrays",
 ]

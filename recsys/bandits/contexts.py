@@ -149,7 +149,7 @@ class DenseContexts:
             raise ContextError("dense", f"expected {self.dim} features, got "
                                f"{len(context.dense)}")
         x = np.asarray(context.dense, dtype=np.float64)
-        return x[None, :], Context(dense=context.dense)
+        return x[None, :], (Context(dense=context.dense) if context.cluster_ids else context)
 
 
 @dataclass(frozen=True)

@@ -286,6 +286,8 @@ class GraphStats(StatsBase):
         """Add new (cluster, item) edges with zero statistics, adding unknown items, in place."""
         c = np.asarray(edge_clusters, dtype=np.int64).ravel()
         ids = np.asarray(edge_items, dtype=np.int64).ravel()
+        if c.size == 0 and ids.size == 0:
+            return self
         items = np.union1d(self.items.ids, ids)
         self._rebuilt(items, c, ids, np.ones(self.n_edges, dtype=bool))
         return self

@@ -36,9 +36,9 @@ import numpy as np
 from recsys import topics
 from recsys.bandits import (
     BasePolicy,
+    ContextError,
     DiagLinTS,
     EpsilonGreedy,
-    SoftContexts,
     UnknownItemError,
     policy_from_spec,
     policy_spec,
@@ -266,7 +266,8 @@ class RecommenderService:
                               len(self._arms) - 1)]
 
     def _context(self, req: RecommendRequest, stats: Any) -> tuple[Any, Context]:
-        layout = stats.layout
+        """The request's scoring input for the statistics' layout and the context to log: the
+        request's own, or the user's row of the feature table when it sends none."""
         ctx = req.context
         if ctx is None:
             dense = self.users.get(req.user_id) if self.users is not None else None
@@ -274,28 +275,14 @@ class RecommenderService:
                 where = ("no user-feature table is configured" if self.users is None
                          else f"user {req.user_id!r} is not in the user-feature table")
                 raise RequestError(("context",), f"expected a context: {where}")
-            ctx_dense = dense
-        elif layout == "graph":
-            if not ctx.cluster_ids:
-                raise RequestError(("context", "cluster_ids"), "expected cluster ids and weights:"
-                                   " this deployment scores soft cluster memberships")
-            try:
-                return (SoftContexts.of(np.asarray(ctx.cluster_ids, dtype=np.int64),
-                                        np.asarray(ctx.cluster_weights)),
-                        Context(cluster_ids=tuple(ctx.cluster_ids),
-                                cluster_weights=tuple(ctx.cluster_weights)))
-            except ValueError as exc:
-                raise RequestError(("context",), str(exc)) from None
+            given = Context(dense=tuple(dense.tolist()))
         else:
-            if not ctx.dense:
-                raise RequestError(("context", "dense"), "expected dense features: this "
-                                   "deployment scores dense user embeddings")
-            ctx_dense = np.asarray(ctx.dense, dtype=np.float64)
-        dim = int(stats.dim)
-        if ctx_dense.shape[0] != dim:
-            raise RequestError(("context", "dense"), f"expected {dim} features, got "
-                               f"{ctx_dense.shape[0]}")
-        return ctx_dense[None, :], Context(dense=tuple(ctx_dense.tolist()))
+            given = Context(dense=tuple(ctx.dense), cluster_ids=tuple(ctx.cluster_ids),
+                            cluster_weights=tuple(ctx.cluster_weights))
+        try:
+            return stats.context_codec().one(given)
+        except ContextError as exc:
+            raise RequestError(("context", exc.field), exc.msg) from None
 
     def recommend(self, req: RecommendRequest) -> RecommendResponse:
         """Score, sample a slate with propensities, queue its impression, answer."""

@@ -1,16 +1,14 @@
-"""Serving replicas read the bandit statistics from the parameter shards: the shard protocol.
+"""Serving replicas read the bandit statistics from the parameter shards.
 
-``recsys`` defines what a shard must answer and ``streaming`` implements it, so serving never
-imports ``streaming`` (DESIGN.md). A shard is a Ray actor, found by name, with a method
-
-    ``publication(max_staleness_ms) -> {"ref": [ObjectRef[(arrays, meta)]], "snapshot_id": str,
-    "version": int, "published_ms": int, "current_at_ms": int}``
-
-``ref`` is the shard's published statistics (``Statistics.to_arrays()``) in Ray's object store,
-holding every delta applied more than ``max_staleness_ms`` ago; ``current_at_ms`` is the last
-time the shard confirmed that publication equals its live statistics. A replica polls every
-shard, fetches arrays only for shards whose ``snapshot_id`` changed (zero-copy from the object
-store), and merges the parts into one statistics object over the whole catalogue.
+A shard is a Ray actor, found by name, that implements ``recsys.bandits.Publisher``: its
+``publication(max_staleness_ms)`` answers a :class:`~recsys.bandits.Publication` whose ``ref``
+points at the shard's published statistics (``Statistics.to_arrays()``) in Ray's object store,
+holding every delta applied more than ``max_staleness_ms`` ago; its ``current_at_ms`` is the
+last time the shard confirmed that the publication equals its live statistics. ``recsys``
+defines both and ``streaming`` implements them, so serving never imports ``streaming``
+(DESIGN.md). A replica polls every shard, fetches arrays only for shards whose ``snapshot_id``
+changed (zero-copy from the object store), and merges the parts into one statistics object over
+the whole catalogue (``recsys.bandits.merge_parts``).
 
 Staleness: a replica polling every ``refresh_interval_ms`` asks the shards for
 ``max_staleness_ms - refresh_interval_ms``, so what it scores with is at most ``max_staleness_ms``
@@ -24,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from recsys.bandits import stats_from_arrays
+from recsys.bandits import Publication, merge_parts, stats_from_arrays
 from recsys.bandits.protocol import Statistics
 
 
@@ -95,21 +93,22 @@ class ShardSnapshots:
 
         handles = self._lookup()
         try:
-            pubs = ray.get([h.publication.remote(self.max_staleness_ms) for h in handles],
-                           timeout=self.timeout_s)
+            pubs: list[Publication] = ray.get(
+                [h.publication.remote(self.max_staleness_ms) for h in handles],
+                timeout=self.timeout_s)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
             self._handles = None
             raise ShardsUnavailable(f"a shard did not answer: {type(exc).__name__}") from None
-        current_at = min(int(p["current_at_ms"]) for p in pubs)
-        ids = [str(p["snapshot_id"]) for p in pubs]
+        current_at = min(p.current_at_ms for p in pubs)
+        ids = [p.snapshot_id for p in pubs]
         snapshot_id = "+".join(ids)
-        version = sum(int(p["version"]) for p in pubs)
+        version = sum(p.version for p in pubs)
         if previous is not None and previous.snapshot_id == snapshot_id:
             return Snapshot(previous.stats, snapshot_id, version, current_at, previous.fetched_ms)
         stale = [i for i, sid in enumerate(ids)
                  if self._parts[i] is None or self._parts[i][0] != sid]  # type: ignore[index]
         try:
-            fetched = ray.get([pubs[i]["ref"][0] for i in stale], timeout=self.timeout_s)
+            fetched = ray.get([pubs[i].ref for i in stale], timeout=self.timeout_s)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError,
                 ray.exceptions.ObjectLostError) as exc:
             self._handles = None
@@ -120,13 +119,3 @@ class ShardSnapshots:
         self.fetches += 1
         return Snapshot(merge_parts([p[1] for p in self._parts if p is not None]), snapshot_id,
                         version, current_at)
-
-
-def merge_parts(parts: list[Statistics]) -> Statistics:
-    """One statistics object over the union of the shards' items."""
-    if not parts:
-        raise ValueError("parts: expected at least one shard's statistics, got none")
-    merged = parts[0].copy() if len(parts) == 1 else parts[0]  # type: ignore[attr-defined]
-    for part in parts[1:]:
-        merged = merged.merge(part)
-    return merged

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from recsys.bandits import DenseStats, GraphStats
+from recsys.bandits import DenseStats, GraphStats, Publication
 from streaming.coordinator import CheckpointReport
 from streaming.metrics import PipelineMetrics, Reading, item_figures
 
@@ -23,6 +23,12 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def series(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     return {labels: v for (n, labels), v in samples(text).items() if n == name}
+
+
+def _publication(shard: int, *, published_s: float, current_at_s: float) -> Publication:
+    return Publication(ref=None, snapshot_id=f"s{shard}:1", version=1,
+                       published_ms=int(published_s * 1000), current_at_ms=int(current_at_s * 1000),
+                       shard_index=shard, n_shards=2)
 
 
 def _centred(lam: float = 2.0) -> DenseStats:
@@ -103,8 +109,8 @@ def _reading(at_s: float, learned: int, *, checkpoint: str | None = "000003") ->
         lag={"learner-0": {("imps", 0): 5, ("fbs", 0): 0}, "joiner-0": {("imps", 0): 7}},
         shards={0: {"version": 12, "n_items": 3, "nbytes": 480, "deltas_applied": 9},
                 1: {"version": 4, "n_items": 2, "nbytes": 320, "deltas_applied": 3}},
-        snapshots={0: {"published_ms": (at_s - 1.5) * 1000, "current_at_ms": (at_s - 0.03) * 1000},
-                   1: {"published_ms": at_s * 1000, "current_at_ms": at_s * 1000}},
+        publications={0: _publication(0, published_s=at_s - 1.5, current_at_s=at_s - 0.03),
+                      1: _publication(1, published_s=at_s, current_at_s=at_s)},
         statistics=[_centred()],
         checkpoint=report, checkpoint_id=checkpoint, recoveries=1,
     )
@@ -182,7 +188,7 @@ def test_a_reading_without_statistics_keeps_the_last_item_figures() -> None:
     metrics = PipelineMetrics(top_n=1)
     metrics.update(_reading(1000.0, learned=100))
     later = _reading(1001.0, learned=100)
-    later.statistics, later.snapshots = None, None
+    later.statistics, later.publications = None, None
     metrics.update(later)
     text = metrics.render()
     assert series(text, "recsys_stream_item_exposures") == {(("item", "12"),): 3.0}

@@ -6,16 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys.bandits import ClusterGraph, DenseStats, GraphStats, shard_of, stats_from_arrays
-from recsys.bandits.graph import SoftContexts
-from streaming.shards import (
-    ParameterShard,
-    dense_statistics,
-    graph_statistics,
-    merge_snapshots,
-    shard_parts,
-    start_shards,
+from recsys.bandits import (
+    ClusterGraph,
+    DenseStats,
+    GraphStats,
+    Publication,
+    merge_parts,
+    shard_of,
+    stats_from_arrays,
 )
+from recsys.bandits.graph import SoftContexts
+from streaming.shards import ParameterShard, dense_statistics, shard_parts, start_shards
 
 ITEMS = np.arange(40) * 3 + 1
 DIM = 4
@@ -60,6 +61,11 @@ def _shards(stats, clock=None) -> list[ParameterShard]:
             for i, part in enumerate(shard_parts(stats, N_SHARDS))]
 
 
+def _merged(shards: list[ParameterShard]):
+    """The shards' current statistics put back together."""
+    return merge_parts([stats_from_arrays(*s.snapshot(max_staleness_ms=0)) for s in shards])
+
+
 def _routed(delta) -> dict[int, tuple]:
     """A delta's (arrays, meta) per owning shard, the way learners route them."""
     owner = shard_of(delta.item_ids, N_SHARDS)
@@ -76,12 +82,12 @@ def test_graph_statistics_live_on_the_cluster_graph_edges_and_shard_by_item() ->
     graph = ClusterGraph(centroids=np.eye(3), item_ids=ITEMS,
                          edge_clusters=np.repeat(np.arange(3), 4),
                          edge_items=np.tile(ITEMS[:4], 3), version="graph-v1")
-    stats = graph_statistics(graph, calibration="normalised")
+    stats = graph.stats(calibration="normalised")
     assert (stats.layout, stats.n_edges, stats.weighting, stats.space) == (
         "graph", 12, "linear", "graph-v1")
     shards = _shards(stats)
     assert sum(s.stats()["n_items"] for s in shards) == ITEMS.size
-    assert merge_snapshots(s.snapshot(0) for s in shards).allclose(stats)
+    assert _merged(shards).allclose(stats)
 
 
 @pytest.mark.parametrize("layout", ["dense", "graph"])
@@ -113,8 +119,7 @@ def test_deltas_merged_in_any_order_equal_one_learn(layout: str) -> None:
     for k in range(0, len(messages), 2):
         shard, (arrays, meta) = messages[k]
         truth.merge_inplace(stats_from_arrays(arrays, meta))
-    merged = merge_snapshots(s.snapshot(max_staleness_ms=0) for s in shards)
-    assert merged.allclose(truth, rtol=1e-9, atol=1e-12)
+    assert _merged(shards).allclose(truth, rtol=1e-9, atol=1e-12)
     assert sum(s.stats()["deltas_applied"] for s in shards) == len(messages) + len(messages[::2])
 
 
@@ -205,11 +210,10 @@ def test_items_are_added_and_retired_while_running(layout: str) -> None:
     delta = grown.delta_from_batch(contexts, items, rewards)
     for s, arrays_meta in _routed(delta).items():
         shards[s].apply([arrays_meta])
-    merged = merge_snapshots(s.snapshot(0) for s in shards)
-    assert merged.allclose(grown.learn(contexts, items, rewards))
+    assert _merged(shards).allclose(grown.learn(contexts, items, rewards))
     gone = np.array([1000, ITEMS[0]])
     assert sum(s.retire_items(gone) for s in shards) == 2
-    merged = merge_snapshots(s.snapshot(0) for s in shards)
+    merged = _merged(shards)
     assert not np.isin(gone, merged.item_ids).any()
     assert merged.allclose(grown.select(np.setdiff1d(grown.item_ids, gone)))
     # a delta for a retired item is dropped row by row and counted, the rest still merges
@@ -220,7 +224,7 @@ def test_items_are_added_and_retired_while_running(layout: str) -> None:
         for s in shards:
             s.add_items([1001])
     if layout == "dense":
-        with pytest.raises(TypeError, match="have no graph edges"):
+        with pytest.raises(TypeError, match=r"add_edges: expected graph statistics .*, got dense"):
             shards[0].add_edges([0], [1000])
 
 
@@ -245,19 +249,27 @@ def test_checkpoint_restores_the_same_statistics_into_a_fresh_shard() -> None:
 
 
 @pytest.mark.integration
-def test_shard_actors_hand_out_snapshots_by_reference(ray_session) -> None:
+def test_shard_actors_publish_their_statistics_by_reference(ray_session) -> None:
     ray = ray_session
     base = dense_statistics(ITEMS, DIM)
-    actors = start_shards(base, N_SHARDS)
+    names = [f"test-shard-{i}" for i in range(N_SHARDS)]
+    actors = start_shards(base, N_SHARDS, names=names)
+    assert [ray.get_actor(n) for n in names] == actors
     rng = np.random.default_rng(11)
     x, items, r = rng.normal(size=(60, DIM)), rng.choice(ITEMS, 60), rng.random(60)
     delta = base.delta_from_batch(x, items, r)
     ray.get([actors[s].apply.remote([part]) for s, part in _routed(delta).items()])
-    refs = [ray.get(a.snapshot_ref.remote(0))[0] for a in actors]
-    merged = merge_snapshots(ray.get(refs))
+    pubs = ray.get([a.publication.remote(0) for a in actors])
+    assert all(isinstance(p, Publication) for p in pubs)
+    assert [(p.shard_index, p.n_shards) for p in pubs] == [(i, N_SHARDS) for i in range(N_SHARDS)]
+    assert [p.snapshot_id for p in pubs] == [ray.get(a.stats.remote())["snapshot_id"]
+                                             for a in actors]
+    merged = merge_parts([stats_from_arrays(*part) for part in ray.get([p.ref for p in pubs])])
     assert merged.allclose(base.copy().learn(x, items, r))
     # the same publication is handed out again while nothing changed
-    assert ray.get(actors[0].snapshot_ref.remote(0))[0] == refs[0]
+    assert ray.get(actors[0].publication.remote(0)).ref == pubs[0].ref
+    with pytest.raises(ValueError, match="names: expected 3 shard names, got 1"):
+        start_shards(base, N_SHARDS, names=names[:1])
     for actor in actors:
         ray.kill(actor)
 
