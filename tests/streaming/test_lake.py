@@ -44,7 +44,8 @@ def impression(i: int, time_ms: int = NEAR_MIDNIGHT_MS) -> Impression:
         policy_name="diag-linucb",
         policy_version=2,
         slate=tuple(
-            SlateEntry(item_id=10 * i + k, position=k, score=1.0 - k / 4, propensity=0.5 / (k + 1))
+            SlateEntry(item_id=10 * i + k, position=k, score=1.0 - k / 4, propensity=0.5 / (k + 1),
+                       propensity_se=0.01 * k)  # Thompson sampling's Monte Carlo error, 0: exact
             for k in range(3)
         ),
     )
@@ -74,6 +75,7 @@ def reward(i: int, time_ms: int = NEAR_MIDNIGHT_MS) -> Reward:
         propensity=0.25,
         policy_name="diag-lints",
         policy_version=1,
+        propensity_se=0.005 * (i % 3),
     )
 
 
@@ -251,6 +253,12 @@ def test_read_back_validates_and_equals_what_was_written_for_every_table(tmp_pat
         )
         keys = ["kafka_offset", "position"]
         assert read.drop(PARTITIONING.names).sort(keys).equals(expected.sort(keys)), table
+    # Thompson sampling's propensity errors reach the lake with each shown item and reward.
+    shown = scan_lake(tmp_path, "impressions").collect()
+    assert shown.group_by("position").agg(pl.col("propensity_se").unique()).sort(
+        "position")["propensity_se"].to_list() == [[0.0], [0.01], [0.02]]
+    rewards = scan_lake(tmp_path, "rewards").collect().sort("kafka_offset")
+    assert rewards["propensity_se"].to_list() == [0.005 * (i % 3) for i in range(12)]
 
 
 # -- replays and recovery ----------------------------------------------------------------------
