@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from recsys.commands import add_command
 from recsys.config import Settings
 from streaming.broker import (
     BrokerError,
@@ -91,10 +92,9 @@ def run_broker(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "broker",
+    parser = add_command(
+        subparsers, "broker", run_broker,
         help="start, stop or inspect the embedded Kafka broker",
         description="Manage a long-lived embedded Kafka broker (KRaft, single node).",
     )
     parser.add_argument("action", choices=("start", "stop", "status"))
-    parser.set_defaults(func=run_broker)
