@@ -85,7 +85,7 @@ def post(url: str, path: str, body: object) -> requests.Response:
 
 def shard_snapshot_id(stack) -> str:
     shards = [ray.get_actor(n) for n in stack.pipeline.shard_names()]
-    return "+".join(p["snapshot_id"] for p in ray.get([s.publication.remote(0) for s in shards]))
+    return "+".join(p.snapshot_id for p in ray.get([s.publication.remote(0) for s in shards]))
 
 
 def served_snapshot_id(stack) -> str:

@@ -13,12 +13,12 @@ import msgspec
 import numpy as np
 import pytest
 
-from recsys.bandits import GraphStats, SoftContexts
+from recsys.bandits import GraphStats, SoftContexts, merge_parts, stats_from_arrays
 from recsys.events import Context, Feedback, Impression, SlateEntry
 from streaming.consumer import ConsumedEvent
 from streaming.join import EventTimeJoiner, Reason
 from streaming.learner import Learner, LearnerActor, LearnerCore
-from streaming.shards import ParameterShard, dense_statistics, merge_snapshots, shard_parts
+from streaming.shards import ParameterShard, dense_statistics, shard_parts
 from tests.streaming.event_log import (
     LATENESS,
     MAPPING,
@@ -75,7 +75,7 @@ def shards_for(stats) -> list[ParameterShard]:
 
 
 def learned(shards) -> object:
-    return merge_snapshots(s.snapshot(max_staleness_ms=0) for s in shards)
+    return merge_parts([stats_from_arrays(*s.snapshot(max_staleness_ms=0)) for s in shards])
 
 
 def feed(core: LearnerCore, shards, batches) -> None:
@@ -339,8 +339,8 @@ def test_two_learner_actors_and_two_shard_actors_reach_the_truth(
         assert not pending, "the learners did not reach the end offsets within 60 s"
         ray.get([lr.flush.remote() for lr in learners])
         snapshots = ray.get([s.snapshot.remote(0) for s in shards])
-        assert merge_snapshots(snapshots).allclose(truth_stats(base, log, dense_contexts),
-                                                   rtol=1e-9, atol=1e-12)
+        assert merge_parts([stats_from_arrays(*s) for s in snapshots]).allclose(
+            truth_stats(base, log, dense_contexts), rtol=1e-9, atol=1e-12)
         stats = ray.get([lr.stats.remote() for lr in learners])
         assert sum(s["events"] for s in stats) == log.n_events
         assert all(s["dead_lettered"] == 0 for s in stats)
