@@ -35,10 +35,10 @@ from numpy.typing import NDArray
 
 from recsys.events import Feedback, Impression, encode
 from recsys.producer import EventProducer
+from recsys.topics import DEAD_LETTER, FEEDBACK, IMPRESSIONS, REWARDS
 from streaming.consumer import ConsumedEvent, EventConsumer
 from streaming.join import EventTimeJoiner, Rejected
 from streaming.reading import ConsumingActor, Offsets
-from streaming.topics import DEAD_LETTER, FEEDBACK, IMPRESSIONS, REWARDS
 
 StateArrays = dict[str, NDArray[Any]]
 
