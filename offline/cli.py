@@ -169,12 +169,12 @@ def run_reproduce(args: argparse.Namespace) -> int:
     settings: Settings = args.settings
     names = EXPERIMENT_NAMES if args.experiment == "all" else (args.experiment,)
     out = args.out or settings.data_dir / "reproduce" / f"{args.experiment}.json"
-    _start(settings)
     started = time.perf_counter()
     results: dict = {"experiments": {}}
     for name in names:
         with _data_errors():  # one experiment's data at a time, prepared before Ray starts
             prepared = prepare_experiment(EXPERIMENTS[name], settings, args.seeds or SEEDS)
+        _start(settings)
         with ray_runtime(settings) if args.backend == "ray" else contextlib.nullcontext():
             result = run_experiment(prepared, settings, backend=args.backend,
                                     num_workers=args.num_workers, progress=not args.quiet,

@@ -6,6 +6,7 @@ import importlib.resources
 import inspect
 
 import pytest
+import ray
 
 from offline.models import MODELS
 from offline.objectives import OBJECTIVES, make_objective
@@ -13,6 +14,7 @@ from offline.propensity import PROPENSITY_ESTIMATORS
 from offline.reproduce import EXPERIMENTS, format_table, shipped_spec
 from offline.runner import summarise
 from offline.sources import SOURCES
+from recsys.cli import main
 
 CONFIGS = sorted(
     path.name.removesuffix(".toml")
@@ -75,3 +77,13 @@ def test_table_shows_mean_and_std_over_seeds() -> None:
     table = format_table(experiment, result)
     assert "| ips | 0.8500 ± 0.0707 | 1.1000 ± 0.1414 | 0.7000 ± 0.0000 |" in table
     assert "MISS: MF-IPS beats MF-Naive" in table
+
+
+def test_reproduce_reports_missing_data_before_ray_starts(monkeypatch, tmp_path, capsys) -> None:
+    monkeypatch.setenv("RECSYS_SHARED_DATA", str(tmp_path / "nowhere"))
+    assert main(["--data-dir", str(tmp_path / "data"), "reproduce", "coat", "--seeds", "0"]) == 2
+    assert capsys.readouterr().err == (
+        f"recsys reproduce: [train.data] path {tmp_path / 'nowhere' / 'coat'} does not exist (set "
+        "`path`, or RECSYS_SHARED_DATA to the folder holding coat/ and obd/)\n")
+    assert not ray.is_initialized()
+    assert not (tmp_path / "data").exists()  # nor mlflow's store
