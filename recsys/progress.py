@@ -5,6 +5,7 @@ the end, so that a log file gets readable lines instead of thousands of carriage
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import IO, Any
@@ -114,13 +115,14 @@ def progress_bar(total: float | None = None, *, desc: str = "", unit: str = "it"
 
 class StatusLine:
     """A one-line status that a long-running command refreshes often: redrawn in place on a
-    terminal, printed as a plain line every ``interval_s`` seconds otherwise."""
+    terminal; otherwise printed as a plain line, the first one at once and then one every
+    ``interval_s`` seconds."""
 
     def __init__(self, file: IO[str] | None = None, interval_s: float = PLAIN_INTERVAL_S) -> None:
         self.file = file or sys.stdout
         self.terminal = is_terminal(self.file)
         self.interval_s = float(interval_s)
-        self._last_line_at = time.monotonic()
+        self._last_line_at = -math.inf
         self._drawn = False
 
     def show(self, text: str) -> None:

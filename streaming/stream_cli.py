@@ -23,6 +23,7 @@ from typing import Any
 from recsys.checkpoint import CheckpointError, CheckpointStore
 from recsys.commands import CommandError, add_command
 from recsys.config import Settings
+from recsys.progress import StatusLine
 from recsys.storage import join
 
 
@@ -52,8 +53,8 @@ def checkpoint_location(settings: Settings, cluster: Any) -> str:
 def _status(pipeline: Any, rate: float, started: float) -> str:
     age_s = pipeline.checkpoint_age_s
     age = "none yet" if age_s is None else f"{age_s:.0f}s ago"
-    return (f"\r  {rate:>9,.0f} events/s | lag {pipeline.lag():>9,} | checkpoint {age} | "
-            f"recoveries {pipeline.recoveries} | up {time.monotonic() - started:.0f}s   ")
+    return (f"  {rate:>9,.0f} events/s | lag {pipeline.lag():>9,} | checkpoint {age} | "
+            f"recoveries {pipeline.recoveries} | up {time.monotonic() - started:.0f}s")
 
 
 def run_stream(args: argparse.Namespace) -> int:
@@ -93,6 +94,7 @@ def run_stream(args: argparse.Namespace) -> int:
                                                    f"   lake {settings.lake_uri}"))
         started = time.monotonic()
         window_started, window_events = started, 0
+        status = StatusLine(sys.stdout)  # redrawn on a terminal, plain lines in a log
         try:
             while args.duration is None or time.monotonic() - started < args.duration:
                 window_events += pipeline.step()
@@ -101,15 +103,16 @@ def run_stream(args: argparse.Namespace) -> int:
                     rate = window_events / (now - window_started)
                     if metrics is not None:
                         metrics.collect()
-                    sys.stdout.write(_status(pipeline, rate, started))
-                    sys.stdout.flush()
+                    status.show(_status(pipeline, rate, started))
                     window_started, window_events = now, 0
         except KeyboardInterrupt:
-            print("\n  interrupted: checkpointing and stopping")
+            status.close()
+            print("  interrupted: checkpointing and stopping")
         finally:
+            status.close()
             try:
                 report = pipeline.checkpoint()
-                print(f"\n  last checkpoint {report.checkpoint_id} in {report.duration_s:.2f}s")
+                print(f"  last checkpoint {report.checkpoint_id} in {report.duration_s:.2f}s")
                 stats = pipeline.stats()
                 print(f"  recoveries {stats['recoveries']}")
             finally:

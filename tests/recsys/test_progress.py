@@ -63,7 +63,8 @@ def test_a_status_line_is_redrawn_on_a_terminal_and_printed_as_lines_elsewhere()
     in_log.close()
     assert terminal.getvalue().count("\r") == 3 and terminal.getvalue().endswith("\n")
     assert log.getvalue() == "records 0\nrecords 1\nrecords 2\n"
-    quiet = io.StringIO()
-    rare = StatusLine(quiet, interval_s=3600)
+    rare_log = io.StringIO()
+    rare = StatusLine(rare_log, interval_s=3600)
+    rare.show("records 8")
     rare.show("records 9")
-    assert quiet.getvalue() == ""
+    assert rare_log.getvalue() == "records 8\n"  # the first at once, then one per interval
