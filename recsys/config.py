@@ -14,6 +14,7 @@ configuration alone. ``recsys info`` prints every value and where it came from.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import types
@@ -504,7 +505,32 @@ def _validate_serve(serve: ServeSettings) -> None:
     _one_of("serve.backend", serve.backend, ("numpy", "torch"))
     if serve.torch_threads is not None:
         _at_least("serve.torch_threads", serve.torch_threads, 1)
-    parse_traffic(serve.traffic)
+    names = policy_names(serve)
+    for name in parse_traffic(serve.traffic):
+        if name not in names:
+            raise ConfigError(message(
+                "serve.traffic", f"policy names among {', '.join(names)} (serve.policies)",
+                repr(name), did_you_mean(name, names)))
+
+
+DEFAULT_POLICY_NAMES = ("diag_lin_ts", "uniform")
+"""The policies served when ``serve.policies`` is unset (``recsys.serving``'s defaults)."""
+
+
+def policy_names(serve: ServeSettings) -> tuple[str, ...]:
+    """The names of the policies ``serve.policies`` defines (a JSON object of policy specs)."""
+    if serve.policies is None:
+        return DEFAULT_POLICY_NAMES
+    try:
+        specs = json.loads(serve.policies)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(message("serve.policies", "a JSON object {name: policy spec}",
+                                  f"invalid JSON ({exc})")) from None
+    if not isinstance(specs, dict) or not specs or not all(
+            isinstance(spec, dict) for spec in specs.values()):
+        raise ConfigError(message("serve.policies", "a JSON object {name: policy spec}",
+                                  serve.policies))
+    return tuple(specs)
 
 
 def parse_traffic(text: str) -> dict[str, float]:

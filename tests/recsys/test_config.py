@@ -100,6 +100,12 @@ def test_security_settings_pass_through_to_the_client() -> None:
         ("", {"RECSYS_SERVE_INGRESS": "nginx"}, "^serve.ingress: expected one of haproxy, proxy"),
         ("", {"RECSYS_SERVE_TRAFFIC": "ts=-1"}, "^serve.traffic: expected name=share"),
         ("", {"RECSYS_SERVE_TRAFFIC": "ts=0"}, "^serve.traffic: expected at least one positive"),
+        ("", {"RECSYS_SERVE_TRAFFIC": "diag_lin_tss=1"},
+         "^serve.traffic: expected policy names among diag_lin_ts, uniform "
+         r"\(serve.policies\), got 'diag_lin_tss'; did you mean diag_lin_ts[?]$"),
+        ("[serve]\npolicies = '{\"ucb\": {}}'\ntraffic = 'ucb=1,uniform=1'\n", {},
+         "got 'uniform'$"),
+        ("", {"RECSYS_SERVE_POLICIES": "{ucb: 1}"}, "^serve.policies: expected a JSON object"),
         ("[serve]\nmax_staleness_ms = 100\nrefresh_interval_ms = 150\n", {},
          r"^serve.refresh_interval_ms: expected at most serve.max_staleness_ms \(100\), got 150"),
     ],
