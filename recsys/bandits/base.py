@@ -11,6 +11,8 @@ validates them, builds the random generator from ``random_state`` and sets the l
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any, Self
 
 import numpy as np
@@ -58,6 +60,19 @@ def make_generator(random_state: Any) -> np.random.Generator:
         raise type(err)(message("random_state", expected, repr(random_state))) from None
 
 
+def with_common_hyperparameters(init: Callable[..., None]) -> Callable[..., None]:
+    """Decorate a policy's ``__init__(self, <its own hyperparameters>, **common)``: its
+    signature becomes its own hyperparameters followed by :class:`BasePolicy`'s (keyword-only),
+    so scikit-learn's ``get_params``/``clone`` and ``policy_spec`` see every one of them while
+    the shared ones are declared once, on ``BasePolicy.__init__``."""
+    own = inspect.signature(init)
+    shared = inspect.signature(BasePolicy.__init__).parameters
+    params = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    params += [p for name, p in shared.items() if name != "self"]
+    init.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+    return init
+
+
 class BasePolicy(BaseEstimator):
     """Shared plumbing: statistics lifecycle, validation, exploration floor, slates.
 
@@ -100,6 +115,12 @@ class BasePolicy(BaseEstimator):
         if not isinstance(self.centred, bool | np.bool_):
             raise TypeError(message("centred", "a bool", repr(self.centred)))
         self._uniform_mix = self._floor
+
+    def _mix_epsilon(self, epsilon: Any) -> None:
+        """Add an ε-mix (checked ``epsilon``) to the exploration floor: a request explores when
+        either draw says so."""
+        stay = (1.0 - check_probability(epsilon, "epsilon")) * (1.0 - self._floor)
+        self._uniform_mix = 1.0 - stay
 
     def check_params(self) -> Self:
         """Raise now if a hyperparameter is invalid (otherwise checked at ``init`` / ``use``)."""

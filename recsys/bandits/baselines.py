@@ -8,7 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from recsys.bandits.arrays import ArrayBackend
-from recsys.bandits.base import BasePolicy
+from recsys.bandits.base import BasePolicy, with_common_hyperparameters
 from recsys.bandits.slates import (
     Slate,
     eligible_counts,
@@ -17,7 +17,7 @@ from recsys.bandits.slates import (
     igw_slate,
     mix_with_uniform,
 )
-from recsys.bandits.validation import check_positive, check_probability
+from recsys.bandits.validation import check_positive
 
 
 class EpsilonGreedy(BasePolicy):
@@ -26,25 +26,14 @@ class EpsilonGreedy(BasePolicy):
     Exact propensities: ``(1-ε)·P_greedy(item at p) + ε/n_eligible``.
     """
 
-    def __init__(
-        self,
-        epsilon: float = 0.1,
-        *,
-        lam: float = 1.0,
-        reward_range: tuple[float, float] = (0.0, 1.0),
-        exploration_floor: float = 0.0,
-        centred: bool = False,
-        random_state: int | np.random.Generator | None = None,
-    ) -> None:
-        super().__init__(lam=lam, reward_range=reward_range,
-                         exploration_floor=exploration_floor, centred=centred,
-                         random_state=random_state)
+    @with_common_hyperparameters
+    def __init__(self, epsilon: float = 0.1, **common: Any) -> None:
+        super().__init__(**common)
         self.epsilon = epsilon
 
     def _check_params(self) -> None:
         super()._check_params()
-        epsilon = check_probability(self.epsilon, "epsilon")
-        self._uniform_mix = 1.0 - (1.0 - epsilon) * (1.0 - self._floor)
+        self._mix_epsilon(self.epsilon)
 
 
 class Greedy(EpsilonGreedy):
@@ -52,18 +41,9 @@ class Greedy(EpsilonGreedy):
 
     epsilon = 0.0  # fixed: not a hyperparameter of Greedy
 
-    def __init__(
-        self,
-        *,
-        lam: float = 1.0,
-        reward_range: tuple[float, float] = (0.0, 1.0),
-        exploration_floor: float = 0.0,
-        centred: bool = False,
-        random_state: int | np.random.Generator | None = None,
-    ) -> None:
-        BasePolicy.__init__(self, lam=lam, reward_range=reward_range,
-                            exploration_floor=exploration_floor, centred=centred,
-                            random_state=random_state)
+    @with_common_hyperparameters
+    def __init__(self, **common: Any) -> None:
+        BasePolicy.__init__(self, **common)
 
 
 class SquareCB(BasePolicy):
@@ -73,19 +53,9 @@ class SquareCB(BasePolicy):
     slots in greedy order. Every propensity is exact (see ``slates.igw_marginals``).
     """
 
-    def __init__(
-        self,
-        gamma: float = 100.0,
-        *,
-        lam: float = 1.0,
-        reward_range: tuple[float, float] = (0.0, 1.0),
-        exploration_floor: float = 0.0,
-        centred: bool = False,
-        random_state: int | np.random.Generator | None = None,
-    ) -> None:
-        super().__init__(lam=lam, reward_range=reward_range,
-                         exploration_floor=exploration_floor, centred=centred,
-                         random_state=random_state)
+    @with_common_hyperparameters
+    def __init__(self, gamma: float = 100.0, **common: Any) -> None:
+        super().__init__(**common)
         self.gamma = gamma
 
     def _check_params(self) -> None:

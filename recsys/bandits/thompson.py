@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from recsys.bandits.arrays import ArrayBackend
-from recsys.bandits.base import BasePolicy
+from recsys.bandits.base import BasePolicy, with_common_hyperparameters
 from recsys.bandits.full import FullCovariancePolicy
 from recsys.bandits.slates import (
     Slate,
@@ -48,21 +48,10 @@ class DiagLinTS(BasePolicy):
 
     per_slot_default = False
 
-    def __init__(
-        self,
-        v: float = 1.0,
-        *,
-        n_mc_draws: int = 100,
-        per_slot: bool | None = None,
-        lam: float = 1.0,
-        reward_range: tuple[float, float] = (0.0, 1.0),
-        exploration_floor: float = 0.0,
-        centred: bool = False,
-        random_state: int | np.random.Generator | None = None,
-    ) -> None:
-        super().__init__(lam=lam, reward_range=reward_range,
-                         exploration_floor=exploration_floor, centred=centred,
-                         random_state=random_state)
+    @with_common_hyperparameters
+    def __init__(self, v: float = 1.0, *, n_mc_draws: int = 100, per_slot: bool | None = None,
+                 **common: Any) -> None:
+        super().__init__(**common)
         self.v = v
         self.n_mc_draws = n_mc_draws
         self.per_slot = per_slot

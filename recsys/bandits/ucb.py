@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
-from recsys.bandits.base import BasePolicy
+from recsys.bandits.base import BasePolicy, with_common_hyperparameters
 from recsys.bandits.full import FullCovariancePolicy
-from recsys.bandits.validation import check_positive, check_probability
+from recsys.bandits.validation import check_positive
 
 
 class DiagLinUCB(BasePolicy):
@@ -18,28 +20,16 @@ class DiagLinUCB(BasePolicy):
     ``score(..., exploit=True)`` is the mean-only score for a candidate generator.
     """
 
-    def __init__(
-        self,
-        alpha: float = 1.0,
-        *,
-        epsilon: float = 0.0,
-        lam: float = 1.0,
-        reward_range: tuple[float, float] = (0.0, 1.0),
-        exploration_floor: float = 0.0,
-        centred: bool = False,
-        random_state: int | np.random.Generator | None = None,
-    ) -> None:
-        super().__init__(lam=lam, reward_range=reward_range,
-                         exploration_floor=exploration_floor, centred=centred,
-                         random_state=random_state)
+    @with_common_hyperparameters
+    def __init__(self, alpha: float = 1.0, *, epsilon: float = 0.0, **common: Any) -> None:
+        super().__init__(**common)
         self.alpha = alpha
         self.epsilon = epsilon
 
     def _check_params(self) -> None:
         super()._check_params()
         self._alpha = check_positive(self.alpha, "alpha", allow_zero=True)
-        epsilon = check_probability(self.epsilon, "epsilon")
-        self._uniform_mix = 1.0 - (1.0 - epsilon) * (1.0 - self._floor)
+        self._mix_epsilon(self.epsilon)
 
     def _rule(self, mean: NDArray[np.float64], sd: NDArray[np.float64]) -> NDArray[np.float64]:
         return mean + self._alpha * sd
