@@ -7,15 +7,19 @@ deltas with the statistics protocol's ``delta_from_batch`` and sends each shard 
 most ``max_in_flight`` per shard outstanding; ``flush`` waits for all of them (the checkpoint
 coordinator calls it). :class:`LearnerCore` is the Kafka-free half (events in, deltas out).
 
+Which impressions and feedback count, and for which shown item, is decided by the join itself:
+``LearnerCore`` feeds every batch to a ``streaming.join.WindowJoin``, the same rules the joiner
+emits ``recsys.rewards`` from (attribution window, watermarks, held feedback, repeats; see that
+module). So the statistics after any stream of events equal ``learn(part="both")`` on the rewards
+the joiner emits for it, whatever the interleaving of partitions and streams (tested).
+
 Freshness does not wait for the attribution window (the default, ``mode="fresh"``)
 -----------------------------------------------------------------------------------
 Exposure sums (Σx², Σx, counts) do not depend on the reward and reward sums (Σx·r, Σr) only on
 the feedback, so an impression's exposure part (one row per shown item, with the impression's
-context) is learned the moment the impression is read, and a click's reward part the moment the
-click is read; the two add up to one ``learn(part="both")`` on the joined examples. The reward of
-a shown item is the **max** of the mapped values of its feedback, as the joiner
-(``streaming.join``) defines it; the learner learns it incrementally: each feedback adds the
-*increase* of the running max (the first adds its value, a lower or repeated one adds nothing).
+context) is learned the moment the join opens its request, and a feedback's reward part the
+moment the join accepts it: the *increase* of the item's running max reward. The two add up to
+one ``learn(part="both")`` on the joined examples.
 
 The price is the usual **delayed-feedback pessimism**: between an impression and its clicks the
 item has been shown but not (yet) rewarded, so its estimated reward is biased low for a few
@@ -25,31 +29,15 @@ exploration bonuses shrink with exposure at once, which is what keeps one item f
 everyone on stale parameters. ``mode="window"`` is the alternative: learn ``part="both"`` only
 from the joined examples on ``recsys.rewards``, unbiased but a full window late.
 
-Same rules as the joiner, so the state equals learning its joined examples
----------------------------------------------------------------------------
-The statistics after any stream of events equal ``learn(part="both")`` on the rewards the joiner
-emits for the same events (tested), whatever the interleaving of partitions and streams. So the
-learner mirrors every decision of ``streaming.join``: per-partition and per-stream event-time
-watermarks (max seen − allowed lateness); late impressions (below their stream's watermark) and
-impressions repeated while open are not learned (the joiner writes no example for them); feedback
-counts when its type is mapped, it is not late, its time is in ``[impression time, impression time
-+ window)``, its user is the impression's and its item was shown at its position; feedback that
-arrives before its impression is held until the impression comes or the impression watermark
-passes it; duplicates are harmless under max. Rejected feedback is counted by the joiner's reason
-names (the joiner dead-letters it; the learner only counts, so nothing is reported twice).
-Open requests are kept until the feedback watermark of their partition passes their window end
-(the context cache, bounded by ``max_open_requests``: beyond it the oldest are closed early and
-counted), held feedback until it expires; both are checked lazily, in amortised O(1) per event,
-which cannot change a decision (a feedback that would find a window closed is late or outside it).
-One exception: an impression repeated *after* its window closed is learned again if its request
-was already swept and not if it is still held (the joiner re-emits its rewards, which downstream
-de-duplicates); idempotent producers make such repeats rare.
-
-Bad input never stops a learner: events that do not decode are the consumer's dead letters;
-contexts of the wrong width, unknown clusters and items outside the catalogue are counted and
-skipped. The state (open requests with their running rewards, held feedback, watermarks,
-counters) round-trips through plain numpy arrays (``state_arrays`` / ``restore``), so a checkpoint
-holds it beside the offsets.
+The join keeps each open request's context (in the layout's columns) until its window closes;
+windows are closed and held feedback expired in amortised O(1) per event (``sweep``), bounded by
+``max_open_requests``. Rejected events are counted by the join's reason names (the joiner
+dead-letters them; the learner only counts, so nothing is reported twice). Bad input never stops
+a learner: events that do not decode are the consumer's dead letters; contexts of the wrong width
+or with unknown clusters and items outside the catalogue are joined as usual but not learned,
+and counted (``bad_context``, ``unknown_item``). The state (the join's, contexts included)
+round-trips through plain numpy arrays (``state_arrays`` / ``load_state``), so a checkpoint holds
+it beside the offsets.
 """
 
 from __future__ import annotations
@@ -65,166 +53,15 @@ import ray
 from numpy.typing import NDArray
 
 from recsys.bandits import shard_of, stats_from_arrays
-from recsys.bandits.graph import SoftContexts
 from recsys.bandits.protocol import StatsArrays
 from recsys.events import Feedback, Impression, Reward
+from recsys.topics import DEAD_LETTER
 from streaming.consumer import ConsumedEvent, EventConsumer
-from streaming.join import DEFAULT_REWARD_MAPPING, FEEDBACK_TYPES, NO_TIME, Reason
+from streaming.join import WindowJoin, feedback_columns, impression_columns
 from streaming.reading import ConsumingActor, Offsets
-from streaming.topics import DEAD_LETTER
 
 Mode = Literal["fresh", "window"]
-STATE_FORMAT = "recsys.learner.state/1"
-_TYPES = tuple(sorted(FEEDBACK_TYPES))
-_TYPE_CODE = {name: code for code, name in enumerate(_TYPES)}
-
-
-# ---------------------------------------------------------------------------------------------
-# columns that grow by doubling and compact by mask
-
-
-class _Table:
-    """Equal-length numpy columns (1-d or 2-d) with amortised O(1) appends; 2-d columns widen
-    with their pad value when a wider block arrives (longer slates, more clusters)."""
-
-    def __init__(self, columns: Mapping[str, tuple[Any, int | None, Any]]) -> None:
-        # name -> (dtype, width or None for 1-d, pad value)
-        self._spec = dict(columns)
-        self.n = 0
-        self._cols: dict[str, NDArray[Any]] = {
-            name: np.full((16,) if w is None else (16, w), pad, dtype=dtype)
-            for name, (dtype, w, pad) in self._spec.items()
-        }
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, name: str) -> NDArray[Any]:
-        return self._cols[name][: self.n]
-
-    def append(self, block: Mapping[str, NDArray[Any]]) -> int:
-        """Append equal-length columns; returns the first new row."""
-        m = len(next(iter(block.values())))
-        start, need = self.n, self.n + m
-        for name, values in block.items():
-            col = self._cols[name]
-            dtype, _, pad = self._spec[name]
-            rows = max(col.shape[0], 16)
-            while rows < need:
-                rows *= 2
-            wide = col.ndim == 2 and values.shape[1] > col.shape[1]
-            if rows != col.shape[0] or wide:
-                shape = (rows,) if col.ndim == 1 else (rows, max(col.shape[1], values.shape[1]))
-                grown = np.full(shape, pad, dtype=dtype)
-                if col.ndim == 1:
-                    grown[: self.n] = col[: self.n]
-                else:
-                    grown[: self.n, : col.shape[1]] = col[: self.n]
-                self._cols[name] = col = grown
-            if col.ndim == 1:
-                col[start:need] = values
-            else:
-                col[start:need, : values.shape[1]] = values
-                col[start:need, values.shape[1]:] = pad
-        self.n = need
-        return start
-
-    def keep(self, mask: NDArray[np.bool_]) -> None:
-        """Keep the rows where ``mask`` is true, in order."""
-        for col in self._cols.values():
-            kept = col[: self.n][mask]
-            col[: kept.shape[0]] = kept
-        self.n = int(mask.sum())
-
-    def arrays(self, prefix: str) -> dict[str, NDArray[Any]]:
-        return {f"{prefix}{name}": np.array(self[name]) for name in self._cols}
-
-    def load(self, arrays: Mapping[str, NDArray[Any]], prefix: str) -> None:
-        self.n = 0
-        block = {name: np.asarray(arrays[f"{prefix}{name}"]) for name in self._cols}
-        if len(next(iter(block.values()))):
-            self.append(block)
-
-
-def _padded(lengths: NDArray[np.int64], flat: NDArray[Any], pad: Any) -> NDArray[Any]:
-    """Ragged rows (``flat`` cut by ``lengths``) as a [rows, max length] matrix, padded."""
-    width = int(lengths.max()) if lengths.size else 0
-    out = np.full((lengths.size, max(width, 1)), pad, dtype=flat.dtype)
-    if flat.size:
-        rows = np.repeat(np.arange(lengths.size), lengths)
-        starts = np.cumsum(lengths) - lengths
-        out[rows, np.arange(flat.size) - np.repeat(starts, lengths)] = flat
-    return out
-
-
-def _running_late(times: NDArray[np.int64], partitions: NDArray[np.int64],
-                  clock: dict[int, int], lateness: int) -> NDArray[np.bool_]:
-    """Which events are late (below the max event time seen before them on their partition's
-    stream, minus the lateness), updating ``clock`` (partition -> max time) in place."""
-    late = np.zeros(times.size, dtype=bool)
-    for p in np.unique(partitions).tolist():
-        rows = np.flatnonzero(partitions == p)
-        t = times[rows]
-        before = np.maximum.accumulate(np.concatenate([[clock.get(p, NO_TIME)], t]))[:-1]
-        late[rows] = t < before - lateness
-        clock[p] = int(max(before[-1], t[-1]))
-    return late
-
-
-# ---------------------------------------------------------------------------------------------
-# contexts: dense rows or sparse cluster memberships, by the statistics' layout
-
-
-@dataclass
-class _Contexts:
-    """The contexts of a batch of events in the layout's form, and which rows were usable."""
-
-    columns: dict[str, NDArray[Any]]
-    ok: NDArray[np.bool_]
-
-
-class _ContextReader:
-    """Reads event contexts as columns for one statistics layout (dense [n, d]; graph
-    clusters/weights [n, K]) and turns stored rows back into ``delta_from_batch`` input."""
-
-    def __init__(self, template: Any) -> None:
-        self.graph = template.layout == "graph"
-        self.dim = None if self.graph else int(template.dim)
-        self.n_clusters = int(template.n_clusters) if self.graph else 0
-
-    def table_columns(self) -> dict[str, tuple[Any, int | None, Any]]:
-        if self.graph:
-            return {"clusters": (np.int64, 1, -1), "weights": (np.float64, 1, 0.0)}
-        return {"dense": (np.float64, self.dim, 0.0)}
-
-    def read(self, events: Sequence[Impression | Reward]) -> _Contexts:
-        contexts = [e.context for e in events]
-        if not self.graph:
-            lengths = np.fromiter((len(c.dense) for c in contexts), np.int64, len(contexts))
-            ok = lengths == self.dim
-            rows = [c.dense for c, good in zip(contexts, ok, strict=True) if good] \
-                if not ok.all() else [c.dense for c in contexts]
-            dense = np.zeros((len(contexts), self.dim))
-            if rows:
-                dense[ok] = np.array(rows, dtype=np.float64)
-            return _Contexts({"dense": dense}, ok)
-        lengths = np.fromiter((len(c.cluster_ids) for c in contexts), np.int64, len(contexts))
-        ids = np.fromiter((i for c in contexts for i in c.cluster_ids), np.int64,
-                          int(lengths.sum()))
-        weights = np.fromiter((w for c in contexts for w in c.cluster_weights), np.float64,
-                              int(lengths.sum()))
-        clusters, w = _padded(lengths, ids, -1), _padded(lengths, weights, 0.0)
-        ok = ((clusters < self.n_clusters) | (w <= 0)).all(axis=1)
-        return _Contexts({"clusters": np.where(w > 0, clusters, -1), "weights": w}, ok)
-
-    def of(self, columns: Mapping[str, NDArray[Any]]) -> Any:
-        if self.graph:
-            return SoftContexts(columns["clusters"], columns["weights"])
-        return columns["dense"]
-
-
-# ---------------------------------------------------------------------------------------------
-# the Kafka-free learner
+STATE_FORMAT = "recsys.learner.state/2"
 
 
 @dataclass
@@ -263,38 +100,22 @@ class LearnerCore:
             raise ValueError(f"mode must be 'fresh' or 'window', got {mode!r}")
         if int(n_shards) != n_shards or n_shards < 1:
             raise ValueError(f"n_shards must be a positive integer, got {n_shards!r}")
-        if window_ms <= 0 or allowed_lateness_ms < 0:
-            raise ValueError(f"window_ms must be > 0 and allowed_lateness_ms >= 0, got "
-                             f"{window_ms} and {allowed_lateness_ms}")
         self.mode: Mode = mode
         self.n_shards = int(n_shards)
-        self.window_ms = int(window_ms)
-        self.lateness_ms = int(allowed_lateness_ms)
-        mapping = dict(DEFAULT_REWARD_MAPPING if reward_mapping is None else reward_mapping)
-        unknown = sorted(set(mapping) - FEEDBACK_TYPES)
-        if unknown:
-            raise ValueError(f"reward_mapping: {unknown} are not feedback types "
-                             f"({sorted(FEEDBACK_TYPES)})")
-        self.reward_mapping = {k: float(v) for k, v in mapping.items()}
-        self._value_of_code = np.array([self.reward_mapping.get(t, np.nan) for t in _TYPES])
-        self.max_open_requests = int(max_open_requests)
         self._template = stats_from_arrays(*template)
         self._open_catalogue = self._template.n_items == 0
-        self._contexts = _ContextReader(self._template)
-        self.counts: Counter[str] = Counter()
-        self._imp_clock: dict[int, int] = {}
-        self._fb_clock: dict[int, int] = {}
-        ctx = self._contexts.table_columns()
-        self._open = _Table({"request_id": (object, None, ""), "user_id": (object, None, ""),
-                             "time": (np.int64, None, 0), "partition": (np.int64, None, 0),
-                             "items": (np.int64, 1, -1), "positions": (np.int64, 1, -1),
-                             "reward": (np.float64, 1, np.nan), **ctx})
-        self._slot: dict[str, int] = {}
-        self._held = _Table({"request_id": (object, None, ""), "user_id": (object, None, ""),
-                             "item": (np.int64, None, 0), "position": (np.int64, None, 0),
-                             "type": (np.int64, None, 0), "time": (np.int64, None, 0),
-                             "partition": (np.int64, None, 0)})
-        self._appended_since_sweep = 0
+        self._contexts = self._template.context_codec()
+        self._context_columns = tuple(self._contexts.columns())
+        self.join = WindowJoin(
+            window_ms, allowed_lateness_ms, reward_mapping,
+            open_payload={**self._contexts.columns(), "learnable": (np.bool_, None, False)},
+            max_open_requests=max_open_requests,
+        )
+
+    @property
+    def counts(self) -> Counter[str]:
+        """The join's counters (events, joins, rejections by reason) and the learner's own."""
+        return self.join.counts
 
     # -- batches -----------------------------------------------------------------------------
 
@@ -322,31 +143,43 @@ class LearnerCore:
             self.counts["unexpected_event_type"] += len(batch) - expected
         if self.mode == "window":
             return self._joined_examples(rewards)
-        exposure = self._impressions(imps)
-        reward = self._feedback(fbs)
-        self._maybe_sweep()
-        return Updates(exposure[0], exposure[1], reward[0], reward[1], reward[2])
+        step = self.join.add(self._impression_columns(imps) if imps else None,
+                             feedback_columns([c.event for c in fbs],  # type: ignore[misc]
+                                              [c.partition for c in fbs],
+                                              [c.offset for c in fbs]) if fbs else None)
+        exposure_contexts, exposure_items = self._exposure(step.opened_rows)
+        reward_contexts, reward_items, learned = self._rows(step.reward_rows, step.reward_slots)
+        self._maybe_sweep()  # after reading the rows: closing renumbers them
+        return Updates(exposure_contexts, exposure_items, reward_contexts, reward_items,
+                       step.reward_increase[learned])
 
     # -- window mode: joined examples ----------------------------------------------------------
 
     def _joined_examples(self, batch: Sequence[ConsumedEvent]) -> Updates:
-        events = [c.event for c in batch]
+        events: list[Reward] = [c.event for c in batch]  # type: ignore[misc]
         self.counts["rewards"] += len(events)
-        ctx = self._contexts.read(events)  # type: ignore[arg-type]
-        items = np.fromiter((e.item_id for e in events), np.int64, len(events))  # type: ignore
-        r = np.fromiter((e.reward for e in events), np.float64, len(events))  # type: ignore
-        ok = ctx.ok & self._known(items)
-        self.counts["bad_context"] += int((~ctx.ok).sum())
-        cols = {k: v[ok] for k, v in ctx.columns.items()}
+        columns, fits = self._contexts.read([e.context for e in events])
+        items = np.fromiter((e.item_id for e in events), np.int64, len(events))
+        r = np.fromiter((e.reward for e in events), np.float64, len(events))
+        ok = fits & self._known(items)
+        self.counts["bad_context"] += int((~fits).sum())
+        cols = {k: v[ok] for k, v in columns.items()}
         empty = self._empty_rows()
         return Updates(self._contexts.of(cols), items[ok], empty[0], empty[1], r[ok])
 
-    # -- fresh mode: impressions ---------------------------------------------------------------
+    # -- fresh mode ----------------------------------------------------------------------------
+
+    def _impression_columns(self, batch: Sequence[ConsumedEvent]) -> dict[str, NDArray[Any]]:
+        events: list[Impression] = [c.event for c in batch]  # type: ignore[misc]
+        columns = impression_columns(events, [c.partition for c in batch],
+                                     [c.offset for c in batch])
+        contexts, fits = self._contexts.read([e.context for e in events])
+        return {**columns, **contexts, "learnable": fits}
 
     def _empty_rows(self) -> tuple[Any, NDArray[np.int64]]:
         """No rows: contexts of the layout's form with zero rows, and no items."""
         cols = {name: np.zeros((0, width or 1), dtype=dtype)
-                for name, (dtype, width, _) in self._contexts.table_columns().items()}
+                for name, (dtype, width, _) in self._contexts.columns().items()}
         return self._contexts.of(cols), np.zeros(0, dtype=np.int64)
 
     def _known(self, items: NDArray[np.int64]) -> NDArray[np.bool_]:
@@ -358,198 +191,38 @@ class LearnerCore:
         self.counts["unknown_item"] += int((~known).sum())
         return known
 
-    def _impressions(self, batch: Sequence[ConsumedEvent]) -> tuple[Any, NDArray[np.int64]]:
-        if not batch:
-            return self._empty_rows()
-        events: list[Impression] = [c.event for c in batch]  # type: ignore[misc]
-        n = len(events)
-        self.counts["impressions"] += n
-        times = np.fromiter((e.event_time_ms for e in events), np.int64, n)
-        partitions = np.fromiter((c.partition for c in batch), np.int64, n)
-        late = _running_late(times, partitions, self._imp_clock, self.lateness_ms)
-        self.counts[Reason.LATE_IMPRESSION] += int(late.sum())
-        # an impression repeated while its request is open (or within the batch) teaches nothing
-        accept = ~late
-        slot, seen = self._slot, set()
-        for k, event in enumerate(events):
-            if accept[k]:
-                rid = event.request_id
-                if rid in slot or rid in seen:
-                    accept[k] = False
-                    self.counts["repeated_impressions"] += 1
-                else:
-                    seen.add(rid)
-        ctx = self._contexts.read(events)
-        self.counts["bad_context"] += int((accept & ~ctx.ok).sum())
-        accept &= ctx.ok
-        picked = np.flatnonzero(accept)
-        if not picked.size:
-            return self._empty_rows()
-        kept = [events[k] for k in picked.tolist()]
-        sizes = np.fromiter((len(e.slate) for e in kept), np.int64, len(kept))
-        items = np.fromiter((s.item_id for e in kept for s in e.slate), np.int64,
-                            int(sizes.sum()))
-        positions = np.fromiter((s.position for e in kept for s in e.slate), np.int64,
-                                int(sizes.sum()))
-        rids = np.array([e.request_id for e in kept], dtype=object)
-        columns = {name: col[picked] for name, col in ctx.columns.items()}
-        start = self._open.append({
-            "request_id": rids,
-            "user_id": np.array([e.user_id for e in kept], dtype=object),
-            "time": times[picked], "partition": partitions[picked],
-            "items": _padded(sizes, items, -1), "positions": _padded(sizes, positions, -1),
-            "reward": np.full((len(kept), max(int(sizes.max()), 1)), np.nan),
-            **columns,
-        })
-        slot.update(zip(rids.tolist(), range(start, start + len(kept)), strict=True))
-        self._appended_since_sweep += len(kept)
-        self.counts["impressions_learned"] += len(kept)
-        # one exposure row per shown item, with the impression's context
-        rows = np.repeat(np.arange(len(kept)), sizes)
-        known = self._known(items)
-        exposure_cols = {name: col[rows[known]] for name, col in columns.items()}
-        return self._contexts.of(exposure_cols), items[known]
+    def _exposure(self, rows: NDArray[np.int64]) -> tuple[Any, NDArray[np.int64]]:
+        """One exposure row per shown item of the requests just opened, with their context."""
+        learnable = self.join.open_column("learnable")[rows]
+        self.counts["bad_context"] += int((~learnable).sum())
+        rows = rows[learnable]
+        self.counts["impressions_learned"] += rows.size
+        items = self.join.open_column("items")[rows]
+        shown = items >= 0
+        owner = np.broadcast_to(rows[:, None], items.shape)[shown]
+        context, items, _ = self._rows(owner, np.nonzero(shown)[1])
+        return context, items
 
-    # -- fresh mode: feedback ------------------------------------------------------------------
-
-    def _feedback(self, batch: Sequence[ConsumedEvent]
-                  ) -> tuple[Any, NDArray[np.int64], NDArray[np.float64]]:
-        fresh = self._feedback_columns(batch) if batch else None
-        # held feedback whose impression has just arrived joins this batch's feedback
-        held = self._release_held()
-        parts = [p for p in (fresh, held) if p is not None and p["item"].size]
-        if not parts:
-            empty = self._empty_rows()
-            return empty[0], empty[1], np.zeros(0)
-        cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        slots = np.fromiter((self._slot.get(r, -1) for r in cols["request_id"]), np.int64,
-                            cols["request_id"].size)
-        waiting = slots < 0
-        if waiting.any():  # (released feedback always finds its request: only fresh waits)
-            self._held.append({k: v[waiting] for k, v in cols.items()})
-            self.counts["held_feedback"] += int(waiting.sum())
-        return self._attribute({k: v[~waiting] for k, v in cols.items()}, slots[~waiting])
-
-    def _feedback_columns(self, batch: Sequence[ConsumedEvent]) -> dict[str, NDArray[Any]] | None:
-        events: list[Feedback] = [c.event for c in batch]  # type: ignore[misc]
-        n = len(events)
-        self.counts["feedback"] += n
-        times = np.fromiter((e.event_time_ms for e in events), np.int64, n)
-        partitions = np.fromiter((c.partition for c in batch), np.int64, n)
-        types = np.fromiter((_TYPE_CODE[e.event_type] for e in events), np.int64, n)
-        late = _running_late(times, partitions, self._fb_clock, self.lateness_ms)
-        unmapped = np.isnan(self._value_of_code[types])
-        self.counts[Reason.UNMAPPED_TYPE] += int(unmapped.sum())
-        late &= ~unmapped
-        self.counts[Reason.LATE_FEEDBACK] += int(late.sum())
-        keep = ~(late | unmapped)
-        if not keep.any():
-            return None
-        idx = np.flatnonzero(keep).tolist()
-        return {
-            "request_id": np.array([events[k].request_id for k in idx], dtype=object),
-            "user_id": np.array([events[k].user_id for k in idx], dtype=object),
-            "item": np.fromiter((events[k].item_id for k in idx), np.int64, len(idx)),
-            "position": np.fromiter((events[k].position for k in idx), np.int64, len(idx)),
-            "type": types[keep], "time": times[keep], "partition": partitions[keep],
-        }
-
-    def _release_held(self) -> dict[str, NDArray[Any]] | None:
-        """Held feedback whose request is open now (taken out of the held table)."""
-        if not len(self._held):
-            return None
-        slot = self._slot
-        found = np.fromiter((r in slot for r in self._held["request_id"]), bool, len(self._held))
-        if not found.any():
-            return None
-        out = {name: np.array(self._held[name][found]) for name in
-               ("request_id", "user_id", "item", "position", "type", "time", "partition")}
-        self._held.keep(~found)
-        return out
-
-    def _attribute(self, cols: dict[str, NDArray[Any]], slots: NDArray[np.int64]
-                   ) -> tuple[Any, NDArray[np.int64], NDArray[np.float64]]:
-        """Reward increases of feedback whose request is open (the joiner's checks, vectorised)."""
-        if not slots.size:
-            empty = self._empty_rows()
-            return empty[0], empty[1], np.zeros(0)
-        start = self._open["time"][slots]
-        t = cols["time"]
-        before = t < start
-        outside = ~before & (t >= start + self.window_ms)
-        other_user = ~(before | outside) & (self._open["user_id"][slots] != cols["user_id"])
-        shown = self._open["items"][slots] == cols["item"][:, None]
-        col = shown.argmax(axis=1)
-        at = self._open["positions"][slots, col] == cols["position"]
-        not_shown = ~(before | outside | other_user) & ~(shown.any(axis=1) & at)
-        self.counts[Reason.BEFORE_IMPRESSION] += int(before.sum())
-        self.counts[Reason.OUTSIDE_WINDOW] += int(outside.sum())
-        self.counts[Reason.USER_MISMATCH] += int(other_user.sum())
-        self.counts[Reason.NOT_IN_SLATE] += int(not_shown.sum())
-        ok = ~(before | outside | other_user | not_shown)
-        self.counts["joined_feedback"] += int(ok.sum())
-        if not ok.any():
-            empty = self._empty_rows()
-            return empty[0], empty[1], np.zeros(0)
-        value = self._value_of_code[cols["type"][ok]]
-        width = self._open["reward"].shape[1]
-        cell = slots[ok] * width + col[ok]
-        cells, inverse = np.unique(cell, return_inverse=True)
-        best_now = np.full(cells.size, -np.inf)
-        np.maximum.at(best_now, inverse, value)
-        reward = self._open["reward"].reshape(-1)  # a view of the live rows
-        before_r = reward[cells]
-        had = ~np.isnan(before_r)
-        after_r = np.where(had, np.maximum(before_r, best_now), best_now)
-        increase = after_r - np.where(had, before_r, 0.0)
-        reward[cells] = after_r
-        moved = increase != 0
-        cells, increase = cells[moved], increase[moved]
-        rows, cols_ = np.divmod(cells, width)
-        items = self._open["items"][rows, cols_]
-        known = self._known(items)
-        ctx = {name: self._open[name][rows[known]] for name in self._contexts.table_columns()}
-        return self._contexts.of(ctx), items[known], increase[known]
-
-    # -- closing windows and expiring held feedback (lazily, amortised) ------------------------
+    def _rows(self, rows: NDArray[np.int64], slots: NDArray[np.int64]
+              ) -> tuple[Any, NDArray[np.int64], NDArray[np.bool_]]:
+        """Contexts and items of (open request, slate position) cells that can be learned, and
+        which of the cells those are."""
+        items = self.join.open_column("items")[rows, slots]
+        ok = self.join.open_column("learnable")[rows]
+        ok[ok] = self._known(items[ok])
+        context = {name: self.join.open_column(name)[rows[ok]]
+                   for name in self._context_columns}
+        return self._contexts.of(context), items[ok], ok
 
     def _maybe_sweep(self) -> None:
-        if self._appended_since_sweep * 2 >= max(len(self._open), 50_000) \
-                or len(self._open) > self.max_open_requests:
+        if self.join.opened_since_close * 2 >= max(self.join.open_requests, 50_000) \
+                or self.join.open_requests > self.join.max_open_requests:
             self.sweep()
-
-    def _watermark(self, clock: dict[int, int], partitions: NDArray[np.int64]) -> NDArray[Any]:
-        known = np.array(sorted(clock), dtype=np.int64)
-        marks = np.array([clock[p] for p in known.tolist()], dtype=np.int64) - self.lateness_ms
-        if not known.size:
-            return np.full(partitions.size, NO_TIME, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(known, partitions), known.size - 1)
-        return np.where(known[pos] == partitions, marks[pos], NO_TIME)
 
     def sweep(self) -> None:
         """Close the windows the feedback watermarks have passed, expire held feedback the
         impression watermarks have passed, and enforce ``max_open_requests``."""
-        self._appended_since_sweep = 0
-        if len(self._open):
-            ends = self._open["time"] + self.window_ms
-            keep = ends > self._watermark(self._fb_clock, self._open["partition"])
-            over = int(keep.sum()) - self.max_open_requests
-            if over > 0:  # close the oldest early: bounded memory beats an unbounded cache
-                times = np.where(keep, self._open["time"], np.iinfo(np.int64).max)
-                oldest = np.argpartition(times, over - 1)[:over]
-                keep[oldest] = False
-                self.counts["closed_over_capacity"] += over
-            self.counts["closed_windows"] += int((~keep).sum())
-            if not keep.all():
-                self._open.keep(keep)
-                self._slot = dict(zip(self._open["request_id"].tolist(), range(len(self._open)),
-                                      strict=True))
-        if len(self._held):
-            expired = self._held["time"] < self._watermark(self._imp_clock,
-                                                           self._held["partition"])
-            if expired.any():
-                self.counts[Reason.NO_IMPRESSION] += int(expired.sum())
-                self._held.keep(~expired)
+        self.join.close()
 
     # -- routing -----------------------------------------------------------------------------
 
@@ -581,55 +254,28 @@ class LearnerCore:
     # -- checkpoint state ----------------------------------------------------------------------
 
     def state_arrays(self) -> dict[str, NDArray[Any]]:
-        """Open requests, held feedback, watermarks and counters as plain numpy arrays."""
-        arrays = {**self._open.arrays("open_"), **self._held.arrays("held_")}
-        for name in ("open_request_id", "open_user_id", "held_request_id", "held_user_id"):
-            arrays[name] = _strings(arrays[name].tolist())
-        counts = sorted(self.counts.items())
-        return {
-            "format": np.array(STATE_FORMAT), "mode": np.array(self.mode),
-            "window_ms": np.array(self.window_ms), "lateness_ms": np.array(self.lateness_ms),
-            "imp_clock": np.array(sorted(self._imp_clock.items()), np.int64).reshape(-1, 2),
-            "fb_clock": np.array(sorted(self._fb_clock.items()), np.int64).reshape(-1, 2),
-            "count_names": _strings([k for k, _ in counts]),
-            "count_values": np.array([v for _, v in counts], np.int64),
-            **arrays,
-        }
+        """The join's state (open requests with contexts, held feedback, watermarks, counters)
+        as plain numpy arrays."""
+        return {"format": np.array(STATE_FORMAT), "mode": np.array(self.mode),
+                **self.join.state_arrays()}
 
     def load_state(self, arrays: Mapping[str, NDArray[Any]]) -> None:
         """Continue from ``state_arrays`` (a checkpoint), replacing the current state."""
         if str(np.asarray(arrays.get("format", ""))) != STATE_FORMAT:
             raise ValueError(f"learner state: format {str(arrays.get('format'))!r}, this build "
                              f"reads {STATE_FORMAT!r}")
-        saved = (str(arrays["mode"]), int(arrays["window_ms"]), int(arrays["lateness_ms"]))
-        if saved != (self.mode, self.window_ms, self.lateness_ms):
-            raise ValueError(f"learner state: saved with (mode, window_ms, lateness_ms) = "
-                             f"{saved}, this learner has "
-                             f"{(self.mode, self.window_ms, self.lateness_ms)}")
-        a = {k: np.asarray(v) for k, v in arrays.items()}
-        for name in ("open_request_id", "open_user_id", "held_request_id", "held_user_id"):
-            a[name] = a[name].astype(object)
-        self._open.load(a, "open_")
-        self._held.load(a, "held_")
-        self._slot = dict(zip(self._open["request_id"].tolist(), range(len(self._open)),
-                              strict=True))
-        self._imp_clock = {int(p): int(t) for p, t in a["imp_clock"].tolist()}
-        self._fb_clock = {int(p): int(t) for p, t in a["fb_clock"].tolist()}
-        self.counts = Counter(dict(zip(a["count_names"].tolist(),
-                                       a["count_values"].tolist(), strict=True)))
-        self._appended_since_sweep = 0
+        if str(arrays["mode"]) != self.mode:
+            raise ValueError(f"learner state: saved with mode {str(arrays['mode'])!r}, this "
+                             f"learner has {self.mode!r}")
+        self.join.load_state(arrays)
 
     @property
     def open_requests(self) -> int:
-        return len(self._open)
+        return self.join.open_requests
 
     @property
     def held_feedback(self) -> int:
-        return len(self._held)
-
-
-def _strings(values: list[str]) -> NDArray[np.str_]:
-    return np.array(values, dtype=np.str_) if values else np.zeros(0, dtype="<U1")
+        return self.join.held_feedback
 
 
 # ---------------------------------------------------------------------------------------------
@@ -641,8 +287,8 @@ class Learner(ConsumingActor):
 
     ``shards`` are ``ParameterShardActor`` handles (deltas go as fire-and-forget
     ``apply.remote`` calls, at most ``max_in_flight`` outstanding per shard) or, in-process,
-    plain ``ParameterShard`` objects (applied at once). Checkpoint hooks as
-    ``PartitionReader``'s: ``pause`` (stop reading, flush deltas and dead letters, return the
+    plain ``ParameterShard`` objects (applied at once). Checkpoint hooks as every
+    ``ConsumingActor``'s: ``pause`` (stop reading, flush deltas and dead letters, return the
     positions), ``state_arrays``, ``restore(offsets, state)``, ``resume``.
     """
 

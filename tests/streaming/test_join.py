@@ -43,7 +43,8 @@ def impression(rid: str, t: int, items: tuple[int, ...] = (10, 11, 12), user: st
         policy_name="ts",
         policy_version=4,
         slate=tuple(
-            SlateEntry(item_id=item, position=k, score=1.0 - 0.1 * k, propensity=0.5 / (k + 1))
+            SlateEntry(item_id=item, position=k, score=1.0 - 0.1 * k, propensity=0.5 / (k + 1),
+                       propensity_se=0.01 * k)
             for k, item in enumerate(items)
         ),
     )
@@ -154,7 +155,8 @@ def test_rewards_carry_the_impression_context_propensity_and_policy():
     for reward, entry in zip(out.rewards, imp.slate, strict=True):
         assert validate(reward) == reward
         assert reward.context == imp.context
-        assert reward.propensity == entry.propensity
+        assert (reward.propensity, reward.propensity_se) == (entry.propensity,
+                                                             entry.propensity_se)
         assert (reward.event_time_ms, reward.user_id) == (imp.event_time_ms, imp.user_id)
         assert (reward.policy_name, reward.policy_version) == ("ts", 4)
         assert reward.key == b"r"
@@ -346,6 +348,23 @@ def test_impressions_late_repeated_or_conflicting():
     assert len(j.flush().rewards) == 3
 
 
+def test_an_impression_repeated_after_its_window_closed_is_still_a_repeat():
+    j = joiner()
+    imp = impression("r", 1_000)
+    j.add([imp, feedback("r", 1_100, item=11), feedback("x", 1_000 + WINDOW + LATENESS, item=99)])
+    assert len(j.advance().rewards) == 3
+    # closed, but the impression watermark has not passed it: a repeat is recognised
+    assert j.add([imp]) == []
+    assert j.counts["duplicate_impressions"] == 1
+    one_rejection(j.add([impression("r", 1_000, items=(1, 2))]), Reason.CONFLICTING_IMPRESSION,
+                  "request 'r' is already open with a different impression")
+    # once the impression watermark passes it the request is forgotten: a repeat is late
+    j.add([impression("s", 1_000 + LATENESS + 1)])
+    assert j.advance().rewards == []
+    one_rejection(j.add([imp]), Reason.LATE_IMPRESSION, "below the impression watermark 1001")
+    assert [r.request_id for r in j.flush().rewards] == ["s"] * 3
+
+
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match=r"\['dislike'\] are not feedback types"):
         EventTimeJoiner(WINDOW, 0, {"click": 1.0, "dislike": 0.0})
@@ -395,9 +414,9 @@ def test_state_arrays_are_plain_numpy_and_restore_the_same_state():
 
 def test_restoring_from_foreign_arrays_fails_clearly():
     arrays = joiner().state_arrays()
-    with pytest.raises(ValueError, match=r"missing arrays \['clock_feedback_max'\]"):
+    with pytest.raises(ValueError, match=r"missing arrays \['feedback_clock'\]"):
         EventTimeJoiner.from_state_arrays(
-            {k: v for k, v in arrays.items() if k != "clock_feedback_max"})
+            {k: v for k, v in arrays.items() if k != "feedback_clock"})
     with pytest.raises(ValueError, match=r"format 'other/1', this build reads"):
         EventTimeJoiner.from_state_arrays({**arrays, "format": np.array("other/1")})
     with pytest.raises(ValueError, match=r"slate_offsets has 2 entries for 0 open impressions"):

@@ -176,7 +176,7 @@ def test_each_edge_case_by_hand() -> None:
     feed(learner, shards, [_consumed([_imp("a", 1_000), _imp("b", 5_000),
                                       _imp("late", 5_000 - LATENESS - 1)])])
     c = learner.counts
-    assert (c["repeated_impressions"], c[Reason.LATE_IMPRESSION]) == (1, 1)
+    assert (c["duplicate_impressions"], c[Reason.LATE_IMPRESSION]) == (1, 1)
     truth.learn(x, np.array([10, 11, 12]), np.zeros(3))
     assert learned(shards).allclose(truth)
 
@@ -196,6 +196,27 @@ def test_windows_close_and_held_feedback_expires_with_the_watermarks() -> None:
     assert learner.counts["closed_windows"] == 1
     assert learner.counts[Reason.NO_IMPRESSION] == 1
     assert learner.held_feedback == 1  # "other" may still see its impression
+
+
+def test_an_impression_repeated_after_its_window_closed_is_not_learned_again() -> None:
+    base = dense_statistics(np.arange(100), DIM)
+    shards = shards_for(base)
+    learner = core()
+    imp = _imp("a", 1_000)
+    feed(learner, shards, [_consumed([imp]),
+                           _consumed([_fb("other", 1_000 + WINDOW + LATENESS, 10)], FBS)])
+    learner.sweep()
+    assert learner.open_requests == 0  # closed, but the impression watermark has not passed it
+    feed(learner, shards, [_consumed([imp])])
+    learner.sweep()
+    feed(learner, shards, [_consumed([_imp("b", 1_000 + LATENESS + 1)])])
+    learner.sweep()  # now a is forgotten, and a repeat of it is late
+    feed(learner, shards, [_consumed([imp])])
+    c = learner.counts
+    assert (c["duplicate_impressions"], c[Reason.LATE_IMPRESSION]) == (1, 1)
+    x = np.array([[1.0, -2.0, 0.5]] * 6)
+    truth = base.copy().learn(x, np.array([10, 11, 12] * 2), np.zeros(6))
+    assert learned(shards).allclose(truth)
 
 
 def test_open_requests_are_bounded_and_the_overflow_counted() -> None:
