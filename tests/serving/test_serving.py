@@ -24,16 +24,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recsys.bandits import DiagLinTS, DiagLinUCB, EpsilonGreedy, policy_spec
+from recsys.client.freshness import measure_freshness, wait_until_served
 from recsys.config import KafkaSettings, ServeSettings, Settings, StreamSettings
 from recsys.events import Impression, decode
+from recsys.lake import scan_lake
 from recsys.ope import InverseProbabilityWeighting, bandit_feedback_from_frame
-from recsys.client.freshness import measure_freshness, wait_until_served
 from simulators.ground_truth import policy_value
 from simulators.http_traffic import HttpUsers
 from simulators.model import SimulatorConfig, SlateSimulator
 from simulators.policies import UniformPolicy
 from streaming.broker import free_port
-from streaming.lake import scan_lake
 from streaming.live import live_stack
 from streaming.pipeline import Topics
 from streaming.shards import dense_statistics
