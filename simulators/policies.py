@@ -173,12 +173,12 @@ class UniformPolicy(FixedPolicy):
     def _n_items(self) -> int:
         return _check_count(self.n_items, "n_items")
 
-    def _dist(self, contexts, k, pool, available):  # type: ignore[override]
+    def _dist(self, contexts, k, pool, available):
         dist = np.zeros((len(contexts), self._n_items(), k))
         dist[:, pool, :] = 1.0 / pool.size
         return dist
 
-    def _draw(self, contexts, k, pool, available, rng):  # type: ignore[override]
+    def _draw(self, contexts, k, pool, available, rng):
         slates = _uniform_slates(len(contexts), pool, k, rng)
         return slates, np.full(slates.shape, 1.0 / pool.size)
 
@@ -232,7 +232,7 @@ class ScoringPolicy(FixedPolicy):
             s[:, ~available] = -np.inf
         return s
 
-    def _shown_scores(self, contexts, slates):  # type: ignore[override]
+    def _shown_scores(self, contexts, slates):
         contexts = np.asarray(contexts, dtype=float)
         dot = np.einsum("nf,nkf->nk", contexts, self._features()[slates])
         return dot / np.sqrt(contexts.shape[1]) + self._bias()[slates]
@@ -257,13 +257,13 @@ class GreedyPolicy(ScoringPolicy):
             slates[rows] = _top_k(self.scores(contexts[rows], available), k)
         return slates
 
-    def _dist(self, contexts, k, pool, available):  # type: ignore[override]
+    def _dist(self, contexts, k, pool, available):
         dist = np.zeros((len(contexts), self._n_items(), k))
         greedy = self._greedy(contexts, k, available)
         dist[np.arange(len(contexts))[:, None], greedy, np.arange(k)] = 1.0
         return dist
 
-    def _draw(self, contexts, k, pool, available, rng):  # type: ignore[override]
+    def _draw(self, contexts, k, pool, available, rng):
         slates = self._greedy(contexts, k, available)
         return slates, np.ones(slates.shape)
 
@@ -333,14 +333,14 @@ class SoftmaxPolicy(ScoringPolicy):
         p = np.exp(z)
         return p / p.sum(axis=1, keepdims=True)
 
-    def _dist(self, contexts, k, pool, available):  # type: ignore[override]
+    def _dist(self, contexts, k, pool, available):
         if k < 3:
             return plackett_luce_marginals(self._first_pick(contexts, available), k)
         unique, inverse = np.unique(contexts, axis=0, return_inverse=True)
         marginals = plackett_luce_marginals(self._first_pick(unique, available), k)
         return marginals[inverse.ravel()]
 
-    def _draw(self, contexts, k, pool, available, rng):  # type: ignore[override]
+    def _draw(self, contexts, k, pool, available, rng):
         n = len(contexts)
         if k < 3:  # marginals cost O(n_items) per context: compute them row by row
             rows_of, first = np.arange(n), None
@@ -403,12 +403,12 @@ class EpsilonMixturePolicy(FixedPolicy):
         self.base._check_params(k)
         check_scalar(self.epsilon, "epsilon", 0.0, 1.0)
 
-    def _dist(self, contexts, k, pool, available):  # type: ignore[override]
+    def _dist(self, contexts, k, pool, available):
         dist = (1.0 - self.epsilon) * self.base.action_dist(contexts, k, available=available)
         dist[:, pool, :] += self.epsilon / pool.size
         return dist
 
-    def _draw(self, contexts, k, pool, available, rng):  # type: ignore[override]
+    def _draw(self, contexts, k, pool, available, rng):
         if k == 1:
             return self._draw_one(contexts, pool, available, rng)
         n = len(contexts)
@@ -445,5 +445,5 @@ class EpsilonMixturePolicy(FixedPolicy):
             pscore[rows, 0] = p[np.arange(len(p)), chosen]
         return slates, pscore
 
-    def _shown_scores(self, contexts, slates):  # type: ignore[override]
+    def _shown_scores(self, contexts, slates):
         return self.base._shown_scores(contexts, slates)
