@@ -1,7 +1,9 @@
 """The slow loop: models trained from the logs that correct exposure bias and noisy feedback.
 
 - ``dataset`` (the data contract), ``data`` (lake, Coat, Open Bandit Dataset, FINN.no; splits and
-  PLD noise), ``sources`` (a spec's data and propensities);
+  PLD noise; ``recsys.obd`` reads the Open Bandit Dataset's files), ``sources`` (a spec's data
+  and propensities) and ``prepared`` (the data set with its propensities, as training and
+  evaluation take it);
 - ``propensity`` and ``weights``: P(observed) estimators, clipping, ESS, diagnostics;
 - ``models`` (biased MF, two-tower), ``losses`` and ``objectives`` (naive/IPS/SNIPS/DR-JL/KB,
   BCE/BPR/Rel-MF, T-CE/R-CE, PLD);

@@ -8,5 +8,6 @@
 - ``ground_truth``: exact (or Monte Carlo with standard error) policy values, optimum, regret.
 - ``logged_data``: logged data as a polars frame and as ``recsys.events`` records.
 - ``fitting``: fit the simulator to logs with the slate choice likelihood.
-- ``obd``: Open Bandit Dataset loader; ``study`` and ``ope_check``: the OPE checks.
+- ``obd``: the Open Bandit Dataset (read by ``recsys.obd``) as a log frame; ``study`` and
+  ``ope_check``: the OPE checks.
 """
