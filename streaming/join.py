@@ -405,7 +405,7 @@ class WindowJoin:
             "partition": (np.int64, None, 0), "offset": (np.int64, None, -1),
             "items": (np.int64, 1, -1), "positions": (np.int64, 1, -1),
             "reward": (np.float64, 1, np.nan), "closed": (np.bool_, None, False),
-            **self._open_payload,
+            "forgotten": (np.bool_, None, False), **self._open_payload,
         })
         self._held = Table({
             "request_id": (object, None, ""), "user_id": (object, None, ""),
@@ -488,7 +488,7 @@ class WindowJoin:
         self.counts[Reason.LATE_IMPRESSION] += int(late.sum())
         on_time = np.flatnonzero(~late)
         rids = block["request_id"][on_time].tolist()
-        known = np.fromiter(map(self._slot.get, rids, repeat(-1)), np.int64, len(rids))
+        known = self._rows_of(rids)
         # a repeat of a known request, or of an earlier impression of this batch
         first = dict(zip(reversed(rids), reversed(on_time.tolist()), strict=True))
         earlier = np.fromiter(map(first.__getitem__, rids), np.int64, len(rids))
@@ -512,16 +512,25 @@ class WindowJoin:
             return outcome, marks, empty, set()
         start = self._open.append({
             **{name: block[name][picked] for name in self._open.spec
-               if name not in ("serial", "reward", "closed")},
+               if name not in ("serial", "reward", "closed", "forgotten")},
             "serial": self._next_serial + np.arange(picked.size),
             "reward": np.full(block["items"][picked].shape, np.nan),
             "closed": np.zeros(picked.size, dtype=bool),
+            "forgotten": np.zeros(picked.size, dtype=bool),
         })
         self._next_serial += picked.size
         self.opened_since_close += picked.size
         new_ids = block["request_id"][picked].tolist()
         self._slot.update(zip(new_ids, range(start, start + picked.size), strict=True))
         return outcome, marks, np.arange(start, start + picked.size), set(new_ids)
+
+    def _rows_of(self, request_ids: list[str]) -> NDArray[np.int64]:
+        """The open-table row of each known request, -1 for the others."""
+        rows = np.fromiter(map(self._slot.get, request_ids, repeat(-1)), np.int64,
+                           len(request_ids))
+        found = rows >= 0
+        rows[found] = np.where(self._open["forgotten"][rows[found]], -1, rows[found])
+        return rows
 
     def _same_impression(self, block: Mapping[str, NDArray[Any]], rows: NDArray[np.int64],
                          other: Mapping[str, NDArray[Any]]) -> NDArray[np.bool_]:
@@ -548,9 +557,7 @@ class WindowJoin:
         self.counts[Reason.LATE_FEEDBACK] += int(late.sum())
         candidates = np.flatnonzero(~(unmapped | late))
         rows = np.full(n, -1, dtype=np.int64)
-        rows[candidates] = np.fromiter(
-            map(self._slot.get, block["request_id"][candidates].tolist(), repeat(-1)),
-            np.int64, candidates.size)
+        rows[candidates] = self._rows_of(block["request_id"][candidates].tolist())
         waiting = candidates[rows[candidates] < 0]
         if waiting.size:
             outcome[waiting] = Outcome.HELD
@@ -660,19 +667,21 @@ class WindowJoin:
             windows = self._open.take(picked[np.lexsort((rids, time[picked]))])
             was_closed |= closing
             # forget a closed request once no on-time repeat of its impression can come
-            forget = was_closed & (final | forced
-                                   | (time < _watermark(self._imp_clock, partition, lateness)))
-            if forget.any():
-                self._forget(forget)
+            forgotten = self._open["forgotten"]
+            forgotten |= was_closed & (final | forced | (
+                time < _watermark(self._imp_clock, partition, lateness)))
+            if final or 2 * int(forgotten.sum()) >= len(self._open):
+                self._compact(forgotten)
         return Closed(windows, self._expire(final))
 
-    def _forget(self, rows: NDArray[np.bool_]) -> None:
-        gone = self._open["serial"][rows]
-        dropped = np.isin(self._seen["serial"], gone)
+    def _compact(self, forgotten: NDArray[np.bool_]) -> None:
+        """Drop the forgotten requests (amortised: once they are half the table) and their
+        duplicate keys."""
+        dropped = np.isin(self._seen["serial"], self._open["serial"][forgotten])
         if dropped.any():
             self._seen_set.difference_update(self._seen["hash"][dropped].tolist())
             self._seen.keep(~dropped)
-        self._open.keep(~rows)
+        self._open.keep(~forgotten)
         self._slot = dict(zip(self._open["request_id"].tolist(), range(len(self._open)),
                               strict=True))
 

@@ -1,5 +1,6 @@
 """The joiner as a Ray actor: reads co-partitioned impressions and feedback from Kafka, joins them
-in event time (``streaming.join.EventTimeJoiner``) and writes rewards and dead letters.
+in event time (``streaming.join.EventTimeJoiner``, the join rules the learners use too) and writes
+rewards and dead letters.
 
 ``Joiner`` owns partitions ``p`` of both ``recsys.impressions`` and ``recsys.feedback`` for each
 ``p`` it is given (explicit assignment, no consumer group), so every event of a request reaches the

@@ -1,6 +1,6 @@
 """Joiner benchmark: events/s through ``streaming.join.EventTimeJoiner`` alone (no Kafka, no Ray).
 
-The log is the tests' generated log (``tests.streaming.test_join.generate_log``): requests every
+The log is the tests' generated log (``tests.streaming.event_log.generate_log``): requests every
 ~10 ms of event time, slates of ``--slate`` items, 30% of shown items with 1-3 feedback events,
 arrival jittered within the allowed lateness (so feedback often comes before its impression), two
 partitions fed round-robin in batches of ``--batch`` events with an ``advance`` after each and a

@@ -12,6 +12,8 @@ import zlib
 import msgspec
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recsys.bandits import GraphStats, SoftContexts, merge_parts, stats_from_arrays
 from recsys.events import Context, Feedback, Impression, SlateEntry
@@ -124,6 +126,35 @@ def test_fresh_deltas_add_up_to_learning_the_joined_examples(seed, messy, max_ba
         assert learner.counts[Reason.NOT_IN_SLATE] > 0 and learner.counts[Reason.UNMAPPED_TYPE]
     if max_batch == 1:
         assert learner.counts["held_feedback"] > 0  # feedback did come before its impression
+
+
+def joiner_rewards(log: Log) -> list:
+    """What the joiner emits for the log (each stream whole, then a flush)."""
+    joiner = EventTimeJoiner(WINDOW, LATENESS, MAPPING)
+    for (_, p), events in streams(log).items():
+        joiner.add([c.event for c in events], p)
+    return joiner.flush().rewards
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 2**31), order=st.integers(0, 2**31), max_batch=st.integers(1, 60),
+       sweep_every=st.integers(1, 8))
+def test_any_interleaving_and_sweep_schedule_learns_what_the_joiner_emits(
+        seed, order, max_batch, sweep_every) -> None:
+    """Whatever the interleaving, batch cuts and the points where windows are closed, the
+    learner's statistics equal learning the joiner's rewards (one join decides both)."""
+    log = generate_log(seed, n_requests=120, partitions=2, messy=True, max_gap_ms=150)
+    base = dense_statistics(np.arange(N_ITEMS), DIM)
+    shards = shards_for(base)
+    learner = core()
+    for k, batch in enumerate(interleaved(log, order, max_batch)):
+        feed(learner, shards, [batch])
+        if k % sweep_every == 0:
+            learner.sweep()
+    rewards = joiner_rewards(log)
+    joined = base.copy().learn(dense_contexts(rewards), np.array([r.item_id for r in rewards]),
+                               np.array([r.reward for r in rewards]))
+    assert learned(shards).allclose(joined, rtol=1e-9, atol=1e-12)
 
 
 def _imp(rid: str, t: int, items=(10, 11, 12), user: str = "u1", dense=(1.0, -2.0, 0.5)):
@@ -275,10 +306,7 @@ def test_graph_statistics_learn_the_same_way() -> None:
 
 def test_window_mode_learns_the_joined_examples() -> None:
     log = generate_log(6, n_requests=200, partitions=2, messy=True)
-    joiner = EventTimeJoiner(WINDOW, LATENESS, MAPPING)
-    for (_, p), events in streams(log).items():
-        joiner.add([c.event for c in events], p)
-    rewards = joiner.flush().rewards
+    rewards = joiner_rewards(log)
     base = dense_statistics(np.arange(N_ITEMS), DIM)
     shards = shards_for(base)
     learner = core(mode="window")
