@@ -216,6 +216,8 @@ def run_loop(run: DemoRun, say: Callable[[str], None], *, quiet: bool = False) -
             output = LoopOutput(measured, users.history(), stats,
                                 dict(stack.service_config.policies))
             say("• shutting down")
+            stopping = time.perf_counter()
+    timings["shutdown_s"] = time.perf_counter() - stopping
     return output
 
 

@@ -168,7 +168,7 @@ def cumulative_regret(history: pl.DataFrame, optimal_value: float) -> dict[str, 
 def plot_window_s(traffic_s: float) -> float:
     """The trailing window of the plotted CTR: a twentieth of the run, between 2 and 10 s, so the
     first seconds of learning are visible and the curve is not all noise."""
-    return float(np.clip(traffic_s / 20, 2.0, 10.0))
+    return float(np.clip(round(traffic_s / 20), 2, 10))
 
 
 def save_plot(history: pl.DataFrame, report: DemoReport, path: Path) -> str:

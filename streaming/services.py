@@ -21,6 +21,10 @@ from streaming.broker import (
 
 log = logging.getLogger(__name__)
 
+LOCAL_DRAINING_S = 2.0
+"""Seconds a stopping serving replica of a local Ray instance drains (see
+:func:`serving_ingress_environment`)."""
+
 
 @dataclass(frozen=True)
 class KafkaCluster:
@@ -64,12 +68,16 @@ def serving_ingress_environment(settings: Settings) -> None:
     """Choose Ray Serve's ingress for a Ray instance started by this process (the choice is read
     from the environment when Serve starts; explicit RAY_SERVE_* variables win). HAProxy's stats
     and metrics listeners get free ports: their fixed defaults (8404, 9101) collide when two
-    instances share a host."""
+    instances share a host. A stopping replica drains for :data:`LOCAL_DRAINING_S`, not Serve's
+    30 s: that period lets an external load balancer deregister it, and a local instance has
+    none (its own HAProxy is updated by the Serve controller), so 30 s was only a slow exit."""
     haproxy = settings.serve.ingress == "haproxy"
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1" if haproxy else "0")
     if haproxy:
         for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
             os.environ.setdefault(name, str(free_port()))
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
+                              str(LOCAL_DRAINING_S))
 
 
 @contextlib.contextmanager
