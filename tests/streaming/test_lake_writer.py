@@ -1,8 +1,8 @@
 """The lake writer on the real broker and real Ray: what was produced lands in the lake once per
 offset, bad records land on the dead-letter topic with their reasons, a writer killed after a
-checkpoint and restored from it leaves the same files as an undisturbed run, and a restore with
-partitions it does not own is refused. Also the rewards rule of ``scan_lake``: one row per
-(request_id, item_id), the first sent."""
+checkpoint and restored from it leaves the same files as an undisturbed run, a drain stops at its
+target while more records arrive, and a restore with partitions it does not own is refused. Also
+the rewards rule of ``scan_lake``: one row per (request_id, item_id), the first sent."""
 
 from __future__ import annotations
 
@@ -215,6 +215,38 @@ def test_a_writer_restored_after_a_crash_leaves_the_files_of_an_undisturbed_run(
     assert stats.straddling_files == 0 and stats.files_removed == len(report.removed)
     assert_lake_holds_exactly(root, topics, produced)
     assert names_and_bytes(root) == names_and_bytes(tmp_path / "reference")
+
+
+@pytest.mark.integration
+def test_drain_stops_at_the_given_offsets_even_when_more_arrive(
+    kafka_bootstrap, unique_topics, tmp_path
+):
+    """What every Kafka-reading actor shares (``streaming.reading.ConsumingActor``), on the lake
+    writer in-process: a drain reads up to its target and never past it, records produced since
+    wait for the next target, and a paused writer reads nothing."""
+    topics = unique_topics(COUNTS)
+    produce(kafka_bootstrap, topics, n=20, seed=1)
+    writer = LakeWriter(
+        kafka_bootstrap, tmp_path, {t: range(COUNTS[t]) for t in TABLES},
+        impressions_topic=topics["impressions"], feedback_topic=topics["feedback"],
+        rewards_topic=topics["rewards"], dead_letter_topic=topics["dead"],
+        max_records=7, max_age_s=3600.0,
+    )
+    try:
+        ends = writer.end_offsets()
+        produce(kafka_bootstrap, topics, n=10, seed=2)  # arrives after the target was taken
+        assert any(writer.drain(ends, max_seconds=0.5) for _ in range(600))
+        assert writer.positions() == ends
+        assert writer.pause() == ends
+        later = writer.end_offsets()
+        assert all(later[tp] > ends[tp] for tp in ends)
+        assert writer.step() == 0 and not writer.drain(later, max_seconds=0.2)
+        assert writer.positions() == ends
+        writer.resume()
+        assert any(writer.drain(later, max_seconds=0.5) for _ in range(600))
+        assert writer.pause() == later
+    finally:
+        writer.close()
 
 
 @pytest.mark.integration
