@@ -208,7 +208,7 @@ class TrainSpec:
 
     def check_components(self) -> None:
         """The named components exist and take the given hyperparameters (the registries are
-        imported here: they import this module)."""
+        imported here, as ``offline.sources`` imports this module)."""
         from offline.models import MODELS
         from offline.objectives import OBJECTIVES, make_objective
         from offline.propensity import PROPENSITY_ESTIMATORS, make_propensity
@@ -224,6 +224,8 @@ class TrainSpec:
                 make_propensity(self.propensity.name, **self.propensity.params)
             except (TypeError, ValueError) as exc:
                 raise SpecError(f"train.propensity: {exc}") from None
+        else:
+            _check_keys("train.propensity", self.propensity.params, ("clip",))
         _check_name("train.model.name", self.model.name, MODELS, "a model")
         model = MODELS[self.model.name]
         data_derived = {"n_users", "n_items", *getattr(model, "array_names", ())}

@@ -18,7 +18,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 
-from recsys.commands import USAGE_ERROR, CommandError, add_command, run_command
+from recsys.commands import USAGE_ERROR, CommandError, Run, add_command, run_command
 from recsys.config import (
     ConfigError,
     ConfigWarning,
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unavailable(exc: Exception):
+def _unavailable(exc: Exception) -> Run:
     def run(_: argparse.Namespace) -> int:
         raise CommandError(f"cannot load this command: {exc}")
 
