@@ -130,14 +130,17 @@ def _chosen_id(store: CheckpointStore, checkpoint_id: str | None) -> str:
     """``checkpoint_id`` (default: the newest) if ``store`` holds it complete; else a
     CommandError that says which ids there are."""
     ids = store.list()
-    if not ids:
-        raise CommandError(f"no complete checkpoint in {store.uri}; `recsys stream` writes them "
-                           "(stream.checkpoint_uri, or --uri for another location)", exit_code=1)
     if checkpoint_id is None:
+        if not ids:
+            raise CommandError(f"no complete checkpoint in {store.uri}; `recsys stream` writes "
+                               "them (stream.checkpoint_uri, or --uri for another location)",
+                               exit_code=1)
         return ids[-1]
     if checkpoint_id not in ids:
-        raise CommandError(f"no checkpoint {checkpoint_id!r} in {store.uri}; it holds "
-                           f"{ids[0]} .. {ids[-1]} (`recsys checkpoints list`), or pass --uri")
+        held = (f"{ids[0]} .. {ids[-1]} (`recsys checkpoints list`)" if ids
+                else "none (`recsys stream` writes them)")
+        raise CommandError(f"no checkpoint {checkpoint_id!r} in {store.uri}; it holds {held}, "
+                           "or pass --uri")
     return checkpoint_id
 
 

@@ -53,10 +53,13 @@ def test_checkpoints_show_of_a_missing_id_says_which_ids_there_are(tmp_path, cap
     assert captured.err == (f"recsys checkpoints: no checkpoint 'nope' in {uri}; it holds "
                             "ckpt-000000000000 .. ckpt-000000000001 (`recsys checkpoints list`), "
                             "or pass --uri\n")
-    assert main(["checkpoints", "restore", "--uri", str(tmp_path / "none")]) == 1
+    empty = str(tmp_path / "none")
+    assert main(["checkpoints", "show", "nope", "--uri", empty]) == 2
+    assert capsys.readouterr().err == (f"recsys checkpoints: no checkpoint 'nope' in {empty}; it "
+                                       "holds none (`recsys stream` writes them), or pass --uri\n")
+    assert main(["checkpoints", "restore", "--uri", empty]) == 1
     assert capsys.readouterr().err.startswith(
-        f"recsys checkpoints: no complete checkpoint in {tmp_path / 'none'}; `recsys stream` "
-        "writes them")
+        f"recsys checkpoints: no complete checkpoint in {empty}; `recsys stream` writes them")
 
 
 @pytest.mark.integration
