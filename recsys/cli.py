@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         register(subparsers)
     for sub in subparsers.choices.values():
         _add_global_flags(sub, suppress=True)
-        sub.set_defaults(command_parser=sub)
+        if sub.get_default("command_parser") is None:  # registered without add_command
+            sub.set_defaults(command_parser=sub)
     return parser
 
 

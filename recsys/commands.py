@@ -43,9 +43,10 @@ def add_command(
 ) -> argparse.ArgumentParser:
     """Add the subcommand ``name`` that runs ``run(args)``; errors of the ``expected`` types are
     reported like :class:`CommandError` (one line, exit status 2). Returns its parser, for the
-    command's own arguments."""
+    command's own arguments (``add_command`` on its own subparsers adds nested commands, each
+    with its own usage in errors)."""
     parser = subparsers.add_parser(name, help=help, description=description)
-    parser.set_defaults(func=run, expected_errors=tuple(expected))
+    parser.set_defaults(func=run, expected_errors=tuple(expected), command_parser=parser)
     return parser
 
 

@@ -8,8 +8,8 @@ import argparse
 import pytest
 
 from recsys.checkpoint import CheckpointError
-from recsys.cli import main
-from recsys.commands import CommandError, run_command
+from recsys.cli import main, parse_args
+from recsys.commands import CommandError, add_command, run_command
 from recsys.config import ConfigError
 
 
@@ -27,6 +27,20 @@ def test_a_misspelt_global_flag_is_found_after_the_command_too(capsys) -> None:
     with pytest.raises(SystemExit, match=r"^2$"):
         main(["info", "--kafka-bootsrap=h:9092"])
     assert "did you mean --kafka-bootstrap?" in capsys.readouterr().err
+
+
+def test_a_nested_command_reports_a_misspelt_flag_with_its_own_usage(capsys) -> None:
+    parser = argparse.ArgumentParser(prog="recsys")
+    commands = parser.add_subparsers(dest="command", required=True)
+    topics = commands.add_parser("topics").add_subparsers(dest="action", required=True)
+    add_command(topics, "tail", lambda args: 0, help="print records").add_argument(
+        "--from-beginning", action="store_true")
+    assert parse_args(parser, ["topics", "tail", "--from-beginning"]).from_beginning
+    with pytest.raises(SystemExit, match=r"^2$"):
+        parse_args(parser, ["topics", "tail", "--form-beginning"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: recsys topics tail ")
+    assert err.rstrip().endswith("did you mean --from-beginning?")
 
 
 def test_an_unknown_set_key_names_the_nearest_keys(monkeypatch, tmp_path, capsys) -> None:
