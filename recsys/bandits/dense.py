@@ -38,20 +38,18 @@ from recsys.bandits.accumulate import scatter_add_many, touched_rows
 from recsys.bandits.contexts import DenseContexts
 from recsys.bandits.items import ItemIndex
 from recsys.bandits.protocol import (
+    DenseBatch,
     ItemSummary,
     Part,
     StatsBase,
-    check_part,
     new_origin,
     register_layout,
 )
 from recsys.bandits.validation import (
     check_context_one,
     check_contexts,
-    check_items,
     check_positive,
     check_reward_one,
-    check_rewards,
 )
 
 if TYPE_CHECKING:
@@ -190,15 +188,6 @@ class DenseStats(StatsBase):
         return DenseContexts(self.dim)
 
     @property
-    def n_items(self) -> int:
-        return len(self.items)
-
-    @property
-    def item_ids(self) -> NDArray[np.int64]:
-        """Item ids in row order."""
-        return self.items.ids
-
-    @property
     def d(self) -> NDArray[np.floating]:
         """The diagonal precision per (item, feature): ``λ + Σ x²`` (centred: of x − x̄)."""
         if not self.centred:
@@ -225,7 +214,7 @@ class DenseStats(StatsBase):
         total = sum(a.nbytes for a in self._sums().values()) + self.items.ids.nbytes
         return total + (0 if self.prior_mean is None else self.prior_mean.nbytes)
 
-    def _touch(self) -> None:
+    def _after_change(self) -> None:
         self._bump()
         self._cache = None
 
@@ -247,23 +236,10 @@ class DenseStats(StatsBase):
             if not np.isfinite(mu).all():
                 raise ValueError("prior_mean: contains NaN or infinity")
             self.prior_mean = np.array(mu, dtype=self.sxx.dtype)
-        self._touch()
+        self._after_change()
 
     # ------------------------------------------------------------------ learning
-    def _validated(
-        self,
-        contexts: ArrayLike,
-        items: ArrayLike,
-        rewards: ArrayLike | None,
-        reward_range: tuple[float, float],
-        part: Part = "both",
-    ) -> tuple[NDArray[np.float64], NDArray[np.intp], NDArray[np.float64]]:
-        check_part(part, rewards)
-        x = check_contexts(contexts, self.dim)
-        ids = check_items(items, x.shape[0])
-        r = (np.zeros(x.shape[0]) if rewards is None
-             else check_rewards(rewards, x.shape[0], reward_range))
-        return x, self.items.rows(ids), r
+    _batch = StatsBase._dense_batch
 
     def _event_terms(
         self, x: NDArray[np.float64], r: NDArray[np.float64], part: Part = "both"
@@ -299,22 +275,8 @@ class DenseStats(StatsBase):
             sums["sr"] = np.bincount(local, weights=r, minlength=unique.size)
         return unique, sums
 
-    def delta_from_batch(
-        self,
-        contexts: ArrayLike,
-        items: ArrayLike,
-        rewards: ArrayLike | None,
-        *,
-        reward_range: tuple[float, float] = (-np.inf, np.inf),
-        part: Part = "both",
-    ) -> DenseStats:
-        """The statistics of one batch alone, over the batch's distinct items.
-
-        Same ``dim``, λ, layout and ``space`` as ``self``, no prior, so that
-        ``self.merge(delta)`` equals learning the batch. Items must be known to ``self``.
-        ``part="exposure"`` (rewards may be None) or ``"reward"`` fills only those sums.
-        """
-        x, rows, r = self._validated(contexts, items, rewards, reward_range, part)
+    def _delta(self, batch: DenseBatch, part: Part) -> DenseStats:
+        x, rows, r = batch
         unique, sums = self._batch_sums(rows, x, r, part)
         dtype = self.sxx.dtype
         delta = DenseStats.empty(self.items.ids[unique], self.dim, lam=self.lam,
@@ -324,18 +286,8 @@ class DenseStats(StatsBase):
         delta.version = 0
         return delta
 
-    def learn(
-        self,
-        contexts: ArrayLike,
-        items: ArrayLike,
-        rewards: ArrayLike | None,
-        *,
-        reward_range: tuple[float, float] = (-np.inf, np.inf),
-        part: Part = "both",
-    ) -> DenseStats:
-        """Add one batch (or one event) in place; returns ``self``. ``part`` as in
-        :meth:`delta_from_batch`."""
-        x, rows, r = self._validated(contexts, items, rewards, reward_range, part)
+    def _learn(self, batch: DenseBatch, part: Part) -> DenseStats:
+        x, rows, r = batch
         current = self._sums()
         if rows.size <= _SMALL_BATCH:  # scatter-add straight in: cheapest for a few events
             for name, values in self._event_terms(x, r, part).items():
@@ -452,26 +404,9 @@ class DenseStats(StatsBase):
         self._updated(rows)
         return self
 
-    def decay(self, factor: float) -> DenseStats:
-        """Multiply every sum by ``factor`` in (0, 1] in place (exponential forgetting).
-
-        Linear in the sums, so decaying then merging equals merging then decaying. Use
-        ``factor = 0.5 ** (elapsed / half_life)`` for a time-based half-life.
-        """
-        f = float(factor)
-        if not (0.0 < f <= 1.0):
-            raise ValueError(f"decay factor must be in (0, 1], got {factor!r}")
-        for value in self._sums().values():
-            value *= f
-        self._touch()
-        return self
-
     def add_items(self, items: ArrayLike, prior_mean: ArrayLike | None = None) -> DenseStats:
         """Add new items with zero statistics (and optional prior means [m, dim]) in place."""
-        new = np.asarray(items, dtype=np.int64).ravel()
-        clash = self.items.contains(new)
-        if clash.any():
-            raise ValueError(f"add_items: item id(s) {new[clash][:5].tolist()} already present")
+        new = self._new_item_ids(items)
         index = ItemIndex(np.concatenate([self.items.ids, new]))
         keep = index.rows(self.items.ids)
         fresh = index.rows(new)
@@ -492,20 +427,17 @@ class DenseStats(StatsBase):
             self.prior_mean = mu
         self.items = index
         self._set_sums(grown)
-        self._touch()
+        self._after_change()
         return self
 
     def retire_items(self, items: ArrayLike) -> DenseStats:
         """Drop items (and their statistics) in place; unknown ids raise."""
-        gone = np.asarray(items, dtype=np.int64).ravel()
-        rows = self.items.rows(gone, name="retire_items")
-        keep = np.ones(self.n_items, dtype=bool)
-        keep[rows] = False
+        keep = self._rows_kept_without(items)
         self.items = ItemIndex(self.items.ids[keep])
         self._set_sums({name: value[keep] for name, value in self._sums().items()})
         if self.prior_mean is not None:
             self.prior_mean = self.prior_mean[keep]
-        self._touch()
+        self._after_change()
         return self
 
     # ------------------------------------------------------------------ posterior

@@ -19,18 +19,16 @@ from recsys.bandits.accumulate import scatter_add
 from recsys.bandits.contexts import DenseContexts
 from recsys.bandits.items import ItemIndex
 from recsys.bandits.protocol import (
+    DenseBatch,
     ItemSummary,
     Part,
     StatsBase,
-    check_part,
     new_origin,
     register_layout,
 )
 from recsys.bandits.validation import (
     check_contexts,
-    check_items,
     check_positive,
-    check_rewards,
 )
 
 FORMAT = "recsys.bandits.FullStats/1"
@@ -90,14 +88,6 @@ class FullStats(StatsBase):
             space=space,
         )
 
-    @property
-    def n_items(self) -> int:
-        return len(self.items)
-
-    @property
-    def item_ids(self) -> NDArray[np.int64]:
-        return self.items.ids
-
     def context_codec(self) -> DenseContexts:
         """Contexts are dense vectors of ``dim`` features."""
         return DenseContexts(self.dim)
@@ -110,28 +100,12 @@ class FullStats(StatsBase):
                            nan.copy())
 
     # ------------------------------------------------------------------ learning
-    def _validated(
-        self, contexts: ArrayLike, items: ArrayLike, rewards: ArrayLike | None,
-        reward_range: tuple[float, float], part: Part = "both",
-    ) -> tuple[NDArray[np.float64], NDArray[np.intp], NDArray[np.float64]]:
-        check_part(part, rewards)
-        x = check_contexts(contexts, self.dim)
-        r = (np.zeros(x.shape[0]) if rewards is None
-             else check_rewards(rewards, x.shape[0], reward_range))
-        return x, self.items.rows(check_items(items, x.shape[0])), r
+    _batch = StatsBase._dense_batch
 
-    def learn(
-        self,
-        contexts: ArrayLike,
-        items: ArrayLike,
-        rewards: ArrayLike | None,
-        *,
-        reward_range: tuple[float, float] = (-np.inf, np.inf),
-        part: Part = "both",
-    ) -> FullStats:
-        """Add a batch in place: Gram and reward sums by scatter-add, then the touched items'
-        inverses recomputed in one batched call (exact, no accumulated rank-one rounding)."""
-        x, rows, r = self._validated(contexts, items, rewards, reward_range, part)
+    def _learn(self, batch: DenseBatch, part: Part) -> FullStats:
+        """Gram and reward sums by scatter-add, then the touched items' inverses recomputed in
+        one batched call (exact, no accumulated rank-one rounding)."""
+        x, rows, r = batch
         if part != "exposure":
             self.sxr += scatter_add(rows, x * r[:, None], self.n_items)
         if part != "reward":  # the Gram matrices, and so the inverses, change with exposure only
@@ -151,13 +125,8 @@ class FullStats(StatsBase):
                           else context, np.array([item]), np.array([reward]),
                           reward_range=reward_range)
 
-    def delta_from_batch(
-        self, contexts: ArrayLike, items: ArrayLike, rewards: ArrayLike | None, *,
-        reward_range: tuple[float, float] = (-np.inf, np.inf), part: Part = "both",
-    ) -> FullStats:
-        """The sums of one batch alone over its distinct items (no prior, no inverses needed);
-        ``part`` selects exposure (Gram, counts) or reward (Σx·r) sums."""
-        x, rows, r = self._validated(contexts, items, rewards, reward_range, part)
+    def _delta(self, batch: DenseBatch, part: Part) -> FullStats:
+        x, rows, r = batch
         unique, local = np.unique(rows, return_inverse=True)
         m, d = unique.size, self.dim
         gram, count = np.zeros((m, d, d)), np.zeros(m)
@@ -173,12 +142,6 @@ class FullStats(StatsBase):
 
     def _refresh_rows(self, rows: NDArray[np.intp] | slice) -> None:
         self.a_inv[rows] = np.linalg.inv(self.lam * np.eye(self.dim) + self.gram[rows])
-
-    def refresh(self) -> FullStats:
-        """Recompute A⁻¹ from the Gram matrices (removes accumulated rounding)."""
-        self.a_inv = np.linalg.inv(self.lam * np.eye(self.dim) + self.gram)
-        self._bump()
-        return self
 
     # ------------------------------------------------------------------ algebra
     def _check_compatible(self, other: FullStats) -> None:
@@ -218,25 +181,17 @@ class FullStats(StatsBase):
         self._bump()
         return self
 
-    def decay(self, factor: float) -> FullStats:
-        """Multiply every sum by ``factor`` in (0, 1] in place; inverses recomputed."""
-        f = float(factor)
-        if not (0.0 < f <= 1.0):
-            raise ValueError(f"decay factor must be in (0, 1], got {factor!r}")
-        self.gram *= f
-        self.sxr *= f
-        self.count *= f
+    def _sums(self) -> dict[str, NDArray[np.float64]]:
+        return {"gram": self.gram, "sxr": self.sxr, "count": self.count}
+
+    def _after_change(self) -> None:
         self._refresh_rows(slice(None))
         self._bump()
-        return self
 
     # ------------------------------------------------------------------ catalogue / sharding
     def add_items(self, items: ArrayLike) -> FullStats:
         """Add new items with zero statistics (``A = λI``) in place."""
-        new = np.asarray(items, dtype=np.int64).ravel()
-        clash = self.items.contains(new)
-        if clash.any():
-            raise ValueError(f"add_items: item id(s) {new[clash][:5].tolist()} already present")
+        new = self._new_item_ids(items)
         grown = FullStats.empty(np.concatenate([self.items.ids, new]), self.dim, lam=self.lam,
                                 space=self.space)
         keep = grown.items.rows(self.items.ids)
@@ -252,10 +207,7 @@ class FullStats(StatsBase):
 
     def retire_items(self, items: ArrayLike) -> FullStats:
         """Drop items (and their statistics) in place; unknown ids raise."""
-        rows = self.items.rows(np.asarray(items, dtype=np.int64).ravel(), name="retire_items")
-        keep = np.ones(self.n_items, dtype=bool)
-        keep[rows] = False
-        self._take(keep)
+        self._take(self._rows_kept_without(items))
         self._bump()
         return self
 

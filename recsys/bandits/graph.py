@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 
 FORMAT = "recsys.bandits.GraphStats/1"
 Weighting = Literal["squared", "linear"]
+EdgeBatch = tuple[NDArray[np.intp], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64],
+                  int]
+"""A batch as sums on the edges it touched: edges, Σx² (or Σx), Σx·r, counts, events off the
+graph."""
 
 
 @register_layout
@@ -137,16 +141,8 @@ class GraphStats(StatsBase):
         return ClusterGraph.load(stream.graph_file).stats(lam=stream.lam)
 
     @property
-    def n_items(self) -> int:
-        return len(self.items)
-
-    @property
     def n_edges(self) -> int:
         return int(self.edge_cluster.size)
-
-    @property
-    def item_ids(self) -> NDArray[np.int64]:
-        return self.items.ids
 
     @property
     def edge_items(self) -> NDArray[np.int64]:
@@ -174,11 +170,10 @@ class GraphStats(StatsBase):
         )
 
     # ------------------------------------------------------------------ learning
-    def _edge_sums(
+    def _batch(
         self, contexts: SoftContexts | tuple[ArrayLike, ArrayLike], items: ArrayLike,
-        rewards: ArrayLike | None, reward_range: tuple[float, float], part: Part = "both",
-    ) -> tuple[NDArray[np.intp], NDArray[np.float64], NDArray[np.float64],
-               NDArray[np.float64], int]:
+        rewards: ArrayLike | None, reward_range: tuple[float, float], part: Part,
+    ) -> EdgeBatch:
         """Touched edges and their sums; the sums ``part`` does not touch are zero, and events
         off the graph are counted once, with their exposure (not again with their reward)."""
         check_part(part, rewards)
@@ -206,26 +201,14 @@ class GraphStats(StatsBase):
                 np.bincount(inv, minlength=m).astype(np.float64) if exposure else zeros,
                 int((~hit).sum()) if exposure else 0)
 
-    def delta_from_batch(
-        self, contexts: SoftContexts | tuple[ArrayLike, ArrayLike], items: ArrayLike,
-        rewards: ArrayLike | None, *, reward_range: tuple[float, float] = (-np.inf, np.inf),
-        part: Part = "both",
-    ) -> GraphStats:
-        """The statistics of one batch alone, on the edges it touched (``part``: which sums)."""
-        edges, sxx, sxr, count, skipped = self._edge_sums(contexts, items, rewards, reward_range,
-                                                          part)
+    def _delta(self, batch: EdgeBatch, part: Part) -> GraphStats:
+        edges, sxx, sxr, count, skipped = batch
         delta = self._like(edges)
         delta.sxx, delta.sxr, delta.count, delta.skipped = sxx, sxr, count, skipped
         return delta
 
-    def learn(
-        self, contexts: SoftContexts | tuple[ArrayLike, ArrayLike], items: ArrayLike,
-        rewards: ArrayLike | None, *, reward_range: tuple[float, float] = (-np.inf, np.inf),
-        part: Part = "both",
-    ) -> GraphStats:
-        """Add one batch in place (``part``: which sums); returns ``self``."""
-        edges, sxx, sxr, count, skipped = self._edge_sums(contexts, items, rewards, reward_range,
-                                                          part)
+    def _learn(self, batch: EdgeBatch, part: Part) -> GraphStats:
+        edges, sxx, sxr, count, skipped = batch
         self.sxx[edges] += sxx
         self.sxr[edges] += sxr
         self.count[edges] += count
@@ -273,10 +256,7 @@ class GraphStats(StatsBase):
 
     def add_items(self, items: ArrayLike) -> GraphStats:
         """Add items without edges (not yet candidates anywhere; see :meth:`add_edges`)."""
-        new = np.asarray(items, dtype=np.int64).ravel()
-        clash = self.items.contains(new)
-        if clash.any():
-            raise ValueError(f"add_items: item id(s) {new[clash][:5].tolist()} already present")
+        new = self._new_item_ids(items)
         empty = np.zeros(0, dtype=np.int64)
         self._rebuilt(np.concatenate([self.items.ids, new]), empty, empty,
                       np.ones(self.n_edges, dtype=bool))
@@ -294,10 +274,7 @@ class GraphStats(StatsBase):
 
     def retire_items(self, items: ArrayLike) -> GraphStats:
         """Drop items and all their edges in place; unknown ids raise."""
-        gone = np.asarray(items, dtype=np.int64).ravel()
-        rows = self.items.rows(gone, name="retire_items")
-        keep_items = np.ones(self.n_items, dtype=bool)
-        keep_items[rows] = False
+        keep_items = self._rows_kept_without(items)
         empty = np.zeros(0, dtype=np.int64)
         self._rebuilt(self.items.ids[keep_items], empty, empty, keep_items[self.edge_row])
         return self
@@ -374,16 +351,8 @@ class GraphStats(StatsBase):
                              f"edges of this graph, e.g. {bad}; add them with add_edges()")
         return pos
 
-    def decay(self, factor: float) -> GraphStats:
-        """Multiply every sum by ``factor`` in (0, 1] in place (commutes with merge)."""
-        f = float(factor)
-        if not (0.0 < f <= 1.0):
-            raise ValueError(f"decay factor must be in (0, 1], got {factor!r}")
-        self.sxx *= f
-        self.sxr *= f
-        self.count *= f
-        self._bump()
-        return self
+    def _sums(self) -> dict[str, NDArray[np.float64]]:
+        return {"sxx": self.sxx, "sxr": self.sxr, "count": self.count}
 
     def allclose(self, other: object, *, rtol: float = 1e-10, atol: float = 1e-10) -> bool:
         """Same items, edges and sums up to float rounding."""

@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Self, runtim
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from recsys.bandits.items import ItemIndex
 from recsys.bandits.persistence import decode_npz, encode_npz
+from recsys.bandits.validation import check_contexts, check_items, check_rewards
 from recsys.storage import PathLike, read_bytes, resolve, write_bytes_atomic
 from recsys.validation import message
 
@@ -42,6 +44,8 @@ reward sums (Σx·r, Σr) only on it, so an impression can be learned as ``"expo
 served and its click as ``"reward"`` when the click arrives: the two parts add up to ``"both"``
 (DESIGN: freshness is not gated by the attribution window)."""
 PARTS = ("both", "exposure", "reward")
+DenseBatch = tuple[NDArray[np.float64], NDArray[np.intp], NDArray[np.float64]]
+"""A validated batch over dense contexts: contexts [b, dim], the items' rows, the rewards."""
 
 
 def check_part(part: str, rewards: object) -> None:
@@ -194,9 +198,19 @@ class StatsBase:
 
     layout: ClassVar[str]
     format: ClassVar[str]
+    items: ItemIndex
     origin: str
     version: int
     _borrowed: bool
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def item_ids(self) -> NDArray[np.int64]:
+        """Item ids in row order (sorted, unique)."""
+        return self.items.ids
 
     # ------------------------------------------------------------------ identity
     @property
@@ -216,9 +230,89 @@ class StatsBase:
 
     def split(self, n_shards: int) -> list[Self]:
         """This object's items partitioned into ``n_shards`` selections by :func:`shard_of`."""
-        owner = shard_of(self.item_ids, n_shards)  # type: ignore[attr-defined]
+        owner = shard_of(self.item_ids, n_shards)
         return [self.select(self.item_ids[owner == s])  # type: ignore[attr-defined]
                 for s in range(n_shards)]
+
+    # ------------------------------------------------------------------ learning
+    def _batch(self, contexts: Any, items: ArrayLike, rewards: ArrayLike | None,
+               reward_range: tuple[float, float], part: Part) -> Any:
+        """The layout's validated form of a batch (what ``_learn`` and ``_delta`` take)."""
+        raise NotImplementedError
+
+    def _learn(self, batch: Any, part: Part) -> Self:
+        raise NotImplementedError
+
+    def _delta(self, batch: Any, part: Part) -> Self:
+        raise NotImplementedError
+
+    def learn(self, contexts: Any, items: ArrayLike, rewards: ArrayLike | None, *,
+              reward_range: tuple[float, float] = (-np.inf, np.inf), part: Part = "both",
+              ) -> Self:
+        """Add one batch (or one event) in place; returns ``self``. ``part`` as in
+        :meth:`delta_from_batch`."""
+        return self._learn(self._batch(contexts, items, rewards, reward_range, part), part)
+
+    def delta_from_batch(self, contexts: Any, items: ArrayLike, rewards: ArrayLike | None, *,
+                         reward_range: tuple[float, float] = (-np.inf, np.inf),
+                         part: Part = "both") -> Self:
+        """The statistics of one batch alone, over the batch's distinct items (graph: the edges
+        it touched). Same hyperparameters and ``space`` as ``self`` and no prior, so that
+        ``self.merge(delta)`` equals learning the batch; items must be known to ``self``.
+        ``part="exposure"`` (rewards may be None) or ``"reward"`` fills only those sums."""
+        return self._delta(self._batch(contexts, items, rewards, reward_range, part), part)
+
+    # ------------------------------------------------------------------ shared algebra
+    def _sums(self) -> dict[str, NDArray[Any]]:
+        """Every additive array by name (what merging adds and decay scales)."""
+        raise NotImplementedError
+
+    def _after_change(self) -> None:
+        """Record a mutation of every row (layouts with derived state refresh it too)."""
+        self._bump()
+
+    def decay(self, factor: float) -> Self:
+        """Multiply every sum by ``factor`` in (0, 1] in place (exponential forgetting).
+
+        Linear in the sums, so decaying then merging equals merging then decaying. Use
+        ``factor = 0.5 ** (elapsed / half_life)`` for a time-based half-life. The prior is not
+        data: it is never decayed.
+        """
+        f = float(factor)
+        if not (0.0 < f <= 1.0):
+            raise ValueError(f"decay factor must be in (0, 1], got {factor!r}")
+        for value in self._sums().values():
+            value *= f
+        self._after_change()
+        return self
+
+    def _new_item_ids(self, items: ArrayLike) -> NDArray[np.int64]:
+        """``items`` as int64 ids for ``add_items``; raises naming ids already held."""
+        new = np.asarray(items, dtype=np.int64).ravel()
+        clash = self.items.contains(new)
+        if clash.any():
+            raise ValueError(f"add_items: item id(s) {new[clash][:5].tolist()} already present")
+        return new
+
+    def _rows_kept_without(self, items: ArrayLike) -> NDArray[np.bool_]:
+        """For ``retire_items``: a mask of the rows to keep once ``items`` (all held) go."""
+        gone = np.asarray(items, dtype=np.int64).ravel()
+        keep = np.ones(self.n_items, dtype=bool)
+        keep[self.items.rows(gone, name="retire_items")] = False
+        return keep
+
+    def _dense_batch(
+        self, contexts: ArrayLike, items: ArrayLike, rewards: ArrayLike | None,
+        reward_range: tuple[float, float], part: Part,
+    ) -> DenseBatch:
+        """A validated batch over dense contexts of ``dim`` features (dense and full layouts):
+        contexts [b, dim], the items' rows and the rewards (zeros for ``part="exposure"``)."""
+        check_part(part, rewards)
+        x = check_contexts(contexts, self.dim)  # type: ignore[attr-defined]
+        ids = check_items(items, x.shape[0])
+        r = (np.zeros(x.shape[0]) if rewards is None
+             else check_rewards(rewards, x.shape[0], reward_range))
+        return x, self.items.rows(ids), r
 
     def delta_template(self) -> Self:
         """What learners compute deltas against: here an empty selection, an open catalogue

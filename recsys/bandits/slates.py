@@ -12,6 +12,7 @@ weighting) or, for Thompson sampling, estimated by Monte Carlo with a reported s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -369,6 +370,24 @@ def thompson_select(
     return shown, values
 
 
+def _replays(
+    mean: NDArray[np.float64], scale: NDArray[np.float64], k: int, n_draws: int,
+    rng: np.random.Generator, *, per_slot: bool,
+) -> Iterator[tuple[int, NDArray[np.intp]]]:
+    """``n_draws`` replays of :func:`thompson_select` per request, in blocks of ``m`` draws that
+    keep memory flat: yields ``(m, columns)`` with columns ``[batch·m, k]``, request-major."""
+    batch, n = mean.shape
+    per_draw = n * (k if per_slot else 1)
+    chunk = max(1, min(n_draws, _MC_CHUNK_ELEMENTS // max(1, batch * per_draw)))
+    done = 0
+    while done < n_draws:  # loop over blocks of draws, vectorised over requests and draws
+        m = min(chunk, n_draws - done)
+        replay, _ = thompson_select(np.repeat(mean, m, axis=0), np.repeat(scale, m, axis=0), k,
+                                    rng, per_slot=per_slot)
+        yield m, replay
+        done += m
+
+
 def thompson_action_dist(
     mean: NDArray[np.float64],
     scale: NDArray[np.float64],
@@ -384,18 +403,11 @@ def thompson_action_dist(
     lands at each position; each entry's standard error is ``sqrt(p(1−p)/n_draws)``.
     """
     batch, n = mean.shape
-    per_draw = n * (k if per_slot else 1)
-    chunk = max(1, min(n_draws, _MC_CHUNK_ELEMENTS // max(1, batch * per_draw)))
     hits = np.zeros(batch * n * k)
-    done = 0
-    while done < n_draws:  # loop over blocks of draws, vectorised over requests and draws
-        m = min(chunk, n_draws - done)
-        replay, _ = thompson_select(np.repeat(mean, m, axis=0), np.repeat(scale, m, axis=0), k,
-                                    rng, per_slot=per_slot)
+    for m, replay in _replays(mean, scale, k, n_draws, rng, per_slot=per_slot):
         request = np.repeat(np.arange(batch), m)[:, None]
         cell = (request * n + replay) * k + np.arange(k)
         hits += np.bincount(cell.ravel(), minlength=hits.size)
-        done += m
     return (hits / n_draws).reshape(batch, n, k)
 
 
@@ -442,18 +454,9 @@ def thompson_propensities(
     if keep.size < mean.shape[1]:
         mean, scale = mean[:, keep], scale[:, keep]
         shown = np.searchsorted(keep, shown)
-    batch, n = mean.shape
-    per_draw = n * (k if per_slot else 1)
-    chunk = max(1, min(n_draws, _MC_CHUNK_ELEMENTS // max(1, batch * per_draw)))
+    batch = mean.shape[0]
     hits = np.zeros((batch, k))
-    done = 0
-    while done < n_draws:  # loop over blocks of draws, vectorised over requests and draws
-        m = min(chunk, n_draws - done)
-        mean_rep = np.repeat(mean, m, axis=0)
-        scale_rep = np.repeat(scale, m, axis=0)
-        replay, _ = thompson_select(mean_rep, scale_rep, k, rng, per_slot=per_slot)
-        same = replay.reshape(batch, m, k) == shown[:, None, :]
-        hits += same.sum(axis=1)
-        done += m
+    for m, replay in _replays(mean, scale, k, n_draws, rng, per_slot=per_slot):
+        hits += (replay.reshape(batch, m, k) == shown[:, None, :]).sum(axis=1)
     p_hat = hits / n_draws
     return p_hat, np.sqrt(p_hat * (1.0 - p_hat) / n_draws)
