@@ -16,7 +16,8 @@ from offline import losses as L
 from offline.dataset import Dataset, interactions_frame
 from offline.objectives import OBJECTIVES, Objective, TrainTensors, make_objective
 
-torch.set_num_threads(1)
+# one torch thread per test, restored after it (seeded results, no oversubscription)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 RATING = ("naive", "ips", "snips", "dr_jl", "kbips", "kbdr")
 ROW_BATCHED_IMPLICIT = ("bce", "rel_ips", "bpr", "tce", "rce")

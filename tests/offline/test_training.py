@@ -60,8 +60,8 @@ def test_spec_round_trips_and_refuses_what_it_cannot_run() -> None:
             TrainSpec.from_table(table)
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_training_learns_and_keeps_the_best_validation_epoch() -> None:
-    torch.set_num_threads(1)
     data = _ratings()
     spec = TrainSpec.from_table(_table())
     result = train_run(spec, 0, data)

@@ -28,6 +28,7 @@ from recsys.schema import (
 )
 from streaming.consumer import ConsumedEvent
 from streaming.lake import MAX_EVENT_TIME_MS, LakeSink, file_name, parse_file_name
+from tests.waiting import wait_until
 
 TOPIC = "recsys.impressions"
 HOUR_MS = 3_600_000
@@ -449,10 +450,14 @@ def test_events_from_the_broker_land_in_the_lake_once(kafka_bootstrap, unique_to
         sink = LakeSink(tmp_path, tables={topics[t]: t for t in kinds}, max_records=17)
         ends = consumer.end_offsets()
         received = []
-        while not consumer.reached(ends):
+
+        def read_to_the_end() -> bool:
             batch = consumer.poll(timeout_ms=200, max_records=50, until=ends)
-            received += batch
+            received.extend(batch)
             sink.write(batch)
+            return consumer.reached(ends)
+
+        wait_until(read_to_the_end, timeout_s=120, what="the consumer to reach the end offsets")
         assert consumer.dead_lettered == 3
         durable = sink.flush(until=consumer.positions())
     assert durable == ends
