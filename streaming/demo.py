@@ -164,7 +164,6 @@ def run_loop(run: DemoRun, say: Callable[[str], None], *, quiet: bool = False) -
     """Start Kafka, Ray, the pipeline and the app; send the malformed records; play the users
     for ``plan.duration_s``; measure freshness and the true values; stop everything."""
     from recsys.producer import EventProducer
-    from simulators.ground_truth import optimal_value
     from simulators.http_traffic import HttpUsers
     from streaming.live import live_stack
     from streaming.services import kafka_cluster, ray_runtime
@@ -191,34 +190,44 @@ def run_loop(run: DemoRun, say: Callable[[str], None], *, quiet: bool = False) -
                               seed=plan.seed)
             say(f"• {plan.duration_s:.0f} s of simulated users: {LEARNING_ARM} vs {CONTROL_ARM}")
             traffic_s = _play(users, plan, quiet)
-            say("• measuring click → served-score freshness")
-            fresh = _freshness(stack, sim, plan)
-            with stack.driver.paused() as pipeline:
-                pipeline.checkpoint()
-                stats = pipeline.statistics().select(np.arange(plan.world.n_items))
-                events = stack.driver.records
-            third = max(users.rounds[-1].round_index * 2 // 3, 0) if users.rounds else 0
-            totals = users.totals()
-            late_values = {arm: users.true_value(arm, third).value
-                           for arm in (LEARNING_ARM, CONTROL_ARM) if arm in totals}
-            measured = DemoReport(
-                run_dir=str(run.run_dir), kafka_origin=kafka.origin, traffic_s=traffic_s,
-                requests={a: c.requests for a, c in totals.items()},
-                clicks={a: c.clicks for a, c in totals.items()},
-                true_value_late=late_values,
-                true_value_final=_final_values(sim, stats, stack.service_config, plan),
-                optimal_value=optimal_value(sim).value,
-                freshness_ms=fresh.percentiles_ms(), freshness_timeouts=fresh.timeouts,
-                events_processed=events, bad_records_sent=plan.bad_records,
-                dead_letters=_dead_letters(kafka.bootstrap, topics.dead_letter,
-                                           kafka.client_options),
-                http_errors=dict(users.errors.by_status), timings=timings)
-            output = LoopOutput(measured, users.history(), stats,
-                                dict(stack.service_config.policies))
+            output = _measure(run, stack, kafka, users, traffic_s, say)
+            output.measured.timings.update(timings)
             say("• shutting down")
             stopping = time.perf_counter()
-    timings["shutdown_s"] = time.perf_counter() - stopping
+    output.measured.timings["shutdown_s"] = time.perf_counter() - stopping
     return output
+
+
+def _measure(run: DemoRun, stack: Any, kafka: Any, users: Any, traffic_s: float,
+             say: Callable[[str], None]) -> LoopOutput:
+    """After the traffic: click → served-score freshness, a last checkpoint and the final
+    statistics, the true values of what each arm served and would serve, the dead letters."""
+    from simulators.ground_truth import optimal_value
+
+    plan, sim = run.plan, run.sim
+    say("• measuring click → served-score freshness")
+    fresh = _freshness(stack, sim, plan)
+    with stack.driver.paused() as pipeline:
+        pipeline.checkpoint()
+        stats = pipeline.statistics().select(np.arange(plan.world.n_items))
+        events = stack.driver.records
+    third = max(users.rounds[-1].round_index * 2 // 3, 0) if users.rounds else 0
+    totals = users.totals()
+    late_values = {arm: users.true_value(arm, third).value
+                   for arm in (LEARNING_ARM, CONTROL_ARM) if arm in totals}
+    measured = DemoReport(
+        run_dir=str(run.run_dir), kafka_origin=kafka.origin, traffic_s=traffic_s,
+        requests={a: c.requests for a, c in totals.items()},
+        clicks={a: c.clicks for a, c in totals.items()},
+        true_value_late=late_values,
+        true_value_final=_final_values(sim, stats, stack.service_config, plan),
+        optimal_value=optimal_value(sim).value,
+        freshness_ms=fresh.percentiles_ms(), freshness_timeouts=fresh.timeouts,
+        events_processed=events, bad_records_sent=plan.bad_records,
+        dead_letters=_dead_letters(kafka.bootstrap, run.topics.dead_letter,
+                                   kafka.client_options),
+        http_errors=dict(users.errors.by_status))
+    return LoopOutput(measured, users.history(), stats, dict(stack.service_config.policies))
 
 
 def _play(users: Any, plan: DemoPlan, quiet: bool) -> float:
