@@ -477,7 +477,7 @@ class WindowJoin:
         """Lateness and repeats of a batch's impressions; opens the others' requests."""
         empty = np.zeros(0, dtype=np.int64)
         if block is None or not len(block["time"]):
-            return np.zeros(0, np.int8), empty, empty, set()
+            return np.zeros(0, np.int8), empty, empty, []
         n = len(block["time"])
         self.counts["impressions"] += n
         marks = _running_watermark(block["time"], block["partition"], self._imp_clock,
@@ -490,10 +490,12 @@ class WindowJoin:
         rids = block["request_id"][on_time].tolist()
         known = self._rows_of(rids)
         # a repeat of a known request, or of an earlier impression of this batch
-        first = dict(zip(reversed(rids), reversed(on_time.tolist()), strict=True))
-        earlier = np.fromiter(map(first.__getitem__, rids), np.int64, len(rids))
         repeat_known = known >= 0
-        repeat_batch = ~repeat_known & (earlier != on_time)
+        repeat_batch = np.zeros(on_time.size, dtype=bool)
+        if len(set(rids)) < len(rids):
+            first = dict(zip(reversed(rids), reversed(on_time.tolist()), strict=True))
+            earlier = np.fromiter(map(first.__getitem__, rids), np.int64, len(rids))
+            repeat_batch = ~repeat_known & (earlier != on_time)
         same = np.ones(on_time.size, dtype=bool)
         if repeat_known.any():
             same[repeat_known] = self._same_impression(
@@ -509,20 +511,21 @@ class WindowJoin:
         self.counts[Reason.CONFLICTING_IMPRESSION] += int((repeated & ~same).sum())
         picked = on_time[~repeated]
         if not picked.size:
-            return outcome, marks, empty, set()
+            return outcome, marks, empty, []
+        everyone = picked.size == n  # the usual case: no copy of the columns
         start = self._open.append({
-            **{name: block[name][picked] for name in self._open.spec
+            **{name: block[name] if everyone else block[name][picked] for name in self._open.spec
                if name not in ("serial", "reward", "closed", "forgotten")},
             "serial": self._next_serial + np.arange(picked.size),
-            "reward": np.full(block["items"][picked].shape, np.nan),
+            "reward": np.full((picked.size, block["items"].shape[1]), np.nan),
             "closed": np.zeros(picked.size, dtype=bool),
             "forgotten": np.zeros(picked.size, dtype=bool),
         })
         self._next_serial += picked.size
         self.opened_since_close += picked.size
-        new_ids = block["request_id"][picked].tolist()
+        new_ids = rids if everyone else block["request_id"][picked].tolist()
         self._slot.update(zip(new_ids, range(start, start + picked.size), strict=True))
-        return outcome, marks, np.arange(start, start + picked.size), set(new_ids)
+        return outcome, marks, np.arange(start, start + picked.size), new_ids
 
     def _rows_of(self, request_ids: list[str]) -> NDArray[np.int64]:
         """The open-table row of each known request, -1 for the others."""
@@ -565,10 +568,11 @@ class WindowJoin:
             self.counts["held_feedback"] += waiting.size
         return outcome, marks, rows
 
-    def _release(self, opened_ids: set[str]) -> dict[str, NDArray[Any]]:
+    def _release(self, opened_ids: list[str]) -> dict[str, NDArray[Any]]:
         """Take the held feedback of the requests just opened out of the held table."""
         if opened_ids and len(self._held):
-            found = np.fromiter(map(opened_ids.__contains__, self._held["request_id"].tolist()),
+            opened = set(opened_ids)
+            found = np.fromiter(map(opened.__contains__, self._held["request_id"].tolist()),
                                 bool, len(self._held))
             if found.any():
                 released = self._held.take(found)
@@ -641,10 +645,11 @@ class WindowJoin:
 
     # -- output ----------------------------------------------------------------------------
 
-    def close(self, final: bool = False) -> Closed:
+    def close(self, final: bool = False, collect: bool = True) -> Closed:
         """Close the windows the feedback watermarks have passed (all with ``final``, the end
         of a bounded replay), beyond ``max_open_requests`` the oldest too, and expire the held
-        feedback the impression watermarks have passed (all with ``final``)."""
+        feedback the impression watermarks have passed (all with ``final``). Without
+        ``collect`` the closed windows are not gathered (the learner has learned them)."""
         self.opened_since_close = 0
         lateness = self.allowed_lateness_ms
         windows = self._open.take(np.zeros(0, dtype=np.int64))
@@ -662,9 +667,10 @@ class WindowJoin:
                     self.counts["closed_over_capacity"] += over
             closing |= forced
             self.counts["closed_windows"] += int(closing.sum())
-            picked = np.flatnonzero(closing)
-            rids = self._open["request_id"][picked].astype(str)
-            windows = self._open.take(picked[np.lexsort((rids, time[picked]))])
+            if collect:
+                picked = np.flatnonzero(closing)
+                rids = self._open["request_id"][picked].astype(str)
+                windows = self._open.take(picked[np.lexsort((rids, time[picked]))])
             was_closed |= closing
             # forget a closed request once no on-time repeat of its impression can come
             forgotten = self._open["forgotten"]

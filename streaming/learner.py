@@ -144,9 +144,7 @@ class LearnerCore:
         if self.mode == "window":
             return self._joined_examples(rewards)
         step = self.join.add(self._impression_columns(imps) if imps else None,
-                             feedback_columns([c.event for c in fbs],  # type: ignore[misc]
-                                              [c.partition for c in fbs],
-                                              [c.offset for c in fbs]) if fbs else None)
+                             self._feedback_columns(fbs) if fbs else None)
         exposure_contexts, exposure_items = self._exposure(step.opened_rows)
         reward_contexts, reward_items, learned = self._rows(step.reward_rows, step.reward_slots)
         self._maybe_sweep()  # after reading the rows: closing renumbers them
@@ -171,10 +169,18 @@ class LearnerCore:
 
     def _impression_columns(self, batch: Sequence[ConsumedEvent]) -> dict[str, NDArray[Any]]:
         events: list[Impression] = [c.event for c in batch]  # type: ignore[misc]
-        columns = impression_columns(events, [c.partition for c in batch],
-                                     [c.offset for c in batch])
+        n = len(batch)
+        columns = impression_columns(events, np.fromiter((c.partition for c in batch), np.int64, n),
+                                     np.fromiter((c.offset for c in batch), np.int64, n))
         contexts, fits = self._contexts.read([e.context for e in events])
         return {**columns, **contexts, "learnable": fits}
+
+    @staticmethod
+    def _feedback_columns(batch: Sequence[ConsumedEvent]) -> dict[str, NDArray[Any]]:
+        n = len(batch)
+        return feedback_columns([c.event for c in batch],  # type: ignore[misc]
+                                np.fromiter((c.partition for c in batch), np.int64, n),
+                                np.fromiter((c.offset for c in batch), np.int64, n))
 
     def _empty_rows(self) -> tuple[Any, NDArray[np.int64]]:
         """No rows: contexts of the layout's form with zero rows, and no items."""
@@ -222,7 +228,7 @@ class LearnerCore:
     def sweep(self) -> None:
         """Close the windows the feedback watermarks have passed, expire held feedback the
         impression watermarks have passed, and enforce ``max_open_requests``."""
-        self.join.close()
+        self.join.close(collect=False)
 
     # -- routing -----------------------------------------------------------------------------
 
