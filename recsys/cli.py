@@ -17,6 +17,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
 from recsys.commands import USAGE_ERROR, CommandError, Run, add_command, run_command
 from recsys.config import (
@@ -36,6 +37,24 @@ _GLOBAL_FLAGS: list[tuple[str, str, str]] = [
     ("--ray-address", "ray.address", "Ray cluster address (ray://host:10001); default: local"),
     ("--mlflow-tracking-uri", "mlflow.tracking_uri", "mlflow tracking server or store URI"),
 ]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a misspelt command or choice is answered with the closest names."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        choices = [c for action in self._actions for c in (action.choices or ())]
+        hints = [did_you_mean(name, choices) for name in _invalid_choices(message) if choices]
+        super().error("; ".join([message, *filter(None, hints)]))
+
+
+def _invalid_choices(message: str) -> list[str]:
+    """The names argparse reported as invalid choices (``invalid choice: 'x' (choose ...``)."""
+    marker = "invalid choice: "
+    if marker not in message:
+        return []
+    rest = message.split(marker, 1)[1]
+    return [rest.split(" (choose", 1)[0].strip("'\"")]
 
 
 def _add_global_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -86,7 +105,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="recsys",
         description="An online recommender that learns while it serves.",
     )

@@ -29,6 +29,20 @@ def test_a_misspelt_global_flag_is_found_after_the_command_too(capsys) -> None:
     assert "did you mean --kafka-bootstrap?" in capsys.readouterr().err
 
 
+def test_a_misspelt_command_or_choice_names_the_closest(capsys) -> None:
+    with pytest.raises(SystemExit, match=r"^2$"):
+        main(["trian"])
+    err = capsys.readouterr().err.rstrip()
+    assert "invalid choice: 'trian'" in err and err.endswith("; did you mean train?")
+    with pytest.raises(SystemExit, match=r"^2$"):
+        main(["checkpoints", "shwo"])
+    err = capsys.readouterr().err.rstrip()
+    assert err.startswith("usage: recsys checkpoints ") and err.endswith("did you mean show?")
+    with pytest.raises(SystemExit, match=r"^2$"):
+        main(["zzzzzz"])
+    assert "did you mean" not in capsys.readouterr().err
+
+
 def test_a_nested_command_reports_a_misspelt_flag_with_its_own_usage(capsys) -> None:
     parser = argparse.ArgumentParser(prog="recsys")
     commands = parser.add_subparsers(dest="command", required=True)
