@@ -20,9 +20,10 @@ import time
 from typing import Any
 
 from recsys.checkpoint import CheckpointError
-from recsys.commands import add_command
+from recsys.commands import CommandError, add_command
 from recsys.config import Settings
 from recsys.progress import StatusLine
+from recsys.schema import read_user_features
 from recsys.serving.server import PortInUseError, claim_serve_port, ensure_port_free
 
 STATUS_EVERY_S = 1.0
@@ -36,6 +37,11 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.metrics_port:
         ensure_port_free("127.0.0.1", args.metrics_port, name="--metrics-port",
                          fix="choose another (0: any free port)")
+    if settings.serve.user_features_uri:  # read inside the replicas: check it before they start
+        try:
+            read_user_features(settings.serve.user_features_uri, name="serve.user_features_uri")
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
     template = statistics_template(settings)
     with kafka_cluster(settings) as cluster, ray_runtime(settings):
         _serve_until_stopped(args, settings, cluster, template)

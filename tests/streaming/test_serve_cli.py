@@ -83,3 +83,17 @@ def test_serve_reports_a_graph_file_it_cannot_read(tmp_path, capsys, monkeypatch
                  "--set", f"stream.graph_file={missing}"])
     assert code == 2
     assert "cannot build the statistics" in capsys.readouterr().err
+
+
+def test_serve_reports_a_user_feature_table_it_cannot_read_before_starting(tmp_path,
+                                                                            capsys) -> None:
+    import ray
+
+    missing = tmp_path / "users.parquet"
+    code = main(["--set", f"serve.user_features_uri={missing}", "serve", "--port",
+                 str(free_port())])
+    err = capsys.readouterr().err
+    assert code == 2 and not ray.is_initialized()
+    assert err.count("\n") == 1
+    assert err.startswith("recsys serve: serve.user_features_uri: expected a Parquet table")
+    assert str(missing) in err and "write_user_features" in err
