@@ -99,6 +99,7 @@ from numpy.typing import NDArray
 
 from recsys.bandits.contexts import ColumnSpec, padded
 from recsys.events import Context, Feedback, FeedbackType, Impression, Reward, SlateEntry
+from recsys.validation import did_you_mean, message
 
 FEEDBACK_TYPES: frozenset[str] = frozenset(get_args(FeedbackType))
 DEFAULT_REWARD_MAPPING: dict[str, float] = {
@@ -227,13 +228,13 @@ class Table:
 # events as columns
 
 
-def _as_column(value: int | Sequence[int] | NDArray[Any], n: int) -> NDArray[np.int64]:
+def _as_column(name: str, value: int | Sequence[int] | NDArray[Any], n: int
+               ) -> NDArray[np.int64]:
     if np.ndim(value) == 0:
         return np.full(n, int(value), dtype=np.int64)  # type: ignore[arg-type]
     out = np.asarray(value, dtype=np.int64)
     if out.shape != (n,):
-        raise ValueError(f"got {out.size} partitions or offsets for {n} events; give one per "
-                         "event, or one for all")
+        raise ValueError(message(name, f"one per event ({n}) or one for all", f"{out.size}"))
     return out
 
 
@@ -253,7 +254,8 @@ def impression_columns(events: Sequence[Impression], partitions: int | Sequence[
         "request_id": _objects((e.request_id for e in events), n),
         "user_id": _objects((e.user_id for e in events), n),
         "time": np.fromiter((e.event_time_ms for e in events), np.int64, n),
-        "partition": _as_column(partitions, n), "offset": _as_column(offsets, n),
+        "partition": _as_column("partitions", partitions, n),
+        "offset": _as_column("offsets", offsets, n),
         "items": padded(sizes, items, -1), "positions": padded(sizes, positions, -1),
     }
 
@@ -270,7 +272,8 @@ def feedback_columns(events: Sequence[Feedback], partitions: int | Sequence[int]
         "type": np.fromiter((TYPE_CODE[e.event_type] for e in events), np.int64, n),
         "value": np.fromiter((e.value for e in events), np.float64, n),
         "time": np.fromiter((e.event_time_ms for e in events), np.int64, n),
-        "partition": _as_column(partitions, n), "offset": _as_column(offsets, n),
+        "partition": _as_column("partitions", partitions, n),
+        "offset": _as_column("offsets", offsets, n),
     }
 
 
@@ -885,8 +888,8 @@ class EventTimeJoiner:
         if offsets is None:
             offsets = [-1] * len(events)
         elif len(offsets) != len(events):
-            raise ValueError(f"offsets: got {len(offsets)} for {len(events)} events; give one "
-                             "per event, or none")
+            raise ValueError(message("offsets", f"one per event ({len(events)}), or None",
+                                     f"{len(offsets)}"))
         imps: list[Impression] = []
         fbs: list[Feedback] = []
         imp_offsets: list[int] = []
@@ -899,9 +902,8 @@ class EventTimeJoiner:
                 imps.append(event)
                 imp_offsets.append(offset)
             else:
-                raise TypeError(
-                    f"add: expected Impression or Feedback events, got {type(event).__name__}"
-                )
+                raise TypeError(message("events", "Impression or Feedback events",
+                                        f"a {type(event).__name__}"))
         partition = int(partition)
         imp_cols = impression_columns(imps, partition, imp_offsets)
         imp_cols["event"] = _objects(imps, len(imps))
@@ -1113,29 +1115,32 @@ def _offsets(lengths: Iterable[int]) -> NDArray[np.int64]:
 
 
 def _non_negative_int(name: str, value: object, positive: bool = False,
-                      unit: str = " ms") -> int:
+                      unit: str = " number of milliseconds") -> int:
+    expected = f"an integer{unit} {'> 0' if positive else '>= 0'}"
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer{' number of milliseconds' if unit else ''},"
-                        f" got {value!r}")
+        raise TypeError(message(name, expected, repr(value)))
     if value < (1 if positive else 0):
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}{unit}, got {value}")
+        raise ValueError(message(name, expected, repr(value)))
     return int(value)
 
 
 def _check_mapping(mapping: Mapping[str, float]) -> dict[str, float]:
     if not isinstance(mapping, Mapping) or not mapping:
-        raise ValueError("reward_mapping: give a non-empty mapping of feedback type -> reward, "
-                         f"e.g. {DEFAULT_REWARD_MAPPING}")
+        raise ValueError(message("reward_mapping", "a non-empty mapping of feedback type -> "
+                                 "reward", repr(mapping), f"e.g. {DEFAULT_REWARD_MAPPING}"))
     unknown = sorted(set(mapping) - FEEDBACK_TYPES)
     if unknown:
-        raise ValueError(f"reward_mapping: {unknown} are not feedback types; the contract knows "
-                         f"{sorted(FEEDBACK_TYPES)}")
+        raise ValueError(message(
+            "reward_mapping", f"feedback types of the contract {sorted(FEEDBACK_TYPES)}",
+            f"{unknown}, which are not feedback types", did_you_mean(str(unknown[0]),
+                                                                      FEEDBACK_TYPES)))
     out: dict[str, float] = {}
     for kind, value in mapping.items():
         if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-            raise TypeError(f"reward_mapping[{kind!r}] must be a number, got {value!r}")
+            raise TypeError(message(f"reward_mapping[{kind!r}]", "a finite number", repr(value)))
         if not np.isfinite(value):
-            raise ValueError(f"reward_mapping[{kind!r}] must be finite, got {value}")
+            raise ValueError(message(f"reward_mapping[{kind!r}]", "a finite number",
+                                     repr(value)))
         out[str(kind)] = float(value)
     return out
 

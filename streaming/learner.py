@@ -56,6 +56,7 @@ from recsys.bandits import shard_of, stats_from_arrays
 from recsys.bandits.protocol import StatsArrays
 from recsys.events import Feedback, Impression, Reward
 from recsys.topics import DEAD_LETTER
+from recsys.validation import message
 from streaming.consumer import ConsumedEvent, EventConsumer
 from streaming.join import WindowJoin, feedback_columns, impression_columns
 from streaming.reading import ConsumingActor, Offsets
@@ -97,9 +98,9 @@ class LearnerCore:
         max_open_requests: int = 5_000_000,
     ) -> None:
         if mode not in ("fresh", "window"):
-            raise ValueError(f"mode must be 'fresh' or 'window', got {mode!r}")
+            raise ValueError(message("mode", "'fresh' or 'window'", repr(mode)))
         if int(n_shards) != n_shards or n_shards < 1:
-            raise ValueError(f"n_shards must be a positive integer, got {n_shards!r}")
+            raise ValueError(message("n_shards", "a positive integer", repr(n_shards)))
         self.mode: Mode = mode
         self.n_shards = int(n_shards)
         self._template = stats_from_arrays(*template)

@@ -366,23 +366,27 @@ def test_an_impression_repeated_after_its_window_closed_is_still_a_repeat():
 
 
 def test_bad_arguments_raise_clear_errors():
-    with pytest.raises(ValueError, match=r"\['dislike'\] are not feedback types"):
-        EventTimeJoiner(WINDOW, 0, {"click": 1.0, "dislike": 0.0})
-    with pytest.raises(ValueError, match=r"reward_mapping\['click'\] must be finite"):
-        EventTimeJoiner(WINDOW, 0, {"click": float("nan")})
-    with pytest.raises(TypeError, match=r"reward_mapping\['click'\] must be a number"):
-        EventTimeJoiner(WINDOW, 0, {"click": "1"})
-    with pytest.raises(ValueError, match="non-empty mapping"):
-        EventTimeJoiner(WINDOW, 0, {})
-    with pytest.raises(ValueError, match=r"window_ms must be > 0 ms, got 0"):
-        EventTimeJoiner(0)
-    with pytest.raises(TypeError, match=r"allowed_lateness_ms must be an integer"):
-        EventTimeJoiner(WINDOW, 1.5)
-    j = joiner()
-    with pytest.raises(ValueError, match=r"offsets: got 1 for 2 events"):
-        j.add([impression("a", 1), impression("b", 2)], offsets=[0])
-    with pytest.raises(TypeError, match=r"expected Impression or Feedback events, got str"):
-        j.add(["not an event"])
+    cases = [
+        (ValueError, r"^reward_mapping: expected feedback types .*, got \['dislike'\]",
+         lambda: EventTimeJoiner(WINDOW, 0, {"click": 1.0, "dislike": 0.0})),
+        (ValueError, r"^reward_mapping\['click'\]: expected a finite number, got nan",
+         lambda: EventTimeJoiner(WINDOW, 0, {"click": float("nan")})),
+        (TypeError, r"^reward_mapping\['click'\]: expected a finite number, got '1'",
+         lambda: EventTimeJoiner(WINDOW, 0, {"click": "1"})),
+        (ValueError, r"^reward_mapping: expected a non-empty mapping",
+         lambda: EventTimeJoiner(WINDOW, 0, {})),
+        (ValueError, r"^window_ms: expected an integer number of milliseconds > 0, got 0",
+         lambda: EventTimeJoiner(0)),
+        (TypeError, r"^allowed_lateness_ms: expected an integer .* >= 0, got 1.5",
+         lambda: EventTimeJoiner(WINDOW, 1.5)),
+        (ValueError, r"^offsets: expected one per event \(2\), or None, got 1",
+         lambda: joiner().add([impression("a", 1), impression("b", 2)], offsets=[0])),
+        (TypeError, r"^events: expected Impression or Feedback events, got a str",
+         lambda: joiner().add(["not an event"])),
+    ]
+    for error, pattern, call in cases:
+        with pytest.raises(error, match=pattern):
+            call()
 
 
 # -- checkpoint state ----------------------------------------------------------------------

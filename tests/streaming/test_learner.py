@@ -268,9 +268,9 @@ def test_bad_contexts_and_unknown_items_are_counted_and_skipped() -> None:
     x = np.array([[1.0, -2.0, 0.5]] * 2)
     truth = catalogue.copy().learn(x, np.array([10, 11]), np.zeros(2))
     assert learned(shards).allclose(truth)
-    with pytest.raises(ValueError, match="not feedback types"):
+    with pytest.raises(ValueError, match=r"^reward_mapping: expected feedback types"):
         core(reward_mapping={"like": 1.0})
-    with pytest.raises(ValueError, match="mode must be 'fresh' or 'window'"):
+    with pytest.raises(ValueError, match=r"^mode: expected 'fresh' or 'window', got 'batch'"):
         core(mode="batch")
 
 
