@@ -2,7 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from recsys.config import Settings
+
+_STORE_SETUP_LOGGERS = ("mlflow.store.db.utils", "alembic")
+"""They announce creating and migrating the sqlite store at INFO on every fresh data directory."""
+
+
+@contextmanager
+def _quiet_store_setup() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in _STORE_SETUP_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def configure_mlflow(settings: Settings) -> str:
@@ -15,7 +35,8 @@ def configure_mlflow(settings: Settings) -> str:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    experiment = mlflow.get_experiment_by_name(settings.mlflow.experiment)
+    with _quiet_store_setup():
+        experiment = mlflow.get_experiment_by_name(settings.mlflow.experiment)
     if experiment is None:
         artifact_location = (
             None if settings.mlflow.tracking_uri else settings.mlflow_artifact_location
