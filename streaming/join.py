@@ -36,10 +36,12 @@ Design decisions
   finds its impression's window open, held feedback only expires once no on-time impression can
   match it, and a request stays known (so a repeat of its impression is recognised) until its
   window has closed *and* the impression watermark has passed it, after which any repeat is late.
-  A replay after a crash therefore produces the same records. Closed windows come out ordered by
-  (event time, request id), each one's rewards by position. A reward's Kafka key is its request id
-  (the contract); ``(request_id, item_id)`` identifies it, and downstream consumers de-duplicate
-  on that pair (a replay re-sends the same records).
+  (One thing may vary with when windows are closed: feedback for a window already closed is
+  rejected either way, as late or outside the window, or as ``no impression`` once its request
+  is forgotten.) A replay after a crash therefore produces the same rewards. Closed windows come
+  out ordered by (event time, request id), each one's rewards by position. A reward's Kafka key is
+  its request id (the contract); ``(request_id, item_id)`` identifies it, and downstream consumers
+  de-duplicate on that pair (a replay re-sends the same records).
 * **Columnar.** Open requests, held feedback and duplicate keys live in numpy columns; a batch is
   decided with array operations (per partition for the watermarks), so the cost per event is a
   few attribute reads to build the columns. Windows close and held feedback expires in ``close``,
@@ -114,7 +116,6 @@ NO_TIME = -(2**62)  # "nothing seen yet" for a clock; far below any event time, 
 TYPES: tuple[str, ...] = tuple(sorted(FEEDBACK_TYPES))
 """Feedback types by code: the ``type`` column of feedback columns."""
 TYPE_CODE: dict[str, int] = {name: code for code, name in enumerate(TYPES)}
-
 
 
 class Reason:
