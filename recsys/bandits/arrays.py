@@ -54,8 +54,9 @@ class ArrayBackend(Protocol):
         """Finite scores per request; raises when a request has fewer than ``k``."""
         ...
 
-    def top_k(self, scores: Any, k: int, rng: np.random.Generator) -> NDArray[np.intp]:
-        """Columns of the k best scores per request, best first."""
+    def top_k(self, scores: Any, k: int, rng: np.random.Generator
+              ) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
+        """Columns of the k best scores per request, best first, and those scores."""
         ...
 
     def greedy_marginals(self, scores: Any, shown: NDArray[np.intp],
@@ -103,10 +104,14 @@ class NumpyArrays:
         return mean, np.sqrt(var), eligible
 
     eligible_counts = staticmethod(eligible_counts)
-    top_k = staticmethod(top_k)
     greedy_marginals = staticmethod(greedy_marginals)
     thompson_select = staticmethod(thompson_select)
     thompson_propensities = staticmethod(thompson_propensities)
+
+    def top_k(self, scores: NDArray[np.float64], k: int, rng: np.random.Generator
+              ) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
+        cols = top_k(scores, k, rng)
+        return cols, self.take(scores, np.arange(scores.shape[0]), cols)
 
     def eligibility(self, scores: NDArray[np.float64]) -> NDArray[np.float64]:
         return scores

@@ -254,17 +254,19 @@ class BasePolicy(BaseEstimator):
         eps = self._uniform_mix
         batch = n_elig.size
         if eps < 1.0:
-            greedy = arrays.top_k(scores, k, self._rng)
+            greedy, shown_scores = arrays.top_k(scores, k, self._rng)
         else:  # uniform: the greedy slate never shows
-            greedy = np.full((batch, k), -1, dtype=np.intp)
+            greedy, shown_scores = np.full((batch, k), -1, dtype=np.intp), np.empty((batch, k))
         shown = greedy
         if eps > 0.0:
-            shown = mix_with_uniform(greedy, arrays.eligibility(scores), eps, self._rng)[0]
+            shown, explore = mix_with_uniform(greedy, arrays.eligibility(scores), eps, self._rng)
+            explored = np.flatnonzero(explore)
+            if explored.size:
+                shown_scores[explored] = arrays.take(scores, explored, shown[explored])
         p_greedy = (arrays.greedy_marginals(scores, shown, greedy) if eps < 1.0
                     else np.zeros(shown.shape))
         prop = (1.0 - eps) * p_greedy + eps / n_elig[:, None]
-        return self._slate(shown, prop, np.zeros_like(prop),
-                           arrays.take(scores, np.arange(batch), shown), rows)
+        return self._slate(shown, prop, np.zeros_like(prop), shown_scores, rows)
 
     def recommend_one(self, context: Any, k: int = 1) -> Slate:
         """One request: the same slate distribution and propensities as ``recommend`` on a batch

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from recsys.bandits.base import BasePolicy, with_common_hyperparameters
 from recsys.bandits.full import FullCovariancePolicy
 from recsys.bandits.validation import check_positive
@@ -31,8 +28,10 @@ class DiagLinUCB(BasePolicy):
         self._alpha = check_positive(self.alpha, "alpha", allow_zero=True)
         self._mix_epsilon(self.epsilon)
 
-    def _rule(self, mean: NDArray[np.float64], sd: NDArray[np.float64]) -> NDArray[np.float64]:
-        return mean + self._alpha * sd
+    def _rule(self, mean: Any, sd: Any) -> Any:
+        score = self._alpha * sd  # one new array, on any backend; mean + α·sd bit for bit
+        score += mean
+        return score
 
 
 class LinUCB(FullCovariancePolicy, DiagLinUCB):

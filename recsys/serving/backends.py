@@ -243,12 +243,13 @@ class TorchArrays:
         return np.full(scores.shape[0], scores.shape[1], dtype=np.int64)  # every item
 
     def top_k(self, scores: torch.Tensor, k: int, rng: np.random.Generator
-              ) -> NDArray[np.intp]:
+              ) -> tuple[NDArray[np.intp], NDArray[np.float64]]:
         vals, idx = self._torch.topk(scores, min(k + 1, scores.shape[1]), dim=1)
         top = _host(vals)
         if (top[:, 1:] == top[:, :-1]).any():
             raise Tied("tied top scores")
-        return idx[:, :k].cpu().numpy().astype(np.intp, copy=False)
+        cols = idx[:, :k].cpu().numpy().astype(np.intp, copy=False)
+        return cols, np.ascontiguousarray(top[:, :k])
 
     def greedy_marginals(self, scores: torch.Tensor, shown: NDArray[np.intp],
                          greedy: NDArray[np.intp]) -> NDArray[np.float64]:
