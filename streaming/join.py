@@ -168,7 +168,7 @@ _CONFLICTING = Outcome.of(Reason.CONFLICTING_IMPRESSION)
 # columns that grow by doubling and compact by mask
 
 
-class Table:
+class _Table:
     """Equal-length numpy columns (1-d or 2-d) with amortised O(1) appends; 2-d columns widen
     with their pad value when a wider block arrives (longer slates, more clusters)."""
 
@@ -403,7 +403,7 @@ class WindowJoin:
         self._fb_clock: dict[int, int] = {}
         self._open_payload = dict(open_payload or {})
         self._held_payload = dict(held_payload or {})
-        self._open = Table({
+        self._open = _Table({
             "serial": (np.int64, None, 0), "request_id": (object, None, ""),
             "user_id": (object, None, ""), "time": (np.int64, None, 0),
             "partition": (np.int64, None, 0), "offset": (np.int64, None, -1),
@@ -411,14 +411,14 @@ class WindowJoin:
             "reward": (np.float64, 1, np.nan), "closed": (np.bool_, None, False),
             "forgotten": (np.bool_, None, False), **self._open_payload,
         })
-        self._held = Table({
+        self._held = _Table({
             "request_id": (object, None, ""), "user_id": (object, None, ""),
             "item": (np.int64, None, 0), "position": (np.int64, None, 0),
             "type": (np.int64, None, 0), "value": (np.float64, None, 0.0),
             "time": (np.int64, None, 0), "partition": (np.int64, None, 0),
             "offset": (np.int64, None, -1), **self._held_payload,
         })
-        self._seen = Table({"serial": (np.int64, None, 0), "hash": (np.uint64, None, 0)})
+        self._seen = _Table({"serial": (np.int64, None, 0), "hash": (np.uint64, None, 0)})
         self._seen_set: set[int] = set()
         self._slot: dict[str, int] = {}
         self._next_serial = 0
