@@ -222,8 +222,11 @@ class LearnerCore:
         return self._contexts.of(context), items[ok], ok
 
     def _maybe_sweep(self) -> None:
-        if self.join.opened_since_close * 2 >= max(self.join.open_requests, 50_000) \
-                or self.join.open_requests > self.join.max_open_requests:
+        """Sweep once the requests opened since the last sweep are half those open (amortised
+        O(1) per event; it changes no decision), or beyond ``max_open_requests``."""
+        open_now = self.join.open_requests
+        if self.join.opened_since_close * 2 >= max(open_now, 50_000) \
+                or open_now > self.join.max_open_requests:  # type: ignore[operator]
             self.sweep()
 
     def sweep(self) -> None:
