@@ -224,9 +224,9 @@ class LearnerCore:
     def _maybe_sweep(self) -> None:
         """Sweep once the requests opened since the last sweep are half those open (amortised
         O(1) per event; it changes no decision), or beyond ``max_open_requests``."""
-        open_now = self.join.open_requests
+        open_now, bound = self.join.open_requests, self.join.max_open_requests
         if self.join.opened_since_close * 2 >= max(open_now, 50_000) \
-                or open_now > self.join.max_open_requests:  # type: ignore[operator]
+                or (bound is not None and open_now > bound):
             self.sweep()
 
     def sweep(self) -> None:
