@@ -91,7 +91,7 @@ class DensePosterior:
 
     def moments(self, x: Any) -> tuple[Any, Any]:
         """Mean and variance of each item's score for each context row of ``x`` [batch, d]
-        (in the arrays' dtype and backend): [batch, items]."""
+        (in the arrays' dtype and backend): [batch, items]; for one context ``x`` [d]: [items]."""
         mean = x @ self.theta.T
         var = (x * x) @ self.inv_d.T
         if self.w1 is not None:
@@ -100,8 +100,7 @@ class DensePosterior:
             cross *= 2.0
             var += self.c0
             var -= cross
-            var += abs(var)  # max(var, 0) in place on any backend: (v + |v|) / 2
-            var *= 0.5
+            var = var.clip(min=0.0)  # λ + Σ(x − x̄)² ≥ λ exactly; this guards float cancellation
         return mean, var
 
 
@@ -506,12 +505,7 @@ class DenseStats(StatsBase):
         every item is a candidate, so the eligibility mask is None."""
         post = self._posterior()
         x = check_context_one(context, self.dim).astype(post.theta.dtype, copy=False)
-        mean = post.theta @ x
-        var = post.inv_d @ (x * x)
-        if post.w1 is not None and post.b0 is not None and post.c0 is not None:
-            mean += post.b0
-            var += post.c0 - 2.0 * (post.w1 @ x)
-            np.maximum(var, 0.0, out=var)
+        mean, var = post.moments(x)
         return mean.astype(np.float64, copy=False), var.astype(np.float64, copy=False), None
 
     def item_summary(self) -> ItemSummary:
