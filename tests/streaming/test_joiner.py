@@ -13,6 +13,7 @@ from recsys.producer import EventProducer
 from streaming.join import Reason
 from streaming.joiner import JoinerActor
 from tests.streaming.event_log import LATENESS, MAPPING, WINDOW, generate_log
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -50,9 +51,13 @@ def read_all(bootstrap: str, topic: str, partitions: int) -> list[bytes]:
         assignment = [TopicPartition(topic, p) for p in range(partitions)]
         raw.assign(assignment)
         ends = raw.end_offsets(assignment)
-        while any(raw.position(tp) < ends[tp] for tp in assignment):
+
+        def read_to_the_end() -> bool:
             for records in raw.poll(timeout_ms=500).values():
-                out += [r.value for r in records]
+                out.extend(r.value for r in records)
+            return all(raw.position(tp) >= ends[tp] for tp in assignment)
+
+        wait_until(read_to_the_end, timeout_s=120, what=f"the end offsets of {topic}")
     finally:
         raw.close()
     return out

@@ -31,6 +31,7 @@ from tests.streaming.event_log import (
     produce_log,
     truth_stats,
 )
+from tests.waiting import wait_until
 
 IMPS, FBS = "imps", "fbs"
 N_ITEMS = 52  # generate_log's items 0..49, and 51 for feedback on an item not in the slate
@@ -410,15 +411,14 @@ def test_a_learner_rebuilt_from_a_mid_stream_checkpoint_finishes_like_an_undistu
     undisturbed = shards_for(base)
     learner = Learner(kafka_bootstrap, assignment, undisturbed, **_options(topics))
     end = learner.end_offsets()
-    while not learner.drain(end).done:
-        pass
+    wait_until(lambda: learner.drain(end).done, timeout_s=120, what="the learner to drain")
     learner.close()
 
     shards = shards_for(base)
     first = Learner(kafka_bootstrap, assignment, shards, **_options(topics))
     middle = {tp: offset // 2 for tp, offset in end.items()}
-    while not first.drain(middle, max_records=37).done:
-        pass
+    wait_until(lambda: first.drain(middle, max_records=37).done, timeout_s=120,
+               what="the first learner to reach the middle offsets")
     offsets = first.pause()
     assert offsets == middle
     state = first.state_arrays()
@@ -431,8 +431,8 @@ def test_a_learner_rebuilt_from_a_mid_stream_checkpoint_finishes_like_an_undistu
         shard.restore(arrays, meta)
     second = Learner(kafka_bootstrap, assignment, restored, **_options(topics))
     second.restore(offsets, state)
-    while not second.drain(end).done:
-        pass
+    wait_until(lambda: second.drain(end).done, timeout_s=120,
+               what="the restored learner to drain")
     second.close()
     assert learned(restored).allclose(learned(undisturbed), rtol=1e-9, atol=1e-12)
     assert learned(restored).allclose(truth_stats(base, log, dense_contexts), rtol=1e-9)
