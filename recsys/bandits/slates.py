@@ -382,8 +382,10 @@ def _replays(
     done = 0
     while done < n_draws:  # loop over blocks of draws, vectorised over requests and draws
         m = min(chunk, n_draws - done)
-        replay, _ = thompson_select(np.repeat(mean, m, axis=0), np.repeat(scale, m, axis=0), k,
-                                    rng, per_slot=per_slot)
+        # named, so the blocks live until the next one replaces them: freeing them at once
+        # lets the allocator hand their pages back and fault them in again every block
+        mean_rep, scale_rep = np.repeat(mean, m, axis=0), np.repeat(scale, m, axis=0)
+        replay, _ = thompson_select(mean_rep, scale_rep, k, rng, per_slot=per_slot)
         yield m, replay
         done += m
 
