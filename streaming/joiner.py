@@ -165,7 +165,7 @@ class Joiner(ConsumingActor):
         self._consumer.seek(offsets)
         self.core = core
 
-    def stats(self) -> dict[str, int]:
+    def counters(self) -> dict[str, int]:
         """Counters: the core's (events, joins, rejections by reason), records sent, records
         that failed to decode, and the state held now."""
         return {

@@ -40,7 +40,7 @@ __all__ = [
     "MAX_EVENT_TIME_MS",
     "LakeFile",
     "LakeSink",
-    "LakeSinkStats",
+    "LakeSinkCounters",
     "RejectedRecord",
     "RestoreReport",
     "file_name",
@@ -114,7 +114,7 @@ class RestoreReport:
 
 
 @dataclass(frozen=True)
-class LakeSinkStats:
+class LakeSinkCounters:
     """Counts since the sink started."""
 
     records: int  # records buffered or written (rejected ones are counted in ``rejected``)
@@ -450,9 +450,9 @@ class LakeSink:
         rejected, self._rejected = self._rejected, []
         return rejected
 
-    def stats(self) -> LakeSinkStats:
+    def counters(self) -> LakeSinkCounters:
         """Counts since the sink started (records given, rows, files and bytes written, cuts)."""
-        return LakeSinkStats(
+        return LakeSinkCounters(
             records=self._records,
             rows_written=self._rows_written,
             files_written=self._files_written,

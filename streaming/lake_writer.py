@@ -47,7 +47,7 @@ from streaming.consumer import ConsumedEvent, EventConsumer
 from streaming.lake import LakeSink, RejectedRecord, RestoreReport
 from streaming.reading import ConsumingActor, Offsets
 
-__all__ = ["LakeWriter", "LakeWriterActor", "LakeWriterStats"]
+__all__ = ["LakeWriter", "LakeWriterActor", "LakeWriterCounters"]
 
 
 _TABLES: tuple[TableName, ...] = ("impressions", "feedback", "rewards")
@@ -56,7 +56,7 @@ _EVENT_TYPES: dict[str, type] = {"impressions": Impression, "feedback": Feedback
 
 
 @dataclass(frozen=True)
-class LakeWriterStats:
+class LakeWriterCounters:
     """Counts since the writer started: records read, what reached the lake, what did not."""
 
     consumed: int  # Kafka records read
@@ -187,10 +187,10 @@ class LakeWriter(ConsumingActor):
         self._consumer.seek(given)
         return self.sink.restore(given)
 
-    def stats(self) -> LakeWriterStats:
+    def counters(self) -> LakeWriterCounters:
         """Counters since start: records read, written, files, rejected and dead-lettered."""
-        sink = self.sink.stats()
-        return LakeWriterStats(
+        sink = self.sink.counters()
+        return LakeWriterCounters(
             consumed=self._consumer.consumed,
             records_written=sink.records,
             rows_written=sink.rows_written,

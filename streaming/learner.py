@@ -413,7 +413,7 @@ class Learner(ConsumingActor):
             self.core.load_state(state)
         self._consumer.seek(offsets)
 
-    def stats(self) -> dict[str, Any]:
+    def counters(self) -> dict[str, Any]:
         """Counters: events, deltas sent, rejections by reason, open requests, dead letters."""
         return {
             "events": self.events, "deltas_sent": self.deltas_sent, "busy_s": self.busy_s,

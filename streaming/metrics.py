@@ -132,8 +132,8 @@ def item_figures(parts: Sequence[Statistics], top_n: int) -> ItemSummary:
 class Reading:
     """What one collection read from the pipeline (``PipelineMetrics.update`` takes it).
 
-    ``readers``: each reader's ``stats()`` as a mapping; ``lag``: records behind per (topic,
-    partition) per reader; ``shards``: each shard's ``stats()``; ``publications``: each shard's
+    ``readers``: each reader's ``counters()`` as a mapping; ``lag``: records behind per (topic,
+    partition) per reader; ``shards``: each shard's ``counters()``; ``publications``: each shard's
     :class:`~recsys.bandits.Publication` and ``statistics`` the shards' statistics, both only
     when the statistics were pulled; ``checkpoint_created_s``: wall time of the checkpoint when
     known (a restored one); ``errors``: failures by source.
@@ -153,7 +153,7 @@ class Reading:
 
 
 def _mapping(stats: Any) -> Mapping[str, Any]:
-    """A reader's ``stats()``: a dict, or a dataclass (``LakeWriterStats``)."""
+    """A reader's ``counters()``: a dict, or a dataclass (``LakeWriterCounters``)."""
     return dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else dict(stats)
 
 
@@ -183,9 +183,9 @@ def read_pipeline(pipeline: Any, *, statistics: bool, max_staleness_ms: float,
         return reading
     calls = _Calls(timeout_s, reading.errors)
     named = actors.readers()
-    asked = [(name, a.stats.remote(), a.positions.remote(), a.end_offsets.remote())
+    asked = [(name, a.counters.remote(), a.positions.remote(), a.end_offsets.remote())
              for name, a in named]
-    shard_refs = [(s.stats.remote(),
+    shard_refs = [(s.counters.remote(),
                    s.publication.remote(max_staleness_ms) if statistics else None)
                   for s in actors.shards]
     for name, stats_ref, pos_ref, end_ref in asked:

@@ -275,12 +275,12 @@ class StreamPipeline:
             return None
         return time.monotonic() - self._last_checkpoint
 
-    def stats(self) -> dict[str, Any]:
+    def counters(self) -> dict[str, Any]:
         """Every actor's counters by name, plus recoveries and the last checkpoint."""
         assert self.actors is not None, "call start() first"
         named = self.actors.readers()
         report = dict(zip([n for n, _ in named],
-                          ray.get([a.stats.remote() for _, a in named]), strict=True))
+                          ray.get([a.counters.remote() for _, a in named]), strict=True))
         report["recoveries"] = self.recoveries
         last = self.coordinator.last
         report["last_checkpoint"] = None if last is None else last.checkpoint_id

@@ -16,7 +16,7 @@ Design decisions:
 * **Bad deltas never stop a shard, and never vanish silently.** A delta that does not decode or
   does not fit (another layout, another feature space) is rejected and counted by reason; rows
   for items this shard does not hold (retired, or routed here by mistake) are dropped from the
-  delta and counted. ``stats()`` reports both.
+  delta and counted. ``counters()`` reports both.
 * **Bounded staleness, without copying on every read.** Readers pull a *published* snapshot.
   The shard notes when its statistics first moved past the publication (``dirty_since``);
   ``snapshot(max_staleness_ms)`` republishes (copies the arrays) only when they did *and* that
@@ -129,7 +129,7 @@ class ParameterShard:
         """Merge deltas (each an ``(arrays, meta)`` pair), in any order; returns the version.
 
         A delta that cannot be merged is rejected and counted by reason; rows for items this
-        shard does not hold are dropped and counted (``stats()``); the others are merged.
+        shard does not hold are dropped and counted (``counters()``); the others are merged.
         """
         for arrays, meta in deltas:
             try:
@@ -262,7 +262,7 @@ class ParameterShard:
         self._published, self._published_ref, self._dirty_since = None, None, None
         return self.version
 
-    def stats(self) -> dict[str, Any]:
+    def counters(self) -> dict[str, Any]:
         """Counters for metrics: version, items, memory, deltas applied and rejected."""
         return {
             "shard_index": self.index, "n_shards": self.n_shards, "version": self.version,

@@ -113,7 +113,7 @@ def run_stream(args: argparse.Namespace) -> int:
             try:
                 report = pipeline.checkpoint()
                 print(f"  last checkpoint {report.checkpoint_id} in {report.duration_s:.2f}s")
-                stats = pipeline.stats()
+                stats = pipeline.counters()
                 print(f"  recoveries {stats['recoveries']}")
             finally:
                 if metrics is not None:

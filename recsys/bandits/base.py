@@ -18,6 +18,7 @@ from typing import Any, Self
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
 
 from recsys.bandits.arrays import NUMPY, ArrayBackend
 from recsys.bandits.dense import DenseStats
@@ -195,7 +196,9 @@ class BasePolicy(BaseEstimator):
     def _stats(self) -> Statistics:
         stats = getattr(self, "stats_", None)
         if stats is None:
-            raise RuntimeError(
+            # NotFittedError, as scikit-learn's estimators raise; being an AttributeError, it
+            # makes isinstance(policy, recsys.policy.Policy) False rather than an error
+            raise NotFittedError(
                 f"{type(self).__name__} has no statistics yet: call init(items, dim) or use(stats)"
             )
         return stats

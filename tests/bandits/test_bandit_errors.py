@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.exceptions import NotFittedError
 
 from recsys.bandits import (
     DenseStats,
@@ -16,6 +17,7 @@ from recsys.bandits import (
     UnknownItemError,
 )
 from recsys.bandits.graph import GraphStats, SoftContexts
+from recsys.policy import Policy
 
 DIM = 4
 
@@ -81,10 +83,13 @@ def test_non_integer_item_ids(policy) -> None:
 
 
 def test_no_statistics_yet() -> None:
-    with pytest.raises(RuntimeError, match=r"call init\(items, dim\)"):
+    with pytest.raises(NotFittedError, match=r"call init\(items, dim\)"):
         DiagLinUCB().score(np.ones((1, DIM)))
-    with pytest.raises(RuntimeError, match=r"call init\(items, dim\)"):
+    with pytest.raises(NotFittedError, match=r"call init\(items, dim\)"):
         DiagLinTS().action_dist(np.ones((1, DIM)))
+    # a policy without statistics does not (yet) satisfy the contract, and asking is no error
+    assert not isinstance(DiagLinUCB(), Policy)
+    assert isinstance(DiagLinUCB().init(np.arange(3), DIM), Policy)
 
 
 BAD_HYPERPARAMETERS = [

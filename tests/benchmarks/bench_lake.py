@@ -81,7 +81,7 @@ def run_sink(events: list[ConsumedEvent], max_records: int) -> tuple[float, int,
             sink.write(events[begin : begin + BATCH])
         sink.flush()
         elapsed = time.perf_counter() - started
-        stats = sink.stats()
+        stats = sink.counters()
     return elapsed, stats.rows_written, stats.files_written, stats.bytes_written
 
 

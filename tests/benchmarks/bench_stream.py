@@ -118,7 +118,7 @@ def bench_learn(bootstrap: str, names: dict[str, str], n: int, learners: int) ->
         elapsed = time.perf_counter() - started
         learned = sum(ray.get(s.snapshot.remote(0))[0]["count"].sum() for s in shards)
         assert learned > 0, "nothing reached the shards"
-        events = sum(s["events"] for s in ray.get([a.stats.remote() for a in actors]))
+        events = sum(s["events"] for s in ray.get([a.counters.remote() for a in actors]))
         assert events == n, f"learned from {events} events, produced {n}"
         return n / elapsed
     finally:

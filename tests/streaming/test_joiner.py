@@ -81,7 +81,7 @@ def test_the_joiner_actor_turns_a_generated_log_into_its_true_rewards(
         drain(ray, actor, ray.get(actor.end_offsets.remote()))
         ray.get(actor.flush_windows.remote())
         ray.get(actor.pause.remote())
-        stats = ray.get(actor.stats.remote())
+        stats = ray.get(actor.counters.remote())
     finally:
         ray.get(actor.close.remote())
     rewards = rewards_in(kafka_bootstrap, topics["rewards"])

@@ -133,7 +133,7 @@ def test_files_carry_topic_partition_and_offset_range_and_hold_the_schema(tmp_pa
     events = stream(10)
     written = sink.write(events)
     assert [(f.first_offset, f.last_offset) for f in written] == [(0, 3), (4, 7)]
-    assert sink.stats().buffered_records == 2
+    assert sink.counters().buffered_records == 2
     assert sink.flush() == {(TOPIC, 0): 10}
     directory = tmp_path / "impressions" / "event_date=2024-03-01" / "event_hour=23"
     assert sorted(p.name for p in directory.iterdir()) == [
@@ -151,7 +151,7 @@ def test_files_carry_topic_partition_and_offset_range_and_hold_the_schema(tmp_pa
             [c.event for c in part], TOPIC, 0, [c.offset for c in part]
         )
         assert table.cast(IMPRESSIONS).equals(expected)
-    stats = sink.stats()
+    stats = sink.counters()
     assert (stats.records, stats.rows_written, stats.files_written) == (10, 30, 3)
     assert stats.cuts == {"size": 2, "age": 0, "flush": 1}
 
@@ -198,7 +198,7 @@ def test_an_old_buffer_is_written_after_max_age(tmp_path):
     clock.now += 1.0
     written = sink.flush_due()
     assert [(f.first_offset, f.last_offset) for f in written] == [(0, 4)]
-    assert sink.stats().cuts["age"] == 1 and sink.stats().buffered_records == 0
+    assert sink.counters().cuts["age"] == 1 and sink.counters().buffered_records == 0
     assert sink.durable_offsets() == {(TOPIC, 0): 5}
 
 
@@ -406,7 +406,7 @@ def test_bugs_in_the_input_raise_and_leave_the_sink_unchanged(tmp_path):
         sink.write(stream(3, start=3))
     with pytest.raises(ValueError, match=r"^until: expected recsys.impressions\[0\] at or past 5"):
         sink.flush(until={(TOPIC, 0): 4})
-    assert sink.stats().records == 5 and sink.stats().buffered_records == 5
+    assert sink.counters().records == 5 and sink.counters().buffered_records == 5
     assert sink.flush() == {(TOPIC, 0): 5}
     with pytest.raises(ValueError, match=r"^max_records: expected a positive integer, got 0"):
         LakeSink(tmp_path, max_records=0)
@@ -510,7 +510,7 @@ def test_values_the_lake_cannot_hold_are_rejected_with_a_reason_not_a_crash(tmp_
                     f"{MAX_EVENT_TIME_MS}", rejected[1].reason)
     assert re.match(r"lake feedback: a value does not fit the table \(", rejected[2].reason)
     assert sink.take_rejected() == []
-    stats = sink.stats()
+    stats = sink.counters()
     assert stats.rejected == 4 and stats.records == 5
     assert stats.rejected_reasons == {"lake impressions": 1, "lake event_time_ms": 1,
                                       "lake feedback": 1, "lake rewards": 1}

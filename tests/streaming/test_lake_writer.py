@@ -140,7 +140,7 @@ def test_the_lake_writer_actor_writes_each_offset_once_and_dead_letters_bad_reco
         assert ray.get(actor.positions.remote()) == ends  # up to the end offsets, not past
         assert ray.get(actor.pause.remote()) == ends
         assert ray.get(actor.step.remote()) == 0  # paused: reads nothing
-        stats = ray.get(actor.stats.remote())
+        stats = ray.get(actor.counters.remote())
     finally:
         ray.get(actor.close.remote())
     assert_lake_holds_exactly(tmp_path, topics, produced)
@@ -209,7 +209,7 @@ def test_a_writer_restored_after_a_crash_leaves_the_files_of_an_undisturbed_run(
         assert ray.get(second.positions.remote()) == checkpoint
         drain(ray, second, ends)
         assert ray.get(second.pause.remote()) == ends
-        stats = ray.get(second.stats.remote())
+        stats = ray.get(second.counters.remote())
     finally:
         ray.get(second.close.remote())
     assert stats.straddling_files == 0 and stats.files_removed == len(report.removed)

@@ -391,7 +391,7 @@ def test_two_learner_actors_and_two_shard_actors_reach_the_truth(
         snapshots = ray.get([s.snapshot.remote(0) for s in shards])
         assert merge_parts([stats_from_arrays(*s) for s in snapshots]).allclose(
             truth_stats(base, log, dense_contexts), rtol=1e-9, atol=1e-12)
-        stats = ray.get([lr.stats.remote() for lr in learners])
+        stats = ray.get([lr.counters.remote() for lr in learners])
         assert sum(s["events"] for s in stats) == log.n_events
         assert all(s["dead_lettered"] == 0 for s in stats)
         positions = ray.get([lr.positions.remote() for lr in learners])

@@ -230,12 +230,12 @@ def test_a_real_pipeline_is_exposed_and_scraped_over_loopback(
         assert by_stage == {"joiner": produced, "learner": produced}
         total = series(text, "recsys_stream_checkpoint_duration_seconds")[(("phase", "total"),)]
         assert total == pytest.approx(pipeline.coordinator.last.duration_s) and total > 0
-        versions = [s["version"] for s in ray.get([s.stats.remote()
+        versions = [s["version"] for s in ray.get([s.counters.remote()
                                                     for s in pipeline.actors.shards])]
         assert series(text, "recsys_stream_snapshot_version") == {
             (("shard", str(i)),): float(v) for i, v in enumerate(versions)}
         # every learner delta carries its oldest record's timestamp: one observation per merge
-        applied = sum(s["deltas_applied"] for s in ray.get([s.stats.remote()
+        applied = sum(s["deltas_applied"] for s in ray.get([s.counters.remote()
                                                            for s in pipeline.actors.shards]))
         assert series(text, "recsys_stream_record_to_shard_seconds_count") == {(): applied}
         assert applied > 0

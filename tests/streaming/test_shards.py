@@ -86,7 +86,7 @@ def test_graph_statistics_live_on_the_cluster_graph_edges_and_shard_by_item() ->
     assert (stats.layout, stats.n_edges, stats.weighting, stats.space) == (
         "graph", 12, "linear", "graph-v1")
     shards = _shards(stats)
-    assert sum(s.stats()["n_items"] for s in shards) == ITEMS.size
+    assert sum(s.counters()["n_items"] for s in shards) == ITEMS.size
     assert _merged(shards).allclose(stats)
 
 
@@ -120,7 +120,7 @@ def test_deltas_merged_in_any_order_equal_one_learn(layout: str) -> None:
         shard, (arrays, meta) = messages[k]
         truth.merge_inplace(stats_from_arrays(arrays, meta))
     assert _merged(shards).allclose(truth, rtol=1e-9, atol=1e-12)
-    assert sum(s.stats()["deltas_applied"] for s in shards) == len(messages) + len(messages[::2])
+    assert sum(s.counters()["deltas_applied"] for s in shards) == len(messages) + len(messages[::2])
 
 
 def test_a_share_with_items_of_other_shards_is_refused() -> None:
@@ -142,7 +142,7 @@ def test_bad_deltas_are_counted_not_raised_and_foreign_rows_are_dropped() -> Non
     wrong_dim = DenseStats.empty(mine, DIM + 1, centred=True).to_arrays()
     not_stats = ({"items": mine}, {"format": "nonsense"})
     version = shard.apply([wrong_dim, good.to_arrays(), not_stats])
-    counters = shard.stats()
+    counters = shard.counters()
     assert counters["deltas_applied"] == 1 and counters["foreign_rows"] == 1
     assert sum(counters["deltas_rejected"].values()) == 2
     assert any("dim" in reason for reason in counters["deltas_rejected"])
@@ -160,7 +160,7 @@ def test_snapshot_republishes_only_when_changed_and_older_than_the_bound() -> No
 
     first_arrays, first_meta = shard.snapshot(max_staleness_ms=100)
     assert first_meta["published_ms"] == int(clock.now * 1000)
-    assert first_meta["snapshot_id"] == shard.stats()["snapshot_id"]
+    assert first_meta["snapshot_id"] == shard.counters()["snapshot_id"]
     # unchanged statistics: the same publication, however old, and it is current now
     clock.now += 5.0
     again_arrays, again_meta = shard.snapshot(max_staleness_ms=100)
@@ -179,7 +179,7 @@ def test_snapshot_republishes_only_when_changed_and_older_than_the_bound() -> No
     clock.now += 0.03
     arrays, meta = shard.snapshot(max_staleness_ms=100)
     assert arrays is not first_arrays and shard.publications == 2
-    assert arrays["count"].sum() == 2 and meta["snapshot_id"] == shard.stats()["snapshot_id"]
+    assert arrays["count"].sum() == 2 and meta["snapshot_id"] == shard.counters()["snapshot_id"]
     assert meta["published_ms"] == meta["current_at_ms"] == int(clock.now * 1000)
     # a publication is a copy: later deltas do not leak into it
     shard.apply([delta])
@@ -219,7 +219,7 @@ def test_items_are_added_and_retired_while_running(layout: str) -> None:
     # a delta for a retired item is dropped row by row and counted, the rest still merges
     for s, arrays_meta in _routed(delta).items():
         shards[s].apply([arrays_meta])
-    assert sum(s.stats()["foreign_rows"] for s in shards) == np.isin(delta.item_ids, gone).sum()
+    assert sum(s.counters()["foreign_rows"] for s in shards) == np.isin(delta.item_ids, gone).sum()
     with pytest.raises(ValueError, match="already present"):
         for s in shards:
             s.add_items([1001])
@@ -240,7 +240,7 @@ def test_checkpoint_restores_the_same_statistics_into_a_fresh_shard() -> None:
     fresh = _shards(base)[2]
     assert fresh.restore(saved, meta) == shard.version
     assert stats_from_arrays(*fresh.snapshot(0)).allclose(stats_from_arrays(*shard.snapshot(0)))
-    assert fresh.stats()["snapshot_id"] == shard.stats()["snapshot_id"]
+    assert fresh.counters()["snapshot_id"] == shard.counters()["snapshot_id"]
     # the restored shard learns on (its arrays are its own, not the checkpoint's)
     fresh.apply([base.delta_from_batch(x[:1], mine[:1], np.ones(1)).to_arrays()])
     assert np.array_equal(saved["count"], arrays["count"])
@@ -262,7 +262,7 @@ def test_shard_actors_publish_their_statistics_by_reference(ray_session) -> None
     pubs = ray.get([a.publication.remote(0) for a in actors])
     assert all(isinstance(p, Publication) for p in pubs)
     assert [(p.shard_index, p.n_shards) for p in pubs] == [(i, N_SHARDS) for i in range(N_SHARDS)]
-    assert [p.snapshot_id for p in pubs] == [ray.get(a.stats.remote())["snapshot_id"]
+    assert [p.snapshot_id for p in pubs] == [ray.get(a.counters.remote())["snapshot_id"]
                                              for a in actors]
     merged = merge_parts([stats_from_arrays(*part) for part in ray.get([p.ref for p in pubs])])
     assert merged.allclose(base.copy().learn(x, items, r))
@@ -278,7 +278,7 @@ def test_merge_delay_is_counted_from_the_oldest_record_timestamp_of_each_delta()
     clock = FakeClock()
     base = dense_statistics(np.arange(20), 2)
     shard = _shards(base, clock)[0]
-    mine = shard.stats()["n_items"]
+    mine = shard.counters()["n_items"]
     assert mine > 0
     items = stats_from_arrays(*shard.checkpoint()).item_ids
     delta = base.delta_from_batch(np.ones((2, 2)), items[:2], [1.0, 0.0])
@@ -286,7 +286,7 @@ def test_merge_delay_is_counted_from_the_oldest_record_timestamp_of_each_delta()
     for age_s in (0.003, 0.2, 0.2, 90.0):  # buckets ≤ 0.005, ≤ 0.25 twice, and +Inf
         shard.apply([(arrays, {**meta, "oldest_record_ms": (clock.now - age_s) * 1000})])
     shard.apply([delta.to_arrays()])  # a delta without a timestamp is merged, not observed
-    stats = shard.stats()
+    stats = shard.counters()
     counts = np.asarray(stats["merge_delay_bucket_counts"])
     assert counts.sum() == 4 and stats["deltas_applied"] == 5
     assert counts[0] == 1 and counts[5] == 2 and counts[-1] == 1
