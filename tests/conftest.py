@@ -137,3 +137,27 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def services_never_started(monkeypatch: pytest.MonkeyPatch):
+    """Fail the test if the code under test reaches the point where it starts or connects to
+    Kafka or Ray: for errors that must be reported before anything starts. (Asking
+    ``ray.is_initialized()`` cannot tell, once an integration test started the session's Ray.)"""
+    import recsys.ray_runtime
+    import streaming.services
+
+    reached: list[str] = []
+
+    def refuse(what: str):
+        def start(*args, **kwargs):
+            reached.append(what)
+            raise AssertionError(f"{what} was started before the error was reported")
+
+        return start
+
+    monkeypatch.setattr(recsys.ray_runtime, "ray_runtime", refuse("Ray"))
+    monkeypatch.setattr(streaming.services, "ray_runtime", refuse("Ray"))
+    monkeypatch.setattr(streaming.services, "kafka_cluster", refuse("Kafka"))
+    yield reached
+    assert not reached, f"{' and '.join(reached)} started before the error was reported"

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
-import ray
 
 from recsys.cli import main
 
@@ -113,6 +112,7 @@ def _train(tmp_path: Path, config: str, capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("services_never_started")
 def test_train_without_a_config_file_says_how_to_give_one(monkeypatch, tmp_path, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RECSYS_CONFIG", raising=False)
@@ -120,14 +120,13 @@ def test_train_without_a_config_file_says_how_to_give_one(monkeypatch, tmp_path,
     assert capsys.readouterr().err == (
         "recsys train: needs a config file with a [train] table: pass --config FILE, e.g. "
         "recsys train --config offline/configs/coat_mf_ips.toml (more in offline/configs/)\n")
-    assert not ray.is_initialized()
 
 
+@pytest.mark.usefixtures("services_never_started")
 def test_train_refuses_a_config_without_a_train_table(tmp_path, capsys) -> None:
     code, err = _train(tmp_path, "[mlflow]\nexperiment = 'x'\n", capsys)
     assert code == 2
     assert err.startswith(f"recsys train: {tmp_path / 'config.toml'} has no [train] table; ")
-    assert not ray.is_initialized()
 
 
 @pytest.mark.parametrize(
@@ -155,14 +154,15 @@ def test_train_refuses_a_config_without_a_train_table(tmp_path, capsys) -> None:
          "train.optimizer: expected keys among "),
     ],
 )
+@pytest.mark.usefixtures("services_never_started")
 def test_a_config_mistake_is_one_line_before_ray_starts(tmp_path, capsys, change, message) -> None:
     code, err = _train(tmp_path, CONFIG.replace(*change), capsys)
     assert code == 2
     assert err.startswith(f"recsys train: {tmp_path / 'config.toml'}: {message}"), err
     assert err.count("\n") == 1
-    assert not ray.is_initialized()
 
 
+@pytest.mark.usefixtures("services_never_started")
 def test_a_missing_data_file_is_reported_before_ray_starts(tmp_path, capsys) -> None:
     config = CONFIG.replace('source = "simulator_noisy_clicks"',
                             f'source = "coat"\npath = "{tmp_path / "nowhere"}"')
@@ -172,7 +172,6 @@ def test_a_missing_data_file_is_reported_before_ray_starts(tmp_path, capsys) -> 
     assert code == 2
     assert err == (f"recsys train: [train.data] path {tmp_path / 'nowhere'} does not exist (set "
                    "`path`, or RECSYS_SHARED_DATA to the folder holding coat/ and obd/)\n")
-    assert not ray.is_initialized()
 
 
 def test_a_typo_is_one_line_and_exit_status_2_without_a_traceback(tmp_path) -> None:

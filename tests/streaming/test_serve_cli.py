@@ -63,16 +63,15 @@ def test_serve_answers_requests_exposes_stream_metrics_and_stops_quietly(tmp_pat
     assert not [line for line in err.splitlines() if any(n in line for n in NOISE)], err
 
 
+@pytest.mark.usefixtures("services_never_started")
 def test_serve_says_which_port_is_taken_before_starting_anything(capsys) -> None:
-    import ray
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         code = main(["serve", "--port", str(port)])
     err = capsys.readouterr().err
-    assert code == 2 and not ray.is_initialized()
+    assert code == 2
     assert err.count("\n") == 1 and f"got {port}, already in use" in err and "--port" in err
 
 
@@ -85,15 +84,14 @@ def test_serve_reports_a_graph_file_it_cannot_read(tmp_path, capsys, monkeypatch
     assert "cannot build the statistics" in capsys.readouterr().err
 
 
-def test_serve_reports_a_user_feature_table_it_cannot_read_before_starting(tmp_path,
-                                                                            capsys) -> None:
-    import ray
-
+@pytest.mark.usefixtures("services_never_started")
+def test_serve_reports_a_user_feature_table_it_cannot_read_before_starting(tmp_path, capsys
+                                                                            ) -> None:
     missing = tmp_path / "users.parquet"
     code = main(["--set", f"serve.user_features_uri={missing}", "serve", "--port",
                  str(free_port())])
     err = capsys.readouterr().err
-    assert code == 2 and not ray.is_initialized()
+    assert code == 2
     assert err.count("\n") == 1
     assert err.startswith("recsys serve: serve.user_features_uri: expected a Parquet table")
     assert str(missing) in err and "write_user_features" in err

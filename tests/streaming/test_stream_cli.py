@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-import ray
 
 from recsys.bandits import DenseStats
 from recsys.checkpoint import Checkpoint, CheckpointStore
@@ -80,10 +79,10 @@ def test_stream_runs_shows_its_status_and_checkpoints_on_exit(tmp_path) -> None:
     assert CheckpointStore(where.group(1)).list() == ["ckpt-000000000000"]
 
 
+@pytest.mark.usefixtures("services_never_started")
 def test_stream_reports_a_graph_file_it_cannot_read(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     missing = tmp_path / "graph.npz"
     code = main(["stream", "--set", "stream.layout=graph", "--set", f"stream.graph_file={missing}"])
     assert code == 2
     assert capsys.readouterr().err.startswith("recsys stream: cannot build the statistics: ")
-    assert not ray.is_initialized()
