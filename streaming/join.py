@@ -1,6 +1,6 @@
 """Event-time join of impressions and feedback: the attribution-window rules, once, for everyone.
 
-:class:`WindowJoin` is the one implementation of the rules below, columnar (numpy) and free of
+:class:`WindowJoin` is the one implementation of the attribution-window rules, columnar (numpy) and free of
 Kafka and Ray. Two callers use it:
 
 * :class:`EventTimeJoiner` (the ``Joiner`` actor's core in ``streaming.joiner``) turns events
@@ -12,80 +12,9 @@ Kafka and Ray. Two callers use it:
 Because both take every decision from the same code, the learner's statistics after any stream of
 events equal learning the rewards the joiner emits for it (property-tested).
 
-Design decisions
-----------------
-* **Attribution window.** Feedback counts for a shown item when its event time lies in
-  ``[impression time, impression time + window_ms)``. The reward is the **max** of the mapped
-  values of the item's feedback (``reward_mapping``: event type -> reward, e.g. click 1, purchase 1,
-  skip 0), or 0 when none came. Max is order-independent and idempotent, so neither arrival order
-  nor a duplicated record can change a reward, and it can be learned incrementally: each accepted
-  feedback raises the running max by some increase (the first by its value, a lower or repeated one
-  by nothing). ``Feedback.value`` is not used: rewards come from the mapping alone. A reward's
-  event time is its impression's event time.
-* **Watermarks per input partition and stream.** Impressions and feedback are co-partitioned by
-  request id, so impressions of partition ``p`` can only be joined with feedback of partition
-  ``p``. The join keeps, per ``p``, the largest event time seen on each stream; a stream's
-  watermark is that minus ``allowed_lateness_ms``. An event whose time is below its own stream's
-  watermark on arrival is **late**. An impression's window closes when the *feedback* watermark of
-  its partition reaches the window's end (no on-time feedback inside the window can come any
-  more); other partitions cannot stall it (unlike a global minimum, as Flink takes, which an idle
-  partition holds back).
-* **Determinism.** Every decision depends only on the order of events within each (stream,
-  partition), which Kafka fixes, never on how the partitions or the two streams interleave, nor on
-  where batches are cut or when windows are closed: on-time feedback inside its window always
-  finds its impression's window open, held feedback only expires once no on-time impression can
-  match it, and a request stays known (so a repeat of its impression is recognised) until its
-  window has closed *and* the impression watermark has passed it, after which any repeat is late.
-  (One thing may vary with when windows are closed: feedback for a window already closed is
-  rejected either way, as late or outside the window, or as ``no impression`` once its request
-  is forgotten.) A replay after a crash therefore produces the same rewards. Closed windows come
-  out ordered by (event time, request id), each one's rewards by position. A reward's Kafka key is
-  its request id (the contract); ``(request_id, item_id)`` identifies it, and downstream consumers
-  de-duplicate on that pair (a replay re-sends the same records).
-* **Columnar.** Open requests, held feedback and duplicate keys live in numpy columns; a batch is
-  decided with array operations (per partition for the watermarks), so the cost per event is a
-  few attribute reads to build the columns. Windows close and held feedback expires in ``close``,
-  which callers run as often as they need output (the joiner after every batch, the learner
-  amortised): it changes no decision, only when rewards come out.
-
-Edge cases (a rejected event gets one of ``Reason``'s values, counted under that name; the joiner
-dead-letters it with ``category: detail``, the learner only counts it):
-
-* feedback before its impression arrives: held, and joined when the impression arrives; once the
-  impression watermark of its partition has passed the feedback's event time no on-time impression
-  can match it, and it is rejected (``no impression``);
-* duplicate feedback (same request, item, type, event time and value): counted in
-  ``counts["duplicate_feedback"]`` and otherwise harmless under max; the others accepted are
-  ``counts["joined_feedback"]``;
-* feedback for an item not in the slate, or at another position than shown: ``item not in the
-  slate``; from another user than the impression's: ``user mismatch``;
-* feedback before the impression's event time or at/after the window's end: ``feedback before its
-  impression`` / ``feedback outside the attribution window``; feedback for a request whose window
-  has closed is late or outside it, or, once the request is forgotten, ``no impression``;
-* late feedback (below its partition's feedback watermark; its window may have closed): ``late
-  feedback``;
-* feedback of a type the mapping does not name: ``unmapped feedback type`` (a mapping that forgets
-  a type shows up at once instead of silently turning those events into zeros). ``dwell`` and
-  ``rating`` are unmapped by default: their reward depends on the value, which the mapping does
-  not express;
-* late impressions: ``late impression`` (no training example, nothing learned);
-* an impression repeated while its request is known (open, or closed but not yet passed by the
-  impression watermark): identical -> ``counts["duplicate_impressions"]``, different ->
-  ``conflicting impression``; neither opens the request again, so no reward is emitted or learned
-  twice. (A request id reused at a *later* event time after its request was forgotten starts a
-  new request.)
-* ``max_open_requests`` (the learner's memory bound; unbounded by default): beyond it the oldest
-  windows close early, counted in ``counts["closed_over_capacity"]``.
-
-An idle feedback partition holds its windows open; ``mark_feedback_idle`` lets its watermark follow
-the impression watermark (the joiner actor calls it on processing time, the one place where wall
-time, and with it non-determinism, enters). ``close(final=True)`` closes everything at the end of
-a bounded replay.
-
-The state (open requests with their running rewards, held feedback, duplicate keys, clocks,
-counters) round-trips through plain numpy arrays (``state_arrays`` / ``load_state``) for a
-checkpoint's ``.npz``; callers' object columns (the joiner keeps the events themselves) are theirs
-to encode.
+The rules (attribution window and max reward, watermarks per partition and stream, determinism,
+every edge case and the reason it is rejected with, the checkpoint state) are written out once,
+in the README's "Joining feedback to impressions"; ``Reason`` names the rejection categories.
 """
 
 from __future__ import annotations
