@@ -1,7 +1,7 @@
 """Event-time join of impressions and feedback: the attribution-window rules, once, for everyone.
 
-:class:`WindowJoin` is the one implementation of the attribution-window rules, columnar (numpy) and free of
-Kafka and Ray. Two callers use it:
+:class:`WindowJoin` is the one implementation of the attribution-window rules, columnar
+(numpy) and free of Kafka and Ray. Two callers use it:
 
 * :class:`EventTimeJoiner` (the ``Joiner`` actor's core in ``streaming.joiner``) turns events
   into exactly one ``Reward`` per shown item, emitted when that item's window closes, and
