@@ -11,6 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from recsys.validation import message
+
 POINTWISE_LOSSES: tuple[str, ...] = ("squared", "bce")
 
 
@@ -30,7 +32,7 @@ def pointwise_loss(kind: str, prediction: torch.Tensor, label: torch.Tensor) -> 
         return squared_error(prediction, label)
     if kind == "bce":
         return bce_with_logits(prediction, label)
-    raise ValueError(f"pointwise loss must be one of {POINTWISE_LOSSES}, got {kind!r}")
+    raise ValueError(message("loss", f"one of {POINTWISE_LOSSES}", repr(kind)))
 
 
 def bpr_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
@@ -141,7 +143,7 @@ def rel_ips_loss(logit: torch.Tensor, inverse_propensity: torch.Tensor) -> torch
 def pld_candidate_probabilities(losses: torch.Tensor, tau: float) -> torch.Tensor:
     """PLD resampling probabilities softmax(−ℓ/τ) over the last axis (the candidate pool)."""
     if tau <= 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
+        raise ValueError(message("tau", "a number > 0", tau))
     # softmax written out: torch.softmax over a last axis of a few candidates is several times
     # slower on CPU, and this sits on PLD's per-step path.
     weights = torch.exp((losses.amin(dim=-1, keepdim=True) - losses) / tau)

@@ -20,6 +20,7 @@ from offline.sources import prepare
 from offline.spec import TrainSpec
 from offline.training import RunResult, train_run
 from recsys.config import Settings
+from recsys.validation import message
 
 Backend = Literal["ray", "local"]
 
@@ -85,7 +86,7 @@ def train_jobs(
         results = run_jobs(jobs, prepared, storage_path=settings.data_dir / "ray_train",
                            name=name, num_workers=workers, use_gpu=use_gpu, progress=progress)
     else:
-        raise ValueError(f"backend must be 'ray' or 'local', got {backend!r}")
+        raise ValueError(message("backend", "'ray' or 'local'", repr(backend)))
     from offline.run_tracking import log_run
 
     trained = []

@@ -14,6 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
+from recsys.validation import message
+
 __all__ = [
     "clip_propensities",
     "effective_sample_size",
@@ -51,7 +53,8 @@ def _as_weights(weights: ArrayLike) -> np.ndarray:
     if w.size == 0:
         raise ValueError("weights are empty")
     if not (np.isfinite(w).all() and (w >= 0).all()):
-        raise ValueError("weights must be finite and >= 0")
+        raise ValueError(message("weights", "finite values >= 0",
+                                 "a negative or non-finite weight"))
     if not w.any():
         raise ValueError("weights are all zero")
     return w

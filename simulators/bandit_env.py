@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from recsys.validation import message
 from simulators.model import Requests, SimulatorConfig, SlateSimulator
 
 
@@ -140,7 +141,8 @@ class SimulatorBanditEnv:
         assert self._requests is not None
         actions = np.asarray(actions, dtype=np.int64)
         if actions.shape != (len(self._requests),):
-            raise ValueError(f"actions must be ({len(self._requests)},), got {actions.shape}")
+            raise ValueError(message("actions", f"shape ({len(self._requests)},)",
+                                     f"shape {actions.shape}"))
         response = self.sim.respond(self._requests, actions[:, None], self._rng)
         self._requests, self._contexts = None, None  # the state moved: this batch is spent
         return response.clicks[:, 0].astype(np.float64)

@@ -29,6 +29,7 @@ import polars as pl
 
 from recsys import schema
 from recsys.client.http import JsonClient
+from recsys.validation import message
 from simulators.model import Requests, SlateSimulator
 
 USER_PREFIX = "u"
@@ -264,7 +265,7 @@ class HttpUsers:
     async def run_round(self, n_requests: int) -> RoundResult:
         """One round: ``n_requests`` users ask for slates, click, and their clicks are posted."""
         if n_requests < 1:
-            raise ValueError(f"n_requests must be >= 1, got {n_requests}")
+            raise ValueError(message("n_requests", "an integer >= 1", n_requests))
         start = time.monotonic()
         if self._t0 is None:
             self._t0 = start
@@ -468,7 +469,8 @@ def true_value_of_slates(
                          f"and {slates.shape}")
     n_users = sim.config.n_users
     if users.min() < 0 or users.max() >= n_users:
-        raise ValueError(f"user_ids must be simulator user indices in [0, {n_users})")
+        raise ValueError(message("user_ids", f"simulator user indices in [0, {n_users})",
+                                 f"values in [{users.min()}, {users.max()}]"))
     clicks = np.empty(users.size)
     step = max(1, _CHUNK_CELLS // (slates.shape[1] * sim.config.dim))
     for i in range(0, users.size, step):  # bounds the (rows, k, dim) utility intermediate

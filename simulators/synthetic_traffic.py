@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recsys.events import Context, Feedback, Impression, SlateEntry
+from recsys.validation import message
 
 POLICY_NAME = "uniform-random"
 
@@ -46,9 +47,9 @@ def generate_traffic(
 ) -> SyntheticTraffic:
     """Exactly ``n_events`` events: impressions and the click feedback they caused."""
     if n_events < 1:
-        raise ValueError(f"n_events must be >= 1, got {n_events}")
+        raise ValueError(message("n_events", "an integer >= 1", n_events))
     if not 1 <= slate_size <= n_items:
-        raise ValueError(f"slate_size must be in [1, n_items={n_items}], got {slate_size}")
+        raise ValueError(message("slate_size", f"an integer in [1, n_items={n_items}]", slate_size))
     rng = np.random.default_rng(seed)
     user_vecs = rng.normal(size=(n_users, dim)) / math.sqrt(dim)
     item_vecs = rng.normal(size=(n_items, dim))

@@ -327,7 +327,7 @@ class Learner(ConsumingActor):
         if not shards:
             raise ValueError("shards: give at least one shard")
         if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+            raise ValueError(message("max_in_flight", "an integer >= 1", max_in_flight))
         self.core = LearnerCore(
             template, len(shards), mode=mode, window_ms=window_ms,
             allowed_lateness_ms=allowed_lateness_ms, reward_mapping=reward_mapping,

@@ -80,6 +80,7 @@ from prometheus_client.core import (
 
 from recsys.bandits import ItemSummary, Publication, stats_from_arrays
 from recsys.bandits.protocol import Statistics
+from recsys.validation import message
 from streaming.coordinator import CheckpointReport
 from streaming.join import Reason
 from streaming.shards import MERGE_DELAY_BUCKETS_S
@@ -103,7 +104,7 @@ def item_figures(parts: Sequence[Statistics], top_n: int) -> ItemSummary:
     exploration-free expected reward; NaN, not exported, where the layout has no
     context-free reward)."""
     if top_n < 0:
-        raise ValueError(f"top_n must be >= 0, got {top_n}")
+        raise ValueError(message("top_n", "an integer >= 0", top_n))
     figs = [p.item_summary() for p in parts]
     if not figs:
         empty = np.zeros(0)
@@ -381,7 +382,7 @@ class PipelineMetrics:
         timeout_s: float = 5.0,
     ) -> None:
         if top_n < 0:
-            raise ValueError(f"top_n must be >= 0, got {top_n}")
+            raise ValueError(message("top_n", "an integer >= 0", top_n))
         self.pipeline = pipeline
         self.top_n = int(top_n)
         self.statistics_interval_s = float(statistics_interval_s)

@@ -46,6 +46,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from recsys.bandits import DenseStats, Publication, shard_of, stats_from_arrays
 from recsys.bandits.protocol import Statistics, StatsArrays
+from recsys.validation import message
 
 Clock = Callable[[], float]
 """Seconds since the epoch (``time.time``); injectable so tests control time."""
@@ -93,9 +94,9 @@ class ParameterShard:
         *, clock: Clock = time.time,
     ) -> None:
         if int(n_shards) != n_shards or n_shards < 1:
-            raise ValueError(f"n_shards must be a positive integer, got {n_shards!r}")
+            raise ValueError(message("n_shards", "a positive integer", repr(n_shards)))
         if not 0 <= int(index) < n_shards:
-            raise ValueError(f"index must be in [0, {n_shards}), got {index!r}")
+            raise ValueError(message("index", f"an integer in [0, {n_shards})", repr(index)))
         self.index = int(index)
         self.n_shards = int(n_shards)
         self._clock = clock
@@ -225,7 +226,7 @@ class ParameterShard:
         """The published ``(arrays, meta)``, holding every delta applied more than
         ``max_staleness_ms`` ago (republished first if needed; see the module docs)."""
         if max_staleness_ms < 0:
-            raise ValueError(f"max_staleness_ms must be >= 0, got {max_staleness_ms!r}")
+            raise ValueError(message("max_staleness_ms", "a number >= 0", repr(max_staleness_ms)))
         self._publish_if_stale(max_staleness_ms)
         assert self._published is not None
         arrays, meta = self._published

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from recsys.validation import message
+
 
 @dataclass(frozen=True, eq=False)
 class TrainTensors:
@@ -25,27 +27,34 @@ class TrainTensors:
     def __post_init__(self) -> None:
         n = self.users.shape[0]
         if self.users.ndim != 1 or self.items.shape != (n,) or self.labels.shape != (n,):
-            raise ValueError("users, items and labels must be 1-d tensors of the same length")
+            shapes = [tuple(t.shape) for t in (self.users, self.items, self.labels)]
+            raise ValueError(message("users, items, labels", "1-d tensors of one length",
+                                     f"shapes {shapes}"))
         if n == 0:
             raise ValueError("the training split is empty")
         if self.users.dtype != torch.long or self.items.dtype != torch.long:
-            raise ValueError("users and items must be long tensors")
+            raise ValueError(message("users, items", "long (int64) tensors",
+                                     f"{self.users.dtype}, {self.items.dtype}"))
         for name, ids, bound in (("users", self.users, self.n_users), ("items", self.items,
                                                                         self.n_items)):
             if int(ids.min()) < 0 or int(ids.max()) >= bound:
-                raise ValueError(f"{name} must lie in [0, {bound})")
+                raise ValueError(message(name, f"ids in [0, {bound})",
+                                         f"ids in [{int(ids.min())}, {int(ids.max())}]"))
         if self.propensity is not None:
             if self.propensity.shape != (n,):
-                raise ValueError(f"propensity must have shape ({n},)")
+                raise ValueError(message("propensity", f"shape ({n},)",
+                                         f"shape {tuple(self.propensity.shape)}"))
             if not bool(((self.propensity > 0) & (self.propensity <= 1)).all()):
-                raise ValueError("propensity must lie in (0, 1]")
+                raise ValueError(message("propensity", "values in (0, 1]", "a value outside"))
         if self.propensity_matrix is not None and self.propensity_matrix.shape != (
             self.n_users,
             self.n_items,
         ):
-            raise ValueError(f"propensity_matrix must have shape ({self.n_users}, {self.n_items})")
+            raise ValueError(message("propensity_matrix", f"shape ({self.n_users}, {self.n_items})",
+                                     f"shape {tuple(self.propensity_matrix.shape)}"))
         if self.noise is not None and (self.noise.shape != (n,) or self.noise.dtype != torch.bool):
-            raise ValueError(f"noise must be a bool tensor of shape ({n},)")
+            raise ValueError(message("noise", f"a bool tensor of shape ({n},)",
+                                     f"{self.noise.dtype} of shape {tuple(self.noise.shape)}"))
 
     @property
     def n_rows(self) -> int:

@@ -175,11 +175,11 @@ def test_setup_errors() -> None:
 
 def test_train_tensors_validation() -> None:
     users, items = torch.tensor([0, 1]), torch.tensor([0, 2])
-    with pytest.raises(ValueError, match="items must lie"):
+    with pytest.raises(ValueError, match=r"items: expected ids in \[0, 2\), got ids in \[0, 2\]"):
         TrainTensors(users, items, torch.ones(2), 2, 2)
-    with pytest.raises(ValueError, match=r"propensity must lie in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"propensity: expected values in \(0, 1\]"):
         TrainTensors(users, items, torch.ones(2), 2, 3, propensity=torch.tensor([0.5, 0.0]))
-    with pytest.raises(ValueError, match="same length"):
+    with pytest.raises(ValueError, match=r"users, items, labels: expected 1-d tensors of one"):
         TrainTensors(users, items[:1], torch.ones(2), 2, 3)
 
 

@@ -86,7 +86,7 @@ def test_uncentred_statistics_export_exposures_without_a_reward() -> None:
 
 
 def test_negative_top_n_is_refused() -> None:
-    with pytest.raises(ValueError, match="top_n must be >= 0"):
+    with pytest.raises(ValueError, match="top_n: expected an integer >= 0, got -1"):
         PipelineMetrics(top_n=-1)
     with pytest.raises(ValueError, match="has no pipeline"):
         PipelineMetrics().collect()

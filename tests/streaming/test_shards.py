@@ -128,7 +128,7 @@ def test_a_share_with_items_of_other_shards_is_refused() -> None:
     arrays, meta = stats.to_arrays()
     with pytest.raises(ValueError, match="belong to other shards"):
         ParameterShard(0, N_SHARDS, arrays, meta)
-    with pytest.raises(ValueError, match=r"index must be in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"index: expected an integer in \[0, 3\)"):
         ParameterShard(3, N_SHARDS, *shard_parts(stats, N_SHARDS)[0])
 
 
@@ -186,7 +186,7 @@ def test_snapshot_republishes_only_when_changed_and_older_than_the_bound() -> No
     assert arrays["count"].sum() == 2
     # a zero bound always sees the latest statistics
     assert shard.snapshot(max_staleness_ms=0)[0]["count"].sum() == 3
-    with pytest.raises(ValueError, match="max_staleness_ms must be >= 0"):
+    with pytest.raises(ValueError, match="max_staleness_ms: expected a number >= 0"):
         shard.snapshot(-1)
 
 
