@@ -96,6 +96,23 @@ class MlflowSettings:
 
 
 @dataclass(frozen=True)
+class RegistrySettings:
+    """Comparing and promoting registered policies (``recsys compare``, ``recsys models``).
+
+    ``estimator`` is the off-policy estimate a verdict reads (one of ``recsys compare``'s
+    estimators); ``alpha`` the interval's error rate (0.05: 95 % intervals) from
+    ``n_bootstrap`` resamples. Promotion moves ``champion_alias`` to a challenger only when the
+    challenger's lower bound beats the champion's estimate by more than ``margin``.
+    """
+
+    champion_alias: str = "champion"
+    estimator: str = "snips"
+    alpha: float = 0.05
+    n_bootstrap: int = 1000
+    margin: float = 0.0
+
+
+@dataclass(frozen=True)
 class StreamSettings:
     """The streaming pipeline: actors, the attribution window, checkpoints and the lake.
 
@@ -105,7 +122,9 @@ class StreamSettings:
     joined examples when their attribution window closes. Unset ``checkpoint_uri``/``lake_uri``
     mean ``<data_dir>/checkpoints`` and ``<data_dir>/lake``; any fsspec URI works. ``n_items``
     is the dense catalogue (item ids ``0..n_items-1``); graph mode takes its catalogue from
-    ``graph_file`` (written by ``ClusterGraph.save``).
+    ``graph_file`` (written by ``ClusterGraph.save``). ``register_every_s`` > 0 registers the
+    newest checkpoint's statistics as a version of the mlflow model ``registered_model`` that
+    often (0: only on demand, ``recsys models register --checkpoint ID``).
     """
 
     learners: int = 2
@@ -127,6 +146,8 @@ class StreamSettings:
     checkpoint_uri: str | None = None
     checkpoints_keep: int = 3
     lake_uri: str | None = None
+    register_every_s: float = 0.0
+    registered_model: str = "recsys-bandit"
 
     def rewards(self) -> dict[str, float]:
         """``reward_mapping`` as ``{event_type: reward}``."""
@@ -154,7 +175,8 @@ class ServeSettings:
     request than Ray's Python proxy, which ``"proxy"`` keeps); it is fixed when Ray starts
     (``RAY_SERVE_ENABLE_HA_PROXY``), so a configured Ray cluster must be started with it.
     ``backend`` is ``numpy`` or ``torch`` (``torch_device``
-    cpu or cuda).
+    cpu or cuda). A policy given as a model URI (``models:/NAME@champion``) follows its alias:
+    replicas look the alias up every ``model_refresh_s`` and switch when it moves.
     """
 
     host: str = "127.0.0.1"
@@ -171,6 +193,7 @@ class ServeSettings:
     torch_threads: int | None = None
     max_buffered_events: int = 100_000
     linger_ms: int = 50
+    model_refresh_s: float = 2.0
 
 
 _REWARD_MAPPING = "stream.reward_mapping"
@@ -212,6 +235,7 @@ class Settings:
     mlflow: MlflowSettings = field(default_factory=MlflowSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
     sources: Mapping[str, Source] = field(default_factory=dict, compare=False, repr=False)
     config_file: Path | None = None
     tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False, repr=False)
@@ -252,7 +276,8 @@ class Settings:
 
 
 _SECTIONS: dict[str, type] = {"kafka": KafkaSettings, "ray": RaySettings, "mlflow": MlflowSettings,
-                              "stream": StreamSettings, "serve": ServeSettings}
+                              "stream": StreamSettings, "serve": ServeSettings,
+                              "registry": RegistrySettings}
 _TOP_LEVEL: dict[str, Any] = {"data_dir": Path}
 COMMAND_TABLES = frozenset({"train"})
 """Tables of a config file that belong to one command, kept whole in ``Settings.tables``."""
@@ -465,6 +490,7 @@ def _validate(settings: Settings) -> None:
     _positive("kafka.startup_timeout_s", k.startup_timeout_s)
     _validate_stream(settings.stream)
     _validate_serve(settings.serve)
+    _validate_registry(settings.registry)
     if settings.ray.num_cpus is not None:
         _at_least("ray.num_cpus", settings.ray.num_cpus, 1)
     address = settings.ray.address
@@ -481,6 +507,7 @@ def _validate_stream(stream: StreamSettings) -> None:
         _at_least(f"stream.{name}", getattr(stream, name), 0)
     _positive("stream.lam", stream.lam)
     _positive("stream.checkpoint_interval_s", stream.checkpoint_interval_s)
+    _at_least("stream.register_every_s", stream.register_every_s, 0, "a number")
     _one_of("stream.update_mode", stream.update_mode, ("fresh", "window"))
     _one_of("stream.layout", stream.layout, ("dense", "graph"))
     if stream.layout == "graph" and stream.graph_file is None:
@@ -496,6 +523,7 @@ def _validate_serve(serve: ServeSettings) -> None:
         _at_least(f"serve.{name}", getattr(serve, name), 1)
     for name in ("max_staleness_ms", "linger_ms"):
         _at_least(f"serve.{name}", getattr(serve, name), 0)
+    _positive("serve.model_refresh_s", serve.model_refresh_s)
     if serve.refresh_interval_ms > serve.max_staleness_ms:
         raise ConfigError(message(
             "serve.refresh_interval_ms", f"at most serve.max_staleness_ms "
@@ -511,6 +539,15 @@ def _validate_serve(serve: ServeSettings) -> None:
             raise ConfigError(message(
                 "serve.traffic", f"policy names among {', '.join(names)} (serve.policies)",
                 repr(name), did_you_mean(name, names)))
+
+
+def _validate_registry(registry: RegistrySettings) -> None:
+    if not registry.champion_alias.strip():
+        raise ConfigError(message("registry.champion_alias", "a non-empty alias", "''"))
+    if not 0 < registry.alpha < 1:
+        raise ConfigError(message("registry.alpha", "a number in (0, 1)", registry.alpha))
+    _at_least("registry.n_bootstrap", registry.n_bootstrap, 1)
+    _at_least("registry.margin", registry.margin, 0, "a number")
 
 
 DEFAULT_POLICY_NAMES = ("diag_lin_ts", "uniform")
