@@ -22,6 +22,7 @@ from sklearn.base import BaseEstimator
 
 from recsys.bandits.base import make_generator
 from recsys.bandits.slates import Slate
+from recsys.policies.plackett_luce import plackett_luce_marginals
 from recsys.validation import check_scalar, message
 
 _CHUNK_CELLS = 2**22  # contexts × items per block: bounds memory on large catalogues
@@ -266,36 +267,6 @@ class GreedyPolicy(ScoringPolicy):
     def _draw(self, contexts, k, pool, available, rng):
         slates = self._greedy(contexts, k, available)
         return slates, np.ones(slates.shape)
-
-
-def plackett_luce_marginals(probs: np.ndarray, slate_size: int) -> np.ndarray:
-    """Exact P(item at position k) for a Plackett–Luce draw without replacement, k < 3.
-
-    probs: (n, m) first-pick probabilities. Position 1: p_i Σ_{j≠i} p_j / (1 − p_j); position 2:
-    p_i Σ_{j≠l, both ≠ i} p_j p_l / ((1 − p_j)(1 − p_j − p_l)), computed as a total minus the
-    row and column that involve i. Returns (n, m, slate_size).
-    """
-    if slate_size > 3:
-        raise ValueError("exact Plackett–Luce marginals are implemented for slate_size <= 3")
-    n, m = probs.shape
-    out = np.empty((n, m, slate_size))
-    out[:, :, 0] = probs
-    if slate_size >= 2:
-        rest = np.maximum(1.0 - probs, 1e-300)
-        ratio = probs / rest
-        out[:, :, 1] = probs * (ratio.sum(axis=1, keepdims=True) - ratio)
-    if slate_size >= 3:
-        for rows in _chunks(n, m * m):
-            p = probs[rows]
-            pj = p[:, :, None]
-            pl = p[:, None, :]
-            second = np.maximum(1.0 - pj - pl, 1e-300)
-            pair = pj * pl / (np.maximum(1.0 - pj, 1e-300) * second)
-            idx = np.arange(m)
-            pair[:, idx, idx] = 0.0
-            total = pair.sum(axis=(1, 2))[:, None]
-            out[rows, :, 2] = p * (total - pair.sum(axis=2) - pair.sum(axis=1))
-    return out
 
 
 class SoftmaxPolicy(ScoringPolicy):

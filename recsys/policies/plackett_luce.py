@@ -1,0 +1,161 @@
+"""Plackett–Luce (softmax without replacement) slates: draws and position marginals.
+
+A Plackett–Luce slate over first-pick probabilities ``p`` (a softmax of scores) fills position 0
+by a draw from ``p`` and every next position by a draw from ``p`` renormalised over the items not
+yet shown. Adding Gumbel noise to the logits and taking the top k is the same distribution
+(:func:`sample_slates`). The probability of an item at a position (the propensity a log needs)
+is exact here for the first three positions (:func:`plackett_luce_marginals`); beyond, it is
+estimated by replaying the draw (:func:`monte_carlo_marginals`,
+:func:`monte_carlo_propensities`), with a binomial standard error.
+
+Everything works on blocks of requests, so memory stays bounded on large catalogues.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from recsys.bandits.slates import top_k
+from recsys.validation import message
+
+CHUNK_CELLS = 2**22
+"""Rows × columns of one block of temporaries (keeps memory flat on large catalogues)."""
+
+EXACT_MAX_SLATE = 3
+"""Positions whose marginals have a closed form here."""
+
+EXACT_THIRD_MAX_ITEMS = 2000
+"""Largest catalogue whose exact third-position marginals are computed (they cost O(n_items²)
+per request); larger ones use Monte Carlo."""
+
+
+def _chunks(n: int, width: int) -> list[slice]:
+    step = max(1, CHUNK_CELLS // max(width, 1))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def softmax(logits: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Row-wise softmax, [n, m]."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    return p
+
+
+def _rest(probs: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``1 − p`` per entry, with the row's largest entry's complement summed from the other
+    entries (``1 − p`` loses every digit when one item takes almost all the mass)."""
+    rest = 1.0 - probs
+    n, m = probs.shape
+    if m > 1:
+        top = np.argmax(probs, axis=1)
+        rows = np.arange(n)
+        others = probs.copy()
+        others[rows, top] = 0.0
+        rest[rows, top] = others.sum(axis=1)
+    return np.maximum(rest, 1e-300)
+
+
+def plackett_luce_marginals(probs: NDArray[np.float64], slate_size: int) -> NDArray[np.float64]:
+    """Exact P(item at position k) for a Plackett–Luce draw without replacement, k ≤ 3.
+
+    probs: (n, m) first-pick probabilities. Position 1: p_i Σ_{j≠i} p_j / (1 − p_j); position 2:
+    p_i Σ_{j≠l, both ≠ i} p_j p_l / ((1 − p_j)(1 − p_j − p_l)), computed as a total minus the
+    row and column that involve i (O(m²) per row, in blocks). Returns (n, m, slate_size).
+    """
+    if slate_size > EXACT_MAX_SLATE:
+        raise ValueError(message("slate_size", f"at most {EXACT_MAX_SLATE} (exact Plackett–Luce "
+                                 "marginals)", slate_size,
+                                 "use monte_carlo_marginals for longer slates"))
+    n, m = probs.shape
+    out = np.empty((n, m, slate_size))
+    out[:, :, 0] = probs
+    if slate_size >= 2:
+        rest = _rest(probs)
+        ratio = probs / rest
+        top = np.argmax(ratio, axis=1)
+        total = ratio.sum(axis=1, keepdims=True)
+        out[:, :, 1] = probs * (total - ratio)
+        if m > 1:  # the largest ratio's complement, summed (total − ratio cancels there)
+            rows = np.arange(n)
+            others = ratio.copy()
+            others[rows, top] = 0.0
+            out[rows, top, 1] = probs[rows, top] * others.sum(axis=1)
+    if slate_size >= 3:
+        for rows in _chunks(n, m * m):
+            p = probs[rows]
+            pj = p[:, :, None]
+            pl = p[:, None, :]
+            second = np.maximum(_rest(p)[:, :, None] - pl, 1e-300)
+            pair = pj * pl / (_rest(p)[:, :, None] * second)
+            idx = np.arange(m)
+            pair[:, idx, idx] = 0.0
+            total = pair.sum(axis=(1, 2))[:, None]
+            out[rows, :, 2] = p * (total - pair.sum(axis=2) - pair.sum(axis=1))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def exact_possible(n_items: int, k: int) -> bool:
+    """Whether :func:`plackett_luce_marginals` covers slates of ``k`` over ``n_items`` items."""
+    return k < EXACT_MAX_SLATE or (k == EXACT_MAX_SLATE and n_items <= EXACT_THIRD_MAX_ITEMS)
+
+
+def sample_slates(logits: NDArray[np.float64], k: int, rng: np.random.Generator
+                  ) -> NDArray[np.intp]:
+    """One Plackett–Luce slate of ``k`` columns per row of ``logits`` (Gumbel top-k)."""
+    gumbel = -np.log(-np.log(rng.random(logits.shape)))
+    return top_k(logits + gumbel, k, rng)
+
+
+def _replay_blocks(n_rows: int, m: int, n_draws: int) -> int:
+    return max(1, min(n_draws, CHUNK_CELLS // max(1, n_rows * m)))
+
+
+def monte_carlo_marginals(logits: NDArray[np.float64], k: int, n_draws: int,
+                          rng: np.random.Generator) -> NDArray[np.float64]:
+    """Monte Carlo P(item at position) from ``n_draws`` slates per row, [n, m, k].
+
+    Each entry has standard error ``sqrt(p(1 − p)/n_draws)``; every position sums to 1.
+    """
+    n, m = logits.shape
+    out = np.empty((n, m, k))
+    for rows in _chunks(n, m):  # loop over blocks of rows, and of draws inside
+        block = logits[rows]
+        b = block.shape[0]
+        hits = np.zeros(b * m * k)
+        step = _replay_blocks(b, m, n_draws)
+        done = 0
+        while done < n_draws:
+            d = min(step, n_draws - done)
+            replay = sample_slates(np.repeat(block, d, axis=0), k, rng)
+            request = np.repeat(np.arange(b), d)[:, None]
+            cell = (request * m + replay) * k + np.arange(k)
+            hits += np.bincount(cell.ravel(), minlength=hits.size)
+            done += d
+        out[rows] = (hits / n_draws).reshape(b, m, k)
+    return out
+
+
+def monte_carlo_propensities(logits: NDArray[np.float64], shown: NDArray[np.intp], n_draws: int,
+                             rng: np.random.Generator
+                             ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Monte Carlo P(column ``shown[b, p]`` at position p) and its binomial standard error.
+
+    The replays are independent of the draw that produced ``shown``.
+    """
+    n, m = logits.shape
+    k = shown.shape[1]
+    hits = np.zeros((n, k))
+    for rows in _chunks(n, m):
+        block, target = logits[rows], shown[rows]
+        b = block.shape[0]
+        step = _replay_blocks(b, m, n_draws)
+        done = 0
+        while done < n_draws:
+            d = min(step, n_draws - done)
+            replay = sample_slates(np.repeat(block, d, axis=0), k, rng)
+            hits[rows] += (replay.reshape(b, d, k) == target[:, None, :]).sum(axis=1)
+            done += d
+    p_hat = hits / n_draws
+    return p_hat, np.sqrt(p_hat * (1.0 - p_hat) / n_draws)
