@@ -5,6 +5,15 @@ mlflow itself is imported only by the functions that talk to it, so importing th
 cheap (serving and the bandits import it).
 """
 
+from recsys.registry.lineage import code_version
+from recsys.registry.mlflow_io import (
+    example_batch,
+    load_policy_model,
+    log_policy_model,
+    policy_signature,
+    predict_policy,
+    resolve_version,
+)
 from recsys.registry.model import (
     KINDS,
     RegisteredPolicy,
@@ -18,5 +27,12 @@ __all__ = [
     "RegisteredPolicy",
     "bandit_model",
     "baseline_model",
+    "code_version",
+    "example_batch",
+    "load_policy_model",
+    "log_policy_model",
+    "policy_signature",
+    "predict_policy",
+    "resolve_version",
     "scored_model",
 ]
