@@ -555,18 +555,26 @@ DEFAULT_POLICY_NAMES = ("diag_lin_ts", "uniform")
 
 
 def policy_names(serve: ServeSettings) -> tuple[str, ...]:
-    """The names of the policies ``serve.policies`` defines (a JSON object of policy specs)."""
+    """The names of the policies ``serve.policies`` defines: a JSON object whose values are
+    policy specs or registered-model URIs (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``)."""
     if serve.policies is None:
         return DEFAULT_POLICY_NAMES
+    from recsys.serving.models import is_model_uri, parse_model_uri
+
+    expected = "a JSON object {name: policy spec or 'models:/NAME@ALIAS'}"
     try:
         specs = json.loads(serve.policies)
     except json.JSONDecodeError as exc:
-        raise ConfigError(message("serve.policies", "a JSON object {name: policy spec}",
-                                  f"invalid JSON ({exc})")) from None
+        raise ConfigError(message("serve.policies", expected, f"invalid JSON ({exc})")) from None
     if not isinstance(specs, dict) or not specs or not all(
-            isinstance(spec, dict) for spec in specs.values()):
-        raise ConfigError(message("serve.policies", "a JSON object {name: policy spec}",
-                                  serve.policies))
+            isinstance(spec, dict) or is_model_uri(spec) for spec in specs.values()):
+        raise ConfigError(message("serve.policies", expected, serve.policies))
+    for name, spec in specs.items():
+        if isinstance(spec, str):
+            try:
+                parse_model_uri(spec, f"serve.policies.{name}")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
     return tuple(specs)
 
 

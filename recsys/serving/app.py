@@ -4,8 +4,9 @@
 ``/openapi.json`` come from FastAPI. A body that does not validate gets FastAPI's 422 whose
 ``detail`` names the field (``loc``) and what was expected (``msg``); a request the service
 refuses for a client reason gets the same shape (:class:`RequestError`); a request the replica
-cannot answer now gets a 503 with the reason (no snapshot yet, Kafka buffer full). Every answer is
-counted by endpoint and status on ``/metrics``.
+cannot answer now gets a 503 with the reason (no snapshot yet, Kafka buffer full, a policy that
+follows a registered model whose URI has not resolved or loaded yet). Every answer is counted by
+endpoint and status on ``/metrics``.
 """
 
 # No `from __future__ import annotations`: Ray Serve re-wraps the routes, and FastAPI must see
@@ -33,8 +34,10 @@ from recsys.serving.service import RecommenderService, RequestError, ServiceConf
 
 app = FastAPI(
     title="recsys serving",
-    description="Slates scored with the newest bandit snapshot, every one logged to Kafka with "
-                "its propensities; feedback in; health and Prometheus metrics.",
+    description="Slates scored with the newest bandit snapshot or the registered model a policy "
+                "follows (models:/NAME@ALIAS), every one logged to Kafka with its propensities "
+                "and the model version that served it; feedback in; health and Prometheus "
+                "metrics.",
     version="1",
 )
 
@@ -129,7 +132,8 @@ class Recommender:
 
     @app.get("/health", response_model=Health)
     async def health(self) -> JSONResponse:
-        """200 once a snapshot is loaded, 503 before."""
+        """200 once a snapshot is loaded and every model arm was looked up once, 503 before;
+        ``models`` shows each model arm's version or why it is not loaded."""
         state = self.service.health()
         return JSONResponse(state.model_dump(), status_code=200 if state.ready else 503)
 

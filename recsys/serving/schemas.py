@@ -72,8 +72,10 @@ class RecommendRequest(_Strict):
 class RecommendResponse(BaseModel):
     """A served slate. ``propensities[p]`` is P(the policy shows ``items[p]`` at position p),
     ``propensity_se[p]`` its Monte Carlo standard error (0 when exact). ``policy_version`` is the
-    version of the learned state the policy scored with (the snapshot's); ``snapshot_age_ms`` is
-    how long ago that snapshot was published by the shards."""
+    version the impression logs: for a policy given as a spec, the version of the learned state
+    it scored with (the snapshot's); for a policy that follows a registered model, that model's
+    version, also given with its name as ``model_name``/``model_version`` (null otherwise).
+    ``snapshot_age_ms`` is how long ago the snapshot was published by the shards."""
 
     request_id: str
     user_id: str
@@ -85,6 +87,8 @@ class RecommendResponse(BaseModel):
     scores: list[float]
     propensities: list[float]
     propensity_se: list[float]
+    model_name: str | None = None
+    model_version: int | None = None
 
 
 class FeedbackIn(_Strict):
@@ -112,11 +116,27 @@ class FeedbackResponse(BaseModel):
     accepted: int
 
 
+class ModelArmHealth(BaseModel):
+    """A policy that follows a registered model: the URI, the version it serves (null before
+    the first load), how many versions it switched to, and the last look-up or load error."""
+
+    uri: str
+    ready: bool
+    model_name: str
+    model_version: int | None
+    kind: str | None
+    switches: int
+    error: str | None
+
+
 class Health(BaseModel):
-    """``GET /health``: ready once a snapshot is loaded."""
+    """``GET /health``: ready once a snapshot is loaded and every model arm was looked up once.
+    A model arm that has not loaded is listed in ``models`` (``ready`` false, with the error)
+    and in ``detail``; its requests get a 503 while the replica's other policies serve."""
 
     ready: bool
     snapshot_id: str | None
     snapshot_age_ms: float | None
     policies: list[str]
     detail: str
+    models: dict[str, ModelArmHealth] = Field(default_factory=dict)

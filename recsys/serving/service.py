@@ -17,7 +17,15 @@ Decisions:
   Policy views share one random generator per replica (a clone would replay the same draws).
 * **Propensities are always > 0.** Thompson-sampling policies must log Monte Carlo propensities
   (``n_mc_draws > 0``) and keep an exploration floor > 0, so no shown item can be logged with
-  an estimated propensity of 0; checked when the service starts.
+  an estimated propensity of 0; checked when the service starts (and when a model loads).
+* **Arms may follow the registry.** A policy given as ``models:/NAME@ALIAS`` (or ``/VERSION``)
+  is a model arm (``recsys.serving.models``): a background watcher re-resolves it every
+  ``serve.model_refresh_s`` and swaps a new version in with the same one-reference rule, under
+  the lock the snapshot refresher also takes (so neither undoes the other's swap). A bandit model
+  serves its spec on the live statistics; a scores or baseline model its own fixed policy. Its
+  impressions log ``policy_name`` = the registered model's name and ``policy_version`` = its
+  version; spec arms log the arm name and the snapshot version. A model arm that has not loaded
+  answers 503 with the reason, and ``/health`` shows it; the replica's other arms serve.
 """
 
 from __future__ import annotations
@@ -43,13 +51,29 @@ from recsys.bandits import (
     policy_from_spec,
     policy_spec,
 )
+from recsys.bandits.slates import Slate
 from recsys.config import ServeSettings, Settings, parse_traffic
 from recsys.events import Context, Feedback, Impression, SlateEntry
+from recsys.policies import RequestBatch
 from recsys.producer import EventProducer
 from recsys.schema import read_user_features
 from recsys.serving.backends import make_scorer
 from recsys.serving.metrics import ServingMetrics
-from recsys.serving.schemas import FeedbackIn, Health, RecommendRequest, RecommendResponse
+from recsys.serving.models import (
+    LoadedModel,
+    ModelArm,
+    ModelMetrics,
+    ModelWatcher,
+    check_serving_policy,
+    is_model_uri,
+)
+from recsys.serving.schemas import (
+    FeedbackIn,
+    Health,
+    ModelArmHealth,
+    RecommendRequest,
+    RecommendResponse,
+)
 from recsys.serving.snapshots import ShardSnapshots, ShardsUnavailable, Snapshot
 
 
@@ -87,7 +111,8 @@ class ServiceConfig:
     bootstrap: str
     shard_names: list[str]
     shard_namespace: str | None
-    policies: dict[str, dict[str, Any]]
+    policies: dict[str, dict[str, Any] | str]
+    """Arm name → policy spec, or a registered model's URI (``models:/NAME@ALIAS``)."""
     traffic: dict[str, float]
     serve: ServeSettings = field(default_factory=ServeSettings)
     impressions_topic: str = topics.IMPRESSIONS
@@ -95,6 +120,9 @@ class ServiceConfig:
     client_options: dict[str, Any] = field(default_factory=dict)
     compression: str = "lz4"
     seed: int | None = None
+    tracking_uri: str | None = None
+    """The mlflow store that model arms resolve and load from (``settings.mlflow_tracking_uri``;
+    None: mlflow's own default)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,36 +146,38 @@ class ServiceConfig:
             policies=policies, traffic=parse_traffic(serve.traffic),
             impressions_topic=impressions_topic, feedback_topic=feedback_topic,
             client_options=dict(client_options or {}), serve=serve,
-            compression=settings.kafka.compression,
+            compression=settings.kafka.compression, tracking_uri=settings.mlflow_tracking_uri,
         )
 
 
-def build_policies(specs: dict[str, dict[str, Any]], traffic: dict[str, float],
+def build_policies(specs: dict[str, dict[str, Any] | str], traffic: dict[str, float],
                    rng: np.random.Generator) -> dict[str, BasePolicy]:
-    """The served policies from their specs, sharing ``rng``; checks what serving needs."""
+    """The served spec policies, sharing ``rng``; checks what serving needs. Model URIs (model
+    arms, built by the service) are skipped here but count as arms for ``traffic``."""
     if not specs:
-        raise ValueError("policies: expected at least one {name: policy spec}, got none")
+        raise ValueError("policies: expected at least one {name: policy spec or model URI}, "
+                         "got none")
     policies: dict[str, BasePolicy] = {}
     for name, spec in specs.items():
-        policy = policy_from_spec(spec)
-        if isinstance(policy, DiagLinTS) and (policy.n_mc_draws == 0
-                                              or policy.exploration_floor <= 0):
-            raise ValueError(f"policies.{name}: a Thompson-sampling policy that serves must log "
-                             f"propensities: set n_mc_draws > 0 and exploration_floor > 0 (got "
-                             f"{policy.n_mc_draws} and {policy.exploration_floor})")
+        if is_model_uri(spec):
+            continue
+        policy = policy_from_spec(spec)  # type: ignore[arg-type]
+        check_serving_policy(name, policy)
         policies[name] = policy.set_params(random_state=rng)
-    unknown = sorted(set(traffic) - set(policies))
+    unknown = sorted(set(traffic) - set(specs))
     if unknown:
-        raise ValueError(f"traffic: {unknown} are not among the policies {sorted(policies)}")
+        raise ValueError(f"traffic: {unknown} are not among the policies {sorted(specs)}")
     return policies
 
 
 @dataclass(frozen=True, eq=False)
 class _Served:
-    """One snapshot and the policy views over it (swapped as a whole on refresh)."""
+    """One snapshot, the policy views over it (spec arms and bandit model arms) and the loaded
+    model of every model arm that has one (swapped as a whole on refresh or model switch)."""
 
     snapshot: Snapshot
     policies: dict[str, BasePolicy]
+    models: dict[str, LoadedModel] = field(default_factory=dict)
 
 
 class UserFeatures:
@@ -164,12 +194,13 @@ class UserFeatures:
 
 class RecommenderService:
     """Scores, logs and refreshes (see the module docs). ``start=False`` skips the background
-    refresher (tests call :meth:`refresh`)."""
+    snapshot refresher and model watcher (tests call :meth:`refresh` and :meth:`check_models`)."""
 
     def __init__(self, config: ServiceConfig, *, start: bool = True) -> None:
         self.config = config
         self._rng = np.random.default_rng(config.seed)
         self._base = build_policies(config.policies, config.traffic, self._rng)
+        self._names = list(config.policies)
         self._arms = list(config.traffic)
         self._cut = np.cumsum([config.traffic[a] for a in self._arms])
         serve = config.serve
@@ -181,11 +212,16 @@ class RecommenderService:
         self.snapshots = ShardSnapshots(config.shard_names, config.shard_namespace,
                                         shard_staleness)
         self.metrics = ServingMetrics()
+        model_metrics = ModelMetrics(self.metrics.registry)
+        self.models = {name: ModelArm(name, uri, tracking_uri=config.tracking_uri,
+                                      rng=self._rng, metrics=model_metrics)
+                       for name, uri in config.policies.items() if isinstance(uri, str)}
         self.producer = EventProducer(
             config.bootstrap, compression=config.compression, linger_ms=serve.linger_ms,
             max_block_ms=2000, **config.client_options)
         self.producer.warm([config.impressions_topic, config.feedback_topic])
         self._served: _Served | None = None
+        self._swap = threading.Lock()  # the refresher and the watcher build and swap under it
         self.last_refresh_error = ""
         self.metrics.bind(
             version=lambda: self._served.snapshot.version if self._served else 0,
@@ -194,10 +230,13 @@ class RecommenderService:
             undelivered=lambda: self.producer.failed)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watcher: ModelWatcher | None = None
         if start:
             self._thread = threading.Thread(target=self._refresh_loop, name="snapshot-refresh",
                                             daemon=True)
             self._thread.start()
+            if self.models:
+                self._watcher = ModelWatcher(self.check_models, serve.model_refresh_s).start()
 
     # ------------------------------------------------------------------ snapshots
     def refresh(self) -> bool:
@@ -210,19 +249,35 @@ class RecommenderService:
             self.last_refresh_error = str(exc)
             return False
         assert snapshot is not None
-        if served is not None and snapshot.stats is served.snapshot.stats:
-            self._served = _Served(snapshot, served.policies)  # same statistics, newer age
-            self.metrics.refreshes.labels("unchanged").inc()
-            return False
-        try:  # random_state is the replica's Generator: use() keeps it, the views share it
-            policies = {name: copy.copy(base).use(snapshot.stats)
-                        for name, base in self._base.items()}
-            self.scorer.prepare(snapshot.stats)  # here, so that no request pays for it
-        except ValueError as exc:  # a policy's λ that does not match the statistics
-            self.metrics.refreshes.labels("error").inc()
-            self.last_refresh_error = f"the snapshot does not fit the policies: {exc}"
-            return False
-        self._served = _Served(snapshot, policies)
+        with self._swap:
+            served = self._served
+            if served is not None and snapshot.stats is served.snapshot.stats:
+                # same statistics, newer age
+                self._served = dataclasses.replace(served, snapshot=snapshot)
+                self.metrics.refreshes.labels("unchanged").inc()
+                return False
+            try:  # random_state is the replica's Generator: use() keeps it, the views share it
+                policies = {name: copy.copy(base).use(snapshot.stats)
+                            for name, base in self._base.items()}
+                self.scorer.prepare(snapshot.stats)  # here, so that no request pays for it
+            except ValueError as exc:  # a policy's λ that does not match the statistics
+                self.metrics.refreshes.labels("error").inc()
+                self.last_refresh_error = f"the snapshot does not fit the policies: {exc}"
+                return False
+            models: dict[str, LoadedModel] = {}
+            for name, arm in self.models.items():
+                loaded = arm.current
+                if loaded is None:
+                    continue
+                if loaded.base is not None:
+                    try:
+                        policies[name] = copy.copy(loaded.base).use(snapshot.stats)
+                    except ValueError as exc:  # the arm stops serving; the others go on
+                        arm.fail(f"{loaded.name}/{loaded.version} does not fit the live "
+                                 f"statistics: {exc}")
+                        continue
+                models[name] = loaded
+            self._served = _Served(snapshot, policies, models)
         self.metrics.refreshes.labels("new").inc()
         return True
 
@@ -233,12 +288,44 @@ class RecommenderService:
             self.refresh()
             self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
 
+    # ------------------------------------------------------------------ model arms
+    def check_models(self) -> int:
+        """Re-resolve every model arm once and swap in the versions that changed (off the
+        request path: a load happens here, the swap is one reference); how many switched."""
+        return sum(self._install(arm, loaded) for arm in self.models.values()
+                   if (loaded := arm.poll()) is not None)
+
+    def _install(self, arm: ModelArm, loaded: LoadedModel) -> bool:
+        """Serve ``loaded`` on ``arm`` from now on (False, old model kept, when it cannot)."""
+        with self._swap:
+            served = self._served
+            policies = served.policies if served is not None else {}
+            if served is not None and loaded.base is not None:
+                try:
+                    view = copy.copy(loaded.base).use(served.snapshot.stats)
+                except ValueError as exc:
+                    arm.fail(f"{loaded.name}/{loaded.version} does not fit the live "
+                             f"statistics: {exc}")
+                    return False
+                policies = {**policies, arm.arm: view}
+            arm.accept(loaded)
+            if served is not None:
+                self._served = _Served(served.snapshot, policies,
+                                       {**served.models, arm.arm: loaded})
+        return True
+
+    def _models_checked(self) -> bool:
+        return all(arm.checked for arm in self.models.values())
+
     def wait_ready(self, timeout_s: float = 30.0) -> None:
-        """Block until a snapshot is served (raise ``Unavailable`` after ``timeout_s``)."""
+        """Block until a snapshot is served and every model arm was looked up once (raise
+        ``Unavailable`` after ``timeout_s``)."""
         deadline = time.monotonic() + timeout_s
-        while self._served is None:
+        while self._served is None or not self._models_checked():
             if self._thread is None:
                 self.refresh()
+            if self._watcher is None and not self._models_checked():
+                self.check_models()
             if time.monotonic() > deadline:
                 raise Unavailable(f"no snapshot after {timeout_s:.0f} s: "
                                   f"{self.last_refresh_error or 'the shards did not answer'}")
@@ -246,39 +333,53 @@ class RecommenderService:
 
     # ------------------------------------------------------------------ endpoints
     def health(self) -> Health:
+        """Ready once a snapshot is served and every model arm was looked up once; a model arm
+        that has not loaded is listed (``models``, ``detail``) without making the replica
+        unready: its other arms serve."""
         served = self._served
-        if served is None:
-            return Health(ready=False, snapshot_id=None, snapshot_age_ms=None,
-                          policies=list(self._base), detail="no snapshot loaded yet"
-                          + (f": {self.last_refresh_error}" if self.last_refresh_error else ""))
+        models = {name: ModelArmHealth(**arm.state()) for name, arm in self.models.items()}
+        waiting = [f"{name} ({arm.ref.uri}: {arm.error or 'not looked up yet'})"
+                   for name, arm in self.models.items() if arm.current is None]
+        if served is None or not self._models_checked():
+            detail = ("no snapshot loaded yet" + (f": {self.last_refresh_error}"
+                                                  if self.last_refresh_error else "")
+                      if served is None else "looking up the model arms")
+            return Health(ready=False, snapshot_id=None if served is None
+                          else served.snapshot.snapshot_id,
+                          snapshot_age_ms=None if served is None else served.snapshot.age_ms(),
+                          policies=self._names, detail=detail, models=models)
+        detail = "serving" + (f"; not ready: {'; '.join(waiting)}" if waiting else "")
         return Health(ready=True, snapshot_id=served.snapshot.snapshot_id,
-                      snapshot_age_ms=served.snapshot.age_ms(), policies=list(self._base),
-                      detail="serving")
+                      snapshot_age_ms=served.snapshot.age_ms(), policies=self._names,
+                      detail=detail, models=models)
 
     def _arm(self, request_id: str, asked: str | None) -> str:
         if asked is not None:
-            if asked not in self._base:
-                raise RequestError(("policy",), f"expected one of {sorted(self._base)}, got "
+            if asked not in self.config.policies:
+                raise RequestError(("policy",), f"expected one of {sorted(self._names)}, got "
                                    f"{asked!r}")
             return asked
         u = zlib.crc32(request_id.encode()) / 2**32
         return self._arms[min(int(np.searchsorted(self._cut, u, side="right")),
                               len(self._arms) - 1)]
 
+    def _given(self, req: RecommendRequest) -> Context | None:
+        """The context to log: the request's own, else the user's row of the feature table."""
+        ctx = req.context
+        if ctx is not None:
+            return Context(dense=tuple(ctx.dense), cluster_ids=tuple(ctx.cluster_ids),
+                           cluster_weights=tuple(ctx.cluster_weights))
+        dense = self.users.get(req.user_id) if self.users is not None else None
+        return None if dense is None else Context(dense=tuple(dense.tolist()))
+
     def _context(self, req: RecommendRequest, stats: Any) -> tuple[Any, Context]:
         """The request's scoring input for the statistics' layout and the context to log: the
         request's own, or the user's row of the feature table when it sends none."""
-        ctx = req.context
-        if ctx is None:
-            dense = self.users.get(req.user_id) if self.users is not None else None
-            if dense is None:
-                where = ("no user-feature table is configured" if self.users is None
-                         else f"user {req.user_id!r} is not in the user-feature table")
-                raise RequestError(("context",), f"expected a context: {where}")
-            given = Context(dense=tuple(dense.tolist()))
-        else:
-            given = Context(dense=tuple(ctx.dense), cluster_ids=tuple(ctx.cluster_ids),
-                            cluster_weights=tuple(ctx.cluster_weights))
+        given = self._given(req)
+        if given is None:
+            where = ("no user-feature table is configured" if self.users is None
+                     else f"user {req.user_id!r} is not in the user-feature table")
+            raise RequestError(("context",), f"expected a context: {where}")
         try:
             return stats.context_codec().one(given)
         except ContextError as exc:
@@ -292,8 +393,43 @@ class RecommenderService:
                               f"({self.last_refresh_error or 'starting'})")
         request_id = req.request_id or uuid.uuid4().hex
         arm = self._arm(request_id, req.policy)
-        policy = served.policies[arm]
-        stats = served.snapshot.stats
+        loaded: LoadedModel | None = None
+        if arm in self.models:
+            loaded = served.models.get(arm)
+            if loaded is None:
+                model_arm = self.models[arm]
+                raise Unavailable(f"policy {arm!r} follows {model_arm.ref.uri}, which is not "
+                                  f"loaded: {model_arm.error or 'not looked up yet'}")
+        if loaded is not None and loaded.base is None:
+            slate, context = self._recommend_fixed(req, loaded)
+        else:
+            slate, context = self._recommend_bandit(req, served.policies[arm],
+                                                    served.snapshot.stats)
+        name, version = ((arm, served.snapshot.version) if loaded is None
+                         else (loaded.name, loaded.version))
+        items = slate.items[0].tolist()
+        scores = slate.scores[0].tolist()
+        props = slate.propensities[0].tolist()
+        ses = slate.propensity_se[0].tolist()
+        impression = Impression(
+            request_id=request_id, event_time_ms=int(time.time() * 1000), user_id=req.user_id,
+            context=context, policy_name=name, policy_version=version,
+            slate=tuple(SlateEntry(item_id=i, position=p, score=s, propensity=q,
+                                   propensity_se=e)
+                        for p, (i, s, q, e) in enumerate(zip(items, scores, props, ses,
+                                                             strict=True))))
+        self._log(impression, self.config.impressions_topic, self.metrics.impressions)
+        self.metrics.slates.labels(arm).inc()
+        return RecommendResponse(
+            request_id=request_id, user_id=req.user_id, policy=arm, policy_version=version,
+            snapshot_id=served.snapshot.snapshot_id, snapshot_age_ms=served.snapshot.age_ms(),
+            items=items, scores=scores, propensities=props, propensity_se=ses,
+            model_name=None if loaded is None else loaded.name,
+            model_version=None if loaded is None else loaded.version)
+
+    def _recommend_bandit(self, req: RecommendRequest, policy: BasePolicy,
+                          stats: Any) -> tuple[Slate, Context]:
+        """A bandit policy's slate on the live statistics (spec arms and bandit models)."""
         contexts, context = self._context(req, stats)
         k = req.k
         candidates = None if req.candidates is None else np.asarray(req.candidates,
@@ -316,24 +452,29 @@ class RecommenderService:
         except ValueError as exc:
             loc = ("candidates",) if candidates is not None else ("context",)
             raise RequestError(loc, str(exc)) from None
-        items = slate.items[0].tolist()
-        scores = slate.scores[0].tolist()
-        props = slate.propensities[0].tolist()
-        ses = slate.propensity_se[0].tolist()
-        impression = Impression(
-            request_id=request_id, event_time_ms=int(time.time() * 1000), user_id=req.user_id,
-            context=context, policy_name=arm, policy_version=served.snapshot.version,
-            slate=tuple(SlateEntry(item_id=i, position=p, score=s, propensity=q,
-                                   propensity_se=e)
-                        for p, (i, s, q, e) in enumerate(zip(items, scores, props, ses,
-                                                             strict=True))))
-        self._log(impression, self.config.impressions_topic, self.metrics.impressions)
-        self.metrics.slates.labels(arm).inc()
-        return RecommendResponse(
-            request_id=request_id, user_id=req.user_id, policy=arm,
-            policy_version=served.snapshot.version, snapshot_id=served.snapshot.snapshot_id,
-            snapshot_age_ms=served.snapshot.age_ms(), items=items, scores=scores,
-            propensities=props, propensity_se=ses)
+        return slate, context
+
+    def _recommend_fixed(self, req: RecommendRequest, loaded: LoadedModel
+                         ) -> tuple[Slate, Context]:
+        """A scores or baseline model's slate: it scores its whole catalogue from the user id
+        or the dense context (the request's, else the user-feature table's)."""
+        if req.candidates is not None:
+            raise RequestError(("candidates",), f"expected none for a model that scores its "
+                               f"whole catalogue ({loaded.name}/{loaded.version}, "
+                               f"{loaded.kind}), got {len(req.candidates)} ids")
+        n_items = len(loaded.model.item_ids_)
+        if req.k > n_items:
+            raise RequestError(("k",), f"expected at most {n_items} (the catalogue size of "
+                               f"{loaded.name}/{loaded.version}), got {req.k}")
+        given = self._given(req)
+        dense = given.dense if given is not None and given.dense else None
+        batch = RequestBatch.of(user_ids=[req.user_id],
+                                dense=None if dense is None else [dense])
+        try:
+            slate = loaded.model.recommend(batch, req.k)
+        except ValueError as exc:
+            raise RequestError(("context",), str(exc)) from None
+        return slate, given if given is not None else Context()
 
     def _log(self, event: Impression | Feedback, topic: str, counter: Any) -> None:
         from kafka.errors import KafkaError
@@ -367,6 +508,8 @@ class RecommenderService:
 
     def close(self) -> None:
         self._stop.set()
+        if self._watcher is not None:
+            self._watcher.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.producer.close()
