@@ -14,6 +14,8 @@ A data set directory holds:
   and data-set specific arrays.
 * ``manifest.json``: kind, seed, every parameter, sizes, row counts, what the arrays mean, the
   logging policy and the measured statistics (CTR, exposure skew, noise share).
+* ``lake/world.json``: the simulator's world at the lake root (``simulators.world``), so
+  ``recsys compare`` on this lake adds each candidate's true value.
 
 Two data sets:
 
@@ -42,6 +44,7 @@ from simulators.ground_truth import item_click_probabilities
 from simulators.logged_data import collect_logs
 from simulators.model import SimulatorConfig, SlateSimulator
 from simulators.policies import EpsilonMixturePolicy, FixedPolicy, SoftmaxPolicy, UniformPolicy
+from simulators.world import WORLD_FILE, write_world
 
 __all__ = [
     "EXPOSURE_DEFAULTS",
@@ -234,6 +237,7 @@ def write_exposure_dataset(
     exposure = policy.action_dist(sim.user_features(users))[:, :, 0]
     relevance = item_click_probabilities(sim)
     files = _write_lake(out, frame)
+    write_world(out / "lake", sim)
     shown = np.bincount(frame["item_id"].to_numpy(), minlength=sim.config.n_items)
     propensity = frame["propensity"].to_numpy()
     stats = {
@@ -306,6 +310,7 @@ def write_noisy_clicks_dataset(
     eps = sim.config.click_noise
     relevance = (click_probability - eps) / (1.0 - eps)
     files = _write_lake(out, frame)
+    write_world(out / "lake", sim)
     clicks = frame.filter(pl.col("reward") > 0)
     per_user = (
         clicks.group_by("user_id")
@@ -380,7 +385,8 @@ def _prepare(out_dir: str | Path, overwrite: bool) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir: expected a directory, got the file {out}")
-    ours = [out / "lake" / "rewards", out / "truth.npz", out / "manifest.json"]
+    ours = [out / "lake" / "rewards", out / "lake" / WORLD_FILE, out / "truth.npz",
+            out / "manifest.json"]
     existing = [path for path in ours if path.exists()]
     if existing and not overwrite:
         raise FileExistsError(
@@ -513,6 +519,7 @@ def _write_manifest(
         "n_requests": params["n_requests"],
         "table": "rewards",
         "lake_root": "lake",
+        "world": f"lake/{WORLD_FILE}",
         "files": files,
         "kafka_topic": KAFKA_TOPIC,
         "kafka_partition": 0,
