@@ -83,17 +83,47 @@ def plackett_luce_marginals(probs: NDArray[np.float64], slate_size: int) -> NDAr
             others[rows, top] = 0.0
             out[rows, top, 1] = probs[rows, top] * others.sum(axis=1)
     if slate_size >= 3:
-        for rows in _chunks(n, m * m):
-            p = probs[rows]
-            pj = p[:, :, None]
-            pl = p[:, None, :]
-            second = np.maximum(_rest(p)[:, :, None] - pl, 1e-300)
-            pair = pj * pl / (_rest(p)[:, :, None] * second)
-            idx = np.arange(m)
-            pair[:, idx, idx] = 0.0
-            total = pair.sum(axis=(1, 2))[:, None]
-            out[rows, :, 2] = p * (total - pair.sum(axis=2) - pair.sum(axis=1))
+        for rows in _chunks(n, 4 * m * m):
+            out[rows, :, 2] = _third_position(probs[rows])
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _third_position(p: NDArray[np.float64]) -> NDArray[np.float64]:
+    """P(item at position 2) for a block of rows, ``p_i Σ_{j≠l, both ≠ i} pair_jl`` with
+    ``pair_jl = p_j p_l / ((1 − p_j)(1 − p_j − p_l))``.
+
+    The complements are summed from the items they leave (``1 − p_j − p_l`` = the mass of the
+    others, with the two largest items added back), and the two items with the largest mass get
+    their sums without the subtraction ``total − row − column``: both would otherwise cancel
+    when one or two items take almost all the mass (a low temperature).
+    """
+    b, m = p.shape
+    rows = np.arange(b)
+    top = np.argsort(-p, axis=1, kind="stable")[:, :2]
+    first, second = top[:, 0], top[:, 1]
+    is_first = np.zeros((b, m), dtype=bool)
+    is_first[rows, first] = True
+    is_second = np.zeros((b, m), dtype=bool)
+    is_second[rows, second] = True
+    small = np.where(is_first | is_second, 0.0, p)  # the mass outside the two largest
+    others = small.sum(axis=1)[:, None, None]
+    p_first = p[rows, first][:, None, None]
+    p_second = p[rows, second][:, None, None]
+    keeps_first = ~(is_first[:, :, None] | is_first[:, None, :])
+    keeps_second = ~(is_second[:, :, None] | is_second[:, None, :])
+    rest2 = (p_first * keeps_first + p_second * keeps_second) + (
+        (others - small[:, :, None]) - small[:, None, :])
+    pair = p[:, :, None] * p[:, None, :] / (_rest(p)[:, :, None] * np.maximum(rest2, 1e-300))
+    idx = np.arange(m)
+    pair[:, idx, idx] = 0.0
+    total = pair.sum(axis=(1, 2))
+    third = p * (total[:, None] - pair.sum(axis=2) - pair.sum(axis=1))
+    for col in (first, second):  # the largest items: the sum without them, directly
+        masked = pair.copy()
+        masked[rows, col, :] = 0.0
+        masked[rows, :, col] = 0.0
+        third[rows, col] = p[rows, col] * masked.sum(axis=(1, 2))
+    return third
 
 
 def exact_possible(n_items: int, k: int) -> bool:

@@ -87,8 +87,10 @@ def example_batch(model: RegisteredPolicy, n: int = 2) -> RequestBatch:
     if layout == "graph":
         from recsys.bandits.graph import SoftContexts
 
-        clusters = np.full((n, 1), int(policy.stats_.edge_cluster[0]), dtype=np.int64)
-        return RequestBatch.of([""] * n, clusters=SoftContexts.of(clusters, np.ones((n, 1))))
+        active = np.unique(policy.stats_.edge_cluster)[:64]  # their candidates: a full slate
+        clusters = np.broadcast_to(active, (n, active.size))
+        weights = np.full(clusters.shape, 1.0 / max(active.size, 1))
+        return RequestBatch.of([""] * n, clusters=SoftContexts.of(clusters, weights))
     if layout in ("dense", "full"):
         dim = (policy.stats_.dim if model.kind == "bandit"
                else policy.item_vectors_.shape[1])

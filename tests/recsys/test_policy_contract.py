@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from recsys.bandits import DiagLinTS, DiagLinUCB, EpsilonGreedy, InSlateTS, SquareCB
+from recsys.policies import LinearScorePolicy
 from recsys.policy import Policy
 from simulators.policies import (
     EpsilonMixturePolicy,
@@ -80,6 +81,8 @@ CASES = {
         lambda rs: SoftmaxPolicy(ITEM_FEATURES, temperature=0.7, random_state=rs)),
     "simulator-epsilon-softmax": Case(lambda rs: EpsilonMixturePolicy(
         SoftmaxPolicy(ITEM_FEATURES, random_state=rs), 0.2, random_state=rs)),
+    "linear-epsilon-softmax": Case(lambda rs: LinearScorePolicy(
+        "softmax", 0.1, temperature=0.7, random_state=rs).fit(ITEM_IDS, ITEM_FEATURES)),
 }
 PARAMS = [pytest.param(case, k, id=f"{name}-k{k}")
           for name, case in CASES.items() for k in case.slate_sizes]
