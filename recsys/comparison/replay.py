@@ -42,7 +42,8 @@ Mini-batches. A per-event Python loop would be the replay's whole cost, so the p
 for ``batch_size`` accepted events and learns from them at once, exactly like the streaming
 learners' micro-batches: the policy serves ``batch_size`` requests between two updates. The batch
 size is therefore part of the evaluated configuration (``batch_size=1`` is Li et al.'s per-event
-replay). Each window of logged rows is scored in one vectorised call; the rows after the
+replay). Each block of logged rows is scored in one vectorised call, sized to hold about the
+events still missing from the batch (or to bound memory); the rows after the
 ``batch_size``-th accepted one are decided again by the updated policy (their uniform draws were
 made in advance and never influenced anything, so reusing them is valid).
 
@@ -284,23 +285,20 @@ def _columns(policy: BasePolicy, items: NDArray[np.int64]) -> NDArray[np.intp]:
     return np.where(found, order[pos], -1)
 
 
+def _block_rows(policy: BasePolicy, slot: int) -> int:
+    """The most rows one ``action_dist`` call may score (bounds the temporaries)."""
+    return max(1, _CELLS // max(1, len(policy.item_ids_) * (slot + 1)))
+
+
 def _target_probability(policy: BasePolicy, contexts: NDArray[np.float64],
                         columns: NDArray[np.intp], slot: int) -> NDArray[np.float64]:
-    """π(logged item at ``slot`` | context) under the frozen policy, in blocks of rows."""
-    n_items = len(policy.item_ids_)
-    k = slot + 1
-    out = np.zeros(contexts.shape[0])
-    step = max(1, _CELLS // max(1, n_items * k))
-    for start in range(0, contexts.shape[0], step):  # blocks of rows, vectorised inside
-        rows = slice(start, start + step)
-        cols = columns[rows]
-        known = cols >= 0
-        if not known.any():
-            continue
-        dist = policy.action_dist(contexts[rows], k)
-        picked = dist[np.arange(cols.size), np.maximum(cols, 0), slot]
-        out[rows] = np.where(known, picked, 0.0)
-    return out
+    """π(logged item at ``slot`` | context) under the frozen policy, for one block of rows."""
+    known = columns >= 0
+    if not known.any():
+        return np.zeros(columns.size)
+    dist = policy.action_dist(contexts, slot + 1)
+    picked = dist[np.arange(columns.size), np.maximum(columns, 0), slot]
+    return np.where(known, picked, 0.0)
 
 
 # ------------------------------------------------------------------------------------- replay
@@ -354,10 +352,11 @@ def replay_value(
     pending: list[NDArray[np.intp]] = []
     n_pending = n_capped = n_updates = n_done = n_accepted = 0
     start, n = 0, len(events)
-    while start < n:  # one pass per window of logged rows, vectorised inside
+    block = _block_rows(learner, slot)
+    while start < n:  # one pass per block of logged rows, vectorised inside
         need = batch_size - n_pending
-        rate = (n_accepted + 1.0) / (n_done + m)
-        window = min(n - start, max(_MIN_WINDOW, math.ceil(1.5 * need / rate)))
+        rate = (n_accepted + 1.0) / (n_done + m)  # acceptance so far (prior: 1 / M)
+        window = min(n - start, block, max(_MIN_WINDOW, math.ceil(1.2 * need / rate)))
         rows = np.arange(start, start + window)
         ratio = _target_probability(learner, events.contexts[rows], columns[rows], slot)
         ratio /= scale[rows]
