@@ -182,8 +182,11 @@ def resolve_version(uri: str) -> tuple[str, str]:
     expected = "models:/NAME/VERSION or models:/NAME@ALIAS"
     if not isinstance(uri, str) or not uri.startswith("models:/"):
         raise ValueError(message("uri", expected, repr(uri)))
+    client = mlflow.MlflowClient()
     try:
-        resolved = get_model_name_and_version(mlflow.MlflowClient(), uri)
+        resolved = get_model_name_and_version(client, uri)
+        if len(resolved) == 2:
+            client.get_model_version(*resolved)  # a version number is only parsed: check it
     except MlflowException as err:
         raise ValueError(message("uri", f"{expected} that the registry holds", repr(uri),
                                  err.message)) from None
