@@ -1,0 +1,386 @@
+"""``compare_policies``: every candidate evaluated on the same logged slates, streaming over chunks.
+
+No ``n_requests × n_items × k`` array is ever held: for each chunk of requests (bounded in
+cells, ``chunk_requests`` at most) each candidate gives ``action_dist(batch_chunk, k)`` over its
+own items, and the chunk is reduced at once to per-row quantities (π_e of the logged item at its
+position, E_{π_e}[q̂] at that position, the π_e mass on (item, position) pairs never logged) and
+then to per-request columns (``recsys.comparison.estimates``). A logged item the candidate does not
+know gets π_e = 0. Memory is O(rows) per candidate plus one chunk.
+
+The pseudo-inverse slate estimator (``"pi"``, Swaminathan et al. 2017, ``recsys.ope``'s formula)
+uses a context-free Γ estimated from the logged slates, so it is unbiased only when the logging
+policy's slate distribution does not depend on the context; it costs O((n_items·k)²) memory and
+O(n_items·k) per slot, so it is computed only when n_items·k ≤ ``max_pi_cells`` and the slates
+have two or more slots, and otherwise named in ``Comparison.omitted`` with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from sklearn.base import clone
+
+from recsys.comparison.estimates import (
+    DEFAULT_ESTIMATORS,
+    ESTIMATORS,
+    OMITTED_IIPS,
+    ColumnLayout,
+    row_terms,
+)
+from recsys.comparison.logs import LoggedSlates
+from recsys.comparison.result import KINDS, CandidateResult, Comparison, Estimate
+from recsys.comparison.reward_model import ShrunkRateModel
+from recsys.ope import SlatePseudoInverse, bootstrap_means
+from recsys.ope.bootstrap import check_interval_arguments
+from recsys.policies.batch import RequestBatch
+from recsys.progress import is_terminal, progress_bar
+from recsys.validation import check_scalar, did_you_mean, message
+
+__all__ = ["Candidate", "compare_policies"]
+
+CHUNK_CELLS = 2**24
+"""Cells (requests × items × positions) of one candidate's action_dist per chunk: 128 MB."""
+MAX_CHUNK_REQUESTS = 20_000
+REGISTERED_KINDS = {"bandit": "online", "scores": "offline", "baseline": "baseline"}
+"""A registered policy's ``kind`` → the comparison's kind."""
+_SUM_TOLERANCE = 1e-5 + 1e-8  # np.allclose's, as recsys.ope.scan checks action_dist
+
+
+@runtime_checkable
+class Candidate(Protocol):
+    """What a comparison evaluates: items and OBP's ``action_dist`` on a request batch
+    (``recsys.registry.RegisteredPolicy`` is one); ``name``, ``version``, ``kind`` and ``uri``
+    attributes are read when present."""
+
+    @property
+    def item_ids_(self) -> Any: ...
+
+    def action_dist(self, batch: RequestBatch, k: int) -> np.ndarray: ...
+
+
+class _Prepared:
+    """One candidate's fixed inputs to the chunk loop and its running sums."""
+
+    def __init__(self, name: str, candidate: Any, logs: LoggedSlates, model: ShrunkRateModel,
+                 layout: ColumnLayout) -> None:
+        self.name = name
+        self.candidate = candidate
+        self.layout = layout
+        items = _item_ids(name, candidate)
+        self.n_items = items.size
+        k = logs.len_list
+        if items.size < k:
+            raise ValueError(message(f"candidates[{name!r}].item_ids_",
+                                     f"at least len_list={k} items (the logged slate length)",
+                                     f"{items.size} items"))
+        # Logged item (index into logs.items_) -> the candidate's column, -1 if unknown.
+        order = np.argsort(items, kind="stable")
+        where = np.searchsorted(items, logs.items_, sorter=order).clip(0, items.size - 1)
+        known = items[order[where]] == logs.items_
+        self.column_of_logged = np.where(known, order[where], -1)
+        # Per position: the candidate's columns times [q̂ of each fold, unlogged pair, 1].
+        tables = model.tables_for(items)  # [folds, C, k]
+        logged = np.zeros((items.size, k), dtype=bool)
+        logged[self.column_of_logged[known]] = logs.logged_pairs[known]
+        n_folds = tables.shape[0]
+        self.weights = [
+            np.column_stack([tables[:, :, p].T, ~logged[:, p], np.ones(items.size)])
+            for p in range(k)
+        ]
+        self.n_folds = n_folds
+        self.sum_w = self.sum_w2 = self.sum_unlogged = 0.0
+        self.max_w = 0.0
+        self.unknown_rows = int((self.column_of_logged[logs.action_code] < 0).sum())
+
+
+def _item_ids(name: str, candidate: Any) -> np.ndarray:
+    for attribute in ("item_ids_", "action_dist"):
+        if not hasattr(candidate, attribute):
+            raise TypeError(message(f"candidates[{name!r}]",
+                                    "an object with item_ids_ and action_dist(batch, k)",
+                                    f"a {type(candidate).__name__} without {attribute}"))
+    items = np.asarray(candidate.item_ids_)
+    if items.ndim != 1 or items.size == 0:
+        raise ValueError(message(f"candidates[{name!r}].item_ids_", "a non-empty 1-d array",
+                                 f"shape {items.shape}"))
+    if not np.issubdtype(items.dtype, np.integer):
+        try:
+            items = items.astype(np.int64)
+        except (TypeError, ValueError):
+            raise ValueError(message(f"candidates[{name!r}].item_ids_",
+                                     "integer item ids (like the logs' item_id)",
+                                     f"dtype {items.dtype}")) from None
+    items = items.astype(np.int64, copy=False)
+    if np.unique(items).size != items.size:
+        raise ValueError(message(f"candidates[{name!r}].item_ids_", "distinct item ids",
+                                 f"{items.size - np.unique(items).size} repeated"))
+    return items
+
+
+def _kind(name: str, candidate: Any, kinds: Mapping[str, str] | None) -> str:
+    kind = (kinds or {}).get(name)
+    if kind is None:
+        own = getattr(candidate, "kind", None)
+        kind = own if own in KINDS else REGISTERED_KINDS.get(own, "offline")
+    if kind not in KINDS:
+        raise ValueError(message(f"kinds[{name!r}]", f"one of {list(KINDS)}", repr(kind)))
+    return kind
+
+
+def _uri(candidate: Any) -> tuple[str | None, str | None, str | None]:
+    model, version = getattr(candidate, "name", None), getattr(candidate, "version", None)
+    model = None if model is None else str(model)
+    version = None if version is None else str(version)
+    uri = getattr(candidate, "uri", None)
+    if uri is None and model is not None and version is not None:
+        uri = f"models:/{model}/{version}"
+    return uri, model, version
+
+
+def _check_arguments(logs: Any, candidates: Any, estimators: Sequence[str],
+                     chunk_requests: Any) -> list[str]:
+    if not isinstance(logs, LoggedSlates):
+        raise TypeError(message("logs", "a LoggedSlates (from_frame, from_lake, from_parquet)",
+                                type(logs).__name__))
+    if not isinstance(candidates, Mapping) or not candidates:
+        raise ValueError(message("candidates", "a non-empty mapping name -> policy",
+                                 repr(candidates)[:80]))
+    if isinstance(estimators, str):
+        estimators = [estimators]
+    names = list(dict.fromkeys(estimators))
+    for name in names:
+        if name not in ESTIMATORS:
+            raise ValueError(message("estimators", f"names among {list(ESTIMATORS)}",
+                                     repr(name), did_you_mean(str(name), ESTIMATORS)))
+    if not names:
+        raise ValueError(message("estimators", "at least one estimator name", "none"))
+    if chunk_requests is not None and (
+            isinstance(chunk_requests, bool) or not isinstance(chunk_requests, numbers.Integral)
+            or chunk_requests < 1):
+        raise ValueError(message("chunk_requests", "None or an integer >= 1",
+                                 repr(chunk_requests)))
+    return names
+
+
+def _pseudo_inverse(logs: LoggedSlates) -> np.ndarray:
+    """Γ⁺ of the logged slates' empirical, context-free Γ (``recsys.ope.SlatePseudoInverse``'s
+    pinv), ``[n_items·k, n_items·k]``; Γ from pair counts, one bincount per pair of positions."""
+    k, m = logs.len_list, logs.items_.size
+    size = m * k
+    cells = np.full((logs.n_requests, k), -1, dtype=np.int64)
+    cells[logs.request_index, logs.position] = logs.action_code * k + logs.position
+    gamma = np.zeros(size * size)
+    for p in range(k):  # loops over position pairs, each one vectorised over requests
+        for q in range(k):
+            both = (cells[:, p] >= 0) & (cells[:, q] >= 0)
+            gamma += np.bincount(cells[both, p] * size + cells[both, q], minlength=size * size)
+    gamma = gamma.reshape(size, size) / logs.n_requests
+    return np.linalg.pinv(gamma, rcond=SlatePseudoInverse().rcond, hermitian=True)
+
+
+def compare_policies(
+    logs: LoggedSlates,
+    candidates: Mapping[str, Any],
+    *,
+    estimators: Sequence[str] = DEFAULT_ESTIMATORS,
+    alpha: float = 0.05,
+    n_bootstrap: int = 1000,
+    chunk_requests: int | None = None,
+    random_state: int = 0,
+    truth: Callable[[str, Any], float] | None = None,
+    reward_model: ShrunkRateModel | None = None,
+    switch_tau: float = math.inf,
+    max_pi_cells: int = 2000,
+    kinds: Mapping[str, str] | None = None,
+    progress: bool | Callable[[int, int], None] | None = None,
+) -> Comparison:
+    """Estimate every candidate's value (expected sum of slot rewards per request) on ``logs``.
+
+    ``estimators``: names of ``recsys.comparison.estimates.ESTIMATORS``. ``alpha``,
+    ``n_bootstrap``, ``random_state``: percentile bootstrap over requests, one resample stream for
+    all candidates and estimators. ``chunk_requests``: requests per chunk (default: as many as fit
+    in ``CHUNK_CELLS`` cells, at most 20k). ``truth(name, candidate)``: the candidate's true value
+    (simulator logs). ``reward_model``: q̂ for DM/DR (default ``ShrunkRateModel()``, cloned and
+    fitted here). ``switch_tau``: Switch-DR's weight threshold (OBP's default, ∞, makes it DR).
+    ``kinds``: name → "online" | "offline" | "baseline" (default from the candidate's ``kind``).
+    ``progress``: True / False / a callback ``(done, total)``; None shows a bar on a terminal.
+    """
+    names = _check_arguments(logs, candidates, estimators, chunk_requests)
+    check_interval_arguments(alpha, n_bootstrap, random_state)
+    switch_tau = check_scalar(switch_tau, "switch_tau", 0.0)
+    k, n = logs.len_list, logs.n_requests
+    omitted: dict[str, str] = {}
+    if "iips" in names:
+        omitted["iips"] = OMITTED_IIPS
+    with_pi = "pi" in names
+    if with_pi and k == 1:
+        with_pi, omitted["pi"] = False, "one-slot logs: slate estimators reduce to ips"
+    elif with_pi and logs.items_.size * k > max_pi_cells:
+        with_pi = False
+        omitted["pi"] = (f"n_items·k = {logs.items_.size}·{k} = {logs.items_.size * k} > "
+                         f"max_pi_cells = {max_pi_cells}: Γ would be too large to invert")
+    reported = [e for e in names if e not in omitted]
+
+    model = clone(reward_model) if reward_model is not None else ShrunkRateModel()
+    model.fit(logs.items_, logs.action, logs.position, logs.reward, logs.request_index, k)
+    q_factual = model.predict(logs.action, logs.position, logs.request_index)
+    request_fold = model.fold_of(np.arange(n))
+    g_plus = _pseudo_inverse(logs) if with_pi else None
+
+    prepared: list[_Prepared] = []
+    offset = k  # the first k columns are the shared position counts C_k
+    for name, candidate in candidates.items():
+        layout = ColumnLayout(offset, k, with_pi)
+        prepared.append(_Prepared(str(name), candidate, logs, model, layout))
+        offset += layout.width
+    samples = np.zeros((n, offset), order="F")
+    samples[logs.request_index, logs.position] = 1.0
+
+    widest = max(p.n_items for p in prepared) * k
+    step = chunk_requests or max(1, min(MAX_CHUNK_REQUESTS, CHUNK_CELLS // widest))
+    starts = list(range(0, n, step))
+    report = _progress(progress, len(starts) * len(prepared))
+    try:
+        for start in starts:
+            stop = min(start + step, n)
+            batch = logs.requests.take(slice(start, stop))
+            rows = slice(int(logs.row_start[start]), int(logs.row_start[stop]))
+            for p in prepared:
+                _reduce_chunk(p, logs, batch, start, stop, rows, q_factual, request_fold,
+                              samples, switch_tau, g_plus)
+                report(1)
+    finally:
+        report(None)
+
+    resampled = bootstrap_means(samples, n_bootstrap, random_state)
+    point = samples.mean(axis=0)
+    results = []
+    for name, p in zip(candidates, prepared, strict=True):
+        values = p.layout.values(point, point[:k])
+        boot = p.layout.values(resampled, resampled[:, :k])
+        estimates = {
+            e: Estimate(e, float(values[e]),
+                        float(np.percentile(boot[e], 100 * alpha / 2)),
+                        float(np.percentile(boot[e], 100 * (1 - alpha / 2))))
+            for e in reported
+        }
+        uri, model_name, version = _uri(p.candidate)
+        true_value = None if truth is None else float(truth(str(name), p.candidate))
+        results.append(CandidateResult(
+            name=str(name), kind=_kind(str(name), p.candidate, kinds), uri=uri,
+            model_name=model_name, model_version=version, estimates=estimates,
+            diagnostics=_diagnostics(p, logs), true_value=true_value))
+    return Comparison(candidates=results, n_requests=n, n_rows=logs.n_rows, len_list=k,
+                      n_actions=int(logs.items_.size), alpha=float(alpha),
+                      n_bootstrap=int(n_bootstrap), logs=logs.describe(), estimators=reported,
+                      omitted=omitted)
+
+
+def _reduce_chunk(p: _Prepared, logs: LoggedSlates, batch: RequestBatch, start: int, stop: int,
+                  rows: slice, q_factual: np.ndarray, request_fold: np.ndarray,
+                  samples: np.ndarray, switch_tau: float, g_plus: np.ndarray | None) -> None:
+    """One candidate on requests ``[start, stop)``: its per-request columns and running sums."""
+    m, k = stop - start, logs.len_list
+    dist = np.asarray(p.candidate.action_dist(batch, k))
+    if dist.shape != (m, p.n_items, k):
+        raise ValueError(message(f"candidates[{p.name!r}].action_dist(batch, k={k})",
+                                 f"shape {(m, p.n_items, k)} (requests, its items, positions)",
+                                 f"shape {dist.shape}"))
+    if dist.min() < 0:
+        raise ValueError(message(f"candidates[{p.name!r}].action_dist", "probabilities >= 0",
+                                 f"a minimum of {dist.min():.6g} in requests [{start}, {stop})"))
+    # Per position: Σ_a π_e(a) [q̂_f(a) for every fold f, unlogged(a), 1] as one matmul.
+    folds = request_fold[start:stop]
+    expected = np.empty((m, k))
+    unlogged = np.empty((m, k))
+    for q in range(k):
+        out = np.ascontiguousarray(dist[:, :, q]) @ p.weights[q]
+        total = out[:, -1]
+        if not np.abs(total - 1.0).max() <= _SUM_TOLERANCE:  # NaN fails too
+            bad = start + int(np.argmax(~(np.abs(total - 1.0) <= _SUM_TOLERANCE)))
+            raise ValueError(message(
+                f"candidates[{p.name!r}].action_dist",
+                "a distribution over its items at every position (sums to 1)",
+                f"request {bad} position {q} summing to {total[bad - start]:.6g}"))
+        expected[:, q] = out[np.arange(m), folds] / total
+        unlogged[:, q] = out[:, p.n_folds]
+    local = logs.request_index[rows] - start
+    position = logs.position[rows]
+    column = p.column_of_logged[logs.action_code[rows]]
+    known = column >= 0
+    pi_factual = np.zeros(local.size)
+    pi_factual[known] = dist[local[known], column[known], position[known]]
+    terms = row_terms(logs.reward[rows], logs.pscore[rows], pi_factual, q_factual[rows],
+                      expected[local, position], switch_tau)
+    layout = p.layout
+    block = samples[start:stop]  # a view: writes land in samples
+    for column_index, key in ((layout.dm, "dm"), (layout.dr, "dr"), (layout.switch, "switch")):
+        block[:, column_index] = np.bincount(local, weights=terms[key], minlength=m)
+    for columns, key in ((layout.weighted_reward(), "ips"), (layout.weight(), "weight"),
+                         (layout.weighted_residual(), "residual")):
+        block[local, columns.start + position] = terms[key]
+    w = terms["weight"]
+    p.sum_w += float(w.sum())
+    p.sum_w2 += float((w * w).sum())
+    p.max_w = max(p.max_w, float(w.max()) if w.size else 0.0)
+    p.sum_unlogged += float(unlogged[local, position].sum())
+    if g_plus is not None:
+        block[:, layout.pi] = _pi_chunk(p, logs, dist, local, position, rows, m, g_plus)
+
+
+def _pi_chunk(p: _Prepared, logs: LoggedSlates, dist: np.ndarray, local: np.ndarray,
+              position: np.ndarray, rows: slice, m: int, g_plus: np.ndarray) -> np.ndarray:
+    """Per-request pseudo-inverse estimates r_s · θ_sᵀ Γ⁺ 1_s, θ over the logged items (as
+    ``recsys.ope.SlatePseudoInverse.estimate_round_rewards``, with Γ⁺ computed once)."""
+    k, n_logged = logs.len_list, logs.items_.size
+    known = p.column_of_logged >= 0
+    theta = np.zeros((m, n_logged, k))
+    theta[:, known, :] = dist[:, p.column_of_logged[known], :]
+    theta = theta.reshape(m, n_logged * k)
+    cell = logs.action_code[rows] * k + position
+    contrib = np.einsum("nj,nj->n", theta[local], g_plus[cell])
+    weight = np.bincount(local, weights=contrib, minlength=m)
+    return np.bincount(local, weights=logs.reward[rows], minlength=m) * weight
+
+
+def _diagnostics(p: _Prepared, logs: LoggedSlates) -> dict[str, float]:
+    n_rows = logs.n_rows
+    ess = p.sum_w**2 / p.sum_w2 if p.sum_w2 > 0 else 0.0
+    return {
+        "n_rows": float(n_rows),
+        "effective_sample_size": ess,
+        "effective_sample_ratio": ess / n_rows,
+        "max_weight": p.max_w,
+        "mean_weight": p.sum_w / n_rows,
+        "unlogged_target_mass": p.sum_unlogged / n_rows,
+        "unknown_item_rows": p.unknown_rows / n_rows,
+    }
+
+
+def _progress(progress: bool | Callable[[int, int], None] | None, total: int
+              ) -> Callable[[int | None], None]:
+    """``report(steps)`` advancing the chosen progress display; ``report(None)`` closes it."""
+    if callable(progress):
+        done = [0]
+
+        def call(steps: int | None) -> None:
+            if steps is not None:
+                done[0] += steps
+                progress(done[0], total)
+
+        return call
+    enabled = is_terminal(sys.stderr) if progress is None else bool(progress)
+    bar = progress_bar(total=total, desc="compare", unit="chunk", disable=not enabled)
+
+    def advance(steps: int | None) -> None:
+        if steps is None:
+            bar.close()
+        else:
+            bar.update(steps)
+
+    return advance
