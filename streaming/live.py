@@ -19,6 +19,7 @@ from recsys.config import Settings
 from recsys.serving.server import start_serving, stop_serving
 from recsys.serving.service import ServiceConfig
 from streaming.pipeline import StreamPipeline, Topics
+from streaming.registrar import schedule_for, served_policy_spec
 from streaming.topics import ensure_topics
 
 SHARD_NAME_PREFIX = "recsys-shard-"
@@ -104,7 +105,9 @@ def live_stack(
                   settings.kafka.replication_factor, **options)
     pipeline = StreamPipeline(bootstrap, settings.stream, template, checkpoint_uri,
                               lake_uri=lake_uri, topics=topics, client_options=options,
-                              shard_name_prefix=shard_name_prefix)
+                              shard_name_prefix=shard_name_prefix,
+                              policy_spec=served_policy_spec(settings),
+                              registrar=schedule_for(settings, checkpoint_uri))
     pipeline.start()
     timings["pipeline_start_s"] = time.monotonic() - started
     driver = PipelineDriver(pipeline).start()

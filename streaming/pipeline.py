@@ -33,6 +33,7 @@ from streaming.coordinator import CheckpointCoordinator, CheckpointReport, Pipel
 from streaming.joiner import JoinerActor
 from streaming.lake_writer import LakeWriterActor
 from streaming.learner import LearnerActor
+from streaming.registrar import RegistrationSchedule
 from streaming.shards import start_shards
 from streaming.topics import cluster_layout
 
@@ -59,7 +60,9 @@ class StreamPipeline:
 
     ``template`` is the empty (or warm-started) statistics over the whole catalogue: it is split
     into ``settings.shards`` shards and tells learners the layout. ``lake_uri`` None runs without
-    the Parquet lake.
+    the Parquet lake. ``policy_spec`` (the policy serving learns with, when known) is stored in
+    every checkpoint's ``meta["policy"]``; ``registrar`` (``streaming.registrar``) is handed each
+    checkpoint and registers one as a model version every ``stream.register_every_s``.
     """
 
     def __init__(
@@ -73,6 +76,8 @@ class StreamPipeline:
         topics: Topics = Topics(),
         client_options: Mapping[str, object] | None = None,
         shard_name_prefix: str | None = None,
+        policy_spec: Mapping[str, Any] | None = None,
+        registrar: RegistrationSchedule | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.settings = settings
@@ -81,6 +86,8 @@ class StreamPipeline:
         self.topics = topics
         self.client_options = dict(client_options or {})
         self.shard_name_prefix = shard_name_prefix
+        self.policy_spec = None if policy_spec is None else dict(policy_spec)
+        self.registrar = registrar
         layout = self._layout()
         self.partitions = layout.partitions[topics.impressions]
         if layout.partitions[topics.feedback] != self.partitions:
@@ -220,8 +227,11 @@ class StreamPipeline:
     def checkpoint(self) -> CheckpointReport:
         """Take a consistent checkpoint now (see ``streaming.coordinator``)."""
         assert self.actors is not None, "call start() first"
-        report = self.coordinator.checkpoint(self.actors)
+        meta = None if self.policy_spec is None else {"policy": self.policy_spec}
+        report = self.coordinator.checkpoint(self.actors, meta)
         self._last_checkpoint = time.monotonic()
+        if self.registrar is not None:  # hands the id over, never waits for mlflow
+            self.registrar.after_checkpoint(report.checkpoint_id)
         return report
 
     def recover(self) -> Checkpoint | None:
@@ -284,11 +294,14 @@ class StreamPipeline:
         report["recoveries"] = self.recoveries
         last = self.coordinator.last
         report["last_checkpoint"] = None if last is None else last.checkpoint_id
+        if self.registrar is not None:
+            report["registrations"] = self.registrar.counters()
         return report
 
     # ------------------------------------------------------------------ stopping
     def stop(self, checkpoint: bool = True) -> None:
-        """Checkpoint (by default), close the Kafka clients and end every actor."""
+        """Checkpoint (by default), close the Kafka clients and end every actor; a registration
+        in progress is waited for (bounded) before the registrar ends."""
         if self.actors is None:
             return
         try:
@@ -296,7 +309,11 @@ class StreamPipeline:
                 self.checkpoint()
             ray.get([a.close.remote() for a in self._readers()])
         finally:
-            self._kill()
+            try:
+                self._kill()
+            finally:
+                if self.registrar is not None:
+                    self.registrar.close()
 
     def _kill(self) -> None:
         if self.actors is None:

@@ -53,14 +53,26 @@ def checkpoint_location(settings: Settings, cluster: Any) -> str:
 def _status(pipeline: Any, rate: float, started: float) -> str:
     age_s = pipeline.checkpoint_age_s
     age = "none yet" if age_s is None else f"{age_s:.0f}s ago"
-    return (f"  {rate:>9,.0f} events/s | lag {pipeline.lag():>9,} | checkpoint {age} | "
+    line = (f"  {rate:>9,.0f} events/s | lag {pipeline.lag():>9,} | checkpoint {age} | "
             f"recoveries {pipeline.recoveries} | up {time.monotonic() - started:.0f}s")
+    if pipeline.registrar is not None:
+        line += f" | {_registrations(pipeline.registrar.counters())}"
+    return line
+
+
+def _registrations(counts: dict[str, Any]) -> str:
+    """Snapshot registrations in a few words: versions made (the last), failures."""
+    text = f"registered {counts['registered']}"
+    if counts["last_uri"]:
+        text += f" (last {counts['last_uri']})"
+    return text + (f", {counts['failed']} failed" if counts["failed"] else "")
 
 
 def run_stream(args: argparse.Namespace) -> int:
     """``recsys stream``; a catalogue that cannot be built or a checkpoint that belongs elsewhere
     is reported as an error (exit 2), not a traceback."""
     from streaming.pipeline import StreamPipeline
+    from streaming.registrar import schedule_for, served_policy_spec
     from streaming.services import kafka_cluster, ray_runtime
     from streaming.topics import ensure_topics, standard_topics
 
@@ -76,7 +88,8 @@ def run_stream(args: argparse.Namespace) -> int:
         pipeline = StreamPipeline(
             cluster.bootstrap, settings.stream, template, checkpoint_uri,
             lake_uri=None if args.no_lake else settings.lake_uri,
-            client_options=cluster.client_options,
+            client_options=cluster.client_options, policy_spec=served_policy_spec(settings),
+            registrar=schedule_for(settings, checkpoint_uri),
         )
         restored = pipeline.start()
         metrics = None
@@ -92,6 +105,9 @@ def run_stream(args: argparse.Namespace) -> int:
               f"{settings.stream.joiners} joiners; resuming from {where}")
         print(f"  checkpoints {checkpoint_uri}" + ("" if args.no_lake else
                                                    f"   lake {settings.lake_uri}"))
+        if pipeline.registrar is not None:
+            print(f"  snapshots registered as {settings.stream.registered_model} every "
+                  f"{settings.stream.register_every_s:g}s")
         started = time.monotonic()
         window_started, window_events = started, 0
         status = StatusLine(sys.stdout)  # redrawn on a terminal, plain lines in a log
@@ -118,7 +134,9 @@ def run_stream(args: argparse.Namespace) -> int:
             finally:
                 if metrics is not None:
                     metrics.stop()
-                pipeline.stop(checkpoint=False)
+                pipeline.stop(checkpoint=False)  # waits for a registration in progress
+            if pipeline.registrar is not None:
+                print(f"  {_registrations(pipeline.registrar.counters())}")
     return 0
 
 
