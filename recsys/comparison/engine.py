@@ -20,6 +20,8 @@ import math
 import numbers
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -83,19 +85,37 @@ class _Prepared:
         where = np.searchsorted(items, logs.items_, sorter=order).clip(0, items.size - 1)
         known = items[order[where]] == logs.items_
         self.column_of_logged = np.where(known, order[where], -1)
-        # Per position: the candidate's columns times [q̂ of each fold, unlogged pair, 1].
+        # Per fold: (C·k, 3k) with, for position q, the columns [q̂_f(·, q), unlogged(·, q), 1]
+        # at the rows of position q, so one matrix product of a run of requests'
+        # action_dist, reshaped (m, C·k), gives every per-position sum at once.
         tables = model.tables_for(items)  # [folds, C, k]
         logged = np.zeros((items.size, k), dtype=bool)
         logged[self.column_of_logged[known]] = logs.logged_pairs[known]
-        n_folds = tables.shape[0]
-        self.weights = [
-            np.column_stack([tables[:, :, p].T, ~logged[:, p], np.ones(items.size)])
-            for p in range(k)
-        ]
-        self.n_folds = n_folds
+        self.blocks = []
+        for table in tables:
+            block = np.zeros((items.size, k, k, 3))
+            for q in range(k):
+                block[:, q, q] = np.column_stack([table[:, q], ~logged[:, q],
+                                                  np.ones(items.size)])
+            self.blocks.append(block.reshape(items.size * k, 3 * k))
         self.sum_w = self.sum_w2 = self.sum_unlogged = 0.0
         self.max_w = 0.0
         self.unknown_rows = int((self.column_of_logged[logs.action_code] < 0).sum())
+
+    def absorb(self, part: _ChunkPart, block: np.ndarray) -> None:
+        """Write a chunk's columns into its rows of the sample matrix; add its partial sums."""
+        layout = self.layout
+        block[:, layout.dm], block[:, layout.dr] = part.dm, part.dr
+        block[:, layout.switch] = part.switch
+        block[:, layout.weighted_reward()] = part.weighted_reward
+        block[:, layout.weight()] = part.weight
+        block[:, layout.weighted_residual()] = part.weighted_residual
+        if part.pi is not None:
+            block[:, layout.pi] = part.pi
+        self.sum_w += part.sum_w
+        self.sum_w2 += part.sum_w2
+        self.sum_unlogged += part.sum_unlogged
+        self.max_w = max(self.max_w, part.max_w)
 
 
 def _item_ids(name: str, candidate: Any) -> np.ndarray:
@@ -143,7 +163,7 @@ def _uri(candidate: Any) -> tuple[str | None, str | None, str | None]:
 
 
 def _check_arguments(logs: Any, candidates: Any, estimators: Sequence[str],
-                     chunk_requests: Any) -> list[str]:
+                     chunk_requests: Any, n_jobs: Any) -> list[str]:
     if not isinstance(logs, LoggedSlates):
         raise TypeError(message("logs", "a LoggedSlates (from_frame, from_lake, from_parquet)",
                                 type(logs).__name__))
@@ -164,6 +184,8 @@ def _check_arguments(logs: Any, candidates: Any, estimators: Sequence[str],
             or chunk_requests < 1):
         raise ValueError(message("chunk_requests", "None or an integer >= 1",
                                  repr(chunk_requests)))
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral) or n_jobs < 1:
+        raise ValueError(message("n_jobs", "an integer >= 1", repr(n_jobs)))
     return names
 
 
@@ -198,6 +220,7 @@ def compare_policies(
     max_pi_cells: int = 2000,
     kinds: Mapping[str, str] | None = None,
     progress: bool | Callable[[int, int], None] | None = None,
+    n_jobs: int = 1,
 ) -> Comparison:
     """Estimate every candidate's value (expected sum of slot rewards per request) on ``logs``.
 
@@ -209,8 +232,11 @@ def compare_policies(
     fitted here). ``switch_tau``: Switch-DR's weight threshold (OBP's default, ∞, makes it DR).
     ``kinds``: name → "online" | "offline" | "baseline" (default from the candidate's ``kind``).
     ``progress``: True / False / a callback ``(done, total)``; None shows a bar on a terminal.
+    ``n_jobs``: threads reducing chunks at once (numpy releases the GIL in the heavy steps); the
+    candidates' ``action_dist`` must then be safe to call from several threads. The numbers do
+    not depend on ``chunk_requests`` or ``n_jobs``.
     """
-    names = _check_arguments(logs, candidates, estimators, chunk_requests)
+    names = _check_arguments(logs, candidates, estimators, chunk_requests, n_jobs)
     check_interval_arguments(alpha, n_bootstrap, random_state)
     switch_tau = check_scalar(switch_tau, "switch_tau", 0.0)
     k, n = logs.len_list, logs.n_requests
@@ -243,18 +269,27 @@ def compare_policies(
 
     widest = max(p.n_items for p in prepared) * k
     step = chunk_requests or max(1, min(MAX_CHUNK_REQUESTS, CHUNK_CELLS // widest))
-    starts = list(range(0, n, step))
-    report = _progress(progress, len(starts) * len(prepared))
+    spans = [(start, min(start + step, n)) for start in range(0, n, step)]
+
+    def reduce_span(span: tuple[int, int]) -> list[_ChunkPart]:
+        start, stop = span
+        batch = logs.requests.take(slice(start, stop))
+        rows = slice(int(logs.row_start[start]), int(logs.row_start[stop]))
+        return [_reduce_chunk(p, logs, batch, start, stop, rows, q_factual, request_fold,
+                              switch_tau, g_plus) for p in prepared]
+
+    report = _progress(progress, len(spans) * len(prepared))
+    pool = ThreadPoolExecutor(max_workers=n_jobs) if n_jobs > 1 else None
     try:
-        for start in starts:
-            stop = min(start + step, n)
-            batch = logs.requests.take(slice(start, stop))
-            rows = slice(int(logs.row_start[start]), int(logs.row_start[stop]))
-            for p in prepared:
-                _reduce_chunk(p, logs, batch, start, stop, rows, q_factual, request_fold,
-                              samples, switch_tau, g_plus)
+        # In order, whatever the threads: the running sums add up chunk by chunk identically.
+        parts = pool.map(reduce_span, spans) if pool is not None else map(reduce_span, spans)
+        for (start, stop), chunk in zip(spans, parts, strict=True):
+            for p, part in zip(prepared, chunk, strict=True):
+                p.absorb(part, samples[start:stop])
                 report(1)
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         report(None)
 
     resampled = bootstrap_means(samples, n_bootstrap, random_state)
@@ -281,10 +316,49 @@ def compare_policies(
                       omitted=omitted)
 
 
+@dataclass(frozen=True, eq=False)
+class _ChunkPart:
+    """One candidate's per-request columns on one chunk, and its diagnostics' partial sums."""
+
+    dm: np.ndarray
+    dr: np.ndarray
+    switch: np.ndarray
+    weighted_reward: np.ndarray  # (m, k)
+    weight: np.ndarray
+    weighted_residual: np.ndarray
+    pi: np.ndarray | None
+    sum_w: float
+    sum_w2: float
+    max_w: float
+    sum_unlogged: float
+
+
+def _position_sums(p: _Prepared, dist: np.ndarray, folds: np.ndarray, start: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """E_{π_e}[q̂] and the unlogged mass per (request, position), one matrix product per run of
+    requests in one fold; checks that each position's probabilities sum to 1."""
+    m, c, k = dist.shape
+    flat = np.ascontiguousarray(dist).reshape(m, c * k)
+    sums = np.empty((m, k, 3))
+    edges = np.flatnonzero(np.diff(folds)) + 1
+    for lo, hi in zip(np.r_[0, edges], np.r_[edges, m], strict=True):
+        sums[lo:hi] = (flat[lo:hi] @ p.blocks[folds[lo]]).reshape(hi - lo, k, 3)
+    total = sums[:, :, 2]
+    off = np.abs(total - 1.0)
+    if not off.max() <= _SUM_TOLERANCE:  # NaN fails too
+        request, position = np.unravel_index(int(np.argmax(~(off <= _SUM_TOLERANCE))), off.shape)
+        raise ValueError(message(
+            f"candidates[{p.name!r}].action_dist",
+            "a distribution over its items at every position (sums to 1)",
+            f"request {start + request} position {position} summing to "
+            f"{total[request, position]:.6g}"))
+    return sums[:, :, 0] / total, sums[:, :, 1]
+
+
 def _reduce_chunk(p: _Prepared, logs: LoggedSlates, batch: RequestBatch, start: int, stop: int,
                   rows: slice, q_factual: np.ndarray, request_fold: np.ndarray,
-                  samples: np.ndarray, switch_tau: float, g_plus: np.ndarray | None) -> None:
-    """One candidate on requests ``[start, stop)``: its per-request columns and running sums."""
+                  switch_tau: float, g_plus: np.ndarray | None) -> _ChunkPart:
+    """One candidate on requests ``[start, stop)``: its per-request columns and partial sums."""
     m, k = stop - start, logs.len_list
     dist = np.asarray(p.candidate.action_dist(batch, k))
     if dist.shape != (m, p.n_items, k):
@@ -294,21 +368,7 @@ def _reduce_chunk(p: _Prepared, logs: LoggedSlates, batch: RequestBatch, start: 
     if dist.min() < 0:
         raise ValueError(message(f"candidates[{p.name!r}].action_dist", "probabilities >= 0",
                                  f"a minimum of {dist.min():.6g} in requests [{start}, {stop})"))
-    # Per position: Σ_a π_e(a) [q̂_f(a) for every fold f, unlogged(a), 1] as one matmul.
-    folds = request_fold[start:stop]
-    expected = np.empty((m, k))
-    unlogged = np.empty((m, k))
-    for q in range(k):
-        out = np.ascontiguousarray(dist[:, :, q]) @ p.weights[q]
-        total = out[:, -1]
-        if not np.abs(total - 1.0).max() <= _SUM_TOLERANCE:  # NaN fails too
-            bad = start + int(np.argmax(~(np.abs(total - 1.0) <= _SUM_TOLERANCE)))
-            raise ValueError(message(
-                f"candidates[{p.name!r}].action_dist",
-                "a distribution over its items at every position (sums to 1)",
-                f"request {bad} position {q} summing to {total[bad - start]:.6g}"))
-        expected[:, q] = out[np.arange(m), folds] / total
-        unlogged[:, q] = out[:, p.n_folds]
+    expected, unlogged = _position_sums(p, dist, request_fold[start:stop], start)
     local = logs.request_index[rows] - start
     position = logs.position[rows]
     column = p.column_of_logged[logs.action_code[rows]]
@@ -317,20 +377,25 @@ def _reduce_chunk(p: _Prepared, logs: LoggedSlates, batch: RequestBatch, start: 
     pi_factual[known] = dist[local[known], column[known], position[known]]
     terms = row_terms(logs.reward[rows], logs.pscore[rows], pi_factual, q_factual[rows],
                       expected[local, position], switch_tau)
-    layout = p.layout
-    block = samples[start:stop]  # a view: writes land in samples
-    for column_index, key in ((layout.dm, "dm"), (layout.dr, "dr"), (layout.switch, "switch")):
-        block[:, column_index] = np.bincount(local, weights=terms[key], minlength=m)
-    for columns, key in ((layout.weighted_reward(), "ips"), (layout.weight(), "weight"),
-                         (layout.weighted_residual(), "residual")):
-        block[local, columns.start + position] = terms[key]
+
+    def per_request(key: str) -> np.ndarray:
+        return np.bincount(local, weights=terms[key], minlength=m)
+
+    def per_position(key: str) -> np.ndarray:
+        out = np.zeros((m, k))
+        out[local, position] = terms[key]
+        return out
+
     w = terms["weight"]
-    p.sum_w += float(w.sum())
-    p.sum_w2 += float((w * w).sum())
-    p.max_w = max(p.max_w, float(w.max()) if w.size else 0.0)
-    p.sum_unlogged += float(unlogged[local, position].sum())
-    if g_plus is not None:
-        block[:, layout.pi] = _pi_chunk(p, logs, dist, local, position, rows, m, g_plus)
+    return _ChunkPart(
+        dm=per_request("dm"), dr=per_request("dr"), switch=per_request("switch"),
+        weighted_reward=per_position("ips"), weight=per_position("weight"),
+        weighted_residual=per_position("residual"),
+        pi=None if g_plus is None else _pi_chunk(p, logs, dist, local, position, rows, m,
+                                                 g_plus),
+        sum_w=float(w.sum()), sum_w2=float((w * w).sum()),
+        max_w=float(w.max()) if w.size else 0.0,
+        sum_unlogged=float(unlogged[local, position].sum()))
 
 
 def _pi_chunk(p: _Prepared, logs: LoggedSlates, dist: np.ndarray, local: np.ndarray,

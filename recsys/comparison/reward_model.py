@@ -13,9 +13,11 @@ within-cell variance and τ²_k the between-item variance of the true means, est
 DerSimonian and Laird's method of moments (τ² = 0 shrinks every item to μ_k). Items or positions
 the training folds never show get μ_k (or the overall mean).
 
-Cross-fitting: request r belongs to fold ``fold_of(r)`` (a hash of its index, so folds do not
-depend on chunking); its q̂ comes from the other folds' counts, which keeps the DR correction
-r − q̂ independent of the row's own reward. ``n_folds=1`` fits on all rows (in-sample).
+Cross-fitting: request r belongs to fold ``fold_of(r)``, a hash of its block of ``FOLD_BLOCK``
+consecutive requests (so folds do not depend on chunking, and a chunk is a few runs of one fold,
+which lets the engine reduce each run with one matrix product); its q̂ comes from the other folds'
+counts, which keeps the DR correction r − q̂ independent of the row's own reward. ``n_folds=1``
+fits on all rows (in-sample).
 """
 
 from __future__ import annotations
@@ -25,16 +27,22 @@ from sklearn.base import BaseEstimator
 
 from recsys.validation import message
 
-__all__ = ["ShrunkRateModel", "fold_of"]
+__all__ = ["FOLD_BLOCK", "ShrunkRateModel", "fold_of"]
+
+FOLD_BLOCK = 128
+"""Consecutive requests that share a fold (fewer on logs too small for every fold to get at least
+eight blocks)."""
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-def fold_of(request_index: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarray:
-    """The fold of each request index: splitmix64(index + seed) mod ``n_folds``."""
-    z = np.asarray(request_index).astype(np.uint64) + np.uint64(seed) * _GOLDEN + _GOLDEN
+def fold_of(request_index: np.ndarray, n_folds: int, seed: int = 0, block: int = FOLD_BLOCK
+            ) -> np.ndarray:
+    """The fold of each request index: splitmix64(index // block + seed) mod ``n_folds``."""
+    blocks = np.asarray(request_index).astype(np.uint64) // np.uint64(block)
+    z = blocks + np.uint64(seed) * _GOLDEN + _GOLDEN
     z = (z ^ (z >> np.uint64(30))) * _MIX1
     z = (z ^ (z >> np.uint64(27))) * _MIX2
     z ^= z >> np.uint64(31)
@@ -75,9 +83,10 @@ class ShrunkRateModel(BaseEstimator):
     """Cross-fitted, shrunk mean reward per (item, position).
 
     Parameters: ``n_folds`` (K ≥ 1 folds of requests), ``random_state`` (the fold hash's seed).
-    Learned: ``items_`` (sorted item ids), ``len_list_``, ``table_`` ``[n_folds, n_items,
-    len_list]`` (fold f's q̂, fitted without fold f), ``prior_`` ``[n_folds, len_list]`` (the
-    position means, q̂ of items the fold's training rows never show), ``strength_`` (m_k).
+    Learned: ``items_`` (sorted item ids), ``len_list_``, ``block_`` (requests per fold block),
+    ``table_`` ``[n_folds, n_items, len_list]`` (fold f's q̂, fitted without fold f), ``prior_``
+    ``[n_folds, len_list]`` (the position means, q̂ of items the fold's training rows never
+    show), ``strength_`` (m_k).
     """
 
     def __init__(self, n_folds: int = 5, random_state: int = 0) -> None:
@@ -99,6 +108,8 @@ class ShrunkRateModel(BaseEstimator):
             raise ValueError(message("action", "item ids among items", "unknown ids"))
         k = int(position.max()) + 1 if len_list is None else int(len_list)
         folds = self.n_folds
+        n_requests = int(request_index.max()) + 1 if request_index.size else 0
+        self.block_ = int(np.clip(n_requests // (8 * folds), 1, FOLD_BLOCK))
         fold = self.fold_of(request_index)
         cell = (fold * items.size + code) * k + position
         size = folds * items.size * k
@@ -124,7 +135,7 @@ class ShrunkRateModel(BaseEstimator):
 
     def fold_of(self, request_index: np.ndarray) -> np.ndarray:
         """Each request's fold."""
-        return fold_of(request_index, int(self.n_folds), int(self.random_state))
+        return fold_of(request_index, int(self.n_folds), int(self.random_state), self.block_)
 
     def predict(self, action: np.ndarray, position: np.ndarray, request_index: np.ndarray
                 ) -> np.ndarray:

@@ -140,9 +140,9 @@ def test_the_pseudo_inverse_equals_recsys_ope_with_the_empirical_gamma():
     assert result.result("c").estimates["pi"].value == pytest.approx(expected, abs=1e-9)
 
 
-def test_chunk_size_does_not_change_any_number(case):
+def test_chunk_size_and_threads_do_not_change_any_number(case):
     logs, candidates = case
-    small = compare_policies(logs, candidates, n_bootstrap=50, chunk_requests=7,
+    small = compare_policies(logs, candidates, n_bootstrap=50, chunk_requests=7, n_jobs=3,
                              progress=False)
     whole = compare_policies(logs, candidates, n_bootstrap=50, progress=False)
     a, b = small.to_dict(), whole.to_dict()
@@ -247,6 +247,35 @@ def test_progress_callback_counts_every_chunk_of_every_candidate(case):
     assert seen[-1] == (total, total) and len(seen) == total
 
 
+def test_the_reward_model_is_cross_fitted_and_shrinks_sparse_items():
+    rng = np.random.default_rng(0)
+    n = 4000
+    request = np.arange(n)
+    items = np.array([10, 11, 12])
+    # Item 10 is shown 3800 times at rate 0.5, items 11 and 12 100 times each at 0.1 and 0.9.
+    action = np.where(request < 3800, 10, np.where(request < 3900, 11, 12))
+    reward = (rng.random(n) < np.select([action == 10, action == 11], [0.5, 0.1], 0.9)) * 1.0
+    position = np.zeros(n, dtype=np.int64)
+    model = ShrunkRateModel(n_folds=4).fit(items, action, position, reward, request)
+    fold = model.fold_of(request)
+    assert np.bincount(fold).min() > 500  # blocks of requests spread over every fold
+    # Fold f's table ignores fold f's rewards: flipping them changes only fold f's entries.
+    flipped = np.where(fold == 2, 1.0 - reward, reward)
+    other = ShrunkRateModel(n_folds=4).fit(items, action, position, flipped, request)
+    assert np.array_equal(other.table_[2], model.table_[2])
+    assert not np.array_equal(other.table_[0], model.table_[0])
+    # A well-observed item keeps its own rate; sparse ones move toward the position's mean.
+    q = ShrunkRateModel(n_folds=1).fit(items, action, position, reward, request).table_[0, :, 0]
+    raw = np.array([reward[action == i].mean() for i in items])
+    mean = reward.mean()
+    assert abs(q[0] - raw[0]) < 0.01
+    assert all(min(r, mean) < v < max(r, mean) for r, v in zip(raw[1:], q[1:], strict=True))
+    assert np.isinf(ShrunkRateModel(n_folds=1).fit(
+        items, action, position, np.ones(n), request).strength_).all()  # no spread: mean only
+    assert model.predict(np.array([99]), np.array([0]), np.array([0]))[0] == model.prior_[
+        fold[0], 0]
+
+
 class Broken:
     def __init__(self, dist_fn, n_items=N_ITEMS) -> None:
         self.item_ids_ = np.arange(n_items)
@@ -296,5 +325,7 @@ def test_bad_arguments_are_named():
         compare_policies(logs, good, alpha=1.5)
     with pytest.raises(ValueError, match="chunk_requests"):
         compare_policies(logs, good, chunk_requests=0)
+    with pytest.raises(ValueError, match="n_jobs: expected an integer >= 1"):
+        compare_policies(logs, good, n_jobs=0)
     with pytest.raises(ValueError, match="kinds\\['u'\\]"):
         compare_policies(logs, good, kinds={"u": "champion"}, n_bootstrap=5, progress=False)
