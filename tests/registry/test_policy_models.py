@@ -91,7 +91,9 @@ def store(tmp_path_factory: pytest.TempPathFactory):
     previous = mlflow.get_tracking_uri()
     root = tmp_path_factory.mktemp("mlflow")
     mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
-    mlflow.set_experiment("registry-round-trip")
+    experiment = mlflow.create_experiment("registry-round-trip",
+                                          artifact_location=(root / "artifacts").as_uri())
+    mlflow.set_experiment(experiment_id=experiment)
     models, infos = {}, {}
     with mlflow.start_run():
         for name, (make, _) in REGISTERED.items():
