@@ -52,10 +52,18 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers, "train", run_train,
         help="train an offline model from a config file's [train] table (offline/configs/)",
-        description="Train the model a config file's [train] table describes, on Ray Train, and "
-        f"log every seed's run and model to mlflow. Example: {TRAIN_EXAMPLE}",
+        description="Train the model a config file's [train] table describes, on Ray Train, "
+        "log every seed's run and model to mlflow, and register one model version: the seed "
+        "with the best monitored validation metric (or --register-seed). Example: "
+        f"{TRAIN_EXAMPLE}",
     )
     _common(parser)
+    parser.add_argument("--register-seed", type=int, default=None, metavar="SEED",
+                        help="register this seed's model (default: the seed with the best "
+                        "monitored validation metric); the other seeds stay unregistered runs")
+    parser.add_argument("--policy-model", metavar="NAME", default=None,
+                        help="registered model name of the policy form (default: the config's "
+                        "[train.policy] registered_model, else <name>-policy)")
     parser.add_argument("--export-user-features", metavar="PATH", default=None,
                         help="write the first seed's user embeddings as the serving app's "
                         "user-feature table (Parquet)")
@@ -85,8 +93,10 @@ def _start(settings: Settings) -> str:
     return configure_mlflow(settings)
 
 
-def train_spec(settings: Settings, seeds: tuple[int, ...] | None = None) -> TrainSpec:
-    """The config file's ``[train]`` specification, validated (with ``seeds`` if given)."""
+def train_spec(settings: Settings, seeds: tuple[int, ...] | None = None,
+               policy_model: str | None = None) -> TrainSpec:
+    """The config file's ``[train]`` specification, validated (with ``seeds`` and the policy
+    form's registered model name if given)."""
     from offline.spec import SpecError, TrainSpec
 
     table = settings.tables.get("train")
@@ -98,7 +108,10 @@ def train_spec(settings: Settings, seeds: tuple[int, ...] | None = None) -> Trai
                            f"with one, e.g. {TRAIN_EXAMPLE}")
     try:
         spec = TrainSpec.from_table(table)
-        return spec.with_overrides({"seeds": list(seeds)}) if seeds else spec
+        overrides: dict[str, object] = {"seeds": list(seeds)} if seeds else {}
+        if policy_model is not None:
+            overrides["policy.registered_model"] = policy_model
+        return spec.with_overrides(overrides) if overrides else spec
     except SpecError as exc:
         raise CommandError(f"{settings.config_file}: {exc}") from None
 
@@ -120,7 +133,10 @@ def run_train(args: argparse.Namespace) -> int:
     from recsys.ray_runtime import ray_runtime
 
     settings: Settings = args.settings
-    spec = train_spec(settings, args.seeds)
+    spec = train_spec(settings, args.seeds, args.policy_model)
+    if args.register_seed is not None and args.register_seed not in spec.seeds:
+        raise CommandError(f"--register-seed: expected one of the trained seeds "
+                           f"({', '.join(map(str, spec.seeds))}), got {args.register_seed}")
     started = time.perf_counter()
     with _data_errors():
         prepared = prepare_jobs([spec], settings)
@@ -130,10 +146,10 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"ray: {origin}; {args.num_workers or spec.num_workers} Ray Train worker(s)")
             runs = train_jobs(prepared, settings, name=spec.name, backend="ray",
                               num_workers=args.num_workers, progress=not args.quiet,
-                              log_models=not args.no_models)
+                              log_models=not args.no_models, register_seed=args.register_seed)
     else:
         runs = train_jobs(prepared, settings, name=spec.name, backend="local",
-                          log_models=not args.no_models)
+                          log_models=not args.no_models, register_seed=args.register_seed)
     shown = ("test_mae", "test_mse", "test_auc", "test_recall@20", "test_ndcg@20",
              "test_true_recall@20", "train_noisy_share")
     metrics = [k for k in shown if any(k in run.result.metrics for run in runs)]
@@ -142,11 +158,18 @@ def run_train(args: argparse.Namespace) -> int:
         values = ", ".join(f"{k}={run.result.metrics[k]:.4f}" for k in metrics
                            if k in run.result.metrics)
         print(f"  seed {run.result.seed}: best epoch {run.result.best_epoch}: {values}")
-        print(f"    mlflow run {run.mlflow['run_id']}  model {run.mlflow['model_uri']}")
+        model = run.mlflow["model_uri"] or "not logged (--no-models)"
+        print(f"    mlflow run {run.mlflow['run_id']}  model {model}")
     if len(runs) > 1:
         for k in metrics:
             stats = summarise([run.result.metrics[k] for run in runs if k in run.result.metrics])
             print(f"  {k}: {stats['mean']:.4f} ± {stats['std']:.4f}")
+    for run in runs:
+        if run.registered:
+            print(f"registered: {run.registered} (seed {run.result.seed}; "
+                  f"{run.selection})")
+        if run.policy:
+            print(f"policy form: {run.policy} ({spec.policy.exploration})")
     export = args.export_user_features or spec.export_user_features
     if export:
         path = export_user_table(runs[0], export)

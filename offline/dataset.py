@@ -16,6 +16,7 @@ Frames (``train``, ``valid``, ``test``, ``mar_sample``) share one column contrac
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -38,6 +39,8 @@ OPTIONAL_COLUMNS: dict[str, pl.DataType] = {
     "noise": pl.Boolean(),
     "event_time_ms": pl.Int64(),
 }
+RUN_LINEAGE: frozenset[str] = frozenset({"seed", "lake_uri"})
+"""Lineage keys that describe a run or a location, not the data (left out of the data hash)."""
 
 
 def interactions_frame(
@@ -87,6 +90,9 @@ class Dataset:
     user_ids: tuple[str, ...] | None = None
     """The source's id of each contiguous user, when users were re-indexed (exported user
     tables are keyed by these)."""
+    item_ids: tuple[int, ...] | None = None
+    """The source's id of each contiguous item, when items were re-indexed (None: item ``j`` is
+    the source's item ``j``). With ``user_ids``, the id maps a registered model is logged with."""
     lineage: Mapping[str, str] = field(default_factory=dict)
     """Where the data came from: ``data_source``, ``split``, ``noise_ratio``, lake offsets..."""
 
@@ -113,6 +119,11 @@ class Dataset:
                 message(f"{self.name}.user_ids", f"one id for each of the {self.n_users} users",
                         f"{len(self.user_ids)} ids")
             )
+        if self.item_ids is not None and len(self.item_ids) != self.n_items:
+            raise ValueError(
+                message(f"{self.name}.item_ids", f"one id for each of the {self.n_items} items",
+                        f"{len(self.item_ids)} ids")
+            )
         for name in ("propensity_matrix", "true_relevance"):
             array = getattr(self, name)
             if array is not None and array.shape != (self.n_users, self.n_items):
@@ -122,12 +133,35 @@ class Dataset:
                 )
 
     def fingerprint(self) -> str:
-        """A short content hash of the splits (lineage: which data a model was trained on)."""
+        """A short hash of the data itself: every row of every split as one multiset
+        (``user_id``, ``item_id``, ``label``; order and split assignment ignored), the feature
+        arrays, and the data specification (``lineage`` without the run keys ``RUN_LINEAGE``: the
+        seed and where the files live). The same data split the same way gets the same hash
+        whatever the run's seed; rows drawn per seed (PLD-protocol noise injected into train)
+        are rows of the data, so those hashes differ, as the data do."""
+        digest = hashlib.sha256()
+        parts = [self.train, self.valid, self.test]
+        if self.mar_sample is not None:
+            parts.append(self.mar_sample)
+        rows = pl.concat([part.select(list(REQUIRED_COLUMNS)) for part in parts])
+        digest.update(np.sort(rows.hash_rows(seed=0).to_numpy()).tobytes())
+        for array in (self.user_features, self.item_features):
+            if array is not None:
+                digest.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+        spec = {k: str(v) for k, v in self.lineage.items() if k not in RUN_LINEAGE}
+        digest.update(json.dumps([self.task, self.n_users, self.n_items, spec],
+                                 sort_keys=True).encode())
+        return digest.hexdigest()[:16]
+
+    def split_fingerprint(self) -> str:
+        """A short hash of the split: which rows are in train, valid and test, in order (random
+        splits differ per seed; the data's own hash is :meth:`fingerprint`)."""
         digest = hashlib.sha256()
         for frame in (self.train, self.valid, self.test):
             digest.update(
                 frame.select(list(REQUIRED_COLUMNS)).hash_rows(seed=0).to_numpy().tobytes()
             )
+            digest.update(b"|")
         return digest.hexdigest()[:16]
 
 

@@ -11,7 +11,8 @@
 
 Each experiment prepares all its data first (without Ray, so a missing data file is reported before
 Ray starts), then trains all its runs in one Ray Train fit, logs every run (with its model) as a
-child of one mlflow parent run, checks its targets, and prints a table; all of it also goes to a
+child of one mlflow parent run, registers one model version per cell (its best seed on the
+monitored validation metric), checks its targets, and prints a table; all of it also goes to a
 JSON results file.
 """
 
@@ -218,7 +219,8 @@ def run_experiment(
     with mlflow.start_run(run_name=f"reproduce-{experiment.name}") as parent:
         runs = train_jobs(prepared.jobs, settings, name=f"reproduce-{experiment.name}",
                           backend=backend, num_workers=num_workers, progress=progress,
-                          log_models=log_models, extra_tags={"reproduce": experiment.name})
+                          log_models=log_models,
+                          extra_tags={"recsys.reproduce": experiment.name})
         rows = _aggregate(experiment, specs, runs)
         targets = experiment.check(rows)
         result = {
@@ -248,7 +250,9 @@ def _aggregate(experiment: Experiment, specs: list[TrainSpec],
             if values:
                 metrics[metric] = summarise(values)
         rows.append({"label": cell.label, "config": cell.config, "metrics": metrics,
-                     "run_ids": [run.mlflow["run_id"] for run in mine]})
+                     "run_ids": [run.mlflow["run_id"] for run in mine],
+                     "registered": next((run.registered for run in mine if run.registered),
+                                        None)})
     return rows
 
 

@@ -1,9 +1,11 @@
 """Recording a finished training run in mlflow: its parameters, per-epoch metrics, plots and the
-model (a registered pyfunc with lineage tags, ``offline.registry``)."""
+model (a pyfunc with its id maps and lineage tags, ``offline.registry``), and registering the run
+an experiment selected as one model version with a description."""
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +14,13 @@ from torch import nn
 
 from offline.models import build_model
 from offline.prepared import PreparedData
-from offline.registry import lineage_tags, log_torch_model
+from offline.registry import IdMaps, lineage_tags, log_torch_model
 from offline.spec import TrainSpec
 from offline.training import RunResult, model_arrays
 from offline.weights import inverse_propensity_weights, plot_weight_diagnostics
+
+MODEL_NAME = "model"
+"""The artifact name of a run's torch model (``runs:/RUN/model``)."""
 
 
 def mlflow_metric_name(name: str) -> str:
@@ -59,6 +64,20 @@ def plot_learning_curves(result: RunResult, monitor: str, path: Path) -> Path:
     return path
 
 
+RUN_TAGS = ("recsys.seed", "recsys.model", "recsys.objective", "recsys.ray_train_workers")
+SELECTED = "recsys.selected"
+"""Run tag: "true" on the run whose model was registered for its experiment, else "false"."""
+
+
+def run_tags(result: RunResult, spec: TrainSpec, data: PreparedData,
+             extra_tags: dict[str, str] | None = None) -> dict[str, str]:
+    """A run's tags: the data's lineage (``offline.registry``, once each) and the run's own."""
+    return {**lineage_tags(data.dataset), **(extra_tags or {}),
+            "recsys.seed": str(result.seed), "recsys.model": spec.model.name,
+            "recsys.objective": spec.objective.name,
+            "recsys.ray_train_workers": str(result.world_size)}
+
+
 def log_run(
     result: RunResult,
     spec: TrainSpec,
@@ -67,14 +86,13 @@ def log_run(
     extra_tags: dict[str, str] | None = None,
     log_model: bool = True,
 ) -> dict[str, Any]:
-    """Log one run in a new mlflow run (the experiment must be set); returns its ids."""
+    """Log one run in a new mlflow run (the experiment must be set), its model logged but not
+    registered (:func:`register_run` registers the experiment's selected run); returns its ids:
+    ``run_id``, ``model_uri`` (``runs:/RUN/model``), ``logged_model_uri`` (mlflow's
+    ``models:/m-…``, for registering) and the run's ``tags``."""
     import mlflow
 
-    tags = {**lineage_tags(data.dataset), **(extra_tags or {}),
-            "seed": str(result.seed), "objective": spec.objective.name,
-            "model": spec.model.name, "ray_train_workers": str(result.world_size)}
-    for key, value in data.dataset.lineage.items():
-        tags.setdefault(f"data.{key}", str(value))
+    tags = run_tags(result, spec, data, extra_tags)
     nested = mlflow.active_run() is not None  # inside a `recsys reproduce` parent run
     with mlflow.start_run(run_name=f"{spec.name}-seed{result.seed}", nested=nested) as run:
         params = {**spec.flat_params(), "seed": result.seed}
@@ -100,16 +118,78 @@ def log_run(
                         "history.json")
         info = None
         if log_model:
-            info = log_torch_model(
-                rebuild_model(result, data),
-                name="model",
-                registered_model_name=spec.name if spec.register else None,
-                tags=tags,
-            )
+            info = log_torch_model(rebuild_model(result, data), name=MODEL_NAME,
+                                   ids=IdMaps.of(data.dataset), tags=tags)
         else:
             mlflow.set_tags(tags)
         return {
             "run_id": run.info.run_id,
-            "model_uri": info.model_uri if info is not None else None,
-            "model_version": getattr(info, "registered_model_version", None) if info else None,
+            "model_uri": f"runs:/{run.info.run_id}/{MODEL_NAME}" if info is not None else None,
+            "logged_model_uri": info.model_uri if info is not None else None,
+            "tags": tags,
         }
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which seed of an experiment is registered, and why."""
+
+    seed: int
+    rule: str
+    """In words: ``best valid_mse (lowest) of seeds 0, 1, 2`` or ``chosen: --register-seed 1``."""
+    seeds: tuple[int, ...]
+
+
+HEADLINE = ("test_mae", "test_mse", "test_auc", "test_recall@20", "test_ndcg@20",
+            "test_true_recall@20", "test_true_relevance@20")
+
+
+def headline_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The test metrics a description shows (those the run has)."""
+    return {k: float(metrics[k]) for k in HEADLINE if k in metrics and np.isfinite(metrics[k])}
+
+
+def describe(spec: TrainSpec, data: PreparedData, result: RunResult, selection: Selection,
+             tags: dict[str, str]) -> str:
+    """The model version's description: what was trained on what, the selection, the headline
+    metrics and how to call it."""
+    from offline.registry import DATA_SOURCE, DATASET_HASH, SPLIT, SPLIT_HASH, USAGE
+
+    dataset = data.dataset
+    propensity = ("no propensities" if spec.propensity.name == "none"
+                  else f"{spec.propensity.name} propensities")
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in headline_metrics(result.metrics).items())
+    return "\n\n".join([
+        f"{spec.model.name} model ({result.model_config}) trained with the "
+        f"{spec.objective.name} objective ({propensity}) on {tags[DATA_SOURCE]} "
+        f"(dataset {tags[DATASET_HASH]}, split {tags[SPLIT]} {tags[SPLIT_HASH]}: "
+        f"{dataset.train.height}/{dataset.valid.height}/{dataset.test.height} rows, "
+        f"{dataset.n_users} users, {dataset.n_items} items); config {spec.name}.",
+        f"Selected seed {selection.seed}: {selection.rule}; best epoch {result.best_epoch}. "
+        "The other seeds are runs of the same experiment with unregistered models.",
+        f"Test metrics: {metrics or 'none'}.",
+        USAGE,
+    ])
+
+
+def register_run(result: RunResult, spec: TrainSpec, data: PreparedData, ids: dict[str, Any],
+                 selection: Selection) -> str:
+    """Register the run's logged model as a version of ``spec.name`` with a description and the
+    run's tags plus the selection's; returns ``models:/NAME/VERSION``."""
+    from offline.registry import register_version
+
+    tags = {**ids["tags"], "recsys.selection": selection.rule,
+            "recsys.seeds": ",".join(map(str, selection.seeds))}
+    version = register_version(ids["logged_model_uri"], spec.name, tags=tags,
+                               description=describe(spec, data, result, selection, ids["tags"]))
+    return f"models:/{spec.name}/{version}"
+
+
+def mark_selection(run_ids: list[str], selected: str | None, selection: Selection) -> None:
+    """Tag every run of an experiment with whether its model was the one registered."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for run_id in run_ids:
+        client.set_tag(run_id, SELECTED, "true" if run_id == selected else "false")
+        client.set_tag(run_id, "recsys.selection", selection.rule)

@@ -29,6 +29,11 @@ name = "ips"                  # see offline.objectives.OBJECTIVES; other keys: h
 lr = 0.01
 epochs = 100
 monitor = "valid_snips_mse"   # early stopping on this validation metric
+[train.policy]                # the policy form registered next to the model (offline.policy_form)
+exploration = "softmax"       # "greedy", "epsilon_greedy" or "softmax" (Plackett-Luce)
+temperature = 1.0             # softmax over score / temperature
+epsilon = 0.0                 # uniform slate with this probability
+registered_model = "coat-mf-ips-policy"   # default: "<name>-policy"
 ```
 """
 
@@ -134,6 +139,40 @@ class OptimizerSpec:
 
 
 @dataclass(frozen=True)
+class PolicySpec:
+    """The policy form of the trained model: its scores with an exploration rule (the
+    hyperparameters of ``recsys.policies.LinearScorePolicy``), registered as its own model."""
+
+    exploration: str = "softmax"
+    epsilon: float = 0.0
+    temperature: float = 1.0
+    n_mc_draws: int = 1000
+    """Plackett-Luce draws for Monte Carlo propensities (softmax slates beyond exact forms)."""
+    registered_model: str | None = None
+    """The registered model name (None: ``<train.name>-policy``)."""
+    register: bool = True
+    """Register the policy form at all."""
+
+    def policy_params(self) -> dict[str, Any]:
+        """The ``LinearScorePolicy`` hyperparameters."""
+        return {"exploration": self.exploration, "epsilon": self.epsilon,
+                "temperature": self.temperature, "n_mc_draws": self.n_mc_draws}
+
+    def check(self) -> None:
+        """Raise ``SpecError`` for hyperparameters the policy would refuse."""
+        from recsys.policies.linear import LinearScorePolicy
+
+        if self.registered_model is not None and (
+                not isinstance(self.registered_model, str) or not self.registered_model):
+            raise SpecError(message("train.policy.registered_model", "a non-empty name",
+                                    repr(self.registered_model)))
+        try:
+            LinearScorePolicy(**self.policy_params()).check_params()
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"train.policy.{exc}") from None
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     """A whole training specification (see the module docstring for the TOML form)."""
 
@@ -151,6 +190,13 @@ class TrainSpec:
     """Write the model's user embeddings here as the serving app's user-feature table."""
     clip: float = 0.0
     """Propensities below this are clipped to it (0: no clipping)."""
+    policy: PolicySpec = field(default_factory=PolicySpec)
+    """The policy form registered next to the model."""
+
+    @property
+    def policy_model_name(self) -> str:
+        """The registered model name of the policy form."""
+        return self.policy.registered_model or f"{self.name}-policy"
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -169,7 +215,7 @@ class TrainSpec:
         """Validate a ``[train]`` table (as parsed from TOML)."""
         table = copy.deepcopy(dict(table))
         known = {"name", "seeds", "num_workers", "use_gpu", "register", "export_user_features",
-                 "data", "propensity", "model", "objective", "optimizer"}
+                 "data", "propensity", "model", "objective", "optimizer", "policy"}
         _check_keys("train", table, known)
         for section in ("data", "model", "objective"):
             if section not in table:
@@ -183,6 +229,10 @@ class TrainSpec:
         propensity = Component(*_split(propensity_table, "train.propensity", "estimator"))
         optimizer_table = table.get("optimizer", {})
         _check_keys("train.optimizer", optimizer_table, {f.name for f in fields(OptimizerSpec)})
+        policy_table = table.get("policy", {})
+        if not isinstance(policy_table, Mapping):
+            raise SpecError(message("train.policy", "a table", type(policy_table).__name__))
+        _check_keys("train.policy", policy_table, {f.name for f in fields(PolicySpec)})
         seeds = table.get("seeds", [0])
         if isinstance(seeds, int):
             seeds = [seeds]
@@ -200,10 +250,12 @@ class TrainSpec:
                 register=bool(table.get("register", True)),
                 export_user_features=table.get("export_user_features"),
                 clip=clip,
+                policy=PolicySpec(**policy_table),
             )
         except TypeError as exc:
             raise SpecError(f"train: {exc}") from exc
         spec.check_components()
+        spec.policy.check()
         return spec
 
     def check_components(self) -> None:
@@ -254,6 +306,7 @@ class TrainSpec:
             "model": {"name": self.model.name, **self.model.params},
             "objective": {"name": self.objective.name, **self.objective.params},
             "optimizer": asdict(self.optimizer),
+            "policy": {k: v for k, v in asdict(self.policy).items() if v is not None},
         }
         if self.export_user_features:
             table["export_user_features"] = self.export_user_features
