@@ -130,7 +130,7 @@ def run_promote(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     logs = None
-    if args.comparison_run is None:
+    if args.comparison_run is None and args.logs is not None:
         logs = logs_from_args(args)
     alias = args.alias or settings.registry.champion_alias
     decision = promote(
