@@ -10,6 +10,7 @@ from typing import Any
 
 from recsys.checkpoint import CheckpointError
 from recsys.commands import CommandError, add_command
+from recsys.comparison.candidates import CandidateError
 from recsys.registry.promotion import (
     HISTORY_TAG,
     RULES,
@@ -189,13 +190,14 @@ def run_register(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """The ``models`` command and its actions."""
+    from recsys.cli import _add_global_flags
     parser = subparsers.add_parser(
         "models", help="list, promote, roll back and register policies in the mlflow registry",
         description="Registered policies (mlflow models of one flavour): list them, promote a "
                     "challenger by a stated rule, roll the champion alias back, register a "
                     "streaming checkpoint.")
     actions = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    expected = (PromotionError, CheckpointError, ValueError)
+    expected = (PromotionError, CandidateError)
 
     listing = add_command(actions, "list", run_list, expected=expected,
                           help="registered versions: aliases, kind, latest estimate, created")
@@ -203,7 +205,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON rows")
 
     promoting = add_command(
-        actions, "promote", run_promote, expected=expected,
+        actions, "promote", run_promote, expected=(*expected, ValueError),
         help="move the champion alias to a challenger when the rule holds",
         description=_PROMOTE_HELP)
     promoting.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -240,7 +242,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     back.add_argument("--json", action="store_true", help="print JSON")
 
     registering = add_command(
-        actions, "register", run_register, expected=expected,
+        actions, "register", run_register, expected=(CheckpointError, ValueError),
         help="register a streaming checkpoint's bandit statistics as a model version")
     registering.add_argument("--checkpoint", default=None, metavar="ID",
                              help="checkpoint id (default: the newest)")
@@ -252,3 +254,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     registering.add_argument("--uri", default=None,
                              help="checkpoint location (default stream.checkpoint_uri)")
     registering.add_argument("--json", action="store_true", help="print JSON")
+    for action in (listing, promoting, back, registering):
+        # The configuration flags work after the action too (recsys models list --data-dir D).
+        _add_global_flags(action, suppress=True)

@@ -90,7 +90,7 @@ def test_promote_keeps_or_moves_the_champion_as_the_rule_says_and_rollback_retur
 
 
 def test_list_json_and_errors_are_one_line(data, capsys) -> None:
-    assert main(_models(data, "list", "--json")) == 0
+    assert main(["models", "list", "--json", "--data-dir", str(data[0])]) == 0  # flags after
     rows = json.loads(capsys.readouterr().out)
     assert [r["uri"] for r in rows] == ["models:/pol/1", "models:/pol/2", "models:/pol/3"]
     assert main(_models(data, "list", "poll")) == 2
