@@ -1,49 +1,69 @@
-"""``recsys demo``: the closed loop, visibly learning, on embedded defaults.
+"""``recsys demo``: the whole product on embedded defaults, from simulated users to a promotion.
 
 Starts (or connects to) Kafka, Ray and the mlflow store; runs the streaming pipeline and the
 serving app on it (``streaming.live``); the simulator's users (``simulators.http_traffic``) ask
 ``POST /recommend`` for slates, click with the simulator's choice model and post the clicks to
-``POST /feedback``; the stream learns from the logged impressions and clicks and the app scores
-with the new snapshots. Traffic is split between Thompson sampling (``diag_lin_ts``) and a
-uniformly random control (``uniform``), side by side. A few malformed records go to the input
-topics to show the dead-letter path. At the end it measures click → served-score freshness on
-probe items, prints a table (CTR of each arm over time, the simulator's true policy values,
-regret, freshness, events, dead letters), saves a plot (CTR over time with confidence bands,
-cumulative regret), logs everything to mlflow and shuts down what it started. Exit status 0 when
-the learning arm clearly beats uniform.
+``POST /feedback``, in a background thread from the first second to the last. Traffic is split in
+thirds between Thompson sampling learning online (``diag_lin_ts``), a uniformly random control
+(``uniform``) and the ``champion`` arm, which serves whatever version of the registered model
+``demo-recommender`` its ``champion`` alias points at (``streaming.demo_product``): at first the
+uniform baseline, registered before serving starts.
+
+Phase 1 (``plan.duration_s`` of traffic): the bandit learns from Kafka; the lake fills. At the
+time cut (``plan.holdout_s`` before the end of phase 1) the stream's checkpoint is registered as
+a version (the online snapshot); the logs after the cut are held out. Then, with traffic going
+on, an IPS model and a PLD model are trained on the lake's logs before the cut (``recsys train``
+with ``offline/configs/demo_ips.toml`` and ``demo_pld.toml``) and register their policy forms as
+versions; every version, the champion and the logging policy are compared on the held-out logs
+(off-policy estimates with bootstrap intervals, and the simulator's true values: the run writes
+its ``world.json`` at the lake root); the best challenger is promoted when the registry's rule
+holds, and the serving app switches without a restart. Phase 2 (``plan.after_s`` of traffic
+after the switch): the champion arm serves the new version. At the end it measures click →
+served-score freshness on probe items, prints the comparison, the champion, each arm's CTR
+before and after the switch and the ``mlflow ui`` command, saves the plot (CTR over time with the
+switch marked, cumulative regret), logs everything to mlflow and stops what it started. Exit
+status 0 when :meth:`DemoReport.problems` finds nothing (``streaming.demo_report``).
 
 Four steps, one function each: :func:`prepare` (the plan made concrete: world, run folder,
-settings, topics), :func:`run_loop` (services up, traffic, measurements, services down),
-:func:`build_report` (judgement, table figures, plot, files) and :func:`log_run` (mlflow).
-Each run uses its own topics and checkpoint folder (``<data_dir>/demo/<run>``), so runs on a
-long-lived broker never see each other's events.
+settings, topics, the first champion), :func:`run_loop` (services up, the phases, measurements,
+services down), :func:`build_report` (judgement, table figures, plot, files) and
+:func:`log_run` (mlflow). Each run uses its own topics and folder (``<data_dir>/demo/<run>``), so
+runs on a long-lived broker never see each other's events; the registered model is shared by
+runs on one mlflow store (each run adds its versions and moves the alias).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
+import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recsys.commands import add_command
+from recsys.commands import CommandError, add_command
 from recsys.config import ServeSettings, Settings, StreamSettings
 from recsys.events import Context, Feedback, Impression, SlateEntry, encode
+from recsys.policies import RequestBatch
 from recsys.progress import progress_bar
 from recsys.serving.server import PortInUseError, claim_serve_port
-from recsys.tracking import configure_mlflow
+from recsys.tracking import configure_mlflow, mlflow_ui_command
 from simulators.model import SimulatorConfig, SlateSimulator
+from streaming import demo_product as product
 from streaming.demo_report import (
+    CHAMPION_ARM,
     CONTROL_ARM,
     LEARNING_ARM,
     DemoReport,
+    before_after,
     ctr_table,
     cumulative_regret,
     print_report,
@@ -58,29 +78,46 @@ DEMO_WORLD = SimulatorConfig(n_users=2000, n_items=200, dim=16, slate_size=5,
 @dataclass(frozen=True)
 class DemoPlan:
     """How big and how long: the simulated world (its ``seed`` seeds the whole run) and the
-    traffic."""
+    traffic: ``duration_s`` before the registry steps (phase 1, whose last ``holdout_s`` are
+    the held-out logs of the comparison) and ``after_s`` after the switch (phase 2)."""
 
     world: SimulatorConfig = DEMO_WORLD
-    duration_s: float = 180.0
+    duration_s: float = 150.0
+    holdout_s: float = 40.0
+    after_s: float = 100.0
     round_size: int = 50
     concurrency: int = 16
     freshness_probes: int = 30
     bad_records: int = 5
+    switch_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.holdout_s < self.duration_s:
+            raise ValueError(f"holdout_s: expected a number in (0, duration_s = "
+                             f"{self.duration_s:g}), got {self.holdout_s!r}")
+        if not self.after_s > 0:
+            raise ValueError(f"after_s: expected a number > 0, got {self.after_s!r}")
 
     @property
     def seed(self) -> int:
         return self.world.seed
 
+    @property
+    def cut_s(self) -> float:
+        """Seconds of traffic at the time cut: the snapshot, and the end of the training logs."""
+        return self.duration_s - self.holdout_s
+
     @classmethod
     def quick(cls, seed: int = 0) -> DemoPlan:
-        """The ≤ 2-minute version (the end-to-end test runs it)."""
-        return cls(world=replace(DEMO_WORLD, seed=seed), duration_s=60.0, freshness_probes=10)
+        """The ≤ 3-minute version (the end-to-end test runs it)."""
+        return cls(world=replace(DEMO_WORLD, seed=seed), duration_s=40.0, holdout_s=15.0,
+                   after_s=20.0, freshness_probes=10)
 
 
 @dataclass(frozen=True)
 class DemoRun:
     """A plan made concrete by :func:`prepare`: the world, the run's folder, settings and
-    topics, and the mlflow experiment it logs to."""
+    topics, the mlflow experiment it logs to and the first champion."""
 
     plan: DemoPlan
     sim: SlateSimulator
@@ -90,6 +127,35 @@ class DemoRun:
     topics: Any
     """The run's own ``streaming.pipeline.Topics``."""
     experiment_id: str
+    first_champion: product.Candidate
+
+    @property
+    def lake_uri(self) -> str:
+        return str(self.run_dir / "lake")
+
+
+@dataclass
+class Timeline:
+    """Wall-clock times (``time.time()``) of the run's events, and the time cut in ms."""
+
+    cut: float = math.nan
+    holdout_end: float = math.nan
+    promoted: float = math.nan
+    switched: float = math.nan
+    cut_ms: int = 0
+    end_ms: int = 0
+
+
+@dataclass
+class ProductOutput:
+    """What the registry steps produced (``streaming.demo_product``)."""
+
+    candidates: list[product.Candidate] = field(default_factory=list)
+    verdict: Any = None
+    """``streaming.demo_product.Verdict``: the comparison, its run, the decision."""
+    challenger: product.Candidate | None = None
+    timeline: Timeline = field(default_factory=Timeline)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,7 +169,8 @@ class LoopOutput:
     statistics: Any
     """The stream's final bandit statistics."""
     policies: dict[str, Any]
-    """The serving app's policy specs."""
+    """The serving app's policies (specs, and the champion arm's model URI)."""
+    product: ProductOutput
 
 
 def bad_records(n: int, impressions: str, feedback: str) -> list[tuple[str, bytes]]:
@@ -126,24 +193,30 @@ def bad_records(n: int, impressions: str, feedback: str) -> list[tuple[str, byte
 
 def demo_settings(settings: Settings, plan: DemoPlan, run_dir: Path, n_features: int) -> Settings:
     """The run's settings: the simulator's catalogue and features, a short attribution window,
-    the user-feature table, and the two arms."""
+    the user-feature table, and the three arms (``streaming.demo_product.serving_arms``)."""
     stream = replace(settings.stream, n_items=plan.world.n_items, dim=n_features, learners=1,
                      shards=2, joiners=1, window_ms=5_000, allowed_lateness_ms=1_000,
                      checkpoint_interval_s=15.0, update_mode="fresh", layout="dense",
-                     centred=True)
+                     centred=True, lake_uri=str(run_dir / "lake"),
+                     checkpoint_uri=str(run_dir / "checkpoints"))
+    assert isinstance(stream, StreamSettings)
+    settings = replace(settings, stream=stream)
+    policies, traffic = product.serving_arms(settings)
     serve = replace(settings.serve, user_features_uri=str(run_dir / "users.parquet"),
-                    traffic=f"{LEARNING_ARM}=0.5,{CONTROL_ARM}=0.5", policies=None)
-    assert isinstance(stream, StreamSettings) and isinstance(serve, ServeSettings)
-    return replace(settings, stream=stream, serve=serve)
+                    traffic=traffic, policies=policies)
+    assert isinstance(serve, ServeSettings)
+    return replace(settings, serve=serve)
 
 
 # -- step 1: plan ------------------------------------------------------------------------------
 
 
 def prepare(settings: Settings, plan: DemoPlan) -> DemoRun:
-    """Build the simulated world, the run's folder (with the user-feature table the app loads),
-    its settings and topics, and make sure the mlflow experiment exists."""
+    """Build the simulated world, the run's folder (with the user-feature table the app loads
+    and the world's description at the lake root), its settings and topics; register the
+    uniform baseline as the first champion of ``demo-recommender``."""
     from simulators.http_traffic import write_user_features
+    from simulators.world import write_world
     from streaming.pipeline import Topics
 
     sim = SlateSimulator(plan.world)
@@ -151,18 +224,98 @@ def prepare(settings: Settings, plan: DemoPlan) -> DemoRun:
     run_dir = (settings.data_dir / "demo" / run_id).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_user_features(sim, run_dir / "users.parquet")
+    write_world(run_dir / "lake", sim)
     settings = demo_settings(settings, plan, run_dir, sim.n_features)
     topics = Topics(*(f"demo.{run_id}.{t}" for t in ("impressions", "feedback", "rewards",
                                                      "dead-letter")))
-    return DemoRun(plan, sim, run_id, run_dir, settings, topics, configure_mlflow(settings))
+    experiment_id = configure_mlflow(settings)
+    first = product.register_first_champion(settings, np.arange(plan.world.n_items),
+                                            seed=plan.seed)
+    return DemoRun(plan, sim, run_id, run_dir, settings, topics, experiment_id, first)
 
 
 # -- step 2: run -------------------------------------------------------------------------------
 
 
+class Traffic:
+    """The simulated users in a background thread from :meth:`start` to :meth:`stop`, so the
+    registry steps run while users keep asking for slates; :meth:`show` puts a progress bar
+    (each arm's CTR so far) on the phase being waited for."""
+
+    def __init__(self, users: Any, plan: DemoPlan, quiet: bool) -> None:
+        self.users, self.plan, self.quiet = users, plan, quiet
+        self.error: BaseException | None = None
+        self.started = math.nan
+        self._stop = threading.Event()
+        self._bar: Any = None
+        self._bar_from = 0.0
+        self._totals: dict[str, list[int]] = {}
+        self._thread = threading.Thread(target=self._run, name="demo-traffic", daemon=True)
+
+    def start(self) -> Traffic:
+        self.started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def _run(self) -> None:
+        try:
+            self.users.run(duration_s=1e9, round_size=self.plan.round_size,
+                           on_round=self._on_round)
+        except BaseException as exc:  # surfaced by wait_until() and stop()
+            self.error = exc
+
+    def _on_round(self, result: Any) -> bool:
+        for arm, counts in result.arms.items():
+            t = self._totals.setdefault(arm, [0, 0])
+            t[0] += counts.clicks
+            t[1] += counts.requests
+        bar = self._bar
+        if bar is not None:
+            bar.n = min(int(self.elapsed() - self._bar_from), bar.total)
+            bar.set_postfix_str("  ".join(f"{a} CTR {c / max(n, 1):.3f}"
+                                          for a, (c, n) in sorted(self._totals.items())))
+        return not self._stop.is_set()
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"the simulated users failed: {self.error!r}") from self.error
+        if not self._thread.is_alive():
+            raise RuntimeError("the simulated users stopped before the demo asked them to")
+
+    def wait_until(self, elapsed_s: float, desc: str | None = None) -> None:
+        """Block until ``elapsed_s`` seconds of traffic, with a bar named ``desc``."""
+        remaining = elapsed_s - self.elapsed()
+        if desc is not None and remaining > 0:
+            self._bar_from = self.elapsed()
+            self._bar = progress_bar(
+                total=round(remaining), desc=desc, unit="s", disable=self.quiet,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s {postfix}")
+        try:
+            while self.elapsed() < elapsed_s:
+                self._check()
+                time.sleep(0.2)
+        finally:
+            bar, self._bar = self._bar, None
+            if bar is not None:
+                bar.n = bar.total
+                bar.close()
+
+    def stop(self, timeout_s: float = 60.0) -> float:
+        """Let the round in flight finish and stop; the seconds of traffic."""
+        self._stop.set()
+        self._thread.join(timeout=timeout_s)
+        if self.error is not None:
+            raise RuntimeError(f"the simulated users failed: {self.error!r}") from self.error
+        return self.elapsed()
+
+
 def run_loop(run: DemoRun, say: Callable[[str], None], *, quiet: bool = False) -> LoopOutput:
     """Start Kafka, Ray, the pipeline and the app; send the malformed records; play the users
-    for ``plan.duration_s``; measure freshness and the true values; stop everything."""
+    through both phases and the registry steps between them; measure freshness and the true
+    values; stop everything."""
     from recsys.producer import EventProducer
     from simulators.http_traffic import HttpUsers
     from streaming.live import live_stack
@@ -175,27 +328,168 @@ def run_loop(run: DemoRun, say: Callable[[str], None], *, quiet: bool = False) -
     with kafka_cluster(settings) as kafka, ray_runtime(settings):
         timings = {"kafka_ray_start_s": time.perf_counter() - began}
         template = dense_statistics(np.arange(plan.world.n_items), sim.n_features)
-        with live_stack(settings, kafka.bootstrap, template, str(run.run_dir / "checkpoints"),
+        with live_stack(settings, kafka.bootstrap, template, settings.checkpoint_uri,
                         client_options=kafka.client_options, topics=topics,
-                        lake_uri=str(run.run_dir / "lake"),
+                        lake_uri=run.lake_uri,
                         shard_name_prefix=f"demo-{run.run_id}-shard-") as stack:
             timings.update(stack.timings)
             say(f"  serving at {stack.url} (docs {stack.url}/docs); kafka {kafka.bootstrap} "
-                f"({kafka.origin})")
+                f"({kafka.origin}); champion arm: {product.champion_uri()} = "
+                f"{run.first_champion.uri} (uniform)")
             with EventProducer(kafka.bootstrap, **kafka.client_options) as producer:
                 for topic, value in bad_records(plan.bad_records, topics.impressions,
                                                 topics.feedback):
                     producer.send_raw(topic, b"bad", value)
             users = HttpUsers(stack.url, sim, send_context=False, concurrency=plan.concurrency,
                               seed=plan.seed)
-            say(f"• {plan.duration_s:.0f} s of simulated users: {LEARNING_ARM} vs {CONTROL_ARM}")
-            traffic_s = _play(users, plan, quiet)
+            traffic = Traffic(users, plan, quiet).start()
+            try:
+                outcome = run_phases(run, stack, traffic, say)
+            finally:
+                traffic_s = traffic.stop()
             output = _measure(run, stack, kafka, users, traffic_s, say)
-            output.measured.timings.update(timings)
+            output.product = outcome
+            output.measured.timings.update({**timings, **outcome.timings})
             say("• shutting down")
             stopping = time.perf_counter()
     output.measured.timings["shutdown_s"] = time.perf_counter() - stopping
     return output
+
+
+def run_phases(run: DemoRun, stack: Any, traffic: Traffic,
+               say: Callable[[str], None]) -> ProductOutput:
+    """Phase 1, the registry steps (traffic going on) and phase 2 (module docs)."""
+    plan, settings = run.plan, run.settings
+    out = ProductOutput(candidates=[run.first_champion])
+    t = out.timeline
+    say(f"• phase 1: {plan.duration_s:.0f} s of simulated users, {LEARNING_ARM} vs "
+        f"{CONTROL_ARM} vs {CHAMPION_ARM}; time cut at {plan.cut_s:.0f} s")
+    traffic.wait_until(plan.cut_s, "phase 1")
+    t.cut, t.cut_ms = time.time(), int(time.time() * 1000)
+    with stack.driver.paused() as pipeline:
+        checkpoint = pipeline.checkpoint()
+    with _timed(out, "register_snapshot_s"):
+        snapshot = product.register_snapshot(settings, checkpoint.checkpoint_id,
+                                             settings.checkpoint_uri)
+    out.candidates.append(snapshot)
+    say(f"  time cut: online snapshot {snapshot.uri} (checkpoint {checkpoint.checkpoint_id})")
+    traffic.wait_until(plan.duration_s, "held-out")
+    t.holdout_end, t.end_ms = time.time(), int(time.time() * 1000)
+    with _timed(out, "settle_training_logs_s"):
+        _settle_lake(stack, run.lake_uri, t.cut_ms)
+    for kind in product.OFFLINE_KINDS:
+        say(f"• training the {kind.upper()} model on the lake's logs before the cut "
+            f"(recsys train, offline/configs/demo_{kind}.toml)")
+        with _timed(out, f"train_{kind}_s"):
+            trained = product.train_offline(settings, kind, run.lake_uri, t.cut_ms, run.run_dir)
+        out.candidates.append(trained)
+        say(f"  {trained.label}: {trained.uri}")
+    with _timed(out, "settle_holdout_logs_s"):
+        _settle_lake(stack, run.lake_uri, t.end_ms, since_ms=t.cut_ms)
+    say(f"• comparing {', '.join(c.label for c in out.candidates)} and the logging policy on "
+        f"the held-out logs")
+    with _timed(out, "compare_s"):
+        out.verdict = product.compare(settings, run.lake_uri, t.cut_ms, t.end_ms, out.candidates,
+                                      truth=world_truth(run), random_state=plan.seed)
+    with _timed(out, "promote_s"):
+        out.challenger = product.promote_best(settings, out.verdict)
+    decision = out.verdict.decision
+    t.promoted = time.time()
+    say(f"• {'promoted' if decision.applied else 'kept the champion'}: {decision.reason}")
+    if decision.applied:
+        seen = product.wait_for_switch(stack.url, out.challenger.version,
+                                       timeout_s=plan.switch_timeout_s)
+        t.switched = math.nan if seen is None else seen
+        say(f"  serving switched to {out.challenger.uri} after "
+            f"{t.switched - t.promoted:.1f} s" if seen else
+            f"  serving did not switch within {plan.switch_timeout_s:.0f} s")
+    phase2_from = traffic.elapsed()
+    say(f"• phase 2: {plan.after_s:.0f} s more with the champion arm on "
+        f"{product.champion_uri()}")
+    traffic.wait_until(phase2_from + plan.after_s, "phase 2")
+    return out
+
+
+class _timed:
+    """``with _timed(out, key):`` adds the block's seconds to ``out.timings[key]``."""
+
+    def __init__(self, out: ProductOutput, key: str) -> None:
+        self.out, self.key = out, key
+
+    def __enter__(self) -> None:
+        self.began = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.out.timings[self.key] = time.perf_counter() - self.began
+
+
+def _settle_lake(stack: Any, lake_uri: str, until_ms: int, *, since_ms: int | None = None,
+                 timeout_s: float = 60.0) -> float:
+    """Checkpoint until every request logged in ``[since_ms, until_ms)`` has its rewards in the
+    lake (a reward is written once its attribution window closed, and reaches the lake after the
+    checkpoint that commits it); the share of requests with rewards."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with stack.driver.paused() as pipeline:
+            pipeline.checkpoint()
+        shown, rewarded = product.logged_requests(lake_uri, until_ms, since_ms=since_ms)
+        share = rewarded / max(shown, 1)
+        if share >= 1.0 or time.monotonic() > deadline:
+            return share
+        time.sleep(1.0)
+
+
+class _AsServed:
+    """A registered policy as the simulator's world scores it: the world's user ``i`` is
+    ``u{i}`` on the wire (``simulators.http_traffic.user_id_on_wire``, the ids the lake and the
+    offline models know), and a bandit draws its slates without Monte Carlo propensities (the
+    true value needs the slates, not their probabilities)."""
+
+    def __init__(self, model: Any) -> None:
+        from recsys.bandits import policy_from_spec
+
+        self.model = model
+        self.bandit = None
+        if model.kind == "bandit" and "n_mc_draws" in model.spec.get("params", {}):
+            spec = {**model.spec, "params": {**model.spec["params"], "n_mc_draws": 0}}
+            self.bandit = policy_from_spec(spec).use(model.policy.stats_)
+
+    @property
+    def item_ids_(self) -> np.ndarray:
+        return self.model.item_ids_
+
+    def _on_wire(self, batch: RequestBatch) -> RequestBatch:
+        from simulators.http_traffic import user_id_on_wire
+
+        users = np.asarray(batch.user_ids).astype(np.int64)
+        return RequestBatch.of(user_ids=user_id_on_wire(users), dense=batch.dense,
+                               clusters=batch.clusters)
+
+    def recommend(self, batch: RequestBatch, k: int = 1) -> Any:
+        if self.bandit is not None:
+            return self.bandit.recommend(self.model.contexts(batch), k)
+        return self.model.recommend(self._on_wire(batch), k)
+
+    def action_dist(self, batch: RequestBatch, k: int = 1) -> np.ndarray:
+        return self.model.action_dist(self._on_wire(batch), k)
+
+
+TRUTH_DRAWS = 25
+"""Slates per user the true value of a random policy averages (each draw covers every user:
+its standard error is a few thousandths, the simulator's default of 200 takes ten times longer)."""
+
+
+def world_truth(run: DemoRun) -> Callable[[str, Any], float]:
+    """The true value of a candidate in the run's world (``simulators.world``), as the users of
+    the run meet it (:class:`_AsServed`)."""
+    from simulators.world import true_policy_value, world_of
+
+    world, k = world_of(run.sim), run.plan.world.slate_size
+
+    def truth(name: str, candidate: Any) -> float:
+        return true_policy_value(world, _AsServed(candidate), k, n_monte_carlo=TRUTH_DRAWS).value
+
+    return truth
 
 
 def _measure(run: DemoRun, stack: Any, kafka: Any, users: Any, traffic_s: float,
@@ -213,8 +507,9 @@ def _measure(run: DemoRun, stack: Any, kafka: Any, users: Any, traffic_s: float,
         events = stack.driver.records
     third = max(users.rounds[-1].round_index * 2 // 3, 0) if users.rounds else 0
     totals = users.totals()
+    reasons = _dead_letters(kafka.bootstrap, run.topics.dead_letter, kafka.client_options)
     late_values = {arm: users.true_value(arm, third).value
-                   for arm in (LEARNING_ARM, CONTROL_ARM) if arm in totals}
+                   for arm in (LEARNING_ARM, CONTROL_ARM, CHAMPION_ARM) if arm in totals}
     measured = DemoReport(
         run_dir=str(run.run_dir), kafka_origin=kafka.origin, traffic_s=traffic_s,
         requests={a: c.requests for a, c in totals.items()},
@@ -224,34 +519,10 @@ def _measure(run: DemoRun, stack: Any, kafka: Any, users: Any, traffic_s: float,
         optimal_value=optimal_value(sim).value,
         freshness_ms=fresh.percentiles_ms(), freshness_timeouts=fresh.timeouts,
         events_processed=events, bad_records_sent=plan.bad_records,
-        dead_letters=_dead_letters(kafka.bootstrap, run.topics.dead_letter,
-                                   kafka.client_options),
+        dead_letters=sum(reasons.values()), dead_letter_reasons=reasons,
         http_errors=dict(users.errors.by_status))
-    return LoopOutput(measured, users.history(), stats, dict(stack.service_config.policies))
-
-
-def _play(users: Any, plan: DemoPlan, quiet: bool) -> float:
-    """The users' traffic for ``plan.duration_s`` with a progress bar of each arm's CTR so far;
-    the seconds it took."""
-    bar = progress_bar(total=int(plan.duration_s), desc="traffic", unit="s", disable=quiet,
-                       bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s {postfix}")
-    totals: dict[str, list[int]] = {}
-
-    def on_round(result: Any) -> None:
-        for arm, counts in result.arms.items():
-            t = totals.setdefault(arm, [0, 0])
-            t[0] += counts.clicks
-            t[1] += counts.requests
-        bar.n = min(int(result.elapsed_s), bar.total)
-        bar.set_postfix_str("  ".join(f"{a} CTR {c / max(n, 1):.3f}"
-                                      for a, (c, n) in sorted(totals.items())))
-
-    started = time.perf_counter()
-    try:
-        users.run(duration_s=plan.duration_s, round_size=plan.round_size, on_round=on_round)
-    finally:
-        bar.close()
-    return time.perf_counter() - started
+    return LoopOutput(measured, users.history(), stats, dict(stack.service_config.policies),
+                      ProductOutput())
 
 
 def _final_values(sim: Any, stats: Any, config: Any, plan: DemoPlan) -> dict[str, float]:
@@ -286,10 +557,10 @@ def _freshness(stack: Any, sim: Any, plan: DemoPlan) -> Any:
     return measure_freshness(stack.url, probes, context, policy=CONTROL_ARM)
 
 
-def _dead_letters(bootstrap: str, topic: str, client_options: dict) -> int:
-    """Distinct source records on the dead-letter topic: every role that reads a topic (joiner,
-    learner, lake writer) dead-letters a bad record it meets, so one record can appear there
-    once per role; it is still one bad record."""
+def _dead_letters(bootstrap: str, topic: str, client_options: dict) -> dict[str, int]:
+    """Distinct source records on the dead-letter topic by reason: every role that reads a topic
+    (joiner, learner, lake writer) dead-letters a bad record it meets, so one record can appear
+    there once per role; it is still one bad record (counted under its first reason)."""
     from kafka import KafkaConsumer, TopicPartition
 
     from recsys.events import decode_dead_letter
@@ -301,14 +572,18 @@ def _dead_letters(bootstrap: str, topic: str, client_options: dict) -> int:
         consumer.assign([partition])
         consumer.seek_to_beginning(partition)
         end = consumer.end_offsets([partition])[partition]
-        sources: set[tuple[str, int, int]] = set()
+        sources: dict[tuple[str, int, int], str] = {}
         deadline = time.monotonic() + 30
         while consumer.position(partition) < end and time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=500).values():
                 for record in records:
                     letter = decode_dead_letter(record.value)
-                    sources.add((letter.source_topic, letter.partition, letter.offset))
-        return len(sources)
+                    key = (letter.source_topic, letter.partition, letter.offset)
+                    sources.setdefault(key, letter.reason[:200])
+        reasons: dict[str, int] = {}
+        for reason in sources.values():
+            reasons[reason] = reasons.get(reason, 0) + 1
+        return reasons
     finally:
         consumer.close()
 
@@ -316,18 +591,82 @@ def _dead_letters(bootstrap: str, topic: str, client_options: dict) -> int:
 # -- step 3: report ----------------------------------------------------------------------------
 
 
-def build_report(run: DemoRun, output: LoopOutput) -> DemoReport:
+def _elapsed(history: Any, wall: float) -> float:
+    """A wall-clock time on the history's axis (seconds since the first round began)."""
+    if not math.isfinite(wall) or history.height == 0:
+        return math.nan
+    first = history.row(0, named=True)
+    return float(wall - (first["wall_time_s"] - first["elapsed_s"]))
+
+
+def build_report(run: DemoRun, output: LoopOutput, settings: Settings) -> DemoReport:
     """Complete the measured report with the figures derived from the history (CTR table, the
-    verdict's sample, cumulative regret); write the history, the final statistics and the plot
-    into the run's folder."""
-    report, history = output.measured, output.history
+    verdict's sample, cumulative regret, before/after the switch) and the registry steps
+    (candidates, comparison, champion, the champion arm's versions in the lake); write the
+    history, the final statistics and the plot into the run's folder."""
+    report, history, made = output.measured, output.history, output.product
+    t = made.timeline
     report.period_end_s, report.ctr_by_period, report.late_counts = ctr_table(
         history, report.traffic_s)
     report.cumulative_regret = cumulative_regret(history, report.optimal_value)
+    report.phases = {"cut_s": _elapsed(history, t.cut),
+                     "holdout_end_s": _elapsed(history, t.holdout_end),
+                     "promoted_s": _elapsed(history, t.promoted),
+                     "switched_s": _elapsed(history, t.switched)}
+    report.holdout_ms = [t.cut_ms, t.end_ms]
+    report.candidates = [c.to_dict() for c in made.candidates]
+    verdict = made.verdict
+    if verdict is not None:
+        comparison = verdict.comparison
+        report.comparison = product.comparison_rows(comparison)
+        report.comparison_summary = {
+            "n_requests": comparison.n_requests, "n_rows": comparison.n_rows,
+            "len_list": comparison.len_list, "n_actions": comparison.n_actions,
+            "alpha": comparison.alpha, "n_bootstrap": comparison.n_bootstrap,
+            "primary": settings.registry.estimator}
+        report.comparison_run_id = verdict.run_id
+        decision = verdict.decision
+        report.promotion = decision.to_dict() if decision is not None else {}
+        report.champion = _champion(settings, made)
+    switch_at = report.phases["switched_s"]
+    if math.isfinite(switch_at):
+        report.switch = {"version": made.challenger.version,
+                         "served_after_s": float(t.switched - t.promoted)}
+        report.before_after = before_after(history, switch_at)
+    served = product.served_versions(run.lake_uri)
+    report.champion_served = [
+        {"version": str(r["policy_version"]), "requests": int(r["requests"]),
+         "first_s": _elapsed(history, r["first_ms"] / 1000),
+         "last_s": _elapsed(history, r["last_ms"] / 1000)}
+        for r in served.iter_rows(named=True)]
+    if report.champion.get("true_value") is not None:
+        report.true_value_final[CHAMPION_ARM] = report.champion["true_value"]
+    report.mlflow_ui = mlflow_ui_command(settings)
     history.write_parquet(run.run_dir / "history.parquet")
     output.statistics.save(str(run.run_dir / "final_statistics.npz"))
     report.plot = save_plot(history, report, run.run_dir / "ctr_over_time.png")
     return report
+
+
+def _champion(settings: Settings, made: ProductOutput) -> dict[str, Any]:
+    """The version the alias points at after the registry steps, with the candidate it is."""
+    from recsys.registry.promotion import champion_version
+
+    version = champion_version(product.SERVING_MODEL, settings.registry.champion_alias)
+    by_version = {c.version: c for c in made.candidates}
+    candidate = by_version.get(str(version))
+    truth = None
+    if candidate is not None and made.verdict is not None:
+        for result in made.verdict.comparison.candidates:
+            if result.name == candidate.label and result.true_value is not None:
+                truth = float(result.true_value)
+    return {"name": product.SERVING_MODEL, "alias": settings.registry.champion_alias,
+            "version": version, "uri": f"models:/{product.SERVING_MODEL}/{version}",
+            "candidate": None if candidate is None else candidate.label,
+            "kind": None if candidate is None else candidate.kind,
+            "true_value": truth,
+            "previous_version": made.verdict.decision.champion_version
+            if made.verdict is not None and made.verdict.decision is not None else None}
 
 
 # -- step 4: log -------------------------------------------------------------------------------
@@ -340,12 +679,14 @@ def log_run(run: DemoRun, report: DemoReport, policies: dict[str, Any]) -> None:
 
     with mlflow.start_run(experiment_id=run.experiment_id,
                           run_name=f"demo-closed-loop-{run.run_id}") as logged:
-        mlflow.set_tags({"recsys.kind": "demo", "kafka.origin": report.kafka_origin})
+        mlflow.set_tags({"recsys.kind": "demo", "kafka.origin": report.kafka_origin,
+                         "recsys.comparison_run": report.comparison_run_id,
+                         "recsys.champion": str(report.champion.get("uri", ""))})
         plan = {k: v for k, v in asdict(run.plan).items() if k != "world"}
         mlflow.log_params({**{f"plan.{k}": v for k, v in plan.items()},
                            **{f"plan.world.{k}": v for k, v in asdict(run.plan.world).items()},
                            "learning_arm": LEARNING_ARM, "control_arm": CONTROL_ARM,
-                           "policies": json.dumps(policies)})
+                           "champion_arm": CHAMPION_ARM, "policies": json.dumps(policies)})
         optimal = report.optimal_value
         metrics = {"z_score": report.z_score(), "optimal_value": optimal,
                    "events_processed": report.events_processed,
@@ -361,10 +702,14 @@ def log_run(run: DemoRun, report: DemoReport, policies: dict[str, Any]) -> None:
             metrics[f"{arm}.true_value_final"] = value
         for arm, value in report.cumulative_regret.items():
             metrics[f"{arm}.cumulative_regret"] = value
-        for name, value in report.freshness_ms.items():
-            if math.isfinite(value):
-                metrics[f"freshness_{name}_ms"] = value
-        mlflow.log_metrics(metrics)
+        for arm, figures in report.before_after.items():
+            for key, value in figures.items():
+                metrics[f"{arm}.{key}"] = value
+        for name, value in {**report.freshness_ms, **report.phases}.items():
+            if value is not None and math.isfinite(value):
+                metrics[name if name.endswith("_s") else f"freshness_{name}_ms"] = value
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()
+                            if v is not None and math.isfinite(float(v))})
         for period, end in enumerate(report.period_end_s):
             mlflow.log_metrics({f"{arm}.ctr_period": values[period]
                                 for arm, values in report.ctr_by_period.items()
@@ -376,17 +721,26 @@ def log_run(run: DemoRun, report: DemoReport, policies: dict[str, Any]) -> None:
         mlflow.log_dict(report.to_dict(), "demo_report.json")
 
 
+def quiet_mlflow() -> None:
+    """Keep mlflow's per-model chatter (artifact download bars, registry notices, input example
+    validation) out of the demo's output: the report names every version it registered."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("mlflow", "mlflow.pyfunc", "mlflow.tracking", "mlflow.store", "mlflow.models"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run_demo(settings: Settings, plan: DemoPlan, *, quiet: bool = False) -> DemoReport:
-    """Plan, run, report and log the closed loop (see the module docs); the report."""
+    """Plan, run, report and log the whole product (see the module docs); the report."""
 
-    def say(message: str) -> None:
+    def say(text: str) -> None:
         if not quiet:
-            print(message, flush=True)
+            print(text, flush=True)
 
+    quiet_mlflow()
     wall = time.perf_counter()
     run = prepare(settings, plan)
     output = run_loop(run, say, quiet=quiet)
-    report = build_report(run, output)
+    report = build_report(run, output, run.settings)
     report.wall_s = time.perf_counter() - wall
     log_run(run, report, output.policies)
     return report
@@ -399,8 +753,15 @@ def run(args: argparse.Namespace) -> int:
     settings = claim_serve_port(args.settings, args.port)
     plan = DemoPlan.quick(args.seed) if args.quick else DemoPlan(
         world=replace(DEMO_WORLD, seed=args.seed))
-    if args.duration is not None:
-        plan = replace(plan, duration_s=args.duration)
+    changes = {k: v for k, v in (("duration_s", args.duration), ("after_s", args.after))
+               if v is not None}
+    if args.duration is not None:  # keep the held-out share of phase 1
+        changes["holdout_s"] = plan.holdout_s * args.duration / plan.duration_s
+    if changes:
+        try:
+            plan = replace(plan, **changes)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
     report = run_demo(settings, plan, quiet=args.json)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
@@ -412,16 +773,22 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers, "demo", run,
-        help="the closed loop: simulated users, serving over HTTP, the stream learning online",
+        help="the whole product: users, serving, online learning, offline models, the registry, "
+             "a comparison and a promotion",
         description="Simulated users ask the serving app for slates and click; the stream learns "
-                    "from Kafka and the app scores with the new snapshots; Thompson sampling vs "
-                    "a uniform control, side by side.",
+                    "from Kafka; the online snapshot and offline IPS and PLD models are "
+                    "registered, compared on held-out logs with the simulator's truth, and the "
+                    "best is promoted; serving switches without a restart.",
         expected=(PortInUseError,),
     )
     parser.add_argument("--quick", action="store_true",
-                        help="a ≤ 2-minute version (60 s of traffic)")
+                        help="a ≤ 3-minute version (40 + 20 s of traffic)")
     parser.add_argument("--duration", type=float, default=None,
-                        help="seconds of traffic (default 180, or 60 with --quick)")
+                        help="seconds of traffic before the registry steps (default 150, or 40 "
+                             "with --quick); the last quarter or so is held out")
+    parser.add_argument("--after", type=float, default=None,
+                        help="seconds of traffic after the switch (default 100, or 20 with "
+                             "--quick)")
     parser.add_argument("--port", type=int, default=None,
                         help="HTTP port of the serving app (default: serve.port, 8000)")
     parser.add_argument("--seed", type=int, default=0)

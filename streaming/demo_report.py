@@ -1,5 +1,7 @@
-"""What ``recsys demo`` shows: its report (and the rule that judges it), the table printed at the
-end, and the plot of the two arms learning over time, all from the per-round traffic history.
+"""What ``recsys demo`` shows: its report (and the rule that judges it), the tables printed at
+the end (each arm over time, the comparison of the registered candidates, the champion) and the
+plot of the arms over time with the switch of the champion marked, from the per-round traffic
+history and the registry steps (``streaming.demo_product``).
 
 The history has one row per (round, arm): ``elapsed_s``, ``requests``, ``clicks`` and
 ``expected_clicks`` (the choice model's click probability of each served slate, summed: the
@@ -17,14 +19,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from recsys.tracking import mlflow_ui_command
+from streaming.demo_product import CHAMPION_ARM, SERVING_MODEL
 
 LEARNING_ARM = "diag_lin_ts"
 CONTROL_ARM = "uniform"
+KINDS = ("online", "offline", "baseline")
+"""The comparison must hold candidates of every kind."""
 PERIODS = 6
 """The run is cut into this many equal periods for the CTR-over-time table."""
 Z_NEEDED = 3.0
-COLOURS = {LEARNING_ARM: "C0", CONTROL_ARM: "C1"}
+COLOURS = {LEARNING_ARM: "C0", CONTROL_ARM: "C1", CHAMPION_ARM: "C2"}
 
 
 @dataclass
@@ -58,6 +62,32 @@ class DemoReport:
     plot: str = ""
     mlflow_run_id: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds of traffic at the time cut (``cut_s``), the end of the held-out logs
+    (``holdout_end_s``), the promotion (``promoted_s``) and the switch seen by serving
+    (``switched_s``)."""
+    holdout_ms: list[int] = field(default_factory=list)
+    """The held-out logs' ``[start, end)`` in epoch ms (the training logs end at the start)."""
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    """Every registered version compared: label, kind, uri, version, run id, details."""
+    comparison: list[dict[str, Any]] = field(default_factory=list)
+    """One row per (candidate, estimator): kind, model version, value, lower, upper, truth."""
+    comparison_summary: dict[str, Any] = field(default_factory=dict)
+    comparison_run_id: str = ""
+    promotion: dict[str, Any] = field(default_factory=dict)
+    """The rule's decision (``recsys.registry.promotion.Decision.to_dict``)."""
+    champion: dict[str, Any] = field(default_factory=dict)
+    """The version the champion alias points at after the run: name, version, uri, candidate,
+    kind, true value, previous version."""
+    switch: dict[str, Any] = field(default_factory=dict)
+    """The version serving switched to and the seconds from the alias move to serving it."""
+    before_after: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per arm, before and after the switch: requests, observed CTR, true value served."""
+    champion_served: list[dict[str, Any]] = field(default_factory=list)
+    """The champion arm's impressions in the lake by version: requests, first and last second."""
+    mlflow_ui: str = ""
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    """Distinct dead-lettered source records by (the first) reason."""
 
     def z_score(self) -> float:
         """Two-proportion z of learning vs uniform CTR over the second half of the run."""
@@ -86,10 +116,46 @@ class DemoReport:
                        f"uniform's {late.get(CONTROL_ARM)}")
         if self.dead_letters != self.bad_records_sent:
             out.append(f"{self.dead_letters} dead letters for {self.bad_records_sent} malformed "
-                       "records")
+                       f"records ({self.dead_letter_reasons or 'no reasons read'})")
         fives = {s: n for s, n in self.http_errors.items() if s.startswith("5")}
         if fives:
             out.append(f"server errors: {fives}")
+        return out + self.registry_problems()
+
+    def registry_problems(self) -> list[str]:
+        """The registry half of the rule: the comparison holds every kind of candidate, each
+        with finite intervals around its estimates and a true value; the best challenger was
+        promoted; serving switched to it and the champion arm's impressions name it."""
+        out = []
+        kinds = {row["kind"] for row in self.comparison}
+        missing = [k for k in KINDS if k not in kinds]
+        if missing:
+            out.append(f"the comparison has no {' and no '.join(missing)} candidate")
+        broken = sorted({row["candidate"] for row in self.comparison
+                         if not (row["lower"] is not None and row["upper"] is not None
+                                 and row["value"] is not None
+                                 and row["lower"] <= row["value"] <= row["upper"])})
+        if broken:
+            out.append(f"estimates without a finite interval around them: {', '.join(broken)}")
+        untrue = sorted({row["candidate"] for row in self.comparison
+                         if row["candidate"] != "logging" and row["true_value"] is None})
+        if untrue:
+            out.append(f"no true value for {', '.join(untrue)}")
+        if not self.promotion.get("applied"):
+            out.append("no challenger was promoted: "
+                       + str(self.promotion.get("reason", "the registry steps did not run")))
+            return out
+        version = str(self.promotion.get("challenger_version"))
+        if str(self.champion.get("version")) != version:
+            out.append(f"the champion alias points at {self.champion.get('version')}, not the "
+                       f"promoted version {version}")
+        if str(self.switch.get("version")) != version:
+            out.append(f"serving did not switch to version {version}")
+        served = {row["version"]: row for row in self.champion_served}
+        switched = self.phases.get("switched_s", math.nan)
+        if version not in served or not served[version]["last_s"] >= switched:
+            out.append(f"no impression of the {CHAMPION_ARM} arm names {SERVING_MODEL} "
+                       f"version {version} after the switch")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,6 +231,22 @@ def cumulative_regret(history: pl.DataFrame, optimal_value: float) -> dict[str, 
     return dict(zip(lost["arm"].to_list(), lost["lost"].to_list(), strict=True))
 
 
+def before_after(history: pl.DataFrame, switch_s: float) -> dict[str, dict[str, float]]:
+    """Each arm's requests, observed CTR and true value of the slates served (expected clicks
+    per slate) in the rounds that ended before ``switch_s`` and in those after it."""
+    out: dict[str, dict[str, float]] = {}
+    for (arm,), rows in history.group_by("arm"):
+        figures: dict[str, float] = {}
+        for side, part in (("before", rows.filter(pl.col("elapsed_s") < switch_s)),
+                           ("after", rows.filter(pl.col("elapsed_s") >= switch_s))):
+            n = int(part["requests"].sum())
+            figures[f"requests_{side}"] = n
+            figures[f"ctr_{side}"] = part["clicks"].sum() / n if n else math.nan
+            figures[f"true_value_{side}"] = part["expected_clicks"].sum() / n if n else math.nan
+        out[str(arm)] = figures
+    return out
+
+
 def plot_window_s(traffic_s: float) -> float:
     """The trailing window of the plotted CTR: a twentieth of the run, between 2 and 10 s, so the
     first seconds of learning are visible and the curve is not all noise."""
@@ -196,10 +278,13 @@ def save_plot(history: pl.DataFrame, report: DemoReport, path: Path) -> str:
         regret_ax.plot(c.elapsed_s, c.cumulative_regret, color=colour, linewidth=1.5)
     ctr_ax.axhline(report.optimal_value, color="grey", linestyle=":", linewidth=1,
                    label="optimal policy (true value)")
+    _mark_phases(report, (ctr_ax, regret_ax))
     ctr_ax.set_ylabel("clicks per slate")
     ctr_ax.set_ylim(0, 1)
     ctr_ax.grid(alpha=0.3)
-    ctr_ax.set_title("recsys demo: Thompson sampling learning online vs a uniform control")
+    ctr_ax.set_title("recsys demo: Thompson sampling learning online, a uniform control, and the "
+                     f"{CHAMPION_ARM} arm\n(models:/{SERVING_MODEL}@{CHAMPION_ARM})",
+                     fontsize="medium")
     regret_ax.set_title("cumulative regret", fontsize="medium")
     regret_ax.set_ylabel("expected clicks lost\nvs the optimal policy")
     regret_ax.set_xlabel("seconds of traffic")
@@ -213,12 +298,66 @@ def save_plot(history: pl.DataFrame, report: DemoReport, path: Path) -> str:
     return str(path)
 
 
+def _mark_phases(report: DemoReport, axes: tuple[Any, ...]) -> None:
+    """Shade the held-out logs and draw the switch of the champion on every panel (labelled
+    once, in the legend)."""
+    phases = report.phases
+    cut, end = phases.get("cut_s", math.nan), phases.get("holdout_end_s", math.nan)
+    switched = phases.get("switched_s", math.nan)
+    champion = report.champion
+    for i, ax in enumerate(axes):
+        if math.isfinite(cut) and math.isfinite(end):
+            ax.axvspan(cut, end, color="grey", alpha=0.12, linewidth=0,
+                       label=None if i else "held-out logs of the comparison (training and "
+                                            "the online snapshot: before)")
+        if math.isfinite(switched):
+            ax.axvline(switched, color="black", linestyle="-.", linewidth=1.2,
+                       label=None if i else f"switch: {CHAMPION_ARM} → {SERVING_MODEL} "
+                       f"v{champion.get('version')} ({champion.get('candidate')}, "
+                       f"{champion.get('kind')})")
+
+
 # -- the table ---------------------------------------------------------------------------------
 
 
+def _interval(value: Any, lower: Any, upper: Any) -> str:
+    if value is None:
+        return "n/a"
+    if lower is None or upper is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{lower:.3f}, {upper:.3f}]"
+
+
+def comparison_lines(report: DemoReport, estimators: tuple[str, ...] = ()) -> list[str]:
+    """The comparison as a table: one line per candidate, the primary estimator and DR (or the
+    ``estimators`` given) with their intervals, and the true value."""
+    summary = report.comparison_summary
+    primary = summary.get("primary", "snips")
+    shown = estimators or tuple(dict.fromkeys((primary, "dr")))
+    rows: dict[str, dict[str, Any]] = {}
+    for row in report.comparison:
+        entry = rows.setdefault(row["candidate"], {"kind": row["kind"],
+                                                   "version": row["model_version"],
+                                                   "truth": row["true_value"]})
+        entry[row["estimator"]] = row
+    shown = tuple(e for e in shown if any(e in r for r in rows.values()))
+    level = 100 * (1 - summary.get("alpha", 0.05))
+    lines = [f"Candidates for {SERVING_MODEL} on the held-out logs "
+             f"({summary.get('n_requests', 0):,} requests; {level:g}% intervals from "
+             f"{summary.get('n_bootstrap', 0):,} bootstrap resamples)",
+             f"  {'candidate':<17}{'kind':<10}{'version':>8}"
+             + "".join(f"{e:>26}" for e in shown) + f"{'true value':>12}"]
+    for name, r in rows.items():
+        cells = "".join(f"{_interval(r[e]['value'], r[e]['lower'], r[e]['upper']):>26}"
+                        if e in r else f"{'':>26}" for e in shown)
+        truth = "" if r["truth"] is None else f"{r['truth']:.3f}"
+        lines.append(f"  {name:<17}{r['kind']:<10}{r['version'] or '':>8}{cells}{truth:>12}")
+    return lines
+
+
 def print_report(report: DemoReport, settings: Any) -> None:
-    """The end-of-run table, the figures and the verdict, for a terminal or a log."""
-    arms = sorted(report.requests, key=lambda a: a != LEARNING_ARM)
+    """The end-of-run tables, the figures and the verdict, for a terminal or a log."""
+    arms = sorted(report.requests, key=lambda a: (a != LEARNING_ARM, a != CONTROL_ARM, a))
     width = 16
     print()
     print("CTR (clicks per slate) over time")
@@ -229,21 +368,48 @@ def print_report(report: DemoReport, settings: Any) -> None:
     print()
     print(f"  {'':<40}" + "".join(f"{a:>{width}}" for a in arms))
     late = report.true_value_late
+    around = report.before_after
+
+    def side(key: str) -> dict[str, str]:
+        return {a: f"{around.get(a, {}).get(key, math.nan):.3f}" for a in arms}
+
     rows = [
         ("requests", {a: f"{report.requests[a]:,}" for a in arms}),
         ("observed CTR", {a: f"{report.clicks[a] / max(report.requests[a], 1):.3f}"
                           for a in arms}),
+        ("observed CTR before the switch", side("ctr_before")),
+        ("observed CTR after the switch", side("ctr_after")),
+        ("true value served before the switch", side("true_value_before")),
+        ("true value served after the switch", side("true_value_after")),
         ("true value of slates served, last third", {a: f"{late.get(a, 0):.3f}" for a in arms}),
         ("regret per slate, last third",
          {a: f"{report.optimal_value - late.get(a, 0):.3f}" for a in arms}),
         ("cumulative regret (expected clicks lost)",
          {a: f"{report.cumulative_regret.get(a, math.nan):,.0f}" for a in arms}),
-        ("true value of the final policy", {a: f"{report.true_value_final.get(a, 0):.3f}"
-                                            for a in arms}),
+        ("true value of the final policy",
+         {a: f"{report.true_value_final.get(a, math.nan):.3f}" for a in arms}),
     ]
     for name, values in rows:
         print(f"  {name:<40}" + "".join(f"{values[a]:>{width}}" for a in arms))
     print(f"  {'optimal value (simulator)':<40}{report.optimal_value:>{width}.3f}")
+    if report.comparison:
+        print()
+        print("\n".join(comparison_lines(report)))
+    champion, decision, phases = report.champion, report.promotion, report.phases
+    if decision:
+        print(f"\n  promotion ({decision.get('rule', {}).get('kind', '')} rule): "
+              f"{decision.get('reason')}")
+    if champion:
+        print(f"  champion: {champion.get('uri')} ({champion.get('candidate')}, "
+              f"{champion.get('kind')}), alias {champion.get('alias')}; was version "
+              f"{champion.get('previous_version')}")
+    if report.switch:
+        print(f"  switch: promoted at {phases.get('promoted_s', math.nan):.0f} s of traffic, "
+              f"served by the {CHAMPION_ARM} arm {report.switch['served_after_s']:.1f} s later "
+              "(no restart)")
+    for row in report.champion_served:
+        print(f"    {CHAMPION_ARM} arm impressions by version {row['version']}: "
+              f"{row['requests']:,} requests, {row['first_s']:.0f}–{row['last_s']:.0f} s")
     f = report.freshness_ms
     print(f"\n  freshness, click → served score changed: p50 {f['p50']:.0f} ms, p99 "
           f"{f['p99']:.0f} ms, max {f['max']:.0f} ms ({report.freshness_timeouts} timeouts)")
@@ -253,10 +419,12 @@ def print_report(report: DemoReport, settings: Any) -> None:
     print(f"  z (learning vs uniform, second half): {report.z_score():.1f}; traffic "
           f"{report.traffic_s:.0f} s, wall {report.wall_s:.0f} s")
     print(f"  plot {report.plot}")
-    print(f"  mlflow run {report.mlflow_run_id}: {mlflow_ui_command(settings)}")
+    print(f"  mlflow: demo run {report.mlflow_run_id}, comparison run "
+          f"{report.comparison_run_id or 'none'}, registered model {SERVING_MODEL}")
+    print(f"  open it: {report.mlflow_ui or settings}")
     problems = report.problems()
     if problems:
         print("\nFAILED: " + "; ".join(problems))
     else:
-        print("\nOK: the learning arm clearly beats uniform; nothing lost, bad input "
-              "dead-lettered")
+        print("\nOK: the learning arm clearly beats uniform; the best challenger was promoted "
+              "and serving switched to it; nothing lost, bad input dead-lettered")

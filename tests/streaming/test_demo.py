@@ -1,8 +1,11 @@
 """``recsys demo --quick`` end to end as a user runs it (its own embedded Kafka, Ray, Ray Serve
 and mlflow store, in a subprocess): the learning arm beats uniform, malformed records are
-dead-lettered, everything is logged to mlflow, the output is free of shutdown noise, and no process
-the run started is left behind. Plus the demo's success rule on hand-made reports, and the plot's
-curves on a hand-made history."""
+dead-lettered; the online snapshot, the offline IPS and PLD models and the baselines are compared
+on held-out logs with intervals and true values, the best is promoted, serving switches to it and
+the champion arm's impressions name it; everything is in mlflow, the output is free of shutdown
+noise, and no process the run started is left behind. Plus the demo's success rule on hand-made
+reports, the plot's curves on a hand-made history, the before/after figures, the choice of the
+challenger, and the offline configs the demo fills in."""
 
 from __future__ import annotations
 
@@ -18,12 +21,26 @@ import numpy as np
 import polars as pl
 import pytest
 
+from recsys.comparison.result import CandidateResult, Comparison, Estimate
 from streaming.broker import free_port
+from streaming.demo_product import (
+    CHAMPION_ARM,
+    OFFLINE_KINDS,
+    SERVING_MODEL,
+    Candidate,
+    Verdict,
+    best_challenger,
+    comparison_rows,
+    offline_table,
+    to_toml,
+)
 from streaming.demo_report import (
     CONTROL_ARM,
     LEARNING_ARM,
     DemoReport,
     arm_curves,
+    before_after,
+    comparison_lines,
     cumulative_regret,
     save_plot,
 )
@@ -118,17 +135,58 @@ def test_quick_demo_learns_quietly_and_leaves_no_process_behind(tmp_path) -> Non
     assert Path(report["plot"]).stat().st_size > 10_000
     assert not [line for line in stderr.splitlines() if any(n in line for n in NOISE)], stderr
 
+    # The registry half: every kind compared, with intervals and true values.
+    rows = report["comparison"]
+    assert {r["kind"] for r in rows} == {"online", "offline", "baseline"}
+    by_candidate = {r["candidate"]: r for r in rows if r["estimator"] == "snips"}
+    assert set(by_candidate) == {"uniform", "online-snapshot", "offline-ips", "offline-pld",
+                                 "logging"}
+    for name, row in by_candidate.items():
+        assert row["lower"] <= row["value"] <= row["upper"], row
+        assert (row["true_value"] is None) == (name == "logging"), row
+    assert by_candidate["online-snapshot"]["true_value"] > by_candidate["uniform"]["true_value"]
+    # The champion moved to the promoted version and serving followed it.
+    decision, champion = report["promotion"], report["champion"]
+    assert decision["applied"] and decision["champion_version"] == "1"
+    assert champion["name"] == SERVING_MODEL and champion["version"] == \
+        decision["challenger_version"] != "1"
+    assert champion["kind"] in ("online", "offline") and champion["true_value"] > 0.34
+    assert report["switch"]["version"] == champion["version"]
+    switched = report["phases"]["switched_s"]
+    assert report["phases"]["cut_s"] < report["phases"]["holdout_end_s"] < switched
+    served = {row["version"]: row for row in report["champion_served"]}
+    assert served["1"]["first_s"] < switched <= served[champion["version"]]["last_s"]
+    assert served[champion["version"]]["requests"] > 0
+    after = report["before_after"][CHAMPION_ARM]
+    assert after["true_value_after"] > after["true_value_before"]
+    assert "mlflow ui --backend-store-uri" in report["mlflow_ui"]
+
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = mlflow.get_run(report["mlflow_run_id"])
     assert run.data.metrics["succeeded"] == 1.0
     assert run.data.metrics[f"{LEARNING_ARM}.ctr"] > run.data.metrics[f"{CONTROL_ARM}.ctr"]
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    client = mlflow.MlflowClient()
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"ctr_over_time.png", "history.parquet", "demo_report.json"} <= artifacts
+    assert client.get_model_version_by_alias(SERVING_MODEL, "champion").version == \
+        champion["version"]
+    compared = {a.path for a in client.list_artifacts(report["comparison_run_id"])}
+    assert {"comparison.png", "comparison.json"} <= compared
 
     stop_by = time.monotonic() + 30
     while (leftovers := tree.alive()) and time.monotonic() < stop_by:
         time.sleep(0.5)
     assert not leftovers, leftovers
+
+
+def rows(**truths) -> list[dict]:
+    """Comparison rows (snips) of one candidate per kind, with intervals and true values."""
+    kinds = {"uniform": "baseline", "online-snapshot": "online", "offline-ips": "offline",
+             "logging": "baseline"}
+    return [{"candidate": name, "kind": kind, "model_name": SERVING_MODEL,
+             "model_version": str(i + 1), "estimator": "snips", "value": 0.5, "lower": 0.4,
+             "upper": 0.6, "true_value": truths.get(name, None if name == "logging" else 0.5)}
+            for i, (name, kind) in enumerate(kinds.items())]
 
 
 def report(**changes) -> DemoReport:
@@ -140,7 +198,13 @@ def report(**changes) -> DemoReport:
         true_value_final={}, optimal_value=0.9, freshness_ms={"p50": 1, "p99": 2, "max": 3},
         freshness_timeouts=0, events_processed=10, bad_records_sent=5, dead_letters=5,
         http_errors={}, traffic_s=60.0,
-        late_counts={LEARNING_ARM: (300, 500), CONTROL_ARM: (165, 500)})
+        late_counts={LEARNING_ARM: (300, 500), CONTROL_ARM: (165, 500)},
+        comparison=rows(), promotion={"applied": True, "challenger_version": "2",
+                                      "reason": "online-snapshot beats uniform"},
+        champion={"name": SERVING_MODEL, "version": "2"}, switch={"version": "2"},
+        phases={"switched_s": 30.0},
+        champion_served=[{"version": "1", "requests": 10, "first_s": 0.0, "last_s": 29.0},
+                         {"version": "2", "requests": 10, "first_s": 30.5, "last_s": 59.0}])
     for name, value in changes.items():
         setattr(base, name, value)
     return base
@@ -151,6 +215,15 @@ def report(**changes) -> DemoReport:
     ({"true_value_late": {LEARNING_ARM: 0.3, CONTROL_ARM: 0.33}}, "true value"),
     ({"dead_letters": 4}, "4 dead letters for 5"),
     ({"http_errors": {"500": 2, "422": 1}}, "server errors: {'500': 2}"),
+    ({"comparison": [r for r in rows() if r["kind"] != "offline"]}, "no offline candidate"),
+    ({"comparison": rows(**{"offline-ips": None})}, "no true value for offline-ips"),
+    ({"comparison": [{**r, "lower": None} for r in rows()]}, "without a finite interval"),
+    ({"promotion": {"applied": False, "reason": "x does not exceed y"}},
+     "no challenger was promoted: x does not exceed y"),
+    ({"champion": {"version": "1"}}, "points at 1, not the promoted version 2"),
+    ({"switch": {}}, "serving did not switch to version 2"),
+    ({"champion_served": [{"version": "1", "requests": 10, "first_s": 0.0, "last_s": 59.0}]},
+     "no impression of the champion arm names demo-recommender version 2 after the switch"),
 ])
 def test_the_demo_rule_names_each_failure(changes, complaint) -> None:
     assert report().problems() == []
@@ -211,3 +284,79 @@ def test_a_taken_port_is_one_line_before_anything_starts(capsys) -> None:
     assert code == 2
     assert err.startswith("recsys demo: serve.port:") and err.count("\n") == 1
     assert f"got {port}, already in use" in err and "--port" in err
+
+
+def test_before_and_after_the_switch_split_the_rounds_at_the_switch() -> None:
+    h = history()
+    figures = before_after(h, switch_s=10.0)[LEARNING_ARM]
+    mine = h.filter(pl.col("arm") == LEARNING_ARM)
+    early, late = mine.filter(pl.col("elapsed_s") < 10.0), mine.filter(pl.col("elapsed_s") >= 10.0)
+    assert figures["requests_before"] == early["requests"].sum() and early.height == 19
+    assert figures["requests_after"] == late["requests"].sum()
+    assert figures["ctr_after"] == pytest.approx(late["clicks"].sum() / late["requests"].sum())
+    assert figures["true_value_before"] < figures["true_value_after"]  # the rate climbs
+    assert np.isnan(before_after(h, switch_s=1e9)[CONTROL_ARM]["ctr_after"])
+
+
+def test_the_plot_marks_the_held_out_logs_and_the_switch(tmp_path) -> None:
+    h = history()
+    champion = h.filter(pl.col("arm") == CONTROL_ARM).with_columns(arm=pl.lit(CHAMPION_ARM))
+    marked = report(traffic_s=20.0, phases={"cut_s": 5.0, "holdout_end_s": 8.0,
+                                            "switched_s": 12.0},
+                    champion={"version": "3", "candidate": "online-snapshot", "kind": "online"})
+    path = Path(save_plot(pl.concat([h, champion]), marked, tmp_path / "plot.png"))
+    assert path.stat().st_size > 10_000
+
+
+def comparison(lowers: dict[str, float], values: dict[str, float]) -> Comparison:
+    kinds = {"uniform": "baseline", "online-snapshot": "online", "offline-ips": "offline",
+             "offline-pld": "offline"}
+    results = [CandidateResult(name, kinds[name], f"models:/{SERVING_MODEL}/{i + 1}",
+                               SERVING_MODEL, str(i + 1),
+                               {"snips": Estimate("snips", values[name], lowers[name], 1.0),
+                                "dr": Estimate("dr", np.nan, np.nan, np.nan)}, {}, 0.5)
+               for i, name in enumerate(kinds)]
+    return Comparison(results, 100, 500, 5, 200, 0.05, 200, {})
+
+
+def test_the_challenger_is_the_one_with_the_highest_lower_bound_never_a_baseline() -> None:
+    lowers = {"uniform": 0.9, "online-snapshot": 0.5, "offline-ips": 0.3, "offline-pld": 0.2}
+    values = {"uniform": 0.95, "online-snapshot": 0.6, "offline-ips": 0.4, "offline-pld": 0.9}
+    labels = {name: Candidate(name, kind, f"models:/{SERVING_MODEL}/{i + 1}", str(i + 1))
+              for i, (name, kind) in enumerate((("uniform", "baseline"),
+                                                ("online-snapshot", "online"),
+                                                ("offline-ips", "offline"),
+                                                ("offline-pld", "offline")))}
+    verdict = Verdict(comparison(lowers, values), "run", labels=labels)
+    assert best_challenger(verdict, "snips").label == "online-snapshot"
+    lowers["offline-pld"] = 0.55
+    verdict.comparison = comparison(lowers, values)
+    assert best_challenger(verdict, "snips").label == "offline-pld"
+    with pytest.raises(RuntimeError, match="a challenger with a finite dr interval"):
+        best_challenger(verdict, "dr")
+
+
+def test_comparison_rows_are_json_safe_and_the_table_shows_each_candidate() -> None:
+    lowers = dict.fromkeys(("uniform", "online-snapshot", "offline-ips", "offline-pld"), 0.1)
+    made = comparison(lowers, dict.fromkeys(lowers, 0.3))
+    table = comparison_rows(made)
+    assert len(table) == 8 and json.loads(json.dumps(table)) == table
+    dr = [r for r in table if r["estimator"] == "dr"]
+    assert all(r["value"] is None and r["true_value"] == 0.5 for r in dr)
+    lines = comparison_lines(report(comparison=table, comparison_summary={"primary": "snips"}))
+    assert len(lines) == 6 and "0.300 [0.100, 1.000]" in lines[3] and "n/a" in lines[3]
+
+
+@pytest.mark.parametrize("kind", OFFLINE_KINDS)
+def test_the_demo_fills_in_a_valid_offline_config(kind, tmp_path) -> None:
+    import tomllib
+
+    from offline.spec import TrainSpec
+
+    table = offline_table(kind, str(tmp_path / "lake"), 1_700_000_000_000)
+    assert table["data"]["source"] == "lake" and table["data"]["uri"] == str(tmp_path / "lake")
+    assert table["data"]["until_ms"] == 1_700_000_000_000
+    assert table["policy"]["registered_model"] == SERVING_MODEL
+    assert tomllib.loads(to_toml({"train": table}))["train"] == table
+    spec = TrainSpec.from_table(table)
+    assert spec.seeds == (0,) and spec.data.params["until_ms"] == 1_700_000_000_000
