@@ -241,7 +241,7 @@ def run_compare(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2, default=str))
         return 0
     if comparison is not None:
-        print(format_table(comparison, estimators))
+        print(format_table(comparison))
         for note in comparison.logs.get("notes", []):
             print(f"note: {note}")
         for name, reason in comparison.omitted.items():
