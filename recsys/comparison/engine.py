@@ -21,11 +21,13 @@ import numbers
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from sklearn.base import clone
+from threadpoolctl import threadpool_limits
 
 from recsys.comparison.estimates import (
     DEFAULT_ESTIMATORS,
@@ -280,13 +282,16 @@ def compare_policies(
 
     report = _progress(progress, len(spans) * len(prepared))
     pool = ThreadPoolExecutor(max_workers=n_jobs) if n_jobs > 1 else None
+    # Threads each run single-threaded BLAS rather than n_jobs pools competing for the cores.
+    limits = threadpool_limits(1, user_api="blas") if pool is not None else nullcontext()
     try:
-        # In order, whatever the threads: the running sums add up chunk by chunk identically.
-        parts = pool.map(reduce_span, spans) if pool is not None else map(reduce_span, spans)
-        for (start, stop), chunk in zip(spans, parts, strict=True):
-            for p, part in zip(prepared, chunk, strict=True):
-                p.absorb(part, samples[start:stop])
-                report(1)
+        with limits:
+            # In order, whatever the threads: the running sums add up chunk by chunk alike.
+            parts = pool.map(reduce_span, spans) if pool is not None else map(reduce_span, spans)
+            for (start, stop), chunk in zip(spans, parts, strict=True):
+                for p, part in zip(prepared, chunk, strict=True):
+                    p.absorb(part, samples[start:stop])
+                    report(1)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
