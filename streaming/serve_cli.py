@@ -67,9 +67,29 @@ def _serve_until_stopped(args: argparse.Namespace, settings: Settings, cluster: 
                   f"{cluster.bootstrap} ({cluster.origin}); policies "
                   f"{', '.join(stack.service_config.policies)}; traffic "
                   f"{stack.service_config.traffic}", flush=True)
+            for line in _model_lines(stack.url):
+                print(line, flush=True)
             _show_status(args, stack, metrics)
         finally:
             metrics.stop()
+
+
+def _model_lines(url: str) -> list[str]:
+    """One line per policy that follows a registered model: the version it serves, or why it
+    serves none yet (its requests get a 503 until the URI resolves; the other policies serve)."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            models = json.loads(response.read()).get("models") or {}
+    except (OSError, ValueError):
+        return []
+    return [f"  policy {name} follows {m['uri']}: "
+            + (f"version {m['model_version']} ({m['kind']})" if m["ready"] else
+               f"not loaded ({m['error'] or 'not looked up yet'}); its requests get a 503 until "
+               "it resolves")
+            for name, m in models.items()]
 
 
 def _show_status(args: argparse.Namespace, stack: Any, metrics: Any) -> None:

@@ -210,6 +210,13 @@ class ModelArm:
             self.metrics.version.labels(self.arm).set(loaded.version)
             self.metrics.switches.labels(self.arm).inc()
 
+    def drop(self, reason: str) -> None:
+        """Stop serving the current model (it no longer fits what the replica serves with)."""
+        self.current = None
+        if self.metrics is not None:
+            self.metrics.version.labels(self.arm).set(0)
+        self.fail(reason)
+
     def fail(self, reason: str) -> None:
         """Record a failed check (the current model, if any, keeps serving)."""
         self.error = reason

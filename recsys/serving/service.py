@@ -272,8 +272,9 @@ class RecommenderService:
                 if loaded.base is not None:
                     try:
                         policies[name] = copy.copy(loaded.base).use(snapshot.stats)
-                    except ValueError as exc:  # the arm stops serving; the others go on
-                        arm.fail(f"{loaded.name}/{loaded.version} does not fit the live "
+                    except ValueError as exc:  # the arm stops serving (and is loaded again
+                        # at its next look-up); the others go on
+                        arm.drop(f"{loaded.name}/{loaded.version} does not fit the live "
                                  f"statistics: {exc}")
                         continue
                 models[name] = loaded

@@ -285,7 +285,6 @@ def test_the_alias_moves_while_serving_without_a_5xx(live_models) -> None:
     finally:
         stop.set()
         thread.join(timeout=30)
-        move_alias(store, MODEL, 1)
     assert [s for s in seen if s[0] != 200] == []
     versions = [v for _, _, v, _ in seen]
     assert 2 in versions, "the replica did not switch to version 2"
@@ -330,6 +329,14 @@ def test_an_arm_whose_model_is_missing_answers_503_and_the_others_serve(live_mod
     assert refused.status_code == 503
     assert "no-such-model" in refused.json()["detail"]
     assert recommend(stack.url, policy="ucb").status_code == 200
+
+    from streaming.serve_cli import _model_lines  # what `recsys serve` prints at start
+
+    lines = _model_lines(stack.url)
+    assert any(line.startswith("  policy bandit follows models:/test-champion-bandit/1: "
+                               "version 1 (bandit)") for line in lines), lines
+    assert any("policy ghost follows models:/no-such-model@champion: not loaded (" in line
+               for line in lines), lines
     text = requests.get(f"{stack.url}/metrics", timeout=10).text
     assert metric(text, "recsys_serve_model_version", 'policy="ghost"') is None
     assert (metric(text, "recsys_serve_model_checks_total", 'policy="ghost",result="error"')
