@@ -99,8 +99,8 @@ def _registry_check(name: str, version: str | None, alias: str | None) -> None:
     try:
         client.get_model_version(name, version)
     except MlflowException:
-        versions = sorted((v.version for v in client.search_model_versions(f"name='{name}'")),
-                          key=int)
+        found = client.search_model_versions(f"name='{name}'")
+        versions = sorted((str(v.version) for v in found), key=int)
         raise CandidateError(message(f"{name} version", f"one of {', '.join(versions)}",
                                      repr(version))) from None
 

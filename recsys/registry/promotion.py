@@ -174,8 +174,8 @@ def _check_version(client: Any, name: str, version: str) -> None:
     try:
         client.get_model_version(name, version)
     except MlflowException:
-        versions = sorted((v.version for v in client.search_model_versions(f"name='{name}'")),
-                          key=int)
+        found = client.search_model_versions(f"name='{name}'")
+        versions = sorted((str(v.version) for v in found), key=int)
         raise PromotionError(message(f"{name} version", f"one of {', '.join(versions) or 'none'}",
                                      repr(version))) from None
 
