@@ -230,7 +230,7 @@ def prepare(settings: Settings, plan: DemoPlan) -> DemoRun:
                                                      "dead-letter")))
     experiment_id = configure_mlflow(settings)
     first = product.register_first_champion(settings, np.arange(plan.world.n_items),
-                                            seed=plan.seed)
+                                            seed=plan.seed, log=run_dir / "registry.log")
     return DemoRun(plan, sim, run_id, run_dir, settings, topics, experiment_id, first)
 
 
@@ -370,7 +370,8 @@ def run_phases(run: DemoRun, stack: Any, traffic: Traffic,
         checkpoint = pipeline.checkpoint()
     with _timed(out, "register_snapshot_s"):
         snapshot = product.register_snapshot(settings, checkpoint.checkpoint_id,
-                                             settings.checkpoint_uri)
+                                             settings.checkpoint_uri,
+                                             log=run.run_dir / "registry.log")
     out.candidates.append(snapshot)
     say(f"  time cut: online snapshot {snapshot.uri} (checkpoint {checkpoint.checkpoint_id})")
     traffic.wait_until(plan.duration_s, "held-out")

@@ -31,7 +31,7 @@ import math
 import time
 import tomllib
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,17 @@ def champion_uri(name: str = SERVING_MODEL, alias: str = "champion") -> str:
     return f"models:/{name}@{alias}"
 
 
+@contextlib.contextmanager
+def output_to(log: Path | None) -> Iterator[None]:
+    """Append what mlflow prints while registering ("Successfully registered model ...") to
+    ``log`` instead of the demo's output (which names every version itself)."""
+    if log is None:
+        yield
+        return
+    with log.open("a") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        yield
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One registered version the demo compares: its label, kind and where it came from."""
@@ -76,7 +87,7 @@ class Candidate:
 
 
 def register_first_champion(settings: Settings, item_ids: np.ndarray, *, seed: int = 0,
-                            name: str = SERVING_MODEL) -> Candidate:
+                            name: str = SERVING_MODEL, log: Path | None = None) -> Candidate:
     """Register the uniform baseline as a version of ``name`` and point the champion alias at
     it: the champion arm serves uniformly random slates until a challenger wins."""
     import mlflow
@@ -88,8 +99,8 @@ def register_first_champion(settings: Settings, item_ids: np.ndarray, *, seed: i
     configure_mlflow(settings)
     model = baseline_model("uniform", uniform_policy(np.asarray(item_ids), random_state=seed),
                            meta={"role": "first champion of the demo"})
-    with mlflow.start_run(run_name="demo-first-champion-uniform",
-                          tags={"recsys.kind": "baseline"}) as run:
+    with output_to(log), mlflow.start_run(run_name="demo-first-champion-uniform",
+                                          tags={"recsys.kind": "baseline"}) as run:
         info = log_policy_model(
             model, registered_model_name=name,
             description="Uniformly random slates over the demo's catalogue: the champion the "
@@ -115,11 +126,13 @@ def serving_arms(settings: Settings, name: str = SERVING_MODEL) -> tuple[str, st
 
 
 def register_snapshot(settings: Settings, checkpoint_id: str, checkpoint_uri: str, *,
-                      name: str = SERVING_MODEL) -> Candidate:
+                      name: str = SERVING_MODEL, log: Path | None = None) -> Candidate:
     """Register the stream's checkpoint ``checkpoint_id`` as a version of ``name``."""
     from recsys.registry.snapshots import register_checkpoint
 
-    registered = register_checkpoint(settings, checkpoint_id, name=name, store_uri=checkpoint_uri)
+    with output_to(log):
+        registered = register_checkpoint(settings, checkpoint_id, name=name,
+                                         store_uri=checkpoint_uri)
     return Candidate("online-snapshot", "online", registered.uri, registered.version,
                      registered.run_id, {"checkpoint_id": registered.checkpoint_id})
 
@@ -188,7 +201,7 @@ def train_offline(settings: Settings, kind: str, lake_uri: str, until_ms: int, r
     args.settings = dataclasses.replace(settings, tables={"train": table}, config_file=config)
     before = _versions(name)
     log = run_dir / f"train_{kind}.log"
-    with log.open("w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+    with output_to(log):
         code = run_command(args)
     if code != 0:
         raise RuntimeError(f"recsys train --config {config} failed (exit {code}); see {log}")

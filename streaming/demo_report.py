@@ -256,65 +256,83 @@ def plot_window_s(traffic_s: float) -> float:
 def save_plot(history: pl.DataFrame, report: DemoReport, path: Path) -> str:
     """Two panels over seconds of traffic: each arm's observed CTR over a trailing window with
     its 95% band, the true value of what it served and the optimal value; and each arm's
-    cumulative regret (same colours). The legend sits below the panels, covering no data."""
+    cumulative regret (same colours). The held-out logs are shaded and the switch of the
+    champion is a vertical line on both. The legend (one entry per arm, then what each line
+    style means) sits below the panels, covering no data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     window = plot_window_s(report.traffic_s)
-    arms = sorted(set(history["arm"].to_list()), key=lambda a: a != LEARNING_ARM)
+    arms = sorted(set(history["arm"].to_list()),
+                  key=lambda a: (a != LEARNING_ARM, a != CONTROL_ARM, a))
     fig, (ctr_ax, regret_ax) = plt.subplots(
-        2, 1, figsize=(9, 7.5), sharex=True, height_ratios=(3, 2), layout="constrained")
+        2, 1, figsize=(10, 8), sharex=True, height_ratios=(3, 2), layout="constrained")
+    handles: list[Any] = []
     for i, arm in enumerate(arms):
-        colour = COLOURS.get(arm, f"C{i + 2}")
+        colour = COLOURS.get(arm, f"C{i + 3}")
         c = arm_curves(history, arm, window, report.optimal_value)
         ctr_ax.fill_between(c.elapsed_s, c.ctr_low, c.ctr_high, color=colour, alpha=0.2,
-                            linewidth=0, label=f"{arm}: 95% interval")
-        ctr_ax.plot(c.elapsed_s, c.ctr, color=colour, linewidth=1.5,
-                    label=f"{arm}: observed CTR (last {window:g} s)")
-        ctr_ax.plot(c.elapsed_s, c.true_value, color=colour, linewidth=1, linestyle="--",
-                    label=f"{arm}: true value of the slates served")
+                            linewidth=0)
+        handles += ctr_ax.plot(c.elapsed_s, c.ctr, color=colour, linewidth=1.5, label=arm)
+        ctr_ax.plot(c.elapsed_s, c.true_value, color=colour, linewidth=1, linestyle="--")
         regret_ax.plot(c.elapsed_s, c.cumulative_regret, color=colour, linewidth=1.5)
-    ctr_ax.axhline(report.optimal_value, color="grey", linestyle=":", linewidth=1,
-                   label="optimal policy (true value)")
-    _mark_phases(report, (ctr_ax, regret_ax))
+    ctr_ax.axhline(report.optimal_value, color="grey", linestyle=":", linewidth=1)
+    handles += [
+        Line2D([], [], color="black", linewidth=1.5,
+               label=f"observed CTR (last {window:g} s)"),
+        Patch(color="black", alpha=0.2, linewidth=0, label="its 95% interval"),
+        Line2D([], [], color="black", linewidth=1, linestyle="--",
+               label="true value of the slates served"),
+        Line2D([], [], color="grey", linewidth=1, linestyle=":",
+               label="optimal policy (true value)"),
+        *_mark_phases(report, (ctr_ax, regret_ax)),
+    ]
     ctr_ax.set_ylabel("clicks per slate")
     ctr_ax.set_ylim(0, 1)
     ctr_ax.grid(alpha=0.3)
-    ctr_ax.set_title("recsys demo: Thompson sampling learning online, a uniform control, and the "
-                     f"{CHAMPION_ARM} arm\n(models:/{SERVING_MODEL}@{CHAMPION_ARM})",
-                     fontsize="medium")
+    ctr_ax.set_title("recsys demo: Thompson sampling learning online, a uniform control and "
+                     f"the {CHAMPION_ARM} arm\nserving models:/{SERVING_MODEL}@{CHAMPION_ARM}, "
+                     "which moves when a challenger wins on held-out logs", fontsize="medium")
     regret_ax.set_title("cumulative regret", fontsize="medium")
     regret_ax.set_ylabel("expected clicks lost\nvs the optimal policy")
     regret_ax.set_xlabel("seconds of traffic")
     regret_ax.set_xlim(0, report.traffic_s)
     regret_ax.grid(alpha=0.3)
-    fig.legend(*ctr_ax.get_legend_handles_labels(), loc="outside lower center", ncols=3,
-               fontsize="small", frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize="small",
+               frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return str(path)
 
 
-def _mark_phases(report: DemoReport, axes: tuple[Any, ...]) -> None:
-    """Shade the held-out logs and draw the switch of the champion on every panel (labelled
-    once, in the legend)."""
+def _mark_phases(report: DemoReport, axes: tuple[Any, ...]) -> list[Any]:
+    """Shade the held-out logs and draw the switch of the champion on every panel; the legend
+    entries of what was drawn."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     phases = report.phases
     cut, end = phases.get("cut_s", math.nan), phases.get("holdout_end_s", math.nan)
     switched = phases.get("switched_s", math.nan)
     champion = report.champion
-    for i, ax in enumerate(axes):
-        if math.isfinite(cut) and math.isfinite(end):
-            ax.axvspan(cut, end, color="grey", alpha=0.12, linewidth=0,
-                       label=None if i else "held-out logs of the comparison (training and "
-                                            "the online snapshot: before)")
-        if math.isfinite(switched):
-            ax.axvline(switched, color="black", linestyle="-.", linewidth=1.2,
-                       label=None if i else f"switch: {CHAMPION_ARM} → {SERVING_MODEL} "
-                       f"v{champion.get('version')} ({champion.get('candidate')}, "
-                       f"{champion.get('kind')})")
+    out: list[Any] = []
+    if math.isfinite(cut) and math.isfinite(end):
+        for ax in axes:
+            ax.axvspan(cut, end, color="grey", alpha=0.15, linewidth=0)
+        out.append(Patch(color="grey", alpha=0.15, linewidth=0,
+                         label="held-out logs (models trained before)"))
+    if math.isfinite(switched):
+        for ax in axes:
+            ax.axvline(switched, color="black", linestyle="-.", linewidth=1.2)
+        out.append(Line2D([], [], color="black", linestyle="-.", linewidth=1.2,
+                          label=f"switch to v{champion.get('version')} "
+                                f"({champion.get('candidate')})"))
+    return out
 
 
 # -- the table ---------------------------------------------------------------------------------
