@@ -241,6 +241,7 @@ def compare_policies(
     names = _check_arguments(logs, candidates, estimators, chunk_requests, n_jobs)
     check_interval_arguments(alpha, n_bootstrap, random_state)
     switch_tau = check_scalar(switch_tau, "switch_tau", 0.0)
+    max_pi_cells = int(check_scalar(max_pi_cells, "max_pi_cells", 0.0))
     k, n = logs.len_list, logs.n_requests
     omitted: dict[str, str] = {}
     if "iips" in names:
@@ -268,6 +269,11 @@ def compare_policies(
         offset += layout.width
     samples = np.zeros((n, offset), order="F")
     samples[logs.request_index, logs.position] = 1.0
+
+    # Kinds and true values first: what would fail does so before the long part.
+    kind_of = {p.name: _kind(p.name, p.candidate, kinds) for p in prepared}
+    true_values = {p.name: None if truth is None else float(truth(p.name, p.candidate))
+                   for p in prepared}
 
     widest = max(p.n_items for p in prepared) * k
     step = chunk_requests or max(1, min(MAX_CHUNK_REQUESTS, CHUNK_CELLS // widest))
@@ -300,7 +306,7 @@ def compare_policies(
     resampled = bootstrap_means(samples, n_bootstrap, random_state)
     point = samples.mean(axis=0)
     results = []
-    for name, p in zip(candidates, prepared, strict=True):
+    for p in prepared:
         values = p.layout.values(point, point[:k])
         boot = p.layout.values(resampled, resampled[:, :k])
         estimates = {
@@ -310,11 +316,10 @@ def compare_policies(
             for e in reported
         }
         uri, model_name, version = _uri(p.candidate)
-        true_value = None if truth is None else float(truth(str(name), p.candidate))
         results.append(CandidateResult(
-            name=str(name), kind=_kind(str(name), p.candidate, kinds), uri=uri,
+            name=p.name, kind=kind_of[p.name], uri=uri,
             model_name=model_name, model_version=version, estimates=estimates,
-            diagnostics=_diagnostics(p, logs), true_value=true_value))
+            diagnostics=_diagnostics(p, logs), true_value=true_values[p.name]))
     return Comparison(candidates=results, n_requests=n, n_rows=logs.n_rows, len_list=k,
                       n_actions=int(logs.items_.size), alpha=float(alpha),
                       n_bootstrap=int(n_bootstrap), logs=logs.describe(), estimators=reported,

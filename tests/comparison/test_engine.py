@@ -276,6 +276,25 @@ def test_the_reward_model_is_cross_fitted_and_shrinks_sparse_items():
         fold[0], 0]
 
 
+def test_registered_baselines_are_candidates(case):
+    from recsys.policies.baselines import popularity_policy, uniform_policy
+    from recsys.registry.model import baseline_model
+
+    logs, _ = case
+    items = np.arange(N_ITEMS)
+    counts = np.bincount(logs.action, minlength=N_ITEMS)
+    result = compare_policies(logs, {
+        "uniform": baseline_model("uniform", uniform_policy(items)),
+        "popularity": baseline_model("popularity", popularity_policy(items, counts, 0.2)),
+        "reference": Subset(items),
+    }, n_bootstrap=20, progress=False)
+    assert result.result("uniform").kind == result.result("popularity").kind == "baseline"
+    for name, estimate in result.result("uniform").estimates.items():
+        assert estimate.value == pytest.approx(
+            result.result("reference").estimates[name].value, abs=1e-12)
+    assert result.result("popularity").diagnostics["max_weight"] > 1.0
+
+
 class Broken:
     def __init__(self, dist_fn, n_items=N_ITEMS) -> None:
         self.item_ids_ = np.arange(n_items)
