@@ -168,7 +168,7 @@ def test_quick_demo_learns_quietly_and_leaves_no_process_behind(tmp_path) -> Non
     client = mlflow.MlflowClient()
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"ctr_over_time.png", "history.parquet", "demo_report.json"} <= artifacts
-    assert client.get_model_version_by_alias(SERVING_MODEL, "champion").version == \
+    assert str(client.get_model_version_by_alias(SERVING_MODEL, "champion").version) == \
         champion["version"]
     compared = {a.path for a in client.list_artifacts(report["comparison_run_id"])}
     assert {"comparison.png", "comparison.json"} <= compared
@@ -360,3 +360,13 @@ def test_the_demo_fills_in_a_valid_offline_config(kind, tmp_path) -> None:
     assert tomllib.loads(to_toml({"train": table}))["train"] == table
     spec = TrainSpec.from_table(table)
     assert spec.seeds == (0,) and spec.data.params["until_ms"] == 1_700_000_000_000
+
+
+@pytest.mark.usefixtures("services_never_started")
+def test_an_impossible_plan_is_one_line_before_anything_starts(capsys) -> None:
+    from recsys.cli import main
+
+    code = main(["demo", "--quick", "--port", str(free_port()), "--after", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("recsys demo: after_s: expected a number > 0, got 0.0"), err
