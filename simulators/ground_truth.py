@@ -1,10 +1,12 @@
 """The true value of a policy in the simulator's current state, and the optimal value.
 
-Value = expected clicks per request, over the simulator's user distribution. Users form a finite
-population with known arrival weights and a policy sees a fixed feature vector per user, so the
-expectation over users is an exact weighted sum; the expectation over the user's choice is exact
-(the choice model gives probabilities). Only the policy's own randomness over slates of two or
-more positions needs Monte Carlo, and then the standard error is reported.
+Value = expected clicks per request (``SlateSimulator.expected_clicks``: P(a click) under the
+MNL, the sum of the slots' click probabilities under the PBM), over the simulator's user
+distribution. Users form a finite population with known arrival weights and a policy sees a fixed
+feature vector per user, so the expectation over users is an exact weighted sum; the expectation
+over the user's clicks is exact (the choice model gives probabilities). Only the policy's own
+randomness over slates of two or more positions needs Monte Carlo, and then the standard error
+is reported.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import expit
 
 from recsys.policy import Policy
 from simulators.model import SlateSimulator
@@ -30,18 +33,24 @@ class PolicyValue:
 
 
 def item_click_probabilities(sim: SlateSimulator, position: int = 0) -> np.ndarray:
-    """(n_users, n_items): P(click) when the item is shown alone at ``position``."""
+    """(n_users, n_items): P(click) when the item is shown alone at ``position`` (MNL:
+    θ e^s / (e^b + θ e^s), PBM: θ σ(s − b); equal at position 0, where θ = 1)."""
     n_users, n_items = sim.config.n_users, sim.config.n_items
     out = np.empty((n_users, n_items))
     theta = sim.examination[position]
     b = np.exp(sim.config.no_click_utility)
+    pbm = sim.config.choice_model == "pbm"
     step = max(1, _CHUNK_CELLS // n_items)
     items = np.arange(n_items)
     for start in range(0, n_users, step):
         users = np.arange(start, min(start + step, n_users))
         s = sim.utilities(np.repeat(users, n_items), np.tile(items, users.size))
-        w = theta * np.exp(s.reshape(users.size, n_items))
-        out[users] = w / (b + w)
+        s = s.reshape(users.size, n_items)
+        if pbm:
+            out[users] = theta * expit(s - sim.config.no_click_utility)
+        else:
+            w = theta * np.exp(s)
+            out[users] = w / (b + w)
     eps = sim.config.click_noise
     return (1 - eps) * out + eps if eps else out
 
@@ -71,12 +80,11 @@ def policy_value(
         return PolicyValue(float(weights @ (dist * q).sum(axis=1)), 0.0, True)
     if isinstance(policy, GreedyPolicy):  # one slate per user
         slates = policy.recommend(context, k, **only_available).items
-        clicks = 1.0 - sim.click_probabilities(users, slates)[:, -1]
-        return PolicyValue(float(weights @ clicks), 0.0, True)
+        return PolicyValue(float(weights @ sim.expected_clicks(users, slates)), 0.0, True)
     draws = np.empty(n_monte_carlo)
     for m in range(n_monte_carlo):  # loop over Monte Carlo draws, each one vectorised over users
         slates = policy.recommend(context, k, **only_available).items
-        draws[m] = weights @ (1.0 - sim.click_probabilities(users, slates)[:, -1])
+        draws[m] = weights @ sim.expected_clicks(users, slates)
     return PolicyValue(
         float(draws.mean()), float(draws.std(ddof=1) / np.sqrt(n_monte_carlo)), False
     )
@@ -85,9 +93,10 @@ def policy_value(
 def optimal_slates(sim: SlateSimulator, slate_size: int | None = None) -> np.ndarray:
     """(n_users, slate_size): the best slate per user in the current state.
 
-    Click probability is W / (e^b + W) with W = Σ_k θ_k exp(s_k): increasing in W, and W is
-    largest with the most attractive items at the most examined positions (rearrangement
-    inequality), so sorting items by utility is exact.
+    MNL: P(click) is W / (e^b + W) with W = Σ_k θ_k exp(s_k), increasing in W. PBM: expected
+    clicks are (1 − ε) Σ_k θ_k σ(s_k − b) + ε. Both W and that sum are Σ_k θ_k f(s_k) with f
+    increasing, largest with the most attractive items at the most examined positions (θ is
+    non-increasing; rearrangement inequality), so sorting items by utility is exact for both.
     """
     k = slate_size or sim.config.slate_size
     users = np.arange(sim.config.n_users)
@@ -111,7 +120,7 @@ def optimal_value(sim: SlateSimulator, slate_size: int | None = None) -> PolicyV
     """The value of the optimal (oracle) policy: regret = optimal − policy value."""
     users = np.arange(sim.config.n_users)
     slates = optimal_slates(sim, slate_size)
-    clicks = 1.0 - sim.click_probabilities(users, slates)[:, -1]
+    clicks = sim.expected_clicks(users, slates)
     return PolicyValue(float(sim.user_weights @ clicks), 0.0, True)
 
 

@@ -4,7 +4,8 @@
 samples requests from the simulator, asks ``POST /recommend`` for a slate per request
 (concurrently, over the shared client transport ``recsys.client.http``, which retries 503), lets
 the simulator's choice model click, and posts the clicks to ``POST /feedback`` as one batched
-list. It counts requests, clicks and *expected* clicks (``1 − P(no click)`` of each served slate
+list (every click: the position-based choice model can click several items of a slate). It counts
+requests, clicks and *expected* clicks (``SlateSimulator.expected_clicks`` of each served slate
 under the choice model, a lower-variance CTR) per policy arm and per round, and counts every HTTP
 error by status.
 
@@ -290,21 +291,21 @@ class HttpUsers:
                 requests.user_id[rows], requests.context[rows], requests.time[rows],
                 requests.available,
             )
+            expected = self.sim.expected_clicks(kept.user_id, slates)  # before the state moves
             responses = self.sim.respond(kept, slates, rng=self.rng)
-            expected = 1.0 - responses.click_probabilities[:, -1]
             arm_of = np.array([b["policy"] for b in served])
             for arm in np.unique(arm_of).tolist():
                 mask = arm_of == arm
                 arms[arm] = ArmCounts(
                     int(mask.sum()),
-                    int((responses.clicked_position[mask] >= 0).sum()),
+                    int(responses.clicks[mask].sum()),
                     float(expected[mask].sum()),
                 )
                 if self.keep_served:
                     self._served.setdefault(arm, []).append(
                         (round_index, kept.user_id[mask].copy(), slates[mask])
                     )
-            posted, accepted = await self._post_clicks(served, responses.clicked_position, errors)
+            posted, accepted = await self._post_clicks(served, responses.clicks, errors)
         end = time.monotonic()
         result = RoundResult(
             round_index=round_index,
@@ -328,12 +329,12 @@ class HttpUsers:
         return result
 
     async def _post_clicks(
-        self, served: list[dict], clicked: np.ndarray, errors: Counter[str]
+        self, served: list[dict], clicks: np.ndarray, errors: Counter[str]
     ) -> tuple[int, int]:
-        """One feedback event per click, posted as one list per round (chunked at
-        ``FEEDBACK_BATCH``). Returns (events posted, events the server accepted)."""
+        """One feedback event per click (``clicks``: (n, k) 0/1 per served slot), posted as one
+        list per round (chunked at ``FEEDBACK_BATCH``). Returns (events posted, accepted)."""
         now_ms = int(time.time() * 1000)
-        rows = np.flatnonzero(clicked >= 0)
+        rows, positions = np.nonzero(clicks)
         events = [
             {
                 "request_id": served[i]["request_id"],
@@ -344,7 +345,7 @@ class HttpUsers:
                 "value": 1.0,
                 "event_time_ms": now_ms,
             }
-            for i, p in zip(rows.tolist(), clicked[rows].tolist(), strict=True)
+            for i, p in zip(rows.tolist(), positions.tolist(), strict=True)
         ]
         posted = accepted = 0
         for start in range(0, len(events), FEEDBACK_BATCH):
@@ -455,7 +456,7 @@ def true_value_of_slates(
     """The true value of the given (user, slate) pairs: expected clicks per request over the
     simulator's user distribution, in its current state.
 
-    Each user's value is the mean click probability of the slates given for that user; users are
+    Each user's value is the mean expected clicks of the slates given for that user; users are
     then weighted by ``sim.user_weights``. One slate per user for every user is exact for a
     deterministic arm; the slates an arm served to sampled traffic give a consistent estimate,
     renormalised over the users they cover (``user_coverage``). ``standard_error`` is the
@@ -475,7 +476,7 @@ def true_value_of_slates(
     step = max(1, _CHUNK_CELLS // (slates.shape[1] * sim.config.dim))
     for i in range(0, users.size, step):  # bounds the (rows, k, dim) utility intermediate
         rows = slice(i, i + step)
-        clicks[rows] = 1.0 - sim.click_probabilities(users[rows], slates[rows])[:, -1]
+        clicks[rows] = sim.expected_clicks(users[rows], slates[rows])
     count = np.bincount(users, minlength=n_users)
     per_user = np.bincount(users, weights=clicks, minlength=n_users)
     covered = count > 0

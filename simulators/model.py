@@ -2,12 +2,25 @@
 
 Users and items have latent vectors; a policy only sees noisy, partial views of them (the
 observable features). A request is one user arriving; the policy shows a slate of ``slate_size``
-items; the user makes one listwise choice among the shown items plus "no click":
+items and the user clicks according to one of two choice models (``choice_model``), both on the
+utility s = affinity · ⟨u, v⟩ / √d + item bias − fatigue, the examination weight
+θ_k = position_decay**k of position k and the no-click utility b:
 
-    P(click slot k) = θ_k exp(s_k) / (exp(b) + Σ_j θ_j exp(s_j)),   P(no click) = exp(b) / (...)
+* ``"mnl"`` (default): one listwise choice among the shown items plus "no click", at most one
+  click per slate, items compete (Eide et al.'s slate likelihood with positions)::
 
-with s = affinity · ⟨u, v⟩ / √d + item bias − fatigue, θ_k = position_decay**k the position's
-examination weight and b the no-click utility (Eide et al.'s slate likelihood with positions).
+      P(click slot k) = θ_k exp(s_k) / (exp(b) + Σ_j θ_j exp(s_j)),   P(no click) = exp(b) / (...)
+
+* ``"pbm"``: the position-based click model. Each shown item is clicked independently with
+  probability ``θ_k σ(s_k − b)`` (examination × attractiveness), so a slate can get several
+  clicks and its expected clicks are a sum over slots: the reward is additive over positions,
+  the assumption of slate off-policy estimators (independent-position IPS, pseudo-inverse),
+  which are biased on MNL logs. One item alone at position 0 has the same click probability
+  ``σ(s − b)`` in both models.
+
+``click_noise`` ε is the same in both: with probability ε a request's clicks are replaced by one
+accidental click on a shown item drawn uniformly (labelled ``noise``).
+
 Every optional effect (popularity skew of who arrives, accidental clicks, preference drift, new
 items, fatigue) is off by default and seeded. Requests in one batch are simultaneous: state that
 effects change (drift, fatigue, item arrivals) moves between batches, never inside one.
@@ -18,9 +31,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.special import expit
 
-from recsys.validation import check_scalar, message
+from recsys.validation import check_scalar, did_you_mean, message
 from simulators.exposure import ExposureTable
+
+CHOICE_MODELS = ("mnl", "pbm")
+"""The click models ``SimulatorConfig.choice_model`` accepts (see the module)."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +53,9 @@ class SimulatorConfig:
     feature_noise: float = 0.5
     affinity: float = 1.0
     item_bias_std: float = 0.5
+    choice_model: str = "mnl"
+    """``"mnl"`` (one listwise choice per slate) or ``"pbm"`` (position-based: independent
+    clicks per slot); see the module."""
     no_click_utility: float = 4.5
     """b in the choice model; the default gives a click-through rate of a few percent."""
     position_decay: float = 0.7
@@ -54,6 +74,11 @@ class SimulatorConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.choice_model, str) or self.choice_model not in CHOICE_MODELS:
+            fix = (did_you_mean(self.choice_model, CHOICE_MODELS)
+                   if isinstance(self.choice_model, str) else None)
+            raise ValueError(message("choice_model", "one of 'mnl' (multinomial logit) or 'pbm' "
+                                     "(position-based)", repr(self.choice_model), fix))
         positive = ("n_users", "n_items", "dim", "slate_size", "new_item_horizon")
         for name in positive:
             if getattr(self, name) < 1:
@@ -92,10 +117,10 @@ class Requests:
 class Responses:
     """What the users did with the slates of one batch."""
 
-    clicked_position: np.ndarray  # (B,) int, -1 for no click
-    clicks: np.ndarray  # (B, K) int8 one-hot of the click
+    clicked_position: np.ndarray  # (B,) int: the click (PBM: the top-most click), -1 for none
+    clicks: np.ndarray  # (B, K) int8: one-hot of the click (PBM: any number of ones)
     noise: np.ndarray  # (B,) bool: the click was accidental (ground-truth noise label)
-    click_probabilities: np.ndarray = field(repr=False)  # (B, K + 1), last column = no click
+    click_probabilities: np.ndarray = field(repr=False)  # (B, K + 1), see click_probabilities
 
 
 class SlateSimulator:
@@ -170,32 +195,46 @@ class SlateSimulator:
         return s
 
     def click_probabilities(self, user_id: np.ndarray, slates: np.ndarray) -> np.ndarray:
-        """(B, K + 1) probabilities of clicking each slot, last column no click, accidental
-        clicks included (they are what the logs record)."""
-        slates = np.asarray(slates)
-        if slates.ndim != 2 or slates.shape[0] != len(user_id):
-            raise ValueError(
-                message("slates", f"shape ({len(user_id)}, slate_size)", f"shape {slates.shape}")
-            )
+        """(B, K + 1) click probabilities of each slot, accidental clicks included (they are what
+        the logs record); the last column is P(no click at all).
+
+        MNL: the listwise choice's probabilities, rows sum to 1 (at most one click). PBM: column
+        k is P(slot k is clicked) = (1 − ε) θ_k σ(s_k − b) + ε / K, clicks are independent given
+        no accident, the last column is (1 − ε) Π_k (1 − θ_k σ(s_k − b)); rows need not sum to 1.
+        """
+        slates = self._slates_of(user_id, slates)
         k = slates.shape[1]
+        eps = self.config.click_noise
+        if self.config.choice_model == "pbm":
+            return self._with_pbm_noise(self._pbm_probabilities(user_id, slates))
         s = self.utilities(user_id, slates)
         weights = np.exp(s) * self.examination[:k]
         no_click = np.full((len(user_id), 1), np.exp(self.config.no_click_utility))
         probs = np.concatenate([weights, no_click], axis=1)
         probs /= probs.sum(axis=1, keepdims=True)
-        eps = self.config.click_noise
         if eps:
             probs *= 1 - eps
             probs[:, :k] += eps / k
         return probs
 
+    def expected_clicks(self, user_id: np.ndarray, slates: np.ndarray) -> np.ndarray:
+        """(B,) expected clicks of each slate in the current state, accidental clicks included:
+        the value every ground truth uses. MNL: 1 − P(no click); PBM: Σ_k P(slot k clicked)."""
+        probs = self.click_probabilities(user_id, slates)
+        if self.config.choice_model == "pbm":
+            return probs[:, :-1].sum(axis=1)
+        return 1.0 - probs[:, -1]
+
     def respond(
         self, requests: Requests, slates: np.ndarray, rng: np.random.Generator | None = None
     ) -> Responses:
-        """Users choose among their slates; then time and the optional effects move on."""
+        """Users click on their slates (see the module); then time and the optional effects move
+        on."""
         rng = rng or self._rng
         slates = np.asarray(slates)
         self._check_slates(requests, slates)
+        if self.config.choice_model == "pbm":
+            return self._respond_pbm(requests, slates, rng)
         probs = self.click_probabilities(requests.user_id, slates)
         n, k = slates.shape
         eps = self.config.click_noise
@@ -213,6 +252,48 @@ class SlateSimulator:
         clicks[rows, clicked[rows]] = 1
         self._advance(requests, slates, rng)
         return Responses(clicked, clicks, noise, probs)
+
+    def _respond_pbm(
+        self, requests: Requests, slates: np.ndarray, rng: np.random.Generator
+    ) -> Responses:
+        """Independent Bernoulli clicks per slot; an accidental request gets one random click."""
+        clean = self._pbm_probabilities(requests.user_id, slates)
+        probs = self._with_pbm_noise(clean)
+        n, k = slates.shape
+        clicks = (rng.random((n, k)) < clean).astype(np.int8)
+        noise = np.zeros(n, dtype=bool)
+        eps = self.config.click_noise
+        if eps:
+            noise = rng.random(n) < eps
+            rows = np.flatnonzero(noise)
+            clicks[rows] = 0
+            clicks[rows, rng.integers(k, size=rows.size)] = 1
+        clicked = np.where(clicks.any(axis=1), clicks.argmax(axis=1), -1)
+        self._advance(requests, slates, rng)
+        return Responses(clicked, clicks, noise, probs)
+
+    def _pbm_probabilities(self, user_id: np.ndarray, slates: np.ndarray) -> np.ndarray:
+        """(B, K) θ_k σ(s_k − b): the PBM's click probabilities without accidents."""
+        s = self.utilities(user_id, slates)
+        return self.examination[: slates.shape[1]] * expit(s - self.config.no_click_utility)
+
+    def _with_pbm_noise(self, clean: np.ndarray) -> np.ndarray:
+        """(B, K + 1) ``click_probabilities`` of the PBM from its accident-free (B, K) ones."""
+        k = clean.shape[1]
+        probs = np.concatenate([clean, np.prod(1.0 - clean, axis=1, keepdims=True)], axis=1)
+        eps = self.config.click_noise
+        if eps:
+            probs *= 1 - eps
+            probs[:, :k] += eps / k
+        return probs
+
+    def _slates_of(self, user_id: np.ndarray, slates: np.ndarray) -> np.ndarray:
+        slates = np.asarray(slates)
+        if slates.ndim != 2 or slates.shape[0] != len(user_id):
+            raise ValueError(
+                message("slates", f"shape ({len(user_id)}, slate_size)", f"shape {slates.shape}")
+            )
+        return slates
 
     def _check_slates(self, requests: Requests, slates: np.ndarray) -> None:
         if slates.ndim != 2 or slates.shape[0] != len(requests):

@@ -465,12 +465,13 @@ def _click_stats(frame: pl.DataFrame) -> dict[str, float | int]:
 
 
 def _expected_noise_share(sim: SlateSimulator) -> float:
-    """P(accidental | click) implied by ``click_noise``: ε over the mean P(click | slate), the
-    mean taken over users by weight and 20 uniform slates each (a fixed Monte Carlo draw)."""
+    """P(accidental | click) implied by ``click_noise``: ε over the mean expected clicks of a
+    slate (one accidental click per noisy request), the mean taken over users by weight and 20
+    uniform slates each (a fixed Monte Carlo draw)."""
     users = np.repeat(np.arange(sim.config.n_users), 20)
     rng = np.random.default_rng(0)
     slates = np.argsort(rng.random((users.size, sim.config.n_items)), axis=1)
-    click = 1.0 - sim.click_probabilities(users, slates[:, : sim.config.slate_size])[:, -1]
+    click = sim.expected_clicks(users, slates[:, : sim.config.slate_size])
     weights = sim.user_weights[users]
     return float(sim.config.click_noise / (weights @ click / weights.sum()))
 

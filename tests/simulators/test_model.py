@@ -37,6 +37,28 @@ def test_choices_follow_the_listwise_probabilities_and_ctr_is_a_few_percent():
     assert observed[0] > observed[2]
 
 
+def test_mnl_numbers_are_pinned():
+    """The MNL's clicks and ground truth as they were before the PBM was added (same seeds)."""
+    from simulators.ground_truth import optimal_value, policy_value
+    from simulators.policies import GreedyPolicy, SoftmaxPolicy
+
+    sim = SlateSimulator(SimulatorConfig(n_items=8, slate_size=3, n_users=50, click_noise=0.1))
+    assert optimal_value(sim).value == pytest.approx(0.18199346015566176, rel=1e-12)
+    greedy = policy_value(sim, GreedyPolicy(sim.item_features)).value
+    assert greedy == pytest.approx(0.164767545667025, rel=1e-12)
+    softmax = policy_value(sim, SoftmaxPolicy(sim.item_features, random_state=0), 20).value
+    assert softmax == pytest.approx(0.15422864058321278, rel=1e-12)
+    rng = np.random.default_rng(0)
+    requests = sim.sample_requests(1000, rng)
+    slates = np.argsort(rng.random((1000, 8)), axis=1)[:, :3]
+    expected = sim.expected_clicks(requests.user_id, slates)
+    probs = sim.click_probabilities(requests.user_id, slates)
+    np.testing.assert_array_equal(expected, 1.0 - probs[:, -1])
+    responses = sim.respond(requests, slates, rng)
+    assert (responses.clicks.sum(), responses.noise.sum()) == (127, 87)
+    assert responses.clicked_position[:20].tolist() == [-1] * 8 + [0] + [-1] * 7 + [0, 2, -1, -1]
+
+
 def test_config_errors_name_the_argument():
     with pytest.raises(ValueError, match=r"^slate_size: expected at most n_items"):
         SimulatorConfig(n_items=2, slate_size=3)

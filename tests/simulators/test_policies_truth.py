@@ -18,6 +18,7 @@ from simulators.policies import (
 )
 
 SIM = SlateSimulator(SimulatorConfig(n_items=8, slate_size=3, n_users=50))
+PBM = SlateSimulator(SimulatorConfig(n_items=8, slate_size=3, n_users=50, choice_model="pbm"))
 POLICIES = {
     "uniform": UniformPolicy(8, random_state=0),
     "epsilon_greedy": EpsilonMixturePolicy(GreedyPolicy(SIM.item_features), 0.3,
@@ -58,8 +59,10 @@ def test_policy_values_match_simulated_clicks():
     assert abs(logs["reward"].mean() - truth.value) < 4 * se
 
 
-def test_slate_policy_value_by_monte_carlo_has_a_standard_error():
-    sim = SlateSimulator(SimulatorConfig(n_items=20, slate_size=3, n_users=300, seed=4))
+@pytest.mark.parametrize("choice_model", ["mnl", "pbm"])
+def test_slate_policy_value_by_monte_carlo_has_a_standard_error(choice_model):
+    sim = SlateSimulator(SimulatorConfig(n_items=20, slate_size=3, n_users=300, seed=4,
+                                         choice_model=choice_model))
     truth = policy_value(sim, SoftmaxPolicy(sim.item_features, random_state=0), n_monte_carlo=100)
     assert not truth.exact and truth.standard_error > 0
     rng = np.random.default_rng(2)
@@ -69,16 +72,16 @@ def test_slate_policy_value_by_monte_carlo_has_a_standard_error():
     assert abs(clicks_per_request - truth.value) < 4 * se
 
 
-def test_optimal_policy_beats_every_other_policy_and_ordering_matters():
-    best = optimal_value(SIM).value
+@pytest.mark.parametrize("sim", [SIM, PBM], ids=["mnl", "pbm"])
+def test_optimal_policy_beats_every_other_policy_and_ordering_matters(sim):
+    best = optimal_value(sim).value
     for policy in POLICIES.values():
-        assert policy_value(SIM, clone(policy)).value < best
-    greedy = policy_value(SIM, GreedyPolicy(SIM.item_features))
+        assert policy_value(sim, clone(policy)).value < best
+    greedy = policy_value(sim, GreedyPolicy(sim.item_features))
     assert greedy.exact
-    slates = optimal_slates(SIM)
-    users = np.arange(SIM.config.n_users)
-    reversed_clicks = 1 - SIM.click_probabilities(users, slates[:, ::-1])[:, -1]
-    assert SIM.user_weights @ reversed_clicks < best
+    slates = optimal_slates(sim)
+    users = np.arange(sim.config.n_users)
+    assert sim.user_weights @ sim.expected_clicks(users, slates[:, ::-1]) < best
 
 
 def test_regret_is_zero_for_the_optimum_and_positive_otherwise():
