@@ -75,6 +75,10 @@ DEMO_WORLD = SimulatorConfig(n_users=2000, n_items=200, dim=16, slate_size=5,
 """The simulated world: clicks common enough that learning shows within a minute."""
 
 
+DEMO_RUN_TAG = "recsys.demo_run"
+"""Tag of every mlflow run a demo made (value: the run's folder name under ``<data_dir>/demo``)."""
+
+
 @dataclass(frozen=True)
 class DemoPlan:
     """How big and how long: the simulated world (its ``seed`` seeds the whole run) and the
@@ -720,6 +724,18 @@ def log_run(run: DemoRun, report: DemoReport, policies: dict[str, Any]) -> None:
         mlflow.log_artifact(str(run.run_dir / "final_statistics.npz"))
         report.mlflow_run_id = logged.info.run_id
         mlflow.log_dict(report.to_dict(), "demo_report.json")
+    tag_runs(run.run_id, [report.mlflow_run_id, report.comparison_run_id,
+                          *(c["run_id"] for c in report.candidates)])
+
+
+def tag_runs(demo_id: str, run_ids: list[str | None]) -> None:
+    """Tag every mlflow run of this demo (its own, the registrations, the offline trainings, the
+    comparison) ``recsys.demo_run=<demo id>``: one filter in the UI shows them together."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for run_id in dict.fromkeys(r for r in run_ids if r):
+        client.set_tag(run_id, DEMO_RUN_TAG, demo_id)
 
 
 def quiet_mlflow() -> None:

@@ -438,7 +438,8 @@ def print_report(report: DemoReport, settings: Any) -> None:
           f"{report.traffic_s:.0f} s, wall {report.wall_s:.0f} s")
     print(f"  plot {report.plot}")
     print(f"  mlflow: demo run {report.mlflow_run_id}, comparison run "
-          f"{report.comparison_run_id or 'none'}, registered model {SERVING_MODEL}")
+          f"{report.comparison_run_id or 'none'}, registered model {SERVING_MODEL}; every run "
+          f"of this demo is tagged recsys.demo_run = {Path(report.run_dir).name}")
     print(f"  open it: {report.mlflow_ui or settings}")
     problems = report.problems()
     if problems:

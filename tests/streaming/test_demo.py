@@ -172,6 +172,9 @@ def test_quick_demo_learns_quietly_and_leaves_no_process_behind(tmp_path) -> Non
         champion["version"]
     compared = {a.path for a in client.list_artifacts(report["comparison_run_id"])}
     assert {"comparison.png", "comparison.json"} <= compared
+    demo_id = Path(report["run_dir"]).name
+    for run_id in (report["comparison_run_id"], *(c["run_id"] for c in report["candidates"])):
+        assert client.get_run(run_id).data.tags["recsys.demo_run"] == demo_id
 
     stop_by = time.monotonic() + 30
     while (leftovers := tree.alive()) and time.monotonic() < stop_by:
