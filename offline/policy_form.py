@@ -100,6 +100,7 @@ def register_policy_form(result: RunResult, spec: TrainSpec, data: PreparedData,
     ``models:/NAME/VERSION``."""
     import mlflow
 
+    from offline.registry import describe_registered_model
     from recsys.registry import log_policy_model, scored_model
 
     tags = {**ids["tags"], "recsys.raw_model": raw_model, "recsys.selection": selection.rule,
@@ -116,4 +117,8 @@ def register_policy_form(result: RunResult, spec: TrainSpec, data: PreparedData,
                                 artifact_name=POLICY_ARTIFACT, tags=tags,
                                 description=describe_policy(spec, result, raw_model, tags,
                                                             selection))
+    describe_registered_model(name, (
+        "Policies registered by `recsys train`/`reproduce` (offline models with an exploration "
+        "rule over their scores; recsys.registry 'scores' models): each version's description "
+        "names the raw model it was made from (tag recsys.raw_model) and its exploration rule."))
     return f"models:/{name}/{info.registered_model_version}"

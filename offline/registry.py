@@ -324,6 +324,16 @@ def register_version(model_uri: str, name: str, *, tags: Mapping[str, str] | Non
     return str(version.version)
 
 
+def describe_registered_model(name: str, description: str) -> None:
+    """Give the registered model ``name`` a description unless it has one (what its versions
+    are; each version's own description says what it was trained on)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=description)
+
+
 def _local_artifacts(uri: str) -> dict[str, Path]:
     import mlflow
     from mlflow.models import Model

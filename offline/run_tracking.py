@@ -176,12 +176,18 @@ def register_run(result: RunResult, spec: TrainSpec, data: PreparedData, ids: di
                  selection: Selection) -> str:
     """Register the run's logged model as a version of ``spec.name`` with a description and the
     run's tags plus the selection's; returns ``models:/NAME/VERSION``."""
-    from offline.registry import register_version
+    from offline.registry import describe_registered_model, register_version
 
     tags = {**ids["tags"], "recsys.selection": selection.rule,
             "recsys.seeds": ",".join(map(str, selection.seeds))}
     version = register_version(ids["logged_model_uri"], spec.name, tags=tags,
                                description=describe(spec, data, result, selection, ids["tags"]))
+    describe_registered_model(spec.name, (
+        f"Offline {spec.model.name} models of the training config {spec.name!r} "
+        f"({spec.objective.name} objective): one version per training experiment (`recsys "
+        "train`, or a `recsys reproduce` cell), its selected seed; the version descriptions say "
+        "what each was trained on. Their policy "
+        f"forms (exploration rule over the scores) are versions of {spec.policy_model_name!r}."))
     return f"models:/{spec.name}/{version}"
 
 

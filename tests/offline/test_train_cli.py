@@ -145,6 +145,7 @@ def test_one_version_per_experiment_with_a_description_and_one_data_hash(tmp_pat
     assert version.run_id == by_seed[2].info.run_id
     assert "Selected seed 2: chosen (register seed 2) among seeds 0, 1, 2" in version.description
     assert "pld objective" in version.description and "test_recall@20" in version.description
+    assert "one version per" in client.get_registered_model("e2e-denoise-pld").description
     (policy,) = client.search_model_versions("name='slot'")
     assert policy.tags["recsys.raw_model"] == f"models:/e2e-denoise-pld/{version.version}"
     assert "softmax" in policy.description
