@@ -173,6 +173,7 @@ def finn_dataset(
         task="implicit",
         n_users=slates.n_users,
         n_items=slates.n_items,
+        item_ids=tuple(int(i) for i in slates.item_ids),
         train=train,
         valid=valid,
         test=test,

@@ -179,6 +179,7 @@ def lake_dataset(
         n_users=len(user_ids),
         user_ids=tuple(str(u) for u in user_ids),
         n_items=len(item_ids),
+        item_ids=tuple(int(i) for i in item_ids),
         train=train,
         valid=valid,
         test=test,
