@@ -20,7 +20,7 @@ from recsys.registry.promotion import (
     rollback,
 )
 
-KIND_TAGS = ("policy_kind", "recsys.policy_kind", "recsys.kind")
+KIND_TAGS = ("recsys.policy_kind", "recsys.kind")
 """Version tags the policy kind is read from, first found wins."""
 
 _PROMOTE_HELP = """\

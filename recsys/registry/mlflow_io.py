@@ -127,8 +127,9 @@ def _requirements() -> list[str]:
 
 def standard_tags(model: RegisteredPolicy) -> dict[str, str]:
     """The tags every registered policy carries (callers add their lineage)."""
-    return {"policy_kind": model.kind, "policy_class": str(model.spec.get("class", "")),
-            "code_version": code_version()}
+    return {"recsys.policy_kind": model.kind,
+            "recsys.policy_class": str(model.spec.get("class", "")),
+            "recsys.code_version": code_version()}
 
 
 # ---------------------------------------------------------------------------- log / load

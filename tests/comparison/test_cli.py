@@ -131,5 +131,5 @@ def test_search_ranks_configurations_and_registers_the_best(data, capsys) -> Non
                                                              ["alpha=5", "alpha=0.1"])
     assert search["registered"] == "models:/searched/1"
     version = MlflowClient().get_model_version("searched", "1")
-    assert version.tags["policy_kind"] == "bandit"
+    assert version.tags["recsys.policy_kind"] == "bandit"
     assert version.tags["recsys.search_config"] == search["ranking"][0]["config"]

@@ -179,12 +179,12 @@ def test_signature_example_tags_and_description(store) -> None:
     assert Model.load(info.model_uri).saved_input_example_info is not None
     version = mlflow.MlflowClient().get_model_version("policy-ts-dense", "1")
     assert version.description == "the ts-dense policy"
-    assert version.tags["policy_kind"] == "bandit"
-    assert version.tags["policy_class"] == "DiagLinTS"
-    assert version.tags["dataset_hash"] == "abc" and version.tags["code_version"]
+    assert version.tags["recsys.policy_kind"] == "bandit"
+    assert version.tags["recsys.policy_class"] == "DiagLinTS"
+    assert version.tags["dataset_hash"] == "abc" and version.tags["recsys.code_version"]
     run = mlflow.get_run(info.run_id)
     assert run.data.tags["dataset_hash"] == "abc"
-    assert mlflow.get_logged_model(info.model_id).tags["policy_kind"] == "bandit"
+    assert mlflow.get_logged_model(info.model_id).tags["recsys.policy_kind"] == "bandit"
 
 
 def test_unknown_uris_are_clear_errors(store) -> None:
