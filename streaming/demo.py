@@ -71,8 +71,12 @@ from streaming.demo_report import (
 )
 
 DEMO_WORLD = SimulatorConfig(n_users=2000, n_items=200, dim=16, slate_size=5,
-                             no_click_utility=3.0, affinity=2.0, seed=0)
-"""The simulated world: clicks common enough that learning shows within a minute."""
+                             no_click_utility=3.0, affinity=2.0, choice_model="pbm", seed=0)
+"""The simulated world: clicks common enough that learning shows within a minute. Users click
+by the position-based model (each shown item independently, ``θ_k σ(s_k − b)``): its reward is
+additive over positions, the assumption of the comparison's per-slot estimators, so their
+estimates on the demo's own logs are unbiased (under the multinomial-logit model, where items
+of a slate compete for one click, they are not)."""
 
 
 DEMO_RUN_TAG = "recsys.demo_run"
@@ -522,6 +526,8 @@ def _measure(run: DemoRun, stack: Any, kafka: Any, users: Any, traffic_s: float,
         true_value_late=late_values,
         true_value_final=_final_values(sim, stats, stack.service_config, plan),
         optimal_value=optimal_value(sim).value,
+        max_clicks_per_slate=(plan.world.slate_size if plan.world.choice_model == "pbm"
+                              else 1),
         freshness_ms=fresh.percentiles_ms(), freshness_timeouts=fresh.timeouts,
         events_processed=events, bad_records_sent=plan.bad_records,
         dead_letters=sum(reasons.values()), dead_letter_reasons=reasons,
@@ -628,7 +634,7 @@ def build_report(run: DemoRun, output: LoopOutput, settings: Settings) -> DemoRe
             "n_requests": comparison.n_requests, "n_rows": comparison.n_rows,
             "len_list": comparison.len_list, "n_actions": comparison.n_actions,
             "alpha": comparison.alpha, "n_bootstrap": comparison.n_bootstrap,
-            "primary": settings.registry.estimator}
+            "primary": settings.registry.estimator, **verdict.logs}
         report.comparison_run_id = verdict.run_id
         decision = verdict.decision
         report.promotion = decision.to_dict() if decision is not None else {}

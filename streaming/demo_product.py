@@ -14,8 +14,9 @@ The steps, one function each, in the order the demo runs them:
    through the command plumbing (this package never imports ``offline``); each registers its
    policy form as a version.
 4. :func:`compare`: every candidate, the current champion and the logging policy on the same
-   held-out logs (the lake after the cut), with the simulator's true values when the caller
-   passes them, logged as one mlflow comparison run.
+   held-out logs (the lake after the cut, the requests logged with exact propensities:
+   :func:`held_out_logs`), with the simulator's true values when the caller passes them,
+   logged as one mlflow comparison run.
 5. :func:`promote_best`: the best challenger by the registry's estimator is promoted when the
    rule holds (``recsys.registry.promotion``).
 6. :func:`wait_for_switch` and :func:`served_versions`: when the serving app serves the new
@@ -231,16 +232,58 @@ class Verdict:
     decision: Any = None
     """``recsys.registry.promotion.Decision`` (None before :func:`promote_best`)."""
     labels: dict[str, Candidate] = field(default_factory=dict)
+    logs: dict[str, Any] = field(default_factory=dict)
+    """Which held-out requests were compared (:func:`held_out_logs`)."""
+
+
+def held_out_logs(lake_uri: str, start_ms: int, end_ms: int) -> tuple[Any, dict[str, Any]]:
+    """The lake's rewards in ``[start_ms, end_ms)`` of the requests whose every propensity was
+    logged exact (``propensity_se`` 0), as ``LoggedSlates`` with the lake's world; and what was
+    kept and dropped.
+
+    Thompson sampling logs Monte Carlo estimates of its propensities: an item it rarely shows
+    often gets an estimate far below its probability (none of the replays showed it), so its
+    rows carry importance weights many times too large (the mean weight of a uniform target
+    over them is several times 1) and bias every estimator. Dropping requests by how their
+    propensities were logged, decided before any reward is looked at, keeps the estimates
+    unbiased on the rest (the uniform control's and the champion arm's requests here).
+    """
+    from recsys.comparison import LoggedSlates
+    from recsys.comparison.logs import read_world
+    from recsys.lake import scan_lake
+    from recsys.storage import join, resolve
+
+    when = (pl.col("event_time_ms") >= start_ms) & (pl.col("event_time_ms") < end_ms)
+    frame = scan_lake(lake_uri, "rewards").filter(when).collect()
+    if frame.height == 0:
+        raise ValueError(message("held-out logs", f"rewards in [{start_ms}, {end_ms}) under "
+                                 f"{lake_uri}", "no rows"))
+    estimated = frame.group_by("request_id").agg(
+        (pl.col("propensity_se").fill_null(0.0) > 0).any().alias("estimated"),
+        pl.col("policy_name").first())
+    dropped = estimated.filter(pl.col("estimated"))
+    kept = frame.join(dropped.select("request_id"), on="request_id", how="anti")
+    if kept.height == 0:
+        raise ValueError(message("held-out logs", "requests logged with exact propensities",
+                                 f"none of {estimated.height}"))
+    fs, root = resolve(lake_uri)
+    summary = {"requests_logged": estimated.height,
+               "requests_kept": estimated.height - dropped.height,
+               "dropped_policies": sorted(set(dropped["policy_name"].drop_nulls().to_list()))}
+    logs = LoggedSlates.from_frame(
+        kept, world=read_world(fs, join(root, "world.json")),
+        source={"source": "lake", "path": str(lake_uri), "range_ms": [start_ms, end_ms],
+                "rows": "requests logged with exact propensities", **summary})
+    return logs, summary
 
 
 def compare(settings: Settings, lake_uri: str, start_ms: int, end_ms: int,
             candidates: list[Candidate], *,
             truth: Callable[[str, Any], float] | None = None,
             random_state: int = 0) -> Verdict:
-    """Evaluate ``candidates`` and the logging policy on the lake's rewards in
-    ``[start_ms, end_ms)`` with the comparison engine's estimators and the registry's interval
+    """Evaluate ``candidates`` and the logging policy on the held-out logs
+    (:func:`held_out_logs`) with the comparison engine's estimators and the registry's interval
     settings; log the comparison run. ``truth(label, policy)`` adds true values."""
-    from recsys.comparison import LoggedSlates
     from recsys.comparison.candidates import (
         CandidateSet,
         LoggingPolicy,
@@ -250,7 +293,7 @@ def compare(settings: Settings, lake_uri: str, start_ms: int, end_ms: int,
     from recsys.comparison.report import log_comparison
 
     registry = settings.registry
-    logs = LoggedSlates.from_lake(lake_uri, start_ms, end_ms)
+    logs, kept = held_out_logs(lake_uri, start_ms, end_ms)
     chosen = CandidateSet({c.label: load_registered(c.uri) for c in candidates})
     chosen.candidates["logging"] = LoggingPolicy()
     comparison = compare_candidates(logs, chosen, alpha=registry.alpha,
@@ -259,7 +302,7 @@ def compare(settings: Settings, lake_uri: str, start_ms: int, end_ms: int,
     run_id = log_comparison(comparison, primary=registry.estimator,
                             run_name=f"demo-compare-{time.strftime('%Y%m%d-%H%M%S')}",
                             tags={"recsys.demo": "true"})
-    return Verdict(comparison, run_id, labels={c.label: c for c in candidates})
+    return Verdict(comparison, run_id, labels={c.label: c for c in candidates}, logs=kept)
 
 
 def comparison_rows(comparison: Any) -> list[dict[str, Any]]:

@@ -51,6 +51,9 @@ class DemoReport:
     dead_letters: int
     http_errors: dict[str, int]
     traffic_s: float
+    max_clicks_per_slate: int = 1
+    """1 when the world's users click at most once per slate (MNL), else the slate size (PBM):
+    it decides the z statistic and the plot's bands."""
     period_end_s: list[float] = field(default_factory=list)
     ctr_by_period: dict[str, list[float]] = field(default_factory=dict)
     """Each arm's CTR in each of :data:`PERIODS` equal periods, ending at ``period_end_s``."""
@@ -90,7 +93,10 @@ class DemoReport:
     """Distinct dead-lettered source records by (the first) reason."""
 
     def z_score(self) -> float:
-        """Two-proportion z of learning vs uniform CTR over the second half of the run."""
+        """z of learning vs uniform clicks per slate over the second half of the run: the
+        pooled two-proportion z when a slate gets at most one click, else with each arm's
+        variance bounded by its mean (clicks per slate are a sum of independent clicks, whose
+        variance is at most their mean), which only makes z smaller."""
         late = self.late_counts
         if LEARNING_ARM not in late or CONTROL_ARM not in late:
             return float("nan")
@@ -98,7 +104,10 @@ class DemoReport:
         if n1 == 0 or n0 == 0:
             return float("nan")
         p1, p0, p = c1 / n1, c0 / n0, (c1 + c0) / (n1 + n0)
-        se = math.sqrt(max(p * (1 - p) * (1 / n1 + 1 / n0), 1e-12))
+        if self.max_clicks_per_slate == 1:
+            se = math.sqrt(max(p * (1 - p) * (1 / n1 + 1 / n0), 1e-12))
+        else:
+            se = math.sqrt(max(p1 / n1 + p0 / n0, 1e-12))
         return (p1 - p0) / se
 
     def problems(self) -> list[str]:
@@ -201,9 +210,11 @@ class ArmCurves:
 
 
 def arm_curves(history: pl.DataFrame, arm: str, window_s: float,
-               optimal_value: float) -> ArmCurves:
-    """Trailing-window CTR (with its 95% Wilson band), the true value of what was served in the
-    same window, and cumulative regret, at the end of each round ``arm`` was served in."""
+               optimal_value: float, max_clicks_per_slate: int = 1) -> ArmCurves:
+    """Trailing-window CTR (clicks per slate) with its 95% band, the true value of what was
+    served in the same window, and cumulative regret, at the end of each round ``arm`` was
+    served in. The band is Wilson's when a slate gets at most one click, else normal with the
+    variance bounded by the mean (independent clicks)."""
     rows = history.filter(pl.col("arm") == arm).sort("elapsed_s")
     t = rows["elapsed_s"].to_numpy()
     requests, clicks, expected = (rows[c].to_numpy().astype(float)
@@ -218,9 +229,14 @@ def arm_curves(history: pl.DataFrame, arm: str, window_s: float,
     safe = np.maximum(n, 1.0)
     p = k / safe
     z = 1.96
-    centre = (p + z * z / (2 * safe)) / (1 + z * z / safe)
-    half = z * np.sqrt(p * (1 - p) / safe + z * z / (4 * safe**2)) / (1 + z * z / safe)
-    return ArmCurves(t, p, centre - half, centre + half, e / safe,
+    if max_clicks_per_slate == 1:
+        centre = (p + z * z / (2 * safe)) / (1 + z * z / safe)
+        half = z * np.sqrt(p * (1 - p) / safe + z * z / (4 * safe**2)) / (1 + z * z / safe)
+        low, high = centre - half, centre + half
+    else:
+        half = z * np.sqrt(np.maximum(p, 1.0 / safe) / safe)
+        low, high = np.maximum(p - half, 0.0), np.minimum(p + half, max_clicks_per_slate)
+    return ArmCurves(t, p, low, high, e / safe,
                      np.cumsum(optimal_value * requests - expected))
 
 
@@ -274,7 +290,8 @@ def save_plot(history: pl.DataFrame, report: DemoReport, path: Path) -> str:
     handles: list[Any] = []
     for i, arm in enumerate(arms):
         colour = COLOURS.get(arm, f"C{i + 3}")
-        c = arm_curves(history, arm, window, report.optimal_value)
+        c = arm_curves(history, arm, window, report.optimal_value,
+                       report.max_clicks_per_slate)
         ctr_ax.fill_between(c.elapsed_s, c.ctr_low, c.ctr_high, color=colour, alpha=0.2,
                             linewidth=0)
         handles += ctr_ax.plot(c.elapsed_s, c.ctr, color=colour, linewidth=1.5, label=arm)
@@ -292,7 +309,7 @@ def save_plot(history: pl.DataFrame, report: DemoReport, path: Path) -> str:
         *_mark_phases(report, (ctr_ax, regret_ax)),
     ]
     ctr_ax.set_ylabel("clicks per slate")
-    ctr_ax.set_ylim(0, 1)
+    ctr_ax.set_ylim(0, max(1.0, 1.08 * report.optimal_value))
     ctr_ax.grid(alpha=0.3)
     ctr_ax.set_title("recsys demo: Thompson sampling learning online, a uniform control and "
                      f"the {CHAMPION_ARM} arm\nserving models:/{SERVING_MODEL}@{CHAMPION_ARM}, "
@@ -360,8 +377,11 @@ def comparison_lines(report: DemoReport, estimators: tuple[str, ...] = ()) -> li
         entry[row["estimator"]] = row
     shown = tuple(e for e in shown if any(e in r for r in rows.values()))
     level = 100 * (1 - summary.get("alpha", 0.05))
+    dropped = summary.get("dropped_policies") or []
+    kept = (f"; requests logged with exact propensities, {', '.join(dropped)}'s Monte Carlo "
+            f"ones left out, of {summary.get('requests_logged', 0):,}" if dropped else "")
     lines = [f"Candidates for {SERVING_MODEL} on the held-out logs "
-             f"({summary.get('n_requests', 0):,} requests; {level:g}% intervals from "
+             f"({summary.get('n_requests', 0):,} requests{kept}; {level:g}% intervals from "
              f"{summary.get('n_bootstrap', 0):,} bootstrap resamples)",
              f"  {'candidate':<17}{'kind':<10}{'version':>8}"
              + "".join(f"{e:>26}" for e in shown) + f"{'true value':>12}"]
