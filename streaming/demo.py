@@ -538,21 +538,27 @@ def _measure(run: DemoRun, stack: Any, kafka: Any, users: Any, traffic_s: float,
 
 def _final_values(sim: Any, stats: Any, config: Any, plan: DemoPlan) -> dict[str, float]:
     """True value of each arm's policy on the final statistics, every user served 20 slates."""
-    from recsys.bandits import policy_from_spec
     from simulators.ground_truth import policy_value
-    from simulators.http_traffic import true_value_of_slates
     from simulators.policies import UniformPolicy
 
     out = {CONTROL_ARM: policy_value(sim, UniformPolicy(plan.world.n_items,
                                                         random_state=0)).value}
-    spec = config.policies[LEARNING_ARM]
-    policy = policy_from_spec({**spec, "params": {**spec["params"], "n_mc_draws": 0,
-                                                  "random_state": plan.seed}}).use(stats)
-    users = np.repeat(np.arange(plan.world.n_users), 20)
-    contexts = sim.user_features(users)
-    slates = policy.recommend(contexts, plan.world.slate_size).items
-    out[LEARNING_ARM] = true_value_of_slates(sim, users, slates).value
+    out[LEARNING_ARM] = _value_on_statistics(sim, config.policies[LEARNING_ARM], stats, plan)
     return out
+
+
+def _value_on_statistics(sim: Any, spec: dict[str, Any], stats: Any, plan: DemoPlan) -> float:
+    """True value of the bandit ``spec`` scoring with ``stats``, every user served 20 slates."""
+    from recsys.bandits import policy_from_spec
+    from simulators.http_traffic import true_value_of_slates
+
+    params = {**spec["params"], "random_state": plan.seed}
+    if "n_mc_draws" in params:
+        params["n_mc_draws"] = 0
+    policy = policy_from_spec({**spec, "params": params}).use(stats)
+    users = np.repeat(np.arange(plan.world.n_users), 20)
+    slates = policy.recommend(sim.user_features(users), plan.world.slate_size).items
+    return true_value_of_slates(sim, users, slates).value
 
 
 def _freshness(stack: Any, sim: Any, plan: DemoPlan) -> Any:
@@ -650,13 +656,27 @@ def build_report(run: DemoRun, output: LoopOutput, settings: Settings) -> DemoRe
          "first_s": _elapsed(history, r["first_ms"] / 1000),
          "last_s": _elapsed(history, r["last_ms"] / 1000)}
         for r in served.iter_rows(named=True)]
-    if report.champion.get("true_value") is not None:
-        report.true_value_final[CHAMPION_ARM] = report.champion["true_value"]
+    final = _champion_final_value(run, output, report.champion)
+    if final is not None:
+        report.true_value_final[CHAMPION_ARM] = final
     report.mlflow_ui = mlflow_ui_command(settings)
     history.write_parquet(run.run_dir / "history.parquet")
     output.statistics.save(str(run.run_dir / "final_statistics.npz"))
     report.plot = save_plot(history, report, run.run_dir / "ctr_over_time.png")
     return report
+
+
+def _champion_final_value(run: DemoRun, output: LoopOutput, champion: dict[str, Any]
+                          ) -> float | None:
+    """True value of what the champion arm serves at the end: a bandit version serves its spec
+    on the live statistics (``recsys.serving.models``), so it is valued on the final ones; any
+    other version serves itself, valued in the comparison."""
+    if champion.get("kind") != "online":
+        return champion.get("true_value")
+    from recsys.registry import load_policy_model
+
+    spec = load_policy_model(champion["uri"]).spec
+    return _value_on_statistics(run.sim, spec, output.statistics, run.plan)
 
 
 def _champion(settings: Settings, made: ProductOutput) -> dict[str, Any]:
