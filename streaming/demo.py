@@ -15,13 +15,15 @@ a version (the online snapshot); the logs after the cut are held out. Then, with
 on, an IPS model and a PLD model are trained on the lake's logs before the cut (``recsys train``
 with ``offline/configs/demo_ips.toml`` and ``demo_pld.toml``) and register their policy forms as
 versions; every version, the champion and the logging policy are compared on the held-out logs
-(off-policy estimates with bootstrap intervals, and the simulator's true values: the run writes
-its ``world.json`` at the lake root); the best challenger is promoted when the registry's rule
-holds, and the serving app switches without a restart. Phase 2 (``plan.after_s`` of traffic
-after the switch): the champion arm serves the new version. At the end it measures click →
-served-score freshness on probe items, prints the comparison, the champion, each arm's CTR
-before and after the switch and the ``mlflow ui`` command, saves the plot (CTR over time with the
-switch marked, cumulative regret), logs everything to mlflow and stops what it started. Exit
+(the requests logged with exact propensities: ``streaming.demo_product.held_out_logs``) with
+off-policy estimates, bootstrap intervals and the simulator's true values (the run writes its
+``world.json`` at the lake root); the challenger with the highest lower bound is promoted when
+the registry's rule holds, and the serving app switches without a restart. Phase 2
+(``plan.after_s`` of traffic after the switch): the champion arm serves the new version. At
+the end it measures click → served-score freshness on probe items, prints the comparison, the
+champion, each arm's CTR before and after the switch and the ``mlflow ui`` command, saves the
+plot (CTR over time with the switch marked, cumulative regret), logs everything to mlflow and
+stops what it started. Exit
 status 0 when :meth:`DemoReport.problems` finds nothing (``streaming.demo_report``).
 
 Four steps, one function each: :func:`prepare` (the plan made concrete: world, run folder,
