@@ -238,43 +238,14 @@ class Verdict:
 
 def held_out_logs(lake_uri: str, start_ms: int, end_ms: int) -> tuple[Any, dict[str, Any]]:
     """The lake's rewards in ``[start_ms, end_ms)`` of the requests whose every propensity was
-    logged exact (``propensity_se`` 0), as ``LoggedSlates`` with the lake's world; and what was
-    kept and dropped.
-
-    Thompson sampling logs Monte Carlo estimates of its propensities: an item it rarely shows
-    often gets an estimate far below its probability (none of the replays showed it), so its
-    rows carry importance weights many times too large (the mean weight of a uniform target
-    over them is several times 1) and bias every estimator. Dropping requests by how their
-    propensities were logged, decided before any reward is looked at, keeps the estimates
-    unbiased on the rest (the uniform control's and the champion arm's requests here).
-    """
+    logged exact, as ``LoggedSlates`` with the lake's world (the engine's default:
+    ``recsys.comparison.logs.PROPENSITY_CHOICES`` says why Thompson sampling's Monte Carlo
+    estimates are left out); and what was kept and dropped."""
     from recsys.comparison import LoggedSlates
-    from recsys.comparison.logs import read_world
-    from recsys.lake import scan_lake
-    from recsys.storage import join, resolve
 
-    when = (pl.col("event_time_ms") >= start_ms) & (pl.col("event_time_ms") < end_ms)
-    frame = scan_lake(lake_uri, "rewards").filter(when).collect()
-    if frame.height == 0:
-        raise ValueError(message("held-out logs", f"rewards in [{start_ms}, {end_ms}) under "
-                                 f"{lake_uri}", "no rows"))
-    estimated = frame.group_by("request_id").agg(
-        (pl.col("propensity_se").fill_null(0.0) > 0).any().alias("estimated"),
-        pl.col("policy_name").first())
-    dropped = estimated.filter(pl.col("estimated"))
-    kept = frame.join(dropped.select("request_id"), on="request_id", how="anti")
-    if kept.height == 0:
-        raise ValueError(message("held-out logs", "requests logged with exact propensities",
-                                 f"none of {estimated.height}"))
-    fs, root = resolve(lake_uri)
-    summary = {"requests_logged": estimated.height,
-               "requests_kept": estimated.height - dropped.height,
-               "dropped_policies": sorted(set(dropped["policy_name"].drop_nulls().to_list()))}
-    logs = LoggedSlates.from_frame(
-        kept, world=read_world(fs, join(root, "world.json")),
-        source={"source": "lake", "path": str(lake_uri), "range_ms": [start_ms, end_ms],
-                "rows": "requests logged with exact propensities", **summary})
-    return logs, summary
+    logs = LoggedSlates.from_lake(lake_uri, start_ms, end_ms, propensities="exact")
+    keys = ("requests_logged", "requests_kept", "dropped_policies")
+    return logs, {key: logs.source[key] for key in keys if key in logs.source}
 
 
 def compare(settings: Settings, lake_uri: str, start_ms: int, end_ms: int,

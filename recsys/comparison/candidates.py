@@ -252,5 +252,6 @@ def compare_candidates(
                                           random_state=random_state)
     comparison.candidates = [results[n] for n in items if n in results]
     if isinstance(candidates, CandidateSet) and candidates.notes:
-        comparison.logs = {**comparison.logs, "notes": list(candidates.notes)}
+        notes = [*comparison.logs.get("notes", []), *candidates.notes]
+        comparison.logs = {**comparison.logs, "notes": notes}
     return comparison

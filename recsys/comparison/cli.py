@@ -21,6 +21,7 @@ import polars as pl
 from recsys.commands import CommandError, add_command
 from recsys.comparison.candidates import CandidateError
 from recsys.comparison.estimates import ESTIMATORS
+from recsys.comparison.logs import PROPENSITY_CHOICES
 from recsys.validation import did_you_mean, message
 
 DEFAULT_ESTIMATORS = "ips,snips,dr"
@@ -66,6 +67,10 @@ def add_logs_arguments(parser: argparse.ArgumentParser, *, required: bool = True
                              "the rows before it)")
     parser.add_argument("--end", default=None, metavar="ISO|MS",
                         help="evaluate rows before this time")
+    parser.add_argument("--propensities", choices=PROPENSITY_CHOICES, default="exact",
+                        help="exact (default): leave out requests logged with Monte Carlo "
+                             "propensity estimates (Thompson sampling's), which overweight "
+                             "rarely shown items; all: keep them")
 
 
 def _is_parquet(path: str) -> bool:
@@ -97,9 +102,9 @@ def logs_from_args(args: argparse.Namespace) -> Any:
     start, end = _range(args)
     try:
         if kind == "lake":
-            return LoggedSlates.from_lake(path, start, end)
+            return LoggedSlates.from_lake(path, start, end, propensities=args.propensities)
         if start is None and end is None:
-            return LoggedSlates.from_parquet(path)
+            return LoggedSlates.from_parquet(path, propensities=args.propensities)
         frame = _parquet_rows(path, start, end)
         if frame.height == 0:
             raise CommandError(message("logs", f"rows in [{start}, {end}) of {path}", "none",
@@ -107,7 +112,8 @@ def logs_from_args(args: argparse.Namespace) -> Any:
         fs, where = resolve(path)
         return LoggedSlates.from_frame(frame, world=read_world(fs, f"{where}.world.json"),
                                        source={"source": "parquet", "path": str(path),
-                                               "range_ms": [start, end]})
+                                               "range_ms": [start, end]},
+                                       propensities=args.propensities)
     except (FileNotFoundError, ValueError) as exc:
         raise CommandError(str(exc)) from None
 

@@ -57,7 +57,27 @@ def test_rows_are_grouped_into_requests_in_time_order(frame):
     assert logs.requests.clusters is None
     assert np.array_equal(logs.items_, np.unique(logs.action))
     assert logs.logged_pairs.sum() == np.unique(logs.action * 2 + logs.position).size
-    assert logs.world is None and logs.source == {"source": "frame"}
+    assert logs.world is None
+    assert logs.source == {"source": "frame", "propensities": "exact", "requests_logged": 40,
+                           "requests_kept": 40, "dropped_policies": []}
+
+
+def test_requests_with_monte_carlo_propensities_are_left_out_unless_asked(frame):
+    ids = frame["request_id"].unique(maintain_order=True)
+    sampled = pl.col("request_id").is_in(ids[::4].implode())
+    logged = frame.with_columns(
+        propensity_se=pl.when(sampled).then(0.01).otherwise(None).cast(pl.Float64),
+        policy_name=pl.when(sampled).then(pl.lit("ts")).otherwise(pl.lit("uniform")))
+    exact = LoggedSlates.from_frame(logged)
+    assert exact.n_requests == 30 and not set(exact.request_ids) & set(ids[::4].to_list())
+    assert exact.source["dropped_policies"] == ["ts"]
+    assert "left out 10 of 40 requests" in exact.source["notes"][0]
+    every = LoggedSlates.from_frame(logged, propensities="all")
+    assert every.n_requests == 40 and "Monte Carlo" in every.source["notes"][0]
+    with pytest.raises(ValueError, match="none of 40"):
+        LoggedSlates.from_frame(logged.with_columns(propensity_se=pl.lit(0.01)))
+    with pytest.raises(ValueError, match="did you mean exact"):
+        LoggedSlates.from_frame(logged, propensities="exakt")
 
 
 def test_a_pandas_frame_and_a_minimal_frame_are_accepted(frame):
