@@ -42,6 +42,7 @@ from torch import nn
 from offline.dataset import Dataset
 from offline.models import MODELS, build_model, model_name
 from recsys.registry.lineage import code_version
+from recsys.registry.mlflow_io import tag_logged_model
 from recsys.validation import message
 
 DATA_SOURCE = "recsys.data_source"
@@ -299,14 +300,7 @@ def log_torch_model(
             )
     finally:
         model.train(was_training)
-    mlflow.set_tags(tags)
-    if registered_model_name is not None:
-        client = mlflow.MlflowClient()
-        version = str(info.registered_model_version)
-        for key, value in tags.items():
-            client.set_model_version_tag(registered_model_name, version, key, value)
-        if description:
-            client.update_model_version(registered_model_name, version, description=description)
+    tag_logged_model(info, registered_model_name, tags, description)
     return info
 
 

@@ -77,32 +77,12 @@ def _parse_model_uri(spec: str) -> tuple[str, str | None, str | None]:
 
 def _registry_check(name: str, version: str | None, alias: str | None) -> None:
     """A clear CandidateError when the model, version or alias does not exist."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+    from recsys.registry import check_registered
 
-    client = MlflowClient()
     try:
-        model = client.get_registered_model(name)
-    except MlflowException:
-        known = [m.name for m in client.search_registered_models()]
-        raise CandidateError(message("model", "a registered model", repr(name),
-                                     did_you_mean(name, known) or
-                                     f"registered: {', '.join(sorted(known)) or 'none'}")
-                             ) from None
-    if alias is not None:
-        aliases = sorted(model.aliases or {})
-        if alias not in aliases:
-            raise CandidateError(message(f"{name} alias", f"one of {aliases}" if aliases else
-                                         "an alias (this model has none)", repr(alias),
-                                         did_you_mean(alias, aliases)))
-        return
-    try:
-        client.get_model_version(name, version)
-    except MlflowException:
-        found = client.search_model_versions(f"name='{name}'")
-        versions = sorted((str(v.version) for v in found), key=int)
-        raise CandidateError(message(f"{name} version", f"one of {', '.join(versions)}",
-                                     repr(version))) from None
+        check_registered(name, version=version, alias=alias)
+    except ValueError as exc:
+        raise CandidateError(str(exc)) from None
 
 
 def load_registered(spec: str) -> Any:

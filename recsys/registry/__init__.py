@@ -7,12 +7,14 @@ cheap (serving and the bandits import it).
 
 from recsys.registry.lineage import code_version
 from recsys.registry.mlflow_io import (
+    check_registered,
     example_batch,
     load_policy_model,
     log_policy_model,
     policy_signature,
     predict_policy,
     resolve_version,
+    tag_logged_model,
 )
 from recsys.registry.model import (
     KINDS,
@@ -27,6 +29,7 @@ __all__ = [
     "RegisteredPolicy",
     "bandit_model",
     "baseline_model",
+    "check_registered",
     "code_version",
     "example_batch",
     "load_policy_model",
@@ -35,4 +38,5 @@ __all__ = [
     "predict_policy",
     "resolve_version",
     "scored_model",
+    "tag_logged_model",
 ]

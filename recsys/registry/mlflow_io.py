@@ -162,15 +162,57 @@ def log_policy_model(model: RegisteredPolicy, *, registered_model_name: str | No
             registered_model_name=registered_model_name,
             tags=all_tags,
         )
-    mlflow.set_tags(all_tags)
-    if registered_model_name is not None:
-        client = mlflow.MlflowClient()
-        version = str(info.registered_model_version)
-        for key, value in all_tags.items():
-            client.set_model_version_tag(registered_model_name, version, key, value)
-        if description:
-            client.update_model_version(registered_model_name, version, description=description)
+    tag_logged_model(info, registered_model_name, all_tags, description)
     return info
+
+
+def tag_logged_model(info: Any, registered_model_name: str | None, tags: Mapping[str, str],
+                     description: str | None = None) -> None:
+    """Set ``tags`` on the active run and, when the model was registered, on its version (with
+    ``description``): the one place a logged model's lineage reaches the registry."""
+    import mlflow
+
+    mlflow.set_tags(dict(tags))
+    if registered_model_name is None:
+        return
+    client = mlflow.MlflowClient()
+    version = str(info.registered_model_version)
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_model_name, version, key, value)
+    if description:
+        client.update_model_version(registered_model_name, version, description=description)
+
+
+def check_registered(name: str, *, version: str | None = None, alias: str | None = None
+                     ) -> None:
+    """Raise ValueError naming what exists when model ``name`` (and its ``version`` or
+    ``alias``) is not in the registry."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        known = sorted(m.name for m in client.search_registered_models())
+        raise ValueError(message("model", "a registered model", repr(name),
+                                 did_you_mean(name, known) or
+                                 f"registered: {', '.join(known) or 'none'}")) from None
+    if alias is not None:
+        aliases = sorted(model.aliases or {})
+        if alias not in aliases:
+            raise ValueError(message(f"{name} alias", f"one of {aliases}" if aliases else
+                                     "an alias (this model has none)", repr(alias),
+                                     did_you_mean(alias, aliases)))
+    if version is None:
+        return
+    try:
+        client.get_model_version(name, version)
+    except MlflowException:
+        found = client.search_model_versions(f"name='{name}'")
+        versions = sorted((str(v.version) for v in found), key=int)
+        raise ValueError(message(f"{name} version", f"one of {', '.join(versions) or 'none'}",
+                                 repr(version))) from None
 
 
 def resolve_version(uri: str) -> tuple[str, str]:

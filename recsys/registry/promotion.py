@@ -168,16 +168,12 @@ def _client() -> Any:
 
 
 def _check_version(client: Any, name: str, version: str) -> None:
-    from mlflow.exceptions import MlflowException
+    from recsys.registry.mlflow_io import check_registered
 
-    _check_model(client, name)
     try:
-        client.get_model_version(name, version)
-    except MlflowException:
-        found = client.search_model_versions(f"name='{name}'")
-        versions = sorted((str(v.version) for v in found), key=int)
-        raise PromotionError(message(f"{name} version", f"one of {', '.join(versions) or 'none'}",
-                                     repr(version))) from None
+        check_registered(name, version=version)
+    except ValueError as exc:
+        raise PromotionError(str(exc)) from None
 
 
 def champion_version(name: str, alias: str = "champion") -> str | None:
@@ -334,12 +330,9 @@ def rollback(name: str, *, alias: str = "champion") -> Rollback:
 
 
 def _check_model(client: Any, name: str) -> None:
-    from mlflow.exceptions import MlflowException
+    from recsys.registry.mlflow_io import check_registered
 
     try:
-        client.get_registered_model(name)
-    except MlflowException:
-        known = [m.name for m in client.search_registered_models()]
-        raise PromotionError(message("model", "a registered model name", repr(name),
-                                     did_you_mean(name, known) or "`recsys models list` lists "
-                                     "them")) from None
+        check_registered(name)
+    except ValueError as exc:
+        raise PromotionError(str(exc)) from None

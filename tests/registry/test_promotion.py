@@ -151,7 +151,7 @@ def test_promotion_moves_the_alias_exactly_when_the_rule_holds_and_rollback_undo
 def test_unknown_models_versions_and_runs_are_clear_errors(registry) -> None:
     from recsys.registry.promotion import PromotionError, promote
 
-    with pytest.raises(PromotionError, match=r"model: expected a registered model name, got "
+    with pytest.raises(PromotionError, match=r"model: expected a registered model, got "
                                              r"'poll'; did you mean pol\?"):
         promote("poll", 1, logs=registry)
     with pytest.raises(PromotionError, match=r"pol version: expected one of 1, 2, 3, got '7'"):
