@@ -434,6 +434,18 @@ def contenders(mean: NDArray[np.float64], scale: NDArray[np.float64], k: int,
     return np.flatnonzero(keep)
 
 
+def monte_carlo_se(p_hat: NDArray[np.float64], n_draws: int) -> NDArray[np.float64]:
+    """Standard error of propensities estimated as the share ``p_hat`` of ``n_draws`` replays.
+
+    Never 0: an estimate of 0 or 1 (no replay, or every replay, showed the item there) is still an
+    estimate, so the binomial formula uses ``(hits + 1/2) / (n_draws + 1)``. Logs then mark every
+    Monte Carlo propensity as one (``propensity_se > 0``) and off-policy evaluation can tell them
+    from exact ones (``recsys.comparison.logs``); it stays ≤ ``0.5 / sqrt(n_draws)``.
+    """
+    shrunk = (np.asarray(p_hat) * n_draws + 0.5) / (n_draws + 1)
+    return np.sqrt(shrunk * (1.0 - shrunk) / n_draws)
+
+
 def thompson_propensities(
     mean: NDArray[np.float64],
     scale: NDArray[np.float64],
@@ -447,7 +459,7 @@ def thompson_propensities(
 
     Replays the policy's own selection ``n_draws`` times per request with fresh noise,
     independently of the draw that produced ``shown``, and counts how often each shown item
-    lands at its position. Standard error: ``sqrt(p̂(1−p̂)/n_draws)``. Only the
+    lands at its position. Standard error: :func:`monte_carlo_se`. Only the
     :func:`contenders` take part in the replays (the others cannot reach the slate except with
     negligible probability), which makes a replay over a large catalogue cheap.
     """
@@ -461,4 +473,4 @@ def thompson_propensities(
     for m, replay in _replays(mean, scale, k, n_draws, rng, per_slot=per_slot):
         hits += (replay.reshape(batch, m, k) == shown[:, None, :]).sum(axis=1)
     p_hat = hits / n_draws
-    return p_hat, np.sqrt(p_hat * (1.0 - p_hat) / n_draws)
+    return p_hat, monte_carlo_se(p_hat, n_draws)

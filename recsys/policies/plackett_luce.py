@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from recsys.bandits.slates import top_k
+from recsys.bandits.slates import monte_carlo_se, top_k
 from recsys.validation import message
 
 CHUNK_CELLS = 2**22
@@ -188,4 +188,4 @@ def monte_carlo_propensities(logits: NDArray[np.float64], shown: NDArray[np.intp
             hits[rows] += (replay.reshape(b, d, k) == target[:, None, :]).sum(axis=1)
             done += d
     p_hat = hits / n_draws
-    return p_hat, np.sqrt(p_hat * (1.0 - p_hat) / n_draws)
+    return p_hat, monte_carlo_se(p_hat, n_draws)

@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 from recsys.bandits.arrays import NUMPY, Tied, Unsupported
 from recsys.bandits.base import BasePolicy
 from recsys.bandits.dense import DensePosterior
-from recsys.bandits.slates import Slate
+from recsys.bandits.slates import Slate, monte_carlo_se
 from recsys.bandits.validation import UnknownItemError, check_contexts
 from recsys.validation import message
 
@@ -333,7 +333,7 @@ class TorchArrays:
                     taken.scatter_(2, best[:, :, None], True)
             done += m
         p_hat = hits.cpu().numpy().astype(np.float64) / n_draws
-        return p_hat, np.sqrt(p_hat * (1.0 - p_hat) / n_draws)
+        return p_hat, monte_carlo_se(p_hat, n_draws)
 
 
 class TorchScorer(NumpyScorer):

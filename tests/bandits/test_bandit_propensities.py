@@ -222,3 +222,17 @@ def test_thompson_replays_leave_out_only_items_that_cannot_reach_the_slate(per_s
     tight = contenders(mean, np.full((1, n), 1e-6), k, shown)
     wide = contenders(mean, np.full((1, n), 5.0), k, shown)
     assert tight.size <= kept.size <= wide.size == n
+
+
+def test_every_monte_carlo_propensity_is_marked_as_an_estimate() -> None:
+    """An item no replay showed (p̂ = 0) or every replay showed (p̂ = 1) still has an estimated
+    propensity: its standard error is > 0, so OPE can leave Monte Carlo rows out
+    (``recsys.comparison.logs``), and stays within the documented bound."""
+    from recsys.bandits.slates import monte_carlo_se
+
+    se = monte_carlo_se(np.array([0.0, 0.01, 0.5, 1.0]), 100)
+    assert (se > 0).all() and (se <= 0.5 / np.sqrt(100)).all()
+    policy = trained(DiagLinTS(v=0.1, n_mc_draws=20, exploration_floor=0.3, random_state=2))
+    x = np.random.default_rng(5).normal(size=(1, DIM))
+    slate = policy.recommend(np.repeat(x, 500, axis=0), k=K)
+    assert (slate.propensity_se > 0).all()
