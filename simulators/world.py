@@ -3,9 +3,13 @@
 Logs produced by the simulator carry a ``world.json`` at their root (the lake root directory, or
 beside a Parquet file as ``<file>.world.json``)::
 
-    {"kind": "simulator", "config": {<SimulatorConfig fields>}}
+    {"kind": "simulator", "config": {<SimulatorConfig fields>}, "user_id_prefix": ""}
 
 The config's ``seed`` fixes the world (latents, features), so the file is enough to rebuild it.
+``user_id_prefix`` says how the logs name simulator user ``i``: ``"{prefix}{i}"`` (``""`` for the
+simulated data sets, ``"u"`` for users that came through the serving app,
+``simulators.http_traffic.user_id_on_wire``), so a model trained on those logs is valued on
+the ids it knows.
 ``recsys compare`` finds the file, looks the kind up in the ``recsys.worlds`` entry-point group
 (``simulator`` = :func:`true_value`) and adds each candidate's true value to its estimates;
 ``recsys`` itself never imports this package.
@@ -15,8 +19,10 @@ or fatigue yet) with every item arrived: expected clicks per request over the us
 weights, exact for slates of one item (from ``action_dist``), Monte Carlo over the policy's own
 slates otherwise. Candidates are registered policies (``recsys.registry.RegisteredPolicy``):
 their methods take a ``recsys.policies.RequestBatch``, here the batch of all users, user ``i``
-with user id ``str(i)`` and dense context ``sim.user_features(i)``; their item ids are the
-simulator's integer items.
+with user id ``"{prefix}{i}"`` and dense context ``sim.user_features(i)``; their item ids must be
+the simulator's integer items (a policy that may show others has no true value here: a
+ValueError says so). A Thompson-sampling bandit draws the slates valued without its Monte Carlo
+propensities (the value needs the slates, not their probabilities; that is most of the cost).
 """
 
 from __future__ import annotations
@@ -60,17 +66,21 @@ def _config_of(sim_or_config: SlateSimulator | SimulatorConfig) -> SimulatorConf
                             type(sim_or_config).__name__))
 
 
-def world_of(sim_or_config: SlateSimulator | SimulatorConfig) -> dict[str, Any]:
-    """The JSON-safe description of the simulator's world (kind and config)."""
-    return {"kind": WORLD_KIND, "config": dataclasses.asdict(_config_of(sim_or_config))}
+def world_of(sim_or_config: SlateSimulator | SimulatorConfig, *, user_id_prefix: str = ""
+             ) -> dict[str, Any]:
+    """The JSON-safe description of the simulator's world (kind, config, how logs name users)."""
+    return {"kind": WORLD_KIND, "config": dataclasses.asdict(_config_of(sim_or_config)),
+            "user_id_prefix": str(user_id_prefix)}
 
 
-def write_world(root: str | Path, sim_or_config: SlateSimulator | SimulatorConfig) -> Path:
+def write_world(root: str | Path, sim_or_config: SlateSimulator | SimulatorConfig, *,
+                user_id_prefix: str = "") -> Path:
     """Write ``<root>/world.json`` (``root`` is created if needed); return the file's path."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     path = root / WORLD_FILE
-    path.write_text(json.dumps(world_of(sim_or_config), indent=2, sort_keys=True) + "\n")
+    world = world_of(sim_or_config, user_id_prefix=user_id_prefix)
+    path.write_text(json.dumps(world, indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -94,10 +104,12 @@ def simulator_of(world: Mapping[str, Any]) -> SlateSimulator:
     return sim
 
 
-def user_batch(sim: SlateSimulator) -> RequestBatch:
-    """One request per user: user id ``str(i)``, dense context ``sim.user_features(i)``."""
+def user_batch(sim: SlateSimulator, user_id_prefix: str = "") -> RequestBatch:
+    """One request per user: user id ``f"{user_id_prefix}{i}"``, dense context
+    ``sim.user_features(i)``."""
     users = np.arange(sim.config.n_users)
-    return RequestBatch.of(user_ids=users.astype(str), dense=sim.user_features(users))
+    ids = np.char.add(str(user_id_prefix), users.astype(str))
+    return RequestBatch.of(user_ids=ids, dense=sim.user_features(users))
 
 
 class _OnUsers:
@@ -118,6 +130,7 @@ class _OnUsers:
             raise ValueError(message("policy.item_ids_", f"the simulator's items, integers in "
                                      f"[0, {n_items})", got))
         self._policy, self._batch, self._ids = policy, batch, ids.astype(np.int64)
+        self._slates = _without_propensities(policy)
 
     @property
     def item_ids_(self) -> NDArray[np.int64]:
@@ -133,11 +146,31 @@ class _OnUsers:
 
     def recommend(self, contexts: Any, k: int = 1, **_: Any) -> Slate:
         self._check(contexts)
+        if self._slates is not None:
+            return self._slates.recommend(self._policy.contexts(self._batch), k)
         return self._policy.recommend(self._batch, k)
 
 
+def _without_propensities(policy: Any) -> Any:
+    """A registered Thompson-sampling bandit's policy drawing the same slates without Monte Carlo
+    propensities, or None for every other policy."""
+    spec = getattr(policy, "spec", None)
+    if getattr(policy, "kind", None) != "bandit" or not isinstance(spec, Mapping) \
+            or not spec.get("params", {}).get("n_mc_draws"):
+        return None
+    from recsys.bandits import policy_from_spec
+
+    quiet = {**spec, "params": {**spec["params"], "n_mc_draws": 0}}
+    return policy_from_spec(quiet).use(policy.policy.stats_)
+
+
+TRUTH_DRAWS = 25
+"""Slates per user a random policy's true value averages: each draw covers every user, so the
+standard error is a few thousandths; ``policy_value``'s default of 200 takes eight times longer."""
+
+
 def true_policy_value(world: Mapping[str, Any], policy: Any, slate_size: int,
-                      n_monte_carlo: int = 200) -> PolicyValue:
+                      n_monte_carlo: int = TRUTH_DRAWS) -> PolicyValue:
     """The policy's true value in ``world`` with its standard error (0 when exact)."""
     sim = simulator_of(world)
     limit = sim.config.slate_size
@@ -145,7 +178,8 @@ def true_policy_value(world: Mapping[str, Any], policy: Any, slate_size: int,
             or not 1 <= slate_size <= limit:
         raise ValueError(message("slate_size", f"an integer in [1, {limit}] (the world's "
                                  "slate_size)", repr(slate_size)))
-    adapter = _OnUsers(policy, user_batch(sim), sim.config.n_items)
+    batch = user_batch(sim, str(world.get("user_id_prefix", "")))
+    adapter = _OnUsers(policy, batch, sim.config.n_items)
     return policy_value(sim, adapter, n_monte_carlo, int(slate_size))
 
 

@@ -54,7 +54,6 @@ import numpy as np
 from recsys.commands import CommandError, add_command
 from recsys.config import ServeSettings, Settings, StreamSettings
 from recsys.events import Context, Feedback, Impression, SlateEntry, encode
-from recsys.policies import RequestBatch
 from recsys.progress import progress_bar
 from recsys.serving.server import PortInUseError, claim_serve_port
 from recsys.tracking import configure_mlflow, mlflow_ui_command
@@ -225,7 +224,7 @@ def prepare(settings: Settings, plan: DemoPlan) -> DemoRun:
     """Build the simulated world, the run's folder (with the user-feature table the app loads
     and the world's description at the lake root), its settings and topics; register the
     uniform baseline as the first champion of ``demo-recommender``."""
-    from simulators.http_traffic import write_user_features
+    from simulators.http_traffic import USER_PREFIX, write_user_features
     from simulators.world import write_world
     from streaming.pipeline import Topics
 
@@ -234,7 +233,7 @@ def prepare(settings: Settings, plan: DemoPlan) -> DemoRun:
     run_dir = (settings.data_dir / "demo" / run_id).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_user_features(sim, run_dir / "users.parquet")
-    write_world(run_dir / "lake", sim)
+    write_world(run_dir / "lake", sim, user_id_prefix=USER_PREFIX)
     settings = demo_settings(settings, plan, run_dir, sim.n_features)
     topics = Topics(*(f"demo.{run_id}.{t}" for t in ("impressions", "feedback", "rewards",
                                                      "dead-letter")))
@@ -450,55 +449,18 @@ def _settle_lake(stack: Any, lake_uri: str, until_ms: int, *, since_ms: int | No
         time.sleep(1.0)
 
 
-class _AsServed:
-    """A registered policy as the simulator's world scores it: the world's user ``i`` is
-    ``u{i}`` on the wire (``simulators.http_traffic.user_id_on_wire``, the ids the lake and the
-    offline models know), and a bandit draws its slates without Monte Carlo propensities (the
-    true value needs the slates, not their probabilities)."""
-
-    def __init__(self, model: Any) -> None:
-        from recsys.bandits import policy_from_spec
-
-        self.model = model
-        self.bandit = None
-        if model.kind == "bandit" and "n_mc_draws" in model.spec.get("params", {}):
-            spec = {**model.spec, "params": {**model.spec["params"], "n_mc_draws": 0}}
-            self.bandit = policy_from_spec(spec).use(model.policy.stats_)
-
-    @property
-    def item_ids_(self) -> np.ndarray:
-        return self.model.item_ids_
-
-    def _on_wire(self, batch: RequestBatch) -> RequestBatch:
-        from simulators.http_traffic import user_id_on_wire
-
-        users = np.asarray(batch.user_ids).astype(np.int64)
-        return RequestBatch.of(user_ids=user_id_on_wire(users), dense=batch.dense,
-                               clusters=batch.clusters)
-
-    def recommend(self, batch: RequestBatch, k: int = 1) -> Any:
-        if self.bandit is not None:
-            return self.bandit.recommend(self.model.contexts(batch), k)
-        return self.model.recommend(self._on_wire(batch), k)
-
-    def action_dist(self, batch: RequestBatch, k: int = 1) -> np.ndarray:
-        return self.model.action_dist(self._on_wire(batch), k)
-
-
-TRUTH_DRAWS = 25
-"""Slates per user the true value of a random policy averages (each draw covers every user:
-its standard error is a few thousandths, the simulator's default of 200 takes ten times longer)."""
-
-
 def world_truth(run: DemoRun) -> Callable[[str, Any], float]:
-    """The true value of a candidate in the run's world (``simulators.world``), as the users of
-    the run meet it (:class:`_AsServed`)."""
-    from simulators.world import true_policy_value, world_of
+    """The true value of a candidate in the run's world as its users meet it
+    (``simulators.world``: users by their ids on the wire, bandits' slates without Monte Carlo
+    propensities)."""
+    from simulators.http_traffic import USER_PREFIX
+    from simulators.world import true_value, world_of
 
-    world, k = world_of(run.sim), run.plan.world.slate_size
+    world = world_of(run.sim, user_id_prefix=USER_PREFIX)
+    k = run.plan.world.slate_size
 
     def truth(name: str, candidate: Any) -> float:
-        return true_policy_value(world, _AsServed(candidate), k, n_monte_carlo=TRUTH_DRAWS).value
+        return true_value(world, candidate, k)
 
     return truth
 

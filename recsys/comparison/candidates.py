@@ -159,10 +159,12 @@ def parse_candidates(specs: Iterable[str], logs: LoggedSlates, *,
     return out
 
 
-def world_truth(world: Mapping[str, Any] | None, slate_size: int
-                ) -> Callable[[str, Any], float] | None:
+def world_truth(world: Mapping[str, Any] | None, slate_size: int,
+                notes: list[str] | None = None) -> Callable[[str, Any], float | None] | None:
     """The true-value callable for logs from ``world`` (the ``recsys.worlds`` entry point named
-    ``world["kind"]``), or None when the logs name no world or no package provides it."""
+    ``world["kind"]``), or None when the logs name no world or no package provides it. A
+    candidate the world cannot value (say, one that may show items the world does not have) gets
+    None and a line in ``notes``."""
     if not world:
         return None
     kind = world.get("kind")
@@ -171,8 +173,13 @@ def world_truth(world: Mapping[str, Any] | None, slate_size: int
         return None
     true_value = found[0].load()
 
-    def truth(name: str, candidate: Any) -> float:
-        return float(true_value(dict(world), candidate, slate_size))
+    def truth(name: str, candidate: Any) -> float | None:
+        try:
+            return float(true_value(dict(world), candidate, slate_size))
+        except ValueError as exc:
+            if notes is not None:
+                notes.append(f"{name} has no true value in this world: {exc}")
+            return None
 
     return truth
 
@@ -205,7 +212,7 @@ def compare_candidates(
     alpha: float = 0.05,
     n_bootstrap: int = 1000,
     random_state: int | None = 0,
-    truth: Callable[[str, Any], float] | str | None = "auto",
+    truth: Callable[[str, Any], float | None] | str | None = "auto",
     **engine: Any,
 ) -> Comparison:
     """Evaluate ``candidates`` on ``logs`` with the comparison engine, the ``logging`` baseline
@@ -213,8 +220,9 @@ def compare_candidates(
     from recsys.comparison.engine import compare_policies
 
     items = candidates.candidates if isinstance(candidates, CandidateSet) else dict(candidates)
+    truth_notes: list[str] = []
     if truth == "auto":
-        truth = world_truth(logs.world, logs.len_list)
+        truth = world_truth(logs.world, logs.len_list, truth_notes)
     policies = {n: c for n, c in items.items() if not isinstance(c, LoggingPolicy)}
     kwargs = dict(alpha=alpha, n_bootstrap=n_bootstrap, random_state=random_state, **engine)
     if estimators is not None:
@@ -231,7 +239,8 @@ def compare_candidates(
         results[LOGGING] = logging_result(logs, names, alpha=alpha, n_bootstrap=n_bootstrap,
                                           random_state=random_state)
     comparison.candidates = [results[n] for n in items if n in results]
-    if isinstance(candidates, CandidateSet) and candidates.notes:
-        notes = [*comparison.logs.get("notes", []), *candidates.notes]
-        comparison.logs = {**comparison.logs, "notes": notes}
+    notes = [*(candidates.notes if isinstance(candidates, CandidateSet) else []), *truth_notes]
+    if notes:
+        comparison.logs = {**comparison.logs, "notes": [*comparison.logs.get("notes", []),
+                                                        *notes]}
     return comparison

@@ -55,6 +55,12 @@ REGISTERED_KINDS = {"bandit": "online", "scores": "offline", "baseline": "baseli
 _SUM_TOLERANCE = 1e-5 + 1e-8  # np.allclose's, as recsys.ope.scan checks action_dist
 
 
+def _true_value(truth: Callable[[str, Any], float | None], name: str, candidate: Any
+                ) -> float | None:
+    value = truth(name, candidate)
+    return None if value is None else float(value)
+
+
 @runtime_checkable
 class Candidate(Protocol):
     """What a comparison evaluates: items and OBP's ``action_dist`` on a request batch
@@ -216,7 +222,7 @@ def compare_policies(
     n_bootstrap: int = 1000,
     chunk_requests: int | None = None,
     random_state: int = 0,
-    truth: Callable[[str, Any], float] | None = None,
+    truth: Callable[[str, Any], float | None] | None = None,
     reward_model: ShrunkRateModel | None = None,
     switch_tau: float = math.inf,
     max_pi_cells: int = 2000,
@@ -272,7 +278,7 @@ def compare_policies(
 
     # Kinds and true values first: what would fail does so before the long part.
     kind_of = {p.name: _kind(p.name, p.candidate, kinds) for p in prepared}
-    true_values = {p.name: None if truth is None else float(truth(p.name, p.candidate))
+    true_values = {p.name: None if truth is None else _true_value(truth, p.name, p.candidate)
                    for p in prepared}
 
     widest = max(p.n_items for p in prepared) * k

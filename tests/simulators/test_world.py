@@ -70,6 +70,32 @@ def test_a_scored_policy_with_the_true_utilities_is_optimal_by_user_id():
         assert true_value(world_of(sim), model, k) == pytest.approx(optimal_value(sim, k).value)
 
 
+def test_users_are_named_as_the_logs_name_them():
+    """Logs of served traffic call user i "u{i}": the world says so, and a policy trained on
+    those ids is valued on them (with the plain ids it would see only unknown users)."""
+    sim = SlateSimulator(CONFIG)
+    users = np.arange(CONFIG.n_users)
+    policy = LinearScorePolicy(exploration="greedy").fit(
+        np.arange(CONFIG.n_items), sim.item_latent, sim.item_bias,
+        user_ids=np.char.add("u", users.astype(str)),
+        user_vectors=CONFIG.affinity * sim.user_latent / np.sqrt(CONFIG.dim))
+    world = world_of(sim, user_id_prefix="u")
+    assert json.loads(json.dumps(world))["user_id_prefix"] == "u"
+    best = optimal_value(sim, 3).value
+    assert true_value(world, scored_model(policy), 3) == pytest.approx(best)
+    assert true_value(world_of(sim), scored_model(policy), 3) < best - 0.01
+
+
+def test_thompson_sampling_is_valued_on_its_slates_without_propensities():
+    from recsys.bandits import DiagLinTS
+
+    sim = SlateSimulator(CONFIG)
+    bandit = DiagLinTS(v=0.5, n_mc_draws=500, random_state=0).init(
+        np.arange(CONFIG.n_items), sim.n_features)
+    value = true_policy_value(world_of(sim), bandit_model(bandit), 3)
+    assert value.value > 0 and value.standard_error > 0
+
+
 def test_simulated_data_sets_carry_their_world_at_the_lake_root(tmp_path):
     out = write_exposure_dataset(tmp_path / "data", seed=3, n_users=20, n_items=10,
                                  n_requests=300)
