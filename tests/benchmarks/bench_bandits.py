@@ -56,6 +56,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
 
 import regret  # noqa: E402
+from text_table import print_table  # noqa: E402
 
 from recsys.bandits import (  # noqa: E402
     DenseStats,
@@ -387,12 +388,7 @@ def main() -> None:
     print(f"load average during the run: {os.getloadavg()} on {os.cpu_count()} cores")
     header = ("metric", "events x runs", "recsys (median)", "peer (same run, median)", "ratio",
               "target")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
-    print(line)
-    print("-" * len(line))
-    for r in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    print_table(rows, header)
     if not args.skip_regret:
         print("regret: cumulative pseudo-regret on the linear-logistic problem; recsys learns "
               "once per batch of 1000, VW SquareCB after every event")

@@ -52,6 +52,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 import ope_cases  # noqa: E402  (numpy only: the digest both sides print)
+from text_table import print_table  # noqa: E402
 
 PEERS_PYTHON = HERE / ".peers-venv" / "bin" / "python"
 DIM = 8
@@ -302,15 +303,6 @@ def obp_requests(args: argparse.Namespace) -> int:
     """The most slates whose dense OBP arrays fit in ``--obp-memory-gb``."""
     per_slate = (1 + 2 * args.slots) * args.items * args.slots * 8
     return max(1, int(args.obp_memory_gb * 2**30 // per_slate))
-
-
-def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
-    print(line)
-    print("-" * len(line))
-    for r in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
 
 
 def row_of(result: dict | str, label: str, requests: int, items: int, slots: int

@@ -52,6 +52,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 import ope_cases  # noqa: E402
+from text_table import print_table  # noqa: E402
 
 import recsys.ope  # noqa: E402
 
@@ -188,15 +189,6 @@ def speedup(ours: dict | None, theirs: dict | None) -> str:
     if ours is None or theirs is None:
         return "-"
     return f"{theirs['wall'] / ours['wall']:.1f}x ({theirs['cpu'] / max(ours['cpu'], 1e-9):.1f}x)"
-
-
-def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
-    print(line)
-    print("-" * len(line))
-    for r in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
 
 
 def main() -> int:
