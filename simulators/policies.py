@@ -22,16 +22,11 @@ from sklearn.base import BaseEstimator
 
 from recsys.bandits.base import make_generator
 from recsys.bandits.slates import Slate
+from recsys.policies.blocks import row_blocks
 from recsys.policies.plackett_luce import plackett_luce_marginals
 from recsys.validation import check_scalar, message
 
-_CHUNK_CELLS = 2**22  # contexts × items per block: bounds memory on large catalogues
 _MAX_ITEMS_THIRD_POSITION = 2000
-
-
-def _chunks(n: int, width: int) -> list[slice]:
-    step = max(1, _CHUNK_CELLS // max(width, 1))
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
 def _check_count(value: Any, name: str) -> int:
@@ -254,7 +249,7 @@ class GreedyPolicy(ScoringPolicy):
 
     def _greedy(self, contexts: np.ndarray, k: int, available: np.ndarray | None) -> np.ndarray:
         slates = np.empty((len(contexts), k), dtype=np.int64)
-        for rows in _chunks(len(contexts), self._n_items()):
+        for rows in row_blocks(len(contexts), self._n_items()):
             slates[rows] = _top_k(self.scores(contexts[rows], available), k)
         return slates
 
@@ -324,7 +319,7 @@ class SoftmaxPolicy(ScoringPolicy):
             marginals = plackett_luce_marginals(first, k)
         slates = np.empty((n, k), dtype=np.int64)
         pscore = np.empty((n, k))
-        for rows in _chunks(n, self._n_items()):
+        for rows in row_blocks(n, self._n_items()):
             p = self._first_pick(contexts[rows], available) if first is None \
                 else first[rows_of[rows]]
             gumbel = -np.log(-np.log(rng.random(p.shape)))
@@ -407,7 +402,7 @@ class EpsilonMixturePolicy(FixedPolicy):
         n, n_items = len(contexts), self._n_items()
         slates = np.empty((n, 1), dtype=np.int64)
         pscore = np.empty((n, 1))
-        for rows in _chunks(n, n_items):
+        for rows in row_blocks(n, n_items):
             p = self._dist(contexts[rows], 1, pool, available)[:, :, 0]
             cdf = p.cumsum(axis=1)
             draw = rng.random(len(p))[:, None] * cdf[:, -1:]

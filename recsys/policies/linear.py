@@ -52,8 +52,8 @@ from recsys.bandits.slates import (
 )
 from recsys.bandits.thompson import check_count
 from recsys.bandits.validation import check_contexts, check_positive, check_probability
+from recsys.policies.blocks import row_blocks
 from recsys.policies.plackett_luce import (
-    CHUNK_CELLS,
     EXACT_MAX_SLATE,
     EXACT_THIRD_MAX_ITEMS,
     exact_possible,
@@ -274,7 +274,7 @@ class LinearScorePolicy(BaseEstimator):
         n, m = x.shape[0], self.item_ids_.size
         shown = np.empty((n, k), dtype=np.intp)
         prop, se, values = np.empty((n, k)), np.empty((n, k)), np.empty((n, k))
-        for rows in _row_blocks(n, m):  # loop over blocks of requests, vectorised inside
+        for rows in row_blocks(n, m):  # loop over blocks of requests, vectorised inside
             s = self._block_scores(x[rows])
             cols, prop[rows], se[rows] = self._draw(s, k)
             shown[rows] = cols
@@ -318,7 +318,7 @@ class LinearScorePolicy(BaseEstimator):
         n, m = x.shape[0], self.item_ids_.size
         dist = np.empty((n, m, k))
         eps = self._epsilon
-        for rows in _row_blocks(n, m * k):  # loop over blocks of requests
+        for rows in row_blocks(n, m * k):  # loop over blocks of requests
             s = self._block_scores(x[rows])
             eligible_counts(s, k)
             if eps >= 1.0:
@@ -386,7 +386,3 @@ class LinearScorePolicy(BaseEstimator):
                                      repr(meta.get("context_mode"))))
         return policy
 
-
-def _row_blocks(n: int, width: int) -> list[slice]:
-    step = max(1, CHUNK_CELLS // max(width, 1))
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)]

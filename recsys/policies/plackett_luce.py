@@ -17,10 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from recsys.bandits.slates import monte_carlo_se, top_k
+from recsys.policies.blocks import CHUNK_CELLS, row_blocks
 from recsys.validation import message
-
-CHUNK_CELLS = 2**22
-"""Rows × columns of one block of temporaries (keeps memory flat on large catalogues)."""
 
 EXACT_MAX_SLATE = 3
 """Positions whose marginals have a closed form here."""
@@ -28,11 +26,6 @@ EXACT_MAX_SLATE = 3
 EXACT_THIRD_MAX_ITEMS = 2000
 """Largest catalogue whose exact third-position marginals are computed (they cost O(n_items²)
 per request); larger ones use Monte Carlo."""
-
-
-def _chunks(n: int, width: int) -> list[slice]:
-    step = max(1, CHUNK_CELLS // max(width, 1))
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
 def softmax(logits: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -83,7 +76,7 @@ def plackett_luce_marginals(probs: NDArray[np.float64], slate_size: int) -> NDAr
             others[rows, top] = 0.0
             out[rows, top, 1] = probs[rows, top] * others.sum(axis=1)
     if slate_size >= 3:
-        for rows in _chunks(n, 4 * m * m):
+        for rows in row_blocks(n, 4 * m * m):
             out[rows, :, 2] = _third_position(probs[rows])
     return np.clip(out, 0.0, 1.0, out=out)
 
@@ -150,7 +143,7 @@ def monte_carlo_marginals(logits: NDArray[np.float64], k: int, n_draws: int,
     """
     n, m = logits.shape
     out = np.empty((n, m, k))
-    for rows in _chunks(n, m):  # loop over blocks of rows, and of draws inside
+    for rows in row_blocks(n, m):  # loop over blocks of rows, and of draws inside
         block = logits[rows]
         b = block.shape[0]
         hits = np.zeros(b * m * k)
@@ -177,7 +170,7 @@ def monte_carlo_propensities(logits: NDArray[np.float64], shown: NDArray[np.intp
     n, m = logits.shape
     k = shown.shape[1]
     hits = np.zeros((n, k))
-    for rows in _chunks(n, m):
+    for rows in row_blocks(n, m):
         block, target = logits[rows], shown[rows]
         b = block.shape[0]
         step = _replay_blocks(b, m, n_draws)
