@@ -245,8 +245,15 @@ class LinearScorePolicy(BaseEstimator):
     def _block_scores(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         if x.shape[1] == 0:
             return np.repeat(self.item_bias_[None, :], x.shape[0], axis=0)
-        scores = x @ self.item_vectors_.T
-        scores += self.item_bias_
+        with np.errstate(over="ignore", invalid="ignore"):
+            scores = x @ self.item_vectors_.T
+            scores += self.item_bias_
+        if not np.isfinite(scores).all():  # finite but extreme features (1e300) overflow
+            row = int(np.flatnonzero(~np.isfinite(scores).all(axis=1))[0])
+            raise ValueError(message(
+                "contexts", "features whose scores stay finite",
+                f"scores that overflow (a request's largest |feature| is "
+                f"{np.abs(x[row]).max():.3g})", "scale or clip the features"))
         return scores
 
     def scores(self, contexts: Any) -> NDArray[np.float64]:
@@ -277,6 +284,12 @@ class LinearScorePolicy(BaseEstimator):
         for rows in row_blocks(n, m):  # loop over blocks of requests, vectorised inside
             s = self._block_scores(x[rows])
             cols, prop[rows], se[rows] = self._draw(s, k)
+            if not (prop[rows] > 0).all():
+                raise ValueError(message(
+                    "slate", "a propensity > 0 for every shown item",
+                    f"0 (the softmax at temperature {self.temperature} puts no representable "
+                    f"mass on some shown item: scores spread over {np.ptp(s):.3g})",
+                    "raise the temperature, set epsilon > 0, or scale the features"))
             shown[rows] = cols
             values[rows] = np.take_along_axis(s, cols, axis=1)
         return Slate(items=self.item_ids_[shown], propensities=prop, propensity_se=se,

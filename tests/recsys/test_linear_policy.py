@@ -174,6 +174,11 @@ def test_arrays_round_trip() -> None:
     (lambda: dense_policy("greedy", 0).recommend(CONTEXTS, 9), ValueError, "k: expected"),
     (lambda: dense_policy("greedy", 0).recommend(CONTEXTS[:, :2], 1), ValueError, "contexts"),
     (lambda: LinearScorePolicy().recommend(CONTEXTS, 1), NotFittedError, "fit"),
+    # finite but extreme: the scores overflow, and a softmax slate would log propensity 0
+    (lambda: dense_policy("softmax", 0).recommend(CONTEXTS * 1e300, 2), ValueError,
+     "a propensity > 0 for every shown item"),
+    (lambda: dense_policy("greedy", 0).action_dist(np.full_like(CONTEXTS, 1e308), 1),
+     ValueError, "scores that overflow"),
 ])
 def test_bad_input_gets_a_clear_error(call, error, match) -> None:
     with pytest.raises(error, match=match):
