@@ -559,7 +559,7 @@ def policy_names(serve: ServeSettings) -> tuple[str, ...]:
     policy specs or registered-model URIs (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``)."""
     if serve.policies is None:
         return DEFAULT_POLICY_NAMES
-    from recsys.serving.models import is_model_uri, parse_model_uri
+    from recsys.registry.uris import is_model_uri, parse_model_uri
 
     expected = "a JSON object {name: policy spec or 'models:/NAME@ALIAS'}"
     try:

@@ -62,17 +62,13 @@ class CandidateSet:
 def _parse_model_uri(spec: str) -> tuple[str, str | None, str | None]:
     """``models:/NAME/VERSION`` → (NAME, VERSION, None); ``models:/NAME@ALIAS`` → (NAME, None,
     ALIAS); CandidateError for anything else."""
-    rest = spec[len("models:/"):]
-    if "@" in rest:
-        name, _, alias = rest.partition("@")
-        if name and alias and "/" not in rest:
-            return name, None, alias
-    else:
-        name, _, version = rest.rpartition("/")
-        if name and version.isdigit():
-            return name, version, None
-    raise CandidateError(message("candidate", "models:/NAME/VERSION or models:/NAME@ALIAS",
-                                 repr(spec)))
+    from recsys.registry.uris import parse_model_uri
+
+    try:
+        ref = parse_model_uri(spec, "candidate")
+    except ValueError as exc:
+        raise CandidateError(str(exc)) from None
+    return ref.name, ref.version, ref.alias
 
 
 def _registry_check(name: str, version: str | None, alias: str | None) -> None:

@@ -38,45 +38,10 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from recsys.bandits import BasePolicy, DiagLinTS, policy_from_spec
+from recsys.registry.uris import MODEL_URI_PREFIX, parse_model_uri
 from recsys.validation import message
 
 _log = logging.getLogger(__name__)
-
-MODEL_URI_PREFIX = "models:/"
-"""A ``serve.policies`` value that starts with this is a registered model, not a spec."""
-
-
-@dataclass(frozen=True)
-class ModelURI:
-    """A parsed registry URI: a model ``name`` and either an ``alias`` or a ``version``."""
-
-    uri: str
-    name: str
-    alias: str | None = None
-    version: str | None = None
-
-
-def is_model_uri(value: object) -> bool:
-    """Whether a ``serve.policies`` value names a registered model rather than a spec."""
-    return isinstance(value, str) and value.startswith(MODEL_URI_PREFIX)
-
-
-def parse_model_uri(uri: str, name: str = "uri") -> ModelURI:
-    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; ``ValueError`` naming ``name``."""
-    expected = "'models:/NAME@ALIAS' or 'models:/NAME/VERSION'"
-    if not is_model_uri(uri):
-        raise ValueError(message(name, expected, repr(uri)))
-    rest = uri[len(MODEL_URI_PREFIX):]
-    if "@" in rest:
-        model, _, alias = rest.rpartition("@")
-        if model and alias and "/" not in model and "/" not in alias:
-            return ModelURI(uri, model, alias=alias)
-    else:
-        model, _, version = rest.rpartition("/")
-        if model and "/" not in model and version.isdigit() and int(version) > 0:
-            return ModelURI(uri, model, version=str(int(version)))
-    raise ValueError(message(name, expected, repr(uri)))
-
 
 def check_serving_policy(name: str, policy: BasePolicy) -> None:
     """Refuse a policy that cannot log a propensity > 0 for every shown item."""

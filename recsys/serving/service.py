@@ -56,6 +56,7 @@ from recsys.config import ServeSettings, Settings, parse_traffic
 from recsys.events import Context, Feedback, Impression, SlateEntry
 from recsys.policies import RequestBatch
 from recsys.producer import EventProducer
+from recsys.registry.uris import is_model_uri
 from recsys.schema import read_user_features
 from recsys.serving.backends import make_scorer
 from recsys.serving.metrics import ServingMetrics
@@ -65,7 +66,6 @@ from recsys.serving.models import (
     ModelMetrics,
     ModelWatcher,
     check_serving_policy,
-    is_model_uri,
 )
 from recsys.serving.schemas import (
     FeedbackIn,
