@@ -35,7 +35,8 @@ from recsys.config import (
 from recsys.events import Impression, decode
 from recsys.policies import RequestBatch
 from recsys.policies.linear import LinearScorePolicy
-from recsys.serving.models import ModelArm, ModelMetrics, ModelWatcher, parse_model_uri
+from recsys.registry.uris import parse_model_uri
+from recsys.serving.models import ModelArm, ModelMetrics, ModelWatcher
 
 N_ITEMS, DIM = 12, 4
 MODEL = "test-champion"
@@ -275,6 +276,9 @@ def test_the_alias_moves_while_serving_without_a_5xx(live_models) -> None:
     try:
         while not seen:
             time.sleep(0.01)
+        # at a seeded random moment of the replicas' look-up cycle (model_refresh_s = 0.25),
+        # not right after a look-up
+        time.sleep(np.random.default_rng(16).uniform(0.0, 0.75))
         move_alias(store, MODEL, 2)
         deadline = time.monotonic() + 30
         while not any(v == 2 for _, _, v, _ in seen) and time.monotonic() < deadline:
