@@ -125,6 +125,8 @@ class StreamSettings:
     ``graph_file`` (written by ``ClusterGraph.save``). ``register_every_s`` > 0 registers the
     newest checkpoint's statistics as a version of the mlflow model ``registered_model`` that
     often (0: only on demand, ``recsys models register --checkpoint ID``).
+    ``context_clip_norm`` bounds one event's influence: learners scale a context whose norm is
+    larger down to it, and dead-letter events whose numbers are not finite.
     """
 
     learners: int = 2
@@ -148,6 +150,7 @@ class StreamSettings:
     lake_uri: str | None = None
     register_every_s: float = 0.0
     registered_model: str = "recsys-bandit"
+    context_clip_norm: float = 1000.0
 
     def rewards(self) -> dict[str, float]:
         """``reward_mapping`` as ``{event_type: reward}``."""
@@ -177,6 +180,17 @@ class ServeSettings:
     ``backend`` is ``numpy`` or ``torch`` (``torch_device``
     cpu or cuda). A policy given as a model URI (``models:/NAME@champion``) follows its alias:
     replicas look the alias up every ``model_refresh_s`` and switch when it moves.
+
+    Hardening: ``max_context_norm`` bounds the Euclidean norm of a request's dense context (a
+    larger one gets a 422 before it is scored or logged). ``max_queued_requests`` and
+    ``max_queue_delay_ms`` are the replica's admission budget: beyond either a request gets a 503
+    with ``Retry-After: retry_after_s`` instead of waiting. ``max_body_bytes`` is read before
+    parsing (413 above it); error bodies list at most ``max_error_items`` errors.
+    ``idempotency_window_s`` is how long a replica remembers request ids and feedback keys to
+    answer retries without logging twice (at most ``idempotency_max_keys`` of each).
+    ``auth_token`` (or ``$RECSYS_SERVE_AUTH_TOKEN``), when set, is required as
+    ``Authorization: Bearer <token>`` (or ``X-API-Key``) on ``/recommend`` and ``/feedback``.
+    ``replica_host`` is the interface the replicas' own HTTP ports bind (loopback by default).
     """
 
     host: str = "127.0.0.1"
@@ -194,6 +208,16 @@ class ServeSettings:
     max_buffered_events: int = 100_000
     linger_ms: int = 50
     model_refresh_s: float = 2.0
+    max_context_norm: float = 1000.0
+    max_queued_requests: int = 64
+    max_queue_delay_ms: int = 100
+    retry_after_s: int = 1
+    max_body_bytes: int = 1_048_576
+    max_error_items: int = 20
+    idempotency_window_s: float = 600.0
+    idempotency_max_keys: int = 1_000_000
+    auth_token: str | None = None
+    replica_host: str = "127.0.0.1"
 
 
 _REWARD_MAPPING = "stream.reward_mapping"
@@ -508,6 +532,7 @@ def _validate_stream(stream: StreamSettings) -> None:
     _positive("stream.lam", stream.lam)
     _positive("stream.checkpoint_interval_s", stream.checkpoint_interval_s)
     _at_least("stream.register_every_s", stream.register_every_s, 0, "a number")
+    _positive("stream.context_clip_norm", stream.context_clip_norm)
     _one_of("stream.update_mode", stream.update_mode, ("fresh", "window"))
     _one_of("stream.layout", stream.layout, ("dense", "graph"))
     if stream.layout == "graph" and stream.graph_file is None:
@@ -524,6 +549,13 @@ def _validate_serve(serve: ServeSettings) -> None:
     for name in ("max_staleness_ms", "linger_ms"):
         _at_least(f"serve.{name}", getattr(serve, name), 0)
     _positive("serve.model_refresh_s", serve.model_refresh_s)
+    for name in ("max_context_norm", "idempotency_window_s"):
+        _positive(f"serve.{name}", getattr(serve, name))
+    for name in ("max_queued_requests", "max_queue_delay_ms", "retry_after_s", "max_body_bytes",
+                 "max_error_items", "idempotency_max_keys"):
+        _at_least(f"serve.{name}", getattr(serve, name), 1)
+    if serve.auth_token is not None and not serve.auth_token.strip():
+        raise ConfigError(message("serve.auth_token", "a non-empty token or unset", "''"))
     if serve.refresh_interval_ms > serve.max_staleness_ms:
         raise ConfigError(message(
             "serve.refresh_interval_ms", f"at most serve.max_staleness_ms "

@@ -22,6 +22,9 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from recsys.serving import service as replica
+from recsys.serving.admission import Admission
+from recsys.serving.auth import RequireToken
+from recsys.serving.bodies import LimitBody
 from recsys.serving.schemas import (
     MAX_FEEDBACK_BATCH,
     FeedbackIn,
@@ -75,6 +78,12 @@ class CountAnswers:
                 service.metrics.latency.labels(path).observe(time.perf_counter() - started)
 
 
+# Starlette runs the last added outermost: answers are counted and timed from arrival, callers
+# are authenticated before anything is read, load is shed before a body is parsed, and the body
+# size is bounded before the routes see it.
+app.add_middleware(LimitBody)
+app.add_middleware(Admission)
+app.add_middleware(RequireToken)
 app.add_middleware(CountAnswers)
 
 
