@@ -1,17 +1,27 @@
 """The HTTP contract of the serving app: request and response bodies (pydantic models).
 
-FastAPI turns these into the OpenAPI schema and validates every body against them: a malformed
-body gets a 422 whose ``detail`` names the field (``loc``) and what was expected (``msg``). Names
-follow the event contract (``recsys.events``): ``user_id``, ``item_id``, ``position``,
-``propensity``, ``event_type``, ``value``.
+FastAPI validates every body against them: a malformed body gets a 422 whose ``detail`` names the
+field (``loc``) and what was expected (``msg``). Request bodies are strict: JSON types are not
+coerced (``true`` or ``"5"`` is not an integer; a number field takes integers, as JSON numbers
+are), unknown keys are refused. The served OpenAPI schema is built per replica from these
+(``recsys.serving.openapi``). Names follow the event contract (``recsys.events``): ``user_id``,
+``item_id``, ``position``, ``propensity``, ``event_type``, ``value``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 FeedbackType = Literal["click", "add_to_cart", "purchase", "dwell", "rating", "skip"]
 Id = Annotated[str, Field(min_length=1, max_length=256)]
@@ -22,7 +32,9 @@ MAX_FEEDBACK_BATCH = 10_000
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False)
+    """A request body: unknown keys refused, no type coercion (JSON's types as they are)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 def _finite(values: list[float], name: str) -> list[float]:
@@ -110,10 +122,30 @@ class FeedbackIn(_Strict):
         return value
 
 
+FEEDBACK_TAGS = ("event", "events")
+"""How :data:`FeedbackBody` names its two shapes; the error handler drops them from ``loc``."""
+
+
+def _feedback_shape(value: Any) -> str:
+    return FEEDBACK_TAGS[1] if isinstance(value, list) else FEEDBACK_TAGS[0]
+
+
+FeedbackBody = Annotated[
+    Annotated[FeedbackIn, Tag(FEEDBACK_TAGS[0])]
+    | Annotated[list[FeedbackIn], Field(max_length=MAX_FEEDBACK_BATCH), Tag(FEEDBACK_TAGS[1])],
+    Discriminator(_feedback_shape),
+]
+"""``POST /feedback``: one event or a list of at most 10,000. The shape picks the branch, so a
+bad event is reported once, at its own path (not once per branch of a plain union)."""
+
+
 class FeedbackResponse(BaseModel):
-    """How many feedback events were accepted (queued for Kafka)."""
+    """How many feedback events the server has (``accepted``: all of the batch, queued for Kafka
+    by an idempotent producer, or none with a 503), and how many of them it already had
+    (``duplicates``: retries and repeats within the batch, not queued again)."""
 
     accepted: int
+    duplicates: int = 0
 
 
 class ModelArmHealth(BaseModel):
