@@ -1,0 +1,94 @@
+"""The served OpenAPI schema against the live app: a schemathesis run over every operation with
+every check, on the raw schema the replica serves at ``/openapi.json``, with zero failures.
+
+One live stack for the module (real Kafka, Ray Serve and the streaming pipeline, as in
+``test_serving.py``); ``st run`` is schemathesis's own command line, run as a subprocess with a
+bounded number of examples per operation and a fixed seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from recsys.bandits import DiagLinUCB, EpsilonGreedy, policy_spec
+from recsys.config import KafkaSettings, ServeSettings, Settings, StreamSettings
+from streaming.broker import free_port
+from streaming.live import live_stack
+from streaming.pipeline import Topics
+from streaming.shards import dense_statistics
+
+pytestmark = pytest.mark.integration
+
+N_ITEMS, DIM = 12, 4
+EXAMPLES = 100
+# Valid data that the schema cannot tell from invalid: k above the catalogue, candidates outside
+# it, a context norm above serve.max_context_norm, cluster ids and weights of different lengths,
+# no context for a user without a user-feature row. Each gets a 422 naming the field; the
+# schema's 422 description lists them.
+# Invalid data may also be too large to read: a list of 10,001 events is over
+# serve.max_body_bytes and gets the documented 413 before it is parsed.
+CONFIG = """
+[checks.positive_data_acceptance]
+expected-statuses = ["2xx", "401", "403", "404", "409", "422"]
+
+[checks.negative_data_rejection]
+expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422"]
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap, ray_session, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("schemathesis")
+    suffix = uuid.uuid4().hex[:8]
+    topics = Topics(f"test.imp.{suffix}", f"test.fb.{suffix}", f"test.rw.{suffix}",
+                    f"test.dl.{suffix}")
+    policies = {"ucb": policy_spec(DiagLinUCB(alpha=0.5, epsilon=0.2)),
+                "uniform": policy_spec(EpsilonGreedy(epsilon=1.0))}
+    settings = Settings(
+        data_dir=tmp,
+        kafka=KafkaSettings(partitions=1),
+        stream=StreamSettings(learners=1, shards=1, joiners=1, batch_size=500, window_ms=1000,
+                              allowed_lateness_ms=0, n_items=N_ITEMS, dim=DIM,
+                              checkpoint_interval_s=3600.0),
+        # one request at a time: a queueing delay budget far above any pause of a shared
+        # machine, so that no request is shed (any 5xx, 503 included, fails the run)
+        serve=ServeSettings(port=free_port(), policies=json.dumps(policies),
+                            traffic="ucb=0.5,uniform=0.5", max_queue_delay_ms=30_000),
+    )
+    template = dense_statistics(np.arange(N_ITEMS), DIM)
+    with live_stack(settings, kafka_bootstrap, template, str(tmp / "checkpoints"),
+                    topics=topics, shard_name_prefix=f"test-st-{suffix}-") as live:
+        yield live, tmp
+
+
+def test_the_served_schema_holds_for_every_operation_and_check(stack) -> None:
+    live, tmp = stack
+    schema = requests.get(f"{live.url}/openapi.json", timeout=10).json()
+    dense = schema["components"]["schemas"]["ContextIn"]["properties"]["dense"]
+    assert dense["minItems"] == dense["maxItems"] == DIM  # the replica's snapshot is loaded
+    config = Path(tmp / "schemathesis.toml")
+    config.write_text(CONFIG)
+    command = [str(Path(sys.executable).parent / "st"), "--no-color", "--config-file",
+               str(config), "run",
+               f"{live.url}/openapi.json", "--checks", "all", "--max-examples", str(EXAMPLES),
+               "--seed", "17", "--workers", "1", "--request-timeout", "30",
+               "--suppress-health-check", "all"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=240,
+                         env={**os.environ, "NO_COLOR": "1"}, cwd=tmp)
+    output = "\n".join(line[:300] for line in (run.stdout + run.stderr).splitlines())
+    assert run.returncode == 0, output[-12000:]
+    operations = sum(len(methods) for methods in schema["paths"].values())
+    assert operations >= 4 and {"/recommend", "/feedback", "/health", "/metrics"} <= set(
+        schema["paths"])
+    assert re.search(rf"Operations:\s+{operations} selected / {operations} total", output), output
+    assert re.search(rf"Tested:\s+{operations}\b", output), output
