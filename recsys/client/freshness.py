@@ -20,6 +20,7 @@ import numpy as np
 import requests
 
 from recsys.client.guard import check_loopback
+from recsys.client.http import auth_headers
 
 
 @dataclass
@@ -42,9 +43,10 @@ class FreshnessResult:
 PROBE_USER = "freshness-probe"
 
 
-def _session() -> requests.Session:
+def _session(token: str | None = None) -> requests.Session:
     session = requests.Session()
     session.trust_env = False  # never via a proxy from the environment: the target is loopback
+    session.headers.update(auth_headers(token))
     return session
 
 
@@ -55,13 +57,14 @@ def _probe_body(user_id: str, context: list[float], policy: str, item: int) -> d
 
 
 def wait_until_served(url: str, item: int, context: list[float], *, policy: str,
-                      timeout_s: float = 30.0) -> None:
+                      timeout_s: float = 30.0, token: str | None = None) -> None:
     """Block until the app at ``url`` serves ``item`` (e.g. just added to the catalogue: replicas
-    see it with their next snapshot); ``TimeoutError`` with the last answer otherwise."""
+    see it with their next snapshot); ``TimeoutError`` with the last answer otherwise.
+    ``token``: the server's ``serve.auth_token``."""
     check_loopback(url)
     body = _probe_body(PROBE_USER, context, policy, item)
     deadline = time.monotonic() + timeout_s
-    with _session() as http:
+    with _session(token) as http:
         while True:
             response = http.post(f"{url}/recommend", json=body, timeout=30)
             if response.status_code == 200:
@@ -74,13 +77,14 @@ def wait_until_served(url: str, item: int, context: list[float], *, policy: str,
 
 def measure_freshness(url: str, items: list[int], context: list[float], *, policy: str,
                       user_id: str = PROBE_USER, timeout_s: float = 5.0,
-                      poll_interval_s: float = 0.005) -> FreshnessResult:
+                      poll_interval_s: float = 0.005,
+                      token: str | None = None) -> FreshnessResult:
     """One probe per item in ``items`` (each must have no reward yet; see the module docs)
     against the app at ``url``; a probe whose score has not moved ``timeout_s`` after its click
-    counts as a timeout."""
+    counts as a timeout. ``token``: the server's ``serve.auth_token``."""
     check_loopback(url)
     result = FreshnessResult()
-    with _session() as http:
+    with _session(token) as http:
         def score(item: int) -> tuple[float, dict]:
             response = http.post(f"{url}/recommend", timeout=30,
                                  json=_probe_body(user_id, context, policy, item))

@@ -1,6 +1,9 @@
 """The transport the clients share: one keep-alive ``aiohttp`` session to a loopback server, JSON
 posts that retry 503 with capped exponential backoff, and waiting for ``GET /health``.
 
+A client given a ``token`` (the server's ``serve.auth_token``) sends it as
+``Authorization: Bearer <token>`` on every request (:func:`auth_headers`); health is open.
+
 Sessions never go through a proxy (``trust_env=False``): the target is this machine, and a proxy
 from the environment would both add latency to the measurements and leave it.
 """
@@ -26,15 +29,23 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, OSErro
 ERROR_BODY_CHARS = 300
 
 
-def open_session(max_connections: int, timeout_s: float | None = None) -> aiohttp.ClientSession:
+def auth_headers(token: str | None) -> dict[str, str]:
+    """The header that authenticates with the serving app's ``serve.auth_token`` (none without
+    a token)."""
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+def open_session(max_connections: int, timeout_s: float | None = None,
+                 token: str | None = None) -> aiohttp.ClientSession:
     """A keep-alive session with at most ``max_connections`` open connections, never via a proxy;
-    ``timeout_s`` bounds each request (None: the caller bounds them). Call inside the event loop
-    that will use it."""
+    ``timeout_s`` bounds each request (None: the caller bounds them); ``token`` is sent on every
+    request (:func:`auth_headers`). Call inside the event loop that will use it."""
     keepalive_s = max(30.0, timeout_s or 0.0)
     connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections,
                                      keepalive_timeout=keepalive_s)
     return aiohttp.ClientSession(connector=connector, trust_env=False,
-                                 timeout=aiohttp.ClientTimeout(total=timeout_s))
+                                 timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                 headers=auth_headers(token))
 
 
 @dataclass(frozen=True)
@@ -59,11 +70,12 @@ class JsonClient:
     seconds (or the server's ``Retry-After``, if longer), capped at ``max_backoff_s``.
 
     The session belongs to the event loop that first used it; a call from another loop (a later
-    ``asyncio.run``) opens a new one. ``aclose`` closes it."""
+    ``asyncio.run``) opens a new one. ``aclose`` closes it. ``token``: the server's
+    ``serve.auth_token``, sent as a bearer token (None: none is sent)."""
 
     def __init__(self, base_url: str, *, max_connections: int = 32, timeout_s: float = 10.0,
                  max_retries_503: int = 5, backoff_s: float = 0.05,
-                 max_backoff_s: float = 1.0) -> None:
+                 max_backoff_s: float = 1.0, token: str | None = None) -> None:
         self.base_url = check_loopback(base_url).rstrip("/")
         for name, value, low in (("max_connections", max_connections, 1),
                                  ("max_retries_503", max_retries_503, 0)):
@@ -79,13 +91,14 @@ class JsonClient:
         self.max_retries_503 = max_retries_503
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.token = token
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._session_loop is not loop:
-            self._session = open_session(self.max_connections, self.timeout_s)
+            self._session = open_session(self.max_connections, self.timeout_s, self.token)
             self._session_loop = loop
         return self._session
 

@@ -233,7 +233,7 @@ def check_run_parameters(rate: float, duration_s: float, timeout_s: float, max_i
 
 async def arun_loadtest(url: str, rate: float, duration_s: float, make_body: MakeBody, *,
                         timeout_s: float = 5.0, max_in_flight: int = 256, warmup_s: float = 0.0,
-                        progress: bool = False) -> LoadtestResult:
+                        progress: bool = False, token: str | None = None) -> LoadtestResult:
     """``run_loadtest`` for callers already inside an event loop."""
     check_loopback(url)
     total = check_run_parameters(rate, duration_s, timeout_s, max_in_flight, warmup_s)
@@ -249,7 +249,8 @@ async def arun_loadtest(url: str, rate: float, duration_s: float, make_body: Mak
     in_flight = 0
     headers = {"Content-Type": "application/json"}
 
-    async with open_session(max_in_flight) as session:  # each request bounds its own time
+    # each request bounds its own time
+    async with open_session(max_in_flight, token=token) as session:
 
         async def one(j: int, data: bytes) -> None:
             nonlocal in_flight
@@ -333,13 +334,14 @@ async def arun_loadtest(url: str, rate: float, duration_s: float, make_body: Mak
 
 def run_loadtest(url: str, rate: float, duration_s: float, make_body: MakeBody, *,
                  timeout_s: float = 5.0, max_in_flight: int = 256, warmup_s: float = 0.0,
-                 progress: bool = False) -> LoadtestResult:
+                 progress: bool = False, token: str | None = None) -> LoadtestResult:
     """POST ``make_body(i)`` (JSON) to ``url`` at a fixed ``rate`` for ``warmup_s + duration_s``
     seconds, open loop (request ``i`` is due at ``t0 + i / rate`` whatever the responses do),
     with at most ``max_in_flight`` outstanding (a due request beyond that is skipped and
     counted) and each request abandoned after ``timeout_s``. One keep-alive session.
     Only loopback URLs are accepted (``ValueError`` otherwise). Blocks; returns the measured
-    window. ``make_body`` runs on the sending loop, so keep it cheap."""
+    window. ``make_body`` runs on the sending loop, so keep it cheap. ``token``: the server's
+    ``serve.auth_token``, sent as a bearer token."""
     return asyncio.run(arun_loadtest(url, rate, duration_s, make_body, timeout_s=timeout_s,
                                      max_in_flight=max_in_flight, warmup_s=warmup_s,
-                                     progress=progress))
+                                     progress=progress, token=token))

@@ -133,7 +133,7 @@ def run_cli(args: argparse.Namespace) -> int:
             endpoint, make_body, start_rate=args.rate, factor=args.factor,
             duration_s=args.duration, p99_limit_ms=args.p99_limit_ms, max_rate=args.max_rate,
             timeout_s=args.timeout, max_in_flight=args.max_in_flight, warmup_s=args.warmup,
-            progress=long_run,
+            progress=long_run, token=settings.serve.auth_token,
             on_result=lambda r: print(f"  {r.target_rate:,.1f}/s: intended p99 "
                                       f"{r.percentiles('intended')['p99']:.2f} ms, "
                                       f"5xx {r.count_class(5)}, errors {r.transport_errors}, "
@@ -150,7 +150,7 @@ def run_cli(args: argparse.Namespace) -> int:
           + f", {args.users:,} users, k={args.k}, {context}", flush=True)
     result = run_loadtest(endpoint, args.rate, args.duration, make_body, timeout_s=args.timeout,
                           max_in_flight=args.max_in_flight, warmup_s=args.warmup,
-                          progress=long_run)
+                          progress=long_run, token=settings.serve.auth_token)
     print(result.table())
     print(f"plot: {result.save_plot(plot)}")
     if args.json:

@@ -74,16 +74,18 @@ def find_max_rate(url: str, make_body: MakeBody, *, start_rate: float = 50.0,
                   p99_limit_ms: float = 50.0, max_rate: float = 20_000.0,
                   timeout_s: float = 5.0, max_in_flight: int = 256, warmup_s: float = 1.0,
                   progress: bool = False,
-                  on_result: Callable[[LoadtestResult], None] | None = None) -> SweepResult:
+                  on_result: Callable[[LoadtestResult], None] | None = None,
+                  token: str | None = None) -> SweepResult:
     """``run_loadtest`` at each of ``sweep_rates(...)``, stopping at the first rate that does not
     keep up (see ``LoadtestResult.problems``: intended p99 over ``p99_limit_ms``, any 5xx or
     transport error, skips, or under 90% of the target sent). ``best_rate`` is the last rate that
-    kept up."""
+    kept up. ``token``: the server's ``serve.auth_token``."""
     results: list[LoadtestResult] = []
     best: float | None = None
     for rate in sweep_rates(start_rate, max_rate, factor=factor, step=step):
         result = run_loadtest(url, rate, duration_s, make_body, timeout_s=timeout_s,
-                              max_in_flight=max_in_flight, warmup_s=warmup_s, progress=progress)
+                              max_in_flight=max_in_flight, warmup_s=warmup_s, progress=progress,
+                              token=token)
         results.append(result)
         if on_result is not None:
             on_result(result)
