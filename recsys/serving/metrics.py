@@ -1,7 +1,15 @@
 """Prometheus figures of one serving replica (``GET /metrics``), in a private registry.
 
 * ``recsys_serve_requests_total{endpoint,status}`` and ``recsys_serve_request_seconds{endpoint}``
-  (histogram): every answered request by HTTP status, and its time inside the replica.
+  (histogram): every answered request by HTTP status, and its time from arrival at the
+  replica's app (the event loop is kept free of scoring, so arrival is when the request came
+  in, and queueing for the scoring thread is inside this time).
+* ``recsys_serve_queue_seconds`` (histogram): how long each admitted scoring request waited
+  for the scoring thread; ``recsys_serve_shed_total{reason}``: requests answered 503 by
+  admission control, ``queue_full`` (``serve.max_queued_requests`` were waiting),
+  ``queue_delay`` (it waited over ``serve.max_queue_delay_ms``), ``client_gone`` (its client
+  disconnected before it was scored: not scored, not logged); ``recsys_serve_queued_requests``:
+  admitted, not started yet.
 * ``recsys_serve_slates_total{policy}``: slates served per policy.
 * ``recsys_serve_snapshot_version`` and ``recsys_serve_snapshot_age_seconds`` (how far behind the
   shards the scoring statistics may be), ``recsys_serve_snapshot_refreshes_total{result}``.
@@ -20,6 +28,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25,
                      0.5, 1.0, 2.5)
+QUEUE_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                   0.5, 1.0)
+SHED_REASONS = ("queue_full", "queue_delay", "client_gone")
 
 
 class ServingMetrics:
@@ -30,8 +41,19 @@ class ServingMetrics:
         r = self.registry
         self.requests = Counter("recsys_serve_requests", "Answered requests by endpoint and "
                                 "HTTP status", ["endpoint", "status"], registry=r)
-        self.latency = Histogram("recsys_serve_request_seconds", "Time inside the replica per "
-                                 "request", ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.latency = Histogram("recsys_serve_request_seconds", "Time from arrival at the "
+                                 "replica's app to the answer, queueing included",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.queue_delay = Histogram("recsys_serve_queue_seconds", "Wait of an admitted "
+                                     "scoring request for the scoring thread",
+                                     buckets=QUEUE_BUCKETS_S, registry=r)
+        self.shed = Counter("recsys_serve_shed", "Requests answered 503 by admission control, "
+                            "by reason (queue_full, queue_delay, client_gone)", ["reason"],
+                            registry=r)
+        for reason in SHED_REASONS:  # present (at 0) from the first scrape
+            self.shed.labels(reason)
+        self._queued = Gauge("recsys_serve_queued_requests", "Scoring requests admitted and "
+                             "not started yet", registry=r)
         self.slates = Counter("recsys_serve_slates", "Slates served per policy", ["policy"],
                               registry=r)
         self.refreshes = Counter("recsys_serve_snapshot_refreshes", "Snapshot polls by result "
@@ -60,6 +82,10 @@ class ServingMetrics:
         self._buffered.set_function(buffered)
         self._delivered.set_function(delivered)
         self._undelivered.set_function(undelivered)
+
+    def bind_queue(self, queued: Callable[[], float]) -> None:
+        """Read the admission queue's length at every scrape."""
+        self._queued.set_function(queued)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

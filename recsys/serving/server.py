@@ -12,8 +12,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
-from recsys.config import Settings
+from recsys.config import ServeSettings, Settings
 
 APP_NAME = "recsys"
 CONTROLLER_NAME = "SERVE_CONTROLLER_ACTOR"
@@ -77,11 +78,42 @@ def start_serving(config: object, *, host: str = "127.0.0.1", port: int = 8000,
         serve.start(http_options={"host": host, "port": port},
                     grpc_options={"port": _free_port()})
         options = config.to_dict()  # type: ignore[attr-defined]
-        serve.run(Recommender.options(num_replicas=replicas).bind(options), name=APP_NAME,
-                  route_prefix="/")
+        deployment = Recommender.options(num_replicas=replicas,
+                                         **deployment_options(config.serve))  # type: ignore
+        serve.run(deployment.bind(options), name=APP_NAME, route_prefix="/")
     url = f"http://{host}:{port}"
     wait_healthy(url, ready_timeout_s)
     return url
+
+
+USER_CODE_ON_SERVER_LOOP = True
+"""Run the app on the replica's HTTP server loop (``RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0``
+for the replica process). Ray's default puts user code on a second event loop in its own
+thread, which costs every request two more thread hand-offs (and GIL switches) for nothing
+here: the routes never block their loop, scoring runs on the admission gate's thread."""
+
+
+def deployment_options(serve_settings: ServeSettings) -> dict[str, Any]:
+    """Ray Serve options of the ``Recommender`` deployment from ``[serve]``.
+
+    Admission control is the replica's own (``recsys.serving.admission``): Ray's per-replica
+    limit on concurrent requests (``max_ongoing_requests``) is set well above what admission
+    lets wait, so that ``/metrics`` and ``/health`` always find a slot; beyond it, Ray's own
+    queue for a slot is bounded too (``max_queued_requests``) and answers 503 with the same
+    ``Retry-After``: a backstop that only acts when the replica cannot even get through its
+    admission checks in time."""
+    from ray.serve.config import BackpressureConfig
+
+    actor: dict[str, Any] = {"num_cpus": 0}
+    if USER_CODE_ON_SERVER_LOOP:
+        actor["runtime_env"] = {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}}
+    return {
+        "ray_actor_options": actor,
+        "max_ongoing_requests": 4 * serve_settings.max_queued_requests + 256,
+        "max_queued_requests": serve_settings.max_queued_requests,
+        "backpressure_config": BackpressureConfig(status_code=503,
+                                                  retry_after_s=serve_settings.retry_after_s),
+    }
 
 
 def wait_healthy(url: str, timeout_s: float) -> dict:
