@@ -6,8 +6,9 @@ string and no error answer but 422 was listed. Here the schema is written per re
 (:class:`ServedApp` overrides ``FastAPI.openapi``): pydantic's JSON Schemas of the bodies (exact
 integers), ``policy`` an enum of the configured arms, the dense context's length from the
 statistics the replica scores with (their ``context_codec()``, so once a snapshot is loaded), the
-error answers of every operation with their bodies and headers (401 only when
-``serve.auth_token`` is set), ``/metrics`` as Prometheus text.
+error answers of every operation with their bodies and headers (401 and the security schemes
+only when ``serve.auth_token`` is set, on every path but ``recsys.serving.auth.OPEN_PATHS``),
+``/metrics`` as Prometheus text.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from recsys.bandits.contexts import ClusterContexts, DenseContexts
 from recsys.serving import service as replica
+from recsys.serving.auth import OPEN_PATHS
 
 REF = "#/components/schemas/{model}"
 PROMETHEUS_TEXT = "text/plain"
@@ -30,8 +32,6 @@ RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying aga
                                                             "pattern": "^[0-9]+$"}}}
 WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": "How to authenticate: Bearer.",
                                          "required": True, "schema": {"type": "string"}}}
-WRITE_PATHS = ("/recommend", "/feedback")
-"""The operations that need the token when ``serve.auth_token`` is set."""
 
 
 class ErrorItem(BaseModel):
@@ -152,7 +152,7 @@ def build_schema(app: FastAPI, service: Any | None) -> dict[str, Any]:
         if (method, route.path_format, "body") in refs:
             op["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": refs[(method, route.path_format, "body")]}}}
-        if auth and route.path_format in WRITE_PATHS:
+        if auth and route.path_format not in OPEN_PATHS:
             op["security"] = [{"bearer": []}, {"apiKey": []}]
         paths.setdefault(route.path_format, {})[method] = op
     components: dict[str, Any] = {"schemas": schemas}
@@ -182,7 +182,7 @@ def _responses(method: str, route: Any, refs: dict[Any, Any], auth: bool
         content, ok = {"application/json": {"schema": {}}}, "Done."
     responses: dict[str, Any] = {str(status): {"description": ok, "content": content}}
     errors = dict(_ERRORS.get((method, route.path_format), {}))
-    if auth and route.path_format in WRITE_PATHS:
+    if auth and route.path_format not in OPEN_PATHS:
         errors[401] = "No token, or not the configured one (serve.auth_token)."
     for code, why in sorted(errors.items()):
         if route.path_format.startswith("/health") and code == 503:  # the same body, not ready

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.integration
 
 N_ITEMS, DIM = 12, 4
 EXAMPLES = 100
+TOKEN = "schemathesis-token"  # with a token, the 401s and the security schemes are checked too
 # Valid data that the schema cannot tell from invalid: k above the catalogue, candidates outside
 # it, a context norm above serve.max_context_norm, cluster ids and weights of different lengths,
 # no context for a user without a user-feature row. Each gets a 422 naming the field; the
@@ -63,7 +64,8 @@ def stack(kafka_bootstrap, ray_session, tmp_path_factory):
         # one request at a time: a queueing delay budget far above any pause of a shared
         # machine, so that no request is shed (any 5xx, 503 included, fails the run)
         serve=ServeSettings(port=free_port(), policies=json.dumps(policies),
-                            traffic="ucb=0.5,uniform=0.5", max_queue_delay_ms=30_000),
+                            traffic="ucb=0.5,uniform=0.5", max_queue_delay_ms=30_000,
+                            auth_token=TOKEN),
     )
     template = dense_statistics(np.arange(N_ITEMS), DIM)
     with live_stack(settings, kafka_bootstrap, template, str(tmp / "checkpoints"),
@@ -76,13 +78,14 @@ def test_the_served_schema_holds_for_every_operation_and_check(stack) -> None:
     schema = requests.get(f"{live.url}/openapi.json", timeout=10).json()
     dense = schema["components"]["schemas"]["ContextIn"]["properties"]["dense"]
     assert dense["minItems"] == dense["maxItems"] == DIM  # the replica's snapshot is loaded
+    assert set(schema["components"]["securitySchemes"]) == {"bearer", "apiKey"}
     config = Path(tmp / "schemathesis.toml")
     config.write_text(CONFIG)
     command = [str(Path(sys.executable).parent / "st"), "--no-color", "--config-file",
                str(config), "run",
                f"{live.url}/openapi.json", "--checks", "all", "--max-examples", str(EXAMPLES),
                "--seed", "17", "--workers", "1", "--request-timeout", "30",
-               "--suppress-health-check", "all"]
+               "--suppress-health-check", "all", "--header", f"Authorization: Bearer {TOKEN}"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=240,
                          env={**os.environ, "NO_COLOR": "1"}, cwd=tmp)
     output = "\n".join(line[:300] for line in (run.stdout + run.stderr).splitlines())
@@ -92,3 +95,11 @@ def test_the_served_schema_holds_for_every_operation_and_check(stack) -> None:
         schema["paths"])
     assert re.search(rf"Operations:\s+{operations} selected / {operations} total", output), output
     assert re.search(rf"Tested:\s+{operations}\b", output), output
+    # the run reached the routes (the token worked) and met every kind of answer it documents
+    metrics = requests.get(f"{live.url}/metrics", timeout=10).text
+    answered = {(m[0], m[1]): float(m[2]) for m in re.findall(
+        r'recsys_serve_requests_total\{endpoint="([^"]+)",status="(\d+)"\} (\S+)', metrics)}
+    for path, status in (("/recommend", "200"), ("/recommend", "401"), ("/recommend", "422"),
+                         ("/recommend", "400"), ("/feedback", "202"), ("/feedback", "401"),
+                         ("/feedback", "422"), ("/health", "200"), ("/metrics", "200")):
+        assert answered.get((path, status), 0) > 0, (path, status, answered)
