@@ -62,7 +62,9 @@ class Message(BaseModel):
 _ERRORS: dict[tuple[str, str], dict[int, str]] = {
     ("post", "/recommend"): {
         400: "The body is not JSON (the error names the line and column).",
-        409: "The request_id was already served with a different request.",
+        409: "The request_id was already used: with another body, while its first request is "
+             "still being served, or too long ago for its answer to be kept (a repeat with the "
+             "same body gets the original slate, 200).",
         413: "The body is larger than serve.max_body_bytes.",
         422: "The body does not validate, or asks for what this replica cannot score: k above "
              "the catalogue (or candidates) size, candidates outside the catalogue, a dense "
