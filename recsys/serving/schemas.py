@@ -2,8 +2,8 @@
 
 FastAPI validates every body against them: a malformed body gets a 422 whose ``detail`` names the
 field (``loc``) and what was expected (``msg``). Request bodies are strict: JSON types are not
-coerced (``true`` or ``"5"`` is not an integer; a number field takes integers, as JSON numbers
-are), unknown keys are refused. The served OpenAPI schema is built per replica from these
+coerced (``true``, ``"5"`` or ``5.0`` is not an integer; a number field takes integers, as JSON
+numbers are), unknown keys are refused. The served OpenAPI schema is built per replica from these
 (``recsys.serving.openapi``). Names follow the event contract (``recsys.events``): ``user_id``,
 ``item_id``, ``position``, ``propensity``, ``event_type``, ``value``.
 """
@@ -71,7 +71,8 @@ class ContextIn(_Strict):
 class RecommendRequest(_Strict):
     """``POST /recommend``. ``context`` omitted: looked up by ``user_id`` in the user-feature
     table. ``policy`` omitted: the configured traffic split picks one. ``request_id`` omitted:
-    the server makes one (give your own to correlate with your logs; it must be unique)."""
+    the server makes one (give your own to correlate with your logs; it must be unique).
+    Integers are written as integers (``5``, not ``5.0``, ``"5"`` or ``true``)."""
 
     user_id: Id
     context: ContextIn | None = None
@@ -104,7 +105,8 @@ class RecommendResponse(BaseModel):
 
 
 class FeedbackIn(_Strict):
-    """One user action on a shown item (``POST /feedback``, alone or in a list)."""
+    """One user action on a shown item (``POST /feedback``, alone or in a list). Integers are
+    written as integers (``3``, not ``3.0``, ``"3"`` or ``true``)."""
 
     request_id: Id
     user_id: Id
@@ -161,10 +163,20 @@ class ModelArmHealth(BaseModel):
     error: str | None
 
 
+class KafkaHealth(BaseModel):
+    """Whether Kafka accepts this replica's writes, as last checked in the background
+    (``recsys.serving.readiness``): why, and how long ago (ms)."""
+
+    writable: bool
+    detail: str
+    checked_ms_ago: float
+
+
 class Health(BaseModel):
-    """``GET /health``: ready once a snapshot is loaded and every model arm was looked up once.
-    A model arm that has not loaded is listed in ``models`` (``ready`` false, with the error)
-    and in ``detail``; its requests get a 503 while the replica's other policies serve."""
+    """``GET /health/ready`` (and ``GET /health``): ready once a snapshot is loaded, every model
+    arm was looked up once and Kafka accepts writes (``kafka``). A model arm that has not loaded
+    is listed in ``models`` (``ready`` false, with the error) and in ``detail``; its requests
+    get a 503 while the replica's other policies serve."""
 
     ready: bool
     snapshot_id: str | None
@@ -172,3 +184,11 @@ class Health(BaseModel):
     policies: list[str]
     detail: str
     models: dict[str, ModelArmHealth] = Field(default_factory=dict)
+    kafka: KafkaHealth | None = None
+
+
+class Live(BaseModel):
+    """``GET /health/live``: the replica's process and event loop answer (nothing else is
+    checked: a liveness probe that failed on Kafka would restart healthy replicas)."""
+
+    live: bool
