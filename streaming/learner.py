@@ -35,7 +35,18 @@ windows are closed and held feedback expired in amortised O(1) per event (``swee
 dead-letters them; the learner only counts, so nothing is reported twice). Bad input never stops
 a learner: events that do not decode are the consumer's dead letters; contexts of the wrong width
 or with unknown clusters and items outside the catalogue are joined as usual but not learned,
-and counted (``bad_context``, ``unknown_item``). The state (the join's, contexts included)
+and counted (``bad_context``, ``unknown_item``).
+
+No event can make the statistics non-finite. Every context is clipped to the statistics'
+``clip_norm`` (``stream.context_clip_norm``) inside the statistics' own batch validation, so
+fresh exposure, fresh rewards and the joiner's rewards learned later clip identically (the
+equivalence above holds; see ``recsys.bandits.influence`` for the bound on one event's
+influence). Rewards are the reward mapping's values (fresh mode: increases of a running max
+over them), so a mapping whose values times the clip norm overflow is refused when the learner
+is built. In window mode the learner reads ``recsys.rewards`` records, which any producer could
+write: a reward outside the mapping's range ``[min(0, values), max(0, values)]`` cannot come from
+the joiner, so it is refused, counted (:data:`REFUSED_REWARD`) and dead-lettered by the learner,
+the one role that learns from that topic. The state (the join's, contexts included)
 round-trips through plain numpy arrays (``state_arrays`` / ``load_state``), so a checkpoint holds
 it beside the offsets.
 """
@@ -54,7 +65,8 @@ from numpy.typing import NDArray
 
 from recsys.bandits import shard_of, stats_from_arrays
 from recsys.bandits.protocol import StatsArrays
-from recsys.events import Feedback, Impression, Reward
+from recsys.events import Feedback, Impression, Reward, encode
+from recsys.producer import EventProducer
 from recsys.topics import DEAD_LETTER
 from recsys.validation import message
 from streaming.consumer import ConsumedEvent, EventConsumer
@@ -63,6 +75,9 @@ from streaming.reading import ConsumingActor, Offsets
 
 Mode = Literal["fresh", "window"]
 STATE_FORMAT = "recsys.learner.state/2"
+REFUSED_REWARD = "reward outside the reward mapping's range"
+"""Why a learner refuses (and dead-letters) a joined example: a counter and dead-letter reason."""
+_FLOAT_MAX = float(np.finfo(np.float64).max)
 
 
 @dataclass
@@ -105,6 +120,8 @@ class LearnerCore:
         self.n_shards = int(n_shards)
         self._template = stats_from_arrays(*template)
         self._open_catalogue = self._template.n_items == 0
+        self.refused: list[tuple[ConsumedEvent, str]] = []
+        """Events refused since the last :meth:`take_refused`, with the reason (dead letters)."""
         self._contexts = self._template.context_codec()
         self._context_columns = tuple(self._contexts.columns())
         self.join = WindowJoin(
@@ -112,6 +129,15 @@ class LearnerCore:
             open_payload={**self._contexts.columns(), "learnable": (np.bool_, None, False)},
             max_open_requests=max_open_requests,
         )
+        values = self.join.reward_mapping.values()
+        self.reward_range = (min(0.0, *values), max(0.0, *values))
+        spread = self.reward_range[1] - self.reward_range[0]  # bounds every reward increase
+        clip = float(self._template.clip_norm)
+        if spread * clip > _FLOAT_MAX:
+            raise ValueError(message(
+                "reward_mapping", "rewards whose products with a context of the clip norm are "
+                "finite", f"a reward range of {spread:.3g} times clip_norm {clip:.3g}",
+                "lower the rewards or stream.context_clip_norm"))
 
     @property
     def counts(self) -> Counter[str]:
@@ -154,13 +180,27 @@ class LearnerCore:
 
     # -- window mode: joined examples ----------------------------------------------------------
 
+    def take_refused(self) -> list[tuple[ConsumedEvent, str]]:
+        """The events refused since the last call, with their reasons (then forgotten)."""
+        refused, self.refused = self.refused, []
+        return refused
+
     def _joined_examples(self, batch: Sequence[ConsumedEvent]) -> Updates:
         events: list[Reward] = [c.event for c in batch]  # type: ignore[misc]
         self.counts["rewards"] += len(events)
         columns, fits = self._contexts.read([e.context for e in events])
         items = np.fromiter((e.item_id for e in events), np.int64, len(events))
         r = np.fromiter((e.reward for e in events), np.float64, len(events))
-        ok = fits & self._known(items)
+        low, high = self.reward_range
+        outside = (r < low) | (r > high)
+        if outside.any():
+            self.counts[REFUSED_REWARD] += int(outside.sum())
+            for i in np.flatnonzero(outside).tolist():  # only the refused events
+                e = events[i]
+                self.refused.append((batch[i], f"{REFUSED_REWARD}: reward {e.reward!r} for item "
+                                     f"{e.item_id} of request {e.request_id!r}, expected a value "
+                                     f"in [{low:g}, {high:g}] (stream.reward_mapping)"))
+        ok = fits & ~outside & self._known(items)
         self.counts["bad_context"] += int((~fits).sum())
         cols = {k: v[ok] for k, v in columns.items()}
         empty = self._empty_rows()
@@ -337,13 +377,17 @@ class Learner(ConsumingActor):
         self._remote = [hasattr(getattr(s, "apply", None), "remote") for s in self._shards]
         self._in_flight: list[list[Any]] = [[] for _ in self._shards]
         self._max_in_flight = int(max_in_flight)
+        options = dict(client_options or {})
+        self._dead_letter_topic = dead_letter_topic
+        self._producer = EventProducer(bootstrap, **options)  # undecodable and refused records
         self._consumer = EventConsumer(
             bootstrap, self._assignment, dead_letter_topic=dead_letter_topic,
-            expected_types=expected_types, **dict(client_options or {}),
+            expected_types=expected_types, dead_letter_producer=self._producer, **options,
         )
         self._paused = False
         self.events = 0
         self.deltas_sent = 0
+        self.refused = 0
 
     # -- learning ----------------------------------------------------------------------------
 
@@ -354,6 +398,12 @@ class Learner(ConsumingActor):
         for s, deltas in enumerate(self.core.process(batch)):
             if deltas:
                 self._send(s, deltas)
+        for consumed, reason in self.core.take_refused():
+            self._producer.send_dead_letter(
+                self._dead_letter_topic, source_topic=consumed.topic,
+                partition=consumed.partition, offset=consumed.offset, key=consumed.event.key,
+                value=encode(consumed.event), reason=reason)
+            self.refused += 1
 
     def _send(self, s: int, deltas: list[StatsArrays]) -> None:
         self.deltas_sent += len(deltas)
@@ -414,20 +464,27 @@ class Learner(ConsumingActor):
         self._consumer.seek(offsets)
 
     def counters(self) -> dict[str, Any]:
-        """Counters: events, deltas sent, rejections by reason, open requests, dead letters."""
+        """Counters: events, deltas sent, rejections by reason, open requests, dead letters
+        (``dead_lettered``: undecodable records; ``refused``: records refused as unlearnable,
+        by reason in ``counts``)."""
         return {
             "events": self.events, "deltas_sent": self.deltas_sent, "busy_s": self.busy_s,
             "counts": dict(self.core.counts), "open_requests": self.core.open_requests,
             "held_feedback": self.core.held_feedback,
             "consumed": self._consumer.consumed, "dead_lettered": self._consumer.dead_lettered,
+            "refused": self.refused,
         }
 
     def close(self) -> None:
         """Flush deltas and dead letters and close the Kafka clients."""
         try:
             self.flush()
+            self._producer.flush()
         finally:
-            self._consumer.close()
+            try:
+                self._consumer.close()
+            finally:
+                self._producer.close()
 
 
 LearnerActor = ray.remote(num_cpus=0.5)(Learner)

@@ -19,7 +19,8 @@ What each family measures (``actor`` is the pipeline's name: ``joiner-0``, ``lea
   after a rebuilt actor, counts from zero).
 * ``recsys_stream_dead_letters_total{actor,reason}``: records sent to the dead-letter topic, by
   reason: joiners' join rejections (``streaming.join.Reason``) and undecodable records; lake
-  writers' undecodable and unfit records by reason; learners' undecodable records (the learner
+  writers' undecodable and unfit records by reason; learners' undecodable records and the
+  joined examples they refuse as unlearnable (``streaming.learner.REFUSED_REWARD``; the learner
   drops the events the join rejects without dead-lettering them: the joiner does).
 * ``recsys_stream_freshness_seconds`` (histogram): **shard-side visibility delay only**. At each
   statistics pull, for each shard, the age of the oldest delta the shard has merged but readers
@@ -36,7 +37,9 @@ What each family measures (``actor`` is the pipeline's name: ``joiner-0``, ``lea
 * ``recsys_stream_snapshot_age_seconds{shard}``: at the last statistics pull, the age of the
   snapshot readers get (pull time − its ``published_ms``);
   ``recsys_stream_snapshot_version{shard}``: the shard statistics' version (every merge bumps it),
-  with ``recsys_stream_shard_items`` and ``recsys_stream_shard_bytes``.
+  with ``recsys_stream_shard_items`` and ``recsys_stream_shard_bytes``;
+  ``recsys_stream_shard_non_finite_deltas{shard}``: deltas refused whole because they held NaN
+  or infinity or would overflow the shard's sums (``streaming.shards``).
 * ``recsys_stream_checkpoint_age_seconds``: time since the newest checkpoint, measured from the
   collection that first saw it (so up to one collection interval late), or from its
   ``created_ms`` for the checkpoint the pipeline restored at start;
@@ -83,6 +86,7 @@ from recsys.bandits.protocol import Statistics
 from recsys.validation import message
 from streaming.coordinator import CheckpointReport
 from streaming.join import Reason
+from streaming.learner import REFUSED_REWARD
 from streaming.shards import MERGE_DELAY_BUCKETS_S
 
 log = logging.getLogger(__name__)
@@ -256,7 +260,11 @@ def dead_letters(actor: str, stats: Mapping[str, Any]) -> dict[str, float]:
         out.update(stats.get("undecodable_reasons") or {})
         out.update(stats.get("rejected_reasons") or {})
         return {k: float(v) for k, v in out.items()}
-    return {"undecodable": float(stats.get("dead_lettered", 0))}
+    out = {"undecodable": float(stats.get("dead_lettered", 0))}
+    refused = float((stats.get("counts") or {}).get(REFUSED_REWARD, 0))
+    if refused:
+        out[REFUSED_REWARD] = refused
+    return out
 
 
 def _stage(actor: str) -> str:
@@ -288,6 +296,8 @@ def families(f: Figures | None) -> list[Metric]:
     n_items = _g("recsys_stream_shard_items", "Items the shard holds", ["shard"])
     nbytes = _g("recsys_stream_shard_bytes", "Bytes of the shard's statistics arrays", ["shard"])
     merged = _c("recsys_stream_shard_deltas_applied", "Deltas merged by the shard", ["shard"])
+    non_finite = _c("recsys_stream_shard_non_finite_deltas", "Deltas the shard refused whole "
+                    "because they held NaN or infinity or would overflow its sums", ["shard"])
     ckpt_age = _g("recsys_stream_checkpoint_age_seconds", "Seconds since the newest checkpoint")
     ckpt_dur = _g("recsys_stream_checkpoint_duration_seconds",
                   "Duration of the last checkpoint by phase", ["phase"])
@@ -302,7 +312,8 @@ def families(f: Figures | None) -> list[Metric]:
         "recsys_stream_record_to_shard_seconds",
         "From a record's Kafka timestamp to the shard merging the delta it is in (the oldest "
         "record of each delta), all shards", labels=[])
-    out = [lag, records, rates, dead, age, version, n_items, nbytes, merged, ckpt_age, ckpt_dur,
+    out = [lag, records, rates, dead, age, version, n_items, nbytes, merged, non_finite, ckpt_age,
+           ckpt_dur,
            recoveries, exposures, rewards, expected, last, merge_delay]
     if f is None:
         return out
@@ -322,6 +333,7 @@ def families(f: Figures | None) -> list[Metric]:
         n_items.add_metric([str(i)], float(s["n_items"]))
         nbytes.add_metric([str(i)], float(s["nbytes"]))
         merged.add_metric([str(i)], float(s["deltas_applied"]))
+        non_finite.add_metric([str(i)], float(s.get("non_finite_deltas", 0)))
     counts = [s.get("merge_delay_bucket_counts") for s in r.shards.values()]
     if counts and all(c is not None for c in counts):
         total = np.sum(np.asarray(counts, dtype=np.int64), axis=0)

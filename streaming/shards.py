@@ -14,7 +14,9 @@ Design decisions:
 * **Deltas merge in any order.** Statistics are sums, so ``apply`` adds whatever arrives; no
   ordering, locks or sequence numbers are needed between learners.
 * **Bad deltas never stop a shard, and never vanish silently.** A delta that does not decode or
-  does not fit (another layout, another feature space) is rejected and counted by reason; rows
+  does not fit (another layout, another feature space) is rejected and counted by reason; a
+  delta holding NaN or infinity, or one whose merge would overflow a sum, is refused whole
+  (nothing of it is merged) and counted (``non_finite_deltas``); rows
   for items this shard does not hold (retired, or routed here by mistake) are dropped from the
   delta and counted. ``counters()`` reports both.
 * **Bounded staleness, without copying on every read.** Readers pull a *published* snapshot.
@@ -44,7 +46,8 @@ import numpy as np
 import ray
 from numpy.typing import ArrayLike, NDArray
 
-from recsys.bandits import DenseStats, Publication, shard_of, stats_from_arrays
+from recsys.bandits import DenseStats, NonFiniteError, Publication, shard_of, stats_from_arrays
+from recsys.bandits.influence import DEFAULT_CLIP_NORM
 from recsys.bandits.protocol import Statistics, StatsArrays
 from recsys.validation import message
 
@@ -58,10 +61,12 @@ MERGE_DELAY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 
 def dense_statistics(
     item_ids: ArrayLike, dim: int, *, lam: float = 1.0, centred: bool = True, space: str = "",
-    dtype: type[np.floating] = np.float64,
+    dtype: type[np.floating] = np.float64, clip_norm: float = DEFAULT_CLIP_NORM,
 ) -> DenseStats:
-    """Empty dense statistics for a shard fleet: centred by default (see the module docs)."""
-    return DenseStats.empty(item_ids, dim, lam=lam, centred=centred, space=space, dtype=dtype)
+    """Empty dense statistics for a shard fleet: centred by default (see the module docs);
+    learned contexts are clipped to ``clip_norm`` (``stream.context_clip_norm``)."""
+    return DenseStats.empty(item_ids, dim, lam=lam, centred=centred, space=space, dtype=dtype,
+                            clip_norm=clip_norm)
 
 
 def shard_parts(stats: Statistics, n_shards: int) -> list[StatsArrays]:
@@ -108,6 +113,7 @@ class ParameterShard:
         self.deltas_applied = 0
         self.publications = 0
         self.rejected: Counter[str] = Counter()
+        self.non_finite_deltas = 0
         self.foreign_rows = 0
         # record produced → its delta merged here: per-bucket counts, sum and count (seconds)
         self.merge_delay_counts = np.zeros(len(MERGE_DELAY_BUCKETS_S) + 1, dtype=np.int64)
@@ -129,8 +135,10 @@ class ParameterShard:
     def apply(self, deltas: Sequence[StatsArrays]) -> int:
         """Merge deltas (each an ``(arrays, meta)`` pair), in any order; returns the version.
 
-        A delta that cannot be merged is rejected and counted by reason; rows for items this
-        shard does not hold are dropped and counted (``counters()``); the others are merged.
+        A delta that cannot be merged is rejected and counted by reason; one with NaN or infinity
+        (or that would overflow the sums) is refused whole and counted as ``non_finite_deltas``;
+        rows for items this shard does not hold are dropped and counted (``counters()``); the
+        others are merged.
         """
         for arrays, meta in deltas:
             try:
@@ -145,6 +153,9 @@ class ParameterShard:
                 self._changed()
                 if "oldest_record_ms" in meta:
                     self._observe_merge_delay(self._clock() - meta["oldest_record_ms"] / 1000.0)
+            except NonFiniteError:  # NaN/inf, or a sum that would overflow: never merged
+                self.non_finite_deltas += 1
+                continue
             except (ValueError, TypeError, KeyError) as exc:
                 self.rejected[f"{type(exc).__name__}: {str(exc)[:120]}"] += 1
                 continue
@@ -270,7 +281,8 @@ class ParameterShard:
             "snapshot_id": self._stats.snapshot_id, "n_items": int(self._stats.n_items),
             "nbytes": int(sum(a.nbytes for a in self._stats.to_arrays()[0].values())),
             "deltas_applied": self.deltas_applied, "deltas_rejected": dict(self.rejected),
-            "foreign_rows": self.foreign_rows, "publications": self.publications,
+            "non_finite_deltas": self.non_finite_deltas, "foreign_rows": self.foreign_rows,
+            "publications": self.publications,
             "merge_delay_bucket_counts": self.merge_delay_counts.tolist(),
             "merge_delay_sum_s": self.merge_delay_sum_s,
         }

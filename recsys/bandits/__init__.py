@@ -33,6 +33,7 @@ from recsys.bandits.contexts import ContextError
 from recsys.bandits.dense import DenseStats
 from recsys.bandits.full import FullStats
 from recsys.bandits.graph import GraphStats, SoftContexts
+from recsys.bandits.influence import NonFiniteError
 from recsys.bandits.protocol import (
     ItemSummary,
     Statistics,
@@ -66,6 +67,7 @@ __all__ = [
     "ItemSummary",
     "LinTS",
     "LinUCB",
+    "NonFiniteError",
     "Publication",
     "Publisher",
     "Slate",

@@ -36,6 +36,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from recsys.bandits.accumulate import scatter_add_many, touched_rows
 from recsys.bandits.contexts import DenseContexts
+from recsys.bandits.influence import DEFAULT_CLIP_NORM, check_clip_norm, check_products, clip_one
 from recsys.bandits.items import ItemIndex
 from recsys.bandits.protocol import (
     DenseBatch,
@@ -60,6 +61,7 @@ _SMALL_BATCH = 64
 """Batches up to this size use ``np.add.at`` (low fixed cost); larger ones use bincount."""
 
 Rows = NDArray[np.intp] | slice
+_FLOAT_MAX = float(np.finfo(np.float64).max)
 _PART_SUMS = {"both": {"sxx", "sxr", "sx", "count", "sr"}, "exposure": {"sxx", "sx", "count"},
               "reward": {"sxr", "sr"}}
 """The sums each ``part`` of an update touches (see ``recsys.bandits.protocol.Part``)."""
@@ -129,6 +131,8 @@ class DenseStats(StatsBase):
     prior_mean: NDArray[np.floating] | None = None
     space: str = ""
     version: int = 0
+    clip_norm: float = DEFAULT_CLIP_NORM
+    """Contexts learned are clipped to this norm (``recsys.bandits.influence``)."""
     origin: str = field(default_factory=new_origin)
     _borrowed: bool = field(default=False, repr=False)
     _cache: DensePosterior | None = field(default=None, repr=False)
@@ -145,11 +149,13 @@ class DenseStats(StatsBase):
         prior_mean: ArrayLike | None = None,
         space: str = "",
         dtype: type[np.floating] = np.float64,
+        clip_norm: float = DEFAULT_CLIP_NORM,
     ) -> DenseStats:
         """Zero statistics for ``items`` (integer ids) and contexts of dimension ``dim``.
 
         ``dtype=np.float32`` halves the memory for very large catalogues at the cost of precision
         in long-running sums (decay keeps them bounded); the posterior is computed in float64.
+        ``clip_norm`` bounds the norm of every context learned (``recsys.bandits.influence``).
         """
         if int(dim) != dim or dim <= 0:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
@@ -166,7 +172,7 @@ class DenseStats(StatsBase):
             count=np.zeros(n, dtype=np.float64),
             sx=np.zeros((n, dim), dtype=dtype) if centred else None,
             sr=np.zeros(n, dtype=np.float64) if centred else None,
-            space=str(space),
+            space=str(space), clip_norm=check_clip_norm(clip_norm),
         )
         if prior_mean is not None:
             stats.set_prior_mean(prior_mean)
@@ -174,9 +180,12 @@ class DenseStats(StatsBase):
 
     @classmethod
     def for_stream(cls, stream: StreamSettings) -> DenseStats:
-        """Empty statistics over items ``0 .. stream.n_items - 1`` and ``stream.dim`` features."""
+        """Empty statistics over items ``0 .. stream.n_items - 1`` and ``stream.dim`` features,
+        clipping learned contexts to ``stream.context_clip_norm``."""
         return cls.empty(np.arange(stream.n_items), stream.dim, lam=stream.lam,
-                         centred=stream.centred)
+                         centred=stream.centred,
+                         clip_norm=check_clip_norm(stream.context_clip_norm,
+                                                   "stream.context_clip_norm"))
 
     @property
     def centred(self) -> bool:
@@ -279,7 +288,8 @@ class DenseStats(StatsBase):
         unique, sums = self._batch_sums(rows, x, r, part)
         dtype = self.sxx.dtype
         delta = DenseStats.empty(self.items.ids[unique], self.dim, lam=self.lam,
-                                 centred=self.centred, space=self.space, dtype=dtype.type)
+                                 centred=self.centred, space=self.space, dtype=dtype.type,
+                                 clip_norm=self.clip_norm)
         delta._set_sums({k: (v.astype(dtype, copy=False) if v.ndim == 2 else v)
                          for k, v in sums.items()})
         delta.version = 0
@@ -313,9 +323,11 @@ class DenseStats(StatsBase):
     ) -> DenseStats:
         """Add a single event in place: same result as ``learn`` on a batch of one, with a
         fraction of the fixed per-call cost (river's ``learn_one``)."""
-        x = check_context_one(context, self.dim)
+        x = clip_one(check_context_one(context, self.dim), self.clip_norm)
         row = self.items.row_one(item)
         r = check_reward_one(reward, reward_range)
+        if abs(r) * self.clip_norm > _FLOAT_MAX:  # rare: only then look at the products
+            check_products(x[None, :], np.array([r]), self.clip_norm, name="reward")
         view = self.sxx[row]
         view += x * x
         view = self.sxr[row]
@@ -376,6 +388,7 @@ class DenseStats(StatsBase):
             out = DenseStats.empty(
                 np.union1d(self.items.ids, other.items.ids), self.dim, lam=self.lam,
                 centred=self.centred, space=self.space, dtype=self.sxx.dtype.type,
+                clip_norm=self.clip_norm,
             )
             mine = out._sums()
             for part in (self, other):
@@ -391,15 +404,24 @@ class DenseStats(StatsBase):
     def merge_inplace(self, other: DenseStats) -> DenseStats:
         """Add ``other`` into ``self`` (items of ``other`` must be held); returns ``self``.
 
-        The parameter-shard path: no reallocation of the large arrays.
+        The parameter-shard path: no reallocation of the large arrays. A delta with NaN or
+        infinity, or one that would overflow the sums, raises
+        :class:`~recsys.bandits.influence.NonFiniteError` and nothing is merged.
         """
         self._check_compatible(other)
         if other.prior_mean is not None:
             raise ValueError("merge_inplace: a delta must not carry prior means")
         rows = self.items.rows(other.items.ids, name="delta items")
+        theirs = other._sums()
+        self._check_finite_delta(theirs)
         mine = self._sums()
-        for name, value in other._sums().items():
-            mine[name][rows] += value
+        merged = {}
+        with np.errstate(over="ignore"):
+            for name, value in theirs.items():
+                merged[name] = mine[name][rows] + value
+                self._check_finite_result(name, merged[name])
+        for name, value in merged.items():
+            mine[name][rows] = value
         self._updated(rows)
         return self
 
@@ -529,6 +551,7 @@ class DenseStats(StatsBase):
             sxr=self.sxr, count=self.count,
             prior_mean=None if self.prior_mean is None else self.prior_mean[pick].copy(),
             space=self.space, version=self.version if rows is None else 0,
+            clip_norm=self.clip_norm,
         )
         out._set_sums({name: value[pick].copy() for name, value in self._sums().items()})
         return out

@@ -17,6 +17,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from recsys.bandits.accumulate import scatter_add
 from recsys.bandits.contexts import DenseContexts
+from recsys.bandits.influence import DEFAULT_CLIP_NORM, check_clip_norm
 from recsys.bandits.items import ItemIndex
 from recsys.bandits.protocol import (
     DenseBatch,
@@ -57,6 +58,8 @@ class FullStats(StatsBase):
     prior_mean: NDArray[np.float64] | None = None
     space: str = ""
     version: int = 0
+    clip_norm: float = DEFAULT_CLIP_NORM
+    """Contexts learned are clipped to this norm (``recsys.bandits.influence``)."""
     origin: str = field(default_factory=new_origin)
     _borrowed: bool = field(default=False, repr=False)
 
@@ -69,8 +72,10 @@ class FullStats(StatsBase):
         lam: float = 1.0,
         prior_mean: ArrayLike | None = None,
         space: str = "",
+        clip_norm: float = DEFAULT_CLIP_NORM,
     ) -> FullStats:
-        """Zero statistics (``A = λI``) for ``items`` and contexts of dimension ``dim``."""
+        """Zero statistics (``A = λI``) for ``items`` and contexts of dimension ``dim``; learned
+        contexts are clipped to ``clip_norm`` (``recsys.bandits.influence``)."""
         if int(dim) != dim or dim <= 0:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
         index = ItemIndex(items)
@@ -85,7 +90,7 @@ class FullStats(StatsBase):
         return cls(
             items=index, dim=int(dim), lam=lam, gram=np.zeros((n, dim, dim)),
             a_inv=eye / lam, sxr=np.zeros((n, dim)), count=np.zeros(n), prior_mean=mu,
-            space=space,
+            space=space, clip_norm=check_clip_norm(clip_norm),
         )
 
     def context_codec(self) -> DenseContexts:
@@ -138,6 +143,7 @@ class FullStats(StatsBase):
         return FullStats(
             items=ItemIndex(self.items.ids[unique]), dim=d, lam=self.lam, gram=gram,
             a_inv=np.zeros((m, d, d)), sxr=sxr, count=count, space=self.space,
+            clip_norm=self.clip_norm,
         )
 
     def _refresh_rows(self, rows: NDArray[np.intp] | slice) -> None:
@@ -156,7 +162,7 @@ class FullStats(StatsBase):
         if self.prior_mean is not None and other.prior_mean is not None:
             raise ValueError("cannot merge two FullStats that both carry prior means")
         out = FullStats.empty(np.union1d(self.items.ids, other.items.ids), self.dim,
-                              lam=self.lam, space=self.space)
+                              lam=self.lam, space=self.space, clip_norm=self.clip_norm)
         for part in (self, other):
             rows = out.items.rows(part.items.ids)
             out.gram[rows] += part.gram
@@ -169,14 +175,22 @@ class FullStats(StatsBase):
         return out
 
     def merge_inplace(self, other: FullStats) -> FullStats:
-        """Add a delta into ``self`` (its items must be held); the touched inverses are rebuilt."""
+        """Add a delta into ``self`` (its items must be held); the touched inverses are rebuilt.
+        A delta that is not finite, or would overflow the sums, raises
+        :class:`~recsys.bandits.influence.NonFiniteError` and nothing is merged."""
         self._check_compatible(other)
         if other.prior_mean is not None:
             raise ValueError("merge_inplace: a delta must not carry prior means")
         rows = self.items.rows(other.items.ids, name="delta items")
-        self.gram[rows] += other.gram
-        self.sxr[rows] += other.sxr
-        self.count[rows] += other.count
+        theirs = other._sums()
+        self._check_finite_delta(theirs)
+        mine = self._sums()
+        with np.errstate(over="ignore"):
+            merged = {name: mine[name][rows] + value for name, value in theirs.items()}
+        for name, value in merged.items():
+            self._check_finite_result(name, value)
+        for name, value in merged.items():
+            mine[name][rows] = value
         self._refresh_rows(rows)
         self._bump()
         return self
@@ -232,7 +246,7 @@ class FullStats(StatsBase):
             items=self.items, dim=self.dim, lam=self.lam, gram=self.gram.copy(),
             a_inv=self.a_inv.copy(), sxr=self.sxr.copy(), count=self.count.copy(),
             prior_mean=None if self.prior_mean is None else self.prior_mean.copy(),
-            space=self.space, version=self.version,
+            space=self.space, version=self.version, clip_norm=self.clip_norm,
         )
 
     def allclose(self, other: object, *, rtol: float = 1e-10, atol: float = 1e-10) -> bool:

@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from recsys.bandits.contexts import ClusterContexts, SoftContexts, as_soft_contexts
+from recsys.bandits.influence import DEFAULT_CLIP_NORM, check_clip_norm, check_products, clip_rows
 from recsys.bandits.items import ItemIndex
 from recsys.bandits.protocol import (
     ItemSummary,
@@ -77,6 +78,8 @@ class GraphStats(StatsBase):
     space: str = ""
     version: int = 0
     skipped: int = 0
+    clip_norm: float = DEFAULT_CLIP_NORM
+    """Each event's cluster-weight vector is clipped to this norm (``recsys.bandits.influence``)."""
     origin: str = field(default_factory=new_origin)
     _borrowed: bool = field(default=False, repr=False)
     indptr: NDArray[np.intp] = field(init=False, repr=False)
@@ -103,8 +106,10 @@ class GraphStats(StatsBase):
         weighting: Weighting = "squared",
         prior_mean: ArrayLike | None = None,
         space: str = "",
+        clip_norm: float = DEFAULT_CLIP_NORM,
     ) -> GraphStats:
-        """Zero statistics on the edges (edge_clusters[e], edge_items[e]) (any order)."""
+        """Zero statistics on the edges (edge_clusters[e], edge_items[e]) (any order); each
+        event's cluster weights are clipped to norm ``clip_norm`` when learned."""
         index = ItemIndex(items)
         c = np.asarray(edge_clusters, dtype=np.int64).ravel()
         ids = np.asarray(edge_items, dtype=np.int64).ravel()
@@ -121,7 +126,7 @@ class GraphStats(StatsBase):
             items=index, n_clusters=int(n_clusters), edge_cluster=c[order],
             edge_row=rows[order].astype(np.intp), sxx=np.zeros(c.size), sxr=np.zeros(c.size),
             count=np.zeros(c.size), lam=check_positive(lam, "lam"), weighting=weighting,
-            space=space,
+            space=space, clip_norm=check_clip_norm(clip_norm),
         )
         if prior_mean is not None:
             mu = np.broadcast_to(np.asarray(prior_mean, dtype=np.float64), (c.size,))[order]
@@ -138,7 +143,8 @@ class GraphStats(StatsBase):
         if stream.graph_file is None:
             raise ValueError("stream.graph_file: expected the cluster→item graph file "
                              "(ClusterGraph.save) for layout 'graph', got none")
-        return ClusterGraph.load(stream.graph_file).stats(lam=stream.lam)
+        return ClusterGraph.load(stream.graph_file).stats(lam=stream.lam).set_clip_norm(
+            check_clip_norm(stream.context_clip_norm, "stream.context_clip_norm"))
 
     @property
     def n_edges(self) -> int:
@@ -167,6 +173,7 @@ class GraphStats(StatsBase):
             items=self.items, n_clusters=self.n_clusters, edge_cluster=self.edge_cluster[keep],
             edge_row=self.edge_row[keep], sxx=np.zeros(keep.size), sxr=np.zeros(keep.size),
             count=np.zeros(keep.size), lam=self.lam, weighting=self.weighting, space=self.space,
+            clip_norm=self.clip_norm,
         )
 
     # ------------------------------------------------------------------ learning
@@ -182,7 +189,9 @@ class GraphStats(StatsBase):
         batch = len(ctx)
         rows = self.items.rows(check_items(items, batch))
         r = np.zeros(batch) if rewards is None else check_rewards(rewards, batch, reward_range)
-        w = ctx.weights
+        w = clip_rows(ctx.weights, self.clip_norm)
+        if rewards is not None and part != "exposure":
+            check_products(w, r, self.clip_norm)
         active = w > 0
         keys = ctx.clusters * self.n_items + rows[:, None]
         pos = np.searchsorted(self._keys, keys[active])
@@ -307,6 +316,7 @@ class GraphStats(StatsBase):
             edge_row=(keys % n).astype(np.intp), sxx=np.zeros(keys.size),
             sxr=np.zeros(keys.size), count=np.zeros(keys.size), lam=self.lam,
             weighting=self.weighting, space=self.space, skipped=self.skipped + other.skipped,
+            clip_norm=self.clip_norm,
         )
         for part, mine in zip((self, other), part_keys, strict=True):
             pos = np.searchsorted(keys, mine)
@@ -322,12 +332,18 @@ class GraphStats(StatsBase):
         """Add a delta into ``self`` in place; every edge of ``other`` must be an edge of ``self``.
 
         Edges are matched by (cluster, item id), so a delta computed over the whole catalogue
-        merges into a shard that holds a selection of it.
+        merges into a shard that holds a selection of it. A delta that is not finite, or would
+        overflow the sums, raises :class:`~recsys.bandits.influence.NonFiniteError` and nothing
+        is merged.
         """
         self._check_compatible(other)
         if other.prior_mean is not None:
             raise ValueError("merge_inplace: a delta must not carry prior means")
         pos = self._edge_positions(other.edge_cluster, other.edge_items, name="delta edges")
+        self._check_finite_delta(other._sums())
+        with np.errstate(over="ignore"):
+            for name, value in other._sums().items():
+                self._check_finite_result(name, self._sums()[name][pos] + value)
         np.add.at(self.sxx, pos, other.sxx)
         np.add.at(self.sxr, pos, other.sxr)
         np.add.at(self.count, pos, other.count)
@@ -382,7 +398,7 @@ class GraphStats(StatsBase):
             sxx=self.sxx[keep_edges].copy(), sxr=self.sxr[keep_edges].copy(),
             count=self.count[keep_edges].copy(), lam=self.lam, weighting=self.weighting,
             prior_mean=None if self.prior_mean is None else self.prior_mean[keep_edges].copy(),
-            space=self.space, skipped=self.skipped,
+            space=self.space, skipped=self.skipped, clip_norm=self.clip_norm,
         )
         return out
 

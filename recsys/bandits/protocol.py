@@ -25,6 +25,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Self, runtim
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from recsys.bandits.influence import (
+    DEFAULT_CLIP_NORM,
+    NonFiniteError,
+    check_clip_norm,
+    check_products,
+    clip_rows,
+)
 from recsys.bandits.items import ItemIndex
 from recsys.bandits.persistence import decode_npz, encode_npz
 from recsys.bandits.validation import check_contexts, check_items, check_rewards
@@ -84,6 +91,7 @@ class Statistics(Protocol):
     lam: float
     space: str
     version: int
+    clip_norm: float
 
     @property
     def n_items(self) -> int: ...
@@ -105,6 +113,8 @@ class Statistics(Protocol):
                          reward_range: tuple[float, float] = ..., part: Part = ...) -> Self: ...
 
     def merge(self, other: Self) -> Self: ...
+
+    def set_clip_norm(self, clip_norm: float) -> Self: ...
 
     def merge_inplace(self, other: Self) -> Self: ...
 
@@ -201,6 +211,7 @@ class StatsBase:
     items: ItemIndex
     origin: str
     version: int
+    clip_norm: float
     _borrowed: bool
 
     @property
@@ -308,11 +319,38 @@ class StatsBase:
         """A validated batch over dense contexts of ``dim`` features (dense and full layouts):
         contexts [b, dim], the items' rows and the rewards (zeros for ``part="exposure"``)."""
         check_part(part, rewards)
-        x = check_contexts(contexts, self.dim)  # type: ignore[attr-defined]
+        x = clip_rows(check_contexts(contexts, self.dim),  # type: ignore[attr-defined]
+                      self.clip_norm)
         ids = check_items(items, x.shape[0])
         r = (np.zeros(x.shape[0]) if rewards is None
              else check_rewards(rewards, x.shape[0], reward_range))
+        if part != "exposure":
+            check_products(x, r, self.clip_norm)
         return x, self.items.rows(ids), r
+
+    def set_clip_norm(self, clip_norm: float) -> Self:
+        """Set the per-event context clip (``recsys.bandits.influence``) in place; returns
+        ``self``. Not a change of the sums: the version stays."""
+        self.clip_norm = check_clip_norm(clip_norm)
+        return self
+
+    def _check_finite_delta(self, sums: dict[str, NDArray[Any]]) -> None:
+        """Raise :class:`~recsys.bandits.influence.NonFiniteError` if a delta's sums hold NaN
+        or infinity (nothing is merged)."""
+        for name, value in sums.items():
+            if not np.isfinite(value).all():
+                raise NonFiniteError(message(
+                    "delta", "finite sums", f"NaN or infinity in {name}",
+                    "the delta is refused; find the events that produced it"))
+
+    @staticmethod
+    def _check_finite_result(name: str, value: NDArray[Any]) -> None:
+        """Raise :class:`~recsys.bandits.influence.NonFiniteError` if merging would overflow."""
+        if not np.isfinite(value).all():
+            raise NonFiniteError(message(
+                "delta", "sums that stay finite once merged",
+                f"{name} overflows when added to the statistics",
+                "the delta is refused; decay the statistics or lower the clip norm"))
 
     def delta_template(self) -> Self:
         """What learners compute deltas against: here an empty selection, an open catalogue
@@ -351,7 +389,7 @@ class StatsBase:
         """
         arrays, meta = self._arrays_and_meta()
         return arrays, {"format": self.format, "layout": self.layout, "origin": self.origin,
-                        "version": self.version, **meta}
+                        "version": self.version, "clip_norm": self.clip_norm, **meta}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> Self:
@@ -363,6 +401,8 @@ class StatsBase:
             )
         out = cls._from_parts(arrays, meta)
         out.version = int(meta.get("version", 0))
+        out.clip_norm = check_clip_norm(meta.get("clip_norm", DEFAULT_CLIP_NORM),
+                                        "meta['clip_norm']")
         if "origin" in meta:
             out.origin = str(meta["origin"])
             out._borrowed = True
