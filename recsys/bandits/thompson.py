@@ -3,7 +3,9 @@
 θ_j ~ N(θ̂_j, v²·Σ_j) with Σ_j = diag(1/d_j) (diagonal) or A_j⁻¹ (full). For one request the
 score ``x·θ_j`` is then exactly N(x·θ̂_j, v²·xᵀΣ_j x), independently across items, so sampling
 the n item scores directly is the same distribution as sampling n·d coefficients, at 1/d of the
-cost. Propensities are estimated by replaying the sampler (Monte Carlo) and carry a standard error.
+cost. Propensities are exact at cold start (every item alike: 1/n) and otherwise estimated by
+conditional Monte Carlo (top-k) or plain replays (in-slate), with a standard error
+(``recsys.bandits.slates.thompson_propensities``).
 """
 
 from __future__ import annotations
@@ -41,9 +43,12 @@ class DiagLinTS(BasePolicy):
     """Diagonal linear Thompson sampling: θ_jc ~ N(b_jc/d_jc, v²/d_jc).
 
     ``per_slot=False`` draws once per slate (ordinary TS); ``per_slot=True`` draws once per slot
-    (in-slate TS, see :class:`InSlateTS`). ``n_mc_draws`` replays per request set the precision of
-    the logged propensities (standard error ≤ 0.5/sqrt(n_mc_draws)); 0 skips them (NaN), for
-    callers that do not log.
+    (in-slate TS, see :class:`InSlateTS`). ``n_mc_draws`` is the precision of the logged
+    propensities: their standard error is at most what ``n_mc_draws`` plain replays of the sampler
+    would report (≤ 0.5/sqrt(n_mc_draws)). In-slate TS spends exactly that many replays; top-k TS
+    uses conditional Monte Carlo, which usually needs 32 (see
+    ``recsys.bandits.slates.conditional_propensities``), and logs exactly 1/n with standard error
+    0 when every item has the same posterior. 0 skips them (NaN), for callers that do not log.
     """
 
     per_slot_default = False
@@ -79,8 +84,8 @@ class DiagLinTS(BasePolicy):
     def recommend_on(
         self, arrays: ArrayBackend, contexts: Any, k: int, rows: NDArray[np.intp] | None = None
     ) -> Slate:
-        """Thompson-sampled slates with Monte Carlo propensities and their standard errors (an
-        explored slate logs the posterior mean of what it shows)."""
+        """Thompson-sampled slates with propensities and their standard errors (see the class
+        docs; an explored slate logs the posterior mean of what it shows)."""
         mean, sd = self._moments(contexts, arrays, rows)
         scale = sd * self._v
         n_elig = arrays.eligible_counts(mean, k)

@@ -36,7 +36,7 @@ from numpy.typing import NDArray
 from recsys.bandits.arrays import NUMPY, Tied, Unsupported
 from recsys.bandits.base import BasePolicy
 from recsys.bandits.dense import DensePosterior
-from recsys.bandits.slates import Slate, monte_carlo_se
+from recsys.bandits.slates import Slate, monte_carlo_se, thompson_propensities
 from recsys.bandits.validation import UnknownItemError, check_contexts
 from recsys.validation import message
 
@@ -307,9 +307,16 @@ class TorchArrays:
         self, mean: torch.Tensor, scale: torch.Tensor, shown: NDArray[np.intp], n_draws: int,
         gen: torch.Generator, *, per_slot: bool,
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """How often ``n_draws`` fresh replays of the sampler put ``shown[b, p]`` at ``p``, in
-        blocks of draws that bound memory, and the binomial standard error."""
+        """Top-k slates: :func:`recsys.bandits.slates.thompson_propensities` on the host (exact at
+        cold start, conditional Monte Carlo elsewhere: a few replays of 2·n numbers, so copying
+        the moments beats a device port and both backends log the same estimator). In-slate TS:
+        how often ``n_draws`` fresh replays of the sampler put ``shown[b, p]`` at ``p``, in blocks
+        of draws that bound memory, and the binomial standard error."""
         torch = self._torch
+        if not per_slot:
+            seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=self.device))
+            return thompson_propensities(_host(mean), _host(scale), shown, n_draws,
+                                         np.random.default_rng(seed), per_slot=False)
         batch, n = mean.shape
         k = shown.shape[1]
         target = torch.from_numpy(np.ascontiguousarray(shown, dtype=np.int64)).to(self.device)
@@ -319,18 +326,13 @@ class TorchArrays:
         done = 0
         while done < n_draws:  # loop over blocks of draws, vectorised over requests and draws
             m = min(chunk, n_draws - done)
-            if not per_slot:
+            taken = torch.zeros((batch, m, n), dtype=torch.bool, device=self.device)
+            for p in range(k):  # loop over slots, vectorised over requests and draws
                 sampled = self._normal((batch, m, n), mean, gen).mul_(sc).add_(mu)
-                replay = torch.topk(sampled, k, dim=2).indices  # [batch, m, k]
-                hits += (replay == target[:, None, :]).sum(dim=1)
-            else:
-                taken = torch.zeros((batch, m, n), dtype=torch.bool, device=self.device)
-                for p in range(k):  # loop over slots, vectorised over requests and draws
-                    sampled = self._normal((batch, m, n), mean, gen).mul_(sc).add_(mu)
-                    sampled.masked_fill_(taken, -torch.inf)
-                    best = sampled.argmax(dim=2)  # [batch, m]
-                    hits[:, p] += (best == target[:, p:p + 1]).sum(dim=1)
-                    taken.scatter_(2, best[:, :, None], True)
+                sampled.masked_fill_(taken, -torch.inf)
+                best = sampled.argmax(dim=2)  # [batch, m]
+                hits[:, p] += (best == target[:, p:p + 1]).sum(dim=1)
+                taken.scatter_(2, best[:, :, None], True)
             done += m
         p_hat = hits.cpu().numpy().astype(np.float64) / n_draws
         return p_hat, monte_carlo_se(p_hat, n_draws)

@@ -2,8 +2,9 @@
 
 Rows: catalogues of {10k, 100k, 1M} items at d = 32 and 64 (``--quick``: 10k and 100k at d = 32),
 batch 1 (one request, as the serving app scores), Diag-LinUCB (``--policy ts`` for diagonal
-Thompson sampling with 100 Monte Carlo draws). Columns: the median milliseconds of ``--repeat``
-requests for numpy, torch on the CPU and, where a GPU is present, torch on CUDA.
+Thompson sampling, n_mc_draws=100: propensities at the precision of 100 plain replays).
+Columns: the median milliseconds of ``--repeat`` requests for numpy, torch on the CPU and, where
+a GPU is present, torch on CUDA.
 
 Fairness: every backend scores the same statistics object with the same policy class and the same
 contexts, and its timed call is the whole ``scorer.recommend(policy, context, 10)`` (validation,
