@@ -142,21 +142,23 @@ def refused(host: str, port: int) -> bool:
 def test_the_replica_port_listens_on_loopback_only(live) -> None:
     import ray
     from ray import serve
-    from ray.serve._private.constants import (
-        RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT,
-        RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT,
-    )
+    from ray.serve._private.common import RequestProtocol
+
+    from recsys.serving.server import APP_NAME
 
     _, port = live
-    details = serve.context._get_global_client().get_serve_details()
-    replicas = [r for app in details["applications"].values()
-                for deployment in app["deployments"].values() for r in deployment["replicas"]]
-    assert len(replicas) == 1, replicas
-    low, high = RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT, RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT
-    http = [(host, p) for host, p in listening(replicas[0]["pid"]) if low <= p <= high]
-    assert len(http) == 1, listening(replicas[0]["pid"])
-    host, replica_port = http[0]
-    assert host == "127.0.0.1"
+    client = serve.context._get_global_client()
+    # the replica's own HTTP port, as the controller hands it to HAProxy
+    groups = ray.get(client._controller.get_target_groups.remote(APP_NAME, True))
+    targets = [t for g in groups if g.protocol == RequestProtocol.HTTP for t in g.targets]
+    assert len(targets) == 1, groups
+    replica_port = targets[0].port
+    details = client.get_serve_details()
+    pids = [r["pid"] for d in details["applications"][APP_NAME]["deployments"].values()
+            for r in d["replicas"]]
+    assert len(pids) == 1, details
+    bound = [host for host, p in listening(pids[0]) if p == replica_port]
+    assert bound == ["127.0.0.1"], listening(pids[0])
     assert requests.get(f"http://127.0.0.1:{replica_port}/health/live", timeout=30).json() == {
         "live": True}
     node_ip = ray.util.get_node_ip_address()
