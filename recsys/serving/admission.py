@@ -11,9 +11,11 @@ does; what it can choose is where requests wait and which ones it gives up on. D
   its request waits. More threads would add GIL hand-offs, not throughput.
 * **A bounded queue** (``serve.max_queued_requests``): a scoring request that finds that many
   admitted and not started is answered 503 at once, before its body is read (``queue_full``).
-* **A bounded wait** (``serve.max_queue_delay_ms``): a request that has waited longer is
-  answered 503 without being scored or logged (``queue_delay``), as soon as the scoring thread
-  is free, so no client waits much past the budget for a 503.
+* **A bounded wait** (``serve.max_queue_delay_ms``): a request that has waited longer while
+  others wait too is answered 503 without being scored or logged (``queue_delay``), as soon as
+  the scoring thread is free, so no client waits much past the budget for a 503. The last one
+  waiting is served however long it waited: shedding it would free nothing for anyone else
+  (alone, it waited on the CPU, not on a queue).
 * **Newest first when behind (adaptive LIFO).** While the oldest waiting request has waited
   over half the budget, the scoring thread takes the newest: under sustained overload the
   requests it serves are fresh (latency close to one scoring time) and the stale ones are the
@@ -183,8 +185,8 @@ class Gate:
             while not self._jobs and not self._closed:
                 self._cond.wait()
             now = time.perf_counter()
-            stale = []
-            while self._jobs and now - self._jobs[0].ticket.arrived > self.max_delay_s:
+            stale = []  # the last job waiting is kept: shedding it would relieve no one
+            while len(self._jobs) > 1 and now - self._jobs[0].ticket.arrived > self.max_delay_s:
                 stale.append(self._jobs.popleft())
             job = None
             if self._jobs:
@@ -223,6 +225,7 @@ class Gate:
                 job.future.set_exception(exc)
             else:
                 job.future.set_result(result)
+            self.metrics.work.observe(time.perf_counter() - now)
 
     def client_gone(self) -> Shed:
         """The exception for a request whose client left while it was scored (raise it before

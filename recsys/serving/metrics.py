@@ -9,7 +9,9 @@
   admission control, ``queue_full`` (``serve.max_queued_requests`` were waiting),
   ``queue_delay`` (it waited over ``serve.max_queue_delay_ms``), ``client_gone`` (its client
   disconnected before it was scored: not scored, not logged); ``recsys_serve_queued_requests``:
-  admitted, not started yet.
+  admitted, not started yet; ``recsys_serve_work_seconds`` (histogram): time on the scoring
+  thread per request (scoring, logging, serialising), so a request's time splits into its wait,
+  its work and the rest (HTTP and the event loop).
 * ``recsys_serve_slates_total{policy}``: slates served per policy.
 * ``recsys_serve_snapshot_version`` and ``recsys_serve_snapshot_age_seconds`` (how far behind the
   shards the scoring statistics may be), ``recsys_serve_snapshot_refreshes_total{result}``.
@@ -47,6 +49,9 @@ class ServingMetrics:
         self.queue_delay = Histogram("recsys_serve_queue_seconds", "Wait of an admitted "
                                      "scoring request for the scoring thread",
                                      buckets=QUEUE_BUCKETS_S, registry=r)
+        self.work = Histogram("recsys_serve_work_seconds", "Time on the scoring thread per "
+                              "request (scoring, logging, serialising)",
+                              buckets=QUEUE_BUCKETS_S, registry=r)
         self.shed = Counter("recsys_serve_shed", "Requests answered 503 by admission control, "
                             "by reason (queue_full, queue_delay, client_gone)", ["reason"],
                             registry=r)

@@ -93,26 +93,37 @@ thread, which costs every request two more thread hand-offs (and GIL switches) f
 here: the routes never block their loop, scoring runs on the admission gate's thread."""
 
 
+ACCESS_LOG = False
+"""Ray Serve's per-request access log line in the replica's log file: off, because every
+request pays for it on the replica's one busy core (and most for the 503s of an overload);
+``/metrics`` counts every answer by endpoint and status instead."""
+
+
 def deployment_options(serve_settings: ServeSettings) -> dict[str, Any]:
     """Ray Serve options of the ``Recommender`` deployment from ``[serve]``.
 
     Admission control is the replica's own (``recsys.serving.admission``): Ray's per-replica
     limit on concurrent requests (``max_ongoing_requests``) is set well above what admission
     lets wait, so that ``/metrics`` and ``/health`` always find a slot; beyond it, Ray's own
-    queue for a slot is bounded too (``max_queued_requests``) and answers 503 with the same
-    ``Retry-After``: a backstop that only acts when the replica cannot even get through its
-    admission checks in time."""
+    queue for a slot is bounded too and answers 503 with the same ``Retry-After`` (its body is
+    Ray's plain text): a backstop that only acts when the replica cannot even get through its
+    admission checks in time. Not as tight as admission's: Ray counts a request as queued from
+    its arrival until its task first runs, so a burst that arrives in one loop turn would be
+    refused with slots free."""
     from ray.serve.config import BackpressureConfig
+    from ray.serve.schema import LoggingConfig
 
     actor: dict[str, Any] = {"num_cpus": 0}
     if USER_CODE_ON_SERVER_LOOP:
         actor["runtime_env"] = {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}}
+    slots = 4 * serve_settings.max_queued_requests + 256
     return {
         "ray_actor_options": actor,
-        "max_ongoing_requests": 4 * serve_settings.max_queued_requests + 256,
-        "max_queued_requests": serve_settings.max_queued_requests,
+        "max_ongoing_requests": slots,
+        "max_queued_requests": slots,
         "backpressure_config": BackpressureConfig(status_code=503,
                                                   retry_after_s=serve_settings.retry_after_s),
+        "logging_config": LoggingConfig(enable_access_log=ACCESS_LOG),
     }
 
 

@@ -86,17 +86,31 @@ def test_a_full_queue_sheds_at_admission_and_frees_places_as_requests_end() -> N
         g.close()
 
 
-def test_a_request_over_its_wait_budget_is_shed_unscored() -> None:
-    g = gate(max_delay_ms=100)
-    scored = []
-    try:
-        stale = g.enter()
+def test_a_request_over_its_wait_budget_is_shed_unscored_unless_it_is_the_last() -> None:
+    async def scenario(g: Gate) -> tuple[list[str], list[object]]:
+        scored: list[str] = []
+        release, held = await hold(g)
+        stale, fresh = g.enter(), g.enter()
         stale.arrived -= 1.0  # it has waited a second already
-        with pytest.raises(Shed) as shed:
-            asyncio.run(g.run(stale, lambda: scored.append(1)))
-        assert shed.value.reason == "queue_delay" and "max_queue_delay_ms = 100" in str(
-            shed.value)
-        assert scored == [] and g.waiting == 0 and shed_count(g.metrics, "queue_delay") == 1
+        runs = [asyncio.create_task(g.run(t, lambda name=name: scored.append(name)))
+                for t, name in ((stale, "stale"), (fresh, "fresh"))]
+        await asyncio.sleep(0.02)
+        release.set()
+        await held
+        return scored, await asyncio.gather(*runs, return_exceptions=True)
+
+    g = gate(max_delay_ms=100)
+    try:
+        scored, (stale, fresh) = asyncio.run(scenario(g))
+        assert fresh is None  # served: list.append returns None
+        assert isinstance(stale, Shed) and stale.reason == "queue_delay"
+        assert "max_queue_delay_ms = 100" in str(stale)
+        assert scored == ["fresh"] and g.waiting == 0
+        assert shed_count(g.metrics, "queue_delay") == 1
+        alone = g.enter()  # the last one waiting is served, however long it waited
+        alone.arrived -= 1.0
+        asyncio.run(g.run(alone, lambda: scored.append("alone")))
+        assert scored == ["fresh", "alone"] and shed_count(g.metrics, "queue_delay") == 1
     finally:
         g.close()
 
