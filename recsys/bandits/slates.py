@@ -14,6 +14,7 @@ probability, not a 0/1 hit, so a few replays reach the precision of many plain o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -570,6 +571,218 @@ def conditional_propensities(
     return np.clip(p_hat, 0.0, 1.0), se
 
 
+QUAD_NODES = 65
+"""Nodes of the common grid on which :func:`quadrature_propensities` integrates (odd: the
+error estimate compares with the rule on every other node)."""
+
+QUAD_HEAD = 32
+"""Other items whose count :func:`quadrature_propensities` adds one by one (the largest upper
+quantiles); the rest are summed by (mean, scale) bins through their power sums."""
+
+_BIN_MEANS, _BIN_SCALES = 48, 8
+"""(mean, scale) bins of the items beyond the head: their cost per node is the number of
+bins, not of items."""
+
+QUAD_MIN_ERROR = 1e-12
+"""The smallest error logged for a quadrature propensity: it is an estimate, never exact."""
+
+_SQRT_2PI = 2.5066282746310002
+
+
+def _tail_bins(mean: NDArray[np.float64], scale: NDArray[np.float64], tail: NDArray[np.bool_]
+               ) -> tuple[NDArray[np.float64], ...]:
+    """Per-request (mean, scale) bins of the ``tail`` items: request, count, centroid and
+    within-bin (co)variances of every non-empty bin, requests in order."""
+    batch = mean.shape[0]
+    mu = np.where(tail, mean, 0.0)
+    sd = np.where(tail, scale, 0.0)
+
+    def span(v: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        lo = np.where(tail, v, np.inf).min(axis=1, keepdims=True)
+        hi = np.where(tail, v, -np.inf).max(axis=1, keepdims=True)
+        lo = np.where(np.isfinite(lo), lo, 0.0)
+        return lo, np.maximum(np.where(np.isfinite(hi), hi, 0.0) - lo, 1e-300)
+
+    lo_m, w_m = span(mu)
+    lo_s, w_s = span(sd)
+    im = np.clip(np.floor((mu - lo_m) / w_m * _BIN_MEANS), 0, _BIN_MEANS - 1).astype(np.int64)
+    js = np.clip(np.floor((sd - lo_s) / w_s * _BIN_SCALES), 0, _BIN_SCALES - 1).astype(np.int64)
+    per_row = _BIN_MEANS * _BIN_SCALES
+    cell = (np.arange(batch)[:, None] * per_row + im * _BIN_SCALES + js)[tail]
+    m, s = mean[tail], scale[tail]
+    size = batch * per_row
+    count = np.bincount(cell, minlength=size)
+    used = np.flatnonzero(count)
+    c = count[used].astype(np.float64)
+
+    def avg(w: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.bincount(cell, weights=w, minlength=size)[used] / c
+
+    cm, cs = avg(m), avg(s)
+    vm = np.maximum(avg(m * m) - cm * cm, 0.0)
+    vs = np.maximum(avg(s * s) - cs * cs, 0.0)
+    cv = avg(m * s) - cm * cs
+    return used // per_row, c, cm, cs, vm, vs, cv
+
+
+def _tail_sums(bins: tuple[NDArray[np.float64], ...], x: NDArray[np.float64], k: int
+               ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64],
+                          NDArray[np.float64]]:
+    """At nodes ``x`` [batch, G], over the binned items: Σ log(1 − q_i), the power sums
+    Σ r_i^m (r = q/(1 − q), m = 1..k−1) [batch, G, k−1], an estimate of the binning's error
+    in the rate (Σ q), and Σ r. Each bin counts as items at its centroid's q plus the
+    second-order correction for the spread of (mean, scale) inside it; the error estimate is
+    the size of that correction plus the spread of q inside the bins."""
+    from scipy.special import ndtr
+
+    batch, g = x.shape
+    row, c, cm, cs, vm, vs, cv = bins
+    log0, err, r_sum = np.zeros((batch, g)), np.zeros((batch, g)), np.zeros((batch, g))
+    power = np.zeros((batch, g, max(k - 1, 0)))
+    if row.size == 0:
+        return log0, power, err, r_sum
+    w = (cm[:, None] - x[row]) / cs[:, None]
+    q = ndtr(w)
+    phi = np.exp(-0.5 * w * w) / (_SQRT_2PI * cs[:, None])  # ∂q/∂μ
+    # ½·Hessian of Φ((μ−x)/s) in (μ, s) against the within-bin covariance, and the variance of q
+    corr = 0.5 * phi / cs[:, None] * (-w * vm[:, None] + 2.0 * (w * w - 1.0) * cv[:, None]
+                                      + w * (2.0 - w * w) * vs[:, None])
+    spread = phi**2 * np.maximum(vm[:, None] - 2.0 * w * cv[:, None] + w * w * vs[:, None], 0.0)
+    qc = np.clip(q + corr, 0.0, 0.999)
+    starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+    rows = row[starts]
+    cc = c[:, None]
+    log0[rows] = np.add.reduceat(cc * np.log1p(-qc), starts, axis=0)
+    err[rows] = np.add.reduceat(cc * (np.abs(corr) + spread), starts, axis=0)
+    r = qc / (1.0 - qc)
+    r_sum[rows] = np.add.reduceat(cc * r, starts, axis=0)
+    rm = cc * r
+    for m in range(k - 1):
+        power[rows, :, m] = np.add.reduceat(rm, starts, axis=0)
+        rm = rm * r
+    return log0, power, err, r_sum
+
+
+def _count_law(log0: NDArray[np.float64], power: NDArray[np.float64], k: int
+               ) -> NDArray[np.float64]:
+    """P(N = c), c = 0..k−1, of a Poisson-binomial count from Σ log(1 − q) and the power sums
+    of r = q/(1 − q): the generating function is exp(log0 + Σ_m (−1)^{m+1} P_m z^m / m), and
+    its first k coefficients follow from Newton's identities (exact, stable while r < 1)."""
+    e = np.empty((*log0.shape, k))
+    e[..., 0] = 1.0
+    for c in range(1, k):
+        acc = np.zeros(log0.shape)
+        for m in range(1, c + 1):
+            acc += (1.0 if m % 2 else -1.0) * power[..., m - 1] * e[..., c - m]
+        e[..., c] = acc / c
+    return np.maximum(e, 0.0) * np.exp(log0)[..., None]
+
+
+def quadrature_propensities(
+    mean: NDArray[np.float64], scale: NDArray[np.float64], shown: NDArray[np.intp],
+    *, nodes: int = QUAD_NODES, head: int = QUAD_HEAD,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+    """P(shown[b, p] at position p) for top-k Thompson sampling by quadrature, an error
+    estimate, and which requests it covers: P(j at p) = ∫ f_j(x)·P(exactly p others above x) dx
+    for independent Gaussian scores.
+
+    The count of others above x is exact up to k: one by one over the other shown items and the
+    ``head`` items with the largest upper quantiles, through power sums (:func:`_count_law`)
+    over (mean, scale) bins of the rest (:func:`_tail_sums`). The integral is the trapezoid rule
+    on ``nodes`` common nodes spanning where any integrand lives (exponentially accurate for
+    these smooth integrands that vanish at both ends). The error estimate adds the difference
+    from the rule on every other node, the binning's estimated error, and bounds on the mass
+    left outside the grid. A request is not covered (use conditional Monte Carlo) where the
+    power-sum recurrence could lose precision (binned items likely above a node). Requires finite
+    positive scales for eligible items (``mean = -inf`` marks the others).
+    """
+    from scipy.special import ndtr
+
+    batch, n = mean.shape
+    k = shown.shape[1]
+    rows = _rows_index(batch)
+    elig = np.isfinite(mean)
+    mu_s, sd_s = mean[rows, shown], scale[rows, shown]
+    others = elig.copy()
+    others[rows, shown] = False
+    n_head = int(min(head, n - k))
+    if n_head < n - k:
+        key = np.where(others, mean + 3.0 * np.where(elig, scale, 0.0), -np.inf)
+        head_cols = _k_largest(key, n_head)
+    else:  # every other item
+        head_cols = np.argsort(~others, axis=1, kind="stable")[:, :n_head]
+    head_ok = others[rows, head_cols]
+    tail = others.copy()
+    tail[rows, head_cols] = False
+    bins = _tail_bins(mean, scale, tail)
+    mu_h = np.where(head_ok, mean[rows, head_cols], 0.0)
+    sd_h = np.where(head_ok, scale[rows, head_cols], 1.0)
+
+    def above(mu: NDArray[np.float64], sd: NDArray[np.float64], ok: NDArray[np.bool_],
+              x: NDArray[np.float64]) -> NDArray[np.float64]:  # P(X > x) [batch, items, G]
+        return np.where(ok[:, :, None],
+                        ndtr((mu[:, :, None] - x[:, None, :]) / sd[:, :, None]), 0.0)
+
+    def count_law(x: NDArray[np.float64]) -> tuple[NDArray[np.float64], ...]:
+        log0, power, err, r_sum = _tail_sums(bins, x, k)
+        dist = _count_law(log0, power, k)  # [batch, G, k]
+        # rounding in Newton's recurrence grows like (Σ r)^c / c!: where it could reach 1e−12
+        # the request is left to conditional Monte Carlo
+        rounding = 1e-16 * np.exp(log0 + (k - 1) * np.log1p(r_sum) - math.lgamma(k))
+        q_h = above(mu_h, sd_h, head_ok, x)
+        for t in range(n_head):  # the head's items, vectorised over requests and nodes
+            qt = q_h[:, t, :, None]
+            dist = dist * (1.0 - qt) + np.concatenate(
+                [np.zeros((*dist.shape[:2], 1)), dist[..., :-1]], axis=2) * qt
+        return dist, err, rounding
+
+    # the grid: the shown items' ±7σ, trimmed below where k others are above with certainty
+    lo0 = (mu_s - 7.0 * sd_s).min(axis=1)
+    hi0 = (mu_s + 7.0 * sd_s).max(axis=1)
+    n_coarse = 33
+    coarse = lo0[:, None] + (hi0 - lo0)[:, None] * np.linspace(0.0, 1.0, n_coarse)
+    dist_c, _, _ = count_law(coarse)
+    low = dist_c.sum(axis=2) < 1e-13  # P(fewer than k others above) ≈ 0: no place left
+    lo_idx = np.where(low.any(axis=1), n_coarse - 1 - np.argmax(low[:, ::-1], axis=1), 0)
+    lo_idx = np.minimum(lo_idx, n_coarse - 2)
+    x_lo = coarse[np.arange(batch), lo_idx]
+    x = x_lo[:, None] + (hi0 - x_lo)[:, None] * np.linspace(0.0, 1.0, nodes)
+    h = (hi0 - x_lo) / (nodes - 1)
+
+    dist, bin_err, rounding = count_law(x)
+    q_s = ndtr((mu_s[:, :, None] - x[:, None, :]) / sd_s[:, :, None])  # [batch, k, G]
+    dj = np.repeat(dist[:, None], k, axis=1)  # [batch, k (j), G, k counts]
+    for i in range(k):  # add each other shown item
+        qi = q_s[:, i][:, None, :, None]
+        shifted = np.concatenate([np.zeros((batch, k, nodes, 1)), dj[..., :-1]], axis=3)
+        dj = np.where((np.arange(k) != i)[None, :, None, None], dj * (1.0 - qi) + shifted * qi,
+                      dj)
+    at_p = np.take_along_axis(dj, np.broadcast_to(np.arange(k)[None, :, None, None],
+                                                  (batch, k, nodes, 1)), axis=3)[..., 0]
+    z = (x[:, None, :] - mu_s[:, :, None]) / sd_s[:, :, None]
+    dens = np.exp(-0.5 * z * z) / (_SQRT_2PI * sd_s[:, :, None])  # f_j at the nodes
+    weight = np.ones(nodes)
+    weight[[0, -1]] = 0.5
+    fine = (dens * at_p * weight).sum(axis=2) * h[:, None]
+    half = weight[::2].copy()
+    half[[0, -1]] = 0.5
+    rough = (dens[..., ::2] * at_p[..., ::2] * half).sum(axis=2) * (2.0 * h[:, None])
+    # an error δ in the binned rate moves P(N = p) by about δ·|P(N = p−1) − P(N = p)| (and
+    # the spread of q inside bins by its second difference): twice δ times the largest nearby
+    near = np.take_along_axis(dj, np.broadcast_to(
+        np.maximum(np.arange(k)[:, None] - np.arange(3), 0)[None, :, None, :],
+        (batch, k, nodes, 3)), axis=3).max(axis=3)
+    binned = (dens * np.minimum(2.0 * bin_err[:, None, :] * near, 1.0) * weight).sum(
+        axis=2) * h[:, None]
+    # outside the grid: below it j lands at p only if fewer than k others are above x_lo
+    below = ndtr(-(mu_s - x_lo[:, None]) / sd_s) * np.minimum(
+        np.cumsum(dj[:, :, 0, :], axis=2)[:, :, -1] * (1.0 + 2.0 * bin_err[:, None, 0]), 1.0)
+    beyond = ndtr(-(hi0[:, None] - mu_s) / sd_s)
+    bound = np.abs(fine - rough) + binned + below + beyond
+    covered = (rounding < 1e-12).all(axis=1)
+    return np.clip(fine, 0.0, 1.0), bound, covered
+
+
 def thompson_propensities(
     mean: NDArray[np.float64],
     scale: NDArray[np.float64],
@@ -583,8 +796,10 @@ def thompson_propensities(
 
     Top-k Thompson sampling (``per_slot=False``): exact ``1/n_eligible`` (standard error 0) where
     every eligible item has the same posterior (cold start); elsewhere
-    :func:`conditional_propensities`, whose standard error is at most what ``n_draws`` plain
-    replays would give and is usually far smaller, at a fraction of their cost. Requests with a
+    :func:`quadrature_propensities`, whose "standard error" is its error estimate (deterministic:
+    quadrature, binning and truncation, not sampling); requests it does not cover or whose
+    error estimate exceeds what ``n_draws`` plain replays would give fall back to
+    :func:`conditional_propensities` (a sampling standard error, at most that). Requests with a
     zero or non-finite scale (a degenerate posterior: ties decide) and in-slate TS
     (``per_slot=True``) replay the sampler ``n_draws`` times with fresh noise, independently of
     the draw that produced ``shown``, and count how often each shown item lands at its position
@@ -607,7 +822,13 @@ def thompson_propensities(
         rows = np.flatnonzero(smooth)
         if rows.size:
             m, s, sh = _pruned(mean[rows], scale[rows], shown[rows], k + 1)
-            p_hat[rows], se[rows] = conditional_propensities(m, s, sh, n_draws, rng)
+            q_hat, q_err, covered = quadrature_propensities(m, s, sh)
+            p_hat[rows], se[rows] = q_hat, np.maximum(q_err, QUAD_MIN_ERROR)
+            # requests the quadrature does not cover or not to n_draws' precision: Monte Carlo
+            short = ~covered | (q_err > monte_carlo_se(q_hat, n_draws)).any(axis=1)
+            if short.any():
+                p_hat[rows[short]], se[rows[short]] = conditional_propensities(
+                    m[short], s[short], sh[short], n_draws, rng)
         replay = ~exact & ~smooth
     rows = np.flatnonzero(replay)
     if rows.size:
