@@ -165,7 +165,8 @@ def test_quadrature_on_wide_posteriors_where_every_item_contends() -> None:
 @pytest.mark.parametrize("k", [1, 3])
 def test_quadrature_is_accurate_on_sharp_learned_posteriors(k) -> None:
     """Sharp, well separated posteriors (the closed loop's regime): the count of others is exact
-    and the error estimate is tiny; the estimate matches conditional Monte Carlo at 2,000 draws."""
+    and the error estimate far below 100 plain replays' standard error; the estimate matches
+    conditional Monte Carlo at 2,000 draws and a rule on eight times as many nodes within it."""
     rng = np.random.default_rng(11)
     n, reps = 50, 40
     mean = rng.normal(0.0, 0.3, (1, n))
@@ -173,6 +174,10 @@ def test_quadrature_is_accurate_on_sharp_learned_posteriors(k) -> None:
     m, s = np.repeat(mean, reps, 0), np.repeat(scale, reps, 0)
     shown, _ = thompson_select(m, s, k, rng, per_slot=False)
     p_hat, err, covered = quadrature_propensities(m, s, shown)
-    assert covered.all() and (err < 1e-4).all()
+    assert covered.all() and (err < 0.05 * monte_carlo_se(p_hat, 100)).all()
+    if k == 1:
+        from recsys.bandits.slates import _single_slot_propensities
+        fine, _ = _single_slot_propensities(m, s, shown, nodes=129)
+        assert (np.abs(p_hat - fine) <= err).all()
     ref, ref_se = conditional_propensities(m, s, shown, 2000, rng, min_replays=2000)
     assert (np.abs(p_hat - ref) <= 5 * ref_se + err + 1e-9).all()
