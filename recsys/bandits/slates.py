@@ -575,7 +575,7 @@ QUAD_NODES = 65
 """Nodes of the common grid on which :func:`quadrature_propensities` integrates (odd: the
 error estimate compares with the rule on every other node)."""
 
-QUAD_HEAD = 32
+QUAD_HEAD = 16
 """Other items whose count :func:`quadrature_propensities` adds one by one (the largest upper
 quantiles); the rest are summed by (mean, scale) bins through their power sums."""
 
@@ -626,21 +626,20 @@ def _tail_bins(mean: NDArray[np.float64], scale: NDArray[np.float64], tail: NDAr
 
 
 def _tail_sums(bins: tuple[NDArray[np.float64], ...], x: NDArray[np.float64], k: int
-               ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64],
-                          NDArray[np.float64]]:
+               ) -> tuple[NDArray[np.float64], ...]:
     """At nodes ``x`` [batch, G], over the binned items: Σ log(1 − q_i), the power sums
     Σ r_i^m (r = q/(1 − q), m = 1..k−1) [batch, G, k−1], an estimate of the binning's error
-    in the rate (Σ q), and Σ r. Each bin counts as items at its centroid's q plus the
+    in the rate (Σ q), Σ r and the rate. Each bin counts as items at its centroid's q plus the
     second-order correction for the spread of (mean, scale) inside it; the error estimate is
     the size of that correction plus the spread of q inside the bins."""
     from scipy.special import ndtr
 
     batch, g = x.shape
     row, c, cm, cs, vm, vs, cv = bins
-    log0, err, r_sum = np.zeros((batch, g)), np.zeros((batch, g)), np.zeros((batch, g))
+    log0, err, r_sum, rate = (np.zeros((batch, g)) for _ in range(4))
     power = np.zeros((batch, g, max(k - 1, 0)))
     if row.size == 0:
-        return log0, power, err, r_sum
+        return log0, power, err, r_sum, rate
     w = (cm[:, None] - x[row]) / cs[:, None]
     q = ndtr(w)
     phi = np.exp(-0.5 * w * w) / (_SQRT_2PI * cs[:, None])  # ∂q/∂μ
@@ -656,11 +655,12 @@ def _tail_sums(bins: tuple[NDArray[np.float64], ...], x: NDArray[np.float64], k:
     err[rows] = np.add.reduceat(cc * (np.abs(corr) + spread), starts, axis=0)
     r = qc / (1.0 - qc)
     r_sum[rows] = np.add.reduceat(cc * r, starts, axis=0)
+    rate[rows] = np.add.reduceat(cc * qc, starts, axis=0)
     rm = cc * r
     for m in range(k - 1):
         power[rows, :, m] = np.add.reduceat(rm, starts, axis=0)
         rm = rm * r
-    return log0, power, err, r_sum
+    return log0, power, err, r_sum, rate
 
 
 def _count_law(log0: NDArray[np.float64], power: NDArray[np.float64], k: int
@@ -741,7 +741,6 @@ def quadrature_propensities(
     power-sum recurrence could lose precision (binned items likely above a node). Requires finite
     positive scales for eligible items (``mean = -inf`` marks the others).
     """
-    from scipy.special import ndtr
 
     batch, n = mean.shape
     k = shown.shape[1]
@@ -752,12 +751,29 @@ def quadrature_propensities(
             p_hat[rough], err[rough] = _single_slot_propensities(
                 mean[rough], scale[rough], shown[rough], 4 * QUAD_SINGLE_NODES - 3)
         return p_hat, err, np.ones(batch, dtype=bool)
+    p_hat, err, covered = _slate_quadrature(mean, scale, shown, nodes, head)
+    rough = np.flatnonzero(covered & (err > 1e-3).any(axis=1))  # sharp others: 4× the nodes
+    if rough.size:
+        p_hat[rough], err[rough], covered[rough] = _slate_quadrature(
+            mean[rough], scale[rough], shown[rough], 4 * nodes - 3, head)
+    return p_hat, err, covered
+
+
+def _slate_quadrature(
+    mean: NDArray[np.float64], scale: NDArray[np.float64], shown: NDArray[np.intp],
+    nodes: int, head: int,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+    """The k-slot rule of :func:`quadrature_propensities` on ``nodes`` nodes."""
+    from scipy.special import ndtr
+
+    batch, n = mean.shape
+    k = shown.shape[1]
     rows = _rows_index(batch)
     elig = np.isfinite(mean)
     mu_s, sd_s = mean[rows, shown], scale[rows, shown]
     others = elig.copy()
     others[rows, shown] = False
-    n_head = int(min(head, n - k))
+    n_head = n - k if n - k <= 4 * head else head  # small catalogues: every count exact
     if n_head < n - k:
         key = np.where(others, mean + 3.0 * np.where(elig, scale, 0.0), -np.inf)
         head_cols = _k_largest(key, n_head)
@@ -776,7 +792,7 @@ def quadrature_propensities(
                         ndtr((mu[:, :, None] - x[:, None, :]) / sd[:, :, None]), 0.0)
 
     def count_law(x: NDArray[np.float64]) -> tuple[NDArray[np.float64], ...]:
-        log0, power, err, r_sum = _tail_sums(bins, x, k)
+        log0, power, err, r_sum, _ = _tail_sums(bins, x, k)
         dist = _count_law(log0, power, k)  # [batch, G, k]
         # rounding in Newton's recurrence grows like (Σ r)^c / c!: where it could reach 1e−12
         # the request is left to conditional Monte Carlo
@@ -784,8 +800,8 @@ def quadrature_propensities(
         q_h = above(mu_h, sd_h, head_ok, x)
         for t in range(n_head):  # the head's items, vectorised over requests and nodes
             qt = q_h[:, t, :, None]
-            dist = dist * (1.0 - qt) + np.concatenate(
-                [np.zeros((*dist.shape[:2], 1)), dist[..., :-1]], axis=2) * qt
+            dist[..., 1:] = dist[..., 1:] * (1.0 - qt) + dist[..., :-1] * qt
+            dist[..., :1] *= 1.0 - qt
         return dist, err, rounding
 
     # the grid: the shown items' ±7σ, trimmed below where k others are above with certainty
@@ -793,8 +809,12 @@ def quadrature_propensities(
     hi0 = (mu_s + 7.0 * sd_s).max(axis=1)
     n_coarse = 33
     coarse = lo0[:, None] + (hi0 - lo0)[:, None] * np.linspace(0.0, 1.0, n_coarse)
-    dist_c, _, _ = count_law(coarse)
-    low = dist_c.sum(axis=2) < 1e-13  # P(fewer than k others above) ≈ 0: no place left
+    _, _, rate_err, _, rate = _tail_sums(bins, coarse, 1)
+    lam = np.maximum(rate - rate_err, 0.0) + above(mu_h, sd_h, head_ok, coarse).sum(axis=1)
+    c = k - 1  # Chernoff: P(N ≤ c) ≤ e^−λ·(eλ/c)^c for λ > c (any sum of independent bits)
+    with np.errstate(divide="ignore"):
+        log_chernoff = -lam + (c * (1.0 + np.log(lam / c)) if c else 0.0)
+    low = (lam > c) & (log_chernoff < -30.0)  # fewer than k others above: no place left
     lo_idx = np.where(low.any(axis=1), n_coarse - 1 - np.argmax(low[:, ::-1], axis=1), 0)
     lo_idx = np.minimum(lo_idx, n_coarse - 2)
     x_lo = coarse[np.arange(batch), lo_idx]
