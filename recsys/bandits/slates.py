@@ -583,6 +583,10 @@ _BIN_MEANS, _BIN_SCALES = 48, 8
 """(mean, scale) bins of the items beyond the head: their cost per node is the number of
 bins, not of items."""
 
+QUAD_REFINE_SHARE = 0.2
+"""Requests whose error estimate exceeds this share of ``n_draws`` plain replays' standard error
+are integrated again on four times the nodes."""
+
 QUAD_MIN_ERROR = 1e-12
 """The smallest error logged for a quadrature propensity: it is an estimate, never exact."""
 
@@ -678,9 +682,9 @@ def _count_law(log0: NDArray[np.float64], power: NDArray[np.float64], k: int
     return np.maximum(e, 0.0) * np.exp(log0)[..., None]
 
 
-QUAD_SINGLE_NODES = 17
+QUAD_SINGLE_NODES = 25
 """Nodes of the single-slot rule (:func:`_single_slot_propensities`): the shown item's ±6σ in
-steps of 3σ/4 (odd: the error estimate uses every other node)."""
+steps of σ/2 (odd: the error estimate uses every other node)."""
 
 QUAD_DIRECT_ITEMS = 256
 """Largest catalogue for which the single-slot rule multiplies every other item's cdf directly."""
@@ -725,7 +729,7 @@ def _single_slot_propensities(
 
 def quadrature_propensities(
     mean: NDArray[np.float64], scale: NDArray[np.float64], shown: NDArray[np.intp],
-    *, nodes: int = QUAD_NODES, head: int = QUAD_HEAD,
+    *, n_draws: int = 100, nodes: int = QUAD_NODES, head: int = QUAD_HEAD,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
     """P(shown[b, p] at position p) for top-k Thompson sampling by quadrature, an error
     estimate, and which requests it covers: P(j at p) = ∫ f_j(x)·P(exactly p others above x) dx
@@ -737,23 +741,27 @@ def quadrature_propensities(
     on ``nodes`` common nodes spanning where any integrand lives (exponentially accurate for
     these smooth integrands that vanish at both ends). The error estimate adds the difference
     from the rule on every other node, the binning's estimated error, and bounds on the mass
-    left outside the grid. A request is not covered (use conditional Monte Carlo) where the
-    power-sum recurrence could lose precision (binned items likely above a node). Requires finite
-    positive scales for eligible items (``mean = -inf`` marks the others).
+    left outside the grid; requests whose estimate exceeds :data:`QUAD_REFINE_SHARE` of
+    ``n_draws`` plain replays' standard error are integrated again on four times the nodes.
+    One slot over at most :data:`QUAD_DIRECT_ITEMS` items uses the direct single-slot rule
+    (:func:`_single_slot_propensities`). A request is not covered (use conditional Monte
+    Carlo) where the power-sum recurrence could lose precision (binned items likely above a
+    node). Requires finite positive scales for eligible items (``mean = -inf`` marks the others).
     """
-
     batch, n = mean.shape
     k = shown.shape[1]
     if k == 1 and n <= QUAD_DIRECT_ITEMS:
         p_hat, err = _single_slot_propensities(mean, scale, shown)
-        rough = np.flatnonzero(err[:, 0] > 1e-3)  # others far sharper than j: 4× the nodes
-        if rough.size:
+        rough = np.flatnonzero(err[:, 0] > QUAD_REFINE_SHARE * monte_carlo_se(p_hat[:, 0],
+                                                                             n_draws))
+        if rough.size:  # others far sharper than j: 4× the nodes
             p_hat[rough], err[rough] = _single_slot_propensities(
                 mean[rough], scale[rough], shown[rough], 4 * QUAD_SINGLE_NODES - 3)
         return p_hat, err, np.ones(batch, dtype=bool)
     p_hat, err, covered = _slate_quadrature(mean, scale, shown, nodes, head)
-    rough = np.flatnonzero(covered & (err > 1e-3).any(axis=1))  # sharp others: 4× the nodes
-    if rough.size:
+    rough = np.flatnonzero(covered & (err > QUAD_REFINE_SHARE * monte_carlo_se(
+        p_hat, n_draws)).any(axis=1))
+    if rough.size:  # others far sharper than the shown items: 4× the nodes
         p_hat[rough], err[rough], covered[rough] = _slate_quadrature(
             mean[rough], scale[rough], shown[rough], 4 * nodes - 3, head)
     return p_hat, err, covered
@@ -894,7 +902,7 @@ def thompson_propensities(
         rows = np.flatnonzero(smooth)
         if rows.size:
             m, s, sh = _pruned(mean[rows], scale[rows], shown[rows], k + 1)
-            q_hat, q_err, covered = quadrature_propensities(m, s, sh)
+            q_hat, q_err, covered = quadrature_propensities(m, s, sh, n_draws=n_draws)
             p_hat[rows], se[rows] = q_hat, np.maximum(q_err, QUAD_MIN_ERROR)
             # requests the quadrature does not cover or not to n_draws' precision: Monte Carlo
             short = ~covered | (q_err > monte_carlo_se(q_hat, n_draws)).any(axis=1)

@@ -3,9 +3,10 @@
 θ_j ~ N(θ̂_j, v²·Σ_j) with Σ_j = diag(1/d_j) (diagonal) or A_j⁻¹ (full). For one request the
 score ``x·θ_j`` is then exactly N(x·θ̂_j, v²·xᵀΣ_j x), independently across items, so sampling
 the n item scores directly is the same distribution as sampling n·d coefficients, at 1/d of the
-cost. Propensities are exact at cold start (every item alike: 1/n) and otherwise estimated by
-conditional Monte Carlo (top-k) or plain replays (in-slate), with a standard error
-(``recsys.bandits.slates.thompson_propensities``).
+cost. Propensities are exact at cold start (every item alike: 1/n) and otherwise computed by
+quadrature over the shown item's score (top-k; conditional Monte Carlo where the quadrature's
+error estimate is not below ``n_mc_draws`` plain replays' standard error) or estimated by plain
+replays (in-slate), with an error (``recsys.bandits.slates.thompson_propensities``).
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ class DiagLinTS(BasePolicy):
     (in-slate TS, see :class:`InSlateTS`). ``n_mc_draws`` is the precision of the logged
     propensities: their standard error is at most what ``n_mc_draws`` plain replays of the sampler
     would report (≤ 0.5/sqrt(n_mc_draws)). In-slate TS spends exactly that many replays; top-k TS
-    uses conditional Monte Carlo, which usually needs 32 (see
-    ``recsys.bandits.slates.conditional_propensities``), and logs exactly 1/n with standard error
-    0 when every item has the same posterior. 0 skips them (NaN), for callers that do not log.
+    integrates (``recsys.bandits.slates.quadrature_propensities``: no replays, the logged
+    ``propensity_se`` is the quadrature's error estimate, usually far below that target), falls
+    back to conditional Monte Carlo where the estimate does not meet it, and logs exactly 1/n
+    with standard error 0 when every item has the same posterior. 0 skips them (NaN), for
+    callers that do not log.
     """
 
     per_slot_default = False

@@ -308,8 +308,9 @@ class TorchArrays:
         gen: torch.Generator, *, per_slot: bool,
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Top-k slates: :func:`recsys.bandits.slates.thompson_propensities` on the host (exact at
-        cold start, conditional Monte Carlo elsewhere: a few replays of 2·n numbers, so copying
-        the moments beats a device port and both backends log the same estimator). In-slate TS:
+        cold start, quadrature elsewhere, conditional Monte Carlo as its fallback: a pass over
+        2·n numbers, so copying the moments beats a device port and both backends log the same
+        estimator). In-slate TS:
         how often ``n_draws`` fresh replays of the sampler put ``shown[b, p]`` at ``p``, in blocks
         of draws that bound memory, and the binomial standard error."""
         torch = self._torch

