@@ -14,6 +14,7 @@ probability, not a 0/1 hit, so a few replays reach the precision of many plain o
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -690,6 +691,20 @@ QUAD_DIRECT_ITEMS = 256
 """Largest catalogue for which the single-slot rule multiplies every other item's cdf directly."""
 
 
+@functools.cache
+def _single_slot_rule(nodes: int) -> tuple[NDArray[np.float64], ...]:
+    """Nodes over ±6σ and the trapezoid weights times the normal density, on every node and on
+    every other node (zero weight between)."""
+    t = np.linspace(-6.0, 6.0, nodes)
+    dens = np.exp(-0.5 * t * t) / _SQRT_2PI
+    fine = np.full(nodes, t[1] - t[0])
+    fine[[0, -1]] *= 0.5
+    rough = np.zeros(nodes)
+    rough[::2] = 2.0 * (t[1] - t[0])
+    rough[[0, -1]] *= 0.5
+    return t, dens * fine, dens * rough
+
+
 def _single_slot_propensities(
     mean: NDArray[np.float64], scale: NDArray[np.float64], shown: NDArray[np.intp],
     nodes: int = QUAD_SINGLE_NODES,
@@ -702,7 +717,7 @@ def _single_slot_propensities(
 
     batch, n = mean.shape
     rows = _rows_index(batch)
-    t = np.linspace(-6.0, 6.0, nodes)
+    t, fine_w, rough_w = _single_slot_rule(nodes)
     mu_j, sd_j = mean[rows, shown], scale[rows, shown]
     others = np.isfinite(mean)
     others[rows, shown] = False
@@ -717,13 +732,8 @@ def _single_slot_propensities(
     x = mu_j + sd_j * t  # [batch, G]
     z = (x[:, None, :] - np.where(ok, mu, 0.0)[:, :, None]) / np.where(ok, sd, 1.0)[:, :, None]
     g = np.where(ok[:, :, None], ndtr(z), 1.0).prod(axis=1)  # [batch, G]
-    dens = np.exp(-0.5 * t * t) / _SQRT_2PI
-    w = np.full(nodes, t[1] - t[0])
-    w[[0, -1]] *= 0.5
-    half = np.full((nodes + 1) // 2, 2.0 * (t[1] - t[0]))
-    half[[0, -1]] *= 0.5
-    fine = g @ (dens * w)
-    rough = g[:, ::2] @ (dens[::2] * half)
+    fine = g @ fine_w
+    rough = g @ rough_w
     return np.clip(fine, 0.0, 1.0)[:, None], (np.abs(fine - rough) + 2e-9)[:, None]
 
 
