@@ -634,17 +634,17 @@ def _tail_sums(bins: tuple[NDArray[np.float64], ...], x: NDArray[np.float64], k:
                ) -> tuple[NDArray[np.float64], ...]:
     """At nodes ``x`` [batch, G], over the binned items: Σ log(1 − q_i), the power sums
     Σ r_i^m (r = q/(1 − q), m = 1..k−1) [batch, G, k−1], an estimate of the binning's error
-    in the rate (Σ q), Σ r and the rate. Each bin counts as items at its centroid's q plus the
+    in the rate (Σ q), and Σ r. Each bin counts as items at its centroid's q plus the
     second-order correction for the spread of (mean, scale) inside it; the error estimate is
     the size of that correction plus the spread of q inside the bins."""
     from scipy.special import ndtr
 
     batch, g = x.shape
     row, c, cm, cs, vm, vs, cv = bins
-    log0, err, r_sum, rate = (np.zeros((batch, g)) for _ in range(4))
+    log0, err, r_sum = (np.zeros((batch, g)) for _ in range(3))
     power = np.zeros((batch, g, max(k - 1, 0)))
     if row.size == 0:
-        return log0, power, err, r_sum, rate
+        return log0, power, err, r_sum
     w = (cm[:, None] - x[row]) / cs[:, None]
     q = ndtr(w)
     phi = np.exp(-0.5 * w * w) / (_SQRT_2PI * cs[:, None])  # ∂q/∂μ
@@ -659,13 +659,27 @@ def _tail_sums(bins: tuple[NDArray[np.float64], ...], x: NDArray[np.float64], k:
     log0[rows] = np.add.reduceat(cc * np.log1p(-qc), starts, axis=0)
     err[rows] = np.add.reduceat(cc * (np.abs(corr) + spread), starts, axis=0)
     r = qc / (1.0 - qc)
-    r_sum[rows] = np.add.reduceat(cc * r, starts, axis=0)
-    rate[rows] = np.add.reduceat(cc * qc, starts, axis=0)
     rm = cc * r
+    r_sum[rows] = np.add.reduceat(rm, starts, axis=0)
     for m in range(k - 1):
-        power[rows, :, m] = np.add.reduceat(rm, starts, axis=0)
+        power[rows, :, m] = r_sum[rows] if m == 0 else np.add.reduceat(rm, starts, axis=0)
         rm = rm * r
-    return log0, power, err, r_sum, rate
+    return log0, power, err, r_sum
+
+
+def _tail_rate(bins: tuple[NDArray[np.float64], ...], x: NDArray[np.float64]
+               ) -> NDArray[np.float64]:
+    """Σ P(X_i > x) over the binned items at nodes ``x`` [batch, G], each bin at its centroid
+    (no correction: for placing the grid, not for the count law)."""
+    from scipy.special import ndtr
+
+    row, c, cm, cs = bins[:4]
+    rate = np.zeros(x.shape)
+    if row.size:
+        starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
+        q = ndtr((cm[:, None] - x[row]) / cs[:, None])
+        rate[row[starts]] = np.add.reduceat(c[:, None] * q, starts, axis=0)
+    return rate
 
 
 def _count_law(log0: NDArray[np.float64], power: NDArray[np.float64], k: int
@@ -810,7 +824,7 @@ def _slate_quadrature(
                         ndtr((mu[:, :, None] - x[:, None, :]) / sd[:, :, None]), 0.0)
 
     def count_law(x: NDArray[np.float64]) -> tuple[NDArray[np.float64], ...]:
-        log0, power, err, r_sum, _ = _tail_sums(bins, x, k)
+        log0, power, err, r_sum = _tail_sums(bins, x, k)
         dist = _count_law(log0, power, k)  # [batch, G, k]
         # rounding in Newton's recurrence grows like (Σ r)^c / c!: where it could reach 1e−12
         # the request is left to conditional Monte Carlo
@@ -827,8 +841,8 @@ def _slate_quadrature(
     hi0 = (mu_s + 7.0 * sd_s).max(axis=1)
     n_coarse = 33
     coarse = lo0[:, None] + (hi0 - lo0)[:, None] * np.linspace(0.0, 1.0, n_coarse)
-    _, _, rate_err, _, rate = _tail_sums(bins, coarse, 1)
-    lam = np.maximum(rate - rate_err, 0.0) + above(mu_h, sd_h, head_ok, coarse).sum(axis=1)
+    # half the binned rate: far more than the binning could be off by, so λ stays a lower bound
+    lam = 0.5 * _tail_rate(bins, coarse) + above(mu_h, sd_h, head_ok, coarse).sum(axis=1)
     c = k - 1  # Chernoff: P(N ≤ c) ≤ e^−λ·(eλ/c)^c for λ > c (any sum of independent bits)
     with np.errstate(divide="ignore"):
         log_chernoff = -lam + (c * (1.0 + np.log(lam / c)) if c else 0.0)
