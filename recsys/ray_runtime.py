@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 from recsys.config import Settings
+from recsys.shutdown import current_handlers, reinstall_stop_handlers
 
 _TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
@@ -29,12 +30,15 @@ def ray_runtime(
 ) -> Iterator[str]:
     """Yield where Ray runs; reuse an instance already initialised in this process (tests start
     Ray once per session). ``before_local_start`` runs before a local instance starts (e.g. to set
-    environment variables that its processes inherit)."""
+    environment variables that its processes inherit). The SIGTERM and SIGINT handlers in place
+    before ``ray.init`` are put back after it; ``ray.shutdown`` on exit stops a local instance's
+    processes and only disconnects from a cluster."""
     import ray
 
     if ray.is_initialized():
         yield "already initialised"
         return
+    handlers = current_handlers()
     if settings.ray.address:
         ray.init(address=settings.ray.address, logging_level=logging.WARNING)
         origin = f"cluster at {settings.ray.address}"
@@ -53,10 +57,17 @@ def ray_runtime(
                 logging_level=logging.WARNING,
                 log_to_driver=False,
             )
+        except BaseException:  # e.g. a stop signal during start-up: end what it had started
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            raise
         finally:
             logging.getLogger(_TOKEN_AUTH_LOGGER).removeFilter(quiet)
         origin = "local instance"
     try:
+        # ray.init swapped SIGTERM's handler for a native one that dumps a stack and aborts,
+        # skipping every cleanup (ours and ray.shutdown's): the command's own handlers come back.
+        reinstall_stop_handlers(handlers)
         yield origin
     finally:
         ray.shutdown()

@@ -10,7 +10,8 @@ It runs the real ``kafka.Kafka`` from the jars that Maven resolves into ``infra/
   until the port is closed.
 - No JVM outlives its owner: an in-process broker is stopped by ``atexit`` and context managers, and
   the JVM is started with ``PR_SET_PDEATHSIG`` so the kernel kills it if the parent crashes. It runs
-  in its own session, so Ctrl-C reaches Python, which then stops it in order.
+  in its own session, so Ctrl-C reaches Python, which then stops it in order; a forced exit
+  (``recsys.shutdown``) kills it with the other children and still deletes its temporary data.
 - A *detached* broker (``recsys broker start``) outlives the command and is described by a state
   file; ``recsys broker stop`` checks through ``/proc`` that the pid is still that JVM before
   killing it.
@@ -22,6 +23,7 @@ import atexit
 import base64
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import shutil
@@ -31,10 +33,12 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from recsys.config import Settings
+from recsys.shutdown import at_forced_exit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JARS_DIR = REPO_ROOT / "infra" / "kafka" / "lib"
@@ -144,6 +148,7 @@ class EmbeddedKafka:
         self.controller_port: int | None = None
         self.startup_seconds: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._forget_data_dir: Callable[[], None] | None = None
 
     @classmethod
     def from_settings(
@@ -302,6 +307,9 @@ class EmbeddedKafka:
             stdout.close()
         if not self.detached:
             atexit.register(self.stop)
+        if self._temporary and self._forget_data_dir is None:  # a forced exit skips stop()
+            self._forget_data_dir = at_forced_exit(
+                functools.partial(shutil.rmtree, self.data_dir, ignore_errors=True))
         try:
             self._wait_until_ready(started)
         except BaseException:
@@ -349,6 +357,9 @@ class EmbeddedKafka:
             (self.data_dir / STATE_FILE_NAME).unlink(missing_ok=True)
         if self._temporary:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self._forget_data_dir is not None:
+            self._forget_data_dir()
+            self._forget_data_dir = None
 
     def __enter__(self) -> EmbeddedKafka:
         return self.start()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -91,10 +91,15 @@ def live_stack(
     lake_uri: str | None = None,
     shard_name_prefix: str = SHARD_NAME_PREFIX,
     service_overrides: Mapping[str, Any] | None = None,
+    check_stop: Callable[[], None] | None = None,
 ) -> Iterator[LiveStack]:
     """Ensure the topics, start the pipeline (resuming from its newest checkpoint), drive it,
-    deploy the serving app on its shards, and tear everything down on exit (checkpointing the
-    pipeline last). Ray must be initialised; Kafka must be reachable at ``bootstrap``."""
+    deploy the serving app on its shards, and tear everything down on exit, also when the start
+    is interrupted: the app first, then the pipeline, checkpointed last if its driver ran without
+    error. ``check_stop`` is called between the steps of the start (it raises to stop there:
+    ``recsys.shutdown.Stopping.check``). Ray must be initialised; Kafka must be reachable at
+    ``bootstrap``."""
+    check_stop = check_stop or (lambda: None)
     topics = topics or Topics()
     options = dict(client_options or {})
     timings: dict[str, float] = {}
@@ -108,26 +113,30 @@ def live_stack(
                               shard_name_prefix=shard_name_prefix,
                               policy_spec=served_policy_spec(settings),
                               registrar=schedule_for(settings, checkpoint_uri))
-    pipeline.start()
-    timings["pipeline_start_s"] = time.monotonic() - started
-    driver = PipelineDriver(pipeline).start()
-    try:
+    driver: PipelineDriver | None = None
+    try:  # everything started is stopped, even when a stop signal interrupts the start
+        check_stop()
+        pipeline.start()
+        timings["pipeline_start_s"] = time.monotonic() - started
+        check_stop()
+        driver = PipelineDriver(pipeline).start()
         config = ServiceConfig.from_settings(
             settings, bootstrap=bootstrap, shard_names=pipeline.shard_names(),
             shard_namespace=ray.get_runtime_context().namespace, client_options=options,
             impressions_topic=topics.impressions, feedback_topic=topics.feedback)
         if service_overrides:  # [serve] settings to change for this stack only
             config = replace(config, serve=replace(config.serve, **service_overrides))
-        began = time.monotonic()
-        url = start_serving(config, host=settings.serve.host, port=settings.serve.port,
-                            replicas=settings.serve.replicas)
-        timings["serving_start_s"] = time.monotonic() - began
         try:
+            began = time.monotonic()
+            url = start_serving(config, host=settings.serve.host, port=settings.serve.port,
+                                replicas=settings.serve.replicas)
+            timings["serving_start_s"] = time.monotonic() - began
             yield LiveStack(url, pipeline, driver, config, timings)
         finally:
-            stop_serving()
+            stop_serving()  # first: no request is taken while the rest stops
     finally:
         try:
-            driver.stop()
+            if driver is not None:
+                driver.stop()
         finally:
-            pipeline.stop(checkpoint=driver.error is None)
+            pipeline.stop(checkpoint=driver is not None and driver.error is None)

@@ -1,4 +1,4 @@
-"""``recsys serve``: the serving app on the live streaming pipeline, until Ctrl-C.
+"""``recsys serve``: the serving app on the live streaming pipeline, until SIGTERM or Ctrl-C.
 
 Resolves Kafka and Ray like every command (configured, detached broker, or embedded), starts the
 streaming pipeline (resuming from its newest checkpoint) with named shards, deploys the Ray Serve
@@ -10,6 +10,13 @@ checkpoint age (redrawn on a terminal, a plain line every 30 s in a log).
 
 The HTTP ports are checked before anything starts: a taken port is one line that says which port
 and how to choose another, with exit status 2.
+
+SIGTERM (what Kubernetes sends) and SIGINT (Ctrl-C) stop it the same way (``recsys.shutdown``):
+one line naming what stops, then the app goes down (no new requests), the pipeline checkpoints
+and ends with its Kafka clients, and the local Ray instance and the embedded broker stop, if this
+command started them (a configured cluster or broker is left running); exit status 0. A second
+signal, or a stop that takes over 30 s, kills every process it started and exits 128 + the signal
+number.
 """
 
 from __future__ import annotations
@@ -25,13 +32,14 @@ from recsys.config import Settings
 from recsys.progress import StatusLine
 from recsys.schema import read_user_features
 from recsys.serving.server import PortInUseError, claim_serve_port, ensure_port_free
+from recsys.shutdown import Stopping, stop_on_signals
 
 STATUS_EVERY_S = 1.0
 
 
 def run_serve(args: argparse.Namespace) -> int:
     from streaming.services import kafka_cluster, ray_runtime
-    from streaming.stream_cli import statistics_template
+    from streaming.stream_cli import name_kafka, name_ray, statistics_template
 
     settings = claim_serve_port(args.settings, args.port)
     if args.metrics_port:
@@ -43,21 +51,30 @@ def run_serve(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CommandError(str(exc)) from None
     template = statistics_template(settings)
-    with kafka_cluster(settings) as cluster, ray_runtime(settings):
-        _serve_until_stopped(args, settings, cluster, template)
+    with stop_on_signals("recsys serve") as stopping, kafka_cluster(settings) as cluster:
+        name_kafka(stopping, cluster)
+        stopping.check()
+        with ray_runtime(settings) as ray_origin:
+            name_ray(stopping, ray_origin)
+            stopping.check()
+            _serve_until_stopped(args, settings, cluster, template, stopping)
     return 0
 
 
 def _serve_until_stopped(args: argparse.Namespace, settings: Settings, cluster: Any,
-                         template: Any) -> None:
-    """The live stack on ``cluster`` until ``--duration`` or Ctrl-C, with a status line."""
+                         template: Any, stopping: Stopping) -> None:
+    """The live stack on ``cluster`` until ``--duration`` or a stop signal, with a status line."""
     from streaming.live import live_stack
     from streaming.metrics import PipelineMetrics
     from streaming.stream_cli import checkpoint_location
 
+    stopping.started("the pipeline (with a last checkpoint)")
+    stopping.started("the serving app")
     with live_stack(settings, cluster.bootstrap, template, checkpoint_location(settings, cluster),
                     client_options=cluster.client_options,
-                    lake_uri=None if args.no_lake else settings.lake_uri) as stack:
+                    lake_uri=None if args.no_lake else settings.lake_uri,
+                    check_stop=stopping.check) as stack:
+        stopping.check()  # a signal during the start (inside Ray) stops here
         metrics = PipelineMetrics(stack.pipeline)
         metrics_port = metrics.start(args.metrics_port)
         try:
@@ -69,7 +86,7 @@ def _serve_until_stopped(args: argparse.Namespace, settings: Settings, cluster: 
                   f"{stack.service_config.traffic}", flush=True)
             for line in _model_lines(stack.url):
                 print(line, flush=True)
-            _show_status(args, stack, metrics)
+            _show_status(args, stack, metrics, stopping)
         finally:
             metrics.stop()
 
@@ -92,7 +109,8 @@ def _model_lines(url: str) -> list[str]:
             for name, m in models.items()]
 
 
-def _show_status(args: argparse.Namespace, stack: Any, metrics: Any) -> None:
+def _show_status(args: argparse.Namespace, stack: Any, metrics: Any, stopping: Stopping
+                 ) -> None:
     status = StatusLine(sys.stdout)
     started = time.monotonic()
     try:
@@ -101,11 +119,9 @@ def _show_status(args: argparse.Namespace, stack: Any, metrics: Any) -> None:
             if not stack.driver.alive:
                 break
             metrics.collect()
+            stopping.check()
             status.show(f"  {stack.driver.records:>10,} records · {metrics.status_line()} · up "
                         f"{time.monotonic() - started:.0f} s")
-    except KeyboardInterrupt:
-        status.close()
-        print("  interrupted: stopping")
     finally:
         status.close()
 
@@ -113,7 +129,7 @@ def _show_status(args: argparse.Namespace, stack: Any, metrics: Any) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers, "serve", run_serve,
-        help="serve slates over HTTP from the live streaming pipeline until Ctrl-C",
+        help="serve slates over HTTP from the live streaming pipeline until SIGTERM or Ctrl-C",
         description="Ray Serve app (POST /recommend, POST /feedback, GET /health, GET /metrics) "
                     "on the streaming pipeline's shards, with the stream's own Prometheus "
                     "metrics on a second port; settings in the [serve] section.",
@@ -125,5 +141,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="port of the stream's Prometheus metrics (default 0: any free port, "
                              "printed at start)")
     parser.add_argument("--duration", type=float, default=None,
-                        help="stop after this many seconds (default: run until Ctrl-C)")
+                        help="stop after this many seconds (default: until SIGTERM or Ctrl-C)")
     parser.add_argument("--no-lake", action="store_true", help="do not write the Parquet lake")

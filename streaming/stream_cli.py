@@ -2,9 +2,11 @@
 
 ``recsys stream`` resolves Kafka and Ray like every command (a configured cluster, a broker left
 by ``recsys broker start``, else an embedded one), ensures the topics, builds the statistics of
-the ``[stream]`` section, resumes from the newest checkpoint, and runs until Ctrl-C (or
-``--duration``), printing one status line: events/s, consumer lag, checkpoint age, recoveries.
-It checkpoints at ``stream.checkpoint_interval_s`` and once more on the way out.
+the ``[stream]`` section, resumes from the newest checkpoint, and runs until SIGTERM or Ctrl-C
+(or ``--duration``), printing one status line: events/s, consumer lag, checkpoint age, recoveries.
+It checkpoints at ``stream.checkpoint_interval_s`` and once more on the way out. Both signals stop
+it the same way (``recsys.shutdown``): the last checkpoint, then Ray and the embedded broker if it
+started them; exit status 0 (a second signal forces the exit, 128 + the signal number).
 
 An embedded broker lives only as long as the command, and a checkpoint names the cluster its
 offsets belong to, so on such a broker checkpoints go to ``<checkpoint_uri>/<cluster id>``:
@@ -24,6 +26,7 @@ from recsys.checkpoint import CheckpointError, CheckpointStore
 from recsys.commands import CommandError, add_command
 from recsys.config import Settings
 from recsys.progress import StatusLine
+from recsys.shutdown import Stopping, stop_on_signals
 from recsys.storage import join
 
 
@@ -50,6 +53,22 @@ def checkpoint_location(settings: Settings, cluster: Any) -> str:
     return join(settings.checkpoint_uri, cluster_id)
 
 
+def name_kafka(stopping: Stopping, cluster: Any) -> None:
+    """Tell ``stopping`` whether a stop ends the Kafka broker (embedded) or leaves it running."""
+    if cluster.origin == "embedded broker":
+        stopping.started("the embedded Kafka broker")
+    else:
+        stopping.keeps(f"Kafka at {cluster.bootstrap} ({cluster.origin})")
+
+
+def name_ray(stopping: Stopping, origin: str) -> None:
+    """Tell ``stopping`` whether a stop ends Ray (a local instance) or leaves it running."""
+    if origin == "local instance":
+        stopping.started("the local Ray instance")
+    else:
+        stopping.keeps(f"Ray ({origin})")
+
+
 def _status(pipeline: Any, rate: float, started: float) -> str:
     age_s = pipeline.checkpoint_age_s
     age = "none yet" if age_s is None else f"{age_s:.0f}s ago"
@@ -71,73 +90,84 @@ def _registrations(counts: dict[str, Any]) -> str:
 def run_stream(args: argparse.Namespace) -> int:
     """``recsys stream``; a catalogue that cannot be built or a checkpoint that belongs elsewhere
     is reported as an error (exit 2), not a traceback."""
-    from streaming.pipeline import StreamPipeline
-    from streaming.registrar import schedule_for, served_policy_spec
     from streaming.services import kafka_cluster, ray_runtime
-    from streaming.topics import ensure_topics, standard_topics
 
     settings: Settings = args.settings
     template = statistics_template(settings)
-    with kafka_cluster(settings) as cluster, ray_runtime(settings):
-        ensure_topics(cluster.bootstrap, standard_topics(settings.kafka.partitions),
-                      settings.kafka.replication_factor, **cluster.client_options)
-        checkpoint_uri = checkpoint_location(settings, cluster)
-        if cluster.origin == "embedded broker":
-            print("note: this embedded broker lives only as long as the command; use "
-                  "`recsys broker start` or kafka.bootstrap for a pipeline that resumes later")
-        pipeline = StreamPipeline(
-            cluster.bootstrap, settings.stream, template, checkpoint_uri,
-            lake_uri=None if args.no_lake else settings.lake_uri,
-            client_options=cluster.client_options, policy_spec=served_policy_spec(settings),
-            registrar=schedule_for(settings, checkpoint_uri),
-        )
-        restored = pipeline.start()
-        metrics = None
-        if args.metrics_port is not None:
-            from streaming.metrics import PipelineMetrics
-
-            metrics = PipelineMetrics(pipeline)
-            port = metrics.start(args.metrics_port)
-            print(f"  metrics http://127.0.0.1:{port}/metrics")
-        where = "the beginning" if restored is None else f"checkpoint {restored.checkpoint_id}"
-        print(f"recsys stream: kafka {cluster.bootstrap} ({cluster.origin}), "
-              f"{settings.stream.learners} learners, {settings.stream.shards} shards, "
-              f"{settings.stream.joiners} joiners; resuming from {where}")
-        print(f"  checkpoints {checkpoint_uri}" + ("" if args.no_lake else
-                                                   f"   lake {settings.lake_uri}"))
-        if pipeline.registrar is not None:
-            print(f"  snapshots registered as {settings.stream.registered_model} every "
-                  f"{settings.stream.register_every_s:g}s")
-        started = time.monotonic()
-        window_started, window_events = started, 0
-        status = StatusLine(sys.stdout)  # redrawn on a terminal, plain lines in a log
-        try:
-            while args.duration is None or time.monotonic() - started < args.duration:
-                window_events += pipeline.step()
-                now = time.monotonic()
-                if now - window_started >= args.status_interval:
-                    rate = window_events / (now - window_started)
-                    if metrics is not None:
-                        metrics.collect()
-                    status.show(_status(pipeline, rate, started))
-                    window_started, window_events = now, 0
-        except KeyboardInterrupt:
-            status.close()
-            print("  interrupted: checkpointing and stopping")
-        finally:
-            status.close()
-            try:
-                report = pipeline.checkpoint()
-                print(f"  last checkpoint {report.checkpoint_id} in {report.duration_s:.2f}s")
-                stats = pipeline.counters()
-                print(f"  recoveries {stats['recoveries']}")
-            finally:
-                if metrics is not None:
-                    metrics.stop()
-                pipeline.stop(checkpoint=False)  # waits for a registration in progress
-            if pipeline.registrar is not None:
-                print(f"  {_registrations(pipeline.registrar.counters())}")
+    with stop_on_signals("recsys stream") as stopping, kafka_cluster(settings) as cluster:
+        name_kafka(stopping, cluster)
+        stopping.check()
+        with ray_runtime(settings) as ray_origin:
+            name_ray(stopping, ray_origin)
+            stopping.started("the pipeline (with a last checkpoint)")
+            _stream(args, settings, cluster, template, stopping)
     return 0
+
+
+def _stream(args: argparse.Namespace, settings: Settings, cluster: Any, template: Any,
+            stopping: Stopping) -> None:
+    """The pipeline on ``cluster`` until ``--duration`` or a stop signal (raised between steps:
+    ``stopping.check``), with a status line; it checkpoints once more on the way out."""
+    from streaming.pipeline import StreamPipeline
+    from streaming.registrar import schedule_for, served_policy_spec
+    from streaming.topics import ensure_topics, standard_topics
+
+    ensure_topics(cluster.bootstrap, standard_topics(settings.kafka.partitions),
+                  settings.kafka.replication_factor, **cluster.client_options)
+    checkpoint_uri = checkpoint_location(settings, cluster)
+    if cluster.origin == "embedded broker":
+        print("note: this embedded broker lives only as long as the command; use "
+              "`recsys broker start` or kafka.bootstrap for a pipeline that resumes later")
+    pipeline = StreamPipeline(
+        cluster.bootstrap, settings.stream, template, checkpoint_uri,
+        lake_uri=None if args.no_lake else settings.lake_uri,
+        client_options=cluster.client_options, policy_spec=served_policy_spec(settings),
+        registrar=schedule_for(settings, checkpoint_uri),
+    )
+    restored = pipeline.start()
+    metrics = None
+    if args.metrics_port is not None:
+        from streaming.metrics import PipelineMetrics
+
+        metrics = PipelineMetrics(pipeline)
+        port = metrics.start(args.metrics_port)
+        print(f"  metrics http://127.0.0.1:{port}/metrics")
+    where = "the beginning" if restored is None else f"checkpoint {restored.checkpoint_id}"
+    print(f"recsys stream: kafka {cluster.bootstrap} ({cluster.origin}), "
+          f"{settings.stream.learners} learners, {settings.stream.shards} shards, "
+          f"{settings.stream.joiners} joiners; resuming from {where}")
+    print(f"  checkpoints {checkpoint_uri}" + ("" if args.no_lake else
+                                               f"   lake {settings.lake_uri}"))
+    if pipeline.registrar is not None:
+        print(f"  snapshots registered as {settings.stream.registered_model} every "
+              f"{settings.stream.register_every_s:g}s")
+    started = time.monotonic()
+    window_started, window_events = started, 0
+    status = StatusLine(sys.stdout)  # redrawn on a terminal, plain lines in a log
+    try:
+        while args.duration is None or time.monotonic() - started < args.duration:
+            stopping.check()
+            window_events += pipeline.step()
+            now = time.monotonic()
+            if now - window_started >= args.status_interval:
+                rate = window_events / (now - window_started)
+                if metrics is not None:
+                    metrics.collect()
+                status.show(_status(pipeline, rate, started))
+                window_started, window_events = now, 0
+    finally:
+        status.close()
+        try:
+            report = pipeline.checkpoint()
+            print(f"  last checkpoint {report.checkpoint_id} in {report.duration_s:.2f}s")
+            stats = pipeline.counters()
+            print(f"  recoveries {stats['recoveries']}")
+        finally:
+            if metrics is not None:
+                metrics.stop()
+            pipeline.stop(checkpoint=False)  # waits for a registration in progress
+        if pipeline.registrar is not None:
+            print(f"  {_registrations(pipeline.registrar.counters())}")
 
 
 def _store(args: argparse.Namespace) -> CheckpointStore:
@@ -201,13 +231,14 @@ def run_checkpoints(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
         subparsers, "stream", run_stream,
-        help="run the streaming pipeline (joiners, learners, shards, lake) until Ctrl-C",
+        help="run the streaming pipeline (joiners, learners, shards, lake) until SIGTERM or "
+             "Ctrl-C",
         description="Kafka → joiners, learners → parameter shards (+ Parquet lake) on Ray, with "
                     "checkpoints; resumes from the newest one.",
         expected=(CheckpointError,),
     )
     parser.add_argument("--duration", type=float, default=None,
-                        help="stop after this many seconds (default: run until Ctrl-C)")
+                        help="stop after this many seconds (default: until SIGTERM or Ctrl-C)")
     parser.add_argument("--status-interval", type=float, default=1.0,
                         help="seconds between status lines (default 1)")
     parser.add_argument("--no-lake", action="store_true", help="do not write the Parquet lake")
