@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 import time
 from collections import deque
@@ -53,6 +54,9 @@ TICKET = "recsys.ticket"
 """The ASGI scope key under which :class:`Admission` leaves a request's :class:`Ticket`."""
 
 T = TypeVar("T")
+INLINE_ENV = "RECSYS_SERVE_INLINE_SCORING"
+"""Set to 1 (benchmarks only) to score on the event loop as before admission control: the
+baseline that ``tests/benchmarks/bench_serving.py`` compares the scoring thread with."""
 
 
 class Shed(Exception):
@@ -113,6 +117,7 @@ class Gate:
         self._jobs: deque[_Job] = deque()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self.inline = os.environ.get(INLINE_ENV) == "1"
         metrics.bind_queue(lambda: self._waiting)
 
     @property
@@ -143,6 +148,10 @@ class Gate:
         :class:`Shed` instead when it waited over the budget or its client left. ``ticket``
         None (the request did not pass :class:`Admission`): timed from now, not counted."""
         ticket = ticket if ticket is not None else Ticket()
+        if self.inline:  # the baseline: on the event loop, nothing shed
+            with self._cond:
+                self._release(ticket)
+            return work()
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
             if self._closed:

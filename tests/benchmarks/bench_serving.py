@@ -3,6 +3,7 @@ freshness, and the highest sustained rate — loopback only, bounded runs.
 
     .venv/bin/python tests/benchmarks/bench_serving.py [--quick] [--duration 60] [--generator-only]
         [--only ucb,sweep,ts,overload,...] [--saturation 250] [--overload-duration 30]
+        [--inline-baseline]
 
 The stack is the product's (``streaming.live.live_stack``): the streaming pipeline (1 learner,
 2 shards, 1 joiner) running on the impressions the load produces, and the Ray Serve app scoring
@@ -325,7 +326,16 @@ def main() -> None:
     parser.add_argument("--overload-duration", type=float, default=30.0)
     parser.add_argument("--probe-rate", type=float, default=20.0)
     parser.add_argument("--recovery-window", type=float, default=20.0)
+    parser.add_argument("--inline-baseline", action="store_true",
+                        help="score on Ray's user-code loop, nothing shed (the replica before "
+                             "admission control), to compare with on the same machine")
     args = parser.parse_args()
+    if args.inline_baseline:  # read by the replicas, which inherit this environment
+        import recsys.serving.server as server
+        from recsys.serving.admission import INLINE_ENV
+
+        os.environ[INLINE_ENV] = "1"
+        server.USER_CODE_ON_SERVER_LOOP = False
     only = set(args.only.split(","))
     unknown = only - set(SCENARIOS)
     if unknown:
