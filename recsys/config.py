@@ -125,8 +125,11 @@ class StreamSettings:
     ``graph_file`` (written by ``ClusterGraph.save``). ``register_every_s`` > 0 registers the
     newest checkpoint's statistics as a version of the mlflow model ``registered_model`` that
     often (0: only on demand, ``recsys models register --checkpoint ID``).
-    ``context_clip_norm`` bounds one event's influence: learners scale a context whose norm is
-    larger down to it, and dead-letter events whose numbers are not finite.
+    ``context_clip_norm`` (at most 1e100) bounds one event's influence: every context learned
+    (online, offline or replayed) whose norm is larger is scaled down to it, and the bound on
+    how far that moves served scores is in ``recsys.bandits.influence``; keep
+    ``serve.max_context_norm`` at or below it. Learners dead-letter joined rewards outside the
+    reward mapping's range; records that are not finite do not decode and are dead-lettered.
     """
 
     learners: int = 2
@@ -181,16 +184,21 @@ class ServeSettings:
     cpu or cuda). A policy given as a model URI (``models:/NAME@champion``) follows its alias:
     replicas look the alias up every ``model_refresh_s`` and switch when it moves.
 
-    Hardening: ``max_context_norm`` bounds the Euclidean norm of a request's dense context (a
-    larger one gets a 422 before it is scored or logged). ``max_queued_requests`` and
+    Hardening: ``max_context_norm`` bounds the Euclidean norm of a request's dense context,
+    cluster weights and user-feature table row (a larger one gets a 422 before it is scored or
+    logged; scores that are not finite get a 503, never ``null``). ``max_queued_requests`` and
     ``max_queue_delay_ms`` are the replica's admission budget: beyond either a request gets a 503
     with ``Retry-After: retry_after_s`` instead of waiting. ``max_body_bytes`` is read before
     parsing (413 above it); error bodies list at most ``max_error_items`` errors.
     ``idempotency_window_s`` is how long a replica remembers request ids and feedback keys to
-    answer retries without logging twice (at most ``idempotency_max_keys`` of each).
+    answer retries without logging twice (at least that long, at most twice; at most
+    ``idempotency_max_keys`` of each, beyond which the oldest are forgotten early).
     ``auth_token`` (or ``$RECSYS_SERVE_AUTH_TOKEN``), when set, is required as
-    ``Authorization: Bearer <token>`` (or ``X-API-Key``) on ``/recommend`` and ``/feedback``.
-    ``replica_host`` is the interface the replicas' own HTTP ports bind (loopback by default).
+    ``Authorization: Bearer <token>`` (or ``X-API-Key``) on ``/recommend``, ``/feedback`` and
+    every other path but health, ``/metrics`` and the docs (401 before the body is read).
+    ``replica_host`` is the interface the replicas' own HTTP ports bind (loopback by default;
+    HAProxy reaches same-node replicas over loopback, so only a multi-node cluster needs
+    ``0.0.0.0`` or the node's address here).
     """
 
     host: str = "127.0.0.1"

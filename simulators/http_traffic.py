@@ -156,7 +156,8 @@ class HttpUsers:
     server's traffic split picks and the arm is read from the response. ``seed`` fixes the
     client's draws (users, clicks); the server's randomness is its own. ``concurrency`` bounds the
     requests in flight; it and the 503-retry and timeout settings configure the transport
-    (``recsys.client.http.JsonClient``).
+    (``recsys.client.http.JsonClient``); ``token`` is the server's ``serve.auth_token``, sent as
+    a bearer token.
     """
 
     def __init__(
@@ -174,6 +175,7 @@ class HttpUsers:
         max_backoff_s: float = 1.0,
         request_timeout_s: float = 10.0,
         keep_served: bool = True,
+        token: str | None = None,
     ) -> None:
         self.sim = sim
         self.k = sim.config.slate_size if k is None else k
@@ -186,7 +188,7 @@ class HttpUsers:
             raise ValueError(f"concurrency: expected an integer >= 1, got {concurrency!r}")
         self.client = JsonClient(base_url, max_connections=concurrency,
                                  timeout_s=request_timeout_s, max_retries_503=max_retries_503,
-                                 backoff_s=backoff_s, max_backoff_s=max_backoff_s)
+                                 backoff_s=backoff_s, max_backoff_s=max_backoff_s, token=token)
         self.send_context = send_context
         self.concurrency = concurrency
         self.policy = policy

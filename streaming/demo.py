@@ -350,7 +350,7 @@ def run_loop(run: DemoRun, say: Callable[[str], None], *, quiet: bool = False) -
                                                 topics.feedback):
                     producer.send_raw(topic, b"bad", value)
             users = HttpUsers(stack.url, sim, send_context=False, concurrency=plan.concurrency,
-                              seed=plan.seed)
+                              seed=plan.seed, token=stack.service_config.serve.auth_token)
             traffic = Traffic(users, plan, quiet).start()
             try:
                 outcome = run_phases(run, stack, traffic, say)
@@ -534,8 +534,9 @@ def _freshness(stack: Any, sim: Any, plan: DemoPlan) -> Any:
     with stack.driver.paused() as pipeline:
         pipeline.add_items(probes)
     context = sim.user_features(np.array([0]))[0].tolist()
-    wait_until_served(stack.url, probes[-1], context, policy=CONTROL_ARM)
-    return measure_freshness(stack.url, probes, context, policy=CONTROL_ARM)
+    token = stack.service_config.serve.auth_token
+    wait_until_served(stack.url, probes[-1], context, policy=CONTROL_ARM, token=token)
+    return measure_freshness(stack.url, probes, context, policy=CONTROL_ARM, token=token)
 
 
 def _dead_letters(bootstrap: str, topic: str, client_options: dict) -> dict[str, int]:

@@ -81,6 +81,8 @@ class StreamPipeline:
     ) -> None:
         self.bootstrap = bootstrap
         self.settings = settings
+        if template.clip_norm != settings.context_clip_norm:  # one event's influence bound
+            template = template.copy().set_clip_norm(settings.context_clip_norm)
         self.template = template
         self.lake_uri = lake_uri
         self.topics = topics

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,6 +22,9 @@ from streaming.broker import (
 
 log = logging.getLogger(__name__)
 
+DIRECT_INGRESS_PORTS = (20_000, 32_000)
+"""Where a local instance's replicas' HTTP ports are drawn from (a block of 100): above Ray's
+worker ports (10002-19999), below Linux's ephemeral ports (32768-)."""
 LOCAL_DRAINING_S = 2.0
 """Seconds a stopping serving replica of a local Ray instance drains (see
 :func:`serving_ingress_environment`)."""
@@ -57,8 +61,8 @@ def kafka_cluster(settings: Settings) -> Iterator[KafkaCluster]:
         yield running
         return
     broker = EmbeddedKafka.from_settings(settings, temporary=True)
-    broker.start()
-    try:
+    try:  # start inside: a stop signal after the JVM started still stops it
+        broker.start()
         yield KafkaCluster(broker.bootstrap, {}, "embedded broker", broker.startup_seconds)
     finally:
         broker.stop()
@@ -70,12 +74,26 @@ def serving_ingress_environment(settings: Settings) -> None:
     and metrics listeners get free ports: their fixed defaults (8404, 9101) collide when two
     instances share a host. A stopping replica drains for :data:`LOCAL_DRAINING_S`, not Serve's
     30 s: that period lets an external load balancer deregister it, and a local instance has
-    none (its own HAProxy is updated by the Serve controller), so 30 s was only a slow exit."""
+    none (its own HAProxy is updated by the Serve controller), so 30 s was only a slow exit.
+
+    Where replicas listen is not set here: Ray Serve binds each replica's direct-ingress port
+    to the one HTTP host it is started with (``serve.host``, what HAProxy binds too) and reads
+    no variable for it (``RAY_SERVE_DEFAULT_HTTP_HOST`` is ignored under HAProxy and applies
+    only when no host is given); ``serve.replica_host`` is applied in the replica
+    (``recsys.serving.auth.bind_replica_http``). HAProxy's stats and metrics listeners bind
+    every interface whatever is set (Ray's template): keep those ports firewalled."""
     haproxy = settings.serve.ingress == "haproxy"
     os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1" if haproxy else "0")
     if haproxy:
         for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
             os.environ.setdefault(name, str(free_port()))
+        # Replicas' own HTTP ports: a block of this instance's, not Serve's shared 30000-31000,
+        # so that a second instance on the host (tests, benchmarks) never gets a port its
+        # neighbour's HAProxy still routes to (requests would reach the other app).
+        low = DIRECT_INGRESS_PORTS[0] + 100 * random.randrange(
+            (DIRECT_INGRESS_PORTS[1] - DIRECT_INGRESS_PORTS[0]) // 100)
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", str(low))
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", str(low + 100))
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
                               str(LOCAL_DRAINING_S))
 

@@ -12,6 +12,16 @@ Decisions:
   is full (Kafka unreachable for a while), the request gets a 503 and is counted as ``rejected``;
   an impression queued but then not delivered is counted as ``undelivered``. Nothing is lost
   silently.
+* **Retries change nothing.** A feedback batch is queued wholly or not at all (room for all its
+  new events is checked first; a 503 queues none), and each event once per key within
+  ``serve.idempotency_window_s``: a retry is answered as accepted, counted as ``duplicates``.
+  A client ``request_id`` is served once: a repeat with the same body gets the original answer,
+  with another body a 409. Across replicas the join makes repeats harmless
+  (``recsys.serving.idempotency``).
+* **Nothing the model cannot learn from.** A context (the request's or the user-feature
+  table's) whose norm exceeds ``serve.max_context_norm`` is refused with a 422 before it is
+  scored or logged, and a slate whose scores are not all finite gets a 503 "statistics not
+  finite" instead of ``null`` scores (``recsys.serving.contexts``).
 * **One snapshot per request.** A refresh builds new policy views over the new statistics and
   swaps one reference; a request reads that reference once, so it never mixes two snapshots.
   Policy views share one random generator per replica (a clone would replay the same draws).
@@ -36,6 +46,7 @@ import threading
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +69,18 @@ from recsys.policies import RequestBatch
 from recsys.producer import EventProducer
 from recsys.registry.uris import is_model_uri
 from recsys.schema import read_user_features
+from recsys.serving.admission import Gate
 from recsys.serving.backends import make_scorer
+from recsys.serving.contexts import ContextGuard, ContextRefused, StatisticsNotFinite
+from recsys.serving.idempotency import (
+    FeedbackOnce,
+    NoRoom,
+    PartlyQueued,
+    Repeated,
+    SlateReplays,
+    feedback_key,
+    key64,
+)
 from recsys.serving.metrics import ServingMetrics
 from recsys.serving.models import (
     LoadedModel,
@@ -67,9 +89,12 @@ from recsys.serving.models import (
     ModelWatcher,
     check_serving_policy,
 )
+from recsys.serving.readiness import KafkaReadiness
 from recsys.serving.schemas import (
     FeedbackIn,
+    FeedbackResponse,
     Health,
+    KafkaHealth,
     ModelArmHealth,
     RecommendRequest,
     RecommendResponse,
@@ -212,6 +237,9 @@ class RecommenderService:
         self.snapshots = ShardSnapshots(config.shard_names, config.shard_namespace,
                                         shard_staleness)
         self.metrics = ServingMetrics()
+        # contexts it cannot learn from, and non-finite scores, never pass (serving.contexts)
+        self.contexts = ContextGuard(serve.max_context_norm, self.metrics.registry)
+        self.gate = Gate(serve, self.metrics)  # the HTTP routes score on its one thread
         model_metrics = ModelMetrics(self.metrics.registry)
         self.models = {name: ModelArm(name, uri, tracking_uri=config.tracking_uri,
                                       rng=self._rng, metrics=model_metrics)
@@ -220,6 +248,13 @@ class RecommenderService:
             config.bootstrap, compression=config.compression, linger_ms=serve.linger_ms,
             max_block_ms=2000, **config.client_options)
         self.producer.warm([config.impressions_topic, config.feedback_topic])
+        # /health/ready reads its verdict; it checks in the background (recsys.serving.readiness)
+        self.kafka = KafkaReadiness(self.producer, [config.impressions_topic,
+                                                    config.feedback_topic],
+                                    serve.max_buffered_events)
+        # what this replica remembers to answer retries once (recsys.serving.idempotency)
+        self.replays = SlateReplays(serve.idempotency_window_s, serve.idempotency_max_keys)
+        self.feedback_once = FeedbackOnce(serve.idempotency_window_s, serve.idempotency_max_keys)
         self._served: _Served | None = None
         self._swap = threading.Lock()  # the refresher and the watcher build and swap under it
         self.last_refresh_error = ""
@@ -237,6 +272,7 @@ class RecommenderService:
             self._thread.start()
             if self.models:
                 self._watcher = ModelWatcher(self.check_models, serve.model_refresh_s).start()
+            self.kafka.start()
 
     # ------------------------------------------------------------------ snapshots
     def refresh(self) -> bool:
@@ -334,13 +370,17 @@ class RecommenderService:
 
     # ------------------------------------------------------------------ endpoints
     def health(self) -> Health:
-        """Ready once a snapshot is served and every model arm was looked up once; a model arm
-        that has not loaded is listed (``models``, ``detail``) without making the replica
-        unready: its other arms serve."""
+        """Ready once a snapshot is served, every model arm was looked up once and Kafka accepts
+        writes (the background check's last verdict: nothing here waits on the network); a
+        model arm that has not loaded is listed (``models``, ``detail``) without making the
+        replica unready: its other arms serve."""
         served = self._served
         models = {name: ModelArmHealth(**arm.state()) for name, arm in self.models.items()}
         waiting = [f"{name} ({arm.ref.uri}: {arm.error or 'not looked up yet'})"
                    for name, arm in self.models.items() if arm.current is None]
+        verdict = self.kafka.state()
+        kafka = KafkaHealth(writable=verdict.writable, detail=verdict.detail,
+                            checked_ms_ago=round(verdict.age_s() * 1000, 1))
         if served is None or not self._models_checked():
             detail = ("no snapshot loaded yet" + (f": {self.last_refresh_error}"
                                                   if self.last_refresh_error else "")
@@ -348,11 +388,16 @@ class RecommenderService:
             return Health(ready=False, snapshot_id=None if served is None
                           else served.snapshot.snapshot_id,
                           snapshot_age_ms=None if served is None else served.snapshot.age_ms(),
-                          policies=self._names, detail=detail, models=models)
+                          policies=self._names, detail=detail, models=models, kafka=kafka)
+        if not verdict.writable:
+            return Health(ready=False, snapshot_id=served.snapshot.snapshot_id,
+                          snapshot_age_ms=served.snapshot.age_ms(), policies=self._names,
+                          detail=f"Kafka does not accept writes: {verdict.detail}",
+                          models=models, kafka=kafka)
         detail = "serving" + (f"; not ready: {'; '.join(waiting)}" if waiting else "")
         return Health(ready=True, snapshot_id=served.snapshot.snapshot_id,
                       snapshot_age_ms=served.snapshot.age_ms(), policies=self._names,
-                      detail=detail, models=models)
+                      detail=detail, models=models, kafka=kafka)
 
     def _arm(self, request_id: str, asked: str | None) -> str:
         if asked is not None:
@@ -365,13 +410,19 @@ class RecommenderService:
                               len(self._arms) - 1)]
 
     def _given(self, req: RecommendRequest) -> Context | None:
-        """The context to log: the request's own, else the user's row of the feature table."""
+        """The context to log: the request's own, else the user's row of the feature table;
+        one whose norm exceeds ``serve.max_context_norm`` is a 422 (``serving.contexts``)."""
         ctx = req.context
-        if ctx is not None:
-            return Context(dense=tuple(ctx.dense), cluster_ids=tuple(ctx.cluster_ids),
-                           cluster_weights=tuple(ctx.cluster_weights))
-        dense = self.users.get(req.user_id) if self.users is not None else None
-        return None if dense is None else Context(dense=tuple(dense.tolist()))
+        try:
+            if ctx is not None:
+                return self.contexts.check(Context(
+                    dense=tuple(ctx.dense), cluster_ids=tuple(ctx.cluster_ids),
+                    cluster_weights=tuple(ctx.cluster_weights)))
+            dense = self.users.get(req.user_id) if self.users is not None else None
+            return None if dense is None else self.contexts.check(
+                Context(dense=tuple(dense.tolist())), table_user=req.user_id)
+        except ContextRefused as exc:
+            raise RequestError(exc.loc, exc.msg) from None
 
     def _context(self, req: RecommendRequest, stats: Any) -> tuple[Any, Context]:
         """The request's scoring input for the statistics' layout and the context to log: the
@@ -386,8 +437,36 @@ class RecommenderService:
         except ContextError as exc:
             raise RequestError(("context", exc.field), exc.msg) from None
 
-    def recommend(self, req: RecommendRequest) -> RecommendResponse:
-        """Score, sample a slate with propensities, queue its impression, answer."""
+    def recommend(self, req: RecommendRequest,
+                  wanted: Callable[[], bool] | None = None) -> RecommendResponse:
+        """A slate for ``req`` (:meth:`_recommend`), once per client ``request_id``: a repeat
+        with the same body within ``serve.idempotency_window_s`` gets the original answer (no
+        new slate or impression); with another body, while the first is being served, or once
+        its answer is no longer kept, a 409 (``recsys.serving.idempotency.SlateReplays``)."""
+        if req.request_id is None:
+            return self._recommend(req, wanted)
+        try:
+            replay = self.replays.begin(req.request_id, key64(req.model_dump_json()))
+        except Repeated as exc:
+            self.metrics.impressions.labels("repeat_refused").inc()
+            raise RequestError(("request_id",), str(exc).partition(": ")[2],
+                               status=409) from None
+        if replay is not None:
+            self.metrics.impressions.labels("replayed").inc()
+            return RecommendResponse.model_validate_json(replay)
+        try:
+            answer = self._recommend(req, wanted)
+        except BaseException:
+            self.replays.abandon(req.request_id)  # not served: a retry is a new request
+            raise
+        self.replays.finish(req.request_id, answer.model_dump_json().encode())
+        return answer
+
+    def _recommend(self, req: RecommendRequest,
+                   wanted: Callable[[], bool] | None = None) -> RecommendResponse:
+        """Score, sample a slate with propensities, queue its impression, answer. When
+        ``wanted()`` is False just before the impression would be queued (the client left),
+        raise ``Shed`` (``client_gone``) instead: a slate no one sees is not logged."""
         served = self._served
         if served is None:
             raise Unavailable("no snapshot loaded yet: the shards have not answered "
@@ -406,6 +485,10 @@ class RecommenderService:
         else:
             slate, context = self._recommend_bandit(req, served.policies[arm],
                                                     served.snapshot.stats)
+        try:  # a null score would break the schema; a slate no one should see is not logged
+            self.contexts.check_scores(arm, slate.scores[0])
+        except StatisticsNotFinite as exc:
+            raise Unavailable(str(exc)) from None
         name, version = ((arm, served.snapshot.version) if loaded is None
                          else (loaded.name, loaded.version))
         items = slate.items[0].tolist()
@@ -419,6 +502,8 @@ class RecommenderService:
                                    propensity_se=e)
                         for p, (i, s, q, e) in enumerate(zip(items, scores, props, ses,
                                                              strict=True))))
+        if wanted is not None and not wanted():
+            raise self.gate.client_gone()
         self._log(impression, self.config.impressions_topic, self.metrics.impressions)
         self.metrics.slates.labels(arm).inc()
         return RecommendResponse(
@@ -492,16 +577,46 @@ class RecommenderService:
                               "or slow; not serving a slate that cannot be logged") from None
         counter.labels("queued").inc()
 
-    def feedback(self, events: list[FeedbackIn]) -> int:
-        """Queue validated feedback events for Kafka; returns how many."""
+    def feedback(self, events: list[FeedbackIn]) -> FeedbackResponse:
+        """Queue a feedback batch for Kafka wholly or not at all, each event once per key
+        (``recsys.serving.idempotency``). Accepted means queued for the idempotent producer;
+        one that Kafka then fails to take is counted (``undelivered``), never silent."""
+        from kafka.errors import KafkaError
+
+        limit = self.config.serve.max_buffered_events
+        if len(events) > limit:
+            raise RequestError((), f"expected at most {limit} events per call (a batch is "
+                               f"buffered whole, serve.max_buffered_events), got {len(events)}; "
+                               "split it", status=413)
         now = int(time.time() * 1000)
-        for e in events:
-            self._log(Feedback(request_id=e.request_id, user_id=e.user_id, item_id=e.item_id,
-                               position=e.position, event_type=e.event_type, value=e.value,
-                               event_time_ms=now if e.event_time_ms is None
-                               else e.event_time_ms),
-                      self.config.feedback_topic, self.metrics.feedback)
-        return len(events)
+        records = [Feedback(request_id=e.request_id, user_id=e.user_id, item_id=e.item_id,
+                            position=e.position, event_type=e.event_type, value=e.value,
+                            event_time_ms=now if e.event_time_ms is None else e.event_time_ms)
+                   for e in events]
+        topic, counter = self.config.feedback_topic, self.metrics.feedback
+        try:
+            fresh = self.feedback_once.queue(
+                [feedback_key(e) for e in events], lambda: limit - self.producer.pending,
+                lambda i: self.producer.send(records[i], topic))
+        except NoRoom as exc:
+            counter.labels("rejected").inc(exc.needed)
+            raise Unavailable(f"{self.producer.pending} events are waiting for Kafka (at most "
+                              f"{limit}), no room for this batch's {exc.needed} new events: "
+                              "none was queued; Kafka is unreachable or slow, retry the batch "
+                              "later") from None
+        except PartlyQueued as exc:
+            counter.labels("queued").inc(exc.queued)
+            counter.labels("rejected").inc(exc.new - exc.queued)
+            cause = exc.__cause__
+            if not isinstance(cause, KafkaError):
+                raise  # a bug, not Kafka (a 500); its cause is the send's error
+            raise Unavailable(f"Kafka refused an event ({cause}); {exc.queued} of this batch's "
+                              f"{exc.new} new events were queued and are remembered: retry the "
+                              "whole batch, they are not queued twice") from None
+        counter.labels("queued").inc(len(fresh))
+        if len(fresh) < len(events):
+            counter.labels("duplicate").inc(len(events) - len(fresh))
+        return FeedbackResponse(accepted=len(events), duplicates=len(events) - len(fresh))
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every queued event is acknowledged by Kafka."""
@@ -513,6 +628,8 @@ class RecommenderService:
             self._watcher.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.gate.close()
+        self.kafka.stop()
         self.producer.close()
 
 
