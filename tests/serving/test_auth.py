@@ -12,21 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from typing import Any
 
-import numpy as np
 import pytest
 import requests
 
-from recsys.bandits import EpsilonGreedy, policy_spec
 from recsys.client.http import JsonClient
-from recsys.config import KafkaSettings, ServeSettings, Settings, StreamSettings
 from recsys.serving.auth import OPEN_PATHS, RequireToken, bind_replica_http
-from streaming.broker import free_port
-from streaming.live import live_stack
-from streaming.pipeline import Topics
-from streaming.shards import dense_statistics
+from tests.serving.live import serving_stack
 
 TOKEN = "s3cret-Token_" + "x" * 20
 
@@ -211,21 +204,9 @@ N_ITEMS, DIM = 20, 4
 
 @pytest.fixture(scope="module")
 def live(kafka_bootstrap, ray_session, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("auth")
-    suffix = uuid.uuid4().hex[:8]
-    topics = Topics(f"test.imp.{suffix}", f"test.fb.{suffix}", f"test.rw.{suffix}",
-                    f"test.dl.{suffix}")
-    settings = Settings(
-        data_dir=tmp, kafka=KafkaSettings(partitions=1),
-        stream=StreamSettings(learners=1, shards=1, joiners=1, n_items=N_ITEMS, dim=DIM,
-                              checkpoint_interval_s=3600.0),
-        serve=ServeSettings(port=free_port(), auth_token=TOKEN, max_body_bytes=10_000,
-                            policies=json.dumps({"uniform": policy_spec(
-                                EpsilonGreedy(epsilon=1.0, centred=True))}),
-                            traffic="uniform=1"))
-    template = dense_statistics(np.arange(N_ITEMS), DIM)
-    with live_stack(settings, kafka_bootstrap, template, str(tmp / "checkpoints"), topics=topics,
-                    shard_name_prefix=f"test-auth-{suffix}-") as stack:
+    with serving_stack(kafka_bootstrap, tmp_path_factory.mktemp("auth"), "auth",
+                       n_items=N_ITEMS, dim=DIM,
+                       serve={"auth_token": TOKEN, "max_body_bytes": 10_000}) as (stack, _):
         yield stack
 
 

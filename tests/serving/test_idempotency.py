@@ -9,9 +9,7 @@ the learned statistics nor the rewards: the join de-duplicates what reaches Kafk
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -21,15 +19,10 @@ import ray
 import requests
 from kafka import KafkaConsumer, TopicPartition
 
-from recsys.bandits import EpsilonGreedy, policy_spec
-from recsys.config import KafkaSettings, ServeSettings, Settings, StreamSettings
 from recsys.events import Reward, decode
 from recsys.serving.schemas import FeedbackIn
 from recsys.serving.service import RecommenderService, RequestError, Unavailable
-from streaming.broker import free_port
-from streaming.live import live_stack
-from streaming.pipeline import Topics
-from streaming.shards import dense_statistics
+from tests.serving.live import serving_stack
 
 pytestmark = pytest.mark.integration
 
@@ -41,24 +34,10 @@ CONTEXT = {"dense": [0.1, -0.2, 0.3, 0.0]}
 
 @pytest.fixture(scope="module")
 def live(kafka_bootstrap, ray_session, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("idempotency")
-    suffix = uuid.uuid4().hex[:8]
-    topics = Topics(f"test.imp.{suffix}", f"test.fb.{suffix}", f"test.rw.{suffix}",
-                    f"test.dl.{suffix}")
-    settings = Settings(
-        data_dir=tmp,
-        kafka=KafkaSettings(partitions=2),
-        stream=StreamSettings(learners=1, shards=1, joiners=1, batch_size=2000,
-                              window_ms=WINDOW_MS, allowed_lateness_ms=LATENESS_MS, n_items=N_ITEMS,
-                              dim=DIM, checkpoint_interval_s=3600.0),
-        serve=ServeSettings(port=free_port(), max_staleness_ms=200, refresh_interval_ms=50,
-                            policies=json.dumps({"uniform": policy_spec(
-                                EpsilonGreedy(epsilon=1.0, centred=True))}),
-                            traffic="uniform=1"),
-    )
-    template = dense_statistics(np.arange(N_ITEMS), DIM)
-    with live_stack(settings, kafka_bootstrap, template, str(tmp / "checkpoints"),
-                    topics=topics, shard_name_prefix=f"test-idem-{suffix}-") as stack:
+    with serving_stack(kafka_bootstrap, tmp_path_factory.mktemp("idempotency"), "idem",
+                       n_items=N_ITEMS, dim=DIM, partitions=2,
+                       stream={"batch_size": 2000, "window_ms": WINDOW_MS,
+                               "allowed_lateness_ms": LATENESS_MS}) as (stack, topics):
         yield stack, topics
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +24,8 @@ from prometheus_client import CollectorRegistry
 from recsys.bandits import DiagLinUCB, policy_spec
 from recsys.config import (
     ConfigError,
-    KafkaSettings,
     MlflowSettings,
     ServeSettings,
-    Settings,
-    StreamSettings,
     policy_names,
 )
 from recsys.events import Impression, decode
@@ -179,10 +175,7 @@ def live_models(kafka_bootstrap, ray_session, tmp_path_factory):
     """The live stack serving a champion alias (v1 shows item 3, v2 item 7), a bandit model
     and an arm whose model does not exist, from a real mlflow store."""
     from recsys.registry import bandit_model, scored_model
-    from streaming.broker import free_port
-    from streaming.live import live_stack
-    from streaming.pipeline import Topics
-    from streaming.shards import dense_statistics
+    from tests.serving.live import serving_stack
 
     tmp = tmp_path_factory.mktemp("model-arms")
     store = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -192,21 +185,13 @@ def live_models(kafka_bootstrap, ray_session, tmp_path_factory):
     move_alias(store, MODEL, 1)
     register(store, tmp / "artifacts", f"{MODEL}-bandit",
              [bandit_model(DiagLinUCB(**ucb.get_params()).init(np.arange(N_ITEMS), DIM))])
-    suffix = uuid.uuid4().hex[:8]
-    topics = Topics(f"test.imp.{suffix}", f"test.fb.{suffix}", f"test.rw.{suffix}",
-                    f"test.dl.{suffix}")
     policies = {"champ": f"models:/{MODEL}@champion", "bandit": f"models:/{MODEL}-bandit/1",
                 "ghost": "models:/no-such-model@champion", "ucb": policy_spec(ucb)}
-    settings = Settings(
-        data_dir=tmp, kafka=KafkaSettings(partitions=1), mlflow=MlflowSettings(tracking_uri=store),
-        stream=StreamSettings(learners=1, shards=1, joiners=1, batch_size=500, window_ms=500,
-                              allowed_lateness_ms=0, n_items=N_ITEMS, dim=DIM,
-                              checkpoint_interval_s=3600.0),
-        serve=ServeSettings(port=free_port(), policies=json.dumps(policies),
-                            traffic="champ=1", model_refresh_s=0.25))
-    template = dense_statistics(np.arange(N_ITEMS), DIM)
-    with live_stack(settings, kafka_bootstrap, template, str(tmp / "checkpoints"),
-                    topics=topics, shard_name_prefix=f"test-model-shard-{suffix}-") as stack:
+    with serving_stack(kafka_bootstrap, tmp, "model-shard", n_items=N_ITEMS, dim=DIM,
+                       policies=policies,
+                       settings={"mlflow": MlflowSettings(tracking_uri=store)},
+                       stream={"batch_size": 500, "window_ms": 500, "allowed_lateness_ms": 0},
+                       serve={"model_refresh_s": 0.25}) as (stack, topics):
         yield stack, store, topics
 
 

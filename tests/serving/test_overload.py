@@ -21,19 +21,15 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
-import numpy as np
 import pytest
 import requests
 
 from recsys.bandits import DiagLinUCB, EpsilonGreedy, policy_spec
-from recsys.config import KafkaSettings, ServeSettings, Settings, StreamSettings
+from recsys.config import ServeSettings
 from recsys.events import Impression, decode
 from recsys.serving.admission import Gate, Shed, Ticket
 from recsys.serving.metrics import ServingMetrics
-from streaming.broker import free_port
-from streaming.live import live_stack
-from streaming.pipeline import Topics
-from streaming.shards import dense_statistics
+from tests.serving.live import serving_stack
 
 N_ITEMS, DIM = 200, 8
 RETRY_AFTER_S = 2
@@ -61,6 +57,23 @@ async def hold(g: Gate) -> tuple[threading.Event, asyncio.Task]:
     while not started.is_set():
         await asyncio.sleep(0.001)
     return release, task
+
+
+def test_requests_that_would_wait_past_the_budget_are_shed_at_the_door() -> None:
+    g = gate(max_queued=100, max_delay_ms=50)
+    try:
+        assert asyncio.run(g.run(g.enter(), lambda: time.sleep(0.03) or 1)) == 1  # ~30 ms each
+        first, second = g.enter(), g.enter()  # 0 and ~30 ms of work ahead: within 50 ms
+        with pytest.raises(Shed) as shed:
+            g.enter()  # ~60 ms of work ahead
+        assert shed.value.reason == "expected_delay" and "max_queue_delay_ms = 50" in str(
+            shed.value)
+        assert shed_count(g.metrics, "expected_delay") == 1 and g.waiting == 2
+        g.leave(first)
+        g.leave(second)
+        assert g.enter() is not None  # room again once they are gone
+    finally:
+        g.close()
 
 
 def test_a_full_queue_sheds_at_admission_and_frees_places_as_requests_end() -> None:
@@ -178,23 +191,13 @@ def test_a_ticket_knows_its_client_is_gone() -> None:
 # ---------------------------------------------------------------------------- the live stack
 @pytest.fixture(scope="module")
 def live(kafka_bootstrap, ray_session, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("overload")
-    suffix = uuid.uuid4().hex[:8]
-    topics = Topics(f"test.imp.{suffix}", f"test.fb.{suffix}", f"test.rw.{suffix}",
-                    f"test.dl.{suffix}")
     policies = {"ucb": policy_spec(DiagLinUCB(alpha=0.5, epsilon=0.1, centred=True)),
                 "uniform": policy_spec(EpsilonGreedy(epsilon=1.0, centred=True))}
-    settings = Settings(
-        data_dir=tmp, kafka=KafkaSettings(partitions=1),
-        stream=StreamSettings(learners=1, shards=1, joiners=1, batch_size=2000, window_ms=1000,
-                              allowed_lateness_ms=0, n_items=N_ITEMS, dim=DIM,
-                              checkpoint_interval_s=3600.0),
-        serve=ServeSettings(port=free_port(), policies=json.dumps(policies), traffic="ucb=1",
-                            max_queued_requests=2, max_queue_delay_ms=30_000,
-                            retry_after_s=RETRY_AFTER_S))
-    template = dense_statistics(np.arange(N_ITEMS), DIM)
-    with live_stack(settings, kafka_bootstrap, template, str(tmp / "checkpoints"), topics=topics,
-                    shard_name_prefix=f"test-overload-{suffix}-") as stack:
+    with serving_stack(kafka_bootstrap, tmp_path_factory.mktemp("overload"), "overload",
+                       n_items=N_ITEMS, dim=DIM, policies=policies,
+                       stream={"batch_size": 2000, "window_ms": 1000, "allowed_lateness_ms": 0},
+                       serve={"max_queued_requests": 2, "max_queue_delay_ms": 30_000,
+                              "retry_after_s": RETRY_AFTER_S}) as (stack, topics):
         yield stack, topics
 
 
@@ -284,8 +287,9 @@ def test_a_burst_is_shed_with_retry_after_and_only_served_slates_are_logged(live
             assert answer.headers["Retry-After"] == str(RETRY_AFTER_S)
             assert "overloaded" in answer.json()["detail"]
     assert side == {"metrics": [200] * 3, "health": [200] * 3}
-    assert metric(stack.url, 'recsys_serve_shed_total{reason="queue_full"}') >= statuses.count(
-        503)
+    shed_at_the_door = sum(metric(stack.url, f'recsys_serve_shed_total{{reason="{reason}"}}')
+                           for reason in ("queue_full", "expected_delay"))
+    assert shed_at_the_door >= statuses.count(503)
     logged = impressions(stack.pipeline.bootstrap, topics.impressions, answered_now(stack))
     served = {rid for rid, a in zip(ids, answers, strict=True) if a.status_code == 200}
     assert logged & set(ids) == served  # no shed request was logged; every served one was

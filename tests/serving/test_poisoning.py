@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import struct
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -18,13 +17,9 @@ import requests
 from kafka import KafkaConsumer, TopicPartition
 
 from recsys.bandits import DiagLinTS, EpsilonGreedy, policy_spec
-from recsys.config import KafkaSettings, ServeSettings, Settings, StreamSettings
 from recsys.events import Context, Impression, SlateEntry, decode_dead_letter, encode
 from recsys.producer import EventProducer
-from streaming.broker import free_port
-from streaming.live import live_stack
-from streaming.pipeline import Topics
-from streaming.shards import dense_statistics
+from tests.serving.live import serving_stack
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -36,23 +31,13 @@ UNIFORM = EpsilonGreedy(epsilon=1.0, centred=True)
 
 @pytest.fixture(scope="module")
 def live(kafka_bootstrap, ray_session, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("poisoning")
-    suffix = uuid.uuid4().hex[:8]
-    topics = Topics(f"test.imp.{suffix}", f"test.fb.{suffix}", f"test.rw.{suffix}",
-                    f"test.dl.{suffix}")
-    settings = Settings(
-        data_dir=tmp, kafka=KafkaSettings(partitions=2),
-        stream=StreamSettings(learners=1, shards=2, joiners=1, batch_size=2000, window_ms=1000,
-                              allowed_lateness_ms=0, n_items=N_ITEMS, dim=DIM,
-                              checkpoint_interval_s=3600.0, context_clip_norm=CLIP),
-        serve=ServeSettings(port=free_port(), max_staleness_ms=200, refresh_interval_ms=50,
-                            policies=json.dumps({"ts": policy_spec(TS),
-                                                 "uniform": policy_spec(UNIFORM)}),
-                            traffic="ts=0.5,uniform=0.5", max_context_norm=CLIP),
-    )
-    template = dense_statistics(np.arange(N_ITEMS), DIM, clip_norm=CLIP)
-    with live_stack(settings, kafka_bootstrap, template, str(tmp / "checkpoints"),
-                    topics=topics, shard_name_prefix=f"test-poison-{suffix}-") as stack:
+    with serving_stack(kafka_bootstrap, tmp_path_factory.mktemp("poisoning"), "poison",
+                       n_items=N_ITEMS, dim=DIM, partitions=2,
+                       policies={"ts": policy_spec(TS), "uniform": policy_spec(UNIFORM)},
+                       stream={"shards": 2, "batch_size": 2000, "window_ms": 1000,
+                               "allowed_lateness_ms": 0, "context_clip_norm": CLIP},
+                       serve={"traffic": "ts=0.5,uniform=0.5",
+                              "max_context_norm": CLIP}) as (stack, topics):
         yield stack, topics
 
 

@@ -12,25 +12,17 @@ that stopped) are unit-checked on counters alone. The live stack listens on all 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import socket
 import time
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import requests
 
-from recsys.bandits import EpsilonGreedy, policy_spec
-from recsys.config import KafkaSettings, ServeSettings, Settings, StreamSettings
 from recsys.serving.readiness import KafkaReadiness
-from streaming.broker import free_port
-from streaming.live import live_stack
-from streaming.pipeline import Topics
-from streaming.shards import dense_statistics
+from tests.serving.live import serving_stack
 
 N_ITEMS, DIM = 20, 4
 
@@ -72,23 +64,11 @@ def test_a_checker_that_stopped_makes_the_replica_unready() -> None:
 # ---------------------------------------------------------------------------- live
 @pytest.fixture(scope="module")
 def live(kafka_bootstrap, ray_session, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("readiness")
-    suffix = uuid.uuid4().hex[:8]
-    topics = Topics(f"test.imp.{suffix}", f"test.fb.{suffix}", f"test.rw.{suffix}",
-                    f"test.dl.{suffix}")
-    settings = Settings(
-        data_dir=tmp, kafka=KafkaSettings(partitions=1),
-        stream=StreamSettings(learners=1, shards=1, joiners=1, n_items=N_ITEMS, dim=DIM,
-                              checkpoint_interval_s=3600.0),
-        # the ingress on every interface, the replica's own port on loopback only
-        serve=ServeSettings(host="0.0.0.0", port=free_port(), replica_host="127.0.0.1",
-                            policies=json.dumps({"uniform": policy_spec(
-                                EpsilonGreedy(epsilon=1.0, centred=True))}),
-                            traffic="uniform=1"))
-    template = dense_statistics(np.arange(N_ITEMS), DIM)
-    with live_stack(settings, kafka_bootstrap, template, str(tmp / "checkpoints"), topics=topics,
-                    shard_name_prefix=f"test-ready-{suffix}-") as stack:
-        yield stack, settings.serve.port
+    # the ingress on every interface, the replica's own port on loopback only
+    with serving_stack(kafka_bootstrap, tmp_path_factory.mktemp("readiness"), "ready",
+                       n_items=N_ITEMS, dim=DIM,
+                       serve={"host": "0.0.0.0", "replica_host": "127.0.0.1"}) as (stack, _):
+        yield stack, stack.service_config.serve.port
 
 
 @pytest.mark.integration

@@ -8,24 +8,17 @@ bounded number of examples per operation and a fixed seed.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
 
 from recsys.bandits import DiagLinUCB, EpsilonGreedy, policy_spec
-from recsys.config import KafkaSettings, ServeSettings, Settings, StreamSettings
-from streaming.broker import free_port
-from streaming.live import live_stack
-from streaming.pipeline import Topics
-from streaming.shards import dense_statistics
+from tests.serving.live import serving_stack
 
 pytestmark = pytest.mark.integration
 
@@ -50,26 +43,14 @@ expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "41
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap, ray_session, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("schemathesis")
-    suffix = uuid.uuid4().hex[:8]
-    topics = Topics(f"test.imp.{suffix}", f"test.fb.{suffix}", f"test.rw.{suffix}",
-                    f"test.dl.{suffix}")
     policies = {"ucb": policy_spec(DiagLinUCB(alpha=0.5, epsilon=0.2)),
                 "uniform": policy_spec(EpsilonGreedy(epsilon=1.0))}
-    settings = Settings(
-        data_dir=tmp,
-        kafka=KafkaSettings(partitions=1),
-        stream=StreamSettings(learners=1, shards=1, joiners=1, batch_size=500, window_ms=1000,
-                              allowed_lateness_ms=0, n_items=N_ITEMS, dim=DIM,
-                              checkpoint_interval_s=3600.0),
-        # one request at a time: a queueing delay budget far above any pause of a shared
-        # machine, so that no request is shed (any 5xx, 503 included, fails the run)
-        serve=ServeSettings(port=free_port(), policies=json.dumps(policies),
-                            traffic="ucb=0.5,uniform=0.5", max_queue_delay_ms=30_000,
-                            auth_token=TOKEN),
-    )
-    template = dense_statistics(np.arange(N_ITEMS), DIM)
-    with live_stack(settings, kafka_bootstrap, template, str(tmp / "checkpoints"),
-                    topics=topics, shard_name_prefix=f"test-st-{suffix}-") as live:
+    # one request at a time: a queueing delay budget far above any pause of a shared machine,
+    # so that no request is shed (any 5xx, 503 included, fails the run)
+    with serving_stack(kafka_bootstrap, tmp, "st", n_items=N_ITEMS, dim=DIM, policies=policies,
+                       stream={"batch_size": 500, "window_ms": 1000, "allowed_lateness_ms": 0},
+                       serve={"traffic": "ucb=0.5,uniform=0.5", "max_queue_delay_ms": 30_000,
+                              "auth_token": TOKEN}) as (live, _):
         yield live, tmp
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-import uuid
 
 import numpy as np
 import polars as pl
@@ -25,7 +24,6 @@ from hypothesis import strategies as st
 
 from recsys.bandits import DiagLinTS, DiagLinUCB, EpsilonGreedy, policy_spec
 from recsys.client.freshness import measure_freshness, wait_until_served
-from recsys.config import KafkaSettings, ServeSettings, Settings, StreamSettings
 from recsys.events import Impression, decode
 from recsys.lake import scan_lake
 from recsys.ope import InverseProbabilityWeighting, bandit_feedback_from_frame
@@ -33,10 +31,7 @@ from simulators.ground_truth import policy_value
 from simulators.http_traffic import HttpUsers
 from simulators.model import SimulatorConfig, SlateSimulator
 from simulators.policies import UniformPolicy
-from streaming.broker import free_port
-from streaming.live import live_stack
-from streaming.pipeline import Topics
-from streaming.shards import dense_statistics
+from tests.serving.live import serving_stack
 
 pytestmark = pytest.mark.integration
 
@@ -54,25 +49,13 @@ UNIFORM = EpsilonGreedy(epsilon=1.0, centred=True)
 @pytest.fixture(scope="module")
 def live(kafka_bootstrap, ray_session, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving")
-    suffix = uuid.uuid4().hex[:8]
-    topics = Topics(f"test.imp.{suffix}", f"test.fb.{suffix}", f"test.rw.{suffix}",
-                    f"test.dl.{suffix}")
     sim = SlateSimulator(WORLD)
-    settings_ = Settings(
-        data_dir=tmp,
-        kafka=KafkaSettings(partitions=2),
-        stream=StreamSettings(learners=1, shards=2, joiners=1, batch_size=2000,
-                              window_ms=1000, allowed_lateness_ms=0, n_items=WORLD.n_items,
-                              dim=sim.n_features, checkpoint_interval_s=3600.0),
-        serve=ServeSettings(port=free_port(), max_staleness_ms=200, refresh_interval_ms=50,
-                            policies=json.dumps({"ts": policy_spec(TS), "ucb": policy_spec(UCB),
-                                                 "uniform": policy_spec(UNIFORM)}),
-                            traffic="ts=0.5,uniform=0.5"),
-    )
-    template = dense_statistics(np.arange(WORLD.n_items), sim.n_features)
-    with live_stack(settings_, kafka_bootstrap, template, str(tmp / "checkpoints"),
-                    topics=topics, lake_uri=str(tmp / "lake"),
-                    shard_name_prefix=f"test-shard-{suffix}-") as stack:
+    policies = {"ts": policy_spec(TS), "ucb": policy_spec(UCB), "uniform": policy_spec(UNIFORM)}
+    with serving_stack(kafka_bootstrap, tmp, "shard", n_items=WORLD.n_items,
+                       dim=sim.n_features, partitions=2, policies=policies, lake=True,
+                       stream={"shards": 2, "batch_size": 2000, "window_ms": 1000,
+                               "allowed_lateness_ms": 0},
+                       serve={"traffic": "ts=0.5,uniform=0.5"}) as (stack, topics):
         yield stack, sim, topics, tmp
 
 
