@@ -11,6 +11,11 @@ does; what it can choose is where requests wait and which ones it gives up on. D
   its request waits. More threads would add GIL hand-offs, not throughput.
 * **A bounded queue** (``serve.max_queued_requests``): a scoring request that finds that many
   admitted and not started is answered 503 at once, before its body is read (``queue_full``).
+* **Shed at the door what would wait too long** (``expected_delay``): a request that finds
+  ``n`` waiting while the recent work time per request (an exponential average) says those
+  ``n`` take longer than ``serve.max_queue_delay_ms`` is answered 503 at once too, before its
+  body is read or parsed: under overload most doomed requests then cost the replica almost
+  nothing, instead of a parse and a wait before the same 503.
 * **A bounded wait** (``serve.max_queue_delay_ms``): a request that has waited longer while
   others wait too is answered 503 without being scored or logged (``queue_delay``), as soon as
   the scoring thread is free, so no client waits much past the budget for a 503. The last one
@@ -117,6 +122,7 @@ class Gate:
         self._jobs: deque[_Job] = deque()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._work_s = 0.0  # exponential average of the work time per request (0: none yet)
         self.inline = os.environ.get(INLINE_ENV) == "1"
         metrics.bind_queue(lambda: self._waiting)
 
@@ -128,15 +134,19 @@ class Gate:
     # ------------------------------------------------------------------ the event loop's side
     def enter(self) -> Ticket:
         """Admit a request now (its queue place is held until it starts or ends), or raise
-        :class:`Shed` (``queue_full``) when ``max_queued_requests`` are already waiting."""
+        :class:`Shed`: ``queue_full`` when ``max_queued_requests`` are already waiting,
+        ``expected_delay`` when those waiting would take over ``max_queue_delay_ms``."""
         with self._cond:
-            if self._waiting >= self.max_queued:
-                waiting = self._waiting
-            else:
+            waiting, expected_s = self._waiting, self._waiting * self._work_s
+            if waiting < self.max_queued and expected_s <= self.max_delay_s:
                 self._waiting += 1
                 return Ticket(queued=True)
-        raise self._shed("queue_full", f"{waiting} requests are already waiting to be scored "
-                         f"(serve.max_queued_requests = {self.max_queued})")
+        if waiting >= self.max_queued:
+            raise self._shed("queue_full", f"{waiting} requests are already waiting to be "
+                             f"scored (serve.max_queued_requests = {self.max_queued})")
+        raise self._shed("expected_delay", f"{waiting} requests waiting take about "
+                         f"{1e3 * expected_s:.0f} ms to score (serve.max_queue_delay_ms = "
+                         f"{1e3 * self.max_delay_s:.0f})")
 
     def leave(self, ticket: Ticket) -> None:
         """The request is over; give back its queue place if it never started."""
@@ -234,7 +244,9 @@ class Gate:
                 job.future.set_exception(exc)
             else:
                 job.future.set_result(result)
-            self.metrics.work.observe(time.perf_counter() - now)
+            took = time.perf_counter() - now
+            self.metrics.work.observe(took)
+            self._work_s = took if not self._work_s else 0.9 * self._work_s + 0.1 * took
 
     def client_gone(self) -> Shed:
         """The exception for a request whose client left while it was scored (raise it before
