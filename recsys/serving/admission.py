@@ -16,6 +16,12 @@ does; what it can choose is where requests wait and which ones it gives up on. D
   ``n`` take longer than ``serve.max_queue_delay_ms`` is answered 503 at once too, before its
   body is read or parsed: under overload most doomed requests then cost the replica almost
   nothing, instead of a parse and a wait before the same 503.
+* **Shed while the event loop runs late** (``loop_lag``): when the replica's process is short
+  of CPU (or of the GIL), requests wait in the socket before the app sees them, where no queue
+  above can count them. A timer on the event loop measures how late it runs; while that lag
+  exceeds half of ``serve.max_queue_delay_ms``, new scoring requests get a 503 at once, before
+  their body is read, which gives the loop back the time their scoring would take, so it
+  catches up (and ``/metrics`` and health are answered again) instead of falling further behind.
 * **A bounded wait** (``serve.max_queue_delay_ms``): a request that has waited longer while
   others wait too is answered 503 without being scored or logged (``queue_delay``), as soon as
   the scoring thread is free, so no client waits much past the budget for a 503. The last one
@@ -42,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
 import time
@@ -100,6 +107,38 @@ class Ticket:
         return not self.gone
 
 
+class LoopLag:
+    """How late the event loop runs a short timer (seconds): the wait a request meets before
+    the app sees it, which no queue inside the app can count. Started on the loop it measures."""
+
+    PERIOD_S = 0.005
+
+    def __init__(self) -> None:
+        self.lag_s = 0.0
+        self._task: asyncio.Task | None = None
+
+    def watch(self) -> None:
+        """Start measuring on the running event loop (once)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._measure())
+
+    async def _measure(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(self.PERIOD_S)
+            late = loop.time() - started - self.PERIOD_S
+            # a late tick counts at once; the lag then decays (halving every ~3 ticks)
+            self.lag_s = max(late, 0.8 * self.lag_s)
+
+    def stop(self) -> None:
+        """Stop measuring (from any thread)."""
+        task = self._task
+        if task is not None and not task.done():
+            with contextlib.suppress(RuntimeError):  # its loop is already closed
+                task.get_loop().call_soon_threadsafe(task.cancel)
+
+
 @dataclass(eq=False)
 class _Job:
     ticket: Ticket
@@ -123,8 +162,14 @@ class Gate:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._work_s = 0.0  # exponential average of the work time per request (0: none yet)
+        self.loop_lag = LoopLag()
         self.inline = os.environ.get(INLINE_ENV) == "1"
         metrics.bind_queue(lambda: self._waiting)
+
+    @property
+    def work_s(self) -> float:
+        """The recent work time per request (an exponential average; 0 before the first)."""
+        return self._work_s
 
     @property
     def waiting(self) -> int:
@@ -136,6 +181,11 @@ class Gate:
         """Admit a request now (its queue place is held until it starts or ends), or raise
         :class:`Shed`: ``queue_full`` when ``max_queued_requests`` are already waiting,
         ``expected_delay`` when those waiting would take over ``max_queue_delay_ms``."""
+        lag_s = self.loop_lag.lag_s
+        if lag_s > self.lifo_after_s:
+            raise self._shed("loop_lag", f"the replica's event loop runs {1e3 * lag_s:.0f} ms "
+                             f"late (more than half of serve.max_queue_delay_ms = "
+                             f"{1e3 * self.max_delay_s:.0f})")
         with self._cond:
             waiting, expected_s = self._waiting, self._waiting * self._work_s
             if waiting < self.max_queued and expected_s <= self.max_delay_s:
@@ -180,6 +230,7 @@ class Gate:
 
     def close(self) -> None:
         """Stop the scoring thread after the jobs already queued."""
+        self.loop_lag.stop()
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -278,6 +329,7 @@ class Admission:
             await self.asgi(scope, receive, send)
             return
         gate: Gate = service.gate
+        gate.loop_lag.watch()
         try:
             ticket = gate.enter()
         except Shed as shed:

@@ -8,6 +8,7 @@
   for the scoring thread; ``recsys_serve_shed_total{reason}``: requests answered 503 by
   admission control, ``queue_full`` (``serve.max_queued_requests`` were waiting),
   ``expected_delay`` (those waiting would take over ``serve.max_queue_delay_ms`` to score),
+  ``loop_lag`` (the event loop ran over half that budget late: requests wait before the app),
   ``queue_delay`` (it waited over ``serve.max_queue_delay_ms``), ``client_gone`` (its client
   disconnected before it was scored: not scored, not logged); ``recsys_serve_queued_requests``:
   admitted, not started yet; ``recsys_serve_work_seconds`` (histogram): time on the scoring
@@ -33,7 +34,7 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.0
                      0.5, 1.0, 2.5)
 QUEUE_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                    0.5, 1.0)
-SHED_REASONS = ("queue_full", "expected_delay", "queue_delay", "client_gone")
+SHED_REASONS = ("queue_full", "expected_delay", "loop_lag", "queue_delay", "client_gone")
 
 
 class ServingMetrics:
@@ -54,8 +55,8 @@ class ServingMetrics:
                               "request (scoring, logging, serialising)",
                               buckets=QUEUE_BUCKETS_S, registry=r)
         self.shed = Counter("recsys_serve_shed", "Requests answered 503 by admission control, "
-                            "by reason (queue_full, expected_delay, queue_delay, client_gone)",
-                            ["reason"], registry=r)
+                            "by reason (queue_full, expected_delay, loop_lag, queue_delay, "
+                            "client_gone)", ["reason"], registry=r)
         for reason in SHED_REASONS:  # present (at 0) from the first scrape
             self.shed.labels(reason)
         self._queued = Gauge("recsys_serve_queued_requests", "Scoring requests admitted and "

@@ -60,18 +60,43 @@ async def hold(g: Gate) -> tuple[threading.Event, asyncio.Task]:
 
 
 def test_requests_that_would_wait_past_the_budget_are_shed_at_the_door() -> None:
-    g = gate(max_queued=100, max_delay_ms=50)
+    g = gate(max_queued=100, max_delay_ms=200)
     try:
-        assert asyncio.run(g.run(g.enter(), lambda: time.sleep(0.03) or 1)) == 1  # ~30 ms each
-        first, second = g.enter(), g.enter()  # 0 and ~30 ms of work ahead: within 50 ms
+        assert asyncio.run(g.run(g.enter(), lambda: time.sleep(0.03) or 1)) == 1
+        fit = int(0.2 // g.work_s) + 1  # n waiting are admitted while n × work ≤ 200 ms
+        assert g.work_s >= 0.03 and fit >= 1
+        admitted = [g.enter() for _ in range(fit)]
         with pytest.raises(Shed) as shed:
-            g.enter()  # ~60 ms of work ahead
-        assert shed.value.reason == "expected_delay" and "max_queue_delay_ms = 50" in str(
+            g.enter()
+        assert shed.value.reason == "expected_delay" and "max_queue_delay_ms = 200" in str(
             shed.value)
-        assert shed_count(g.metrics, "expected_delay") == 1 and g.waiting == 2
-        g.leave(first)
-        g.leave(second)
+        assert shed_count(g.metrics, "expected_delay") == 1 and g.waiting == fit
+        for ticket in admitted:
+            g.leave(ticket)
         assert g.enter() is not None  # room again once they are gone
+    finally:
+        g.close()
+
+
+def test_a_late_event_loop_is_measured_and_sheds_new_requests_at_the_door() -> None:
+    g = gate(max_queued=100, max_delay_ms=50)
+
+    async def block_the_loop() -> float:
+        g.loop_lag.watch()
+        await asyncio.sleep(0.02)
+        time.sleep(0.08)  # what a starved process looks like from its event loop
+        await asyncio.sleep(0.01)
+        return g.loop_lag.lag_s
+
+    try:
+        assert g.enter() is not None  # on time: admitted
+        assert asyncio.run(block_the_loop()) >= 0.05
+        with pytest.raises(Shed) as shed:
+            g.enter()
+        assert shed.value.reason == "loop_lag" and "max_queue_delay_ms = 50" in str(shed.value)
+        assert shed_count(g.metrics, "loop_lag") == 1
+        g.loop_lag.lag_s = 0.0  # caught up: admitted again
+        assert g.enter() is not None
     finally:
         g.close()
 
