@@ -55,7 +55,11 @@ def live(kafka_bootstrap, ray_session, tmp_path_factory):
                        dim=sim.n_features, partitions=2, policies=policies, lake=True,
                        stream={"shards": 2, "batch_size": 2000, "window_ms": 1000,
                                "allowed_lateness_ms": 0},
-                       serve={"traffic": "ts=0.5,uniform=0.5"}) as (stack, topics):
+                       # nothing shed: a 503's Retry-After would delay a round's clicks past
+                       # the 1 s attribution window and bias IPS low (shedding has its own
+                       # tests, tests/serving/test_overload.py); fuzzing expects no 5xx either
+                       serve={"traffic": "ts=0.5,uniform=0.5",
+                              "max_queue_delay_ms": 30_000}) as (stack, topics):
         yield stack, sim, topics, tmp
 
 
