@@ -20,6 +20,7 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,30 @@ def _assert_a_whole_stack(processes: dict[int, tuple[int, str]]) -> None:
         assert part in commands, f"no {part} among the run's processes: {commands[:2000]}"
 
 
+class _Run:
+    """A command run by a test: its process, the processes of the stack it started (recorded
+    once up), and those still alive after it ended (filled on the way out)."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.process = process
+        self.stack: dict[int, tuple[int, str]] = {}
+        self.left: list[str] = []
+
+
+@contextlib.contextmanager
+def _running(tmp_path: Path, mark: str, *command: str) -> Iterator[_Run]:
+    """Start ``recsys COMMAND``; on the way out kill it if still running, note which of its
+    stack's processes outlived it (``left``) and kill those, so no test leaves any behind."""
+    run = _Run(_start(tmp_path, mark, *command))
+    try:
+        yield run
+    finally:
+        if run.process.poll() is None:
+            run.process.kill()
+        run.left = _survivors(run.stack)
+        _kill_all(run.stack)
+
+
 def _no_crash_dump(text: str) -> None:
     dumps = [line for line in text.splitlines() if any(dump in line for dump in CRASH_DUMP)]
     assert not dumps, text
@@ -169,10 +194,9 @@ def _no_crash_dump(text: str) -> None:
 def test_sigterm_stops_serve_in_order_with_a_last_checkpoint_and_leaves_no_process(
         tmp_path) -> None:
     mark, port = uuid.uuid4().hex, free_port()
-    server = _start(tmp_path, mark, "serve", "--port", str(port), "--no-lake")
-    stdout = _Stdout(server)
-    processes: dict[int, tuple[int, str]] = {}
-    try:
+    with _running(tmp_path, mark, "serve", "--port", str(port), "--no-lake") as run:
+        server = run.process
+        stdout = _Stdout(server)
         deadline = time.monotonic() + 150
         while True:
             assert server.poll() is None, (tmp_path / "stderr").read_text()
@@ -183,18 +207,14 @@ def test_sigterm_stops_serve_in_order_with_a_last_checkpoint_and_leaves_no_proce
                 pass
             assert time.monotonic() < deadline, "recsys serve never became healthy"
             time.sleep(0.5)
-        processes = _processes_of(server.pid, mark)
-        _assert_a_whole_stack(processes)
-        assert "haproxy" in " ".join(cmd for _, cmd in processes.values())
-        kafka_dir = _kafka_data_dir(processes)
+        run.stack = _processes_of(server.pid, mark)
+        _assert_a_whole_stack(run.stack)
+        assert "haproxy" in " ".join(cmd for _, cmd in run.stack.values())
+        kafka_dir = _kafka_data_dir(run.stack)
         signalled_ms = time.time() * 1000
         server.send_signal(signal.SIGTERM)
         out = stdout.rest(timeout_s=120)
-    finally:
-        if server.poll() is None:
-            server.kill()
-        left = _survivors(processes)
-        _kill_all(processes)
+    left = run.left
     err = (tmp_path / "stderr").read_text()
     assert server.returncode == 0, out + err
     _no_crash_dump(out + err)
@@ -214,23 +234,18 @@ def test_sigterm_stops_serve_in_order_with_a_last_checkpoint_and_leaves_no_proce
 def test_ctrl_c_stops_stream_and_a_second_one_forces_the_exit_killing_every_child(
         tmp_path) -> None:
     mark = uuid.uuid4().hex
-    stream = _start(tmp_path, mark, "stream", "--no-lake")
-    stdout = _Stdout(stream)
-    processes: dict[int, tuple[int, str]] = {}
-    try:
+    with _running(tmp_path, mark, "stream", "--no-lake") as run:
+        stream = run.process
+        stdout = _Stdout(stream)
         stdout.until("recsys stream: kafka", timeout_s=150)
-        processes = _processes_of(stream.pid, mark)
-        _assert_a_whole_stack(processes)
-        kafka_dir = _kafka_data_dir(processes)
+        run.stack = _processes_of(stream.pid, mark)
+        _assert_a_whole_stack(run.stack)
+        kafka_dir = _kafka_data_dir(run.stack)
         os.killpg(stream.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole group
         stdout.until("recsys stream: SIGINT received", timeout_s=30)
         os.killpg(stream.pid, signal.SIGINT)  # again, while it stops
         out = stdout.rest(timeout_s=60)
-    finally:
-        if stream.poll() is None:
-            stream.kill()
-        left = _survivors(processes)
-        _kill_all(processes)
+    left = run.left
     err = (tmp_path / "stderr").read_text()
     assert stream.returncode == 128 + signal.SIGINT, out + err
     _no_crash_dump(out + err)
