@@ -8,11 +8,12 @@ TORCH_VERSION := 2.13.0
 KAFKA_LIB := infra/kafka/lib
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup kafka-jars lint bench clean distclean help
+.PHONY: demo test test-faults setup kafka-jars lint bench clean distclean help
 
 help:
 	@echo "make demo   - set up and run the end-to-end demo on embedded Kafka, Ray and mlflow"
 	@echo "make test   - set up and run the test suite (real Kafka broker, Ray and mlflow store)"
+	@echo "make test-faults - the fault-injection checks (broker kills, outages, a 3-broker cluster)"
 	@echo "make lint   - ruff"
 	@echo "make bench  - benchmark scripts under tests/benchmarks (peers in their own venv)"
 
@@ -20,7 +21,11 @@ demo: setup
 	$(BIN)/recsys demo
 
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not faults" $(PYTEST_ARGS)
+
+# Minutes of broker kills, outages and a three-broker cluster: kept out of `make test`, run by CI.
+test-faults: setup
+	$(BIN)/python -m pytest -m faults $(PYTEST_ARGS)
 
 setup: $(VENV)/.stamp-install $(KAFKA_LIB)/.stamp
 

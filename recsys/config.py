@@ -51,6 +51,9 @@ class KafkaSettings:
     partitions: int = 4
     replication_factor: int = 1
     compression: str = "lz4"
+    # The client library of the hot readers and producers (streaming actors, serving):
+    # "confluent" (librdkafka) or "kafka-python". Admin and metadata calls use kafka-python.
+    client: str = "kafka-python"
     # Embedded broker only.
     jars_dir: Path | None = None
     heap: str = "512m"
@@ -154,6 +157,18 @@ class StreamSettings:
     register_every_s: float = 0.0
     registered_model: str = "recsys-bandit"
     context_clip_norm: float = 1000.0
+    # Supervision (streaming.supervisor): how long one actor call may take before the actor is
+    # declared frozen and replaced; how long Kafka may be unreachable before the pipeline gives
+    # up; how long a reader may stand still while its partitions hold unread records before it
+    # is rebuilt; the backoff between failed recoveries (doubling from the first to the max).
+    actor_call_timeout_s: float = 30.0
+    kafka_outage_budget_s: float = 600.0
+    stuck_reader_s: float = 30.0
+    recovery_backoff_s: float = 0.5
+    recovery_backoff_max_s: float = 15.0
+    # Prefix of the Kafka transactional ids of the pipeline's producers (rewards, dead letters):
+    # one id per role and index, so a replaced actor fences its predecessor.
+    transactional_id_prefix: str = "recsys"
 
     def rewards(self) -> dict[str, float]:
         """``reward_mapping`` as ``{event_type: reward}``."""
@@ -519,6 +534,7 @@ def _validate(settings: Settings) -> None:
     _at_least("kafka.partitions", k.partitions, 1)
     _at_least("kafka.replication_factor", k.replication_factor, 1)
     _one_of("kafka.compression", k.compression, ("none", "gzip", "lz4", "zstd", "snappy"))
+    _one_of("kafka.client", k.client, ("confluent", "kafka-python"))
     _positive("kafka.startup_timeout_s", k.startup_timeout_s)
     _validate_stream(settings.stream)
     _validate_serve(settings.serve)
@@ -541,6 +557,11 @@ def _validate_stream(stream: StreamSettings) -> None:
     _positive("stream.checkpoint_interval_s", stream.checkpoint_interval_s)
     _at_least("stream.register_every_s", stream.register_every_s, 0, "a number")
     _positive("stream.context_clip_norm", stream.context_clip_norm)
+    for name in ("actor_call_timeout_s", "kafka_outage_budget_s", "stuck_reader_s",
+                 "recovery_backoff_s", "recovery_backoff_max_s"):
+        _positive(f"stream.{name}", getattr(stream, name))
+    if not stream.transactional_id_prefix:
+        raise ConfigError(message("stream.transactional_id_prefix", "a non-empty string", "''"))
     _one_of("stream.update_mode", stream.update_mode, ("fresh", "window"))
     _one_of("stream.layout", stream.layout, ("dense", "graph"))
     if stream.layout == "graph" and stream.graph_file is None:

@@ -40,6 +40,7 @@ class EventProducer:
         linger_ms: int = 5,
         batch_size: int = 256 * 1024,
         delivery_timeout_ms: int = 120_000,
+        transactional_id: str | None = None,
         **client_options: object,
     ) -> None:
         overridden = sorted(set(IDEMPOTENT_SETTINGS) & set(client_options))
@@ -56,8 +57,13 @@ class EventProducer:
             batch_size=batch_size,
             delivery_timeout_ms=delivery_timeout_ms,
             **IDEMPOTENT_SETTINGS,
+            **({} if transactional_id is None else {"transactional_id": transactional_id}),
             **client_options,
         )
+        self.transactional_id = transactional_id
+        self.in_transaction = False
+        if transactional_id is not None:  # fences a predecessor with this id, aborts its open one
+            self._producer.init_transactions()
         self.sent = 0
         self.acked = 0
         self.failed = 0
@@ -121,6 +127,34 @@ class EventProducer:
             raise RuntimeError(
                 f"{self.failed} records were not delivered; first error: {errors[0]!r}"
             )
+
+    # -- transactions (only with ``transactional_id``) -----------------------------------------
+
+    def begin(self) -> None:
+        """Start a transaction: what is sent until :meth:`commit` is invisible to
+        ``read_committed`` readers, and discarded by :meth:`abort` or a successor's fencing."""
+        self._transactional("begin")
+        self._producer.begin_transaction()
+        self.in_transaction = True
+
+    def commit(self) -> None:
+        """Flush and commit the open transaction (a no-op without one)."""
+        self._transactional("commit")
+        if self.in_transaction:
+            self.flush()
+            self._producer.commit_transaction()
+            self.in_transaction = False
+
+    def abort(self) -> None:
+        """Discard the open transaction (a no-op without one)."""
+        self._transactional("abort")
+        if self.in_transaction:
+            self._producer.abort_transaction()
+            self.in_transaction = False
+
+    def _transactional(self, what: str) -> None:
+        if self.transactional_id is None:
+            raise RuntimeError(f"{what}: this producer has no transactional_id")
 
     def close(self, timeout_s: float = 30.0) -> None:
         try:

@@ -64,6 +64,8 @@ class EventConsumer:
         expected_types: Mapping[str, type] | None = None,
         dead_letter_producer: EventProducer | None = None,
         max_partition_fetch_bytes: int = 8 * 1024 * 1024,
+        isolation_level: str = "read_committed",
+        dead_letter: bool = True,
         **client_options: object,
     ) -> None:
         self.assignment = [TopicPartition(topic, p) for topic, p in partitions]
@@ -82,10 +84,12 @@ class EventConsumer:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=max_partition_fetch_bytes,
             fetch_max_bytes=64 * 1024 * 1024,
+            isolation_level=isolation_level,
             **client_options,
         )
         self._consumer.assign(self.assignment)
         self.dead_letter_topic = dead_letter_topic
+        self.dead_letter = dead_letter  # False: another role owns this topic's dead letters
         self._owns_dlq = dead_letter_producer is None
         self._dlq = dead_letter_producer or EventProducer(bootstrap, **client_options)
         self.consumed = 0
@@ -252,9 +256,10 @@ class EventConsumer:
         reason = (
             str(exc) if isinstance(exc, EventValidationError) else f"{type(exc).__name__}: {exc}"
         )
-        self._dlq.send_dead_letter(self.dead_letter_topic, source_topic=topic,
-                                   partition=partition, offset=offset, key=key, value=value,
-                                   reason=reason)
+        if self.dead_letter:
+            self._dlq.send_dead_letter(self.dead_letter_topic, source_topic=topic,
+                                       partition=partition, offset=offset, key=key, value=value,
+                                       reason=reason)
         self.dead_lettered += 1
         self.dead_letter_reasons[reason.split(":", 1)[0]] += 1
 
