@@ -63,6 +63,7 @@ class Joiner(ConsumingActor):
         dead_letter_topic: str = DEAD_LETTER,
         idle_timeout_s: float | None = None,
         client_options: Mapping[str, object] | None = None,
+        transactional_id: str | None = None,
     ) -> None:
         self._partitions = sorted({int(p) for p in partitions})
         if not self._partitions:
@@ -73,7 +74,7 @@ class Joiner(ConsumingActor):
         self._dead_letter_topic = dead_letter_topic
         self._idle_timeout_s = idle_timeout_s
         options = dict(client_options or {})
-        self._producer = EventProducer(bootstrap, **options)
+        self._producer = EventProducer(bootstrap, transactional_id=transactional_id, **options)
         # both topics of each co-partition
         self._assignment = [(topic, p) for p in self._partitions for topic in self._topics.values()]
         self._consumer = EventConsumer(
@@ -147,7 +148,7 @@ class Joiner(ConsumingActor):
         """Stop reading; returns the offsets and the core's state arrays, with every reward and
         dead letter for the records before those offsets acknowledged by the broker."""
         self._paused = True
-        self._producer.flush()
+        self._commit_output()
         return self.positions(), self.core.state_arrays()
 
     def restore(self, offsets: Mapping[tuple[str, int], int],
@@ -162,8 +163,10 @@ class Joiner(ConsumingActor):
                 "with"
             )
         core = self.core if state is None else EventTimeJoiner.from_state_arrays(state)
+        self._abort_output()
         self._consumer.seek(offsets)
         self.core = core
+        self._begin_output()
 
     def counters(self) -> dict[str, int]:
         """Counters: the core's (events, joins, rejections by reason), records sent, records
@@ -179,7 +182,7 @@ class Joiner(ConsumingActor):
     def close(self) -> None:
         """Make everything sent durable and close the Kafka clients."""
         try:
-            self._producer.flush()
+            self._close_output()
         finally:
             self._consumer.close()
             self._producer.close()

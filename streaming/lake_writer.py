@@ -100,6 +100,7 @@ class LakeWriter(ConsumingActor):
         compression: str = "zstd",
         filesystem: Any = None,
         client_options: Mapping[str, object] | None = None,
+        transactional_id: str | None = None,
     ) -> None:
         topics = {"impressions": impressions_topic, "feedback": feedback_topic,
                   "rewards": rewards_topic}
@@ -117,7 +118,7 @@ class LakeWriter(ConsumingActor):
             filesystem=filesystem,
         )
         options = dict(client_options or {})
-        self._producer = EventProducer(bootstrap, **options)
+        self._producer = EventProducer(bootstrap, transactional_id=transactional_id, **options)
         self._consumer = EventConsumer(
             bootstrap,
             self._assignment,
@@ -158,7 +159,6 @@ class LakeWriter(ConsumingActor):
         is in the lake (equal to ``positions()``), with every dead letter acknowledged."""
         self._paused = True
         self._send_rejected(self.sink.take_rejected())
-        self._producer.flush()
         positions = self.positions()
         durable = self.sink.flush(until=positions)
         mine = {tp: durable.get(tp) for tp in self._assignment}
@@ -167,6 +167,7 @@ class LakeWriter(ConsumingActor):
                 f"pause: the lake is durable up to {mine} but the reader stands at {positions}; "
                 "a record was read without reaching the sink (a bug)"
             )
+        self._commit_output()  # after the lake: a failed flush leaves the dead letters to abort
         return positions
 
     def restore(self, offsets: Mapping[tuple[str, int], int]) -> RestoreReport:
@@ -184,8 +185,11 @@ class LakeWriter(ConsumingActor):
         negative = {tp: o for tp, o in given.items() if o < 0}
         if negative:
             raise ValueError(message("offsets", "offsets >= 0", negative))
+        self._abort_output()
         self._consumer.seek(given)
-        return self.sink.restore(given)
+        report = self.sink.restore(given)
+        self._begin_output()
+        return report
 
     def counters(self) -> LakeWriterCounters:
         """Counters since start: records read, written, files, rejected and dead-lettered."""
@@ -210,7 +214,7 @@ class LakeWriter(ConsumingActor):
         """Make the dead letters sent durable and close the Kafka clients. Buffers are not
         written: call ``pause`` first to make everything read durable."""
         try:
-            self._producer.flush()
+            self._close_output()
         finally:
             try:
                 self._consumer.close()

@@ -360,6 +360,7 @@ class Learner(ConsumingActor):
         dead_letter_topic: str = DEAD_LETTER,
         expected_types: Mapping[str, type] | None = None,
         client_options: Mapping[str, object] | None = None,
+        transactional_id: str | None = None,
     ) -> None:
         self._assignment = [(topic, int(p)) for topic, p in assignment]
         if len(set(self._assignment)) != len(self._assignment):
@@ -379,7 +380,8 @@ class Learner(ConsumingActor):
         self._max_in_flight = int(max_in_flight)
         options = dict(client_options or {})
         self._dead_letter_topic = dead_letter_topic
-        self._producer = EventProducer(bootstrap, **options)  # undecodable and refused records
+        # undecodable and refused records; transactional with an id (streaming.reading)
+        self._producer = EventProducer(bootstrap, transactional_id=transactional_id, **options)
         self._consumer = EventConsumer(
             bootstrap, self._assignment, dead_letter_topic=dead_letter_topic,
             expected_types=expected_types, dead_letter_producer=self._producer, **options,
@@ -443,7 +445,7 @@ class Learner(ConsumingActor):
         positions, which with ``state_arrays`` and the shards' checkpoints form a cut."""
         self._paused = True
         self.flush()
-        self._consumer.flush()
+        self._commit_output()
         return self.positions()
 
     def state_arrays(self) -> dict[str, NDArray[Any]]:
@@ -459,9 +461,11 @@ class Learner(ConsumingActor):
             raise ValueError(
                 "restore: the checkpoint's partitions do not match this learner's assignment "
                 f"(missing {missing}, not assigned here {extra})")
+        self._abort_output()
         if state is not None:
             self.core.load_state(state)
         self._consumer.seek(offsets)
+        self._begin_output()
 
     def counters(self) -> dict[str, Any]:
         """Counters: events, deltas sent, rejections by reason, open requests, dead letters
@@ -479,7 +483,7 @@ class Learner(ConsumingActor):
         """Flush deltas and dead letters and close the Kafka clients."""
         try:
             self.flush()
-            self._producer.flush()
+            self._close_output()
         finally:
             try:
                 self._consumer.close()

@@ -6,6 +6,15 @@ checkpoint must flush (their own ``pause``/``restore``). This base
 gives them one ``step`` (one poll), one ``drain`` (read up to given offsets, never past them, in
 time slices so a coordinator's ``pause`` gets in between), the offset queries, ``resume``, and the
 ownership check, so the checkpoint coordinator drives all of them the same way.
+
+Transactions: an actor built with a ``transactional_id`` owns one transactional ``EventProducer``
+for everything it produces (rewards, dead letters). A transaction is open while it reads: begun by
+``restore`` and ``resume`` (and before any read or send that finds none open), committed by the
+subclass's ``pause`` through ``_commit_output`` (the checkpoint's barrier), aborted by ``restore``
+(what was produced since the checkpoint is replayed) and by ``close`` unless paused. A replaced
+actor's open transaction is aborted by its successor's ``init_transactions`` (same id, fencing), so
+``read_committed`` readers never see a record twice. Without an id: idempotent sends, flushed at
+``pause`` (at least once across recoveries).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from recsys.producer import EventProducer
 from recsys.validation import message
 from streaming.consumer import ConsumedEvent, EventConsumer
 
@@ -35,13 +45,16 @@ class DrainProgress:
 class ConsumingActor:
     """Base of the actors that read their own partitions (see the module docs).
 
-    Subclasses set ``role`` (used in messages), ``_assignment``, ``_consumer`` and ``_paused``,
-    and implement ``_handle(batch)``.
+    Subclasses set ``role`` (used in messages), ``_assignment``, ``_consumer``, ``_producer``
+    (their one producer, shared with the consumer for dead letters) and ``_paused``, and
+    implement ``_handle(batch)``; their ``pause`` ends with ``_commit_output``, their ``restore``
+    starts with ``_abort_output`` and ends with ``_begin_output``.
     """
 
     role = "reader"
     _assignment: list[tuple[str, int]]
     _consumer: EventConsumer
+    _producer: EventProducer
     _paused: bool
     busy_s: float = 0.0
 
@@ -55,6 +68,7 @@ class ConsumingActor:
         if self._paused:
             return 0
         started = time.perf_counter()
+        self._begin_output()
         batch = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         self._handle(batch)
         self.busy_s += time.perf_counter() - started
@@ -66,6 +80,8 @@ class ConsumingActor:
         call again until ``done`` (a bounded replay). Reads nothing while paused."""
         self._check_owned("until", until)
         started = time.perf_counter()
+        if not self._paused:
+            self._begin_output()
         while (not self._paused and time.perf_counter() - started < max_seconds
                and not self._consumer.reached(until)):
             self._handle(self._consumer.poll(timeout_ms=100, max_records=max_records,
@@ -92,11 +108,49 @@ class ConsumingActor:
         self._consumer.seek(offsets)
 
     def resume(self) -> None:
-        """Read again after ``pause``."""
+        """Read again after ``pause`` (in a new transaction, with a transactional id)."""
         self._paused = False
+        self._begin_output()
 
     def is_paused(self) -> bool:
         return self._paused
+
+    # -- output transactions (module docs) -----------------------------------------------------
+
+    @property
+    def transactional(self) -> bool:
+        """Whether this actor's output is written in transactions (it has a transactional id)."""
+        return self._producer.transactional_id is not None
+
+    def _begin_output(self) -> None:
+        """Open a transaction for what is produced next, unless one is open (or no id)."""
+        if self.transactional and not self._producer.in_transaction:
+            self._producer.begin()
+
+    def _commit_output(self) -> None:
+        """Make everything produced so far durable and visible: commit the open transaction
+        (flushing first), or flush without an id. A failure raises: the checkpoint fails and
+        the actor's successor aborts what this one left open."""
+        if self.transactional:
+            self._producer.commit()
+        else:
+            self._producer.flush()
+
+    def _abort_output(self) -> None:
+        """Discard what was produced in the open transaction (a rollback replays it)."""
+        if self.transactional:
+            self._producer.abort()
+
+    def _close_output(self) -> None:
+        """On ``close``: commit what is open if paused (a checkpoint's cut covers it), else
+        abort it (records past the last cut are replayed by whoever restores it); flush
+        without an id."""
+        if not self.transactional:
+            self._producer.flush()
+        elif self._paused:
+            self._producer.commit()
+        else:
+            self._producer.abort()
 
     def _check_owned(self, name: str, offsets: Mapping[tuple[str, int], int]) -> None:
         foreign = sorted(set(offsets) - set(self._assignment))
