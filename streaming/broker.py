@@ -8,6 +8,9 @@ It runs the real ``kafka.Kafka`` from the jars that Maven resolves into ``infra/
   metadata; if the JVM dies first, the error carries the tail of its log.
 - ``stop`` sends SIGTERM (controlled shutdown), escalates to SIGKILL after a timeout, and waits
   until the port is closed.
+- ``kill`` is a crash (SIGKILL, nothing cleaned up, as fault-injection tests want); ``start``
+  after it restarts on the same data directory (the KRaft storage is not formatted again: its
+  ``meta.properties`` is kept) and on the same ports, so clients of the killed broker reconnect.
 - No JVM outlives its owner: an in-process broker is stopped by ``atexit`` and context managers, and
   the JVM is started with ``PR_SET_PDEATHSIG`` so the kernel kills it if the parent crashes. It runs
   in its own session, so Ctrl-C reaches Python, which then stops it in order; a forced exit
@@ -149,6 +152,7 @@ class EmbeddedKafka:
         self.startup_seconds: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._forget_data_dir: Callable[[], None] | None = None
+        self._killed = False  # a restart after kill() must come back on the same ports
 
     @classmethod
     def from_settings(
@@ -284,6 +288,8 @@ class EmbeddedKafka:
             return self
         started = time.monotonic()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._killed:  # a crash restart: same ports, or fail (never a new address)
+            self._reclaim_ports()
         # A restart keeps its address when it can, so clients of the stopped broker reconnect.
         if self.port is None or port_open(self.port):
             self.port = free_port()
@@ -306,6 +312,7 @@ class EmbeddedKafka:
         finally:
             stdout.close()
         if not self.detached:
+            atexit.unregister(self.stop)  # once, however often it is restarted
             atexit.register(self.stop)
         if self._temporary and self._forget_data_dir is None:  # a forced exit skips stop()
             self._forget_data_dir = at_forced_exit(
@@ -316,9 +323,37 @@ class EmbeddedKafka:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - started
+        self._killed = False
         if self.detached:
             self._write_state()
         return self
+
+    def _reclaim_ports(self, timeout_s: float = 10.0) -> None:
+        """Wait until the killed JVM's ports are free again; a port taken by another process is
+        an error, since a broker that comes back elsewhere is not the one its clients knew."""
+        taken = [p for p in (self.port, self.controller_port) if p is not None]
+        deadline = time.monotonic() + timeout_s
+        while taken and time.monotonic() < deadline:
+            taken = [p for p in taken if port_open(p)]
+            if taken:
+                time.sleep(0.1)
+        if taken:
+            raise BrokerError(
+                f"cannot restart the killed broker on its ports: {taken} are in use by another "
+                f"process {timeout_s:.0f}s after the kill; free them, or stop() and start() it "
+                "to take new ports")
+
+    def kill(self) -> None:
+        """SIGKILL the JVM, as a crash would: no controlled shutdown, the data directory (and a
+        temporary one) is left as it is. ``start`` restarts it on the same directory and ports;
+        ``stop`` still cleans up."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        self._killed = True
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.wait(timeout=30)  # reaped: the kernel has closed its sockets
 
     def _wait_until_ready(self, started: float) -> None:
         deadline = started + self.startup_timeout_s
@@ -347,6 +382,7 @@ class EmbeddedKafka:
     def stop(self, timeout_s: float = 20.0) -> None:
         """Stop the JVM (SIGTERM, then SIGKILL), wait for its port to close, drop temporary data."""
         process, self._process = self._process, None
+        self._killed = False
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
         if process is not None and process.poll() is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -154,3 +155,50 @@ def test_cluster_ids_never_look_like_flags() -> None:
     ids = [random_cluster_id() for _ in range(5_000)]
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_a_killed_broker_restarts_on_its_data_and_ports(tmp_path: Path) -> None:
+    """kill() is a crash (SIGKILL, nothing cleaned up); start() again keeps the KRaft storage
+    (not formatted again), the ports, and the records written before the kill."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    from streaming.topics import cluster_layout, ensure_topics
+
+    broker = EmbeddedKafka(data_dir=tmp_path / "kafka").start()
+    try:
+        port, controller_port, pid = broker.port, broker.controller_port, broker.pid
+        meta = (tmp_path / "kafka" / "data" / "meta.properties").read_text()
+        cluster_id = cluster_layout(broker.bootstrap, []).cluster_id
+        ensure_topics(broker.bootstrap, {"kept": 1})
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+        for i in range(10):
+            producer.send("kept", f"r{i}".encode())
+        producer.flush()
+        producer.close()
+
+        broker.kill()
+        assert pid_gone(pid, timeout_s=1) and not broker.is_running()
+        assert (tmp_path / "kafka" / "data" / "meta.properties").read_text() == meta
+        assert not port_open(port)
+
+        broker.start()
+        assert (broker.port, broker.controller_port) == (port, controller_port)
+        assert broker.pid != pid
+        assert (tmp_path / "kafka" / "data" / "meta.properties").read_text() == meta
+        assert cluster_layout(broker.bootstrap, []).cluster_id == cluster_id
+        consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap)
+        tp = TopicPartition("kept", 0)
+        assert consumer.end_offsets([tp])[tp] == 10
+        consumer.close()
+
+        broker.kill()  # and another process takes its port: no silent move to a new address
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
+            with pytest.raises(BrokerError, match=rf"ports: \[{port}\] are in use"):
+                broker.start()
+        assert not broker.is_running()
+    finally:
+        broker.stop()
+    assert not port_open(port)
+
