@@ -12,8 +12,10 @@ that stop at the last stable offset, idempotent and transactional sends, and mur
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import confluent_kafka
 from kafka.errors import KafkaError as KafkaPythonError
@@ -162,3 +164,511 @@ def _confluent_transient(error: Any) -> bool:
     )}
     transient.discard(None)
     return code in transient
+
+
+def is_fenced(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its explicit cause) says a successor with the same transactional id
+    took over: this producer's actor must be replaced, never retried."""
+    current: BaseException | None = exc
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if type(current).__name__ in _FENCED_NAMES:
+            return True
+        error = _confluent_error(current)
+        if error is not None and error is not _UNKNOWN and error.code() in _confluent_fenced():
+            return True
+        current = current.__cause__
+    return False
+
+
+def _confluent_fenced() -> set[int]:
+    names = ("_FENCED", "PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH", "FENCED_INSTANCE_ID",
+             "TRANSACTION_COORDINATOR_FENCED")
+    return {getattr(confluent_kafka.KafkaError, n) for n in names
+            if hasattr(confluent_kafka.KafkaError, n)}
+
+
+# -- consumers ----------------------------------------------------------------------------------
+
+TP = tuple[str, int]
+# librdkafka's "no offset yet" (a partition's position before its first record is consumed)
+_OFFSET_INVALID = confluent_kafka.OFFSET_INVALID
+
+
+@dataclass(slots=True)
+class PartitionRecords:
+    """One partition's records from one poll, in offset order, as columns (bulk decoders take
+    ``values`` whole)."""
+
+    topic: str
+    partition: int
+    offsets: list[int]
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    timestamps: list[int]
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def head(self, n: int) -> PartitionRecords:
+        """The first ``n`` records."""
+        return PartitionRecords(self.topic, self.partition, self.offsets[:n], self.keys[:n],
+                                self.values[:n], self.timestamps[:n])
+
+
+class ConsumerClient(Protocol):
+    """What ``streaming.consumer.EventConsumer`` needs from a Kafka library: explicit assignment
+    (made at construction), offsets the caller controls, columnar polls, pause/resume.
+
+    ``end_offsets`` are what this consumer can reach: with read_committed the last stable offset
+    (both libraries ask the broker with the consumer's isolation level), and ``position`` moves past
+    commit markers and aborted records, so a reader at the end has ``position == end``.
+    """
+
+    library: str
+
+    def seek(self, tp: TP, offset: int) -> None: ...
+    def seek_to_beginning(self, tps: list[TP]) -> None: ...
+    def seek_to_end(self, tps: list[TP]) -> None: ...
+    def position(self, tp: TP) -> int: ...
+    def end_offsets(self, tps: list[TP]) -> dict[TP, int]: ...
+    def beginning_offsets(self, tps: list[TP]) -> dict[TP, int]: ...
+    def poll(self, timeout_ms: int, max_records: int) -> list[PartitionRecords]: ...
+    def pause(self, tps: list[TP]) -> None: ...
+    def resume(self, tps: list[TP]) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """How much a consumer asks the broker for per fetch (the same meaning for both libraries)."""
+
+    max_partition_fetch_bytes: int = 8 * 1024 * 1024
+    fetch_max_bytes: int = 64 * 1024 * 1024
+    fetch_min_bytes: int = 1
+    fetch_max_wait_ms: int = 500
+
+
+def make_consumer(
+    bootstrap: str,
+    partitions: list[TP],
+    options: Mapping[str, object] | None = None,
+    *,
+    isolation_level: str = "read_committed",
+    fetch: FetchSettings | None = None,
+) -> ConsumerClient:
+    """A consumer of the library ``options["client"]`` names, assigned ``partitions``; each starts
+    at its beginning offset until sought (there is no consumer group and no committed offset)."""
+    if isolation_level not in ("read_committed", "read_uncommitted"):
+        raise ValueError(message("isolation_level", "read_committed or read_uncommitted",
+                                 repr(isolation_level)))
+    fetch = fetch or FetchSettings()
+    if client_name(options) == "confluent":
+        return ConfluentConsumer(bootstrap, partitions, options, isolation_level, fetch)
+    return KafkaPythonConsumer(bootstrap, partitions, options, isolation_level, fetch)
+
+
+class KafkaPythonConsumer:
+    """kafka-python's ``KafkaConsumer`` (pure Python), assigned explicitly."""
+
+    library = "kafka-python"
+
+    def __init__(self, bootstrap: str, partitions: list[TP], options: Mapping[str, object] | None,
+                 isolation_level: str, fetch: FetchSettings) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        self._tp = TopicPartition
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+            auto_offset_reset="earliest", isolation_level=isolation_level,
+            max_partition_fetch_bytes=fetch.max_partition_fetch_bytes,
+            fetch_max_bytes=fetch.fetch_max_bytes, fetch_min_bytes=fetch.fetch_min_bytes,
+            fetch_max_wait_ms=fetch.fetch_max_wait_ms, **kafka_python_options(options),
+        )
+        self.consumer.assign([TopicPartition(t, p) for t, p in partitions])
+
+    def _tps(self, tps: list[TP]) -> list[Any]:
+        return [self._tp(t, p) for t, p in tps]
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.consumer.seek(self._tp(*tp), offset)
+
+    def seek_to_beginning(self, tps: list[TP]) -> None:
+        self.consumer.seek_to_beginning(*self._tps(tps))
+
+    def seek_to_end(self, tps: list[TP]) -> None:
+        self.consumer.seek_to_end(*self._tps(tps))
+
+    def position(self, tp: TP) -> int:
+        return int(self.consumer.position(self._tp(*tp)))
+
+    def end_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        ends = self.consumer.end_offsets(self._tps(tps))
+        return {(tp.topic, tp.partition): int(o) for tp, o in ends.items()}
+
+    def beginning_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        starts = self.consumer.beginning_offsets(self._tps(tps))
+        return {(tp.topic, tp.partition): int(o) for tp, o in starts.items()}
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[PartitionRecords]:
+        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        return [
+            PartitionRecords(tp.topic, tp.partition, [r.offset for r in records],
+                             [r.key for r in records], [r.value for r in records],
+                             [r.timestamp for r in records])
+            for tp, records in batches.items() if records
+        ]
+
+    def pause(self, tps: list[TP]) -> None:
+        self.consumer.pause(*self._tps(tps))
+
+    def resume(self, tps: list[TP]) -> None:
+        self.consumer.resume(*self._tps(tps))
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class ConfluentConsumer:
+    """confluent-kafka's ``Consumer`` (librdkafka), assigned explicitly.
+
+    librdkafka reports no position for a partition before its first record after an assignment
+    or a seek (OFFSET_INVALID); this class then answers with the offset it was sought to, or the
+    partition's beginning offset, as kafka-python does. A seek on a partition whose fetcher has
+    not started yet is refused by librdkafka ("Erroneous state"); it is then made by re-assigning
+    that partition at the offset.
+    """
+
+    library = "confluent"
+
+    def __init__(self, bootstrap: str, partitions: list[TP], options: Mapping[str, object] | None,
+                 isolation_level: str, fetch: FetchSettings, timeout_s: float = 30.0) -> None:
+        config = {
+            "bootstrap.servers": bootstrap,
+            # required by the library although nothing joins a group or commits offsets
+            "group.id": "recsys-explicit-assignment",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": isolation_level,
+            "enable.partition.eof": False,
+            "max.partition.fetch.bytes": fetch.max_partition_fetch_bytes,
+            "fetch.max.bytes": fetch.fetch_max_bytes,
+            "receive.message.max.bytes": fetch.fetch_max_bytes + 1024 * 1024,
+            "fetch.min.bytes": fetch.fetch_min_bytes,
+            "fetch.wait.max.ms": fetch.fetch_max_wait_ms,
+            **confluent_config(options),
+        }
+        self.consumer = confluent_kafka.Consumer(config)
+        self.timeout_s = timeout_s
+        self._sought: dict[TP, int] = {}  # where a partition was sought to, until it yields
+        self._paused: set[TP] = set()
+        self.consumer.assign([confluent_kafka.TopicPartition(t, p, confluent_kafka.OFFSET_BEGINNING)
+                              for t, p in partitions])
+
+    def seek(self, tp: TP, offset: int) -> None:
+        target = confluent_kafka.TopicPartition(tp[0], tp[1], offset)
+        try:
+            self.consumer.seek(target)
+        except confluent_kafka.KafkaException as exc:
+            if exc.args[0].code() != confluent_kafka.KafkaError._STATE:
+                raise
+            self.consumer.incremental_unassign([confluent_kafka.TopicPartition(*tp)])
+            self.consumer.incremental_assign([target])
+            if tp in self._paused:
+                self.consumer.pause([confluent_kafka.TopicPartition(*tp)])
+        self._sought[tp] = offset
+
+    def seek_to_beginning(self, tps: list[TP]) -> None:
+        for tp, offset in self.beginning_offsets(tps).items():
+            self.seek(tp, offset)
+
+    def seek_to_end(self, tps: list[TP]) -> None:
+        for tp, offset in self.end_offsets(tps).items():
+            self.seek(tp, offset)
+
+    def position(self, tp: TP) -> int:
+        (reported,) = self.consumer.position([confluent_kafka.TopicPartition(*tp)])
+        if reported.offset >= 0:
+            return int(reported.offset)
+        if tp in self._sought:
+            return self._sought[tp]
+        return self.beginning_offsets([tp])[tp]
+
+    def _watermarks(self, tp: TP) -> tuple[int, int]:
+        low, high = self.consumer.get_watermark_offsets(
+            confluent_kafka.TopicPartition(*tp), timeout=self.timeout_s, cached=False)
+        return int(low), int(high)
+
+    def end_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        # with isolation.level=read_committed librdkafka asks for the last stable offset
+        return {tp: self._watermarks(tp)[1] for tp in tps}
+
+    def beginning_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        return {tp: self._watermarks(tp)[0] for tp in tps}
+
+    def poll(self, timeout_ms: int, max_records: int) -> list[PartitionRecords]:
+        messages = self.consumer.consume(num_messages=max_records, timeout=timeout_ms / 1000)
+        out: dict[TP, PartitionRecords] = {}
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                if error.fatal() or not _confluent_transient(error):
+                    raise confluent_kafka.KafkaException(error)
+                continue  # librdkafka retries transport errors itself
+            tp = (msg.topic(), msg.partition())
+            batch = out.get(tp)
+            if batch is None:
+                batch = out[tp] = PartitionRecords(tp[0], tp[1], [], [], [], [])
+            batch.offsets.append(msg.offset())
+            batch.keys.append(msg.key())
+            batch.values.append(msg.value())
+            batch.timestamps.append(msg.timestamp()[1])
+        for tp in out:
+            self._sought.pop(tp, None)
+        return list(out.values())
+
+    def pause(self, tps: list[TP]) -> None:
+        self._paused.update(tps)
+        self.consumer.pause([confluent_kafka.TopicPartition(t, p) for t, p in tps])
+
+    def resume(self, tps: list[TP]) -> None:
+        self._paused.difference_update(tps)
+        self.consumer.resume([confluent_kafka.TopicPartition(t, p) for t, p in tps])
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+# -- producers ----------------------------------------------------------------------------------
+
+class ProducerClient(Protocol):
+    """What ``recsys.producer.EventProducer`` needs from a Kafka library: idempotent keyed sends
+    placed by murmur2 (as the Java client and kafka-python place them), delivery callbacks,
+    a flush that raises on a timeout, and transactions."""
+
+    library: str
+    raw: Any
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None,
+             partition: int | None) -> None: ...
+    def flush(self, timeout_s: float | None) -> None: ...
+    def partitions_for(self, topic: str) -> set[int]: ...
+    def init_transactions(self) -> None: ...
+    def begin_transaction(self) -> None: ...
+    def commit_transaction(self) -> None: ...
+    def abort_transaction(self) -> None: ...
+    def close(self, timeout_s: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class ProducerSettings:
+    """How a producer batches and waits (the same meaning for both libraries)."""
+
+    compression: str = "lz4"
+    linger_ms: int = 5
+    batch_size: int = 256 * 1024
+    delivery_timeout_ms: int = 120_000
+    max_block_ms: int = 60_000  # how long a send waits for room in a full buffer
+    transaction_timeout_ms: int = 600_000
+
+
+def make_producer(
+    bootstrap: str,
+    options: Mapping[str, object] | None = None,
+    *,
+    settings: ProducerSettings | None = None,
+    transactional_id: str | None = None,
+    on_ack: Callable[[], None] = lambda: None,
+    on_error: Callable[[BaseException], None] = lambda exc: None,
+) -> ProducerClient:
+    """An idempotent producer of the library ``options["client"]`` names (transactional when
+    ``transactional_id`` is given; call ``init_transactions`` before the first transaction).
+    ``on_ack`` / ``on_error`` are called once per record when it is acknowledged / fails."""
+    settings = settings or ProducerSettings()
+    cls = ConfluentProducer if client_name(options) == "confluent" else KafkaPythonProducer
+    return cls(bootstrap, options, settings, transactional_id, on_ack, on_error)
+
+
+# What idempotence stands on (kafka-python 3.x, KIP-679): the broker assigns the producer an id and
+# epoch and de-duplicates retried batches by per-partition sequence numbers, which needs acks from
+# every in-sync replica, retries, and at most 5 requests in flight per connection (beyond 5 the
+# broker cannot keep the order of retried batches). With enable_idempotence=True stated explicitly,
+# kafka-python raises on a conflicting setting instead of silently falling back to at-least-once;
+# librdkafka's enable.idempotence implies the same settings and refuses conflicting ones.
+IDEMPOTENT_SETTINGS: dict[str, object] = {
+    "enable_idempotence": True,
+    "acks": "all",
+    "retries": float("inf"),  # bounded in time by delivery_timeout_ms, not by a count
+    "max_in_flight_requests_per_connection": 5,
+}
+
+
+class KafkaPythonProducer:
+    """kafka-python's ``KafkaProducer``, idempotent (``IDEMPOTENT_SETTINGS``)."""
+
+    library = "kafka-python"
+
+    def __init__(self, bootstrap: str, options: Mapping[str, object] | None,
+                 settings: ProducerSettings, transactional_id: str | None,
+                 on_ack: Callable[[], None], on_error: Callable[[BaseException], None]) -> None:
+        from kafka import KafkaProducer
+
+        self._on_ack = lambda _metadata: on_ack()
+        self._on_error = on_error
+
+        self.raw = KafkaProducer(
+            bootstrap_servers=bootstrap,
+            compression_type=None if settings.compression == "none" else settings.compression,
+            linger_ms=settings.linger_ms, batch_size=settings.batch_size,
+            delivery_timeout_ms=settings.delivery_timeout_ms, max_block_ms=settings.max_block_ms,
+            **IDEMPOTENT_SETTINGS,
+            **({} if transactional_id is None else {
+                "transactional_id": transactional_id,
+                "transaction_timeout_ms": settings.transaction_timeout_ms}),
+            **kafka_python_options(options),
+        )
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None,
+             partition: int | None) -> None:
+        future = self.raw.send(topic, key=key, value=value, partition=partition)
+        future.add_callback(self._on_ack)
+        future.add_errback(self._on_error)
+
+    def flush(self, timeout_s: float | None) -> None:
+        self.raw.flush(timeout=timeout_s)
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return set(self.raw.partitions_for(topic) or ())
+
+    def init_transactions(self) -> None:
+        self.raw.init_transactions()
+
+    def begin_transaction(self) -> None:
+        self.raw.begin_transaction()
+
+    def commit_transaction(self) -> None:
+        self.raw.commit_transaction()
+
+    def abort_transaction(self) -> None:
+        self.raw.abort_transaction()
+
+    def close(self, timeout_s: float) -> None:
+        self.raw.close(timeout=timeout_s)
+
+
+class ConfluentProducer:
+    """confluent-kafka's ``Producer`` (librdkafka), idempotent, keys placed by murmur2.
+
+    Delivery callbacks run inside ``poll``/``flush``; every send serves them (``poll(0)``), so the
+    acknowledged and failed counts stay current. A send into a full local queue waits up to
+    ``max_block_ms`` for room, then raises ``kafka.errors.KafkaTimeoutError`` as kafka-python
+    does.
+    """
+
+    library = "confluent"
+
+    def __init__(self, bootstrap: str, options: Mapping[str, object] | None,
+                 settings: ProducerSettings, transactional_id: str | None,
+                 on_ack: Callable[[], None], on_error: Callable[[BaseException], None],
+                 timeout_s: float = 60.0) -> None:
+
+        def delivered(error: Any, _message: Any) -> None:
+            if error is None:
+                on_ack()
+            else:
+                on_error(confluent_kafka.KafkaException(error))
+
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "max.in.flight.requests.per.connection": 5,
+            "compression.type": settings.compression,
+            "linger.ms": settings.linger_ms,
+            "batch.size": settings.batch_size,
+            "delivery.timeout.ms": settings.delivery_timeout_ms,
+            # the Java client's and kafka-python's placement of keyed records (librdkafka's
+            # default, consistent_random, is CRC32 and would split a request id across clients)
+            "partitioner": "murmur2_random",
+            "on_delivery": delivered,
+            **confluent_config(options),
+        }
+        if transactional_id is not None:
+            config["transactional.id"] = transactional_id
+            config["transaction.timeout.ms"] = settings.transaction_timeout_ms
+        self.raw = confluent_kafka.Producer(config)
+        self.max_block_s = settings.max_block_ms / 1000
+        self.timeout_s = timeout_s
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None,
+             partition: int | None) -> None:
+        kwargs: dict[str, Any] = {"key": key, "value": value}
+        if partition is not None:
+            kwargs["partition"] = partition
+        try:
+            self.raw.produce(topic, **kwargs)
+        except BufferError:
+            self._wait_for_room(topic, kwargs)
+        self.raw.poll(0)
+
+    def _wait_for_room(self, topic: str, kwargs: dict[str, Any]) -> None:
+        from kafka.errors import KafkaTimeoutError
+
+        deadline = time.monotonic() + self.max_block_s
+        while True:
+            self.raw.poll(0.05)
+            try:
+                self.raw.produce(topic, **kwargs)
+                return
+            except BufferError:
+                if time.monotonic() >= deadline:
+                    raise KafkaTimeoutError(
+                        f"the producer's queue stayed full for {self.max_block_s:g} s "
+                        "(max_block_ms): Kafka is unreachable or slower than the sends"
+                    ) from None
+
+    def flush(self, timeout_s: float | None) -> None:
+        from kafka.errors import KafkaTimeoutError
+
+        left = self.raw.flush(-1 if timeout_s is None else timeout_s)
+        if left:
+            raise KafkaTimeoutError(f"{left} records were not acknowledged within {timeout_s} s")
+
+    def partitions_for(self, topic: str) -> set[int]:
+        metadata = self.raw.list_topics(topic, timeout=self.max_block_s)
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None:
+            return set()
+        return set(found.partitions)
+
+    def init_transactions(self) -> None:
+        self.raw.init_transactions(self.timeout_s)
+
+    def begin_transaction(self) -> None:
+        self.raw.begin_transaction()
+
+    def commit_transaction(self) -> None:
+        self.raw.commit_transaction(self.timeout_s)
+
+    def abort_transaction(self) -> None:
+        self.raw.abort_transaction(self.timeout_s)
+
+    def close(self, timeout_s: float) -> None:
+        raw = self.raw
+        try:
+            self.flush(timeout_s)
+        finally:
+            self.raw = _Closed()
+            if len(raw):  # undelivered after the timeout: drop them (each counts as failed)
+                raw.purge()
+                raw.poll(0)
+            raw.close()
+
+
+class _Closed:
+    """Stands in for a closed librdkafka producer: any use says so."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"{name}: the producer is closed")

@@ -1,26 +1,19 @@
 """Producing events: idempotent, batched, compressed sends keyed by request id, with delivery
-accounting. Lives in recsys because both the streaming actors and the serving app produce."""
+accounting. Lives in recsys because both the streaming actors and the serving app produce.
+
+The Kafka library is the one ``client_options["client"]`` names (``kafka.client``: kafka-python or
+confluent-kafka, ``recsys.kafka_clients``); both place a key on the partition the Java client would.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
 
-from kafka import KafkaProducer
-
 from recsys.events import DeadLetter, Event, encode, encode_dead_letter
+from recsys.kafka_clients import IDEMPOTENT_SETTINGS, ProducerSettings, make_producer
 
-# What idempotence stands on (kafka-python 3.x, KIP-679): the broker assigns this producer an id and
-# epoch and de-duplicates retried batches by per-partition sequence numbers, which needs acks from
-# every in-sync replica, retries, and at most 5 requests in flight per connection (beyond 5 the
-# broker cannot keep the order of retried batches). With enable_idempotence=True stated explicitly,
-# kafka-python raises on a conflicting setting instead of silently falling back to at-least-once.
-IDEMPOTENT_SETTINGS: dict[str, object] = {
-    "enable_idempotence": True,
-    "acks": "all",
-    "retries": float("inf"),  # bounded in time by delivery_timeout_ms, not by a count
-    "max_in_flight_requests_per_connection": 5,
-}
+__all__ = ["IDEMPOTENT_SETTINGS", "EventProducer"]
 
 
 class EventProducer:
@@ -30,7 +23,8 @@ class EventProducer:
     The producer is idempotent (``IDEMPOTENT_SETTINGS``): a retry after a lost acknowledgement
     neither duplicates nor reorders records within a partition. Sends are asynchronous, batched
     (``linger_ms``, ``batch_size``) and compressed; ``flush`` blocks until every sent record is
-    acknowledged and raises if any delivery failed.
+    acknowledged and raises if any delivery failed. A send waits up to ``max_block_ms`` for room
+    in a full buffer, then raises ``kafka.errors.KafkaTimeoutError`` (with either library).
     """
 
     def __init__(
@@ -41,6 +35,8 @@ class EventProducer:
         batch_size: int = 256 * 1024,
         delivery_timeout_ms: int = 120_000,
         transactional_id: str | None = None,
+        max_block_ms: int = 60_000,
+        transaction_timeout_ms: int = 600_000,
         **client_options: object,
     ) -> None:
         overridden = sorted(set(IDEMPOTENT_SETTINGS) & set(client_options))
@@ -50,26 +46,26 @@ class EventProducer:
                 f"EventProducer is always idempotent; remove {', '.join(overridden)} from the "
                 f"client options (fixed to {fixed})"
             )
-        self._producer = KafkaProducer(
-            bootstrap_servers=bootstrap,
-            compression_type=None if compression == "none" else compression,
-            linger_ms=linger_ms,
-            batch_size=batch_size,
-            delivery_timeout_ms=delivery_timeout_ms,
-            **IDEMPOTENT_SETTINGS,
-            **({} if transactional_id is None else {"transactional_id": transactional_id}),
-            **client_options,
-        )
-        self.transactional_id = transactional_id
-        self.in_transaction = False
-        if transactional_id is not None:  # fences a predecessor with this id, aborts its open one
-            self._producer.init_transactions()
         self.sent = 0
         self.acked = 0
         self.failed = 0
         self._errors: list[BaseException] = []
+        settings = ProducerSettings(
+            compression=compression, linger_ms=linger_ms, batch_size=batch_size,
+            delivery_timeout_ms=delivery_timeout_ms, max_block_ms=max_block_ms,
+            transaction_timeout_ms=transaction_timeout_ms)
+        self._client = make_producer(bootstrap, client_options, settings=settings,
+                                     transactional_id=transactional_id,
+                                     on_ack=self._on_ack, on_error=self._on_error)
+        self.client = self._client.library  # "kafka-python" or "confluent"
+        # the library's own producer (serving's readiness check asks kafka-python's for metadata)
+        self._producer = self._client.raw
+        self.transactional_id = transactional_id
+        self.in_transaction = False
+        if transactional_id is not None:  # fences a predecessor with this id, aborts its open one
+            self._client.init_transactions()
 
-    def _on_ack(self, _metadata: object) -> None:
+    def _on_ack(self) -> None:
         self.acked += 1
 
     @property
@@ -80,7 +76,7 @@ class EventProducer:
     def warm(self, topics: Iterable[str]) -> None:
         """Fetch the topics' metadata now, so the first ``send`` does not block on it."""
         for topic in topics:
-            self._producer.partitions_for(topic)
+            self._client.partitions_for(topic)
 
     def _on_error(self, exc: BaseException) -> None:
         self.failed += 1
@@ -103,9 +99,7 @@ class EventProducer:
         self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None
     ) -> None:
         """Queue already-encoded bytes (dead letters, replays, tests of malformed input)."""
-        future = self._producer.send(topic, key=key, value=value, partition=partition)
-        future.add_callback(self._on_ack)
-        future.add_errback(self._on_error)
+        self._client.send(topic, key, value, partition)
         self.sent += 1
 
     def send_dead_letter(
@@ -121,12 +115,12 @@ class EventProducer:
 
     def flush(self, timeout_s: float | None = 60.0) -> None:
         """Block until every queued record is acknowledged; raise if any was not delivered."""
-        self._producer.flush(timeout=timeout_s)
+        self._client.flush(timeout_s)
         if self._errors:
             errors, self._errors = self._errors, []
             raise RuntimeError(
                 f"{self.failed} records were not delivered; first error: {errors[0]!r}"
-            )
+            ) from errors[0]  # recsys.kafka_clients.is_transient_kafka_error judges the cause
 
     # -- transactions (only with ``transactional_id``) -----------------------------------------
 
@@ -134,7 +128,7 @@ class EventProducer:
         """Start a transaction: what is sent until :meth:`commit` is invisible to
         ``read_committed`` readers, and discarded by :meth:`abort` or a successor's fencing."""
         self._transactional("begin")
-        self._producer.begin_transaction()
+        self._client.begin_transaction()
         self.in_transaction = True
 
     def commit(self) -> None:
@@ -142,14 +136,14 @@ class EventProducer:
         self._transactional("commit")
         if self.in_transaction:
             self.flush()
-            self._producer.commit_transaction()
+            self._client.commit_transaction()
             self.in_transaction = False
 
     def abort(self) -> None:
         """Discard the open transaction (a no-op without one)."""
         self._transactional("abort")
         if self.in_transaction:
-            self._producer.abort_transaction()
+            self._client.abort_transaction()
             self.in_transaction = False
 
     def _transactional(self, what: str) -> None:
@@ -160,7 +154,7 @@ class EventProducer:
         try:
             self.flush(timeout_s)
         finally:
-            self._producer.close(timeout=timeout_s)
+            self._client.close(timeout_s)
 
     def __enter__(self) -> EventProducer:
         return self

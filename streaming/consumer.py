@@ -4,17 +4,21 @@ dead-letter path for anything that fails to decode or validate.
 There is deliberately no consumer group: partitions are assigned by the caller (as Flink and Spark
 do) and offsets are read with ``positions()`` and restored with ``seek()``, so a checkpoint can
 store them together with the state they produced. Kafka never moves a partition behind our back.
+
+The Kafka library is the one ``client_options["client"]`` names (``kafka.client``): kafka-python or
+confluent-kafka, behind ``recsys.kafka_clients.ConsumerClient``; both read ``read_committed`` by
+default, and their end offsets and positions agree (the last stable offset; past commit markers).
 """
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import msgspec
-from kafka import KafkaConsumer, TopicPartition
 
 from recsys.events import (
     EVENT_TYPES,
@@ -22,6 +26,7 @@ from recsys.events import (
     EventValidationError,
     decode,
 )
+from recsys.kafka_clients import FetchSettings, make_consumer
 from recsys.producer import EventProducer
 from recsys.topics import DEAD_LETTER
 from recsys.validation import message
@@ -53,7 +58,8 @@ class EventConsumer:
     Records that fail to decode or validate, or whose type does not belong on their topic, are sent
     to the dead-letter topic with their raw bytes, source topic/partition/offset and the reason, and
     counted in ``dead_lettered`` / ``dead_letter_reasons``; consumption goes on. Any other error
-    is a bug and raises.
+    is a bug and raises. ``fetch`` sets the fetch sizes and waits (default: up to
+    ``max_partition_fetch_bytes`` per partition, 64 MiB per fetch).
     """
 
     def __init__(
@@ -65,10 +71,11 @@ class EventConsumer:
         dead_letter_producer: EventProducer | None = None,
         max_partition_fetch_bytes: int = 8 * 1024 * 1024,
         isolation_level: str = "read_committed",
-        dead_letter: bool = True,
+        dead_letter: bool | Collection[str] = True,
+        fetch: FetchSettings | None = None,
         **client_options: object,
     ) -> None:
-        self.assignment = [TopicPartition(topic, p) for topic, p in partitions]
+        self.assignment = [(str(topic), int(p)) for topic, p in partitions]
         if not self.assignment:
             raise ValueError(message("partitions", "at least one (topic, partition) pair", "none"))
         self.expected_types = dict(
@@ -77,53 +84,55 @@ class EventConsumer:
         not_types = {t: v for t, v in self.expected_types.items() if not isinstance(v, type)}
         if not_types:
             raise TypeError(f"expected_types: map each topic to an event class, got {not_types}")
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=max_partition_fetch_bytes,
-            fetch_max_bytes=64 * 1024 * 1024,
-            isolation_level=isolation_level,
-            **client_options,
+        self._consumer = make_consumer(
+            bootstrap, self.assignment, client_options, isolation_level=isolation_level,
+            fetch=fetch or FetchSettings(max_partition_fetch_bytes=max_partition_fetch_bytes),
         )
-        self._consumer.assign(self.assignment)
+        self.client = self._consumer.library  # "kafka-python" or "confluent"
         self.dead_letter_topic = dead_letter_topic
-        self.dead_letter = dead_letter  # False: another role owns this topic's dead letters
+        # True: send every undecodable record; False or a collection: send only those of the named
+        # topics, count the others (another role owns their dead letters: one letter per record)
+        self.dead_letter = (dead_letter if isinstance(dead_letter, bool)
+                            else frozenset(str(t) for t in dead_letter))
         self._owns_dlq = dead_letter_producer is None
         self._dlq = dead_letter_producer or EventProducer(bootstrap, **client_options)
         self.consumed = 0
         self.decoded = 0
-        self.dead_lettered = 0
+        self.dead_lettered = 0  # undecodable records, sent or left to their owner
+        self.dead_letters_sent = 0
         self.dead_letter_reasons: Counter[str] = Counter()
-        self._paused_at_target: set[TopicPartition] = set()
+        self._paused_at_target: set[tuple[str, int]] = set()
 
     # -- offsets ---------------------------------------------------------------------------
 
     def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
         """Continue each given partition from the given offset (the next record to read)."""
         for (topic, partition), offset in offsets.items():
-            tp = TopicPartition(topic, partition)
-            if tp not in self.assignment:
+            if (topic, partition) not in self.assignment:
                 raise ValueError(
                     message("offsets", "partitions assigned to this consumer",
                             f"{topic}[{partition}], which is not assigned here")
                 )
-            self._consumer.seek(tp, offset)
+            self._consumer.seek((topic, partition), offset)
 
     def seek_to_beginning(self) -> None:
-        self._consumer.seek_to_beginning(*self.assignment)
+        self._consumer.seek_to_beginning(self.assignment)
 
     def seek_to_end(self) -> None:
-        self._consumer.seek_to_end(*self.assignment)
+        self._consumer.seek_to_end(self.assignment)
 
     def positions(self) -> dict[tuple[str, int], int]:
         """The next offset to read for every assigned partition (what a checkpoint stores)."""
-        return {(tp.topic, tp.partition): self._consumer.position(tp) for tp in self.assignment}
+        return {tp: self._consumer.position(tp) for tp in self.assignment}
 
     def end_offsets(self) -> dict[tuple[str, int], int]:
-        ends = self._consumer.end_offsets(self.assignment)
-        return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+        """Where each assigned partition ends for this reader (read_committed: the last stable
+        offset, so a reader that reached it has read every committed record)."""
+        return self._consumer.end_offsets(self.assignment)
+
+    def beginning_offsets(self) -> dict[tuple[str, int], int]:
+        """The first offset still held of each assigned partition."""
+        return self._consumer.beginning_offsets(self.assignment)
 
     def lag(self) -> int:
         """Records still to read on the assigned partitions."""
@@ -151,36 +160,33 @@ class EventConsumer:
         if until is not None:
             self._pause_reached(until)
         elif self._paused_at_target:
-            self._consumer.resume(*self._paused_at_target)
+            self._consumer.resume(list(self._paused_at_target))
             self._paused_at_target = set()
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         out: list[ConsumedEvent] = []
         consumed = 0
         try:
-            for tp, records in batches.items():
-                stop = None if until is None else until.get((tp.topic, tp.partition))
-                if stop is not None and records and records[-1].offset >= stop:
-                    records = [r for r in records if r.offset < stop]
-                    self._consumer.seek(tp, stop)
-                expected = self.expected_types.get(tp.topic)
-                for record in records:
+            for batch in batches:
+                topic, partition = batch.topic, batch.partition
+                stop = None if until is None else until.get((topic, partition))
+                if stop is not None and batch.offsets[-1] >= stop:
+                    batch = batch.head(bisect.bisect_left(batch.offsets, stop))
+                    self._consumer.seek((topic, partition), stop)
+                expected = self.expected_types.get(topic)
+                for offset, key, value, timestamp in zip(
+                    batch.offsets, batch.keys, batch.values, batch.timestamps, strict=True
+                ):
                     consumed += 1
                     try:
-                        event = self._decode(record.value, tp.topic, expected)
+                        event = self._decode(value, topic, expected)
                     except DEAD_LETTER_ERRORS as exc:
-                        self._dead_letter(
-                            tp.topic, tp.partition, record.offset, record.key, record.value, exc
-                        )
+                        self._dead_letter(topic, partition, offset, key, value, exc)
                         continue
-                    out.append(
-                        ConsumedEvent(
-                            event, tp.topic, tp.partition, record.offset, record.timestamp
-                        )
-                    )
+                    out.append(ConsumedEvent(event, topic, partition, offset, timestamp))
         except Exception:
-            for tp, records in batches.items():
-                if records:
-                    self._consumer.seek(tp, records[0].offset)
+            for batch in batches:
+                if len(batch):
+                    self._consumer.seek((batch.topic, batch.partition), batch.offsets[0])
             raise
         self.consumed += consumed
         self.decoded += len(out)
@@ -200,16 +206,13 @@ class EventConsumer:
 
     def reached(self, until: Mapping[tuple[str, int], int]) -> bool:
         """Whether every partition in ``until`` has been read up to its given offset."""
-        return all(
-            self._consumer.position(TopicPartition(topic, partition)) >= offset
-            for (topic, partition), offset in until.items()
-        )
+        return all(self._consumer.position(tp) >= offset for tp, offset in until.items())
 
     def read_until(
         self, until: Mapping[tuple[str, int], int], timeout_s: float = 60.0
     ) -> list[ConsumedEvent]:
         """Read each partition in ``until`` up to (not including) its offset, and no further."""
-        unknown = [k for k in until if TopicPartition(*k) not in self.assignment]
+        unknown = [k for k in until if k not in self.assignment]
         if unknown:
             raise ValueError(
                 message("until", "partitions assigned to this consumer",
@@ -233,15 +236,13 @@ class EventConsumer:
     def _pause_reached(self, until: Mapping[tuple[str, int], int]) -> None:
         """Stop fetching partitions already at their target; resume the others."""
         reached = {
-            tp
-            for tp in self.assignment
-            if (tp.topic, tp.partition) in until
-            and self._consumer.position(tp) >= until[(tp.topic, tp.partition)]
+            tp for tp in self.assignment
+            if tp in until and self._consumer.position(tp) >= until[tp]
         }
         if reached - self._paused_at_target:
-            self._consumer.pause(*(reached - self._paused_at_target))
+            self._consumer.pause(list(reached - self._paused_at_target))
         if self._paused_at_target - reached:
-            self._consumer.resume(*(self._paused_at_target - reached))
+            self._consumer.resume(list(self._paused_at_target - reached))
         self._paused_at_target = reached
 
     def _dead_letter(
@@ -256,10 +257,11 @@ class EventConsumer:
         reason = (
             str(exc) if isinstance(exc, EventValidationError) else f"{type(exc).__name__}: {exc}"
         )
-        if self.dead_letter:
+        if self.dead_letter is True or (self.dead_letter and topic in self.dead_letter):
             self._dlq.send_dead_letter(self.dead_letter_topic, source_topic=topic,
                                        partition=partition, offset=offset, key=key, value=value,
                                        reason=reason)
+            self.dead_letters_sent += 1
         self.dead_lettered += 1
         self.dead_letter_reasons[reason.split(":", 1)[0]] += 1
 

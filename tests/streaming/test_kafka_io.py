@@ -1,5 +1,5 @@
 """Kafka I/O against the real embedded broker: round trips over several partitions, replay from
-an offset, and the dead-letter path for bad input."""
+an offset, and the dead-letter path for bad input, with each client library (``kafka.client``)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ from tests.waiting import wait_until
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 3
+
+
+@pytest.fixture(params=["kafka-python", "confluent"])
+def client(request: pytest.FixtureRequest) -> str:
+    """The Kafka client library under test: every test that reads or writes runs with both."""
+    return request.param
 
 
 def impression(i: int) -> Impression:
@@ -80,25 +86,30 @@ def consumer_for(
     dead_letter: str,
     expected: type | None = None,
     partitions: int = PARTITIONS,
+    client: str = "kafka-python",
 ) -> EventConsumer:
     return EventConsumer(
         bootstrap,
         [(topic, p) for p in range(partitions)],
         dead_letter_topic=dead_letter,
         expected_types={topic: expected} if expected else {},
+        client=client,
     )
 
 
 @pytest.mark.parametrize(
     "make", [impression, feedback, reward], ids=["impression", "feedback", "reward"]
 )
-def test_each_event_type_round_trips_across_partitions(kafka_bootstrap, unique_topics, make):
+def test_each_event_type_round_trips_across_partitions(
+    kafka_bootstrap, unique_topics, make, client
+):
     topics = unique_topics({"events": PARTITIONS, "dead": 1})
     sent = [make(i) for i in range(300)]
-    with EventProducer(kafka_bootstrap) as producer:
+    with EventProducer(kafka_bootstrap, client=client) as producer:
         for event in sent:
             producer.send(event, topic=topics["events"])
-    with consumer_for(kafka_bootstrap, topics["events"], topics["dead"], type(sent[0])) as consumer:
+    with consumer_for(kafka_bootstrap, topics["events"], topics["dead"], type(sent[0]),
+                      client=client) as consumer:
         received = consumer.read_until_end(timeout_s=30)
         assert consumer.dead_lettered == 0
     used = {c.partition for c in received}
@@ -113,12 +124,12 @@ def test_each_event_type_round_trips_across_partitions(kafka_bootstrap, unique_t
         assert consumed_here == sent_here, f"partition {partition}"
 
 
-def test_seek_to_an_offset_replays_exactly_from_there(kafka_bootstrap, unique_topics):
+def test_seek_to_an_offset_replays_exactly_from_there(kafka_bootstrap, unique_topics, client):
     topics = unique_topics({"events": PARTITIONS, "dead": 1})
-    with EventProducer(kafka_bootstrap) as producer:
+    with EventProducer(kafka_bootstrap, client=client) as producer:
         for i in range(200):
             producer.send(feedback(i), topic=topics["events"])
-    with consumer_for(kafka_bootstrap, topics["events"], topics["dead"]) as consumer:
+    with consumer_for(kafka_bootstrap, topics["events"], topics["dead"], client=client) as consumer:
         first = consumer.read_until_end()
         by_partition: dict[int, list] = {}
         for c in first:
@@ -136,12 +147,13 @@ def test_seek_to_an_offset_replays_exactly_from_there(kafka_bootstrap, unique_to
     assert 0 < len(replayed) < len(first)
 
 
-def test_positions_track_what_was_consumed(kafka_bootstrap, unique_topics):
+def test_positions_track_what_was_consumed(kafka_bootstrap, unique_topics, client):
     topics = unique_topics({"events": 2, "dead": 1})
-    with EventProducer(kafka_bootstrap) as producer:
+    with EventProducer(kafka_bootstrap, client=client) as producer:
         for i in range(50):
             producer.send(feedback(i), topic=topics["events"])
-    with consumer_for(kafka_bootstrap, topics["events"], topics["dead"], partitions=2) as consumer:
+    with consumer_for(kafka_bootstrap, topics["events"], topics["dead"], partitions=2,
+                      client=client) as consumer:
         consumer.read_until_end()
         assert consumer.positions() == consumer.end_offsets()
         assert sum(consumer.positions().values()) == 50
@@ -151,7 +163,7 @@ def test_positions_track_what_was_consumed(kafka_bootstrap, unique_topics):
 
 
 def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_keep_flowing(
-    kafka_bootstrap, unique_topics
+    kafka_bootstrap, unique_topics, client
 ):
     topics = unique_topics({"events": PARTITIONS, "dead": 1})
     bad_propensity = impression(0)
@@ -170,13 +182,14 @@ def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_keep_flowing(
         (b"empty", b"", "not a msgpack-encoded event"),
     ]
     good = [impression(i) for i in range(100)]
-    with EventProducer(kafka_bootstrap) as producer:
+    with EventProducer(kafka_bootstrap, client=client) as producer:
         for i, event in enumerate(good):
             producer.send(event, topic=topics["events"])
             if i % 16 == 10:  # bad records interleaved with good ones
                 key, value, _ = bad[i // 16]
                 producer.send_raw(topics["events"], key, value)
-    with consumer_for(kafka_bootstrap, topics["events"], topics["dead"], Impression) as consumer:
+    with consumer_for(kafka_bootstrap, topics["events"], topics["dead"], Impression,
+                      client=client) as consumer:
         received = consumer.read_until_end()
         consumer.flush()
         assert consumer.dead_lettered == len(bad)
@@ -185,19 +198,20 @@ def test_bad_records_go_to_the_dead_letter_topic_and_good_ones_keep_flowing(
     assert {c.event for c in received} == set(good)
 
     dlq = EventConsumer(
-        kafka_bootstrap, [(topics["dead"], 0)], expected_types={}, dead_letter_topic=topics["dead"]
+        kafka_bootstrap, [(topics["dead"], 0)], expected_types={}, dead_letter_topic=topics["dead"],
+        client=client,
     )
     with dlq:
         dlq.seek_to_beginning()
         raw = []
 
         def all_dead_letters_read() -> bool:
-            batches = dlq._consumer.poll(timeout_ms=1000)
-            raw.extend(r for records in batches.values() for r in records)
+            batches = dlq._consumer.poll(timeout_ms=1000, max_records=1000)
+            raw.extend(value for batch in batches for value in batch.values)
             return len(raw) >= len(bad)
 
         wait_until(all_dead_letters_read, timeout_s=60, what=f"{len(bad)} dead letters")
-    letters = {decode_dead_letter(r.value).key: decode_dead_letter(r.value) for r in raw}
+    letters = {decode_dead_letter(value).key: decode_dead_letter(value) for value in raw}
     assert set(letters) == {key for key, _, _ in bad}
     for key, value, reason in bad:
         letter = letters[key]
@@ -226,9 +240,9 @@ def active_producers(bootstrap: str, topic: str, partition: int) -> list:
     return state[TopicPartition(topic, partition)].active_producers
 
 
-def test_the_broker_sees_an_idempotent_producer(kafka_bootstrap, unique_topics):
+def test_the_broker_sees_an_idempotent_producer(kafka_bootstrap, unique_topics, client):
     topics = unique_topics({"events": 2})
-    with EventProducer(kafka_bootstrap) as producer:
+    with EventProducer(kafka_bootstrap, client=client) as producer:
         for i in range(40):
             producer.send_raw(topics["events"], f"k{i}".encode(), b"x", partition=0)
     # The broker only tracks producers that write with a producer id, epoch and sequence numbers:
@@ -251,11 +265,13 @@ def test_the_producer_refuses_to_be_made_non_idempotent(kafka_bootstrap):
         EventProducer(kafka_bootstrap, acks=1, enable_idempotence=False)
 
 
-def test_a_bug_raises_instead_of_being_dead_lettered(kafka_bootstrap, unique_topics, monkeypatch):
+def test_a_bug_raises_instead_of_being_dead_lettered(
+    kafka_bootstrap, unique_topics, monkeypatch, client
+):
     import streaming.consumer
 
     topics = unique_topics({"events": 1, "dead": 1})
-    with EventProducer(kafka_bootstrap) as producer:
+    with EventProducer(kafka_bootstrap, client=client) as producer:
         for i in range(10):
             producer.send(feedback(i), topic=topics["events"])
         producer.send_raw(topics["events"], b"garbage", b"\x00 not msgpack")
@@ -268,7 +284,8 @@ def test_a_bug_raises_instead_of_being_dead_lettered(kafka_bootstrap, unique_top
         return event
 
     monkeypatch.setattr(streaming.consumer, "decode", decode_with_a_bug)
-    with consumer_for(kafka_bootstrap, topics["events"], topics["dead"], partitions=1) as consumer:
+    with consumer_for(kafka_bootstrap, topics["events"], topics["dead"], partitions=1,
+                      client=client) as consumer:
         with pytest.raises(ZeroDivisionError, match="a bug in our own code"):
             consumer.read_until_end(timeout_s=30)
         consumer.flush()
@@ -283,11 +300,11 @@ def test_a_bug_raises_instead_of_being_dead_lettered(kafka_bootstrap, unique_top
         consumer.flush()
         assert [c.event for c in received] == [feedback(i) for i in range(10)]
         assert consumer.dead_lettered == 1
-    assert dead_letter_count(kafka_bootstrap, topics["dead"]) == 1
+    assert dead_letter_count(kafka_bootstrap, topics["dead"], client) == 1
 
 
-def dead_letter_count(bootstrap: str, topic: str) -> int:
-    with EventConsumer(bootstrap, [(topic, 0)], expected_types={}) as consumer:
+def dead_letter_count(bootstrap: str, topic: str, client: str) -> int:
+    with EventConsumer(bootstrap, [(topic, 0)], expected_types={}, client=client) as consumer:
         return consumer.end_offsets()[(topic, 0)]
 
 
@@ -296,13 +313,14 @@ def test_expected_types_must_be_event_classes(kafka_bootstrap):
         EventConsumer(kafka_bootstrap, [("t", 0)], expected_types={"t": "Impression"})
 
 
-def test_reading_until_offsets_stops_exactly_there(kafka_bootstrap, unique_topics):
+def test_reading_until_offsets_stops_exactly_there(kafka_bootstrap, unique_topics, client):
     topics = unique_topics({"events": 2, "dead": 1})
-    with EventProducer(kafka_bootstrap) as producer:
+    with EventProducer(kafka_bootstrap, client=client) as producer:
         for i in range(30):
             producer.send_raw(topics["events"], b"k", encode(feedback(i)), partition=i % 2)
     until = {(topics["events"], 0): 4, (topics["events"], 1): 11}
-    with consumer_for(kafka_bootstrap, topics["events"], topics["dead"], partitions=2) as consumer:
+    with consumer_for(kafka_bootstrap, topics["events"], topics["dead"], partitions=2,
+                      client=client) as consumer:
         first = consumer.read_until(until, timeout_s=30)
         assert consumer.positions() == until
         rest = consumer.read_until_end(timeout_s=30)
