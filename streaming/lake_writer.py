@@ -23,29 +23,32 @@ Checkpoint hooks (the same names and meaning as ``streaming.joiner.Joiner``'s):
   was never restored does not clean up what a crashed predecessor wrote.
 * ``resume()`` reads on.
 
-Dead letters are at least once: after a recovery the replay sends those it already sent since
-the checkpoint again; their ``(source_topic, partition, offset)`` identifies repeats. Rewards
-re-sent by a recovered joiner are new records at new offsets; the lake keeps them (each offset
-once) and ``scan_lake(root, "rewards")`` keeps the first of each ``(request_id, item_id)``.
+Dead letters: the writer sends those of the records the lake cannot hold, and the undecodable
+records of the topics it owns (``dead_letter_topics``; None: all three, alone; in the pipeline
+the joiners own impressions and feedback, the lake writers rewards); the others are counted. With
+a ``transactional_id`` they are written in a transaction committed by ``pause`` after the lake
+flush (``streaming.reading``), so a replay after a failure does not repeat them; without one they
+are at least once, and ``(source_topic, partition, offset)`` identifies repeats. Rewards re-sent
+by a recovered non-transactional joiner are new records at new offsets; the lake keeps them (each
+offset once) and ``scan_lake(root, "rewards")`` keeps the first of each ``(request_id, item_id)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 
 from recsys.events import Feedback, Impression, Reward, encode
-from recsys.producer import EventProducer
 from recsys.schema import TableName
 from recsys.storage import PathLike
 from recsys.topics import DEAD_LETTER, FEEDBACK, IMPRESSIONS, REWARDS
 from recsys.validation import message
 from streaming.consumer import ConsumedEvent, EventConsumer
 from streaming.lake import LakeSink, RejectedRecord, RestoreReport
-from streaming.reading import ConsumingActor, Offsets
+from streaming.reading import ConsumingActor, Offsets, dead_letter_choice, output_producer
 
 __all__ = ["LakeWriter", "LakeWriterActor", "LakeWriterCounters"]
 
@@ -67,9 +70,9 @@ class LakeWriterCounters:
     buffered_records: int
     files_removed: int  # by restore: written after the restored offsets
     straddling_files: int
-    undecodable: int  # records the consumer dead-lettered
+    undecodable: int  # records that failed to decode (dead-lettered here or by their owner)
     rejected: int  # valid events the lake cannot hold, dead-lettered
-    dead_letters: int  # undecodable + rejected records sent to the dead-letter topic
+    dead_letters: int  # undecodable records of owned topics + rejected records sent
     undecodable_reasons: dict[str, int] = field(default_factory=dict)
     rejected_reasons: dict[str, int] = field(default_factory=dict)
 
@@ -80,7 +83,9 @@ class LakeWriter(ConsumingActor):
     ``partitions``: the partition indices to read of every topic, or ``{table: indices}`` with
     tables among ``impressions``, ``feedback``, ``rewards`` (a table left out is not read; the
     topics need not have the same partition counts). ``max_records``, ``max_age_s``,
-    ``compression`` and ``filesystem`` go to the ``LakeSink``.
+    ``compression`` and ``filesystem`` go to the ``LakeSink``. ``transactional_id``: dead
+    letters in transactions committed by ``pause``; ``dead_letter_topics``: the input topics whose
+    undecodable records it dead-letters (None: all it reads) — see the module docs.
     """
 
     role = "lake writer"
@@ -101,6 +106,7 @@ class LakeWriter(ConsumingActor):
         filesystem: Any = None,
         client_options: Mapping[str, object] | None = None,
         transactional_id: str | None = None,
+        dead_letter_topics: Collection[str] | None = None,
     ) -> None:
         topics = {"impressions": impressions_topic, "feedback": feedback_topic,
                   "rewards": rewards_topic}
@@ -118,13 +124,15 @@ class LakeWriter(ConsumingActor):
             filesystem=filesystem,
         )
         options = dict(client_options or {})
-        self._producer = EventProducer(bootstrap, transactional_id=transactional_id, **options)
+        self._producer = output_producer(bootstrap, transactional_id, options)
         self._consumer = EventConsumer(
             bootstrap,
             self._assignment,
             dead_letter_topic=dead_letter_topic,
             expected_types={topics[t]: _EVENT_TYPES[t] for t in _TABLES},
             dead_letter_producer=self._producer,
+            dead_letter=dead_letter_choice(dead_letter_topics, {t for t, _ in self._assignment},
+                                           self.role),
             **options,
         )
         self._paused = False
@@ -145,6 +153,7 @@ class LakeWriter(ConsumingActor):
         """Each record the lake cannot hold to the dead-letter topic, with the sink's reason."""
         if not rejected:
             return
+        self._begin_output()
         for record in rejected:
             self._producer.send_dead_letter(
                 self._dead_letter_topic, source_topic=record.topic, partition=record.partition,
@@ -205,7 +214,7 @@ class LakeWriter(ConsumingActor):
             straddling_files=sink.straddling_files,
             undecodable=self._consumer.dead_lettered,
             rejected=sink.rejected,
-            dead_letters=self._consumer.dead_lettered + self._rejected_sent,
+            dead_letters=self._consumer.dead_letters_sent + self._rejected_sent,
             undecodable_reasons=dict(self._consumer.dead_letter_reasons),
             rejected_reasons=dict(sink.rejected_reasons),
         )

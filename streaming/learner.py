@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -66,12 +66,11 @@ from numpy.typing import NDArray
 from recsys.bandits import shard_of, stats_from_arrays
 from recsys.bandits.protocol import StatsArrays
 from recsys.events import Feedback, Impression, Reward, encode
-from recsys.producer import EventProducer
 from recsys.topics import DEAD_LETTER
 from recsys.validation import message
 from streaming.consumer import ConsumedEvent, EventConsumer
 from streaming.join import WindowJoin, feedback_columns, impression_columns
-from streaming.reading import ConsumingActor, Offsets
+from streaming.reading import ConsumingActor, Offsets, dead_letter_choice, output_producer
 
 Mode = Literal["fresh", "window"]
 STATE_FORMAT = "recsys.learner.state/2"
@@ -361,7 +360,13 @@ class Learner(ConsumingActor):
         expected_types: Mapping[str, type] | None = None,
         client_options: Mapping[str, object] | None = None,
         transactional_id: str | None = None,
+        dead_letter_topics: Collection[str] | None = None,
     ) -> None:
+        """``transactional_id``: dead letters in transactions committed by ``pause``
+        (``streaming.reading``); ``dead_letter_topics``: the topics whose undecodable records this
+        learner dead-letters (None: all it reads; in the pipeline the joiners own impressions and
+        feedback, and learners own rewards only in window mode without a lake). Records it
+        refuses as unlearnable it always dead-letters."""
         self._assignment = [(topic, int(p)) for topic, p in assignment]
         if len(set(self._assignment)) != len(self._assignment):
             raise ValueError(f"assignment: a partition is listed twice in {self._assignment}")
@@ -381,10 +386,13 @@ class Learner(ConsumingActor):
         options = dict(client_options or {})
         self._dead_letter_topic = dead_letter_topic
         # undecodable and refused records; transactional with an id (streaming.reading)
-        self._producer = EventProducer(bootstrap, transactional_id=transactional_id, **options)
+        self._producer = output_producer(bootstrap, transactional_id, options)
         self._consumer = EventConsumer(
             bootstrap, self._assignment, dead_letter_topic=dead_letter_topic,
-            expected_types=expected_types, dead_letter_producer=self._producer, **options,
+            expected_types=expected_types, dead_letter_producer=self._producer,
+            dead_letter=dead_letter_choice(dead_letter_topics, {t for t, _ in self._assignment},
+                                           self.role),
+            **options,
         )
         self._paused = False
         self.events = 0
@@ -400,7 +408,10 @@ class Learner(ConsumingActor):
         for s, deltas in enumerate(self.core.process(batch)):
             if deltas:
                 self._send(s, deltas)
-        for consumed, reason in self.core.take_refused():
+        refused = self.core.take_refused()
+        if refused:
+            self._begin_output()
+        for consumed, reason in refused:
             self._producer.send_dead_letter(
                 self._dead_letter_topic, source_topic=consumed.topic,
                 partition=consumed.partition, offset=consumed.offset, key=consumed.event.key,
@@ -476,6 +487,7 @@ class Learner(ConsumingActor):
             "counts": dict(self.core.counts), "open_requests": self.core.open_requests,
             "held_feedback": self.core.held_feedback,
             "consumed": self._consumer.consumed, "dead_lettered": self._consumer.dead_lettered,
+            "dead_letters_sent": self._consumer.dead_letters_sent,
             "refused": self.refused,
         }
 

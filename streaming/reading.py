@@ -20,14 +20,58 @@ actor's open transaction is aborted by its successor's ``init_transactions`` (sa
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+
+from kafka.errors import InvalidTransactionTimeoutError
 
 from recsys.producer import EventProducer
 from recsys.validation import message
 from streaming.consumer import ConsumedEvent, EventConsumer
 
 Offsets = dict[tuple[str, int], int]
+
+# How long a transaction may stay open before the broker aborts it: the broker's default ceiling
+# (transaction.max.timeout.ms, 15 min), so an open transaction rides through a Kafka outage of up to
+# stream.kafka_outage_budget_s (10 min by default) plus a checkpoint interval. An aborted one is not
+# lost data (the actor is replaced and replays from its checkpoint), only a costlier recovery. A
+# zombie's open transaction holds read_committed readers back at most this long, and only until a
+# successor with the same transactional id starts (its init aborts it at once).
+TRANSACTION_TIMEOUT_MS = 900_000
+
+
+def output_producer(bootstrap: str, transactional_id: str | None,
+                    options: Mapping[str, object]) -> EventProducer:
+    """A reading actor's one producer (its output and dead letters): transactional with an id
+    (``TRANSACTION_TIMEOUT_MS``; building it fences a predecessor with the same id and aborts
+    its open transaction), idempotent without."""
+    if transactional_id is None:
+        return EventProducer(bootstrap, **options)
+    try:
+        return EventProducer(bootstrap, transactional_id=transactional_id,
+                             transaction_timeout_ms=TRANSACTION_TIMEOUT_MS, **options)
+    except InvalidTransactionTimeoutError as exc:
+        raise ValueError(message(
+            "transaction_timeout_ms", "at most the broker's transaction.max.timeout.ms",
+            TRANSACTION_TIMEOUT_MS,
+            "raise transaction.max.timeout.ms on the brokers to at least this (Kafka's "
+            "default is 900000)")) from exc
+
+
+def dead_letter_choice(dead_letter_topics: Collection[str] | None, reads: Collection[str],
+                       role: str) -> bool | frozenset[str]:
+    """``EventConsumer``'s ``dead_letter`` for an actor that dead-letters the undecodable
+    records of ``dead_letter_topics`` (None: every topic it reads) and only counts the others
+    (their owner sends them: one dead letter per record)."""
+    if dead_letter_topics is None:
+        return True
+    chosen = frozenset(str(t) for t in ([dead_letter_topics] if isinstance(dead_letter_topics, str)
+                                        else dead_letter_topics))
+    foreign = sorted(chosen - set(reads))
+    if foreign:
+        raise ValueError(message("dead_letter_topics", f"topics this {role} reads {sorted(reads)}",
+                                 foreign))
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -137,8 +181,11 @@ class ConsumingActor:
             self._producer.flush()
 
     def _abort_output(self) -> None:
-        """Discard what was produced in the open transaction (a rollback replays it)."""
-        if self.transactional:
+        """Discard what was produced in the open transaction (a rollback replays it). Flushes
+        first: an abort fails the sends still queued (TransactionAbortedError), which the
+        producer would report at its next flush as lost records."""
+        if self.transactional and self._producer.in_transaction:
+            self._producer.flush()
             self._producer.abort()
 
     def _close_output(self) -> None:
