@@ -20,5 +20,5 @@ def schemas() -> Path:
     path = shared_schemas_dir()
     if not (path / "SOURCES.md").is_file():
         pytest.skip(f"vendored schemas not found at {path} (the compose-spec and KubeRay CRD "
-                    "schemas listed in its SOURCES.md); the deployment files are not checked")
+                    "schemas listed in its SOURCES.md); only the schema checks skip")
     return path
