@@ -346,6 +346,8 @@ def test_compose_kafka_is_three_kraft_brokers_with_replication_three_and_two_in_
 
 def test_compose_has_ray_mlflow_postgres_and_minio() -> None:
     services = compose_services()
+    profiles = {profile for s in services.values() for profile in s.get("profiles", [])}
+    assert set(dotenv()["COMPOSE_PROFILES"].split(",")) <= profiles
     heads = [name for name, s in services.items() if "ray start --head" in str(s.get("command"))]
     assert sorted(heads) == ["ray-head-serve", "ray-head-stream"]
     assert "--address=ray-head:6379" in services["ray-worker"]["command"]
@@ -398,6 +400,20 @@ def test_crd_validation_rejects_an_unserved_api_version(schemas: Path) -> None:
     (_, job), *_ = [(n, o) for n, o in CUSTOM if o["kind"] == "RayJob"]
     with pytest.raises(AssertionError, match="not served"):
         crd_errors(schemas, {**job, "apiVersion": "ray.io/v2"})
+
+
+def test_image_copies_every_package_the_project_installs() -> None:
+    """``pip install .`` in the image sees every package pyproject.toml includes (a package
+    added later and not copied would be missing from the image, not from the tests)."""
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    packages = {pattern.rstrip("*")
+                for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    dockerfile = DOCKERFILE.read_text()
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", dockerfile, re.M))
+    assert copied == packages
+    ignore = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().split()
+    assert {f"!{package}/**" for package in packages} <= set(ignore)
+    assert {"!pyproject.toml", f"!{pyproject['project']['readme']}"} <= set(ignore)
 
 
 def test_ray_version_matches_the_image() -> None:
