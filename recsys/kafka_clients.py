@@ -12,6 +12,7 @@ that stop at the last stable offset, idempotent and transactional sends, and mur
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -455,6 +456,7 @@ class ProducerClient(Protocol):
              partition: int | None) -> None: ...
     def flush(self, timeout_s: float | None) -> None: ...
     def partitions_for(self, topic: str) -> set[int]: ...
+    def writable(self, topics: list[str], timeout_s: float) -> str | None: ...
     def init_transactions(self) -> None: ...
     def begin_transaction(self) -> None: ...
     def commit_transaction(self) -> None: ...
@@ -541,6 +543,31 @@ class KafkaPythonProducer:
 
     def partitions_for(self, topic: str) -> set[int]:
         return set(self.raw.partitions_for(topic) or ())
+
+    def writable(self, topics: list[str], timeout_s: float) -> str | None:
+        """None when the brokers answer a fresh metadata request over this producer's own
+        connections within ``timeout_s`` with a leader for every partition of ``topics``; else
+        why not. (``partitions_for`` answers from a cache, so this takes the steps it takes on a
+        cache miss: ``_metadata.request_update``, wake the sender.)"""
+        answered = threading.Event()
+        future = self.raw._metadata.request_update()
+        future.add_both(lambda *_: answered.set())
+        self.raw._sender.wakeup()
+        if not answered.wait(timeout_s):
+            return f"the brokers did not answer a metadata request within {timeout_s:g} s"
+        if future.failed():
+            error = future.exception
+            return f"the metadata request failed: {type(error).__name__}: {error}"
+        cluster = self.raw._metadata
+        for topic in topics:
+            partitions = cluster.partitions_for_topic(topic)
+            if not partitions:
+                return f"topic {topic!r} is not known to the brokers"
+            leaderless = sorted(partitions - (cluster.available_partitions_for_topic(topic)
+                                              or set()))
+            if leaderless:
+                return f"topic {topic!r} has partitions without a leader: {leaderless}"
+        return None
 
     def init_transactions(self) -> None:
         self.raw.init_transactions()
@@ -643,6 +670,23 @@ class ConfluentProducer:
             return set()
         return set(found.partitions)
 
+    def writable(self, topics: list[str], timeout_s: float) -> str | None:
+        """None when the brokers answer a metadata request within ``timeout_s`` with a leader
+        for every partition of ``topics``; else why not."""
+        try:
+            metadata = self.raw.list_topics(timeout=timeout_s)
+        except confluent_kafka.KafkaException as exc:
+            return f"the metadata request failed: {exc.args[0] if exc.args else exc}"
+        for topic in topics:
+            found = metadata.topics.get(topic)
+            if found is None or found.error is not None or not found.partitions:
+                return f"topic {topic!r} is not known to the brokers"
+            leaderless = sorted(p for p, meta in found.partitions.items()
+                                if meta.leader < 0 or meta.error is not None)
+            if leaderless:
+                return f"topic {topic!r} has partitions without a leader: {leaderless}"
+        return None
+
     def init_transactions(self) -> None:
         self.raw.init_transactions(self.timeout_s)
 
@@ -654,6 +698,7 @@ class ConfluentProducer:
 
     def abort_transaction(self) -> None:
         self.raw.abort_transaction(self.timeout_s)
+        self.raw.poll(0)  # serve the purged records' delivery reports now, inside the abort
 
     def close(self, timeout_s: float) -> None:
         raw = self.raw

@@ -78,6 +78,11 @@ class EventProducer:
         for topic in topics:
             self._client.partitions_for(topic)
 
+    def writable(self, topics: Iterable[str], timeout_s: float) -> str | None:
+        """None when the brokers answer a fresh metadata request within ``timeout_s`` with a
+        leader for every partition of ``topics``; else why not (serving's readiness check)."""
+        return self._client.writable(list(topics), timeout_s)
+
     def _on_error(self, exc: BaseException) -> None:
         self.failed += 1
         if len(self._errors) < 10:
@@ -145,6 +150,7 @@ class EventProducer:
         if self.in_transaction:
             self._client.abort_transaction()
             self.in_transaction = False
+            self._errors = []  # the discarded records' failures are the abort, not an outage
 
     def _transactional(self, what: str) -> None:
         if self.transactional_id is None:

@@ -465,11 +465,13 @@ def metadata_available(bootstrap: str, timeout_s: float = 5.0, **client_options:
     from kafka import KafkaConsumer
     from kafka.errors import KafkaConfigurationError, KafkaError
 
+    from recsys.kafka_clients import kafka_python_options
+
     try:
         consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
             request_timeout_ms=max(1000, int(timeout_s * 1000)),
-            **client_options,
+            **kafka_python_options(client_options),
         )
     except KafkaConfigurationError:
         raise  # a mistake in the client settings: retrying will not help

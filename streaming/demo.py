@@ -546,9 +546,10 @@ def _dead_letters(bootstrap: str, topic: str, client_options: dict) -> dict[str,
     from kafka import KafkaConsumer, TopicPartition
 
     from recsys.events import decode_dead_letter
+    from recsys.kafka_clients import kafka_python_options
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             **client_options)
+                             **kafka_python_options(client_options))
     try:
         partition = TopicPartition(topic, 0)
         consumer.assign([partition])

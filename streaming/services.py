@@ -48,7 +48,7 @@ def running_cluster(settings: Settings) -> KafkaCluster | None:
                             "configured")
     state = read_state(settings.kafka_data_dir)
     if state is not None and is_our_jvm(state) and metadata_available(state.bootstrap):
-        return KafkaCluster(state.bootstrap, {}, "detached broker")
+        return KafkaCluster(state.bootstrap, {"client": settings.kafka.client}, "detached broker")
     return None
 
 
@@ -63,7 +63,8 @@ def kafka_cluster(settings: Settings) -> Iterator[KafkaCluster]:
     broker = EmbeddedKafka.from_settings(settings, temporary=True)
     try:  # start inside: a stop signal after the JVM started still stops it
         broker.start()
-        yield KafkaCluster(broker.bootstrap, {}, "embedded broker", broker.startup_seconds)
+        yield KafkaCluster(broker.bootstrap, {"client": settings.kafka.client}, "embedded broker",
+                           broker.startup_seconds)
     finally:
         broker.stop()
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from kafka.admin import KafkaAdminClient
 from kafka.errors import TopicAlreadyExistsError
 
+from recsys.kafka_clients import kafka_python_options
 from recsys.topics import DEAD_LETTER, FEEDBACK, IMPRESSIONS, REWARDS
 from recsys.validation import message
 
@@ -44,7 +45,8 @@ def ensure_topics(
     ``co_partitioned`` topics that are all among ``topics`` ends up with different counts.
     """
     admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap, client_id="recsys-admin", **client_options
+        bootstrap_servers=bootstrap, client_id="recsys-admin",
+        **kafka_python_options(client_options),
     )
     try:
         existing = set(admin.list_topics())
@@ -111,7 +113,8 @@ def cluster_layout(
 ) -> ClusterLayout:
     """The cluster id and the partition count of each of ``topics`` (which must exist)."""
     admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap, client_id="recsys-admin", **client_options
+        bootstrap_servers=bootstrap, client_id="recsys-admin",
+        **kafka_python_options(client_options),
     )
     try:
         cluster_id = admin.describe_cluster()["cluster_id"]

@@ -78,6 +78,8 @@ def run_tail(args: argparse.Namespace) -> int:
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
+    from recsys.kafka_clients import kafka_python_options
+
     if args.max is not None and args.max < 1:
         raise CommandError(f"--max: expected a count >= 1, got {args.max}")
     found = _resolve_bootstrap(args)
@@ -87,7 +89,7 @@ def run_tail(args: argparse.Namespace) -> int:
     bootstrap, options = found
     try:
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                 group_id=None, **options)
+                                 group_id=None, **kafka_python_options(options))
     except (KafkaError, OSError) as exc:
         raise CommandError(f"--bootstrap: no Kafka broker answers at {bootstrap}: {exc}") from exc
     try:

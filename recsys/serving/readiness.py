@@ -52,24 +52,6 @@ class KafkaState:
         return (time.monotonic() if now is None else now) - self.checked_at
 
 
-def request_metadata(kafka_producer: Any, timeout_s: float) -> str | None:
-    """Ask the brokers for fresh cluster metadata over ``kafka_producer``'s own connections (the
-    path its writes take): None when they answered within ``timeout_s``, else why not.
-    kafka-python's ``KafkaProducer.partitions_for`` does the same but answers from its cache, so
-    this takes the steps it takes on a cache miss (``_metadata.request_update``, wake the
-    sender)."""
-    answered = threading.Event()
-    future = kafka_producer._metadata.request_update()
-    future.add_both(lambda *_: answered.set())
-    kafka_producer._sender.wakeup()
-    if not answered.wait(timeout_s):
-        return f"the brokers did not answer a metadata request within {timeout_s:g} s"
-    if future.failed():
-        error = future.exception
-        return f"the metadata request failed: {type(error).__name__}: {error}"
-    return None
-
-
 class KafkaReadiness:
     """Checks in the background whether Kafka accepts ``producer``'s writes to ``topics`` (see
     the module docs); :meth:`state` is the last verdict and costs nothing. ``producer`` is a
@@ -134,20 +116,10 @@ class KafkaReadiness:
         if pending and waited > self.stall_s:
             return False, (f"{pending} events have waited {waited:.0f} s with no acknowledgement"
                            " from Kafka")
-        kafka = self.producer._producer
-        try:
-            failure = request_metadata(kafka, self.timeout_s)
+        try:  # over the producer's own connections, the path its writes take (either library)
+            failure = self.producer.writable(self.topics, self.timeout_s)
         except Exception as exc:  # a closed producer, or a client that changed underneath
             failure = f"the metadata request failed: {type(exc).__name__}: {exc}"
         if failure is not None:
             return False, failure
-        cluster = kafka._metadata
-        for topic in self.topics:
-            partitions = cluster.partitions_for_topic(topic)
-            if not partitions:
-                return False, f"topic {topic!r} is not known to the brokers"
-            leaderless = sorted(partitions - (cluster.available_partitions_for_topic(topic)
-                                              or set()))
-            if leaderless:
-                return False, f"topic {topic!r} has partitions without a leader: {leaderless}"
         return True, ("brokers answer" + (f"; {pending} events waiting" if pending else ""))

@@ -4,6 +4,9 @@ murmur2 key placement that agrees across clients."""
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import confluent_kafka
 import kafka.errors as kerr
 import pytest
@@ -11,9 +14,12 @@ import pytest
 from recsys.kafka_clients import (
     client_name,
     confluent_config,
+    is_fenced,
     is_transient_kafka_error,
     kafka_python_options,
+    make_consumer,
 )
+from recsys.producer import EventProducer
 
 
 def _confluent(code: int, *, fatal: bool = False, retriable: bool = False,
@@ -108,3 +114,134 @@ def test_an_untranslatable_option_names_itself() -> None:
         confluent_config({"client": "confluent", "ssl_check_hostname": False})
     with pytest.raises(ValueError, match=r"kafka\.client"):
         client_name({"client": "librdkafka"})
+
+
+# -- the real broker, each client -----------------------------------------------------------------
+
+CLIENTS = ["kafka-python", "confluent"]
+
+
+def _records(bootstrap: str, topic: str, partitions: int, client: str) -> list[tuple]:
+    """(partition, offset, key, value) of every record a read_committed reader of ``client``
+    reaches, read to the end offsets it sees."""
+    consumer = make_consumer(bootstrap, [(topic, p) for p in range(partitions)],
+                             {"client": client})
+    try:
+        ends = consumer.end_offsets([(topic, p) for p in range(partitions)])
+        out: list[tuple] = []
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < end for tp, end in ends.items()):
+            assert time.monotonic() < deadline, f"{client} did not reach {ends}"
+            for batch in consumer.poll(timeout_ms=200, max_records=1000):
+                out += [(batch.partition, o, k, v) for o, k, v in
+                        zip(batch.offsets, batch.keys, batch.values, strict=True)]
+        assert {tp: consumer.position(tp) for tp in ends} == ends
+        return out
+    finally:
+        consumer.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("client", CLIENTS)
+def test_transactions_commit_abort_and_read_committed(kafka_bootstrap, unique_topics, client):
+    topic = unique_topics({"t": 2})["t"]
+    producer = EventProducer(kafka_bootstrap, transactional_id=f"test.{topic}", client=client)
+    try:
+        producer.begin()
+        for i in range(10):
+            producer.send_raw(topic, b"c%d" % i, b"committed", partition=i % 2)
+        producer.commit()
+        producer.begin()
+        for i in range(5):
+            producer.send_raw(topic, b"a%d" % i, b"aborted", partition=i % 2)
+        producer.flush()  # on the log, then aborted: read_committed readers skip them
+        producer.send_raw(topic, b"a-queued", b"aborted", partition=0)  # maybe never sent
+        producer.abort()  # what it discards is no delivery failure: the next commit succeeds
+        producer.begin()
+        for i in range(3):
+            producer.send_raw(topic, b"o%d" % i, b"open", partition=i % 2)
+        producer.flush()  # on the log but not committed: the last stable offset stays before it
+        for reader in CLIENTS:  # each library's read_committed reader, whoever wrote
+            seen = _records(kafka_bootstrap, topic, 2, reader)
+            assert sorted(k for _, _, k, _ in seen) == sorted(b"c%d" % i for i in range(10)), reader
+        producer.commit()
+        for reader in CLIENTS:
+            values = [v for _, _, _, v in _records(kafka_bootstrap, topic, 2, reader)]
+            assert sorted(values) == sorted([b"committed"] * 10 + [b"open"] * 3), reader
+    finally:
+        producer.close()
+
+
+@pytest.mark.integration
+@pytest.mark.filterwarnings("ignore:Producer abort_transaction failed during close")
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_successor_fences_its_predecessor(kafka_bootstrap, unique_topics, client):
+    topic = unique_topics({"t": 1})["t"]
+    tid = f"test.fence.{topic}"
+    zombie = EventProducer(kafka_bootstrap, transactional_id=tid, client=client)
+    zombie.begin()
+    zombie.send_raw(topic, b"z", b"zombie")
+    zombie.flush()
+    successor = EventProducer(kafka_bootstrap, transactional_id=tid, client=client)
+    try:
+        with pytest.raises(Exception) as raised:  # each library has its own type
+            zombie.commit()
+        assert is_fenced(raised.value), raised.value
+        assert not is_transient_kafka_error(raised.value), raised.value
+        successor.begin()
+        successor.send_raw(topic, b"s", b"successor")
+        successor.commit()
+        assert [v for *_, v in _records(kafka_bootstrap, topic, 1, client)] == [b"successor"]
+    finally:
+        successor.close()
+        with contextlib.suppress(Exception):
+            zombie.close(timeout_s=5)
+
+
+@pytest.mark.integration
+def test_a_key_lands_on_the_same_partition_with_either_client(kafka_bootstrap, unique_topics):
+    from kafka.partitioner.default import murmur2
+
+    partitions = 5
+    placed: dict[str, dict[bytes, int]] = {}
+    for client in CLIENTS:
+        topic = unique_topics({"t": partitions})["t"]
+        with EventProducer(kafka_bootstrap, client=client) as producer:
+            for i in range(200):
+                producer.send_raw(topic, f"req-{i}".encode(), b"x")
+        placed[client] = {k: p for p, _, k, _ in
+                          _records(kafka_bootstrap, topic, partitions, "kafka-python")}
+    java_rule = {f"req-{i}".encode(): (murmur2(f"req-{i}".encode()) & 0x7FFFFFFF) % partitions
+                 for i in range(200)}
+    assert placed["kafka-python"] == java_rule
+    assert placed["confluent"] == java_rule
+    assert len(set(java_rule.values())) == partitions  # the check can tell partitions apart
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_seek_before_the_first_poll_is_where_reading_starts(
+    kafka_bootstrap, unique_topics, client
+):
+    topic = unique_topics({"t": 2})["t"]
+    with EventProducer(kafka_bootstrap, client=client) as producer:
+        for i in range(20):
+            producer.send_raw(topic, b"k", b"%d" % i, partition=i % 2)
+    consumer = make_consumer(kafka_bootstrap, [(topic, 0), (topic, 1)], {"client": client})
+    try:
+        assert consumer.position((topic, 1)) == 0  # no record read yet: the beginning
+        consumer.seek((topic, 0), 7)
+        assert consumer.position((topic, 0)) == 7
+        consumer.pause([(topic, 1)])
+        got: list[int] = []
+        deadline = time.monotonic() + 30
+        while consumer.position((topic, 0)) < 10:
+            assert time.monotonic() < deadline
+            for batch in consumer.poll(timeout_ms=200, max_records=100):
+                assert batch.partition == 0, "a paused partition yielded records"
+                got += batch.offsets
+        assert got == [7, 8, 9]
+        assert consumer.position((topic, 1)) == 0
+        assert consumer.beginning_offsets([(topic, 0)]) == {(topic, 0): 0}
+    finally:
+        consumer.close()
