@@ -20,19 +20,30 @@ stop-the-world cut (simpler than Flink's barriers, and enough at checkpoint inte
 Every actor's reported positions must equal the targets on its partitions, or the checkpoint is
 refused (an actor that skipped or re-read records would make the cut inconsistent).
 
-Recovery is a global rollback (as Flink does): on any actor failure the pipeline rebuilds every
-actor and :meth:`CheckpointCoordinator.restore` loads the newest complete checkpoint into them —
-statistics into shards, states into learners and joiners, and every reader seeks to the
-checkpoint's offsets (lake writers also delete files past them). Events after the checkpoint are
-replayed; deterministic processing makes the replay produce the same state. Rewards the joiners
-had already produced after the checkpoint are produced again, identical; readers de-duplicate
+Learners in window mode read ``recsys.rewards`` instead of the inputs: like the lake writers they
+are drained to the rewards end offsets taken after the joiners paused (``window_learners``).
+
+Restoring: at start :meth:`CheckpointCoordinator.restore` loads the newest complete checkpoint
+from storage into fresh actors — statistics into shards, states into learners and joiners, and
+every reader seeks to the checkpoint's offsets (lake writers also delete files past them). The
+coordinator keeps that cut in driver memory (:class:`Cut`: offsets, reader states, and each
+shard's statistics as an object in Ray's store) and replaces it at every checkpoint, so a local
+recovery (:meth:`CheckpointCoordinator.restore_readers`, ``streaming.pipeline``) restores the
+actors of one failed unit without reading storage. Events after the cut are replayed;
+deterministic processing makes the replay produce the same state. Rewards the joiners had
+already produced after the checkpoint are produced again, identical; readers de-duplicate
 ``recsys.rewards`` by ``(request_id, item_id)`` (``streaming.join``, ``scan_lake``).
+
+Every wait on an actor goes through ``streaming.supervisor.ActorCalls`` (a deadline per call);
+a reader that makes no progress towards the targets for ``stall_timeout_s`` is reported as
+``ActorsFailed`` (stood still), and a checkpoint that fails midway resumes every live actor
+before the error propagates, so no actor is left paused.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +51,7 @@ import ray
 
 from recsys.bandits import stats_from_arrays
 from recsys.checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from streaming.supervisor import ActorCalls, ActorsFailed, Hooks
 
 Offsets = dict[tuple[str, int], int]
 
@@ -59,6 +71,39 @@ class PipelineActors:
         named += [(f"learner-{i}", a) for i, a in enumerate(self.learners)]
         named += [(f"lake-{i}", a) for i, a in enumerate(self.lake_writers)]
         return named
+
+    def named_shards(self) -> list[tuple[str, Any]]:
+        return [(f"shard-{i}", a) for i, a in enumerate(self.shards)]
+
+    def all(self) -> list[tuple[str, Any]]:
+        """Every actor, named."""
+        return [*self.readers(), *self.named_shards()]
+
+    def get(self, name: str) -> Any:
+        role, index = name.rsplit("-", 1)
+        group = {"joiner": self.joiners, "learner": self.learners, "lake": self.lake_writers,
+                 "shard": self.shards}[role]
+        return group[int(index)]
+
+    def replace(self, name: str, actor: Any) -> None:
+        role, index = name.rsplit("-", 1)
+        group = {"joiner": self.joiners, "learner": self.learners, "lake": self.lake_writers,
+                 "shard": self.shards}[role]
+        group[int(index)] = actor
+
+
+@dataclass
+class Cut:
+    """The last checkpoint (or the start) in driver memory: what a local recovery restores.
+
+    ``offsets`` covers every partition a reader reads; ``states`` the reader states by name
+    (absent: none); ``shard_arrays`` each shard's statistics arrays as an object in Ray's store
+    (``ObjectRef``) with their meta, so a rebuilt shard is built from them without storage."""
+
+    checkpoint_id: str | None
+    offsets: Offsets
+    states: dict[str, Any]
+    shard_arrays: list[tuple[Any, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -80,8 +125,10 @@ class CheckpointCoordinator:
     """Takes and restores consistent checkpoints of a :class:`PipelineActors` (see module docs).
 
     ``input_topics`` are the topics whose end offsets set the cut (impressions, feedback);
-    ``rewards_topic`` is the joiners' output, read by the lake writers; ``cluster`` returns the
-    Kafka cluster id and the partition count of every topic (``streaming.topics.cluster_layout``).
+    ``rewards_topic`` is the joiners' output, read by the lake writers and, when
+    ``window_learners``, by the learners; ``cluster`` returns the Kafka cluster id and the
+    partition count of every topic (``streaming.topics.cluster_layout``). ``calls`` waits on
+    actors with deadlines (a plain one with ``actor_call_timeout_s`` 30 s when not given).
     """
 
     def __init__(
@@ -91,39 +138,52 @@ class CheckpointCoordinator:
         *,
         input_topics: Sequence[str],
         rewards_topic: str | None = None,
-        drain_timeout_s: float = 120.0,
+        window_learners: bool = False,
+        stall_timeout_s: float = 120.0,
+        calls: ActorCalls | None = None,
     ) -> None:
         self.store = store
         self._cluster = cluster
         self.input_topics = list(input_topics)
         self.rewards_topic = rewards_topic
-        self.drain_timeout_s = float(drain_timeout_s)
+        self.window_learners = window_learners
+        self.stall_timeout_s = float(stall_timeout_s)
+        self.calls = calls or ActorCalls(30.0, Hooks())
         self.last: CheckpointReport | None = None
+        self.cut: Cut | None = None
 
     # ------------------------------------------------------------------ taking
     def checkpoint(self, actors: PipelineActors, meta: Mapping[str, Any] | None = None
                    ) -> CheckpointReport:
         """Stop every reader at the same offsets, snapshot, write, resume (module docs)."""
         started = time.perf_counter()
-        targets = self._input_targets(actors)
         states: dict[str, Any] = {}
         try:
+            targets = self._input_targets(actors)
             joined = self._drain_and_pause(actors.joiners, "joiner", targets)
             for i, (offsets, state) in enumerate(joined):
                 self._check_positions(f"joiner-{i}", offsets, targets)
                 states[f"joiner-{i}"] = state
-            if self.rewards_topic is not None and actors.lake_writers:
-                targets |= self._end_offsets(actors.lake_writers, {self.rewards_topic})
+            readers = [(f"lake-{i}", a) for i, a in enumerate(actors.lake_writers)]
+            if self.window_learners:
+                readers += [(f"learner-{i}", a) for i, a in enumerate(actors.learners)]
+            if self.rewards_topic is not None and readers:
+                targets |= self._end_offsets(readers, {self.rewards_topic})
             for i, offsets in enumerate(self._drain_and_pause(actors.learners, "learner",
                                                               targets)):
                 self._check_positions(f"learner-{i}", offsets, targets)
-            states |= {f"learner-{i}": s for i, s in enumerate(
-                ray.get([a.state_arrays.remote() for a in actors.learners]))}
+            learners = [(f"learner-{i}", a) for i, a in enumerate(actors.learners)]
+            states |= dict(zip([n for n, _ in learners],
+                               self.calls.call("state_arrays", learners), strict=True))
             for i, offsets in enumerate(self._drain_and_pause(actors.lake_writers, "lake",
                                                               targets)):
                 self._check_positions(f"lake-{i}", offsets, targets)
             drained = time.perf_counter()
-            parts = ray.get([s.checkpoint.remote() for s in actors.shards])
+            named = [(name, shard, ref) for name, shard in actors.named_shards()
+                     for ref in shard.checkpoint.options(num_returns=2).remote()]
+            flat = self.calls.get("checkpoint", named)
+            refs = [ref for _, _, ref in named]
+            parts = list(zip(flat[0::2], flat[1::2], strict=True))
             stats = {f"shard-{i}": stats_from_arrays(*part) for i, part in enumerate(parts)}
             snapshotted = time.perf_counter()
             cluster_id, partitions = self._cluster()
@@ -135,42 +195,61 @@ class CheckpointCoordinator:
                 meta=dict(meta or {}),
             )
             checkpoint_id = self.store.write(checkpoint)
-        finally:
-            self._resume(actors)
+        except BaseException:
+            self._resume(actors, quiet=True)
+            raise
+        # the shards' copies of this cut become their rollback points (ordered before any
+        # later rollback: calls from one caller to an actor run in order)
+        for shard in actors.shards:
+            shard.confirm_checkpoint.remote()
+        self._resume(actors)
         written = time.perf_counter()
+        offsets = {**(self.cut.offsets if self.cut else {}), **targets}
+        self.cut = Cut(checkpoint_id, offsets, states,
+                       [(refs[2 * i], dict(part[1])) for i, part in enumerate(parts)])
         self.last = CheckpointReport(checkpoint_id, dict(targets), drained - started,
                                      snapshotted - drained, written - snapshotted)
         return self.last
 
     def _input_targets(self, actors: PipelineActors) -> Offsets:
-        readers = [a for _, a in actors.readers()]
+        readers = actors.readers()
         if not readers:
             raise CheckpointError("a checkpoint needs at least one actor that reads Kafka")
         return self._end_offsets(readers, set(self.input_topics))
 
-    @staticmethod
-    def _end_offsets(readers: Sequence[Any], topics: set[str]) -> Offsets:
+    def _end_offsets(self, readers: Sequence[tuple[str, Any]], topics: set[str]) -> Offsets:
         ends: Offsets = {}
-        for offsets in ray.get([a.end_offsets.remote() for a in readers]):
+        for offsets in self.calls.call("end_offsets", readers):
             ends |= {tp: int(o) for tp, o in offsets.items() if tp[0] in topics}
         return ends
 
     def _drain_and_pause(self, group: Sequence[Any], role: str, targets: Offsets) -> list[Any]:
-        """Let every actor of ``group`` read up to ``targets`` (in slices), then pause it."""
+        """Let every actor of ``group`` read up to ``targets`` (in slices), then pause it.
+
+        An actor whose drain makes no progress for ``stall_timeout_s`` is reported as
+        :class:`ActorsFailed` (it stood still; the pipeline replaces it)."""
         if not group:
             return []
-        assignments = ray.get([a.assignment.remote() for a in group])
+        named = [(f"{role}-{i}", a) for i, a in enumerate(group)]
+        assignments = self.calls.call("assignment", named)
         mine = [{tp: targets[tp] for tp in assigned if tp in targets} for assigned in assignments]
         pending = list(range(len(group)))
-        deadline = time.monotonic() + self.drain_timeout_s
+        consumed: dict[int, int] = {}
+        moved = dict.fromkeys(pending, time.monotonic())
         while pending:
-            if time.monotonic() > deadline:
-                raise CheckpointError(
-                    f"checkpoint: {role} actor(s) {pending} did not reach the target offsets in "
-                    f"{self.drain_timeout_s:.0f} s (is the cluster reachable?)")
-            progress = ray.get([group[i].drain.remote(mine[i]) for i in pending])
+            progress = self.calls.get("drain", [(named[i][0], group[i],
+                                                 group[i].drain.remote(mine[i]))
+                                                for i in pending])
+            now = time.monotonic()
+            for i, p in zip(pending, progress, strict=True):
+                if consumed.get(i) != p.consumed:
+                    consumed[i], moved[i] = p.consumed, now
             pending = [i for i, p in zip(pending, progress, strict=True) if not p.done]
-        return ray.get([a.pause.remote() for a in group])
+            stalled = [named[i][0] for i in pending if now - moved[i] > self.stall_timeout_s]
+            if stalled:
+                raise ActorsFailed(stalled, f"stood still for {self.stall_timeout_s:g} s short "
+                                   "of the checkpoint's target offsets", method="drain")
+        return self.calls.call("pause", named)
 
     @staticmethod
     def _check_positions(name: str, positions: Mapping[tuple[str, int], int],
@@ -181,13 +260,19 @@ class CheckpointCoordinator:
             raise CheckpointError(f"checkpoint refused: {name} stopped at offsets other than the "
                                   f"cut's (position, target): {off}")
 
-    @staticmethod
-    def _resume(actors: PipelineActors) -> None:
-        ray.get([a.resume.remote() for _, a in actors.readers()])
+    def _resume(self, actors: PipelineActors, quiet: bool = False) -> None:
+        """Resume every reader; ``quiet`` (a checkpoint already failing): the live ones are
+        resumed and the others left for the supervisor, whose error is the one that counts."""
+        try:
+            self.calls.call("resume", actors.readers())
+        except ActorsFailed:
+            if not quiet:
+                raise
 
     # ------------------------------------------------------------------ restoring
     def restore(self, actors: PipelineActors, start: Offsets) -> Checkpoint | None:
-        """Load the newest compatible checkpoint into fresh actors, or start them at ``start``.
+        """Load the newest compatible checkpoint from storage into fresh actors, or start them
+        at ``start``; keeps the cut in memory (:attr:`cut`).
 
         ``start`` (the offsets to begin from without a checkpoint, usually the beginning of
         every partition) also names the partitions each reader must be given.
@@ -195,6 +280,7 @@ class CheckpointCoordinator:
         cluster_id, partitions = self._cluster()
         checkpoint = self.store.restore(cluster_id, partitions)
         offsets = dict(start) if checkpoint is None else {**start, **checkpoint.offsets}
+        shard_arrays: list[tuple[Any, dict[str, Any]]] = []
         calls = []
         if checkpoint is not None:
             expected = {f"shard-{i}" for i in range(len(actors.shards))}
@@ -203,16 +289,54 @@ class CheckpointCoordinator:
                     f"checkpoint {checkpoint.checkpoint_id} holds {sorted(checkpoint.stats)}, "
                     f"this pipeline has {len(actors.shards)} shard(s): start with the same "
                     "number of shards, or from an empty checkpoint directory")
-            for i, shard in enumerate(actors.shards):
+            for i, (name, shard) in enumerate(actors.named_shards()):
                 arrays, meta = checkpoint.stats[f"shard-{i}"].to_arrays()
-                calls.append(shard.restore.remote(arrays, meta))
-        state = {} if checkpoint is None else checkpoint.state
-        for name, actor in actors.readers():
-            assigned = ray.get(actor.assignment.remote())
-            mine = {tp: offsets[tp] for tp in assigned}
-            if name.startswith("lake"):
-                calls.append(actor.restore.remote(mine))
-            else:
-                calls.append(actor.restore.remote(mine, state.get(name)))
-        ray.get(calls)
+                ref = ray.put(arrays)
+                shard_arrays.append((ref, meta))
+                calls.append((name, shard, shard.restore.remote(ref, meta)))
+        else:
+            named = [(name, shard, ref) for name, shard in actors.named_shards()
+                     for ref in shard.checkpoint.options(num_returns=2).remote()]
+            flat = self.calls.get("checkpoint", named)
+            shard_arrays = [(named[2 * i][2], dict(flat[2 * i + 1]))
+                            for i in range(len(actors.shards))]
+            self.calls.call("confirm_checkpoint", actors.named_shards())
+        states = {} if checkpoint is None else dict(checkpoint.state)
+        if checkpoint is None:  # the empty states healthy learners return to without a checkpoint
+            learners = [(n, a) for n, a in actors.readers() if n.startswith("learner")]
+            states |= dict(zip([n for n, _ in learners],
+                               self.calls.call("state_arrays", learners), strict=True))
+        self.calls.get("restore", calls)
+        self.cut = Cut(None if checkpoint is None else checkpoint.checkpoint_id, offsets, states,
+                       shard_arrays)
+        self.restore_readers(actors, [n for n, _ in actors.readers()],
+                             initial=checkpoint is None)
         return checkpoint
+
+    def restore_readers(self, actors: PipelineActors, names: Collection[str], *,
+                        initial: bool = False) -> None:
+        """Seek the named readers to the in-memory cut's offsets, load their states, resume.
+
+        Joiners and lake writers are only ever restored fresh (a joiner given no state keeps
+        its own, empty one); learners get their state from the cut, the empty one included.
+        """
+        assert self.cut is not None, "restore() first"
+        named = [(n, a) for n, a in actors.readers() if n in set(names)]
+        assignments = self.calls.call("assignment", named)
+        calls = []
+        for (name, actor), assigned in zip(named, assignments, strict=True):
+            mine = {tp: self.cut.offsets[tp] for tp in assigned}
+            if name.startswith("lake"):
+                ref = actor.restore.remote(mine)
+            elif name.startswith("learner") and initial:
+                ref = actor.restore.remote(mine)  # fresh learners: already empty
+            else:
+                ref = actor.restore.remote(mine, self.cut.states.get(name))
+            calls.append((name, actor, ref))
+        self.calls.get("restore", calls)
+        self.calls.call("resume", named)
+
+    def rollback_shards(self, actors: PipelineActors, indices: Collection[int]) -> None:
+        """Return the given (healthy) shards to their in-memory copy of the cut."""
+        named = [(f"shard-{i}", actors.shards[i]) for i in sorted(indices)]
+        self.calls.call("rollback", named)

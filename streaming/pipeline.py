@@ -4,20 +4,41 @@ This module only wires the actors of ``streaming.joiner``, ``streaming.learner``
 ``streaming.shards`` and ``streaming.lake_writer`` together, drives them in slices from the
 driver, and lets ``streaming.coordinator`` checkpoint them at an interval. Partition ``p`` of
 impressions, feedback and rewards goes to reader ``p % n`` of each role (co-partitioned: a
-request's impression and feedback always meet in the same joiner and learner).
+request's impression and feedback always meet in the same joiner and learner). In
+``stream.update_mode = "window"`` the learners read their share of ``recsys.rewards`` (the
+joiners' output, ``read_committed``) instead of impressions and feedback, and checkpoints drain
+them to the rewards end offsets taken after the joiners committed.
 
-Failures: if any actor dies, the pipeline rebuilds every actor and restores the newest
-checkpoint into them (a global rollback, as Flink does); the replay from the checkpoint's offsets
-reproduces the same state, so nothing is lost or counted twice. An exception *inside* an actor is a
-bug and is raised, not retried.
+Supervision (``streaming.supervisor``): ``step``, ``run_for``, ``run_to_end`` and ``checkpoint``
+never raise for a transient failure. Every wait on an actor has a deadline
+(``stream.actor_call_timeout_s``; a frozen actor is killed and replaced); a reader whose positions
+stand still for ``stream.stuck_reader_s`` while its partitions hold unread records is replaced (new
+Kafka clients); Kafka errors, on the driver or inside an actor, are retried with backoff
+(``stream.recovery_backoff_s`` doubling to ``recovery_backoff_max_s``) for up to
+``stream.kafka_outage_budget_s``, and so is a recovery that fails (a second death, Kafka down
+while restoring). Past the budget: ``PipelineFailed``. An exception inside an actor that is not a
+Kafka error is a bug and is raised. ``hooks`` reports every phase (``PipelineEvent``);
+``health()`` sums it up.
+
+Local recovery: a failed joiner or lake writer is replaced and restored alone (the checkpoint's
+offsets and state, from driver memory: ``CheckpointCoordinator.cut``). A failed learner or shard
+rolls back the group {every learner, every shard}: dead ones are rebuilt (a shard from the cut's
+statistics in Ray's object store), healthy shards return to their in-memory copy
+(``ParameterShard.rollback``), healthy learners wait for their deltas in flight and restore the
+cut's offsets and state. Storage is read only by ``start`` (a process restart). The replay from
+the cut's offsets reproduces the same state, so nothing is lost or counted twice.
+
+Healthy learners are settled and given rebuilt shards through Ray's ``__ray_call__`` (see
+:func:`_settle_learner`), so only the dead actors are rebuilt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import ray
@@ -27,17 +48,28 @@ from recsys.bandits import merge_parts, stats_from_arrays
 from recsys.bandits.protocol import Statistics
 from recsys.checkpoint import Checkpoint, CheckpointStore
 from recsys.config import StreamSettings
-from recsys.events import Feedback, Impression
+from recsys.events import Feedback, Impression, Reward
+from recsys.kafka_clients import kafka_python_options
 from recsys.topics import DEAD_LETTER, FEEDBACK, IMPRESSIONS, REWARDS
 from streaming.coordinator import CheckpointCoordinator, CheckpointReport, PipelineActors
 from streaming.joiner import JoinerActor
 from streaming.lake_writer import LakeWriterActor
 from streaming.learner import LearnerActor
 from streaming.registrar import RegistrationSchedule
-from streaming.shards import start_shards
+from streaming.shards import start_shard, start_shards
+from streaming.supervisor import (
+    ActorCalls,
+    ActorsFailed,
+    Backoff,
+    Hooks,
+    OutageClock,
+    PipelineFailed,
+    is_transient,
+)
 from streaming.topics import cluster_layout
 
 Offsets = dict[tuple[str, int], int]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,6 +87,31 @@ def share(partitions: int, readers: int, reader: int) -> list[int]:
     return [p for p in range(partitions) if p % readers == reader]
 
 
+def _settle_learner(learner: Any) -> int:
+    """Inside a healthy learner of a recovering group: stop reading and wait until every delta
+    it sent was merged or failed (a dead shard's), so none lands after its shard rolled back.
+    Returns how many were waited for. (Runs through ``__ray_call__``: ``Learner`` has no such
+    method yet.)"""
+    learner._paused = True
+    pending = [ref for refs in learner._in_flight for ref in refs]
+    if pending:
+        ray.wait(pending, num_returns=len(pending))
+    learner._in_flight = [[] for _ in learner._in_flight]
+    return len(pending)
+
+
+def _use_shards(learner: Any, shards: list[Any]) -> None:
+    """Inside a healthy learner: send deltas to ``shards`` (some were rebuilt) from now on."""
+    learner._shards = list(shards)
+    learner._remote = [True] * len(shards)
+    learner._in_flight = [[] for _ in shards]
+
+
+def _kill(actor: Any) -> None:
+    with contextlib.suppress(Exception):  # already gone
+        ray.kill(actor, no_restart=True)
+
+
 class StreamPipeline:
     """Builds, drives, checkpoints and recovers one streaming pipeline (see module docs).
 
@@ -63,6 +120,8 @@ class StreamPipeline:
     the Parquet lake. ``policy_spec`` (the policy serving learns with, when known) is stored in
     every checkpoint's ``meta["policy"]``; ``registrar`` (``streaming.registrar``) is handed each
     checkpoint and registers one as a model version every ``stream.register_every_s``.
+    ``hooks`` (a ``streaming.supervisor.Hooks``; a new one when not given) receives the
+    supervisor's events.
     """
 
     def __init__(
@@ -78,6 +137,7 @@ class StreamPipeline:
         shard_name_prefix: str | None = None,
         policy_spec: Mapping[str, Any] | None = None,
         registrar: RegistrationSchedule | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.settings = settings
@@ -90,20 +150,40 @@ class StreamPipeline:
         self.shard_name_prefix = shard_name_prefix
         self.policy_spec = None if policy_spec is None else dict(policy_spec)
         self.registrar = registrar
-        layout = self._layout()
+        self.window = settings.update_mode == "window"
+        self.hooks = hooks or Hooks()
+        self.calls = ActorCalls(settings.actor_call_timeout_s, self.hooks)
+        self.outage = OutageClock(settings.kafka_outage_budget_s)
+        self.backoff = Backoff(settings.recovery_backoff_s, settings.recovery_backoff_max_s)
+        self.recoveries = 0
+        self.failed_recoveries = 0
+        self.stuck_readers = 0
+        self._recovering = False
+        self._failed: set[str] = set()
+        layout = self._kafka(self._layout)
         self.partitions = layout.partitions[topics.impressions]
-        if layout.partitions[topics.feedback] != self.partitions:
-            raise ValueError(f"{topics.impressions} and {topics.feedback} must have the same "
-                             "partition count (they are co-partitioned by request id)")
+        for topic in (topics.feedback, topics.rewards):
+            if layout.partitions[topic] != self.partitions:
+                raise ValueError(f"{topics.impressions}, {topics.feedback} and {topics.rewards} "
+                                 "must have the same partition count (they are co-partitioned "
+                                 f"by request id); {topic} has {layout.partitions[topic]}, "
+                                 f"{topics.impressions} {self.partitions}")
         self.store = CheckpointStore(checkpoint_uri, keep=settings.checkpoints_keep)
         self.coordinator = CheckpointCoordinator(
             self.store, self._cluster, input_topics=[topics.impressions, topics.feedback],
-            rewards_topic=topics.rewards if lake_uri else None,
+            rewards_topic=topics.rewards if (lake_uri or self.window) else None,
+            window_learners=self.window, stall_timeout_s=settings.stuck_reader_s,
+            calls=self.calls,
         )
+        self._learner_template_arrays = self.template.delta_template().to_arrays()
         self.actors: PipelineActors | None = None
         self.restored: Checkpoint | None = None
-        self.recoveries = 0
         self._last_checkpoint = time.monotonic()
+        self._next_checkpoint = self._last_checkpoint + settings.checkpoint_interval_s
+        self._stuck_every_s = max(0.5, min(5.0, settings.stuck_reader_s / 3))
+        self._next_stuck_check = self._last_checkpoint + self._stuck_every_s
+        self._watch: dict[str, tuple[Offsets, float]] = {}
+        self._next_probe = 0.0
 
     # ------------------------------------------------------------------ cluster facts
     def _layout(self) -> Any:
@@ -115,7 +195,8 @@ class StreamPipeline:
         return layout.cluster_id, dict(layout.partitions)
 
     def _beginning_offsets(self, topics: list[str]) -> Offsets:
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, **self.client_options)
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap,
+                                 **kafka_python_options(self.client_options))
         try:
             tps = [TopicPartition(t, p) for t in topics for p in range(self.partitions)]
             return {(tp.topic, tp.partition): int(o)
@@ -123,44 +204,105 @@ class StreamPipeline:
         finally:
             consumer.close()
 
+    def _kafka(self, call: Callable[[], T]) -> T:
+        """``call()`` (a driver-side Kafka request), retried with backoff while Kafka errors
+        are transient, within ``stream.kafka_outage_budget_s``."""
+        while True:
+            try:
+                result = call()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self._kafka_failing(exc)
+                time.sleep(self.backoff.next())
+                continue
+            self._kafka_ok()
+            return result
+
+    def _kafka_failing(self, exc: BaseException) -> None:
+        if not self.outage.running:
+            self.hooks.emit("kafka.unreachable", error=f"{type(exc).__name__}: {exc}",
+                            budget_s=self.outage.budget_s)
+        self.outage.failing(exc, "Kafka")
+
+    def _kafka_ok(self) -> None:
+        outage = self.outage.ok()
+        if outage is not None:
+            self.backoff.reset()
+            self.hooks.emit("kafka.reachable", outage_s=outage)
+
     # ------------------------------------------------------------------ actors
-    def _build(self) -> PipelineActors:
+    def _transactional_id(self, role: str, index: int) -> str:
+        return f"{self.settings.transactional_id_prefix}.{self.topics.impressions}.{role}-{index}"
+
+    def _learner(self, i: int, shards: list[Any]) -> Any:
         s, t = self.settings, self.topics
-        options = {"client_options": self.client_options}
+        if self.window:
+            assignment = [(t.rewards, p) for p in share(self.partitions, s.learners, i)]
+            expected: dict[str, type] = {t.rewards: Reward}
+        else:
+            assignment = [(topic, p) for p in share(self.partitions, s.learners, i)
+                          for topic in (t.impressions, t.feedback)]
+            expected = {t.impressions: Impression, t.feedback: Feedback}
+        return LearnerActor.remote(
+            self.bootstrap, assignment, shards, self._learner_template_arrays,
+            mode=s.update_mode, window_ms=s.window_ms,
+            allowed_lateness_ms=s.allowed_lateness_ms, reward_mapping=s.rewards(),
+            dead_letter_topic=t.dead_letter, expected_types=expected,
+            client_options=self.client_options,
+            transactional_id=self._transactional_id("learner", i),
+        )
+
+    def _joiner(self, i: int) -> Any:
+        s, t = self.settings, self.topics
+        return JoinerActor.remote(
+            self.bootstrap, share(self.partitions, s.joiners, i), s.window_ms,
+            s.allowed_lateness_ms, s.rewards(), impressions_topic=t.impressions,
+            feedback_topic=t.feedback, rewards_topic=t.rewards,
+            dead_letter_topic=t.dead_letter, client_options=self.client_options,
+            transactional_id=self._transactional_id("joiner", i),
+        )
+
+    def _lake_writer(self, i: int) -> Any:
+        s, t = self.settings, self.topics
+        assert self.lake_uri is not None
+        return LakeWriterActor.remote(
+            self.bootstrap, self.lake_uri, share(self.partitions, s.joiners, i),
+            impressions_topic=t.impressions, feedback_topic=t.feedback,
+            rewards_topic=t.rewards, dead_letter_topic=t.dead_letter,
+            client_options=self.client_options,
+            transactional_id=self._transactional_id("lake", i),
+        )
+
+    def _build(self) -> PipelineActors:
+        s = self.settings
         shards = start_shards(self.template, s.shards, names=self.shard_names() or None)
-        template = self._learner_template()
-        expected = {t.impressions: Impression, t.feedback: Feedback}
-        learners = [
-            LearnerActor.remote(
-                self.bootstrap,
-                [(topic, p) for p in share(self.partitions, s.learners, i)
-                 for topic in (t.impressions, t.feedback)],
-                shards, template, mode=s.update_mode, window_ms=s.window_ms,
-                allowed_lateness_ms=s.allowed_lateness_ms, reward_mapping=s.rewards(),
-                dead_letter_topic=t.dead_letter, expected_types=expected, **options,
-            )
-            for i in range(s.learners)
-        ]
-        joiners = [
-            JoinerActor.remote(
-                self.bootstrap, share(self.partitions, s.joiners, i), s.window_ms,
-                s.allowed_lateness_ms, s.rewards(), impressions_topic=t.impressions,
-                feedback_topic=t.feedback, rewards_topic=t.rewards,
-                dead_letter_topic=t.dead_letter, **options,
-            )
-            for i in range(s.joiners)
-        ]
-        lake_writers = []
-        if self.lake_uri:
-            lake_writers = [
-                LakeWriterActor.remote(
-                    self.bootstrap, self.lake_uri, share(self.partitions, s.joiners, i),
-                    impressions_topic=t.impressions, feedback_topic=t.feedback,
-                    rewards_topic=t.rewards, dead_letter_topic=t.dead_letter, **options,
-                )
-                for i in range(s.joiners)
-            ]
-        return PipelineActors(shards, learners, joiners, lake_writers)
+        actors = PipelineActors(
+            shards, [self._learner(i, shards) for i in range(s.learners)],
+            [self._joiner(i) for i in range(s.joiners)],
+            [self._lake_writer(i) for i in range(s.joiners)] if self.lake_uri else [])
+        self.calls.started([a for _, a in actors.all()])
+        return actors
+
+    def _rebuild(self, name: str) -> Any:
+        """A new actor in place of ``name`` (a shard from the in-memory cut's statistics)."""
+        assert self.actors is not None and self.coordinator.cut is not None
+        role, index = name.rsplit("-", 1)
+        i = int(index)
+        if role == "shard":
+            arrays, meta = self.coordinator.cut.shard_arrays[i]
+            names = self.shard_names()
+            actor = start_shard(i, self.settings.shards, arrays, meta,
+                                name=names[i] if names else None)
+        elif role == "learner":
+            actor = self._learner(i, self.actors.shards)
+        elif role == "joiner":
+            actor = self._joiner(i)
+        else:
+            actor = self._lake_writer(i)
+        self.actors.replace(name, actor)
+        self.calls.started([actor])
+        return actor
 
     def shard_names(self) -> list[str]:
         """The Ray names of the shard actors (``shard_name_prefix``), in shard order: serving
@@ -173,16 +315,40 @@ class StreamPipeline:
     def _learner_template(self) -> Any:
         """What learners compute deltas against (``Statistics.delta_template``): an open
         catalogue for dense statistics, the whole graph for graph statistics."""
-        return self.template.delta_template().to_arrays()
+        return self._learner_template_arrays
+
+    def _start_offsets(self) -> Offsets:
+        topics = [self.topics.impressions, self.topics.feedback]
+        if self.lake_uri or self.window:
+            topics.append(self.topics.rewards)
+        return self._kafka(lambda: self._beginning_offsets(topics))
 
     def start(self) -> Checkpoint | None:
-        """Create the actors and restore the newest checkpoint (or start at the beginning)."""
-        self.actors = self._build()
-        topics = [self.topics.impressions, self.topics.feedback]
-        if self.lake_uri:
-            topics.append(self.topics.rewards)
-        self.restored = self.coordinator.restore(self.actors, self._beginning_offsets(topics))
+        """Create the actors and restore the newest checkpoint from storage (or start at the
+        beginning). Failures while starting (Kafka down, an actor dying) are retried with
+        backoff within ``stream.kafka_outage_budget_s``."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self.actors = self._build()
+                self.restored = self.coordinator.restore(self.actors, self._start_offsets())
+                break
+            except Exception as exc:
+                if not (isinstance(exc, ActorsFailed | ray.exceptions.RayActorError)
+                        or is_transient(exc)):
+                    raise
+                self._kill()
+                wait = self.backoff.next()
+                self.hooks.emit("recovery.failed", error=f"{type(exc).__name__}: {exc}",
+                                attempt=attempt, backoff_s=wait)
+                self.outage.failing(exc, "starting the pipeline")
+                time.sleep(wait)
+        self._kafka_ok()
+        self.backoff.reset()
         self._last_checkpoint = time.monotonic()
+        self._next_checkpoint = self._last_checkpoint + self.settings.checkpoint_interval_s
+        self._watch.clear()
         return self.restored
 
     def _readers(self) -> list[Any]:
@@ -191,18 +357,92 @@ class StreamPipeline:
 
     # ------------------------------------------------------------------ running
     def step(self) -> int:
-        """One slice: every reader polls one batch; a checkpoint when the interval has passed.
+        """One slice: every reader polls one batch; a checkpoint when the interval has passed;
+        a stuck-reader check every few seconds. Returns the records read (0 while recovering).
 
-        Returns the records read. A dead actor triggers a global rollback to the last checkpoint.
+        Never raises for a transient failure (module docs); ``PipelineFailed`` past the budget.
         """
+        assert self.actors is not None, "call start() first"
         try:
-            n = sum(ray.get([a.step.remote(self.settings.batch_size) for a in self._readers()]))
-            if time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s:
-                self.checkpoint()
+            if self._failed:
+                self._recover()
+                return 0
+            now = time.monotonic()
+            if self.outage.running and now >= self._next_probe:
+                self._probe()
+            n = sum(self.calls.call("step", self.actors.readers(), self.settings.batch_size))
+            now = time.monotonic()
+            if not self.outage.running:
+                if now >= self._next_checkpoint:
+                    self._checkpoint_once()
+                elif now >= self._next_stuck_check:
+                    self._check_stuck()
             return n
-        except ray.exceptions.RayActorError:
-            self.recover()
+        except Exception as exc:
+            self._absorb(exc)
+            if self._failed:
+                self._recover()
             return 0
+
+    def _absorb(self, exc: Exception) -> None:
+        """Classify a failure: actors to replace, or a Kafka outage; anything else raises."""
+        if isinstance(exc, ActorsFailed):
+            self._failed |= set(exc.actors)
+            if exc.kafka:
+                self._kafka_failing(exc)
+        elif isinstance(exc, ray.exceptions.RayActorError):  # an actor we cannot name: all
+            assert self.actors is not None
+            self._failed |= {n for n, _ in self.actors.all()}
+        elif is_transient(exc):  # driver side: back off the next checkpoint and probe
+            self._kafka_failing(exc)
+            wait = self.backoff.next()
+            self._next_checkpoint = time.monotonic() + wait
+            self._next_probe = time.monotonic() + wait
+        else:
+            raise exc
+
+    def _probe(self) -> None:
+        """During an outage: is Kafka back? (a metadata request from the driver)"""
+        try:
+            self._layout()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._kafka_failing(exc)
+            self._next_probe = time.monotonic() + self.backoff.next()
+            return
+        self._kafka_ok()
+        self._next_checkpoint = time.monotonic()  # a checkpoint proves every reader is back
+
+    def _check_stuck(self) -> None:
+        """Every few seconds: shards that died (nothing else calls them between checkpoints),
+        and readers whose positions stood still for ``stream.stuck_reader_s`` while their
+        partitions hold unread records, are failed (``reader.stuck``; rebuilt with new
+        clients)."""
+        assert self.actors is not None
+        shards = self.actors.named_shards()  # not called by a step: are they alive?
+        self.calls.get("ping", [(n, a, a.__ray_ready__.remote()) for n, a in shards])
+        readers = self.actors.readers()
+        positions = self.calls.call("positions", readers)
+        ends = self.calls.call("end_offsets", readers)
+        now = time.monotonic()
+        self._next_stuck_check = now + self._stuck_every_s
+        stuck = []
+        for (name, _), pos, end in zip(readers, positions, ends, strict=True):
+            waiting = any(int(o) > int(pos.get(tp, 0)) for tp, o in end.items())
+            seen = self._watch.get(name)
+            if not waiting or seen is None or seen[0] != pos:
+                self._watch[name] = (pos, now)
+                continue
+            if now - seen[1] >= self.settings.stuck_reader_s:
+                stuck.append(name)
+                self.hooks.emit("reader.stuck", actor=name,
+                                positions={f"{t}:{p}": int(o) for (t, p), o in pos.items()},
+                                ends={f"{t}:{p}": int(o) for (t, p), o in end.items()})
+        if stuck:
+            self.stuck_readers += len(stuck)
+            raise ActorsFailed(stuck, f"stood still for {self.settings.stuck_reader_s:g} s "
+                               "while records waited")
 
     def run_for(self, seconds: float) -> int:
         """Run slices for ``seconds``; returns the records read."""
@@ -211,36 +451,146 @@ class StreamPipeline:
             total += self.step()
         return total
 
-    def run_to_end(self, timeout_s: float = 120.0) -> None:
+    def run_to_end(self, timeout_s: float = 120.0) -> CheckpointReport:
         """Process everything in the input topics now, then checkpoint (a bounded replay).
 
-        Survives actor deaths like :meth:`step`.
+        Keeps going through failures (recoveries, Kafka outages) until it has checkpointed at
+        the end offsets it took last; ``PipelineFailed`` when that has not happened within
+        ``timeout_s`` (checked between attempts: one recovery or Kafka retry may overrun it,
+        bounded by ``stream.kafka_outage_budget_s``) or a failure outlasts the budget.
         """
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                self.checkpoint()
-                return
-            except ray.exceptions.RayActorError:
-                if time.monotonic() > deadline:
-                    raise
-                self.recover()
+        return self.checkpoint(timeout_s=timeout_s)
 
-    def checkpoint(self) -> CheckpointReport:
-        """Take a consistent checkpoint now (see ``streaming.coordinator``)."""
+    def checkpoint(self, timeout_s: float | None = None) -> CheckpointReport:
+        """Take a consistent checkpoint now (see ``streaming.coordinator``), recovering and
+        retrying through transient failures (bounded by ``timeout_s`` when given, else by
+        ``stream.kafka_outage_budget_s``)."""
         assert self.actors is not None, "call start() first"
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        last: Exception | None = None
+        while True:
+            if deadline is not None and time.monotonic() > deadline:
+                raise PipelineFailed(
+                    f"no checkpoint at the end offsets within {timeout_s:g} s; last failure: "
+                    f"{type(last).__name__}: {last}")
+            try:
+                if self._failed:
+                    self._recover()
+                return self._checkpoint_once()
+            except Exception as exc:
+                last = exc
+                self._absorb(exc)
+                if not self._failed:  # Kafka from the driver: wait before the next try
+                    time.sleep(max(0.0, self._next_checkpoint - time.monotonic()))
+
+    def _checkpoint_once(self) -> CheckpointReport:
+        assert self.actors is not None
+        self.hooks.emit("checkpoint.started")
         meta = None if self.policy_spec is None else {"policy": self.policy_spec}
-        report = self.coordinator.checkpoint(self.actors, meta)
+        try:
+            report = self.coordinator.checkpoint(self.actors, meta)
+        except Exception as exc:
+            self.hooks.emit("checkpoint.failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        self._kafka_ok()
         self._last_checkpoint = time.monotonic()
+        self._next_checkpoint = self._last_checkpoint + self.settings.checkpoint_interval_s
+        self.hooks.emit("checkpoint.completed", checkpoint_id=report.checkpoint_id,
+                        duration_s=report.duration_s)
         if self.registrar is not None:  # hands the id over, never waits for mlflow
             self.registrar.after_checkpoint(report.checkpoint_id)
         return report
 
-    def recover(self) -> Checkpoint | None:
-        """Global rollback: kill every actor, build new ones, restore the newest checkpoint."""
+    # ------------------------------------------------------------------ recovering
+    def recover(self, actors: Iterable[str] | None = None) -> None:
+        """Replace the named actors (``"learner-0"``, ``"shard-1"``…; None: every actor) and
+        roll their unit back to the last cut in memory (module docs), retrying with backoff."""
+        assert self.actors is not None, "call start() first"
+        self._failed |= set(actors) if actors is not None else {n for n, _ in self.actors.all()}
+        self._recover()
+
+    def _scope(self, failed: Collection[str]) -> set[str]:
+        """The actors a recovery of ``failed`` restores: a learner or shard takes the group of
+        every learner and shard with it; joiners and lake writers go alone."""
+        assert self.actors is not None
+        scope = set(failed)
+        if any(n.startswith(("learner-", "shard-")) for n in failed):
+            scope |= {n for n, _ in self.actors.all() if n.startswith(("learner-", "shard-"))}
+        return scope
+
+    def _recover(self) -> None:
+        """Recover ``self._failed`` until it succeeds; ``PipelineFailed`` past the budget."""
+        assert self.actors is not None
+        started = time.monotonic()
+        clock = OutageClock(self.settings.kafka_outage_budget_s)
+        cause = ", ".join(sorted(self._failed))
+        attempt = 0
+        self._recovering = True
+        try:
+            while True:
+                attempt += 1
+                failed = set(self._failed)
+                scope = self._scope(failed)
+                kind = "global" if scope >= {n for n, _ in self.actors.all()} else "local"
+                self.hooks.emit("recovery.started", cause=cause, actors=sorted(scope),
+                                attempt=attempt, scope=kind)
+                try:
+                    self._restore_scope(failed, scope)
+                    break
+                except Exception as exc:
+                    self._absorb(exc)  # widens self._failed, or raises a bug
+                    self.failed_recoveries += 1
+                    wait = self.backoff.next()
+                    self.hooks.emit("recovery.failed", error=f"{type(exc).__name__}: {exc}",
+                                    attempt=attempt, backoff_s=wait)
+                    clock.failing(exc, f"recovery of {', '.join(sorted(self._failed))}")
+                    time.sleep(wait)
+        finally:
+            self._recovering = False
+        self._failed.clear()
+        self._watch.clear()
         self.recoveries += 1
-        self._kill()
-        return self.start()
+        self.backoff.reset()
+        self._kafka_ok()
+        self.hooks.emit("recovery.completed", duration_s=time.monotonic() - started,
+                        scope=kind, actors=sorted(scope))
+
+    def _restore_scope(self, dead: set[str], scope: set[str]) -> None:
+        """One recovery attempt: kill ``dead``, settle and roll back the healthy rest of
+        ``scope``, rebuild the dead from the cut in memory, restore and resume the readers."""
+        actors = self.actors
+        assert actors is not None and self.coordinator.cut is not None
+        for name in dead:
+            _kill(actors.get(name))
+        healthy = scope - dead
+        learners = sorted(n for n in healthy if n.startswith("learner-"))
+        shards = sorted(n for n in healthy if n.startswith("shard-"))
+        if learners:
+            self.calls.get("settle", [(n, actors.get(n), actors.get(n).__ray_call__.remote(
+                _settle_learner)) for n in learners])
+        if shards:
+            self.coordinator.rollback_shards(actors, [int(n.rsplit("-", 1)[1]) for n in shards])
+        rebuilt_shards = sorted(n for n in dead if n.startswith("shard-"))
+        for name in rebuilt_shards:
+            self._rebuild(name)
+        if rebuilt_shards and learners:
+            self.calls.get("use_shards", [(n, actors.get(n), actors.get(n).__ray_call__.remote(
+                _use_shards, actors.shards)) for n in learners])
+        for name in sorted(dead - set(rebuilt_shards)):
+            self._rebuild(name)
+        self.coordinator.restore_readers(actors, [n for n, _ in actors.readers() if n in scope])
+
+    def health(self) -> dict[str, Any]:
+        """The supervisor's state for the status line and metrics: ``state`` (running,
+        recovering or kafka_unreachable), recoveries, failed recoveries, deadline kills, stuck
+        readers, and how long Kafka has been unreachable (of the budget)."""
+        state = ("recovering" if self._recovering or self._failed
+                 else "kafka_unreachable" if self.outage.running else "running")
+        return {"state": state, "recoveries": self.recoveries,
+                "failed_recoveries": self.failed_recoveries,
+                "deadline_kills": self.calls.deadline_kills, "stuck_readers": self.stuck_readers,
+                "kafka_outage_s": self.outage.elapsed(),
+                "kafka_outage_budget_s": self.outage.budget_s}
 
     # ------------------------------------------------------------------ the catalogue
     def add_items(self, items: Any) -> int:
@@ -262,21 +612,21 @@ class StreamPipeline:
                              "catalogue while running (learners compute deltas on a fixed "
                              "one); rebuild the catalogue and restart the pipeline")
         ids = np.asarray(items, dtype=np.int64).ravel()
-        return sum(ray.get([getattr(s, method).remote(ids) for s in self.actors.shards]))
+        return sum(self.calls.call(method, self.actors.named_shards(), ids))
 
     # ------------------------------------------------------------------ reading the state
     def statistics(self) -> Statistics:
         """The shards' current statistics merged into one object (tests, reports)."""
         assert self.actors is not None, "call start() first"
-        return merge_parts([stats_from_arrays(*p) for p in
-                            ray.get([s.checkpoint.remote() for s in self.actors.shards])])
+        parts = self.calls.call("statistics", self.actors.named_shards())
+        return merge_parts([stats_from_arrays(*p) for p in parts])
 
     def lag(self) -> int:
         """Records in the input topics the learners have not read yet (end offsets − positions)."""
         assert self.actors is not None, "call start() first"
-        learners = self.actors.learners
-        ends = ray.get([a.end_offsets.remote() for a in learners])
-        positions = ray.get([a.positions.remote() for a in learners])
+        learners = [(f"learner-{i}", a) for i, a in enumerate(self.actors.learners)]
+        ends = self.calls.call("end_offsets", learners)
+        positions = self.calls.call("positions", learners)
         return sum(max(0, end[tp] - pos.get(tp, 0))
                    for end, pos in zip(ends, positions, strict=True) for tp in end)
 
@@ -288,12 +638,14 @@ class StreamPipeline:
         return time.monotonic() - self._last_checkpoint
 
     def counters(self) -> dict[str, Any]:
-        """Every actor's counters by name, plus recoveries and the last checkpoint."""
+        """Every actor's counters by name, plus the supervisor's (``health``) and the last
+        checkpoint."""
         assert self.actors is not None, "call start() first"
         named = self.actors.readers()
-        report = dict(zip([n for n, _ in named],
-                          ray.get([a.counters.remote() for _, a in named]), strict=True))
+        report = dict(zip([n for n, _ in named], self.calls.call("counters", named),
+                          strict=True))
         report["recoveries"] = self.recoveries
+        report["supervisor"] = self.health()
         last = self.coordinator.last
         report["last_checkpoint"] = None if last is None else last.checkpoint_id
         if self.registrar is not None:
@@ -303,13 +655,15 @@ class StreamPipeline:
     # ------------------------------------------------------------------ stopping
     def stop(self, checkpoint: bool = True) -> None:
         """Checkpoint (by default), close the Kafka clients and end every actor; a registration
-        in progress is waited for (bounded) before the registrar ends."""
+        in progress is waited for (bounded) before the registrar ends. Actors that died or do
+        not answer are killed without closing."""
         if self.actors is None:
             return
         try:
             if checkpoint:
                 self.checkpoint()
-            ray.get([a.close.remote() for a in self._readers()])
+            with contextlib.suppress(ActorsFailed):
+                self.calls.call("close", self.actors.readers())
         finally:
             try:
                 self._kill()
@@ -320,7 +674,6 @@ class StreamPipeline:
     def _kill(self) -> None:
         if self.actors is None:
             return
-        for actor in [*self._readers(), *self.actors.shards]:
-            ray.kill(actor, no_restart=True)
+        for _, actor in self.actors.all():
+            _kill(actor)
         self.actors = None
-

@@ -33,6 +33,14 @@ Design decisions:
   publication equals its statistics).
 * **Checkpoints** are ``checkpoint()`` → the ``(arrays, meta)`` of the live statistics and
   ``restore(arrays, meta)``; the coordinator calls them while the learners are flushed and paused.
+  The shard keeps its own copy of the statistics as of the last checkpoint that was written
+  (``checkpoint()`` takes a candidate copy, ``confirm_checkpoint()`` makes it the rollback
+  point once the coordinator wrote the checkpoint; ``restore`` and the construction set it too),
+  and ``rollback()`` returns to it in memory: a local recovery after a learner or another shard
+  died rolls the healthy shards back without reading the checkpoint from storage
+  (``streaming.pipeline``). A checkpoint that failed after the snapshot leaves the rollback point
+  where it was. The copy costs one more set of arrays per shard (two while a checkpoint is
+  being written).
 """
 
 from __future__ import annotations
@@ -106,6 +114,9 @@ class ParameterShard:
         self.n_shards = int(n_shards)
         self._clock = clock
         self._stats: Any = self._owned(arrays, meta)
+        self._saved: StatsArrays = self._copy_of_stats()  # what rollback() returns to
+        self._candidate: StatsArrays | None = None  # taken by checkpoint(), not yet confirmed
+        self.rollbacks = 0
         self._published: StatsArrays | None = None
         self._published_ref: Any = None
         self._dirty_since: float | None = None  # when the statistics first moved past it
@@ -258,10 +269,39 @@ class ParameterShard:
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    def checkpoint(self) -> StatsArrays:
-        """``(arrays, meta)`` of the live statistics (views: read them before applying more)."""
+    def _copy_of_stats(self) -> StatsArrays:
+        arrays, meta = self._stats.to_arrays()
+        return ({k: np.array(v, copy=True) for k, v in arrays.items()},
+                {**meta, "shard_index": self.index, "n_shards": self.n_shards})
+
+    def statistics(self) -> StatsArrays:
+        """``(arrays, meta)`` of the live statistics (views; unlike :meth:`checkpoint` it does
+        not move the rollback point): what reports and tests read."""
         arrays, meta = self._stats.to_arrays()
         return arrays, {**meta, "shard_index": self.index, "n_shards": self.n_shards}
+
+    def checkpoint(self) -> StatsArrays:
+        """A copy of the live statistics' ``(arrays, meta)`` (it does not change as deltas
+        arrive), kept as the candidate rollback point until :meth:`confirm_checkpoint`."""
+        self._candidate = self._copy_of_stats()
+        return self._candidate
+
+    def confirm_checkpoint(self) -> bool:
+        """The last :meth:`checkpoint` was written: make it the rollback point. Returns whether
+        there was one to confirm."""
+        if self._candidate is None:
+            return False
+        self._saved, self._candidate = self._candidate, None
+        return True
+
+    def rollback(self) -> int:
+        """Return to the statistics of the last confirmed checkpoint (or :meth:`restore`, or
+        the construction) in memory; returns the version. Deltas applied since are dropped."""
+        arrays, meta = self._saved
+        self._stats = stats_from_arrays(_writable(arrays), dict(meta))
+        self._published, self._published_ref, self._dirty_since = None, None, None
+        self.rollbacks += 1
+        return self.version
 
     def restore(self, arrays: dict[str, NDArray[Any]], meta: dict[str, Any]) -> int:
         """Replace the statistics by a checkpoint's; returns the restored version."""
@@ -271,6 +311,7 @@ class ParameterShard:
                                  f"/{meta.get('n_shards')}, this is shard {self.index}/"
                                  f"{self.n_shards}")
         self._stats = self._owned(arrays, meta)
+        self._saved, self._candidate = self._copy_of_stats(), None
         self._published, self._published_ref, self._dirty_since = None, None, None
         return self.version
 
@@ -282,7 +323,7 @@ class ParameterShard:
             "nbytes": int(sum(a.nbytes for a in self._stats.to_arrays()[0].values())),
             "deltas_applied": self.deltas_applied, "deltas_rejected": dict(self.rejected),
             "non_finite_deltas": self.non_finite_deltas, "foreign_rows": self.foreign_rows,
-            "publications": self.publications,
+            "publications": self.publications, "rollbacks": self.rollbacks,
             "merge_delay_bucket_counts": self.merge_delay_counts.tolist(),
             "merge_delay_sum_s": self.merge_delay_sum_s,
         }
@@ -309,6 +350,18 @@ def start_shards(stats: Statistics, n_shards: int, *, names: Sequence[str] | Non
             actor = ParameterShardActor.options(name=names[i])
         handles.append(actor.remote(i, n_shards, arrays, meta))
     return handles
+
+
+def start_shard(index: int, n_shards: int, arrays: Any, meta: dict[str, Any], *,
+                name: str | None = None) -> Any:
+    """One ``ParameterShardActor`` (shard ``index`` of ``n_shards``) from ``(arrays, meta)``;
+    ``arrays`` may be an ``ObjectRef`` (a recovery rebuilds a shard from the cut in Ray's store).
+    A ``name`` still held by a killed actor is waited for."""
+    actor = ParameterShardActor
+    if name is not None:
+        _wait_name_free(name)
+        actor = ParameterShardActor.options(name=name)
+    return actor.remote(index, n_shards, arrays, meta)
 
 
 def _wait_name_free(name: str, timeout_s: float = 30.0) -> None:
