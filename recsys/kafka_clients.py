@@ -12,6 +12,7 @@ that stop at the last stable offset, idempotent and transactional sends, and mur
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -249,6 +250,8 @@ class FetchSettings:
     fetch_max_bytes: int = 64 * 1024 * 1024
     fetch_min_bytes: int = 1
     fetch_max_wait_ms: int = 500
+    # verify each record batch's CRC32C (kafka-python's default; librdkafka's is off)
+    check_crcs: bool = True
 
 
 def make_consumer(
@@ -285,7 +288,8 @@ class KafkaPythonConsumer:
             auto_offset_reset="earliest", isolation_level=isolation_level,
             max_partition_fetch_bytes=fetch.max_partition_fetch_bytes,
             fetch_max_bytes=fetch.fetch_max_bytes, fetch_min_bytes=fetch.fetch_min_bytes,
-            fetch_max_wait_ms=fetch.fetch_max_wait_ms, **kafka_python_options(options),
+            fetch_max_wait_ms=fetch.fetch_max_wait_ms, check_crcs=fetch.check_crcs,
+            **kafka_python_options(options),
         )
         self.consumer.assign([TopicPartition(t, p) for t, p in partitions])
 
@@ -359,6 +363,7 @@ class ConfluentConsumer:
             "receive.message.max.bytes": fetch.fetch_max_bytes + 1024 * 1024,
             "fetch.min.bytes": fetch.fetch_min_bytes,
             "fetch.wait.max.ms": fetch.fetch_max_wait_ms,
+            "check.crcs": fetch.check_crcs,
             **confluent_config(options),
         }
         self.consumer = confluent_kafka.Consumer(config)
@@ -411,24 +416,45 @@ class ConfluentConsumer:
 
     def poll(self, timeout_ms: int, max_records: int) -> list[PartitionRecords]:
         messages = self.consumer.consume(num_messages=max_records, timeout=timeout_ms / 1000)
+        if not messages:
+            return []
+        if any(m.error() is not None for m in messages):
+            messages = self._without_errors(messages)
+        # Columns in C-level comprehensions, then cut into runs of one partition (librdkafka
+        # hands over each fetched batch whole, so runs are long): a per-record Python loop cost
+        # as much as librdkafka's own work.
+        tps = [(m.topic(), m.partition()) for m in messages]
+        offsets = [m.offset() for m in messages]
+        keys = [m.key() for m in messages]
+        values = [m.value() for m in messages]
+        timestamps = [m.timestamp()[1] for m in messages]
         out: dict[TP, PartitionRecords] = {}
-        for msg in messages:
-            error = msg.error()
-            if error is not None:
-                if error.fatal() or not _confluent_transient(error):
-                    raise confluent_kafka.KafkaException(error)
-                continue  # librdkafka retries transport errors itself
-            tp = (msg.topic(), msg.partition())
+        start = 0
+        for tp, run in itertools.groupby(tps):
+            end = start + len(list(run))
             batch = out.get(tp)
             if batch is None:
-                batch = out[tp] = PartitionRecords(tp[0], tp[1], [], [], [], [])
-            batch.offsets.append(msg.offset())
-            batch.keys.append(msg.key())
-            batch.values.append(msg.value())
-            batch.timestamps.append(msg.timestamp()[1])
+                out[tp] = PartitionRecords(tp[0], tp[1], offsets[start:end], keys[start:end],
+                                           values[start:end], timestamps[start:end])
+            else:  # a partition's second run in this poll: its records follow the first run's
+                batch.offsets += offsets[start:end]
+                batch.keys += keys[start:end]
+                batch.values += values[start:end]
+                batch.timestamps += timestamps[start:end]
+            start = end
         for tp in out:
             self._sought.pop(tp, None)
         return list(out.values())
+
+    @staticmethod
+    def _without_errors(messages: list[Any]) -> list[Any]:
+        """The records among ``messages``; raises on an error a retry cannot cure (librdkafka
+        retries transport errors itself, so those are skipped)."""
+        for msg in messages:
+            error = msg.error()
+            if error is not None and (error.fatal() or not _confluent_transient(error)):
+                raise confluent_kafka.KafkaException(error)
+        return [m for m in messages if m.error() is None]
 
     def pause(self, tps: list[TP]) -> None:
         self._paused.update(tps)
