@@ -20,7 +20,7 @@ actor's open transaction is aborted by its successor's ``init_transactions`` (sa
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from kafka.errors import InvalidTransactionTimeoutError
@@ -56,6 +56,16 @@ def output_producer(bootstrap: str, transactional_id: str | None,
             TRANSACTION_TIMEOUT_MS,
             "raise transaction.max.timeout.ms on the brokers to at least this (Kafka's "
             "default is 900000)")) from exc
+
+
+def abort_lingering_transactions(bootstrap: str, transactional_ids: Iterable[str],
+                                 options: Mapping[str, object]) -> None:
+    """Fence each transactional id, aborting what is open under it: for the ids of actors a
+    pipeline no longer starts (fewer joiners, learners or lake writers than in its last run).
+    No successor would fence them, and their open transaction holds ``read_committed`` readers
+    of its partitions back until the broker's timeout (``TRANSACTION_TIMEOUT_MS``)."""
+    for transactional_id in transactional_ids:
+        output_producer(bootstrap, transactional_id, options).close()
 
 
 def dead_letter_choice(dead_letter_topics: Collection[str] | None, reads: Collection[str],

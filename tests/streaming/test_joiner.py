@@ -1,7 +1,8 @@
 """The joiner actor on the real broker and real Ray: a generated log with known truth goes in,
 ``recsys.rewards``-style records come out, rejected events land on the dead-letter topic with their
 reasons, and a joiner killed after a checkpoint and restored from it ends with the same rewards
-(re-sent records are identical, so de-duplication on (request_id, item_id) recovers the truth)."""
+(re-sent records are identical, so de-duplication on (request_id, item_id) recovers the truth;
+with a transactional id a read_committed reader sees each once, no de-duplication needed)."""
 
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ def produce_log(bootstrap: str, topics: dict[str, str], log) -> None:
                     producer.send_raw(topics[role], event.key, encode(event), partition=p)
 
 
-def start(ray, bootstrap: str, topics: dict[str, str]):
+def start(ray, bootstrap: str, topics: dict[str, str], transactional_id: str | None = None):
     return JoinerActor.remote(
         bootstrap, [0, 1], WINDOW, LATENESS, MAPPING,
         impressions_topic=topics["impressions"], feedback_topic=topics["feedback"],
         rewards_topic=topics["rewards"], dead_letter_topic=topics["dead"],
+        transactional_id=transactional_id,
     )
 
 
@@ -42,10 +44,12 @@ def drain(ray, actor, until) -> None:
     raise AssertionError(f"the joiner did not reach {until}")
 
 
-def read_all(bootstrap: str, topic: str, partitions: int) -> list[bytes]:
-    """Every record's value on the topic, up to its end offsets now."""
+def read_all(bootstrap: str, topic: str, partitions: int,
+             isolation: str = "read_uncommitted") -> list[bytes]:
+    """Every record's value on the topic, up to its end offsets now (with read_committed: the
+    committed ones, up to the last stable offset)."""
     raw = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                        enable_auto_commit=False)
+                        enable_auto_commit=False, isolation_level=isolation)
     out: list[bytes] = []
     try:
         assignment = [TopicPartition(topic, p) for p in range(partitions)]
@@ -63,8 +67,8 @@ def read_all(bootstrap: str, topic: str, partitions: int) -> list[bytes]:
     return out
 
 
-def rewards_in(bootstrap: str, topic: str) -> list[Reward]:
-    rewards = [decode(value) for value in read_all(bootstrap, topic, 2)]
+def rewards_in(bootstrap: str, topic: str, isolation: str = "read_uncommitted") -> list[Reward]:
+    rewards = [decode(value) for value in read_all(bootstrap, topic, 2, isolation)]
     assert all(isinstance(r, Reward) for r in rewards)
     return rewards
 
@@ -102,23 +106,29 @@ def test_the_joiner_actor_turns_a_generated_log_into_its_true_rewards(
     assert stats["rewards"] == len(log.truth) and stats["open_impressions"] == 0
 
 
+@pytest.mark.parametrize("transactional", [False, True])
 def test_a_joiner_restored_from_its_checkpoint_after_a_crash_ends_with_the_same_rewards(
-    kafka_bootstrap, ray_session, unique_topics
+    kafka_bootstrap, ray_session, unique_topics, transactional
 ):
     ray = ray_session
     topics = unique_topics({"impressions": 2, "feedback": 2, "rewards": 2, "dead": 1})
     log = generate_log(12, n_requests=400, partitions=2, max_gap_ms=40)
     produce_log(kafka_bootstrap, topics, log)
-    first = start(ray, kafka_bootstrap, topics)
+    tid = f"test.{topics['impressions']}.joiner-0" if transactional else None
+    first = start(ray, kafka_bootstrap, topics, tid)
+    if transactional:
+        ray.get(first.restore.remote({(topics[t], p): 0 for t in ("impressions", "feedback")
+                                      for p in (0, 1)}))
     ends = ray.get(first.end_offsets.remote())
     drain(ray, first, {k: v // 3 for k, v in ends.items()})
     offsets, state = ray.get(first.pause.remote())  # the checkpoint
     ray.get(first.resume.remote())
     drain(ray, first, {k: 2 * v // 3 for k, v in ends.items()})  # work lost in the crash
-    ray.get(first.pause.remote())
+    if not transactional:
+        ray.get(first.pause.remote())  # sent and acknowledged (a transaction stays open)
     ray.kill(first)
 
-    second = start(ray, kafka_bootstrap, topics)
+    second = start(ray, kafka_bootstrap, topics, tid)
     try:
         ray.get(second.restore.remote(offsets, state))
         assert ray.get(second.positions.remote()) == offsets
@@ -127,6 +137,11 @@ def test_a_joiner_restored_from_its_checkpoint_after_a_crash_ends_with_the_same_
         ray.get(second.pause.remote())
     finally:
         ray.get(second.close.remote())
+    if transactional:  # what the killed joiner sent after the checkpoint is aborted
+        committed = rewards_in(kafka_bootstrap, topics["rewards"], "read_committed")
+        assert len(committed) == len({(r.request_id, r.item_id) for r in committed})
+        assert {(r.request_id, r.item_id): r.reward for r in committed} == log.truth
+        return
     rewards = rewards_in(kafka_bootstrap, topics["rewards"])
     keyed: dict[tuple[str, int], Reward] = {}
     for reward in rewards:

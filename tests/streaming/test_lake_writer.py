@@ -100,12 +100,13 @@ def assert_lake_holds_exactly(root, topics: dict[str, str], produced: Produced) 
         assert raw.drop(PARTITIONING.names).sort(key).equals(expected.sort(key)), table
 
 
-def start(ray, bootstrap: str, topics: dict[str, str], root, max_records: int = 7):
+def start(ray, bootstrap: str, topics: dict[str, str], root, max_records: int = 7,
+          transactional_id: str | None = None):
     return LakeWriterActor.remote(
         bootstrap, root, {t: range(COUNTS[t]) for t in TABLES},
         impressions_topic=topics["impressions"], feedback_topic=topics["feedback"],
         rewards_topic=topics["rewards"], dead_letter_topic=topics["dead"],
-        max_records=max_records, max_age_s=3600.0,
+        max_records=max_records, max_age_s=3600.0, transactional_id=transactional_id,
     )
 
 
@@ -215,6 +216,40 @@ def test_a_writer_restored_after_a_crash_leaves_the_files_of_an_undisturbed_run(
     assert stats.straddling_files == 0 and stats.files_removed == len(report.removed)
     assert_lake_holds_exactly(root, topics, produced)
     assert names_and_bytes(root) == names_and_bytes(tmp_path / "reference")
+
+
+@pytest.mark.integration
+def test_a_transactional_writer_dead_letters_each_bad_record_once_across_a_crash(
+    kafka_bootstrap, ray_session, unique_topics, tmp_path
+):
+    ray = ray_session
+    topics = unique_topics(COUNTS)
+    produced = produce(kafka_bootstrap, topics, n=80, seed=5)
+    tid = f"test.{topics['impressions']}.lake-0"
+    first = start(ray, kafka_bootstrap, topics, tmp_path, transactional_id=tid)
+    ray.get(first.restore.remote(ray.get(first.positions.remote())))
+    ends = ray.get(first.end_offsets.remote())
+    half = {tp: end // 2 for tp, end in ends.items()}
+    (topic, p, offset), = produced.undecodable
+    assert offset >= half[(topic, p)]  # read after the checkpoint, so read twice
+    drain(ray, first, half)
+    checkpoint = ray.get(first.pause.remote())
+    ray.get(first.resume.remote())
+    drain(ray, first, ends)  # its dead letter goes out in the open transaction ...
+    ray.kill(first)  # ... which the successor's fencing aborts
+
+    second = start(ray, kafka_bootstrap, topics, tmp_path, transactional_id=tid)
+    try:
+        ray.get(second.restore.remote(checkpoint))
+        drain(ray, second, ends)
+        ray.get(second.pause.remote())
+    finally:
+        ray.get(second.close.remote())
+    assert_lake_holds_exactly(tmp_path, topics, produced)
+    dead = [decode_dead_letter(v)
+            for v in read_all(kafka_bootstrap, topics["dead"], 1, "read_committed")]
+    assert sorted((d.source_topic, d.partition, d.offset) for d in dead) == sorted(
+        [*produced.undecodable, *produced.unfit])
 
 
 @pytest.mark.integration

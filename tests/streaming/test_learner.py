@@ -402,9 +402,11 @@ def test_two_learner_actors_and_two_shard_actors_reach_the_truth(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("transactional", [False, True])
 def test_a_learner_rebuilt_from_a_mid_stream_checkpoint_finishes_like_an_undisturbed_one(
-        kafka_bootstrap, unique_topics) -> None:
+        kafka_bootstrap, unique_topics, transactional) -> None:
     topics, log, halves = _kafka_log(unique_topics, kafka_bootstrap, seed=9)
+    tid = {"transactional_id": f"test.{topics['imps']}.learner-0"} if transactional else {}
     assignment = [tp for half in halves for tp in half]
     base = dense_statistics(np.arange(N_ITEMS), DIM)
 
@@ -415,7 +417,7 @@ def test_a_learner_rebuilt_from_a_mid_stream_checkpoint_finishes_like_an_undistu
     learner.close()
 
     shards = shards_for(base)
-    first = Learner(kafka_bootstrap, assignment, shards, **_options(topics))
+    first = Learner(kafka_bootstrap, assignment, shards, **_options(topics), **tid)
     middle = {tp: offset // 2 for tp, offset in end.items()}
     wait_until(lambda: first.drain(middle, max_records=37).done, timeout_s=120,
                what="the first learner to reach the middle offsets")
@@ -429,7 +431,7 @@ def test_a_learner_rebuilt_from_a_mid_stream_checkpoint_finishes_like_an_undistu
     restored = shards_for(base)
     for shard, (arrays, meta) in zip(restored, saved, strict=True):
         shard.restore(arrays, meta)
-    second = Learner(kafka_bootstrap, assignment, restored, **_options(topics))
+    second = Learner(kafka_bootstrap, assignment, restored, **_options(topics), **tid)
     second.restore(offsets, state)
     wait_until(lambda: second.drain(end).done, timeout_s=120,
                what="the restored learner to drain")
