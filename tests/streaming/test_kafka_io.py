@@ -275,15 +275,15 @@ def test_a_bug_raises_instead_of_being_dead_lettered(
         for i in range(10):
             producer.send(feedback(i), topic=topics["events"])
         producer.send_raw(topics["events"], b"garbage", b"\x00 not msgpack")
-    real_decode = streaming.consumer.decode
+    real_decode = streaming.consumer.decode_batch
 
-    def decode_with_a_bug(value: bytes):
-        event = real_decode(value)
-        if event.request_id == "req-5":
+    def decode_with_a_bug(values):
+        events, errors = real_decode(values)
+        if any(e is not None and e.request_id == "req-5" for e in events):
             raise ZeroDivisionError("a bug in our own code")
-        return event
+        return events, errors
 
-    monkeypatch.setattr(streaming.consumer, "decode", decode_with_a_bug)
+    monkeypatch.setattr(streaming.consumer, "decode_batch", decode_with_a_bug)
     with consumer_for(kafka_bootstrap, topics["events"], topics["dead"], partitions=1,
                       client=client) as consumer:
         with pytest.raises(ZeroDivisionError, match="a bug in our own code"):
@@ -295,7 +295,7 @@ def test_a_bug_raises_instead_of_being_dead_lettered(
         assert consumer.positions() == {(topics["events"], 0): 0}
 
         # With the bug fixed, the same consumer reads everything; only the garbage is bad input.
-        monkeypatch.setattr(streaming.consumer, "decode", real_decode)
+        monkeypatch.setattr(streaming.consumer, "decode_batch", real_decode)
         received = consumer.read_until_end(timeout_s=30)
         consumer.flush()
         assert [c.event for c in received] == [feedback(i) for i in range(10)]
