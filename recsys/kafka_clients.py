@@ -13,6 +13,7 @@ that stop at the last stable offset, idempotent and transactional sends, and mur
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,8 @@ from recsys.validation import message
 
 CLIENTS = ("kafka-python", "confluent")
 DEFAULT_CLIENT = "kafka-python"
+# librdkafka's log lines (connection failures and the like) go to Python logging, not stderr
+LIBRDKAFKA_LOG = logging.getLogger("recsys.kafka.librdkafka")
 
 # The project's kafka-python-style security options and their librdkafka names.
 CONFLUENT_NAMES: dict[str, str] = {
@@ -219,6 +222,27 @@ class PartitionRecords:
                                 self.values[:n], self.timestamps[:n])
 
 
+def by_partition(tps: list[TP], offsets: list[int], keys: list[bytes | None],
+                 values: list[bytes | None], timestamps: list[int]) -> list[PartitionRecords]:
+    """Cut record columns into one ``PartitionRecords`` per partition, keeping each partition's
+    order; cheap when a partition's records come in long runs (as librdkafka delivers them)."""
+    out: dict[TP, PartitionRecords] = {}
+    start = 0
+    for tp, run in itertools.groupby(tps):
+        end = start + len(list(run))
+        batch = out.get(tp)
+        if batch is None:
+            out[tp] = PartitionRecords(tp[0], tp[1], offsets[start:end], keys[start:end],
+                                       values[start:end], timestamps[start:end])
+        else:  # a partition's second run: its records follow the first run's
+            batch.offsets += offsets[start:end]
+            batch.keys += keys[start:end]
+            batch.values += values[start:end]
+            batch.timestamps += timestamps[start:end]
+        start = end
+    return list(out.values())
+
+
 class ConsumerClient(Protocol):
     """What ``streaming.consumer.EventConsumer`` needs from a Kafka library: explicit assignment
     (made at construction), offsets the caller controls, columnar polls, pause/resume.
@@ -348,7 +372,7 @@ class ConfluentConsumer:
     library = "confluent"
 
     def __init__(self, bootstrap: str, partitions: list[TP], options: Mapping[str, object] | None,
-                 isolation_level: str, fetch: FetchSettings, timeout_s: float = 30.0) -> None:
+                 isolation_level: str, fetch: FetchSettings, timeout_s: float = 10.0) -> None:
         config = {
             "bootstrap.servers": bootstrap,
             # required by the library although nothing joins a group or commits offsets
@@ -366,8 +390,8 @@ class ConfluentConsumer:
             "check.crcs": fetch.check_crcs,
             **confluent_config(options),
         }
-        self.consumer = confluent_kafka.Consumer(config)
-        self.timeout_s = timeout_s
+        self.consumer = confluent_kafka.Consumer(config, logger=LIBRDKAFKA_LOG)
+        self.timeout_s = timeout_s  # for one offsets query over all the partitions asked
         self._sought: dict[TP, int] = {}  # where a partition was sought to, until it yields
         self._paused: set[TP] = set()
         self.consumer.assign([confluent_kafka.TopicPartition(t, p, confluent_kafka.OFFSET_BEGINNING)
@@ -402,17 +426,23 @@ class ConfluentConsumer:
             return self._sought[tp]
         return self.beginning_offsets([tp])[tp]
 
-    def _watermarks(self, tp: TP) -> tuple[int, int]:
-        low, high = self.consumer.get_watermark_offsets(
-            confluent_kafka.TopicPartition(*tp), timeout=self.timeout_s, cached=False)
-        return int(low), int(high)
+    def _watermarks(self, tps: list[TP]) -> dict[TP, tuple[int, int]]:
+        """(low, high) of each partition, all within ``timeout_s``; with
+        isolation.level=read_committed librdkafka's high is the last stable offset."""
+        deadline = time.monotonic() + self.timeout_s
+        out = {}
+        for tp in tps:
+            low, high = self.consumer.get_watermark_offsets(
+                confluent_kafka.TopicPartition(*tp), cached=False,
+                timeout=max(0.1, deadline - time.monotonic()))
+            out[tp] = (int(low), int(high))
+        return out
 
     def end_offsets(self, tps: list[TP]) -> dict[TP, int]:
-        # with isolation.level=read_committed librdkafka asks for the last stable offset
-        return {tp: self._watermarks(tp)[1] for tp in tps}
+        return {tp: high for tp, (_, high) in self._watermarks(tps).items()}
 
     def beginning_offsets(self, tps: list[TP]) -> dict[TP, int]:
-        return {tp: self._watermarks(tp)[0] for tp in tps}
+        return {tp: low for tp, (low, _) in self._watermarks(tps).items()}
 
     def poll(self, timeout_ms: int, max_records: int) -> list[PartitionRecords]:
         messages = self.consumer.consume(num_messages=max_records, timeout=timeout_ms / 1000)
@@ -423,28 +453,13 @@ class ConfluentConsumer:
         # Columns in C-level comprehensions, then cut into runs of one partition (librdkafka
         # hands over each fetched batch whole, so runs are long): a per-record Python loop cost
         # as much as librdkafka's own work.
-        tps = [(m.topic(), m.partition()) for m in messages]
-        offsets = [m.offset() for m in messages]
-        keys = [m.key() for m in messages]
-        values = [m.value() for m in messages]
-        timestamps = [m.timestamp()[1] for m in messages]
-        out: dict[TP, PartitionRecords] = {}
-        start = 0
-        for tp, run in itertools.groupby(tps):
-            end = start + len(list(run))
-            batch = out.get(tp)
-            if batch is None:
-                out[tp] = PartitionRecords(tp[0], tp[1], offsets[start:end], keys[start:end],
-                                           values[start:end], timestamps[start:end])
-            else:  # a partition's second run in this poll: its records follow the first run's
-                batch.offsets += offsets[start:end]
-                batch.keys += keys[start:end]
-                batch.values += values[start:end]
-                batch.timestamps += timestamps[start:end]
-            start = end
-        for tp in out:
-            self._sought.pop(tp, None)
-        return list(out.values())
+        batches = by_partition([(m.topic(), m.partition()) for m in messages],
+                               [m.offset() for m in messages], [m.key() for m in messages],
+                               [m.value() for m in messages],
+                               [m.timestamp()[1] for m in messages])
+        for batch in batches:
+            self._sought.pop((batch.topic, batch.partition), None)
+        return batches
 
     @staticmethod
     def _without_errors(messages: list[Any]) -> list[Any]:
@@ -651,7 +666,7 @@ class ConfluentProducer:
         if transactional_id is not None:
             config["transactional.id"] = transactional_id
             config["transaction.timeout.ms"] = settings.transaction_timeout_ms
-        self.raw = confluent_kafka.Producer(config)
+        self.raw = confluent_kafka.Producer(config, logger=LIBRDKAFKA_LOG)
         self.max_block_s = settings.max_block_ms / 1000
         self.timeout_s = timeout_s
 

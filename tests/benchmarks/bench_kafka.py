@@ -181,7 +181,7 @@ def main() -> None:
     mean_size = sum(map(len, values)) / len(values)
     rows: list[list[str]] = []
     startups = bench_startup(args.starts)
-    with EmbeddedKafka() as broker:
+    with EmbeddedKafka(startup_timeout_s=300) as broker:  # a loaded machine starts it slowly
         bootstrap = broker.bootstrap
         topic = f"bench.events.{uuid.uuid4().hex[:6]}"
         ensure_topics(bootstrap, {topic: args.partitions})

@@ -12,6 +12,7 @@ import kafka.errors as kerr
 import pytest
 
 from recsys.kafka_clients import (
+    by_partition,
     client_name,
     confluent_config,
     is_fenced,
@@ -245,3 +246,15 @@ def test_a_seek_before_the_first_poll_is_where_reading_starts(
         assert consumer.beginning_offsets([(topic, 0)]) == {(topic, 0): 0}
     finally:
         consumer.close()
+
+
+def test_records_are_cut_into_one_batch_per_partition_in_order() -> None:
+    a, b = ("t", 0), ("u", 0)
+    batches = by_partition([a, a, b, a, b], [1, 2, 7, 3, 8], [b"k1", b"k2", None, b"k3", None],
+                           [b"1", b"2", b"7", b"3", b"8"], [10, 20, 70, 30, 80])
+    assert [(x.topic, x.partition, x.offsets, x.keys, x.values, x.timestamps) for x in batches] == [
+        ("t", 0, [1, 2, 3], [b"k1", b"k2", b"k3"], [b"1", b"2", b"3"], [10, 20, 30]),
+        ("u", 0, [7, 8], [None, None], [b"7", b"8"], [70, 80]),
+    ]
+    assert by_partition([], [], [], [], []) == []
+    assert len(batches[0].head(2)) == 2 and batches[0].head(2).offsets == [1, 2]
