@@ -49,6 +49,13 @@ What each family measures (``actor`` is the pipeline's name: ``joiner-0``, ``lea
   ``recsys_stream_item_expected_reward{item}`` for the ``top_n`` items by exposure (ties: lower
   item id first), from the shards' published snapshots (see :func:`item_figures` for each
   layout's formula).
+* The supervisor (``StreamPipeline.health()``, ``streaming.supervisor``; driver memory, no actor
+  call): ``recsys_stream_recoveries_total`` (local or global), ``recsys_stream_supervisor_state
+  {state}`` (1 for running, recovering or kafka_unreachable), ``recsys_stream_failed_recoveries
+  _total`` (attempts retried after a backoff), ``recsys_stream_deadline_kills_total`` (actors
+  killed for missing ``stream.actor_call_timeout_s``), ``recsys_stream_stuck_readers_total``,
+  ``recsys_stream_kafka_outage_seconds`` (the outage now, 0 when reachable) against
+  ``recsys_stream_kafka_outage_budget_seconds``.
 * ``recsys_stream_scrape_errors_total{source}``: an actor (or the statistics pull) that raised or
   did not answer within ``timeout_s``; the collection goes on without it.
 
@@ -154,6 +161,7 @@ class Reading:
     checkpoint_id: str | None = None
     checkpoint_created_s: float | None = None
     recoveries: int = 0
+    health: Mapping[str, Any] | None = None
     errors: Counter[str] = field(default_factory=Counter)
 
 
@@ -182,6 +190,8 @@ def read_pipeline(pipeline: Any, *, statistics: bool, max_staleness_ms: float,
                   timeout_s: float = 5.0) -> Reading:
     """Read every actor of a started ``StreamPipeline`` (see the module docs); never raises."""
     reading = Reading(at_s=time.time(), recoveries=int(getattr(pipeline, "recoveries", 0)))
+    if hasattr(pipeline, "health"):  # the supervisor's state (driver memory, no actor call)
+        reading.health = pipeline.health()
     actors = pipeline.actors
     if actors is None:  # not started, or between a kill and the rebuild
         reading.errors["pipeline"] += 1
@@ -279,6 +289,28 @@ def _c(name: str, doc: str, labels: Sequence[str] = ()) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, labels=list(labels))
 
 
+SUPERVISOR_STATES = ("running", "recovering", "kafka_unreachable")
+"""``StreamPipeline.health()["state"]`` values (``recsys_stream_supervisor_state{state}``)."""
+
+
+def supervision_text(health: Mapping[str, Any] | None) -> str:
+    """The supervisor's part of a status line: empty while all is well and nothing happened;
+    else its state (Kafka unreachable for N s of the budget, recovering) and what it did."""
+    if not health:
+        return ""
+    parts = []
+    if health["state"] == "kafka_unreachable":
+        parts.append(f"KAFKA UNREACHABLE {health['kafka_outage_s']:.0f} s of "
+                     f"{health['kafka_outage_budget_s']:.0f} s")
+    elif health["state"] == "recovering":
+        parts.append("RECOVERING")
+    for key, label in (("failed_recoveries", "failed recoveries"),
+                       ("deadline_kills", "deadline kills"), ("stuck_readers", "stuck readers")):
+        if health.get(key):
+            parts.append(f"{label} {health[key]}")
+    return " · ".join(parts)
+
+
 def families(f: Figures | None) -> list[Metric]:
     """The gauge and counter families of one collection (empty families before the first)."""
     lag = _g("recsys_stream_consumer_lag_records",
@@ -301,7 +333,20 @@ def families(f: Figures | None) -> list[Metric]:
     ckpt_age = _g("recsys_stream_checkpoint_age_seconds", "Seconds since the newest checkpoint")
     ckpt_dur = _g("recsys_stream_checkpoint_duration_seconds",
                   "Duration of the last checkpoint by phase", ["phase"])
-    recoveries = _c("recsys_stream_recoveries", "Global rollbacks after an actor died")
+    recoveries = _c("recsys_stream_recoveries", "Recoveries (local or global) after actors "
+                    "failed")
+    state = _g("recsys_stream_supervisor_state", "1 for the supervisor's current state",
+               ["state"])
+    failed_recoveries = _c("recsys_stream_failed_recoveries",
+                           "Recovery attempts that failed and were retried after a backoff")
+    deadline_kills = _c("recsys_stream_deadline_kills",
+                        "Actors killed and replaced for missing stream.actor_call_timeout_s")
+    stuck = _c("recsys_stream_stuck_readers",
+               "Readers replaced for standing still while records waited")
+    outage = _g("recsys_stream_kafka_outage_seconds",
+                "How long Kafka has been unreachable now (0 when reachable)")
+    budget = _g("recsys_stream_kafka_outage_budget_seconds",
+                "stream.kafka_outage_budget_s: the outage the pipeline rides through")
     exposures = _g("recsys_stream_item_exposures", "Exposure count of the top items", ["item"])
     rewards = _g("recsys_stream_item_rewards", "Reward sum of the top items", ["item"])
     expected = _g("recsys_stream_item_expected_reward",
@@ -314,7 +359,8 @@ def families(f: Figures | None) -> list[Metric]:
         "record of each delta), all shards", labels=[])
     out = [lag, records, rates, dead, age, version, n_items, nbytes, merged, non_finite, ckpt_age,
            ckpt_dur,
-           recoveries, exposures, rewards, expected, last, merge_delay]
+           recoveries, exposures, rewards, expected, last, merge_delay, state,
+           failed_recoveries, deadline_kills, stuck, outage, budget]
     if f is None:
         return out
     r = f.reading
@@ -350,6 +396,15 @@ def families(f: Figures | None) -> list[Metric]:
                          ("total", c.duration_s)):
             ckpt_dur.add_metric([phase], s)
     recoveries.add_metric([], r.recoveries)
+    if r.health is not None:
+        h = r.health
+        for name in SUPERVISOR_STATES:
+            state.add_metric([name], float(h["state"] == name))
+        failed_recoveries.add_metric([], h["failed_recoveries"])
+        deadline_kills.add_metric([], h["deadline_kills"])
+        stuck.add_metric([], h["stuck_readers"])
+        outage.add_metric([], h["kafka_outage_s"])
+        budget.add_metric([], h["kafka_outage_budget_s"])
     if f.items is not None:
         it = f.items
         for j, item in enumerate(it.item_ids.tolist()):
@@ -497,7 +552,8 @@ class PipelineMetrics:
             parts[-1] += f" ({f.reading.checkpoint.duration_s:.2f} s)"
         errors = sum(f.reading.errors.values())
         parts += [f"recoveries {f.reading.recoveries}"] + ([f"errors {errors}"] if errors else [])
-        return " · ".join(parts)
+        supervision = supervision_text(f.reading.health)
+        return " · ".join(parts + ([supervision] if supervision else []))
 
     def start(self, port: int = 9464, addr: str = "127.0.0.1") -> int:
         """Serve ``/metrics`` over HTTP on ``addr:port`` (0: any free port); returns the port."""

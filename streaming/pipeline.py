@@ -357,8 +357,9 @@ class StreamPipeline:
 
     # ------------------------------------------------------------------ running
     def step(self) -> int:
-        """One slice: every reader polls one batch; a checkpoint when the interval has passed;
-        a stuck-reader check every few seconds. Returns the records read (0 while recovering).
+        """One slice: every reader polls one batch (and every shard is pinged); a checkpoint
+        when the interval has passed; a stuck-reader check every few seconds. Returns the
+        records read (0 while recovering).
 
         Never raises for a transient failure (module docs); ``PipelineFailed`` past the budget.
         """
@@ -370,7 +371,11 @@ class StreamPipeline:
             now = time.monotonic()
             if self.outage.running and now >= self._next_probe:
                 self._probe()
-            n = sum(self.calls.call("step", self.actors.readers(), self.settings.batch_size))
+            readers = self.actors.readers()
+            calls = [(n, a, a.step.remote(self.settings.batch_size)) for n, a in readers]
+            # shards are not called by a step: a ping finds a dead or frozen one at once
+            calls += [(n, a, a.__ray_ready__.remote()) for n, a in self.actors.named_shards()]
+            n = sum(self.calls.get("step", calls)[:len(readers)])
             now = time.monotonic()
             if not self.outage.running:
                 if now >= self._next_checkpoint:
@@ -415,13 +420,10 @@ class StreamPipeline:
         self._next_checkpoint = time.monotonic()  # a checkpoint proves every reader is back
 
     def _check_stuck(self) -> None:
-        """Every few seconds: shards that died (nothing else calls them between checkpoints),
-        and readers whose positions stood still for ``stream.stuck_reader_s`` while their
-        partitions hold unread records, are failed (``reader.stuck``; rebuilt with new
+        """Readers whose positions stood still for ``stream.stuck_reader_s`` while their
+        partitions hold unread records are failed (``reader.stuck``; rebuilt with new
         clients)."""
         assert self.actors is not None
-        shards = self.actors.named_shards()  # not called by a step: are they alive?
-        self.calls.get("ping", [(n, a, a.__ray_ready__.remote()) for n, a in shards])
         readers = self.actors.readers()
         positions = self.calls.call("positions", readers)
         ends = self.calls.call("end_offsets", readers)

@@ -3,7 +3,9 @@
 ``recsys stream`` resolves Kafka and Ray like every command (a configured cluster, a broker left
 by ``recsys broker start``, else an embedded one), ensures the topics, builds the statistics of
 the ``[stream]`` section, resumes from the newest checkpoint, and runs until SIGTERM or Ctrl-C
-(or ``--duration``), printing one status line: events/s, consumer lag, checkpoint age, recoveries.
+(or ``--duration``), printing one status line: events/s, consumer lag, checkpoint age, recoveries,
+and what the supervisor is doing (recovering; Kafka unreachable for N s of
+``stream.kafka_outage_budget_s``; failed recoveries, deadline kills and stuck readers so far).
 It checkpoints at ``stream.checkpoint_interval_s`` and once more on the way out. Both signals stop
 it the same way (``recsys.shutdown``): the last checkpoint, then Ray and the embedded broker if it
 started them; exit status 0 (a second signal forces the exit, 128 + the signal number).
@@ -70,10 +72,22 @@ def name_ray(stopping: Stopping, origin: str) -> None:
 
 
 def _status(pipeline: Any, rate: float, started: float) -> str:
+    """The status line: throughput, lag, checkpoint age, recoveries, and the supervisor's state
+    when it is not simply running (``streaming.metrics.supervision_text``)."""
+    from streaming.metrics import supervision_text
+    from streaming.supervisor import ActorsFailed
+
     age_s = pipeline.checkpoint_age_s
     age = "none yet" if age_s is None else f"{age_s:.0f}s ago"
-    line = (f"  {rate:>9,.0f} events/s | lag {pipeline.lag():>9,} | checkpoint {age} | "
+    try:
+        lag = f"{pipeline.lag():>9,}"
+    except ActorsFailed:  # a reader is being replaced: the next step recovers it
+        lag = f"{'?':>9}"
+    line = (f"  {rate:>9,.0f} events/s | lag {lag} | checkpoint {age} | "
             f"recoveries {pipeline.recoveries} | up {time.monotonic() - started:.0f}s")
+    supervision = supervision_text(pipeline.health())
+    if supervision:
+        line += f" | {supervision}"
     if pipeline.registrar is not None:
         line += f" | {_registrations(pipeline.registrar.counters())}"
     return line
@@ -108,6 +122,7 @@ def _stream(args: argparse.Namespace, settings: Settings, cluster: Any, template
             stopping: Stopping) -> None:
     """The pipeline on ``cluster`` until ``--duration`` or a stop signal (raised between steps:
     ``stopping.check``), with a status line; it checkpoints once more on the way out."""
+    from recsys.serving.deploy import SHARD_NAME_PREFIX
     from streaming.pipeline import StreamPipeline
     from streaming.registrar import schedule_for, served_policy_spec
     from streaming.topics import ensure_topics, standard_topics
@@ -123,6 +138,7 @@ def _stream(args: argparse.Namespace, settings: Settings, cluster: Any, template
         lake_uri=None if args.no_lake else settings.lake_uri,
         client_options=cluster.client_options, policy_spec=served_policy_spec(settings),
         registrar=schedule_for(settings, checkpoint_uri),
+        shard_name_prefix=SHARD_NAME_PREFIX,  # in ray.namespace: a deployed app finds them
     )
     restored = pipeline.start()
     metrics = None
@@ -144,6 +160,9 @@ def _stream(args: argparse.Namespace, settings: Settings, cluster: Any, template
     started = time.monotonic()
     window_started, window_events = started, 0
     status = StatusLine(sys.stdout)  # redrawn on a terminal, plain lines in a log
+    from streaming.supervisor import PipelineFailed
+
+    failed: PipelineFailed | None = None
     try:
         while args.duration is None or time.monotonic() - started < args.duration:
             stopping.check()
@@ -155,9 +174,13 @@ def _stream(args: argparse.Namespace, settings: Settings, cluster: Any, template
                     metrics.collect()
                 status.show(_status(pipeline, rate, started))
                 window_started, window_events = now, 0
+    except PipelineFailed as exc:  # the supervisor gave up: no last checkpoint to try
+        failed = exc
     finally:
         status.close()
         try:
+            if failed is not None:
+                raise CommandError(f"the pipeline stopped: {failed}") from None
             report = pipeline.checkpoint()
             print(f"  last checkpoint {report.checkpoint_id} in {report.duration_s:.2f}s")
             stats = pipeline.counters()

@@ -196,6 +196,32 @@ def test_a_reading_without_statistics_keeps_the_last_item_figures() -> None:
     assert series(text, "recsys_stream_freshness_seconds_count") == {(): 2.0}  # not re-observed
 
 
+def test_the_supervisors_state_and_counts_are_exposed_and_on_the_status_line() -> None:
+    metrics = PipelineMetrics()
+    reading = _reading(1000.0, learned=100)
+    reading.health = {"state": "kafka_unreachable", "recoveries": 1, "failed_recoveries": 2,
+                      "deadline_kills": 1, "stuck_readers": 3, "kafka_outage_s": 45.2,
+                      "kafka_outage_budget_s": 600.0}
+    metrics.update(reading)
+    text = metrics.render()
+    assert series(text, "recsys_stream_supervisor_state") == {
+        (("state", "running"),): 0.0, (("state", "recovering"),): 0.0,
+        (("state", "kafka_unreachable"),): 1.0}
+    assert series(text, "recsys_stream_failed_recoveries_total") == {(): 2.0}
+    assert series(text, "recsys_stream_deadline_kills_total") == {(): 1.0}
+    assert series(text, "recsys_stream_stuck_readers_total") == {(): 3.0}
+    assert series(text, "recsys_stream_kafka_outage_seconds") == {(): 45.2}
+    assert series(text, "recsys_stream_kafka_outage_budget_seconds") == {(): 600.0}
+    assert metrics.status_line().endswith(
+        "recoveries 1 · KAFKA UNREACHABLE 45 s of 600 s · failed recoveries 2 · deadline kills 1"
+        " · stuck readers 3")
+    calm = _reading(1001.0, learned=100)
+    calm.health = {**reading.health, "state": "running", "failed_recoveries": 0,
+                   "deadline_kills": 0, "stuck_readers": 0, "kafka_outage_s": 0.0}
+    metrics.update(calm)
+    assert metrics.status_line().endswith("recoveries 1")
+
+
 # ------------------------------------------------------------------------ the real pipeline
 
 

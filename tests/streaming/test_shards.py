@@ -291,3 +291,36 @@ def test_merge_delay_is_counted_from_the_oldest_record_timestamp_of_each_delta()
     assert counts.sum() == 4 and stats["deltas_applied"] == 5
     assert counts[0] == 1 and counts[5] == 2 and counts[-1] == 1
     assert stats["merge_delay_sum_s"] == pytest.approx(0.003 + 0.2 + 0.2 + 90.0)
+
+
+@pytest.mark.parametrize("layout", ["dense", "graph"])
+def test_rollback_returns_to_the_last_confirmed_checkpoint_in_memory(layout: str) -> None:
+    rng = np.random.default_rng(11)
+    base = _stats(layout)
+    shards = _shards(base)
+    first, second, third = (_batch(layout, rng, 100) for _ in range(3))
+
+    def learn(batch) -> None:
+        for s, part in _routed(base.copy().learn(*batch)).items():
+            shards[s].apply([part])
+
+    for shard in shards:  # without a checkpoint: back to the construction
+        shard.rollback()
+    assert _merged(shards).allclose(base)
+    learn(first)
+    for shard in shards:
+        shard.checkpoint()
+        assert shard.confirm_checkpoint() and not shard.confirm_checkpoint()
+    cut = _merged(shards)
+    learn(second)
+    for shard in shards:  # a checkpoint that failed after the snapshot: never confirmed
+        shard.checkpoint()
+    learn(third)
+    versions = [shard.rollback() for shard in shards]
+    assert _merged(shards).allclose(cut) and not _merged(shards).allclose(base)
+    assert versions == [s.version for s in shards]
+    assert [s.counters()["rollbacks"] for s in shards] == [2] * N_SHARDS
+    learn(second)  # a rollback drops what came after, and learning goes on from there
+    for shard in shards:
+        shard.rollback()
+    assert _merged(shards).allclose(cut)

@@ -86,3 +86,31 @@ def test_stream_reports_a_graph_file_it_cannot_read(tmp_path, capsys, monkeypatc
     code = main(["stream", "--set", "stream.layout=graph", "--set", f"stream.graph_file={missing}"])
     assert code == 2
     assert capsys.readouterr().err.startswith("recsys stream: cannot build the statistics: ")
+
+
+class _Pipeline:
+    """What the status line reads of a pipeline, with a reader being replaced."""
+
+    checkpoint_age_s = 12.0
+    recoveries = 2
+    registrar = None
+
+    def lag(self) -> int:
+        from streaming.supervisor import ActorsFailed
+
+        raise ActorsFailed(["learner-0"], "missed the deadline", method="positions")
+
+    def health(self) -> dict:
+        return {"state": "recovering", "recoveries": 2, "failed_recoveries": 1,
+                "deadline_kills": 1, "stuck_readers": 0, "kafka_outage_s": 0.0,
+                "kafka_outage_budget_s": 600.0}
+
+
+def test_the_status_line_shows_the_supervisor_and_survives_a_reader_being_replaced() -> None:
+    import time
+
+    from streaming.stream_cli import _status
+
+    line = _status(_Pipeline(), 1234.0, time.monotonic())
+    assert "1,234 events/s | lag         ? | checkpoint 12s ago | recoveries 2" in line
+    assert line.endswith("| RECOVERING · failed recoveries 1 · deadline kills 1")
