@@ -363,10 +363,11 @@ class ConfluentConsumer:
     """confluent-kafka's ``Consumer`` (librdkafka), assigned explicitly.
 
     librdkafka reports no position for a partition before its first record after an assignment
-    or a seek (OFFSET_INVALID); this class then answers with the offset it was sought to, or the
-    partition's beginning offset, as kafka-python does. A seek on a partition whose fetcher has
-    not started yet is refused by librdkafka ("Erroneous state"); it is then made by re-assigning
-    that partition at the offset.
+    or a seek (OFFSET_INVALID, set by the seek itself, never a stale one); this class then answers
+    with the offset it was sought to, or the partition's beginning offset, as kafka-python does.
+    Once set, librdkafka's position also moves past transaction markers and aborted records.
+    A seek on a partition whose fetcher has not started yet is refused by librdkafka ("Erroneous
+    state"); it is then made by re-assigning that partition at the offset.
     """
 
     library = "confluent"
@@ -422,9 +423,9 @@ class ConfluentConsumer:
         (reported,) = self.consumer.position([confluent_kafka.TopicPartition(*tp)])
         if reported.offset >= 0:
             return int(reported.offset)
-        if tp in self._sought:
-            return self._sought[tp]
-        return self.beginning_offsets([tp])[tp]
+        if tp not in self._sought:  # never read nor sought: where the fetcher starts (asked once)
+            self._sought[tp] = self.beginning_offsets([tp])[tp]
+        return self._sought[tp]
 
     def _watermarks(self, tps: list[TP]) -> dict[TP, tuple[int, int]]:
         """(low, high) of each partition, all within ``timeout_s``; with
@@ -679,6 +680,8 @@ class ConfluentProducer:
             self.raw.produce(topic, **kwargs)
         except BufferError:
             self._wait_for_room(topic, kwargs)
+        except confluent_kafka.KafkaException as exc:  # refused at once (e.g. too large)
+            raise KafkaPythonError(f"the record was refused: {exc.args[0]}") from exc
         self.raw.poll(0)
 
     def _wait_for_room(self, topic: str, kwargs: dict[str, Any]) -> None:

@@ -200,6 +200,27 @@ def test_a_successor_fences_its_predecessor(kafka_bootstrap, unique_topics, clie
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("client", CLIENTS)
+def test_writable_asks_the_brokers(kafka_bootstrap, unique_topics, client):
+    topic = unique_topics({"t": 2})["t"]
+    with EventProducer(kafka_bootstrap, client=client) as producer:
+        producer.warm([topic])  # as serving does: kafka-python asks only about topics it knows
+        assert producer.writable([topic], timeout_s=10) is None
+        assert producer.writable([topic, "test.missing.y"], timeout_s=10) == (
+            "topic 'test.missing.y' is not known to the brokers")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_record_the_library_refuses_raises_a_kafka_error(kafka_bootstrap, unique_topics, client):
+    topic = unique_topics({"t": 1})["t"]
+    with EventProducer(kafka_bootstrap, client=client) as producer:
+        with pytest.raises(kerr.KafkaError):  # what serving catches to answer 503
+            producer.send_raw(topic, b"k", b"x" * (20 * 1024 * 1024))
+        assert not is_transient_kafka_error(kerr.MessageSizeTooLargeError())
+
+
+@pytest.mark.integration
 def test_a_key_lands_on_the_same_partition_with_either_client(kafka_bootstrap, unique_topics):
     from kafka.partitioner.default import murmur2
 
