@@ -189,7 +189,7 @@ class Joiner(ConsumingActor):
 
     def flush_windows(self) -> int:
         """Close every window and expire held feedback (end of a bounded replay); returns the
-        rewards sent. Durable once ``pause`` or ``close`` returns."""
+        rewards sent. Durable once ``pause`` returns (or ``close``, without a transactional id)."""
         out, partitions = self._close(final=True)
         self._send(out.rewards, partitions, out.rejected)
         return len(out.rewards)
@@ -265,7 +265,8 @@ class Joiner(ConsumingActor):
         }
 
     def close(self) -> None:
-        """Make everything sent durable and close the Kafka clients."""
+        """Make everything sent durable (with a transactional id: commit if paused, else abort;
+        ``streaming.reading``) and close the Kafka clients."""
         try:
             self._close_output()
         finally:

@@ -220,8 +220,9 @@ class LakeWriter(ConsumingActor):
         )
 
     def close(self) -> None:
-        """Make the dead letters sent durable and close the Kafka clients. Buffers are not
-        written: call ``pause`` first to make everything read durable."""
+        """Make the dead letters sent durable (with a transactional id: commit if paused, else
+        abort) and close the Kafka clients. Buffers are not written: call ``pause`` first to
+        make everything read durable."""
         try:
             self._close_output()
         finally:
