@@ -29,8 +29,10 @@ def ray_runtime(
     settings: Settings, before_local_start: Callable[[Settings], None] | None = None
 ) -> Iterator[str]:
     """Yield where Ray runs; reuse an instance already initialised in this process (tests start
-    Ray once per session). ``before_local_start`` runs before a local instance starts (e.g. to set
-    environment variables that its processes inherit). The SIGTERM and SIGINT handlers in place
+    Ray once per session). A new connection joins the namespace ``ray.namespace``, where a Serve
+    app deployed by import path finds the stream's named shards. ``before_local_start`` runs
+    before a local instance starts (e.g. to set environment variables that its processes
+    inherit). The SIGTERM and SIGINT handlers in place
     before ``ray.init`` are put back after it; ``ray.shutdown`` on exit stops a local instance's
     processes and only disconnects from a cluster."""
     import ray
@@ -40,7 +42,8 @@ def ray_runtime(
         return
     handlers = current_handlers()
     if settings.ray.address:
-        ray.init(address=settings.ray.address, logging_level=logging.WARNING)
+        ray.init(address=settings.ray.address, namespace=settings.ray.namespace or None,
+                 logging_level=logging.WARNING)
         origin = f"cluster at {settings.ray.address}"
     else:
         if before_local_start is not None:
@@ -52,6 +55,7 @@ def ray_runtime(
         try:
             ray.init(
                 num_cpus=settings.ray.num_cpus,
+                namespace=settings.ray.namespace or None,
                 include_dashboard=False,
                 object_store_memory=settings.ray.object_store_memory_mb * 1024 * 1024,
                 logging_level=logging.WARNING,

@@ -12,9 +12,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recsys.config import ServeSettings, Settings
+
+if TYPE_CHECKING:
+    from ray.serve import Application
 
 APP_NAME = "recsys"
 CONTROLLER_NAME = "SERVE_CONTROLLER_ACTOR"
@@ -70,17 +73,12 @@ def start_serving(config: object, *, host: str = "127.0.0.1", port: int = 8000,
     ``TimeoutError`` saying what the app last reported."""
     from ray import serve
 
-    from recsys.serving.app import Recommender
-
     ensure_port_free(host, port)
     with _serve_logs_at(logging.WARNING):
         # A free gRPC port too: Serve's default (9000) collides when two instances share a host.
         serve.start(http_options={"host": host, "port": port},
                     grpc_options={"port": _free_port()})
-        options = config.to_dict()  # type: ignore[attr-defined]
-        deployment = Recommender.options(num_replicas=replicas,
-                                         **deployment_options(config.serve))  # type: ignore
-        serve.run(deployment.bind(options), name=APP_NAME, route_prefix="/")
+        serve.run(recommender_app(config, replicas), name=APP_NAME, route_prefix="/")
     url = f"http://{host}:{port}"
     wait_healthy(url, ready_timeout_s)
     return url
@@ -125,6 +123,17 @@ def deployment_options(serve_settings: ServeSettings) -> dict[str, Any]:
                                                   retry_after_s=serve_settings.retry_after_s),
         "logging_config": LoggingConfig(enable_access_log=ACCESS_LOG),
     }
+
+
+def recommender_app(config: object, replicas: int) -> Application:
+    """The ``Recommender`` deployment with ``replicas`` replicas and the ``[serve]`` options of
+    ``config`` (a ``ServiceConfig``), bound to it: what ``recsys serve`` runs and what
+    ``recsys.serving.deploy:build`` returns to a declarative deployment."""
+    from recsys.serving.app import Recommender
+
+    deployment = Recommender.options(num_replicas=replicas,
+                                     **deployment_options(config.serve))  # type: ignore
+    return deployment.bind(config.to_dict())  # type: ignore[attr-defined]
 
 
 def wait_healthy(url: str, timeout_s: float) -> dict:

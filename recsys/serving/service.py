@@ -65,6 +65,7 @@ from recsys.bandits import (
 from recsys.bandits.slates import Slate
 from recsys.config import ServeSettings, Settings, parse_traffic
 from recsys.events import Context, Feedback, Impression, SlateEntry
+from recsys.kafka_clients import is_transient_kafka_error
 from recsys.policies import RequestBatch
 from recsys.producer import EventProducer
 from recsys.registry.uris import is_model_uri
@@ -247,11 +248,19 @@ class RecommenderService:
         self.producer = EventProducer(
             config.bootstrap, compression=config.compression, linger_ms=serve.linger_ms,
             max_block_ms=2000, **config.client_options)
-        self.producer.warm([config.impressions_topic, config.feedback_topic])
+        topics = [config.impressions_topic, config.feedback_topic]
+        cold = False
+        for topic in topics:  # each: a failed look-up still has the client track the topic
+            try:
+                self.producer.warm([topic])
+            except Exception as exc:  # not created yet, Kafka not up yet: start unready
+                if not is_transient_kafka_error(exc):
+                    raise
+                cold = True
         # /health/ready reads its verdict; it checks in the background (recsys.serving.readiness)
-        self.kafka = KafkaReadiness(self.producer, [config.impressions_topic,
-                                                    config.feedback_topic],
-                                    serve.max_buffered_events)
+        self.kafka = KafkaReadiness(self.producer, topics, serve.max_buffered_events)
+        if cold:  # the first verdict says why, not "fetched at start"
+            self.kafka.check()
         # what this replica remembers to answer retries once (recsys.serving.idempotency)
         self.replays = SlateReplays(serve.idempotency_window_s, serve.idempotency_max_keys)
         self.feedback_once = FeedbackOnce(serve.idempotency_window_s, serve.idempotency_max_keys)

@@ -427,29 +427,46 @@ def test_ray_version_matches_the_image() -> None:
         "the image pins torch as the Makefile does")
 
 
-def test_serve_config_follows_ray_serves_schema() -> None:
+def test_serve_config_follows_ray_serves_schema(tmp_path: Path) -> None:
     from ray.serve.schema import ServeDeploySchema
 
     (_, service), = [(n, o) for n, o in CUSTOM if o["kind"] == "RayService"]
     config = ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
-    settings = load_strictly(COMPOSE_TOML, {})
+    settings = load_strictly(configmap_toml(tmp_path), {})  # what the RayService's pods mount
     assert config.http_options.port == settings.serve.port
     (app,) = config.applications
     assert app.args == {"config": CONFIG_PATH}
 
 
-@pytest.mark.xfail(strict=True, raises=(ModuleNotFoundError, AttributeError), reason=(
-    "the project has no Ray Serve app builder yet (recsys.serving.deploy:build); "
-    "rayservice-serve.yaml cannot be deployed until it exists (infra/README.md)"))
-def test_serve_config_imports_an_app_builder() -> None:
+def test_serve_config_builds_the_app_from_the_configmap(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the Serve controller does with serveConfigV2: import the builder and call it with
+    the application's args (Ray's own rules for builders), here with the ConfigMap's TOML in
+    place of the mounted file: the app gets the replicas, Kafka and shard names it configures."""
     import importlib
-    import inspect
+    import os
 
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    from recsys.serving.deploy import SHARD_NAME_PREFIX
+
+    for name in [n for n in os.environ if n.startswith("RECSYS_")]:
+        monkeypatch.delenv(name)
     (_, service), = [(n, o) for n, o in CUSTOM if o["kind"] == "RayService"]
     (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
     module, _, attribute = app["import_path"].partition(":")
     builder = getattr(importlib.import_module(module), attribute)
-    assert inspect.isfunction(builder) and len(inspect.signature(builder).parameters) == 1
+    path = configmap_toml(tmp_path)
+    built = call_user_app_builder_with_args_if_necessary(builder, {**app["args"],
+                                                                   "config": str(path)})
+    settings = load_strictly(path, {})
+    deployment = built._bound_deployment
+    (config,) = deployment.init_args
+    assert deployment.num_replicas == settings.serve.replicas
+    assert config["bootstrap"] == settings.kafka.bootstrap
+    assert config["shard_namespace"] == settings.ray.namespace == "recsys"
+    assert config["shard_names"] == [f"{SHARD_NAME_PREFIX}{i}"
+                                     for i in range(settings.stream.shards)]
 
 
 # -- built-in Kubernetes kinds --------------------------------------------------------------------
