@@ -12,13 +12,14 @@ that stop at the last stable offset, idempotent and transactional sends, and mur
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import confluent_kafka
 from kafka.errors import KafkaError as KafkaPythonError
@@ -192,6 +193,61 @@ def _confluent_fenced() -> set[int]:
              "TRANSACTION_COORDINATOR_FENCED")
     return {getattr(confluent_kafka.KafkaError, n) for n in names
             if hasattr(confluent_kafka.KafkaError, n)}
+
+
+class LibrdkafkaError(KafkaPythonError):
+    """A librdkafka error with no kafka-python counterpart; ``retriable`` says whether a retry can
+    cure it (``is_transient_kafka_error`` reads it)."""
+
+    def __init__(self, text: str, retriable: bool = False, code: str = "") -> None:
+        super().__init__(text, retriable, code)
+        self.text, self.retriable, self.code = text, retriable, code
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.text}" if self.code else self.text
+
+
+def kafka_python_error(error: Any) -> KafkaPythonError:
+    """The kafka-python exception for a confluent ``KafkaError``: one vocabulary whichever
+    library runs (serving catches ``kafka.errors.KafkaError``; a fenced producer raises
+    ``ProducerFencedError``), and one that crosses process boundaries (Ray pickles an actor's
+    exception with its cause; confluent's C exception types do not always survive that)."""
+    import kafka.errors as kerr
+
+    code, text = error.code(), f"{error.name()}: {error.str()}"
+    if code in _confluent_fenced():
+        return kerr.ProducerFencedError(text)
+    if error.fatal() or error.txn_requires_abort():  # whatever its code: no retry cures it
+        return LibrdkafkaError(text, False, error.name())
+    if code > 0:  # a broker's error: the protocol's code, which kafka-python maps to its class
+        cls = kerr.for_code(code)
+        if cls is not kerr.UnknownError:
+            return cls(text)
+    K = confluent_kafka.KafkaError
+    if code in (K._TIMED_OUT, K._MSG_TIMED_OUT, K._TIMED_OUT_QUEUE):
+        return kerr.KafkaTimeoutError(text)
+    if code in (K._TRANSPORT, K._ALL_BROKERS_DOWN, K._RESOLVE):
+        return kerr.KafkaConnectionError(text)
+    return LibrdkafkaError(text, _confluent_transient(error), error.name())
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _kafka_python_errors(method: F) -> F:
+    """Raise a confluent ``KafkaException`` from ``method`` as its kafka-python counterpart."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except confluent_kafka.KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if not isinstance(error, confluent_kafka.KafkaError):
+                raise LibrdkafkaError(str(exc)) from exc
+            raise kafka_python_error(error) from exc
+
+    return wrapper  # type: ignore[return-value]
 
 
 # -- consumers ----------------------------------------------------------------------------------
@@ -398,6 +454,7 @@ class ConfluentConsumer:
         self.consumer.assign([confluent_kafka.TopicPartition(t, p, confluent_kafka.OFFSET_BEGINNING)
                               for t, p in partitions])
 
+    @_kafka_python_errors
     def seek(self, tp: TP, offset: int) -> None:
         target = confluent_kafka.TopicPartition(tp[0], tp[1], offset)
         try:
@@ -411,14 +468,17 @@ class ConfluentConsumer:
                 self.consumer.pause([confluent_kafka.TopicPartition(*tp)])
         self._sought[tp] = offset
 
+    @_kafka_python_errors
     def seek_to_beginning(self, tps: list[TP]) -> None:
         for tp, offset in self.beginning_offsets(tps).items():
             self.seek(tp, offset)
 
+    @_kafka_python_errors
     def seek_to_end(self, tps: list[TP]) -> None:
         for tp, offset in self.end_offsets(tps).items():
             self.seek(tp, offset)
 
+    @_kafka_python_errors
     def position(self, tp: TP) -> int:
         (reported,) = self.consumer.position([confluent_kafka.TopicPartition(*tp)])
         if reported.offset >= 0:
@@ -433,18 +493,30 @@ class ConfluentConsumer:
         deadline = time.monotonic() + self.timeout_s
         out = {}
         for tp in tps:
-            low, high = self.consumer.get_watermark_offsets(
-                confluent_kafka.TopicPartition(*tp), cached=False,
-                timeout=max(0.1, deadline - time.monotonic()))
+            while True:  # kafka-python retries a stale leader within its timeout; so does this
+                try:
+                    low, high = self.consumer.get_watermark_offsets(
+                        confluent_kafka.TopicPartition(*tp), cached=False,
+                        timeout=max(0.1, deadline - time.monotonic()))
+                    break
+                except confluent_kafka.KafkaException as exc:
+                    error = exc.args[0]
+                    if (time.monotonic() >= deadline or error.fatal()
+                            or not _confluent_transient(error)):
+                        raise
+                    time.sleep(0.1)
             out[tp] = (int(low), int(high))
         return out
 
+    @_kafka_python_errors
     def end_offsets(self, tps: list[TP]) -> dict[TP, int]:
         return {tp: high for tp, (_, high) in self._watermarks(tps).items()}
 
+    @_kafka_python_errors
     def beginning_offsets(self, tps: list[TP]) -> dict[TP, int]:
         return {tp: low for tp, (low, _) in self._watermarks(tps).items()}
 
+    @_kafka_python_errors
     def poll(self, timeout_ms: int, max_records: int) -> list[PartitionRecords]:
         messages = self.consumer.consume(num_messages=max_records, timeout=timeout_ms / 1000)
         if not messages:
@@ -472,14 +544,17 @@ class ConfluentConsumer:
                 raise confluent_kafka.KafkaException(error)
         return [m for m in messages if m.error() is None]
 
+    @_kafka_python_errors
     def pause(self, tps: list[TP]) -> None:
         self._paused.update(tps)
         self.consumer.pause([confluent_kafka.TopicPartition(t, p) for t, p in tps])
 
+    @_kafka_python_errors
     def resume(self, tps: list[TP]) -> None:
         self._paused.difference_update(tps)
         self.consumer.resume([confluent_kafka.TopicPartition(t, p) for t, p in tps])
 
+    @_kafka_python_errors
     def close(self) -> None:
         self.consumer.close()
 
@@ -647,7 +722,7 @@ class ConfluentProducer:
             if error is None:
                 on_ack()
             else:
-                on_error(confluent_kafka.KafkaException(error))
+                on_error(kafka_python_error(error))
 
         config: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
@@ -671,6 +746,7 @@ class ConfluentProducer:
         self.max_block_s = settings.max_block_ms / 1000
         self.timeout_s = timeout_s
 
+    @_kafka_python_errors
     def send(self, topic: str, key: bytes | None, value: bytes | None,
              partition: int | None) -> None:
         kwargs: dict[str, Any] = {"key": key, "value": value}
@@ -681,7 +757,9 @@ class ConfluentProducer:
         except BufferError:
             self._wait_for_room(topic, kwargs)
         except confluent_kafka.KafkaException as exc:  # refused at once (e.g. too large)
-            raise KafkaPythonError(f"the record was refused: {exc.args[0]}") from exc
+            error = exc.args[0]
+            raise (kafka_python_error(error) if error.code() > 0 else KafkaPythonError(
+                f"the record was refused: {error.str()}")) from exc
         self.raw.poll(0)
 
     def _wait_for_room(self, topic: str, kwargs: dict[str, Any]) -> None:
@@ -700,6 +778,7 @@ class ConfluentProducer:
                         "(max_block_ms): Kafka is unreachable or slower than the sends"
                     ) from None
 
+    @_kafka_python_errors
     def flush(self, timeout_s: float | None) -> None:
         from kafka.errors import KafkaTimeoutError
 
@@ -707,6 +786,7 @@ class ConfluentProducer:
         if left:
             raise KafkaTimeoutError(f"{left} records were not acknowledged within {timeout_s} s")
 
+    @_kafka_python_errors
     def partitions_for(self, topic: str) -> set[int]:
         metadata = self.raw.list_topics(topic, timeout=self.max_block_s)
         found = metadata.topics.get(topic)
@@ -731,19 +811,24 @@ class ConfluentProducer:
                 return f"topic {topic!r} has partitions without a leader: {leaderless}"
         return None
 
+    @_kafka_python_errors
     def init_transactions(self) -> None:
         self.raw.init_transactions(self.timeout_s)
 
+    @_kafka_python_errors
     def begin_transaction(self) -> None:
         self.raw.begin_transaction()
 
+    @_kafka_python_errors
     def commit_transaction(self) -> None:
         self.raw.commit_transaction(self.timeout_s)
 
+    @_kafka_python_errors
     def abort_transaction(self) -> None:
         self.raw.abort_transaction(self.timeout_s)
         self.raw.poll(0)  # serve the purged records' delivery reports now, inside the abort
 
+    @_kafka_python_errors
     def close(self, timeout_s: float) -> None:
         raw = self.raw
         try:

@@ -2,15 +2,17 @@
 (``kafka.client``: kafka-python and confluent-kafka) on the same data.
 
     .venv/bin/python tests/benchmarks/bench_kafka.py [--events 400000] [--partitions 2]
-        [--repeats 3] [--clients kafka-python,confluent] [--starts 1] [--demo] [--quick]
+        [--repeats 3] [--clients kafka-python,confluent] [--starts 1] [--encode] [--demo]
+        [--quick]
 
 Prints one table. Per client and fetch setting: raw records read per second through
 ``recsys.kafka_clients`` (``make_consumer``: what the readers get before decoding) and events
 read, decoded and validated per second through ``streaming.consumer.EventConsumer``. Per client:
-records produced per second (pre-encoded bytes, ``EventProducer.send_raw`` then flush) and
-events encoded and produced per second (``EventProducer.send``). Each figure is the median of
-``--repeats`` runs (min-max beside it); producing writes to a fresh topic each run. Also broker
-start-up time and, with ``--demo``, the wall time of `recsys demo`.
+records produced per second (pre-encoded bytes, ``EventProducer.send_raw`` then flush) and, with
+``--encode``, events encoded and produced per second (``EventProducer.send``). Each figure is
+the median of ``--repeats`` runs (min-max beside it) with the process's CPU time per record;
+producing writes to a fresh topic each run. Also broker start-up time and, with ``--demo``, the
+wall time of `recsys demo`.
 Targets (issue 2): >= 30k events/s consumed and decoded; broker start-up <= 15 s.
 """
 
@@ -166,6 +168,8 @@ def main() -> None:
     parser.add_argument("--clients", default=",".join(CLIENTS))
     parser.add_argument("--starts", type=int, default=1, help="broker start-ups to time")
     parser.add_argument("--demo", action="store_true", help="also time `recsys demo`")
+    parser.add_argument("--encode", action="store_true",
+                        help="also time encoding + producing events (EventProducer.send)")
     parser.add_argument("--quick", action="store_true", help="50k events, no start-ups, 1 run")
     args = parser.parse_args()
     if args.quick:
@@ -188,8 +192,10 @@ def main() -> None:
         produce(bootstrap, topic, events, values, clients[0])  # the data every read row reads
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         for client in clients:
-            for label, vals in (("produce records (pre-encoded), acks=all, lz4", values),
-                                ("encode + produce events", None)):
+            produce_rows = [("produce records (pre-encoded), acks=all, lz4", values)]
+            if args.encode:
+                produce_rows.append(("encode + produce events", None))
+            for label, vals in produce_rows:
                 runs = []
                 for _ in range(args.repeats):
                     fresh = f"bench.produce.{uuid.uuid4().hex[:6]}"

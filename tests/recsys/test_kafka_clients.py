@@ -12,11 +12,13 @@ import kafka.errors as kerr
 import pytest
 
 from recsys.kafka_clients import (
+    LibrdkafkaError,
     by_partition,
     client_name,
     confluent_config,
     is_fenced,
     is_transient_kafka_error,
+    kafka_python_error,
     kafka_python_options,
     make_consumer,
 )
@@ -279,3 +281,26 @@ def test_records_are_cut_into_one_batch_per_partition_in_order() -> None:
     ]
     assert by_partition([], [], [], [], []) == []
     assert len(batches[0].head(2)) == 2 and batches[0].head(2).offsets == [1, 2]
+
+
+@pytest.mark.parametrize(("error", "expected", "transient"), [
+    (confluent_kafka.KafkaError(E.NOT_LEADER_FOR_PARTITION), kerr.NotLeaderForPartitionError, True),
+    (confluent_kafka.KafkaError(E._TIMED_OUT), kerr.KafkaTimeoutError, True),
+    (confluent_kafka.KafkaError(E._ALL_BROKERS_DOWN), kerr.KafkaConnectionError, True),
+    (confluent_kafka.KafkaError(E._WAIT_COORD), LibrdkafkaError, True),
+    (confluent_kafka.KafkaError(E._FENCED, fatal=True), kerr.ProducerFencedError, False),
+    (confluent_kafka.KafkaError(E.PRODUCER_FENCED), kerr.ProducerFencedError, False),
+    (confluent_kafka.KafkaError(E._TIMED_OUT, fatal=True), LibrdkafkaError, False),
+    (confluent_kafka.KafkaError(E._INVALID_ARG), LibrdkafkaError, False),
+    (confluent_kafka.KafkaError(E.MSG_SIZE_TOO_LARGE), kerr.MessageSizeTooLargeError, False),
+], ids=lambda x: getattr(x, "name", lambda: x)() if hasattr(x, "name") else str(x))
+def test_confluent_errors_become_kafka_python_errors(error, expected, transient) -> None:
+    import pickle
+
+    translated = kafka_python_error(error)
+    assert type(translated) is expected
+    assert is_transient_kafka_error(translated) is transient
+    # an actor's exception crosses to the driver pickled: the verdict must survive that
+    again = pickle.loads(pickle.dumps(translated))
+    assert type(again) is expected and is_transient_kafka_error(again) is transient
+    assert error.name() in str(again)
