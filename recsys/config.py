@@ -52,13 +52,16 @@ class KafkaSettings:
     replication_factor: int = 1
     compression: str = "lz4"
     # The client library of the hot readers and producers (streaming actors, serving):
-    # "confluent" (librdkafka) or "kafka-python". Admin and metadata calls use kafka-python.
+    # "confluent" (librdkafka) or "kafka-python", both behind recsys.kafka_clients and run by the
+    # same tests; it travels in client_options() as "client". Admin and metadata calls always use
+    # kafka-python. Measured with tests/benchmarks/bench_kafka.py.
     client: str = "kafka-python"
     # Embedded broker only.
     jars_dir: Path | None = None
     heap: str = "512m"
     startup_timeout_s: float = 60.0
-    # Client security, passed through to kafka-python unchanged when set.
+    # Client security, passed through to kafka-python unchanged when set and translated to
+    # librdkafka's names for kafka.client = "confluent" (recsys.kafka_clients.confluent_config).
     security_protocol: str | None = None
     sasl_mechanism: str | None = None
     sasl_plain_username: str | None = None
@@ -68,7 +71,10 @@ class KafkaSettings:
     ssl_keyfile: str | None = None
 
     def client_options(self) -> dict[str, Any]:
-        """kafka-python keyword arguments for security settings that are set."""
+        """The client library (key ``"client"``) and the kafka-python-style security settings
+        that are set; kafka-python classes take them through
+        ``recsys.kafka_clients.kafka_python_options`` (which drops ``"client"``), librdkafka
+        through ``confluent_config``."""
         keys = (
             "security_protocol",
             "sasl_mechanism",
@@ -78,16 +84,21 @@ class KafkaSettings:
             "ssl_certfile",
             "ssl_keyfile",
         )
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        return {"client": self.client,
+                **{k: getattr(self, k) for k in keys if getattr(self, k) is not None}}
 
 
 @dataclass(frozen=True)
 class RaySettings:
-    """Ray cluster. ``address`` unset means: a local instance started in-process."""
+    """Ray cluster. ``address`` unset means: a local instance started in-process. ``namespace``
+    is the Ray namespace every recsys driver joins: the stream's named shards live there, and a
+    Serve app deployed by import path (``recsys.serving.deploy:build``) looks them up there
+    (empty: each driver gets an anonymous namespace of its own, as Ray does by default)."""
 
     address: str | None = None
     num_cpus: int | None = None
     object_store_memory_mb: int = 512
+    namespace: str = "recsys"
 
 
 @dataclass(frozen=True)
