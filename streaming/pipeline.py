@@ -28,6 +28,12 @@ statistics in Ray's object store), healthy shards return to their in-memory copy
 cut's offsets and state. Storage is read only by ``start`` (a process restart). The replay from
 the cut's offsets reproduces the same state, so nothing is lost or counted twice.
 
+Kafka output: every reader produces through a transactional producer whose id is
+``f"{stream.transactional_id_prefix}.{impressions topic}.{role}-{index}"`` (role joiner, learner
+or lake), so a replacement fences its predecessor and aborts its open transaction. Each
+undecodable record is dead-lettered once, by its topic's owner: impressions and feedback by the
+joiners; rewards by the lake writers when the lake is on, else by window-mode learners.
+
 Healthy learners are settled and given rebuilt shards through Ray's ``__ray_call__`` (see
 :func:`_settle_learner`), so only the dead actors are rebuilt.
 """
@@ -240,17 +246,20 @@ class StreamPipeline:
         if self.window:
             assignment = [(t.rewards, p) for p in share(self.partitions, s.learners, i)]
             expected: dict[str, type] = {t.rewards: Reward}
+            # rewards' dead letters: the lake writers' when the lake is on, else the learners'
+            owned = [] if self.lake_uri else [t.rewards]
         else:
             assignment = [(topic, p) for p in share(self.partitions, s.learners, i)
                           for topic in (t.impressions, t.feedback)]
             expected = {t.impressions: Impression, t.feedback: Feedback}
+            owned = []  # the joiners dead-letter impressions and feedback
         return LearnerActor.remote(
             self.bootstrap, assignment, shards, self._learner_template_arrays,
             mode=s.update_mode, window_ms=s.window_ms,
             allowed_lateness_ms=s.allowed_lateness_ms, reward_mapping=s.rewards(),
             dead_letter_topic=t.dead_letter, expected_types=expected,
             client_options=self.client_options,
-            transactional_id=self._transactional_id("learner", i),
+            transactional_id=self._transactional_id("learner", i), dead_letter_topics=owned,
         )
 
     def _joiner(self, i: int) -> Any:
@@ -261,6 +270,7 @@ class StreamPipeline:
             feedback_topic=t.feedback, rewards_topic=t.rewards,
             dead_letter_topic=t.dead_letter, client_options=self.client_options,
             transactional_id=self._transactional_id("joiner", i),
+            dead_letter_topics=[t.impressions, t.feedback],
         )
 
     def _lake_writer(self, i: int) -> Any:
@@ -272,6 +282,7 @@ class StreamPipeline:
             rewards_topic=t.rewards, dead_letter_topic=t.dead_letter,
             client_options=self.client_options,
             transactional_id=self._transactional_id("lake", i),
+            dead_letter_topics=[t.rewards],  # the joiners own impressions' and feedback's
         )
 
     def _build(self) -> PipelineActors:

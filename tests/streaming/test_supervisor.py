@@ -94,6 +94,21 @@ def _kinds(events: list[PipelineEvent]) -> list[str]:
     return [e.kind for e in events]
 
 
+def _step_until(pipeline, events: list[PipelineEvent], kind: str, actor: str,
+                limit_s: float = 60.0) -> None:
+    """Step the pipeline until it has recovered after a ``kind`` event about ``actor``."""
+    import time
+
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        pipeline.step()
+        seen = [i for i, e in enumerate(events) if e.kind == kind and e.detail["actor"] == actor]
+        if seen and "recovery.completed" in _kinds(events[seen[0]:]):
+            return
+    raise AssertionError(f"no {kind} for {actor} and recovery in {limit_s:g} s: "
+                         f"{_kinds(events)}")
+
+
 @pytest.mark.integration
 def test_a_kill_during_recovery_is_recovered_by_itself_and_healthy_actors_stay(
         kafka_bootstrap, unique_topics, ray_session, tmp_path) -> None:
@@ -103,8 +118,8 @@ def test_a_kill_during_recovery_is_recovered_by_itself_and_healthy_actors_stay(
     from tests.streaming.test_pipeline import _joined_truth, _part, _pipeline, _topics
 
     topics, names = _topics(unique_topics)
-    log = generate_log(31, n_requests=300, partitions=2, messy=True)
-    first, rest = _part(log, lambda r: r < 120), _part(log, lambda r: r >= 120)
+    log = generate_log(31, n_requests=200, partitions=2, messy=True)
+    first, rest = _part(log, lambda r: r < 80), _part(log, lambda r: r >= 80)
     produce_log(kafka_bootstrap, first, names)
     pipeline = _pipeline(kafka_bootstrap, topics, tmp_path)
     events = _events(pipeline)
@@ -145,9 +160,9 @@ def test_a_frozen_learner_and_a_reader_that_stopped_fetching_are_replaced(
     from tests.streaming.test_pipeline import _joined_truth, _part, _pipeline, _topics
 
     topics, names = _topics(unique_topics)
-    log = generate_log(32, n_requests=300, partitions=2, messy=True)
-    first, second, third = (_part(log, lambda r: r < 100), _part(log, lambda r: 100 <= r < 200),
-                            _part(log, lambda r: r >= 200))
+    log = generate_log(32, n_requests=180, partitions=2, messy=True)
+    first, second, third = (_part(log, lambda r: r < 60), _part(log, lambda r: 60 <= r < 120),
+                            _part(log, lambda r: r >= 120))
     produce_log(kafka_bootstrap, first, names)
     pipeline = _pipeline(kafka_bootstrap, topics, tmp_path)
     pipeline.settings = replace(pipeline.settings, actor_call_timeout_s=3.0, stuck_reader_s=2.0)
@@ -161,9 +176,7 @@ def test_a_frozen_learner_and_a_reader_that_stopped_fetching_are_replaced(
         pid = ray.get(pipeline.actors.learners[1].__ray_call__.remote(lambda self: os.getpid()))
         os.kill(pid, signal.SIGSTOP)  # frozen: alive to the OS, deaf to Ray
         produce_log(kafka_bootstrap, second, names)
-        pipeline.run_for(8.0)  # finds it past the deadline, kills and replaces it
-        deadline = [e for e in events if e.kind == "actor.deadline"]
-        assert any(e.detail["actor"] == "learner-1" for e in deadline)
+        _step_until(pipeline, events, "actor.deadline", "learner-1")  # killed and replaced
         assert pipeline.health()["deadline_kills"] >= 1 and pipeline.recoveries >= 1
 
         # the joiner's consumer stops fetching (as after a broker restart): stuck, rebuilt
@@ -172,8 +185,7 @@ def test_a_frozen_learner_and_a_reader_that_stopped_fetching_are_replaced(
         ray.get(joiner.__ray_call__.remote(
             lambda self: setattr(self._consumer, "poll", lambda *args, **kwargs: [])))
         produce_log(kafka_bootstrap, third, names)
-        pipeline.run_for(8.0)
-        assert any(e.kind == "reader.stuck" and e.detail["actor"] == "joiner-0" for e in events)
+        _step_until(pipeline, events, "reader.stuck", "joiner-0")
         assert pipeline.actors.joiners[0] is not joiner and pipeline.stuck_readers >= 1
         pipeline.run_to_end()
         assert pipeline.statistics().allclose(_joined_truth(first, second, third), rtol=1e-9,
@@ -198,8 +210,8 @@ def test_window_mode_learns_the_joined_rewards_through_the_whole_pipeline(
     from tests.streaming.test_pipeline import DIM, N_ITEMS, SETTINGS, _part, _topics
 
     topics, names = _topics(unique_topics)
-    log = generate_log(33, n_requests=300, partitions=2, messy=True)
-    first, rest = _part(log, lambda r: r < 150), _part(log, lambda r: r >= 150)
+    log = generate_log(33, n_requests=200, partitions=2, messy=True)
+    first, rest = _part(log, lambda r: r < 100), _part(log, lambda r: r >= 100)
     settings: StreamSettings = replace(SETTINGS, update_mode="window")
     pipeline = StreamPipeline(kafka_bootstrap, settings, dense_statistics(np.arange(N_ITEMS), DIM),
                               str(tmp_path / "checkpoints"), topics=topics)
