@@ -8,13 +8,19 @@ only; zero-CPU actors (the shards) may land on any node. A driver connects with
 ``ray.init(address=cluster.address)`` and is attached to the head (Ray prefers the head among
 nodes on one host), so it survives the loss of a worker node.
 
-Each node runs ``ray start --block`` as a child of the test: every process of the node descends
-from it (raylet, log monitor, agents, and the raylet's worker processes), which is how
-:meth:`RayCluster.processes` finds them and :meth:`RayCluster.kill` kills them all at once (frozen
-first, so no raylet restarts a worker in between).
+Each node runs ``ray start --block`` as a child of the test, with a temporary directory of its
+own. A node's processes are that ``ray start``, every process whose command line names the node's
+directory (raylet, log monitor, agents; orphaned or not) and all they descend to (the raylet's
+workers): :meth:`RayCluster.processes` finds them and :meth:`RayCluster.kill` freezes then kills
+them all at once (so no raylet restarts a worker in between). Worker nodes are started one at a
+time and a start that fails is retried: ``ray start`` gives a raylet a fixed 30 s to register,
+which a loaded machine sometimes misses.
 
 Node death is detected by the GCS's health checks; the head is given a 1 s period and 3 misses
 (Ray's defaults are 3 s and 5, about 15 s) so a test sees a node declared dead in a few seconds.
+Every node and driver runs with ``RAY_AUTH_MODE=disabled``: a head turns token authentication on by
+default and a joining ``ray start`` does not, which the head's GCS then refuses; the cluster
+listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -45,6 +51,12 @@ HEALTH_CHECK_ENV = {
     "RAY_health_check_failure_threshold": "3",
 }
 """GCS health-check settings of the head (see module docs)."""
+
+
+WORKER_PORTS_FROM = 22_000
+"""Each node's workers get a block of 200 ports from 22000-29999, a block no other node of the
+cluster has: not Ray's default range (10002-19999), which a local Ray of the same test session
+walks through port by port, and below Linux's ephemeral ports (32768-), which clients take."""
 
 
 class RayClusterError(RuntimeError):
@@ -85,7 +97,7 @@ class RayCluster:
                  startup_timeout_s: float = 90.0) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))  # short: socket paths
         self._taken: set[int] = set()  # every port given to a node of this cluster
-        self._blocks = random.sample(range(49), 49)  # worker-port blocks, one per node start
+        self._blocks = random.sample(range(40), 40)  # worker-port blocks, one per node start
         self.gcs_port = self._ports(1)[0]
         self.address = f"127.0.0.1:{self.gcs_port}"
         self.object_store_bytes = object_store_bytes
@@ -103,7 +115,7 @@ class RayCluster:
         temp_dir = self.root / f"{name}{suffix}"
         temp_dir.mkdir()
         ports = self._ports(6)
-        low = 10_002 + 200 * self._blocks.pop()  # its workers' ports: a block of 200 of its own
+        low = WORKER_PORTS_FROM + 200 * self._blocks.pop()  # a block of 200 of its own
         cmd = [
             RAY, "start", "--block", "--node-ip-address", "127.0.0.1",
             "--num-cpus", str(cpus), "--num-gpus", "0",
@@ -127,7 +139,7 @@ class RayCluster:
 
     def _ports(self, n: int) -> list[int]:
         """``n`` free ports that no node of this cluster was given before (nor its workers'
-        port blocks, 10002-19801, which ``free_port``'s ephemeral range never reaches)."""
+        port blocks, below the ephemeral range ``free_port`` draws from)."""
         ports: list[int] = []
         while len(ports) < n:
             port = free_port()
@@ -142,10 +154,8 @@ class RayCluster:
         path = env.get("PYTHONPATH")
         env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + path if path else "")
         env.update(HEALTH_CHECK_ENV)
-        # One mode for every node and driver: a head enables token auth by default, a joining
-        # `ray start` does not unless told (and is then refused by the head's GCS), and a GCS
-        # client in this process reads its mode when Ray is imported. The cluster listens on
-        # 127.0.0.1 only.
+        # One mode for every node and driver (module docs); a GCS client in this process reads
+        # its mode when Ray is imported, and the default there is disabled too.
         env["RAY_AUTH_MODE"] = "disabled"
         env.pop("RAY_ADDRESS", None)
         return env
