@@ -280,11 +280,11 @@ class HookLog:
     def kinds(self) -> Counter[str]:
         return Counter(kind for kind, _, _ in self.events)
 
-    def first(self, kind: str, after_s: float = float("-inf")) -> float | None:
-        return next((at for k, at, _ in self.events if k == kind and at >= after_s), None)
-
-    def describe(self) -> str:
-        return "\n".join(f"  {at:8.2f}s {kind} {detail}" for kind, at, detail in self.events)
+    def describe(self, t0: float | None = None) -> str:
+        """The events, timed from ``t0`` (monotonic; default: this log's creation)."""
+        shift = 0.0 if t0 is None else t0 - self.t0
+        return "\n".join(f"  {at - shift:8.2f}s {kind} {detail}"
+                         for kind, at, detail in self.events)
 
 
 def subscribe(pipeline: StreamPipeline, log: HookLog) -> Callable[[], None]:
@@ -308,7 +308,7 @@ class Faults:
 
     def __init__(self) -> None:
         self.t0 = time.monotonic()
-        self.done: list[tuple[float, str]] = []
+        self.done: list[tuple[float, float, str]] = []  # (started, finished, what)
         self.errors: list[str] = []
         self._plan: list[tuple[float, str, Callable[[], None]]] = []
         self._threads: list[threading.Thread] = []
@@ -339,9 +339,10 @@ class Faults:
             wait = t0 + moment - time.monotonic()
             if wait > 0 and self._stop.wait(wait):
                 return
+            began = time.monotonic() - self.t0
             try:
                 action()
-                self.done.append((time.monotonic() - self.t0, what))
+                self.done.append((began, time.monotonic() - self.t0, what))
             except BaseException:
                 self.errors.append(f"{what}: {traceback.format_exc()}")
 
@@ -358,7 +359,7 @@ class Faults:
         self.join(30.0)
 
     def describe(self) -> str:
-        return "\n".join(f"  {at:8.2f}s {what}" for at, what in self.done)
+        return "\n".join(f"  {began:8.2f}s-{ended:.2f}s {what}" for began, ended, what in self.done)
 
 
 def actor_pid(actor: Any) -> int:
@@ -597,7 +598,8 @@ def faulted_run(broker: RestartableBroker, root: Path, *, interval_s: float = 0.
 
 def report(faults: Faults, hooks: HookLog, pipeline: StreamPipeline | None = None) -> str:
     """What happened, for an assertion message: faults injected, hook events, counters."""
-    text = f"faults:\n{faults.describe()}\nhook events:\n{hooks.describe()}"
+    text = (f"(times in seconds from the traffic's start)\nfaults:\n{faults.describe()}\n"
+            f"hook events:\n{hooks.describe(faults.t0)}")
     if faults.errors:
         text += "\nfault errors:\n" + "\n".join(faults.errors)
     if pipeline is not None:

@@ -151,11 +151,12 @@ def test_c_a_60s_broker_outage_is_ridden_through(fault_broker, reference, ray_se
         drive(pipeline, traffic, faults, timeout_s=280.0)
         context = report(faults, hooks, pipeline)
         assert not faults.errors, context
-        kinds = hooks.kinds()
-        assert kinds["kafka.unreachable"] >= 1 and kinds["kafka.reachable"] >= 1, (
-            f"the outage was not reported by the hooks\n{context}")
         end_checks(pipeline, reference, fault_broker.bootstrap, topics, tmp_path / "lake",
                    context=context)
+        kinds = hooks.kinds()  # ridden through; and seen as what it was, an outage
+        assert kinds["kafka.unreachable"] >= 1 and kinds["kafka.reachable"] >= 1, (
+            f"the outage was not reported by the hooks (kafka.unreachable, kafka.reachable)\n"
+            f"{context}")
 
 
 def test_d_a_sigstopped_learner_is_replaced(fault_broker, reference, ray_session,
