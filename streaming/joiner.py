@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from kafka.errors import KafkaTimeoutError
 from numpy.typing import NDArray
 
 from recsys.events import Feedback, Impression, Reward, encode
@@ -60,6 +61,8 @@ StateArrays = dict[str, NDArray[Any]]
 READ_BACK_PARTITIONS = "rewards_partitions"
 READ_BACK_OFFSETS = "rewards_offsets"
 READ_BACK_TIMEOUT_S = 120.0
+SETTLE_TIMEOUT_S = 30.0
+"""How long a pause or restore waits for its rewards transactions' markers (``_settled_ends``)."""
 
 
 class Joiner(ConsumingActor):
@@ -114,6 +117,11 @@ class Joiner(ConsumingActor):
             bootstrap, [(rewards_topic, p) for p in self._partitions],
             expected_types={rewards_topic: Reward}, dead_letter_producer=self._producer,
             dead_letter=False, **options)
+        # the same partitions' high watermarks: what the committed rewards will reach
+        self._rewards_watermarks = None if transactional_id is None else EventConsumer(
+            bootstrap, [(rewards_topic, p) for p in self._partitions],
+            expected_types={rewards_topic: Reward}, dead_letter_producer=self._producer,
+            dead_letter=False, isolation_level="read_uncommitted", **options)
         self._replayed: set[tuple[str, int]] = set()
         self.suppressed_replays = 0
         self._paused = False
@@ -206,7 +214,7 @@ class Joiner(ConsumingActor):
         self._replayed = set()  # the replay has passed the cut those keys were committed before
         state = self.core.state_arrays()
         if self._rewards_reader is not None:
-            ends = self._rewards_reader.end_offsets()
+            ends = self._settled_ends()
             state[READ_BACK_PARTITIONS] = np.array(self._partitions, np.int64)
             state[READ_BACK_OFFSETS] = np.array(
                 [ends[(self._rewards_topic, p)] for p in self._partitions], np.int64)
@@ -247,9 +255,31 @@ class Joiner(ConsumingActor):
                 "taken with")
         since = {(self._rewards_topic, p): int(o) for p, o in recorded.items()}
         self._rewards_reader.seek(since)
-        ends = self._rewards_reader.end_offsets()
+        ends = self._settled_ends()
         committed = self._rewards_reader.read_until(ends, timeout_s=READ_BACK_TIMEOUT_S)
         return {(c.event.request_id, c.event.item_id) for c in committed}
+
+    def _settled_ends(self) -> Offsets:
+        """The rewards partitions' end offsets once every transaction on them is settled.
+
+        A commit (or a fencing abort) returns when the transaction coordinator has logged it;
+        the markers reach the partitions afterwards, and until then the last stable offset (what
+        read_committed readers reach) stays below the committed records. Waiting until it meets
+        the high watermark makes the offsets recorded for read-back, and the lake's targets the
+        coordinator reads next, include everything committed."""
+        assert self._rewards_reader is not None and self._rewards_watermarks is not None
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while True:
+            stable = self._rewards_reader.end_offsets()
+            high = self._rewards_watermarks.end_offsets()
+            if all(stable[tp] >= high[tp] for tp in high):
+                return stable
+            if time.monotonic() > deadline:
+                raise KafkaTimeoutError(
+                    f"joiner: the rewards transactions on {sorted(high)} did not settle in "
+                    f"{SETTLE_TIMEOUT_S:g} s (last stable offsets {stable}, high watermarks "
+                    f"{high}); is a foreign transactional producer writing to the rewards topic?")
+            time.sleep(0.02)
 
     def counters(self) -> dict[str, int]:
         """Counters: the core's (events, joins, rejections by reason), records sent, records
@@ -274,6 +304,8 @@ class Joiner(ConsumingActor):
                 self._consumer.close()
                 if self._rewards_reader is not None:
                     self._rewards_reader.close()
+                if self._rewards_watermarks is not None:
+                    self._rewards_watermarks.close()
             finally:
                 self._producer.close()
 
