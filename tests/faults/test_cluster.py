@@ -83,7 +83,7 @@ def _concat(parts: list[Log]) -> Log:
     return out
 
 
-# ---------------------------------------------------------------------------- the test
+# ---------------------------------------------------------------------------- the tests
 
 
 def test_every_ray_node_gets_its_own_ports_and_directory() -> None:
@@ -109,8 +109,6 @@ def test_every_ray_node_gets_its_own_ports_and_directory() -> None:
     finally:
         cluster.stop()
     assert not cluster.root.exists()
-
-
 
 
 @pytest.mark.faults
