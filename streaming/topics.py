@@ -18,7 +18,8 @@ from recsys.validation import message
 
 # Impressions and feedback are keyed by request id and joined partition by partition: partition p
 # of one must hold the same requests as partition p of the other, so their counts must be equal.
-CO_PARTITIONED: tuple[tuple[str, ...], ...] = ((IMPRESSIONS, FEEDBACK),)
+# The joiner of partition p writes its rewards to partition p of rewards (read back after a crash).
+CO_PARTITIONED: tuple[tuple[str, ...], ...] = ((IMPRESSIONS, FEEDBACK, REWARDS),)
 
 
 class TopicLayoutError(RuntimeError):
@@ -83,15 +84,14 @@ def ensure_topics(
 def check_co_partitioned(
     counts: Mapping[str, int], groups: Iterable[Collection[str]] = CO_PARTITIONED
 ) -> None:
-    """Raise ``TopicLayoutError`` if the topics of a group (all present in ``counts``) differ in
-    partition count; groups with a topic missing from ``counts`` are not checked."""
+    """Raise ``TopicLayoutError`` if the topics of a group that are present in ``counts`` differ
+    in partition count (topics missing from ``counts`` are not checked)."""
     for group in groups:
-        if not all(topic in counts for topic in group):
-            continue
-        if len({counts[topic] for topic in group}) > 1:
-            found = ", ".join(f"{topic} has {counts[topic]}" for topic in group)
+        present = [topic for topic in group if topic in counts]
+        if len({counts[topic] for topic in present}) > 1:
+            found = ", ".join(f"{topic} has {counts[topic]}" for topic in present)
             raise TopicLayoutError(
-                f"topics {' and '.join(group)} must have the same number of partitions (they are "
+                f"topics {' and '.join(present)} must have the same number of partitions (they are "
                 f"keyed by request id and joined partition by partition), but {found}. Recreate "
                 "them with one partition count (kafka.partitions), or raise the smaller to match "
                 "with kafka-topics.sh --alter --partitions N before any events are written "
