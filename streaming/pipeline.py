@@ -190,6 +190,9 @@ class StreamPipeline:
         self._next_stuck_check = self._last_checkpoint + self._stuck_every_s
         self._watch: dict[str, tuple[Offsets, float]] = {}
         self._next_probe = 0.0
+        self._next_recovery = 0.0
+        self._incident: tuple[float, str, OutageClock] | None = None
+        self._attempt = 0
 
     # ------------------------------------------------------------------ cluster facts
     def _layout(self) -> Any:
@@ -376,12 +379,9 @@ class StreamPipeline:
         """
         assert self.actors is not None, "call start() first"
         try:
-            if self._failed:
-                self._recover()
+            if not self._heal():  # one probe or recovery attempt when due; never blocks long
+                time.sleep(min(0.2, max(0.0, self._next_attempt() - time.monotonic())))
                 return 0
-            now = time.monotonic()
-            if self.outage.running and now >= self._next_probe:
-                self._probe()
             readers = self.actors.readers()
             calls = [(n, a, a.step.remote(self.settings.batch_size)) for n, a in readers]
             # shards are not called by a step: a ping finds a dead or frozen one at once
@@ -396,15 +396,43 @@ class StreamPipeline:
             return n
         except Exception as exc:
             self._absorb(exc)
-            if self._failed:
-                self._recover()
+            self._heal()
             return 0
+
+    def _heal(self) -> bool:
+        """One step of healing when one is due: while Kafka is unreachable, a probe; then a
+        recovery attempt for the failed actors. Returns whether the pipeline is healthy now
+        (``PipelineFailed`` once a failure outlasts the budget)."""
+        now = time.monotonic()
+        if self.outage.running:
+            if now < self._next_probe:
+                return False
+            self._probe()
+            if self.outage.running:
+                return False
+        if self._failed:
+            if now < self._next_recovery:
+                return False
+            self._recover_once()
+        return not self._failed and not self.outage.running
+
+    def _next_attempt(self) -> float:
+        """When the next probe or recovery attempt is due (monotonic seconds)."""
+        return self._next_probe if self.outage.running else self._next_recovery
+
+    def _heal_blocking(self) -> None:
+        """Heal until healthy (probes and recovery attempts at their backoff), or
+        ``PipelineFailed`` past the budget."""
+        while not self._heal():
+            time.sleep(max(0.0, self._next_attempt() - time.monotonic()))
 
     def _absorb(self, exc: Exception) -> None:
         """Classify a failure: actors to replace, or a Kafka outage; anything else raises."""
         if isinstance(exc, ActorsFailed):
             self._failed |= set(exc.actors)
-            if exc.kafka:
+            if exc.kafka:  # rebuild them once the driver reaches Kafka again
+                if not self.outage.running:
+                    self._next_probe = time.monotonic()
                 self._kafka_failing(exc)
         elif isinstance(exc, ray.exceptions.RayActorError):  # an actor we cannot name: all
             assert self.actors is not None
@@ -429,6 +457,7 @@ class StreamPipeline:
             return
         self._kafka_ok()
         self._next_checkpoint = time.monotonic()  # a checkpoint proves every reader is back
+        self._next_recovery = time.monotonic()
 
     def _check_stuck(self) -> None:
         """Readers whose positions stood still for ``stream.stuck_reader_s`` while their
@@ -487,13 +516,14 @@ class StreamPipeline:
                     f"no checkpoint at the end offsets within {timeout_s:g} s; last failure: "
                     f"{type(last).__name__}: {last}")
             try:
-                if self._failed:
-                    self._recover()
+                if not self._heal():
+                    time.sleep(max(0.0, self._next_attempt() - time.monotonic()))
+                    continue
                 return self._checkpoint_once()
             except Exception as exc:
                 last = exc
                 self._absorb(exc)
-                if not self._failed:  # Kafka from the driver: wait before the next try
+                if not self._failed and not self.outage.running:  # wait before the next try
                     time.sleep(max(0.0, self._next_checkpoint - time.monotonic()))
 
     def _checkpoint_once(self) -> CheckpointReport:
@@ -520,7 +550,8 @@ class StreamPipeline:
         roll their unit back to the last cut in memory (module docs), retrying with backoff."""
         assert self.actors is not None, "call start() first"
         self._failed |= set(actors) if actors is not None else {n for n, _ in self.actors.all()}
-        self._recover()
+        self._next_recovery = time.monotonic()
+        self._heal_blocking()
 
     def _scope(self, failed: Collection[str]) -> set[str]:
         """The actors a recovery of ``failed`` restores: a learner or shard takes the group of
@@ -531,40 +562,41 @@ class StreamPipeline:
             scope |= {n for n, _ in self.actors.all() if n.startswith(("learner-", "shard-"))}
         return scope
 
-    def _recover(self) -> None:
-        """Recover ``self._failed`` until it succeeds; ``PipelineFailed`` past the budget."""
+    def _recover_once(self) -> None:
+        """One recovery attempt of ``self._failed`` (module docs). A failure widens the set,
+        counts against the budget from the first attempt and schedules the next after a
+        backoff (``recovery.failed``); success ends the incident (``recovery.completed``)."""
         assert self.actors is not None
-        started = time.monotonic()
-        clock = OutageClock(self.settings.kafka_outage_budget_s)
-        cause = ", ".join(sorted(self._failed))
-        attempt = 0
+        now = time.monotonic()
+        if self._incident is None:
+            self._incident = (now, ", ".join(sorted(self._failed)),
+                              OutageClock(self.settings.kafka_outage_budget_s))
+        started, cause, clock = self._incident
+        self._attempt += 1
+        failed = set(self._failed)
+        scope = self._scope(failed)
+        kind = "global" if scope >= {n for n, _ in self.actors.all()} else "local"
+        self.hooks.emit("recovery.started", cause=cause, actors=sorted(scope),
+                        attempt=self._attempt, scope=kind)
         self._recovering = True
         try:
-            while True:
-                attempt += 1
-                failed = set(self._failed)
-                scope = self._scope(failed)
-                kind = "global" if scope >= {n for n, _ in self.actors.all()} else "local"
-                self.hooks.emit("recovery.started", cause=cause, actors=sorted(scope),
-                                attempt=attempt, scope=kind)
-                try:
-                    self._restore_scope(failed, scope)
-                    break
-                except Exception as exc:
-                    self._absorb(exc)  # widens self._failed, or raises a bug
-                    self.failed_recoveries += 1
-                    wait = self.backoff.next()
-                    self.hooks.emit("recovery.failed", error=f"{type(exc).__name__}: {exc}",
-                                    attempt=attempt, backoff_s=wait)
-                    clock.failing(exc, f"recovery of {', '.join(sorted(self._failed))}")
-                    time.sleep(wait)
+            self._restore_scope(failed, scope)
+        except Exception as exc:
+            self._absorb(exc)  # widens self._failed, notes an outage, or raises a bug
+            self.failed_recoveries += 1
+            wait = self.backoff.next()
+            self._next_recovery = time.monotonic() + wait
+            self.hooks.emit("recovery.failed", error=f"{type(exc).__name__}: {exc}",
+                            attempt=self._attempt, backoff_s=wait)
+            clock.failing(exc, f"recovery of {', '.join(sorted(self._failed))}")
+            return
         finally:
             self._recovering = False
         self._failed.clear()
         self._watch.clear()
+        self._incident, self._attempt = None, 0
         self.recoveries += 1
         self.backoff.reset()
-        self._kafka_ok()
         self.hooks.emit("recovery.completed", duration_s=time.monotonic() - started,
                         scope=kind, actors=sorted(scope))
 

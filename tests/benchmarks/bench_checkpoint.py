@@ -2,8 +2,10 @@
 
 Starts an embedded broker and a local Ray, fills unique topics with synthetic impressions and
 clicks over the catalogue, runs the pipeline (2 learners, 2 shards, 1 joiner, no lake) to the
-end, and reports the checkpoint's phases and size; then kills a learner mid-stream and times the
-global rollback until events are processed again. Median of ``--repeat`` checkpoints.
+end, and reports the checkpoint's phases and size; then kills a learner, a shard and a joiner in
+turn mid-stream and times each local recovery from the kill until events are processed again
+(the supervisor finds the death itself), and a global rebuild of every actor for comparison.
+Median of ``--repeat`` checkpoints; recovery rows are single runs (noisy on a busy machine).
 
 Usage: python tests/benchmarks/bench_checkpoint.py [--items 1000000] [--dim 32] [--quick]
 """
@@ -101,14 +103,29 @@ def main() -> None:
         ]
         import ray
 
-        produce(cluster.bootstrap, topics, args.requests, args.items, args.dim, args.requests,
-                seed=1)
-        ray.kill(pipeline.actors.learners[0], no_restart=True)
-        killed = time.perf_counter()
-        while pipeline.step() == 0 or pipeline.recoveries == 0:
-            pass
-        rows.append(("recovery after a learner is killed (until events flow again)",
-                     f"{time.perf_counter() - killed:.2f} s"))
+        completed: list[float] = []
+        pipeline.hooks.subscribe(lambda e: completed.append(e.detail["duration_s"])
+                                 if e.kind == "recovery.completed" else None)
+        start = args.requests
+        for role in ("learners", "shards", "joiners", None):
+            start += args.requests
+            produce(cluster.bootstrap, topics, args.requests, args.items, args.dim, start,
+                    seed=start)
+            pipeline.step()
+            before = pipeline.recoveries
+            killed = time.perf_counter()
+            if role is None:  # every actor rebuilt, as recovery did before it was local
+                pipeline.recover()
+            else:
+                ray.kill(getattr(pipeline.actors, role)[0], no_restart=True)
+            while pipeline.step() == 0 or pipeline.recoveries == before:
+                pass
+            what = (f"kill a {role[:-1]}: local recovery" if role else
+                    "global rebuild of every actor (for comparison)")
+            rows.append((f"{what}, kill -> events flow again",
+                         f"{time.perf_counter() - killed:.2f} s "
+                         f"(recovery itself {completed[-1]:.2f} s)"))
+            pipeline.run_to_end()
         pipeline.stop(checkpoint=False)
     load = os.getloadavg()
     print(f"streaming checkpoints: {args.items:,} items x d={args.dim} (centred float64), "
