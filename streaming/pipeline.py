@@ -457,7 +457,6 @@ class StreamPipeline:
             return
         self._kafka_ok()
         self._next_checkpoint = time.monotonic()  # a checkpoint proves every reader is back
-        self._next_recovery = time.monotonic()
 
     def _check_stuck(self) -> None:
         """Readers whose positions stood still for ``stream.stuck_reader_s`` while their

@@ -94,6 +94,22 @@ def _kinds(events: list[PipelineEvent]) -> list[str]:
     return [e.kind for e in events]
 
 
+def _gone(pid: int, limit_s: float = 15.0) -> bool:
+    """Whether process ``pid`` ended (or is a zombie) within ``limit_s``."""
+    import time
+
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().split(") ", 1)[1].startswith("Z"):
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def _step_until(pipeline, events: list[PipelineEvent], kind: str, actor: str,
                 limit_s: float = 60.0) -> None:
     """Step the pipeline until it has recovered after a ``kind`` event about ``actor``."""
@@ -178,6 +194,8 @@ def test_a_frozen_learner_and_a_reader_that_stopped_fetching_are_replaced(
         produce_log(kafka_bootstrap, second, names)
         _step_until(pipeline, events, "actor.deadline", "learner-1")  # killed and replaced
         assert pipeline.health()["deadline_kills"] >= 1 and pipeline.recoveries >= 1
+        # the frozen process is gone: a SIGCONT cannot let it send stale deltas
+        assert _gone(pid), f"the frozen learner's process {pid} still exists"
 
         # the joiner's consumer stops fetching (as after a broker restart): stuck, rebuilt
         pipeline.run_to_end()
