@@ -617,6 +617,9 @@ class StreamPipeline:
         rebuilt_shards = sorted(n for n in dead if n.startswith("shard-"))
         for name in rebuilt_shards:
             self._rebuild(name)
+        if rebuilt_shards:  # built from the cut: a constructor that fails fails this attempt
+            self.calls.get("start", [(n, actors.get(n), actors.get(n).__ray_ready__.remote())
+                                     for n in rebuilt_shards])
         if rebuilt_shards and learners:
             self.calls.get("use_shards", [(n, actors.get(n), actors.get(n).__ray_call__.remote(
                 _use_shards, actors.shards)) for n in learners])
