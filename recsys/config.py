@@ -133,8 +133,10 @@ class StreamSettings:
     ``reward_mapping`` turns feedback types into rewards (``type=value`` pairs; a type that is
     not listed earns nothing and is counted). ``update_mode`` "fresh" updates the bandit state
     with an impression's exposure at once and a click's reward at once; "window" learns only
-    joined examples when their attribution window closes. Unset ``checkpoint_uri``/``lake_uri``
-    mean ``<data_dir>/checkpoints`` and ``<data_dir>/lake``; any fsspec URI works. ``n_items``
+    joined examples, read from ``recsys.rewards`` once the checkpoint after their attribution
+    window closed commits them (a window plus up to ``checkpoint_interval_s`` late). Unset
+    ``checkpoint_uri``/``lake_uri`` mean ``<data_dir>/checkpoints`` and ``<data_dir>/lake``; any
+    fsspec URI works. ``n_items``
     is the dense catalogue (item ids ``0..n_items-1``); graph mode takes its catalogue from
     ``graph_file`` (written by ``ClusterGraph.save``). ``register_every_s`` > 0 registers the
     newest checkpoint's statistics as a version of the mlflow model ``registered_model`` that
@@ -171,7 +173,8 @@ class StreamSettings:
     # Supervision (streaming.supervisor): how long one actor call may take before the actor is
     # declared frozen and replaced; how long Kafka may be unreachable before the pipeline gives
     # up; how long a reader may stand still while its partitions hold unread records before it
-    # is rebuilt; the backoff between failed recoveries (doubling from the first to the max).
+    # is rebuilt; the backoff between failed recoveries and Kafka probes (doubling from the
+    # first to the max). A failure that outlasts the outage budget raises PipelineFailed.
     actor_call_timeout_s: float = 30.0
     kafka_outage_budget_s: float = 600.0
     stuck_reader_s: float = 30.0
