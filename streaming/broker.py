@@ -211,6 +211,8 @@ class EmbeddedKafka:
                     "offsets.topic.num.partitions=4",
                     "transaction.state.log.replication.factor=1",
                     "transaction.state.log.min.isr=1",
+                    # one partition, not 50: the first transactional producer waits for them all
+                    "transaction.state.log.num.partitions=1",
                     "share.coordinator.state.topic.replication.factor=1",
                     "share.coordinator.state.topic.min.isr=1",
                     "group.initial.rebalance.delay.ms=0",
