@@ -449,6 +449,26 @@ class Learner(ConsumingActor):
                 self._in_flight[s] = []
         return waited
 
+    def settle(self) -> int:
+        """Stop reading and wait until every delta sent so far was merged or failed (a dead
+        shard's): a recovering group calls it so no delta lands after its shard rolled back.
+        Returns how many calls were waited for; unlike ``flush``, a dead shard does not raise."""
+        self._paused = True
+        pending = [ref for refs in self._in_flight for ref in refs]
+        if pending:
+            ray.wait(pending, num_returns=len(pending))
+        self._in_flight = [[] for _ in self._in_flight]
+        return len(pending)
+
+    def use_shards(self, shards: Sequence[Any]) -> None:
+        """Send deltas to ``shards`` from now on (a recovery rebuilt some of them)."""
+        if len(shards) != len(self._shards):
+            raise ValueError(message("shards", f"{len(self._shards)} shards (the layout the "
+                                     "deltas are routed by)", len(shards)))
+        self._shards = list(shards)
+        self._remote = [hasattr(getattr(s, "apply", None), "remote") for s in self._shards]
+        self._in_flight = [[] for _ in self._shards]
+
     # -- offsets and checkpoint hooks ----------------------------------------------------------
 
     def pause(self) -> Offsets:

@@ -34,8 +34,8 @@ or lake), so a replacement fences its predecessor and aborts its open transactio
 undecodable record is dead-lettered once, by its topic's owner: impressions and feedback by the
 joiners; rewards by the lake writers when the lake is on, else by window-mode learners.
 
-Healthy learners are settled and given rebuilt shards through Ray's ``__ray_call__`` (see
-:func:`_settle_learner`), so only the dead actors are rebuilt.
+Healthy learners are settled (``Learner.settle``) and given rebuilt shards
+(``Learner.use_shards``), so only the dead actors are rebuilt.
 """
 
 from __future__ import annotations
@@ -91,26 +91,6 @@ class Topics:
 def share(partitions: int, readers: int, reader: int) -> list[int]:
     """Reader ``reader``'s partition numbers out of ``partitions``: ``p % readers == reader``."""
     return [p for p in range(partitions) if p % readers == reader]
-
-
-def _settle_learner(learner: Any) -> int:
-    """Inside a healthy learner of a recovering group: stop reading and wait until every delta
-    it sent was merged or failed (a dead shard's), so none lands after its shard rolled back.
-    Returns how many were waited for. (Runs through ``__ray_call__``: ``Learner`` has no such
-    method yet.)"""
-    learner._paused = True
-    pending = [ref for refs in learner._in_flight for ref in refs]
-    if pending:
-        ray.wait(pending, num_returns=len(pending))
-    learner._in_flight = [[] for _ in learner._in_flight]
-    return len(pending)
-
-
-def _use_shards(learner: Any, shards: list[Any]) -> None:
-    """Inside a healthy learner: send deltas to ``shards`` (some were rebuilt) from now on."""
-    learner._shards = list(shards)
-    learner._remote = [True] * len(shards)
-    learner._in_flight = [[] for _ in shards]
 
 
 def _kill(actor: Any) -> None:
@@ -610,8 +590,8 @@ class StreamPipeline:
         learners = sorted(n for n in healthy if n.startswith("learner-"))
         shards = sorted(n for n in healthy if n.startswith("shard-"))
         if learners:
-            self.calls.get("settle", [(n, actors.get(n), actors.get(n).__ray_call__.remote(
-                _settle_learner)) for n in learners])
+            self.calls.get("settle", [(n, actors.get(n), actors.get(n).settle.remote())
+                                      for n in learners])
         if shards:
             self.coordinator.rollback_shards(actors, [int(n.rsplit("-", 1)[1]) for n in shards])
         rebuilt_shards = sorted(n for n in dead if n.startswith("shard-"))
@@ -621,8 +601,8 @@ class StreamPipeline:
             self.calls.get("start", [(n, actors.get(n), actors.get(n).__ray_ready__.remote())
                                      for n in rebuilt_shards])
         if rebuilt_shards and learners:
-            self.calls.get("use_shards", [(n, actors.get(n), actors.get(n).__ray_call__.remote(
-                _use_shards, actors.shards)) for n in learners])
+            self.calls.get("use_shards", [(n, actors.get(n), actors.get(n).use_shards.remote(
+                actors.shards)) for n in learners])
         for name in sorted(dead - set(rebuilt_shards)):
             self._rebuild(name)
         self.coordinator.restore_readers(actors, [n for n, _ in actors.readers() if n in scope])
