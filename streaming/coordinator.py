@@ -198,17 +198,19 @@ class CheckpointCoordinator:
         except BaseException:
             self._resume(actors, quiet=True)
             raise
-        # the shards' copies of this cut become their rollback points (ordered before any
-        # later rollback: calls from one caller to an actor run in order)
-        for shard in actors.shards:
-            shard.confirm_checkpoint.remote()
-        self._resume(actors)
+        # The manifest is written: this cut is durable. The driver's copy and the shards' copies
+        # (their rollback points; ordered before any later rollback, as calls from one caller to
+        # an actor run in order) move to it together, before resuming: an actor that dies while
+        # resuming must be recovered to this cut, not the previous one.
         written = time.perf_counter()
         offsets = {**(self.cut.offsets if self.cut else {}), **targets}
         self.cut = Cut(checkpoint_id, offsets, states,
                        [(refs[2 * i], dict(part[1])) for i, part in enumerate(parts)])
         self.last = CheckpointReport(checkpoint_id, dict(targets), drained - started,
                                      snapshotted - drained, written - snapshotted)
+        for shard in actors.shards:
+            shard.confirm_checkpoint.remote()
+        self._resume(actors)
         return self.last
 
     def _input_targets(self, actors: PipelineActors) -> Offsets:
@@ -261,13 +263,15 @@ class CheckpointCoordinator:
                                   f"cut's (position, target): {off}")
 
     def _resume(self, actors: PipelineActors, quiet: bool = False) -> None:
-        """Resume every reader; ``quiet`` (a checkpoint already failing): the live ones are
-        resumed and the others left for the supervisor, whose error is the one that counts."""
-        try:
-            self.calls.call("resume", actors.readers())
-        except ActorsFailed:
-            if not quiet:
-                raise
+        """Resume every reader; ``quiet`` (a checkpoint already failing): the calls are sent
+        and not waited for — the live ones resume (after whatever they are still doing: calls
+        from one caller run in order), the others are left to the supervisor, whose error is
+        the one that counts."""
+        if quiet:
+            for _, actor in actors.readers():
+                actor.resume.remote()
+            return
+        self.calls.call("resume", actors.readers())
 
     # ------------------------------------------------------------------ restoring
     def restore(self, actors: PipelineActors, start: Offsets) -> Checkpoint | None:

@@ -41,6 +41,7 @@ Healthy learners are settled (``Learner.settle``) and given rebuilt shards
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from typing import Any, TypeVar
 import numpy as np
 import ray
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaTimeoutError
 
 from recsys.bandits import merge_parts, stats_from_arrays
 from recsys.bandits.protocol import Statistics
@@ -57,6 +59,7 @@ from recsys.config import StreamSettings
 from recsys.events import Feedback, Impression, Reward
 from recsys.kafka_clients import kafka_python_options
 from recsys.topics import DEAD_LETTER, FEEDBACK, IMPRESSIONS, REWARDS
+from streaming.broker import metadata_available
 from streaming.coordinator import CheckpointCoordinator, CheckpointReport, PipelineActors
 from streaming.joiner import JoinerActor
 from streaming.lake_writer import LakeWriterActor
@@ -76,6 +79,9 @@ from streaming.topics import cluster_layout
 
 Offsets = dict[tuple[str, int], int]
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+KAFKA_PROBE_TIMEOUT_S = 3.0
+"""How long the driver's probe of Kafka may take (a call that missed its deadline, a death)."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,8 @@ class StreamPipeline:
         self.registrar = registrar
         self.window = settings.update_mode == "window"
         self.hooks = hooks or Hooks()
-        self.calls = ActorCalls(settings.actor_call_timeout_s, self.hooks)
+        self.calls = ActorCalls(settings.actor_call_timeout_s, self.hooks,
+                                kafka_down=self._kafka_down)
         self.outage = OutageClock(settings.kafka_outage_budget_s)
         self.backoff = Backoff(settings.recovery_backoff_s, settings.recovery_backoff_max_s)
         self.recoveries = 0
@@ -207,6 +214,18 @@ class StreamPipeline:
                 continue
             self._kafka_ok()
             return result
+
+    def _kafka_down(self) -> BaseException | None:
+        """Why the driver cannot reach Kafka now (a quick metadata request), or None."""
+        try:
+            reachable = metadata_available(self.bootstrap, timeout_s=KAFKA_PROBE_TIMEOUT_S,
+                                           **self.client_options)
+        except Exception as exc:  # a configuration mistake: not an outage
+            log.warning("the Kafka probe failed: %s", exc)
+            return None
+        return None if reachable else KafkaTimeoutError(
+            f"no broker of {self.bootstrap} answered a metadata request within "
+            f"{KAFKA_PROBE_TIMEOUT_S:g} s")
 
     def _kafka_failing(self, exc: BaseException) -> None:
         if not self.outage.running:
@@ -410,10 +429,13 @@ class StreamPipeline:
         """Classify a failure: actors to replace, or a Kafka outage; anything else raises."""
         if isinstance(exc, ActorsFailed):
             self._failed |= set(exc.actors)
-            if exc.kafka:  # rebuild them once the driver reaches Kafka again
+            # rebuild them once the driver reaches Kafka again: a Kafka error, or a death (an
+            # actor's constructor cannot reach the brokers either) while Kafka is unreachable
+            down = exc if exc.kafka else self._kafka_down()
+            if down is not None:
                 if not self.outage.running:
                     self._next_probe = time.monotonic()
-                self._kafka_failing(exc)
+                self._kafka_failing(down)
         elif isinstance(exc, ray.exceptions.RayActorError):  # an actor we cannot name: all
             assert self.actors is not None
             self._failed |= {n for n, _ in self.actors.all()}

@@ -99,6 +99,11 @@ class PipelineFailed(RuntimeError):
     ``run_to_end``'s timeout). The message says what failed and for how long."""
 
 
+class KafkaUnreachable(Exception):
+    """Actor calls missed their deadline while the driver could not reach Kafka either: the
+    actors are waiting on Kafka and are left alone (transient: the outage clock runs)."""
+
+
 class ActorsFailed(Exception):
     """Actors that must be replaced: they died, missed their deadline (already killed), stood
     still while records waited, or failed with a transient Kafka error (``reason``)."""
@@ -127,6 +132,8 @@ def is_transient(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        if isinstance(current, KafkaUnreachable):
+            return True
         if isinstance(current, ActorsFailed):
             current = current.cause
             continue
@@ -212,9 +219,13 @@ Named = tuple[str, Any, Any]
 class ActorCalls:
     """Waits on actor calls with a deadline (see the module docs); counts deadline kills."""
 
-    def __init__(self, timeout_s: float, hooks: Hooks) -> None:
+    def __init__(self, timeout_s: float, hooks: Hooks,
+                 kafka_down: Callable[[], BaseException | None] | None = None) -> None:
         self.timeout_s = float(timeout_s)
         self.hooks = hooks
+        self.kafka_down = kafka_down
+        """Asked when calls miss their deadline: the error that shows Kafka is unreachable (the
+        actors are then waiting on Kafka, not frozen, and are left alone), or None."""
         self.deadline_kills = 0
         self._fresh: set[Any] = set()  # actor ids not yet answered once (start-up deadline)
 
@@ -240,6 +251,11 @@ class ActorCalls:
         refs = [ref for _, _, ref in named]
         _, late = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         if late:
+            down = self.kafka_down() if self.kafka_down is not None else None
+            if down is not None:  # they wait on Kafka: an outage, not frozen actors
+                raise KafkaUnreachable(f"{len(late)} call(s) of {method} missed the "
+                                       f"{timeout:g} s deadline while Kafka is unreachable: "
+                                       f"{type(down).__name__}: {down}") from down
             late_ids = {ref.hex() for ref in late}
             frozen = [(n, a) for n, a, ref in named if ref.hex() in late_ids]
             for name, actor in frozen:
