@@ -27,7 +27,7 @@ from kafka.errors import KafkaError as KafkaPythonError
 from recsys.validation import message
 
 CLIENTS = ("kafka-python", "confluent")
-DEFAULT_CLIENT = "kafka-python"
+DEFAULT_CLIENT = "confluent"
 # librdkafka's log lines (connection failures and the like) go to Python logging, not stderr
 LIBRDKAFKA_LOG = logging.getLogger("recsys.kafka.librdkafka")
 
@@ -54,7 +54,8 @@ _TRANSIENT_NAMES = frozenset({"BrokerNotAvailableError", "NoBrokersAvailable"})
 
 
 def client_name(options: Mapping[str, object] | None) -> str:
-    """The client library the options select (``"client"`` key; kafka-python when absent)."""
+    """The client library the options select (``"client"`` key; :data:`DEFAULT_CLIENT` when
+    absent)."""
     name = (options or {}).get("client", DEFAULT_CLIENT)
     if name not in CLIENTS:
         raise ValueError(message("kafka.client", f"one of {', '.join(CLIENTS)}", repr(name)))

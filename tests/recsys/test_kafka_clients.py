@@ -11,7 +11,9 @@ import confluent_kafka
 import kafka.errors as kerr
 import pytest
 
+from recsys.config import Settings
 from recsys.kafka_clients import (
+    DEFAULT_CLIENT,
     LibrdkafkaError,
     by_partition,
     client_name,
@@ -103,7 +105,8 @@ def test_options_strip_and_translate() -> None:
                "sasl_plain_username": "u", "sasl_plain_password": "p", "ssl_cafile": "/ca.pem",
                "ssl_certfile": "/c.pem", "ssl_keyfile": "/k.pem"}
     assert client_name(options) == "confluent"
-    assert client_name({}) == "kafka-python"
+    assert client_name({"client": "kafka-python"}) == "kafka-python"
+    assert client_name({}) == DEFAULT_CLIENT == Settings().kafka.client
     stripped = kafka_python_options(options)
     assert "client" not in stripped and stripped["sasl_mechanism"] == "PLAIN"
     assert confluent_config(options) == {
