@@ -80,6 +80,8 @@ from streaming.topics import cluster_layout
 Offsets = dict[tuple[str, int], int]
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+DEATH_PING_TIMEOUT_S = 2.0
+"""How long a recovery waits for the other actors' pings (``_dead_among_the_rest``)."""
 KAFKA_PROBE_TIMEOUT_S = 3.0
 """How long the driver's probe of Kafka may take (a call that missed its deadline, a death)."""
 
@@ -554,6 +556,25 @@ class StreamPipeline:
         self._next_recovery = time.monotonic()
         self._heal_blocking()
 
+    def _dead_among_the_rest(self) -> set[str]:
+        """The actors not yet known to have failed that are dead too (a lost node takes several
+        with it): one ping each, so a recovery takes them all in at once instead of finding them
+        one attempt at a time. An actor that does not answer the ping in time is not judged."""
+        assert self.actors is not None
+        rest = [(n, a) for n, a in self.actors.all() if n not in self._failed]
+        pings = [(n, a.__ray_ready__.remote()) for n, a in rest]
+        ray.wait([ref for _, ref in pings], num_returns=len(pings),
+                 timeout=min(DEATH_PING_TIMEOUT_S, self.settings.actor_call_timeout_s))
+        dead = set()
+        for name, ref in pings:
+            try:
+                ray.get(ref, timeout=0)
+            except ray.exceptions.RayActorError:
+                dead.add(name)
+            except Exception:  # not answered yet (busy or frozen): the deadlines judge it
+                continue
+        return dead
+
     def _scope(self, failed: Collection[str]) -> set[str]:
         """The actors a recovery of ``failed`` restores: a learner or shard takes the group of
         every learner and shard with it; joiners and lake writers go alone."""
@@ -574,6 +595,7 @@ class StreamPipeline:
                               OutageClock(self.settings.kafka_outage_budget_s))
         started, cause, clock = self._incident
         self._attempt += 1
+        self._failed |= self._dead_among_the_rest()
         failed = set(self._failed)
         scope = self._scope(failed)
         kind = "global" if scope >= {n for n, _ in self.actors.all()} else "local"

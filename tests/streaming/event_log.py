@@ -152,8 +152,8 @@ def produce_log(bootstrap: str, log: Log, topics: dict[str, str]) -> None:
         for role, by_partition in (("imps", log.impressions), ("fbs", log.feedback)):
             for p, keyed in by_partition.items():
                 for _, event in keyed:
-                    producer._producer.send(topics[role], key=event.key,
-                                            value=msgspec.msgpack.encode(event), partition=p)
+                    producer.send_raw(topics[role], event.key, msgspec.msgpack.encode(event),
+                                      partition=p)
         producer.flush()
 
 

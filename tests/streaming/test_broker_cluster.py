@@ -69,7 +69,7 @@ def test_a_replicated_topic_keeps_every_record_through_its_leaders_death() -> No
             for _ in range(n):
                 i = len(sent[0]) + len(sent[1])
                 value = f"record-{i}".encode()
-                producer._producer.send("survivor", value=value, partition=i % 2)
+                producer.send_raw("survivor", None, value, partition=i % 2)
                 sent[i % 2].append(value)
 
         try:

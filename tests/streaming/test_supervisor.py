@@ -253,3 +253,37 @@ def test_window_mode_learns_the_joined_rewards_through_the_whole_pipeline(
         assert counts.get("unexpected_event_type", 0) == 0 and counts["rewards"] > 0
     finally:
         pipeline.stop(checkpoint=False)
+
+
+@pytest.mark.integration
+def test_a_recovery_takes_in_every_actor_that_died_not_one_per_attempt(
+        kafka_bootstrap, unique_topics, ray_session, tmp_path) -> None:
+    import ray
+
+    from tests.streaming.event_log import generate_log, produce_log
+    from tests.streaming.test_pipeline import _joined_truth, _pipeline, _topics
+
+    topics, names = _topics(unique_topics)
+    log = generate_log(34, n_requests=120, partitions=2, messy=True)
+    produce_log(kafka_bootstrap, log, names)
+    pipeline = _pipeline(kafka_bootstrap, topics, tmp_path)
+    try:
+        pipeline.start()
+        pipeline.run_to_end()
+        # a lost node takes several actors; the driver learns of one death first
+        dead = [pipeline.actors.joiners[0], pipeline.actors.learners[1]]
+        for actor in dead:
+            ray.kill(actor, no_restart=True)
+        for actor in dead:
+            with pytest.raises(ray.exceptions.RayActorError):
+                ray.get(actor.__ray_ready__.remote(), timeout=30)
+        events = _events(pipeline)
+        pipeline.recover(["learner-1"])
+        started = [e for e in events if e.kind == "recovery.started"]
+        assert len(started) == 1 and {"joiner-0", "learner-1"} <= set(started[0].detail["actors"])
+        assert "recovery.failed" not in _kinds(events)
+        assert pipeline.actors.joiners[0] is not dead[0]  # rebuilt in the same attempt
+        pipeline.run_to_end()
+        assert pipeline.statistics().allclose(_joined_truth(log), rtol=1e-9, atol=1e-12)
+    finally:
+        pipeline.stop(checkpoint=False)
