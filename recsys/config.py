@@ -52,11 +52,11 @@ class KafkaSettings:
     replication_factor: int = 1
     compression: str = "lz4"
     # The client library of the hot readers and producers (streaming actors, serving):
-    # "confluent" (librdkafka, the default: measured cheaper per record to read and 8x to
-    # produce, tests/benchmarks/bench_kafka.py and bench_stream.py) or "kafka-python", both behind
-    # recsys.kafka_clients and run by the same tests; it travels in client_options() as "client".
-    # Admin and metadata calls always use kafka-python.
-    client: str = "confluent"
+    # "kafka-python" (the default) or "confluent" (librdkafka: measured cheaper per record to
+    # read and 8x to produce, tests/benchmarks/bench_kafka.py and bench_stream.py), both behind
+    # recsys.kafka_clients and run by the same Kafka tests; it travels in client_options() as
+    # "client". Admin and metadata calls always use kafka-python.
+    client: str = "kafka-python"
     # Embedded broker only.
     jars_dir: Path | None = None
     heap: str = "512m"

@@ -27,7 +27,7 @@ from kafka.errors import KafkaError as KafkaPythonError
 from recsys.validation import message
 
 CLIENTS = ("kafka-python", "confluent")
-DEFAULT_CLIENT = "confluent"
+DEFAULT_CLIENT = "kafka-python"
 # librdkafka's log lines (connection failures and the like) go to Python logging, not stderr
 LIBRDKAFKA_LOG = logging.getLogger("recsys.kafka.librdkafka")
 
@@ -573,6 +573,7 @@ class ProducerClient(Protocol):
     def send(self, topic: str, key: bytes | None, value: bytes | None,
              partition: int | None) -> None: ...
     def flush(self, timeout_s: float | None) -> None: ...
+    def serve_deliveries(self) -> None: ...
     def partitions_for(self, topic: str) -> set[int]: ...
     def writable(self, topics: list[str], timeout_s: float) -> str | None: ...
     def init_transactions(self) -> None: ...
@@ -658,6 +659,9 @@ class KafkaPythonProducer:
 
     def flush(self, timeout_s: float | None) -> None:
         self.raw.flush(timeout=timeout_s)
+
+    def serve_deliveries(self) -> None:
+        """Nothing to do: kafka-python's sender thread runs the delivery callbacks."""
 
     def partitions_for(self, topic: str) -> set[int]:
         return set(self.raw.partitions_for(topic) or ())
@@ -778,6 +782,12 @@ class ConfluentProducer:
                         f"the producer's queue stayed full for {self.max_block_s:g} s "
                         "(max_block_ms): Kafka is unreachable or slower than the sends"
                     ) from None
+
+    def serve_deliveries(self) -> None:
+        """Run the delivery callbacks of records acknowledged since the last send, so the
+        acknowledged and failed counts are current when nothing is being sent (librdkafka runs
+        them only inside ``poll``/``flush``)."""
+        self.raw.poll(0)
 
     @_kafka_python_errors
     def flush(self, timeout_s: float | None) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+from kafka.errors import KafkaTimeoutError
+
 from recsys.events import DeadLetter, Event, encode, encode_dead_letter
 from recsys.kafka_clients import IDEMPOTENT_SETTINGS, ProducerSettings, make_producer
 
@@ -71,12 +73,16 @@ class EventProducer:
     @property
     def pending(self) -> int:
         """Records queued but neither acknowledged nor failed yet (the producer's buffer)."""
+        self._client.serve_deliveries()
         return max(0, self.sent - self.acked - self.failed)
 
     def warm(self, topics: Iterable[str]) -> None:
-        """Fetch the topics' metadata now, so the first ``send`` does not block on it."""
+        """Fetch the topics' metadata now, so the first ``send`` does not block on it; a topic
+        the brokers do not know raises ``KafkaTimeoutError`` with either client (kafka-python
+        raises it after ``max_block_ms``, librdkafka answers at once with no partitions)."""
         for topic in topics:
-            self._client.partitions_for(topic)
+            if not self._client.partitions_for(topic):
+                raise KafkaTimeoutError(f"topic {topic!r} is not known to the brokers")
 
     def writable(self, topics: Iterable[str], timeout_s: float) -> str | None:
         """None when the brokers answer a fresh metadata request within ``timeout_s`` with a

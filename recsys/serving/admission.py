@@ -287,17 +287,22 @@ class Gate:
             if not job.future.set_running_or_notify_cancel() or job.ticket.gone:
                 self.metrics.shed.labels("client_gone").inc()
                 continue
+            result, error = None, None
             try:
                 result = job.work()
             except BaseException as exc:  # handed to the request, raised there
+                error = exc
                 if isinstance(exc, Shed):
                     self.metrics.shed.labels(exc.reason).inc()
-                job.future.set_exception(exc)
-            else:
-                job.future.set_result(result)
+            # the work time is counted before the request is answered, so whoever the answer
+            # wakes sees it
             took = time.perf_counter() - now
             self.metrics.work.observe(took)
             self._work_s = took if not self._work_s else 0.9 * self._work_s + 0.1 * took
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(result)
 
     def client_gone(self) -> Shed:
         """The exception for a request whose client left while it was scored (raise it before

@@ -62,7 +62,7 @@ def test_security_settings_pass_through_to_the_client() -> None:
     }
     options = load_settings(environ=env).kafka.client_options()
     assert options == {
-        "client": "confluent",  # kafka.client; kafka_python_options() drops it
+        "client": "kafka-python",  # kafka.client; kafka_python_options() drops it
         "security_protocol": "SASL_SSL",
         "sasl_mechanism": "PLAIN",
         "sasl_plain_username": "svc",

@@ -34,10 +34,12 @@ def serving_stack(kafka_bootstrap: str, tmp: Path, name: str, *, n_items: int, d
                   partitions: int = 1, policies: dict[str, Any] | None = None,
                   stream: dict[str, Any] | None = None, serve: dict[str, Any] | None = None,
                   settings: dict[str, Any] | None = None, lake: bool = False,
-                  template: Any = None) -> Iterator[tuple[LiveStack, Topics]]:
+                  template: Any = None, client_options: dict[str, Any] | None = None,
+                  ) -> Iterator[tuple[LiveStack, Topics]]:
     """The stack with one learner, shard and joiner (``stream`` overrides), the app on a free port
     serving ``policies`` (default :data:`UNIFORM_ONLY`, traffic to the first arm; ``serve``
-    overrides), ``settings`` for other sections; yields it with its topics."""
+    overrides), ``settings`` for other sections, ``client_options`` for Kafka (e.g. the
+    client); yields it with its topics."""
     suffix = uuid.uuid4().hex[:8]
     topics = fresh_topics(suffix)
     arms = UNIFORM_ONLY if policies is None else policies
@@ -51,6 +53,6 @@ def serving_stack(kafka_bootstrap: str, tmp: Path, name: str, *, n_items: int, d
     if template is None:
         template = dense_statistics(np.arange(n_items), dim)
     with live_stack(config, kafka_bootstrap, template, str(tmp / "checkpoints"), topics=topics,
-                    lake_uri=str(tmp / "lake") if lake else None,
+                    lake_uri=str(tmp / "lake") if lake else None, client_options=client_options,
                     shard_name_prefix=f"test-{name}-{suffix}-") as stack:
         yield stack, topics

@@ -222,7 +222,11 @@ def live(kafka_bootstrap, ray_session, tmp_path_factory):
                        n_items=N_ITEMS, dim=DIM, policies=policies,
                        stream={"batch_size": 2000, "window_ms": 1000, "allowed_lateness_ms": 0},
                        serve={"max_queued_requests": 2, "max_queue_delay_ms": 30_000,
-                              "retry_after_s": RETRY_AFTER_S}) as (stack, topics):
+                              "retry_after_s": RETRY_AFTER_S},
+                       # scoring_held's hold is a 10,000-event feedback batch, whose cost is
+                       # mostly the client's sends: librdkafka's are quick enough that the batch
+                       # could end before a hung-up client's request arrives
+                       client_options={"client": "kafka-python"}) as (stack, topics):
         yield stack, topics
 
 
