@@ -24,7 +24,7 @@ from streaming.learner import Learner
 from streaming.reading import abort_lingering_transactions
 from streaming.shards import dense_statistics
 from tests.streaming.event_log import LATENESS, MAPPING, WINDOW, generate_log
-from tests.streaming.test_joiner import produce_log
+from tests.streaming.test_joiner import produce_log, read_all
 from tests.streaming.test_learner import DIM, N_ITEMS, open_catalogue, shards_for
 from tests.waiting import wait_until
 
@@ -53,31 +53,9 @@ def fraction(ends, share: float) -> dict[tuple[str, int], int]:
     return {tp: int(end * share) for tp, end in ends.items()}
 
 
-def read(bootstrap: str, topic: str, partitions: int, isolation: str) -> list[bytes]:
-    """Every value on ``topic`` up to its end offsets now, as a reader with ``isolation`` sees it
-    (read_committed: stops at the last stable offset, skips aborted records)."""
-    raw = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                        auto_offset_reset="earliest", isolation_level=isolation)
-    out: list[bytes] = []
-    try:
-        assignment = [TopicPartition(topic, p) for p in range(partitions)]
-        raw.assign(assignment)
-        ends = raw.end_offsets(assignment)
-
-        def at_the_end() -> bool:
-            for records in raw.poll(timeout_ms=200).values():
-                out.extend(r.value for r in records)
-            return all(raw.position(tp) >= ends[tp] for tp in assignment)
-
-        wait_until(at_the_end, timeout_s=60, what=f"the end of {topic} ({isolation})")
-    finally:
-        raw.close()
-    return out
-
-
 def rewards(bootstrap: str, topics: dict[str, str],
             isolation: str = "read_committed") -> list[Reward]:
-    out = [decode(v) for v in read(bootstrap, topics["rewards"], SPEC["rewards"], isolation)]
+    out = [decode(v) for v in read_all(bootstrap, topics["rewards"], SPEC["rewards"], isolation)]
     assert all(isinstance(r, Reward) for r in out)
     return out
 
@@ -230,7 +208,7 @@ def test_a_malformed_record_is_dead_lettered_once_by_its_owner_across_a_replay(
         actor.close()
 
     letters = [decode_dead_letter(v)
-               for v in read(kafka_bootstrap, topics["dead"], 1, "read_committed")]
+               for v in read_all(kafka_bootstrap, topics["dead"], 1, "read_committed")]
     undecodable = sorted((d.source_topic, d.partition) for d in letters
                          if d.source_topic in (imps, rws) and d.value.startswith(b"not msgpack"))
     assert undecodable == [(imps, 0), (rws, 1)]  # once each, by the joiner and the lake writer
@@ -239,7 +217,7 @@ def test_a_malformed_record_is_dead_lettered_once_by_its_owner_across_a_replay(
     assert counted[1]["dead_lettered"] == 2 and counted[1]["dead_letters_sent"] == 0
     assert counted[2].undecodable == 4 and counted[2].dead_letters == 2
     # ... and the aborted first passes are on the broker, invisible to read_committed
-    everything = read(kafka_bootstrap, topics["dead"], 1, "read_uncommitted")
+    everything = read_all(kafka_bootstrap, topics["dead"], 1, "read_uncommitted")
     assert len(everything) > len(letters)
 
 
@@ -283,6 +261,6 @@ def test_a_transaction_no_successor_takes_over_is_aborted_by_fencing_its_id(
     abort_lingering_transactions(kafka_bootstrap, [tid], {})
     wait_until(lambda: stable_end("read_committed") == stable_end("read_uncommitted"),
                timeout_s=30, what="the abort marker")
-    assert read(kafka_bootstrap, topics["rewards"], 2, "read_committed") == []
+    assert read_all(kafka_bootstrap, topics["rewards"], 2, "read_committed") == []
     with contextlib.suppress(KafkaError):
         gone.close()  # fenced
