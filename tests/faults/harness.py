@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import queue
 import random
@@ -76,24 +77,12 @@ SETTINGS = StreamSettings(
 writer (learners, joiners and lake writers take half a CPU each: with the session Ray's 2 CPUs a
 second joiner and lake writer could not be scheduled), checkpoints every second."""
 
-SETTINGS_TOML = f"""
-[stream]
-learners = {SETTINGS.learners}
-shards = {SETTINGS.shards}
-joiners = {SETTINGS.joiners}
-batch_size = {SETTINGS.batch_size}
-window_ms = {SETTINGS.window_ms}
-allowed_lateness_ms = {SETTINGS.allowed_lateness_ms}
-reward_mapping = "{SETTINGS.reward_mapping}"
-n_items = {SETTINGS.n_items}
-dim = {SETTINGS.dim}
-checkpoint_interval_s = {SETTINGS.checkpoint_interval_s}
-actor_call_timeout_s = {SETTINGS.actor_call_timeout_s}
-stuck_reader_s = {SETTINGS.stuck_reader_s}
-kafka_outage_budget_s = {SETTINGS.kafka_outage_budget_s}
-recovery_backoff_s = {SETTINGS.recovery_backoff_s}
-recovery_backoff_max_s = {SETTINGS.recovery_backoff_max_s}
-"""
+_STREAM_KEYS = ("learners", "shards", "joiners", "batch_size", "window_ms", "allowed_lateness_ms",
+                "reward_mapping", "n_items", "dim", "checkpoint_interval_s",
+                "actor_call_timeout_s", "stuck_reader_s", "kafka_outage_budget_s",
+                "recovery_backoff_s", "recovery_backoff_max_s")
+SETTINGS_TOML = "[stream]\n" + "".join(
+    f"{key} = {json.dumps(getattr(SETTINGS, key))}\n" for key in _STREAM_KEYS)
 """The same settings for ``recsys stream`` (a config file)."""
 
 
