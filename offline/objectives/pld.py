@@ -16,6 +16,7 @@ from offline import losses as L
 from offline.objectives.base import Batch, check_int, score_pairs, unwrap
 from offline.objectives.implicit import ImplicitObjective
 from offline.objectives.sampling import floyd_pools
+from offline.objectives.tensors import TrainTensors
 from recsys.validation import check_scalar
 
 
@@ -50,6 +51,13 @@ class PLD(ImplicitObjective):
 
     def _warming_up(self, epoch: int) -> bool:
         return epoch < self.warmup_epochs
+
+    def _setup(self, model: nn.Module, data: TrainTensors) -> None:
+        super()._setup(model, data)
+        # The noise flag of each train row in the user-sorted order the pools index, built once:
+        # the pool statistics are then one gather per step.
+        self._pool_noise = (None if data.noise is None
+                            else data.noise[self._user_rows.to(data.noise.device)])
 
     def _make_batch(
         self, rows: torch.Tensor, epoch: int, generator: torch.Generator, batch_size: int
@@ -95,13 +103,14 @@ class PLD(ImplicitObjective):
             candidate_losses = self._candidate_losses(pool_scores, negative_scores)
             choice = L.pld_choose(candidate_losses, self.tau, batch["uniforms"])
         index = torch.arange(size, device=choice.device)
-        value = self._step_loss(*score_pairs(model, (users, pool_items[index, choice]),
-                                             (users, negatives)))
+        # The step scores (user, chosen) and (user, negative) as a pool of one: one user lookup.
+        chosen, negative = score_pool(model, users, pool_items[index, choice].unsqueeze(1),
+                                      negatives)
+        value = self._step_loss(chosen.squeeze(1), negative)
         chosen_rows = self._user_rows[positions[index.cpu(), choice.cpu()]]
-        if self.data_.noise is not None:
-            self._record_trained(self._user_rows[positions.reshape(-1)], key="_pool")
-        else:
-            self._add("n_trained_pool", float(positions.numel()))
+        self._add("n_trained_pool", float(positions.numel()))
+        if self._pool_noise is not None:
+            self._add("n_noisy_pool", self._pool_noise[positions].sum())
         return self._finish(value, chosen_rows)
 
 

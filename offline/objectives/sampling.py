@@ -39,13 +39,16 @@ def floyd_pools(degree: torch.Tensor, k: int, generator: torch.Generator) -> tor
     """(B, k) offsets into each user's positives: k distinct ones (Floyd's algorithm, vectorised
     over users) when the user has >= k, else k drawn with replacement."""
     batch = degree.shape[0]
-    offsets = torch.zeros(batch, k, dtype=torch.long)
-    for step in range(k):
-        top = (degree - k + step).clamp_min(0)
-        draw = (torch.rand(batch, generator=generator, dtype=torch.float64) * (top + 1)).long()
-        draw = torch.minimum(draw, top)
-        taken = (offsets[:, :step] == draw.unsqueeze(1)).any(dim=1)
-        offsets[:, step] = torch.where(taken, top, draw)
+    # Step s draws uniformly from 0..top_s with top_s = degree − k + s; every step's draw at once
+    # (one (k, B) call yields the same stream as k calls of B), only the collision fix-up loops.
+    tops = (degree.unsqueeze(0) - k + torch.arange(k).unsqueeze(1)).clamp_min(0)
+    uniforms = torch.rand(k, batch, generator=generator, dtype=torch.float64)
+    draws = torch.minimum((uniforms * (tops + 1)).long(), tops)
+    offsets = torch.empty(batch, k, dtype=torch.long)
+    offsets[:, 0] = draws[0]
+    for step in range(1, k):
+        taken = (offsets[:, :step] == draws[step].unsqueeze(1)).any(dim=1)
+        offsets[:, step] = torch.where(taken, tops[step], draws[step])
     short = degree < k
     if not bool(short.any()):
         return offsets
