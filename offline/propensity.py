@@ -155,7 +155,8 @@ class LoggedPropensity(PropensityEstimator):
         if "propensity" not in train.columns:
             raise ValueError(
                 f"LoggedPropensity needs a 'propensity' column in {dataset.name}.train: the "
-                "probability the logging policy recorded for each shown pair"
+                "probability the logging policy recorded for each shown pair (a table maps it "
+                "with [train.data] columns.propensity; or choose 'popularity')"
             )
         p = _check_probabilities(train["propensity"].to_numpy(), f"{dataset.name}.train")
         keys = train["user_id"].to_numpy() * dataset.n_items + train["item_id"].to_numpy()
@@ -205,7 +206,8 @@ class ShippedPropensity(PropensityEstimator):
         if dataset.propensity_matrix is None:
             raise ValueError(
                 f"ShippedPropensity needs dataset.propensity_matrix: {dataset.name} ships no "
-                "propensity matrix (choose 'popularity', 'logistic' or 'naive_bayes')"
+                "propensity matrix (choose 'logged' for logged per-row propensities, "
+                "'popularity', 'logistic' or 'naive_bayes')"
             )
         self.matrix_ = _check_probabilities(
             dataset.propensity_matrix, f"{dataset.name}.propensity_matrix"
@@ -308,7 +310,8 @@ class LogisticPropensity(PropensityEstimator):
         if dataset.user_features is None or dataset.item_features is None:
             raise ValueError(
                 "LogisticPropensity needs dataset.user_features and dataset.item_features: "
-                f"{dataset.name} lacks them (choose 'popularity' or 'naive_bayes')"
+                f"{dataset.name} lacks them (a table sets [train.data] user_features_path and "
+                "item_features_path; or choose 'popularity' or 'naive_bayes')"
             )
         user_x = np.asarray(dataset.user_features, dtype=np.float64)
         item_x = np.asarray(dataset.item_features, dtype=np.float64)
@@ -430,8 +433,10 @@ class NaiveBayesPropensity(PropensityEstimator):
         train = _require_train(dataset, "NaiveBayesPropensity")
         if dataset.mar_sample is None or dataset.mar_sample.height == 0:
             raise ValueError(
-                "NaiveBayesPropensity needs dataset.mar_sample: a missing-at-random sample of "
-                f"labels ({dataset.name} has none)"
+                "NaiveBayesPropensity needs dataset.mar_sample, a missing-at-random sample of "
+                f"labels, and data set {dataset.name!r} was loaded without one: set [train.data] "
+                "mar_sample_fraction > 0 (coat; a table also maps columns.mar to its "
+                "missing-at-random flag)"
             )
         observed = train["label"].to_numpy()
         mar = dataset.mar_sample["label"].to_numpy()

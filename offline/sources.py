@@ -2,10 +2,23 @@
 
 Data sources by name (``SOURCES``): the real data sets in ``../shared/data`` (``coat``,
 ``coat_implicit``, ``obd``, ``finn``), the Parquet lake the streaming pipeline writes (``lake``),
-and simulated logs (``simulator_exposure``, ``simulator_noisy_clicks``). Simulated logs are
-written by the simulator's ``recsys.datasets`` entry points into the lake layout and read back
-like real logs, so this package never imports the simulator; they are cached by their parameters
-under ``<data_dir>/datasets``.
+any interaction table a user brings (``table``: Parquet or CSV with a column mapping, see
+``offline.data.table``), and simulated logs (``simulator_exposure``, ``simulator_noisy_clicks``).
+
+Installed packages add data sets through the ``recsys.datasets`` entry points; ``[train.data]
+source = "<entry point name>"`` names one directly (the spec's name check knows the installed
+names; a built-in name wins over an entry point of the same name). An entry point names one of
+two shapes of callable:
+
+- a **writer** (the default; the simulator's): ``write(out_dir, seed=..., overwrite=True,
+  **params)`` writes the data set once into ``out_dir`` in the lake layout (``lake/`` and, when
+  the truth is known, ``truth.npz`` with a ``relevance`` matrix) and is read back like real logs,
+  so this package never imports the writer's; folders are cached by their parameters under
+  ``<data_dir>/datasets``. Read-back keys: ``feedback`` (``"clicks"`` or ``"shown"``),
+  ``noise_ratio``, ``split`` and ``world_seed`` (the writer's seed); the rest go to the writer.
+- a **loader** marked with ``@dataset_loader``: ``load(seed=..., **params)`` returns an
+  ``offline.dataset.Dataset`` (or a ``PreparedData``) directly; every ``[train.data]`` key but
+  ``source`` is passed to it.
 """
 
 from __future__ import annotations
@@ -13,11 +26,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.metadata
+import inspect
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -30,12 +44,13 @@ from offline.data import (
     lake_dataset,
     obd_dataset,
 )
+from offline.data.table import table_dataset
 from offline.dataset import Dataset
 from offline.prepared import PreparedData
 from offline.propensity import make_propensity
 from offline.spec import Component, SpecError, TrainSpec
 from offline.weights import clip_propensities, inverse_propensity_weights, weight_summary
-from recsys.validation import message
+from recsys.validation import did_you_mean, message
 
 DATASET_ENTRY_POINTS = "recsys.datasets"
 MAX_PROPENSITY_MATRIX = 50_000_000
@@ -114,10 +129,34 @@ def _lake(params: dict[str, Any], seed: int, data_dir: Path, lake_uri: str) -> P
     return PreparedData(as_feedback(lake.dataset, feedback, noise_ratio, seed))
 
 
+def dataset_entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    """The installed ``recsys.datasets`` entry points by name (writers and loaders)."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=DATASET_ENTRY_POINTS)}
+
+
+def source_names() -> list[str]:
+    """Every name ``[train.data] source`` takes: ``SOURCES`` and the installed entry points."""
+    return [*SOURCES, *(name for name in dataset_entry_points() if name not in SOURCES)]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def dataset_loader(function: F) -> F:
+    """Mark a ``recsys.datasets`` entry point as a loader: ``function(seed=..., **params)``
+    returns a ``Dataset`` or ``PreparedData`` (unmarked entry points are writers)."""
+    function.recsys_dataset = "loader"  # type: ignore[attr-defined]
+    return function
+
+
+def is_loader(entry: object) -> bool:
+    """Whether a loaded entry point is a loader (``@dataset_loader``) rather than a writer."""
+    return getattr(entry, "recsys_dataset", "writer") == "loader"
+
+
 def simulated_dataset_dir(kind: str, params: dict[str, Any], seed: int, data_dir: Path) -> Path:
     """Write (once) and return the folder of a simulated data set from its entry point."""
-    entry_points = {ep.name: ep for ep in importlib.metadata.entry_points(
-        group=DATASET_ENTRY_POINTS)}
+    entry_points = dataset_entry_points()
     if kind not in entry_points:
         raise SpecError(
             f"no data set writer {kind!r} in the {DATASET_ENTRY_POINTS!r} entry points "
@@ -138,8 +177,11 @@ def _simulated(kind: str, feedback: str) -> Callable[..., PreparedData]:
         folder = simulated_dataset_dir(kind, params, world_seed, data_dir)
         lake = lake_dataset(folder / "lake", split=split, seed=seed,
                             name=kind.replace("-", "_"))
-        truth = np.load(folder / "truth.npz")["relevance"]
-        relevance = truth[np.ix_(lake.user_ids.astype(np.int64), lake.item_ids.astype(np.int64))]
+        relevance = None
+        if (folder / "truth.npz").is_file():
+            truth = np.load(folder / "truth.npz")["relevance"]
+            relevance = truth[np.ix_(lake.user_ids.astype(np.int64),
+                                     lake.item_ids.astype(np.int64))]
         dataset = dataclasses.replace(
             lake.dataset, true_relevance=relevance,
             lineage={**lake.dataset.lineage, "data_source": kind, "world_seed": str(world_seed)},
@@ -149,12 +191,41 @@ def _simulated(kind: str, feedback: str) -> Callable[..., PreparedData]:
     return load
 
 
+def _entry_point_source(name: str, params: dict[str, Any], seed: int, data_dir: Path,
+                        lake_uri: str) -> PreparedData:
+    """A data set from the ``recsys.datasets`` entry point ``name``: a loader's return value,
+    or a writer's folder read back (``feedback`` defaults to ``"clicks"``)."""
+    entry = dataset_entry_points()[name].load()
+    if not is_loader(entry):
+        feedback = params.pop("feedback", "clicks")
+        return _simulated(name, feedback)(params, seed, data_dir, lake_uri)
+    result = entry(seed=seed, **params)
+    if isinstance(result, Dataset):
+        return PreparedData(result)
+    if isinstance(result, PreparedData):
+        return result
+    raise SpecError(message(f"train.data.source {name!r}", "a loader returning an "
+                            "offline.dataset.Dataset or PreparedData", type(result).__name__))
+
+
+def _table(params: dict[str, Any], seed: int, data_dir: Path, lake_uri: str) -> PreparedData:
+    """Any interaction table (``offline.data.table``), its keys checked with the closest names."""
+    known = set(inspect.signature(table_dataset).parameters) - {"seed"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        hints = "; ".join(filter(None, (did_you_mean(k, known) for k in unknown)))
+        raise SpecError(message("train.data", f"keys of source 'table' among {sorted(known)}",
+                                f"unknown keys {unknown}", hints or None))
+    return PreparedData(table_dataset(seed=seed, **params))
+
+
 SOURCES: dict[str, Callable[..., PreparedData]] = {
     "coat": _real(coat_rating_dataset, "coat"),
     "coat_implicit": _real(coat_implicit_dataset, "coat"),
     "obd": _real(obd_dataset, "obd"),
     "finn": _finn,
     "lake": _lake,
+    "table": _table,
     "simulator_exposure": _simulated("simulator-exposure", "shown"),
     "simulator_exposure_clicks": _simulated("simulator-exposure", "clicks"),
     "simulator_noisy_clicks": _simulated("simulator-noisy-clicks", "clicks"),
@@ -162,31 +233,50 @@ SOURCES: dict[str, Callable[..., PreparedData]] = {
 
 
 def load_source(data: Component, seed: int, data_dir: Path, lake_uri: str) -> PreparedData:
-    """The data set ``data`` names, split with ``seed``."""
-    if data.name not in SOURCES:
-        raise SpecError(message("train.data.name", f"one of {', '.join(SOURCES)}", repr(data.name)))
+    """The data set ``data`` names (a ``SOURCES`` name or a ``recsys.datasets`` entry point),
+    split with ``seed``."""
+    names = source_names()
+    if data.name not in names:
+        raise SpecError(message("train.data.source", f"one of {', '.join(names)}",
+                                repr(data.name), did_you_mean(data.name, names)))
     try:
-        return SOURCES[data.name](dict(data.params), seed, data_dir, lake_uri)
+        if data.name in SOURCES:
+            return SOURCES[data.name](dict(data.params), seed, data_dir, lake_uri)
+        return _entry_point_source(data.name, dict(data.params), seed, data_dir, lake_uri)
     except TypeError as exc:  # an unknown parameter of the builder
         raise SpecError(f"[train.data] source {data.name!r}: {exc}") from exc
 
 
 def attach_propensities(prepared: PreparedData, estimator: Component, clip: float) -> PreparedData:
     """Fit the specification's propensity estimator on the training split and attach P(observed)
-    for the train rows, the validation rows and (when not too large) every pair."""
+    for the train rows, the validation rows and (when not too large) every pair.
+
+    The estimator sets the validation rows' ``propensity`` column too, replacing whatever the
+    source shipped (so ``valid_snips_*`` weighs by the chosen estimator: Naive Bayes, not Coat's
+    matrix); the logged estimator's ``predict_frame`` keeps the rows' own logged values. With
+    ``"none"`` the data are left as the source made them."""
     if estimator.name == "none":
         return prepared
     dataset = prepared.dataset
-    model = make_propensity(estimator.name, **estimator.params).fit(dataset)
+    try:
+        model = make_propensity(estimator.name, **estimator.params).fit(dataset)
+    except ValueError as exc:  # the data lack what the estimator needs
+        raise SpecError(f"train.propensity.estimator = {estimator.name!r} on data set "
+                        f"{dataset.name!r}: {exc}") from None
 
     def clipped(p: np.ndarray) -> np.ndarray:
         return clip_propensities(p, clip) if clip > 0 else p
 
     raw_train_p = model.predict_frame(dataset.train)
     train_p = clipped(raw_train_p)
-    valid = dataset.valid
-    if valid.height and "propensity" not in valid.columns:
-        valid = valid.with_columns(pl.Series("propensity", clipped(model.predict_frame(valid))))
+    valid, valid_p = dataset.valid, None
+    if valid.height:
+        try:
+            valid_p = clipped(model.predict_frame(valid))
+        except ValueError as exc:
+            raise SpecError(f"train.propensity.estimator = {estimator.name!r}: the validation "
+                            f"rows of {dataset.name!r}: {exc}") from None
+        valid = valid.with_columns(pl.Series("propensity", valid_p, dtype=pl.Float64))
     matrix = None
     if not model.needs_label and dataset.n_users * dataset.n_items <= MAX_PROPENSITY_MATRIX:
         try:
@@ -200,6 +290,7 @@ def attach_propensities(prepared: PreparedData, estimator: Component, clip: floa
         prepared,
         dataset=dataclasses.replace(dataset, valid=valid),
         train_propensity=train_p,
+        valid_propensity=valid_p,
         propensity_matrix=matrix,
         propensity_summary={k: float(v) for k, v in summary.items()},
     )
@@ -208,4 +299,20 @@ def attach_propensities(prepared: PreparedData, estimator: Component, clip: floa
 def prepare(spec: TrainSpec, seed: int, data_dir: Path, lake_uri: str) -> PreparedData:
     """Data and propensities for one seed of ``spec``."""
     prepared = load_source(spec.data, seed, data_dir, lake_uri)
+    check_model_data(spec, prepared.dataset)
     return attach_propensities(prepared, spec.propensity, spec.clip)
+
+
+def check_model_data(spec: TrainSpec, dataset: Dataset) -> None:
+    """Refuse, before anything trains, a model whose side arrays the data set lacks (the
+    two-tower model needs user and item features)."""
+    from offline.models import MODELS
+
+    missing = [name for name in getattr(MODELS.get(spec.model.name), "array_names", ())
+               if getattr(dataset, name, None) is None]
+    if missing:
+        fix = ("set [train.data] user_features_path and item_features_path"
+               if spec.data.name == "table" else 'use model name = "mf"')
+        raise SpecError(message(f"train.model.name = {spec.model.name!r}",
+                                f"a data set with {' and '.join(missing)}",
+                                f"data set {dataset.name!r} without them", fix))

@@ -22,6 +22,7 @@ import polars as pl
 
 from offline.data.noise import inject_noise
 from offline.data.splits import reindex, split_per_user
+from offline.data.table import draw_mar_sample
 from offline.dataset import Dataset, interactions_frame
 
 __all__ = [
@@ -172,18 +173,19 @@ def coat_rating_dataset(
     seed: int = 0,
     valid_fraction: float = 0.1,
     mar_sample_fraction: float = 0.0,
+    mar_sample_scope: str = "global",
 ) -> Dataset:
     """Coat for rating prediction under selection bias: train on the MNAR ratings (minus a
     per-user random ``valid_fraction`` held out as valid), test on the MAR ratings (minus a
-    per-user ``mar_sample_fraction`` moved to ``mar_sample`` for Naive Bayes propensities)."""
+    random ``mar_sample_fraction`` of them moved to ``mar_sample`` for Naive Bayes propensities:
+    drawn over all MAR ratings with ``mar_sample_scope = "global"``, round-half-up(fraction × n)
+    and at least 1, or per user with ``"per_user"``, round-half-up(fraction × the user's MAR
+    ratings) each; see ``offline.data.table.draw_mar_sample``)."""
     valid_fraction = _check_fraction("valid_fraction", valid_fraction)
     mar_sample_fraction = _check_fraction("mar_sample_fraction", mar_sample_fraction)
     coat = load_coat(root)
     train, valid, _ = split_per_user(coat.train, (1 - valid_fraction, valid_fraction, 0.0), seed)
-    # The MAR sample is each user's random "valid" part of the MAR ratings; the rest is test.
-    test, mar_sample, _ = split_per_user(
-        coat.test, (1 - mar_sample_fraction, mar_sample_fraction, 0.0), seed + 1
-    )
+    test, mar_sample = draw_mar_sample(coat.test, mar_sample_fraction, mar_sample_scope, seed + 1)
     return Dataset(
         name="coat",
         task="rating",
@@ -195,13 +197,14 @@ def coat_rating_dataset(
         user_features=coat.user_features,
         item_features=coat.item_features,
         propensity_matrix=coat.propensities,
-        mar_sample=mar_sample if mar_sample_fraction > 0 else None,
+        mar_sample=mar_sample,
         lineage={
             "data_source": "coat",
             "split": "mnar_train_mar_test",
             "seed": str(seed),
             "valid_fraction": str(valid_fraction),
             "mar_sample_fraction": str(mar_sample_fraction),
+            **({"mar_sample_scope": mar_sample_scope} if mar_sample_fraction else {}),
         },
     )
 

@@ -113,7 +113,8 @@ def test_row_counts_that_disagree_between_files_are_refused(tmp_path):
 def test_rating_dataset_holds_out_valid_and_the_mar_sample_per_user(tmp_path):
     make_coat(tmp_path, n_users=10, per_user=(10, 8))
     coat = load_coat(tmp_path)
-    data = coat_rating_dataset(tmp_path, seed=4, valid_fraction=0.2, mar_sample_fraction=0.25)
+    data = coat_rating_dataset(tmp_path, seed=4, valid_fraction=0.2, mar_sample_fraction=0.25,
+                               mar_sample_scope="per_user")
     assert data.task == "rating" and data.propensity_matrix.shape == (10, 20)
     assert (data.valid.group_by("user_id").len()["len"] == 2).all()
     assert (data.mar_sample.group_by("user_id").len()["len"] == 2).all()
@@ -125,7 +126,8 @@ def test_rating_dataset_holds_out_valid_and_the_mar_sample_per_user(tmp_path):
     assert "propensity" in data.train.columns and "propensity" in data.test.columns
     assert dict(data.lineage) | {"seed": "4"} == dict(data.lineage)
     assert data.lineage["data_source"] == "coat"
-    again = coat_rating_dataset(tmp_path, seed=4, valid_fraction=0.2, mar_sample_fraction=0.25)
+    again = coat_rating_dataset(tmp_path, seed=4, valid_fraction=0.2, mar_sample_fraction=0.25,
+                                mar_sample_scope="per_user")
     assert again.fingerprint() == data.fingerprint()
     assert coat_rating_dataset(tmp_path, seed=5, valid_fraction=0.2).fingerprint() != (
         data.fingerprint()
@@ -135,10 +137,41 @@ def test_rating_dataset_holds_out_valid_and_the_mar_sample_per_user(tmp_path):
         coat_rating_dataset(tmp_path, valid_fraction=1.0)
 
 
+def test_a_small_mar_fraction_draws_globally_by_default(tmp_path):
+    """The defect: 0.05 of 10 MAR ratings per user rounded per user to an empty sample, and the
+    error blamed the data set. Globally it is round-half-up(0.05 × 100) = 5 rows."""
+    make_coat(tmp_path, n_users=10, per_user=(6, 10))
+    coat = load_coat(tmp_path)
+    data = coat_rating_dataset(tmp_path, seed=2, mar_sample_fraction=0.05)
+    assert data.mar_sample.height == 5 and data.test.height == 95
+    pairs = lambda f: set(f.select("user_id", "item_id").iter_rows())  # noqa: E731
+    assert pairs(data.test) | pairs(data.mar_sample) == pairs(coat.test)
+    assert coat_rating_dataset(tmp_path, mar_sample_fraction=0.001).mar_sample.height == 1
+    assert data.lineage["mar_sample_scope"] == "global"
+    other = coat_rating_dataset(tmp_path, seed=3, mar_sample_fraction=0.05)
+    assert pairs(other.mar_sample) != pairs(data.mar_sample)  # drawn with the seed
+
+
+def test_per_user_scope_rounds_half_up_and_an_empty_sample_names_the_rounding(tmp_path):
+    make_coat(tmp_path, n_users=10, per_user=(6, 10))
+    data = coat_rating_dataset(tmp_path, mar_sample_fraction=0.05, mar_sample_scope="per_user")
+    assert (data.mar_sample.group_by("user_id").len()["len"] == 1).all()  # 0.5 rounds up to 1
+    with pytest.raises(ValueError, match="mar_sample_fraction") as error:
+        coat_rating_dataset(tmp_path, mar_sample_fraction=0.04, mar_sample_scope="per_user")
+    text = str(error.value)
+    assert "round-half-up(0.04 × n) rows of each user" in text and "10 missing-at-random" in text
+    assert "mar_sample_scope = 'global'" in text and "coat" not in text
+    with pytest.raises(ValueError, match="mar_sample_scope: expected one of"):
+        coat_rating_dataset(tmp_path, mar_sample_fraction=0.1, mar_sample_scope="user")
+
+
 def test_real_rating_dataset_counts(shared_data):
     data = coat_rating_dataset(shared_data / "coat", mar_sample_fraction=0.25)
     assert (data.train.height, data.valid.height) == (290 * 22, 290 * 2)
     assert (data.test.height, data.mar_sample.height) == (290 * 12, 290 * 4)
+    per_user = coat_rating_dataset(shared_data / "coat", mar_sample_fraction=0.25,
+                                   mar_sample_scope="per_user")
+    assert (per_user.mar_sample.group_by("user_id").len()["len"] == 4).all()
 
 
 def test_implicit_dataset_follows_the_pld_protocol(tmp_path):

@@ -162,8 +162,9 @@ def test_naive_bayes_errors() -> None:
     with pytest.raises(ValueError, match=r"\[5\.0\] never occur in mar_sample"):
         NaiveBayesPropensity(smoothing=0.0).fit(dataset)
     no_mar = make_dataset(dataset.train, 2, 5)
-    with pytest.raises(ValueError, match=r"NaiveBayesPropensity needs dataset\.mar_sample"):
+    with pytest.raises(ValueError, match=r"NaiveBayesPropensity needs dataset\.mar_sample") as err:
         NaiveBayesPropensity().fit(no_mar)
+    assert "mar_sample_fraction > 0" in str(err.value) and "columns.mar" in str(err.value)
 
 
 # -- logged and shipped ---------------------------------------------------------------------------
