@@ -2,6 +2,9 @@
 
 k-means (scikit-learn) over user embeddings gives C clusters; each cluster links to its top-W
 items by inner product with the centroid; a user's context is their top-K clusters with weights.
+A graph may carry a warm-start prior (``edge_prior`` per edge and its strength n0, from
+``recsys.bandits.warm_start``): :meth:`ClusterGraph.stats` (and so ``stream.graph_file``) then
+starts from it; a graph file without one loads as a cold start.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from recsys.bandits.graph import GraphStats, SoftContexts, Weighting
+from recsys.bandits.graph import GraphStats, SoftContexts, Weighting, check_strength
 from recsys.bandits.persistence import decode_npz, encode_npz
 from recsys.storage import PathLike, read_bytes, resolve, write_bytes_atomic
 
@@ -24,13 +27,43 @@ _CHUNK = 1024
 
 @dataclass(frozen=True, eq=False)
 class ClusterGraph:
-    """Centroids [C, d] and the cluster→item edges (edge_clusters[e], edge_items[e])."""
+    """Centroids [C, d] and the cluster→item edges (edge_clusters[e], edge_items[e]); optional
+    warm-start prior: ``edge_prior[e]`` (reward scale) counting as ``prior_strength`` events."""
 
     centroids: NDArray[np.float64]
     item_ids: NDArray[np.int64]
     edge_clusters: NDArray[np.int64]
     edge_items: NDArray[np.int64]
     version: str = ""
+    edge_prior: NDArray[np.float64] | None = None
+    prior_strength: float = 0.0
+    calibration: Calibration = "k1"
+    """How the serving contexts of this graph were made (:meth:`contexts`); :meth:`stats`
+    picks the matching update rule by default."""
+
+    def __post_init__(self) -> None:
+        if self.calibration not in ("k1", "normalised", "raw"):
+            raise ValueError(f"calibration must be k1, normalised or raw, got "
+                             f"{self.calibration!r}")
+        if self.edge_clusters.shape != self.edge_items.shape:
+            raise ValueError(f"edge_clusters {self.edge_clusters.shape} and edge_items "
+                             f"{self.edge_items.shape} must have the same shape")
+        object.__setattr__(self, "prior_strength", check_strength(self.prior_strength))
+        if self.edge_prior is not None:
+            prior = np.asarray(self.edge_prior, dtype=np.float64)
+            if prior.shape != self.edge_items.shape or not np.isfinite(prior).all():
+                raise ValueError(f"edge_prior: expected {self.edge_items.size} finite values "
+                                 f"(one per edge), got shape {prior.shape}")
+            object.__setattr__(self, "edge_prior", prior)
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.edge_items.size)
+
+    @property
+    def warm(self) -> bool:
+        """True when the graph carries a prior that counts (strength > 0)."""
+        return self.edge_prior is not None and self.prior_strength > 0
 
     @property
     def n_clusters(self) -> int:
@@ -41,8 +74,11 @@ class ClusterGraph:
         fs, path = resolve(uri, filesystem)
         arrays = {"centroids": self.centroids, "item_ids": self.item_ids,
                   "edge_clusters": self.edge_clusters, "edge_items": self.edge_items}
-        write_bytes_atomic(fs, path, encode_npz({"format": GRAPH_FORMAT,
-                                                 "version": self.version}, arrays))
+        if self.edge_prior is not None:
+            arrays["edge_prior"] = self.edge_prior
+        write_bytes_atomic(fs, path, encode_npz({"format": GRAPH_FORMAT, "version": self.version,
+                                                 "prior_strength": self.prior_strength,
+                                                 "calibration": self.calibration}, arrays))
 
     @classmethod
     def load(cls, uri: PathLike, *, filesystem: Any = None) -> ClusterGraph:
@@ -55,19 +91,47 @@ class ClusterGraph:
         missing = {"centroids", "item_ids", "edge_clusters", "edge_items"} - set(arrays)
         if missing:
             raise ValueError(f"{uri}: missing arrays {sorted(missing)}")
-        return cls(arrays["centroids"], arrays["item_ids"], arrays["edge_clusters"],
-                   arrays["edge_items"], version=str(meta.get("version", "")))
+        try:
+            return cls(arrays["centroids"], arrays["item_ids"], arrays["edge_clusters"],
+                       arrays["edge_items"], version=str(meta.get("version", "")),
+                       edge_prior=arrays.get("edge_prior"),
+                       prior_strength=meta.get("prior_strength", 0.0),
+                       calibration=meta.get("calibration", "k1"))
+        except ValueError as exc:
+            raise ValueError(f"{uri}: {exc}") from None
 
     def stats(
-        self, *, lam: float = 1.0, calibration: Calibration = "k1",
-        prior_mean: ArrayLike | None = None,
+        self, *, lam: float = 1.0, calibration: Calibration | None = None,
+        prior_mean: ArrayLike | None = None, prior_strength: float | None = None,
     ) -> GraphStats:
-        """Empty statistics on this graph with the update rule that matches ``calibration``."""
+        """Statistics on this graph, no evidence yet, with the update rule that matches
+        ``calibration`` (default: the graph's own). Without ``prior_mean`` they start from the
+        graph's prior when it carries one with strength > 0 (warm), else cold;
+        ``prior_strength`` overrides n0."""
+        calibration = self.calibration if calibration is None else calibration
         weighting: Weighting = "linear" if calibration == "normalised" else "squared"
+        strength = prior_strength
+        if prior_mean is None and self.warm:
+            prior_mean = self.edge_prior
+            strength = self.prior_strength if strength is None else strength
+        if prior_mean is not None and strength == 0.0 and prior_mean is self.edge_prior:
+            prior_mean = None  # the graph's prior at strength 0: a cold start
         return GraphStats.empty(
             self.item_ids, self.n_clusters, self.edge_clusters, self.edge_items, lam=lam,
-            weighting=weighting, prior_mean=prior_mean, space=self.version,
+            weighting=weighting, prior_mean=prior_mean, prior_strength=strength or 0.0,
+            space=self.version,
         )
+
+    def with_prior(self, edge_prior: ArrayLike | None, strength: float,
+                   calibration: Calibration | None = None) -> ClusterGraph:
+        """The same graph carrying ``edge_prior`` (per edge, in this graph's edge order) at
+        strength n0 (None or n0 = 0: a cold graph), and ``calibration`` if given."""
+        return ClusterGraph(self.centroids, self.item_ids, self.edge_clusters, self.edge_items,
+                            version=self.version,
+                            edge_prior=None if edge_prior is None else np.asarray(
+                                edge_prior, dtype=np.float64),
+                            prior_strength=strength,
+                            calibration=self.calibration if calibration is None else calibration)
 
     def contexts(
         self, user_embeddings: ArrayLike, *, top_k: int = 1, calibration: Calibration = "k1",

@@ -23,6 +23,12 @@ batch's items), deltas from any number of workers ``merge`` in any order, and an
 ``decay`` multiplies every sum by the same factor so it commutes with merging. λ and μ₀ are the
 prior, not data: they are never summed or decayed, and merging refuses statistics whose priors
 disagree. The scoring rule (UCB, Thompson sampling, ...) lives in the policies, not here.
+
+Warm start (``recsys.bandits.warm_start``): the prior mean μ₀ may carry a strength n0 ≥ 0
+(``prior_strength``: the prior counts as n0 events per coordinate); λ above becomes λ + n0 in d
+and in the prior term (``d = λ + n0 + sxx``, ``θ̂ = ((λ + n0)·μ₀ + sxr)/d``), so before any event
+θ̂ = μ₀ with variance 1/(λ + n0). The intercept of centred statistics keeps n' = n + λ. Without
+a prior mean, n0 is ignored; n0 = 0 is the plain λ·μ₀ prior.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from recsys.bandits.accumulate import scatter_add_many, touched_rows
 from recsys.bandits.contexts import DenseContexts
+from recsys.bandits.graph import check_strength
 from recsys.bandits.influence import DEFAULT_CLIP_NORM, check_clip_norm, check_products, clip_one
 from recsys.bandits.items import ItemIndex
 from recsys.bandits.protocol import (
@@ -43,6 +50,7 @@ from recsys.bandits.protocol import (
     ItemSummary,
     Part,
     StatsBase,
+    check_sample_weight,
     new_origin,
     register_layout,
 )
@@ -129,6 +137,8 @@ class DenseStats(StatsBase):
     sx: NDArray[np.floating] | None = None
     sr: NDArray[np.floating] | None = None
     prior_mean: NDArray[np.floating] | None = None
+    prior_strength: float = 0.0
+    """n0: the prior mean counts as this many events (module docs; only with a prior mean)."""
     space: str = ""
     version: int = 0
     clip_norm: float = DEFAULT_CLIP_NORM
@@ -150,6 +160,7 @@ class DenseStats(StatsBase):
         space: str = "",
         dtype: type[np.floating] = np.float64,
         clip_norm: float = DEFAULT_CLIP_NORM,
+        prior_strength: float = 0.0,
     ) -> DenseStats:
         """Zero statistics for ``items`` (integer ids) and contexts of dimension ``dim``.
 
@@ -175,17 +186,31 @@ class DenseStats(StatsBase):
             space=str(space), clip_norm=check_clip_norm(clip_norm),
         )
         if prior_mean is not None:
-            stats.set_prior_mean(prior_mean)
+            stats.set_prior_mean(prior_mean, strength=prior_strength)
         return stats
 
     @classmethod
     def for_stream(cls, stream: StreamSettings) -> DenseStats:
         """Empty statistics over items ``0 .. stream.n_items - 1`` and ``stream.dim`` features,
-        clipping learned contexts to ``stream.context_clip_norm``."""
-        return cls.empty(np.arange(stream.n_items), stream.dim, lam=stream.lam,
-                         centred=stream.centred,
-                         clip_norm=check_clip_norm(stream.context_clip_norm,
-                                                   "stream.context_clip_norm"))
+        clipping learned contexts to ``stream.context_clip_norm``; warm-started from
+        ``stream.prior_file`` when set (``recsys.bandits.warm_start.load_item_prior``)."""
+        stats = cls.empty(np.arange(stream.n_items), stream.dim, lam=stream.lam,
+                          centred=stream.centred,
+                          clip_norm=check_clip_norm(stream.context_clip_norm,
+                                                    "stream.context_clip_norm"))
+        prior_file = stream.prior_file
+        if prior_file is not None:
+            from recsys.bandits.warm_start import load_item_prior
+
+            item_ids, prior, strength = load_item_prior(prior_file)
+            if prior.shape[1] != stream.dim:
+                raise ValueError(f"stream.prior_file {prior_file}: prior of dim {prior.shape[1]}"
+                                 f", expected stream.dim = {stream.dim}")
+            mu = np.zeros((stream.n_items, stream.dim))
+            mu[stats.items.rows(item_ids, name="stream.prior_file items")] = prior
+            if strength > 0:
+                stats.set_prior_mean(mu, strength=strength)
+        return stats
 
     @property
     def centred(self) -> bool:
@@ -196,10 +221,15 @@ class DenseStats(StatsBase):
         return DenseContexts(self.dim)
 
     @property
+    def prior_precision(self) -> float:
+        """λ + n0 when a prior mean is held, else λ: each coordinate's precision before data."""
+        return self.lam + (self.prior_strength if self.prior_mean is not None else 0.0)
+
+    @property
     def d(self) -> NDArray[np.floating]:
-        """The diagonal precision per (item, feature): ``λ + Σ x²`` (centred: of x − x̄)."""
+        """The diagonal precision per (item, feature): ``λ + n0 + Σ x²`` (centred: of x − x̄)."""
         if not self.centred:
-            return self.lam + self.sxx
+            return self.prior_precision + self.sxx
         return 1.0 / self.posterior()[1]
 
     def _sums(self) -> dict[str, NDArray[np.floating]]:
@@ -227,11 +257,14 @@ class DenseStats(StatsBase):
         self._cache = None
 
     # ------------------------------------------------------------------ prior / warm start
-    def set_prior_mean(self, prior_mean: ArrayLike | None) -> None:
+    def set_prior_mean(self, prior_mean: ArrayLike | None, *, strength: float = 0.0) -> None:
         """Warm start: prior means μ₀ for θ (shape [n_items, dim], or [n_items, 1] / scalar to
-        broadcast). Only the mean moves; d and therefore the exploration bonus are unchanged."""
+        broadcast) counting as ``strength`` n0 events (module docs). With n0 = 0 only the mean
+        moves; d and therefore the exploration bonus are unchanged."""
+        self.prior_strength = check_strength(strength)
         if prior_mean is None:
             self.prior_mean = None
+            self.prior_strength = 0.0
         else:
             mu = np.asarray(prior_mean, dtype=np.float64)
             try:
@@ -250,42 +283,50 @@ class DenseStats(StatsBase):
     _batch = StatsBase._dense_batch
 
     def _event_terms(
-        self, x: NDArray[np.float64], r: NDArray[np.float64], part: Part = "both"
+        self, x: NDArray[np.float64], r: NDArray[np.float64], part: Part = "both",
+        w: NDArray[np.float64] | None = None,
     ) -> dict[str, NDArray[np.float64]]:
-        """Per-event contributions to each sum that ``part`` touches, by name."""
+        """Per-event contributions to each sum that ``part`` touches, by name, each multiplied
+        by the event's weight ``w`` (None: 1)."""
         wanted = _PART_SUMS[part]
+        if w is not None:  # weight the per-event factors once: w·x² = (w·x)·x, w·x·r = x·(w·r)
+            wx, wr = x * w[:, None], r * w
+        else:
+            wx, wr = x, r
         terms = {}
         if "sxx" in wanted:
-            terms["sxx"] = x * x
+            terms["sxx"] = wx * x
         if "sxr" in wanted:
-            terms["sxr"] = x * r[:, None]
+            terms["sxr"] = x * wr[:, None]
         if self.centred and "sx" in wanted:
-            terms["sx"] = x
+            terms["sx"] = wx
         if "count" in wanted:
-            terms["count"] = np.ones(r.shape[0])
+            terms["count"] = np.ones(r.shape[0]) if w is None else w
         if self.centred and "sr" in wanted:
-            terms["sr"] = r
+            terms["sr"] = wr
         return terms
 
     def _batch_sums(
         self, rows: NDArray[np.intp], x: NDArray[np.float64], r: NDArray[np.float64],
-        part: Part = "both",
+        part: Part = "both", w: NDArray[np.float64] | None = None,
     ) -> tuple[NDArray[np.intp], dict[str, NDArray[np.float64]]]:
-        """Touched rows and the batch's sums that ``part`` touches (bincount, no event loop)."""
+        """Touched rows and the batch's sums that ``part`` touches, events weighted by ``w``
+        (bincount, no event loop)."""
         unique, local = touched_rows(rows, self.n_items)
-        terms = self._event_terms(x, r, part)
+        terms = self._event_terms(x, r, part, w)
         wide = [name for name, v in terms.items() if v.ndim == 2]
         sums = dict(zip(wide, scatter_add_many(local, [terms[n] for n in wide], unique.size),
                         strict=True))
         if "count" in terms:
-            sums["count"] = np.bincount(local, minlength=unique.size).astype(np.float64)
+            sums["count"] = np.bincount(local, weights=w, minlength=unique.size
+                                        ).astype(np.float64)
         if "sr" in terms:
-            sums["sr"] = np.bincount(local, weights=r, minlength=unique.size)
+            sums["sr"] = np.bincount(local, weights=terms["sr"], minlength=unique.size)
         return unique, sums
 
     def _delta(self, batch: DenseBatch, part: Part) -> DenseStats:
-        x, rows, r = batch
-        unique, sums = self._batch_sums(rows, x, r, part)
+        x, rows, r, w = batch
+        unique, sums = self._batch_sums(rows, x, r, part, w)
         dtype = self.sxx.dtype
         delta = DenseStats.empty(self.items.ids[unique], self.dim, lam=self.lam,
                                  centred=self.centred, space=self.space, dtype=dtype.type,
@@ -296,14 +337,14 @@ class DenseStats(StatsBase):
         return delta
 
     def _learn(self, batch: DenseBatch, part: Part) -> DenseStats:
-        x, rows, r = batch
+        x, rows, r, w = batch
         current = self._sums()
         if rows.size <= _SMALL_BATCH:  # scatter-add straight in: cheapest for a few events
-            for name, values in self._event_terms(x, r, part).items():
+            for name, values in self._event_terms(x, r, part, w).items():
                 np.add.at(current[name], rows, values)
             self._updated(rows)
             return self
-        unique, sums = self._batch_sums(rows, x, r, part)
+        unique, sums = self._batch_sums(rows, x, r, part, w)
         every_row = unique.size == self.n_items  # plain adds, no fancy indexing
         for name, value in sums.items():
             if every_row:
@@ -320,23 +361,29 @@ class DenseStats(StatsBase):
         reward: float,
         *,
         reward_range: tuple[float, float] = (-np.inf, np.inf),
+        sample_weight: float | None = None,
     ) -> DenseStats:
         """Add a single event in place: same result as ``learn`` on a batch of one, with a
-        fraction of the fixed per-call cost (river's ``learn_one``)."""
+        fraction of the fixed per-call cost (river's ``learn_one``); ``sample_weight`` (None:
+        1) multiplies its terms."""
         x = clip_one(check_context_one(context, self.dim), self.clip_norm)
         row = self.items.row_one(item)
         r = check_reward_one(reward, reward_range)
         if abs(r) * self.clip_norm > _FLOAT_MAX:  # rare: only then look at the products
             check_products(x[None, :], np.array([r]), self.clip_norm, name="reward")
+        wx, wr, w = x, r, 1.0
+        if sample_weight is not None:
+            w = float(check_sample_weight(sample_weight, 1)[0])  # type: ignore[index]
+            wx, wr = x * w, r * w
         view = self.sxx[row]
-        view += x * x
+        view += wx * x
         view = self.sxr[row]
-        view += x * r
-        self.count[row] += 1.0
+        view += x * wr
+        self.count[row] += w
         if self.sx is not None and self.sr is not None:
             view = self.sx[row]
-            view += x
-            self.sr[row] += r
+            view += wx
+            self.sr[row] += wr
         self._updated(slice(row, row + 1))
         return self
 
@@ -396,6 +443,7 @@ class DenseStats(StatsBase):
                 for name, value in part._sums().items():
                     mine[name][rows] += value
         out.prior_mean = _merged_prior(self, other, out)
+        out.prior_strength = _merged_strength(self, other)
         out.version = 0
         out.origin = new_origin()
         out._cache = None
@@ -467,16 +515,17 @@ class DenseStats(StatsBase):
         dtype = self.sxx.dtype
         sxx = self.sxx[rows].astype(np.float64)
         sxr = self.sxr[rows].astype(np.float64)
-        prior = 0.0 if self.prior_mean is None else self.lam * self.prior_mean[rows]
+        p = self.prior_precision
+        prior = 0.0 if self.prior_mean is None else p * self.prior_mean[rows]
         if self.sx is None or self.sr is None:
-            inv_d = 1.0 / (self.lam + sxx)
+            inv_d = 1.0 / (p + sxx)
             return DensePosterior(self.version, ((sxr + prior) * inv_d).astype(dtype, copy=False),
                               inv_d.astype(dtype, copy=False))
         nn = self.count[rows] + self.lam
         sr = self.sr[rows]
         xbar = self.sx[rows].astype(np.float64) / nn[:, None]
         # λ + Σ(x − x̄)² ≥ λ in exact arithmetic; the clip guards float cancellation
-        inv_d = 1.0 / np.maximum(self.lam + sxx - self.sx[rows] * xbar, self.lam)
+        inv_d = 1.0 / np.maximum(p + sxx - self.sx[rows] * xbar, p)
         theta = (sxr - xbar * sr[:, None] + prior) * inv_d
         w1 = xbar * inv_d
         return DensePosterior(
@@ -550,6 +599,7 @@ class DenseStats(StatsBase):
             items=ItemIndex(self.items.ids[pick]), dim=self.dim, lam=self.lam, sxx=self.sxx,
             sxr=self.sxr, count=self.count,
             prior_mean=None if self.prior_mean is None else self.prior_mean[pick].copy(),
+            prior_strength=self.prior_strength,
             space=self.space, version=self.version if rows is None else 0,
             clip_norm=self.clip_norm,
         )
@@ -574,6 +624,8 @@ class DenseStats(StatsBase):
             return False
         if (self.prior_mean is None) != (other.prior_mean is None):
             return False
+        if self.prior_mean is not None and self.prior_strength != other.prior_strength:
+            return False
         theirs = other._sums()
         pairs = [(value, theirs[name]) for name, value in self._sums().items()]
         if self.prior_mean is not None and other.prior_mean is not None:
@@ -585,7 +637,8 @@ class DenseStats(StatsBase):
         arrays = {"items": self.items.ids, **self._sums()}
         if self.prior_mean is not None:
             arrays["prior_mean"] = self.prior_mean
-        meta = {"dim": self.dim, "lam": self.lam, "space": self.space, "centred": self.centred}
+        meta = {"dim": self.dim, "lam": self.lam, "space": self.space, "centred": self.centred,
+                "prior_strength": self.prior_strength}
         return arrays, meta
 
     @classmethod
@@ -605,8 +658,18 @@ class DenseStats(StatsBase):
             items=ItemIndex(arrays["items"]), dim=dim, lam=float(meta["lam"]),
             sxx=arrays["sxx"], sxr=arrays["sxr"], count=arrays["count"],
             sx=arrays.get("sx"), sr=arrays.get("sr"), prior_mean=arrays.get("prior_mean"),
+            prior_strength=check_strength(meta.get("prior_strength", 0.0),
+                                          "meta['prior_strength']"),
             space=str(meta["space"]),
         )
+
+
+def _merged_strength(a: DenseStats, b: DenseStats) -> float:
+    """The prior strength of a merge: the prior holder's; two holders must agree."""
+    held = [s.prior_strength for s in (a, b) if s.prior_mean is not None]
+    if len(held) == 2 and held[0] != held[1]:
+        raise ValueError(f"cannot merge statistics with prior strengths {held[0]} and {held[1]}")
+    return held[0] if held else 0.0
 
 
 def _merged_prior(

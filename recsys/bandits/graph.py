@@ -17,6 +17,15 @@ Two update rules, chosen by ``weighting``:
 
 Events on (cluster, item) pairs that are not edges of the graph are ignored by design (the graph
 is the exploration space); :attr:`GraphStats.skipped` counts them so that a drift is visible.
+
+Prior (warm start, ``recsys.bandits.warm_start``): an optional per-edge prior mean μ₀ with a
+strength n0 ≥ 0 (``prior_strength``, in pseudo-events). The prior is not data: sxx/sxr/count hold
+only the evidence, and the posterior adds it::
+
+    d_e = λ + n0 + sxx_e          θ̂_e = ((λ + n0)·μ₀_e + sxr_e) / d_e
+
+so before any event θ̂_e = μ₀_e with variance 1/(λ + n0); n0 = 0 is the older ``prior_mean``
+semantics (λ·μ₀). Without a prior mean, n0 is ignored. Deltas never carry a prior.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from recsys.bandits.protocol import (
     Part,
     StatsBase,
     check_part,
+    check_sample_weight,
     new_origin,
     register_layout,
 )
@@ -75,6 +85,8 @@ class GraphStats(StatsBase):
     lam: float = 1.0
     weighting: Weighting = "squared"
     prior_mean: NDArray[np.float64] | None = None
+    prior_strength: float = 0.0
+    """n0: the prior mean counts as this many events (see module docs; only with a prior mean)."""
     space: str = ""
     version: int = 0
     skipped: int = 0
@@ -105,11 +117,13 @@ class GraphStats(StatsBase):
         lam: float = 1.0,
         weighting: Weighting = "squared",
         prior_mean: ArrayLike | None = None,
+        prior_strength: float = 0.0,
         space: str = "",
         clip_norm: float = DEFAULT_CLIP_NORM,
     ) -> GraphStats:
         """Zero statistics on the edges (edge_clusters[e], edge_items[e]) (any order); each
-        event's cluster weights are clipped to norm ``clip_norm`` when learned."""
+        event's cluster weights are clipped to norm ``clip_norm`` when learned. ``prior_mean``
+        (per edge, in the same order, or a scalar) with ``prior_strength`` n0: module docs."""
         index = ItemIndex(items)
         c = np.asarray(edge_clusters, dtype=np.int64).ravel()
         ids = np.asarray(edge_items, dtype=np.int64).ravel()
@@ -133,11 +147,13 @@ class GraphStats(StatsBase):
             if not np.isfinite(mu).all():
                 raise ValueError("prior_mean: contains NaN or infinity")
             stats.prior_mean = np.array(mu)
+        stats.prior_strength = check_strength(prior_strength)
         return stats
 
     @classmethod
     def for_stream(cls, stream: StreamSettings) -> GraphStats:
-        """Empty statistics on the edges of the offline graph ``stream.graph_file``."""
+        """Statistics on the edges of the offline graph ``stream.graph_file``: empty, or
+        warm-started from the prior the graph file carries (``ClusterGraph.edge_prior``)."""
         from recsys.bandits.clustering import ClusterGraph
 
         if stream.graph_file is None:
@@ -156,16 +172,24 @@ class GraphStats(StatsBase):
         return self.items.ids[self.edge_row]
 
     @property
+    def prior_precision(self) -> float:
+        """λ + n0 when a prior mean is held, else λ: the precision of every edge before data."""
+        return self.lam + (self.prior_strength if self.prior_mean is not None else 0.0)
+
+    @property
     def d(self) -> NDArray[np.float64]:
-        return self.lam + self.sxx
+        return self.prior_precision + self.sxx
 
     def context_codec(self) -> ClusterContexts:
         """Contexts are soft memberships over this graph's clusters."""
         return ClusterContexts(self.n_clusters)
 
     def delta_template(self) -> GraphStats:
-        """The whole graph: a delta lives on its edges, so learners need them all."""
-        return self.copy()
+        """The whole graph without its prior: a delta lives on its edges, so learners need them
+        all, and deltas never carry the prior."""
+        out = self.copy()
+        out.prior_mean, out.prior_strength = None, 0.0
+        return out
 
     def _like(self, keep: NDArray[np.intp]) -> GraphStats:
         """Zero-sum statistics on a subset of this graph's edges (the shape of a delta)."""
@@ -180,15 +204,18 @@ class GraphStats(StatsBase):
     def _batch(
         self, contexts: SoftContexts | tuple[ArrayLike, ArrayLike], items: ArrayLike,
         rewards: ArrayLike | None, reward_range: tuple[float, float], part: Part,
+        sample_weight: ArrayLike | None = None,
     ) -> EdgeBatch:
-        """Touched edges and their sums; the sums ``part`` does not touch are zero, and events
-        off the graph are counted once, with their exposure (not again with their reward)."""
+        """Touched edges and their sums, each event's terms multiplied by its ``sample_weight``
+        (None: 1); the sums ``part`` does not touch are zero, and events off the graph are
+        counted once, with their exposure (not again with their reward)."""
         check_part(part, rewards)
         ctx = as_soft_contexts(contexts)
         self._check_clusters(ctx)
         batch = len(ctx)
         rows = self.items.rows(check_items(items, batch))
         r = np.zeros(batch) if rewards is None else check_rewards(rewards, batch, reward_range)
+        sw = check_sample_weight(sample_weight, batch)
         w = clip_rows(ctx.weights, self.clip_norm)
         if rewards is not None and part != "exposure":
             check_products(w, r, self.clip_norm)
@@ -201,13 +228,17 @@ class GraphStats(StatsBase):
         wa = w[active][hit]
         ra = np.broadcast_to(r[:, None], w.shape)[active][hit]
         sq = wa * wa if self.weighting == "squared" else wa
+        we = None if sw is None else np.broadcast_to(sw[:, None], w.shape)[active][hit]
+        if we is not None:  # the event's weight on each of its edges' terms
+            sq, ra = sq * we, ra * we
         uniq, inv = np.unique(edges, return_inverse=True)
         m = uniq.size
         exposure, reward = part != "reward", part != "exposure"
         zeros = np.zeros(m)
         return (uniq, np.bincount(inv, weights=sq, minlength=m) if exposure else zeros,
                 np.bincount(inv, weights=wa * ra, minlength=m) if reward else zeros,
-                np.bincount(inv, minlength=m).astype(np.float64) if exposure else zeros,
+                np.bincount(inv, weights=we, minlength=m).astype(np.float64) if exposure
+                else zeros,
                 int((~hit).sum()) if exposure else 0)
 
     def _delta(self, batch: EdgeBatch, part: Part) -> GraphStats:
@@ -228,10 +259,13 @@ class GraphStats(StatsBase):
     def learn_one(
         self, context: SoftContexts | tuple[ArrayLike, ArrayLike], item: int, reward: float, *,
         reward_range: tuple[float, float] = (-np.inf, np.inf),
+        sample_weight: float | None = None,
     ) -> GraphStats:
-        """Add a single event: ``context`` is one request's (clusters [K], weights [K])."""
+        """Add a single event: ``context`` is one request's (clusters [K], weights [K]);
+        ``sample_weight`` (None: 1) multiplies its terms."""
         return self.learn(context, np.array([item]), np.array([reward]),
-                          reward_range=reward_range)
+                          reward_range=reward_range,
+                          sample_weight=None if sample_weight is None else [sample_weight])
 
     def _check_clusters(self, ctx: SoftContexts) -> None:
         active = ctx.weights > 0
@@ -305,8 +339,7 @@ class GraphStats(StatsBase):
         hold disjoint selections of it merge back into the whole.
         """
         self._check_compatible(other)
-        if self.prior_mean is not None and other.prior_mean is not None:
-            raise ValueError("cannot merge two GraphStats that both carry prior means")
+        strength = _merged_strength(self, other)
         index = ItemIndex(np.union1d(self.items.ids, other.items.ids))
         n = max(len(index), 1)
         part_keys = [part.edge_cluster * n + index.rows(part.edge_items) for part in (self, other)]
@@ -316,16 +349,24 @@ class GraphStats(StatsBase):
             edge_row=(keys % n).astype(np.intp), sxx=np.zeros(keys.size),
             sxr=np.zeros(keys.size), count=np.zeros(keys.size), lam=self.lam,
             weighting=self.weighting, space=self.space, skipped=self.skipped + other.skipped,
-            clip_norm=self.clip_norm,
+            clip_norm=self.clip_norm, prior_strength=strength,
         )
+        seen = np.zeros(keys.size, dtype=bool)
         for part, mine in zip((self, other), part_keys, strict=True):
             pos = np.searchsorted(keys, mine)
             out.sxx[pos] += part.sxx
             out.sxr[pos] += part.sxr
             out.count[pos] += part.count
             if part.prior_mean is not None:
-                out.prior_mean = np.zeros(keys.size)
+                if out.prior_mean is None:
+                    out.prior_mean = np.zeros(keys.size)
+                both = seen[pos]
+                if both.any() and not np.allclose(out.prior_mean[pos[both]],
+                                                  part.prior_mean[both]):
+                    raise ValueError("cannot merge GraphStats whose prior means disagree on "
+                                     "shared edges")
                 out.prior_mean[pos] = part.prior_mean
+                seen[pos] = True
         return out
 
     def merge_inplace(self, other: GraphStats) -> GraphStats:
@@ -371,12 +412,17 @@ class GraphStats(StatsBase):
         return {"sxx": self.sxx, "sxr": self.sxr, "count": self.count}
 
     def allclose(self, other: object, *, rtol: float = 1e-10, atol: float = 1e-10) -> bool:
-        """Same items, edges and sums up to float rounding."""
-        return (isinstance(other, GraphStats) and self.items == other.items
-                and np.array_equal(self._keys, other._keys)
-                and all(np.allclose(a, b, rtol=rtol, atol=atol) for a, b in
-                        ((self.sxx, other.sxx), (self.sxr, other.sxr),
-                         (self.count, other.count))))
+        """Same items, edges, prior and sums up to float rounding."""
+        if not (isinstance(other, GraphStats) and self.items == other.items
+                and np.array_equal(self._keys, other._keys)):
+            return False
+        if (self.prior_mean is None) != (other.prior_mean is None) or (
+                self.prior_mean is not None and self.prior_strength != other.prior_strength):
+            return False
+        pairs = [(self.sxx, other.sxx), (self.sxr, other.sxr), (self.count, other.count)]
+        if self.prior_mean is not None and other.prior_mean is not None:
+            pairs.append((self.prior_mean, other.prior_mean))
+        return all(np.allclose(a, b, rtol=rtol, atol=atol) for a, b in pairs)
 
     # ------------------------------------------------------------------ copies / sharding
     def copy(self) -> GraphStats:
@@ -398,15 +444,18 @@ class GraphStats(StatsBase):
             sxx=self.sxx[keep_edges].copy(), sxr=self.sxr[keep_edges].copy(),
             count=self.count[keep_edges].copy(), lam=self.lam, weighting=self.weighting,
             prior_mean=None if self.prior_mean is None else self.prior_mean[keep_edges].copy(),
-            space=self.space, skipped=self.skipped, clip_norm=self.clip_norm,
+            prior_strength=self.prior_strength, space=self.space, skipped=self.skipped,
+            clip_norm=self.clip_norm,
         )
         return out
 
     # ------------------------------------------------------------------ posterior
     def posterior(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Per-edge posterior mean θ̂ = (λμ₀ + b)/d and variance 1/d."""
-        d = self.lam + self.sxx
-        num = self.sxr if self.prior_mean is None else self.sxr + self.lam * self.prior_mean
+        """Per-edge posterior mean θ̂ = ((λ + n0)·μ₀ + b)/d and variance 1/d, d = λ + n0 + Σx²
+        (n0 = 0 and μ₀ = 0 without a prior)."""
+        p = self.prior_precision
+        d = p + self.sxx
+        num = self.sxr if self.prior_mean is None else self.sxr + p * self.prior_mean
         return num / d, 1.0 / d
 
     def moments(
@@ -473,7 +522,8 @@ class GraphStats(StatsBase):
         if self.prior_mean is not None:
             arrays["prior_mean"] = self.prior_mean
         meta = {"n_clusters": self.n_clusters, "lam": self.lam, "weighting": self.weighting,
-                "space": self.space, "skipped": self.skipped}
+                "space": self.space, "skipped": self.skipped,
+                "prior_strength": self.prior_strength}
         return arrays, meta
 
     @classmethod
@@ -491,5 +541,27 @@ class GraphStats(StatsBase):
             edge_row=index.rows(arrays["edge_item"].astype(np.int64)).astype(np.intp),
             sxx=arrays["sxx"], sxr=arrays["sxr"], count=arrays["count"], lam=float(meta["lam"]),
             weighting=meta["weighting"], prior_mean=arrays.get("prior_mean"),
+            prior_strength=check_strength(meta.get("prior_strength", 0.0),
+                                          "meta['prior_strength']"),
             space=str(meta["space"]), skipped=int(meta["skipped"]),
         )
+
+
+def check_strength(value: object, name: str = "prior_strength") -> float:
+    """A prior strength n0: a finite number >= 0 (pseudo-events), as a float."""
+    try:
+        n0 = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        n0 = float("nan")
+    if not (np.isfinite(n0) and n0 >= 0):
+        raise ValueError(f"{name}: expected a finite number >= 0 (the prior counts as that many "
+                         f"events; 0 is a cold start), got {value!r}")
+    return n0
+
+
+def _merged_strength(a: GraphStats, b: GraphStats) -> float:
+    """The prior strength of a merge: the prior holder's; two holders must agree."""
+    held = [s.prior_strength for s in (a, b) if s.prior_mean is not None]
+    if len(held) == 2 and held[0] != held[1]:
+        raise ValueError(f"cannot merge GraphStats with prior strengths {held[0]} and {held[1]}")
+    return held[0] if held else 0.0
