@@ -343,3 +343,18 @@ def test_the_shipped_example_config_prepares_a_movielens_style_file(tmp_path) ->
     assert data.valid.height == 24 and data.test.height == 24 * 3  # 10% and 20% of 14
     assert prepared.train_propensity.shape == (data.train.height,)
     assert "propensity" in data.valid.columns
+
+
+@pytest.mark.usefixtures("services_never_started")
+def test_a_bad_table_is_one_line_from_recsys_train_before_anything_starts(tmp_path, capsys):
+    config = tmp_path / "table.toml"
+    config.write_text(CONFIG.format(suffix="x", path=tmp_path / "missing.csv"))
+    assert main(["--data-dir", str(tmp_path / "data"), "train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recsys train: train.data.path: expected an existing Parquet or CSV "
+                          f"file, got '{tmp_path / 'missing.csv'}' (no such file)"), err
+    assert err.count("\n") == 1
+    write(ratings_table().drop("is_random"), tmp_path / "missing.csv")
+    assert main(["--data-dir", str(tmp_path / "data"), "train", "--config", str(config)]) == 2
+    assert capsys.readouterr().err.startswith(
+        "recsys train: train.data.columns.mar: expected a column of path ")
