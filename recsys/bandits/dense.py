@@ -474,7 +474,8 @@ class DenseStats(StatsBase):
         return self
 
     def add_items(self, items: ArrayLike, prior_mean: ArrayLike | None = None) -> DenseStats:
-        """Add new items with zero statistics (and optional prior means [m, dim]) in place."""
+        """Add new items with zero statistics (and optional prior means [m, dim]) in place;
+        without ``prior_mean``, a warm start (n0 > 0) gives them the mean item prior."""
         new = self._new_item_ids(items)
         index = ItemIndex(np.concatenate([self.items.ids, new]))
         keep = index.rows(self.items.ids)
@@ -488,6 +489,8 @@ class DenseStats(StatsBase):
             mu = np.zeros((n, self.dim), dtype=self.sxx.dtype)
             if self.prior_mean is not None:
                 mu[keep] = self.prior_mean
+                if prior_mean is None and self.prior_strength > 0 and self.n_items:
+                    mu[fresh] = self.prior_mean.mean(axis=0)
             if prior_mean is not None:
                 mu[fresh] = np.broadcast_to(np.asarray(prior_mean, dtype=np.float64),
                                             (new.size, self.dim))

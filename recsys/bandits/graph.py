@@ -25,7 +25,8 @@ only the evidence, and the posterior adds it::
     d_e = λ + n0 + sxx_e          θ̂_e = ((λ + n0)·μ₀_e + sxr_e) / d_e
 
 so before any event θ̂_e = μ₀_e with variance 1/(λ + n0); n0 = 0 is the older ``prior_mean``
-semantics (λ·μ₀). Without a prior mean, n0 is ignored. Deltas never carry a prior.
+semantics (λ·μ₀). Without a prior mean, n0 is ignored. Deltas never carry a prior. With
+n0 > 0, an edge added later (``add_edges``) starts at the mean prior of its cluster's edges.
 """
 
 from __future__ import annotations
@@ -289,8 +290,12 @@ class GraphStats(StatsBase):
         for name in ("sxx", "sxr", "count"):
             getattr(fresh, name)[pos] = getattr(self, name)[keep_edges]
         if self.prior_mean is not None:
+            kept = self.prior_mean[keep_edges]
             fresh.prior_mean = np.zeros(fresh.n_edges)
-            fresh.prior_mean[pos] = self.prior_mean[keep_edges]
+            if self.prior_strength > 0:  # a warm start: a new edge starts at its cluster's mean
+                fresh.prior_mean = _cluster_means(old_c, kept, self.n_clusters)[
+                    fresh.edge_cluster]
+            fresh.prior_mean[pos] = kept
         self.items, self.edge_cluster = fresh.items, fresh.edge_cluster
         self.edge_row = fresh.edge_row
         self.sxx, self.sxr, self.count = fresh.sxx, fresh.sxr, fresh.count
@@ -557,6 +562,15 @@ def check_strength(value: object, name: str = "prior_strength") -> float:
         raise ValueError(f"{name}: expected a finite number >= 0 (the prior counts as that many "
                          f"events; 0 is a cold start), got {value!r}")
     return n0
+
+
+def _cluster_means(clusters: NDArray[np.int64], values: NDArray[np.float64],
+                   n_clusters: int) -> NDArray[np.float64]:
+    """Each cluster's mean of ``values`` (the overall mean for a cluster without any)."""
+    sums = np.bincount(clusters, weights=values, minlength=n_clusters)
+    counts = np.bincount(clusters, minlength=n_clusters)
+    overall = float(values.mean()) if values.size else 0.0
+    return np.where(counts > 0, sums / np.maximum(counts, 1), overall)
 
 
 def _merged_strength(a: GraphStats, b: GraphStats) -> float:

@@ -284,3 +284,44 @@ def test_reset_keeps_only_the_new_prior(graph, prior) -> None:
     assert new.allclose(warm_graph_stats(new_graph, new_prior, strength=3.0, lam=LAM))
     with pytest.raises(ValueError, match="rule"):
         migrate_graph_stats(old, graph, new_graph, np.eye(4), rule="keep")  # type: ignore
+
+
+def test_items_added_to_a_warm_start_start_at_the_average_prior(graph, prior) -> None:
+    warm = warm_graph_stats(graph, prior, strength=N0, lam=LAM)
+    unlinked = int(np.setdiff1d(ITEM_IDS, graph.edge_items[graph.edge_clusters == 1])[0])
+    warm.add_edges([0, 1], [999, unlinked])  # a new item, and a known item in a new cluster
+    np.testing.assert_allclose(edge_values(warm, graph, warm.posterior()[0]), prior)
+    for c, item in ((0, 999), (1, unlinked)):
+        pos = warm._edge_positions(np.array([c]), np.array([item]), name="new")
+        assert warm.posterior()[0][pos][0] == pytest.approx(prior[graph.edge_clusters == c].mean())
+    dense = warm_dense_stats(ITEM_IDS, RNG.normal(size=(30, DIM)), strength=N0, lam=LAM)
+    mu = dense.prior_mean.mean(axis=0)
+    dense.add_items([500])
+    np.testing.assert_allclose(dense.posterior()[0][dense.items.row_one(500)], mu)
+
+
+def test_parameter_shards_keep_a_warm_start_through_deltas_and_checkpoints(graph, prior) -> None:
+    """The streaming shards (streaming.shards) hold the prior, learners' deltas do not."""
+    from recsys.bandits import shard_of, stats_from_arrays
+    from streaming.shards import ParameterShard, shard_parts
+
+    warm = warm_graph_stats(graph, prior, strength=N0, lam=LAM)
+    shards = [ParameterShard(i, 3, *part) for i, part in enumerate(shard_parts(warm, 3))]
+    template = stats_from_arrays(*warm.delta_template().to_arrays())
+    truth = warm.copy()
+    for seed in range(3):
+        batch = graph_batch(graph, 200, seed)
+        truth.learn(*batch)
+        delta = template.delta_from_batch(*batch)
+        owner = shard_of(delta.item_ids, 3)
+        for s, shard in enumerate(shards):
+            shard.apply([delta.select(delta.item_ids[owner == s]).to_arrays()])
+    restored = [ParameterShard(i, 3, *part) for i, part in enumerate(shard_parts(warm, 3))]
+    for old, new in zip(shards, restored, strict=True):
+        arrays, meta = old.checkpoint()
+        new.restore({k: v.copy() for k, v in arrays.items()}, meta)
+    for fleet in (shards, restored):
+        merged = merge_parts([stats_from_arrays(*s.snapshot(max_staleness_ms=0))
+                              for s in fleet])
+        assert merged.allclose(truth) and merged.prior_strength == N0
+        np.testing.assert_allclose(merged.posterior()[0], truth.posterior()[0])
