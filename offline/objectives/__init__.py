@@ -4,7 +4,8 @@ of ``offline.losses``), and any auxiliary model the objective updates itself.
 One module per family: ``base`` (the ``Objective`` base class and the model-calling helpers),
 ``sampling`` (exact uniform negatives and candidate pools), ``tensors`` (``TrainTensors``),
 ``rating`` (naive, IPS, SNIPS, DR-JL), ``balancing`` (KBIPS, KBDR), ``implicit`` (BCE, BPR,
-Rel-IPS, T-CE, R-CE) and ``pld`` (PLD, PLD-BCE); each family's module says what it follows.
+Rel-IPS, T-CE, R-CE), ``dr_clicks`` (doubly robust clicks on the exposure log) and ``pld`` (PLD,
+PLD-BCE); each family's module says what it follows.
 
 Objectives are scikit-learn estimators: hyperparameters are keyword ``__init__`` arguments, so
 ``get_params``/``set_params``/``sklearn.base.clone`` work. What a config may name:
@@ -19,6 +20,7 @@ from typing import Any
 
 from offline.objectives.balancing import KBDR, KBIPS
 from offline.objectives.base import Batch, Objective
+from offline.objectives.dr_clicks import DRClicks
 from offline.objectives.implicit import BCE, BPR, RCE, TCE, RelIPS
 from offline.objectives.pld import PLD, PLDBCE
 from offline.objectives.rating import DRJL, IPS, SNIPS, Naive
@@ -39,6 +41,7 @@ __all__ = [
     "SNIPS",
     "TCE",
     "Batch",
+    "DRClicks",
     "Naive",
     "Objective",
     "RelIPS",
@@ -48,7 +51,8 @@ __all__ = [
 
 OBJECTIVES: dict[str, type[Objective]] = {
     cls.name: cls
-    for cls in (Naive, IPS, SNIPS, DRJL, KBIPS, KBDR, BCE, RelIPS, BPR, TCE, RCE, PLD, PLDBCE)
+    for cls in (Naive, IPS, SNIPS, DRJL, KBIPS, KBDR, BCE, RelIPS, DRClicks, BPR, TCE, RCE, PLD,
+                PLDBCE)
 }
 
 
