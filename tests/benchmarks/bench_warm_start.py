@@ -94,8 +94,8 @@ LAM = 1.0
 class Handoff:
     """What the offline side hands the online side for one world (indexed by simulator ids)."""
 
-    users: np.ndarray  # [n_users, d'] augmented user embeddings (p_u, 1, b_u)
-    items: np.ndarray  # [n_items, d'] augmented item embeddings (q_j, μ + b_j, 1)
+    users: np.ndarray  # [n_users, d'] user vectors with the constant (augmented_embeddings)
+    items: np.ndarray  # [n_items, d'] item vectors with the bias: users @ items.T = logits
     dense_prior: np.ndarray  # [n_items, d'] item prior on the reward scale
     graph: ClusterGraph
     edge_prior: np.ndarray  # [n_edges] in the graph's edge order
@@ -193,10 +193,10 @@ def make_handoff(seed: int, args: argparse.Namespace, data_dir: Path) -> Handoff
     if missing_u or missing_i:
         print(f"  [seed {seed}] {missing_u} users and {missing_i} items never logged: mean "
               "embedding", file=sys.stderr)
-    predicted = _sigmoid(users @ items.T)  # [n_users, n_items] the MF's P(click)
+    predicted = _sigmoid(users @ items.T)  # [n_users, n_items] the model's P(click)
     coef, *_ = np.linalg.lstsq(users, predicted, rcond=None)  # uniform users, as they arrive
     graph = build_cluster_graph(users, items, n_clusters=args.clusters, top_w=args.top_w,
-                                random_state=seed, version=f"mf-seed{seed}")
+                                random_state=seed, version=f"{args.model}-seed{seed}")
     edge_prior = np.asarray(graph_prior(graph, users, items, link="sigmoid"), dtype=np.float64)
     cluster_of = graph.contexts(users, calibration="k1").clusters[:, 0]
     return Handoff(users, items, coef.T.copy(), graph, edge_prior, cluster_of,
