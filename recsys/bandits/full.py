@@ -109,14 +109,15 @@ class FullStats(StatsBase):
 
     def _learn(self, batch: DenseBatch, part: Part) -> FullStats:
         """Gram and reward sums by scatter-add, then the touched items' inverses recomputed in
-        one batched call (exact, no accumulated rank-one rounding)."""
-        x, rows, r = batch
+        one batched call (exact, no accumulated rank-one rounding). Events weighted by ``w``."""
+        x, rows, r, w = batch
+        wx = x if w is None else x * w[:, None]
         if part != "exposure":
-            self.sxr += scatter_add(rows, x * r[:, None], self.n_items)
+            self.sxr += scatter_add(rows, wx * r[:, None], self.n_items)
         if part != "reward":  # the Gram matrices, and so the inverses, change with exposure only
-            outer = (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
+            outer = (wx[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
             self.gram += scatter_add(rows, outer, self.n_items).reshape(self.gram.shape)
-            self.count += np.bincount(rows, minlength=self.n_items)
+            self.count += np.bincount(rows, weights=w, minlength=self.n_items)
             self._refresh_rows(np.unique(rows))
         self._bump()
         return self
@@ -124,22 +125,25 @@ class FullStats(StatsBase):
     def learn_one(
         self, context: ArrayLike, item: int, reward: float, *,
         reward_range: tuple[float, float] = (-np.inf, np.inf),
+        sample_weight: float | None = None,
     ) -> FullStats:
-        """Add a single event (a batch of one)."""
+        """Add a single event (a batch of one), weighted by ``sample_weight`` (None: 1)."""
         return self.learn(np.asarray(context, dtype=np.float64)[None, :] if np.ndim(context) == 1
                           else context, np.array([item]), np.array([reward]),
-                          reward_range=reward_range)
+                          reward_range=reward_range,
+                          sample_weight=None if sample_weight is None else [sample_weight])
 
     def _delta(self, batch: DenseBatch, part: Part) -> FullStats:
-        x, rows, r = batch
+        x, rows, r, w = batch
+        wx = x if w is None else x * w[:, None]
         unique, local = np.unique(rows, return_inverse=True)
         m, d = unique.size, self.dim
         gram, count = np.zeros((m, d, d)), np.zeros(m)
         if part != "reward":
-            outer = (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
+            outer = (wx[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
             gram = scatter_add(local, outer, m).reshape(m, d, d)
-            count = np.bincount(local, minlength=m).astype(np.float64)
-        sxr = (scatter_add(local, x * r[:, None], m) if part != "exposure" else np.zeros((m, d)))
+            count = np.bincount(local, weights=w, minlength=m).astype(np.float64)
+        sxr = (scatter_add(local, wx * r[:, None], m) if part != "exposure" else np.zeros((m, d)))
         return FullStats(
             items=ItemIndex(self.items.ids[unique]), dim=d, lam=self.lam, gram=gram,
             a_inv=np.zeros((m, d, d)), sxr=sxr, count=count, space=self.space,

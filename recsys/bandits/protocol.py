@@ -51,8 +51,10 @@ reward sums (Σx·r, Σr) only on it, so an impression can be learned as ``"expo
 served and its click as ``"reward"`` when the click arrives: the two parts add up to ``"both"``
 (DESIGN: freshness is not gated by the attribution window)."""
 PARTS = ("both", "exposure", "reward")
-DenseBatch = tuple[NDArray[np.float64], NDArray[np.intp], NDArray[np.float64]]
-"""A validated batch over dense contexts: contexts [b, dim], the items' rows, the rewards."""
+DenseBatch = tuple[NDArray[np.float64], NDArray[np.intp], NDArray[np.float64],
+                   NDArray[np.float64] | None]
+"""A validated batch over dense contexts: contexts [b, dim], the items' rows, the rewards and the
+per-event weights (None: every event weighs 1)."""
 
 
 def check_part(part: str, rewards: object) -> None:
@@ -62,6 +64,30 @@ def check_part(part: str, rewards: object) -> None:
     if rewards is None and part != "exposure":
         raise ValueError(f"rewards: required for part={part!r} (only part='exposure' may "
                          "omit them)")
+
+
+def check_sample_weight(sample_weight: ArrayLike | None, batch: int
+                        ) -> NDArray[np.float64] | None:
+    """Per-event weights as float64 [batch] (finite, >= 0), or None for all ones.
+
+    A weight w multiplies every term the event adds (Σ w·x², Σ w·x·r, count += w, ...), as
+    scikit-learn's ``sample_weight``: importance weights such as the A/B weights of
+    ``recsys.ab_weighting`` (Si et al. 2023). An event of weight 0 adds nothing.
+    """
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if w.ndim == 0:
+        w = w[None]
+    if w.shape != (batch,):
+        raise ValueError(message("sample_weight", f"one weight per event, shape [{batch}]",
+                                 f"shape {w.shape}", "pass None for unweighted events"))
+    if w.size and not (np.isfinite(w).all() and w.min() >= 0.0):
+        i = int(np.flatnonzero(~(np.isfinite(w) & (w >= 0.0)))[0])
+        raise ValueError(message("sample_weight", "finite weights >= 0",
+                                 f"weight at index {i} = {w[i]}",
+                                 "fix the weights (clip propensities away from 0 and 1)"))
+    return w
 
 
 Moments = tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_] | None]
@@ -104,13 +130,16 @@ class Statistics(Protocol):
 
     # learning (in place) and deltas
     def learn(self, contexts: Any, items: ArrayLike, rewards: ArrayLike | None, *,
-              reward_range: tuple[float, float] = ..., part: Part = ...) -> Self: ...
+              reward_range: tuple[float, float] = ..., part: Part = ...,
+              sample_weight: ArrayLike | None = ...) -> Self: ...
 
     def learn_one(self, context: Any, item: int, reward: float, *,
-                  reward_range: tuple[float, float] = ...) -> Self: ...
+                  reward_range: tuple[float, float] = ...,
+                  sample_weight: float | None = ...) -> Self: ...
 
     def delta_from_batch(self, contexts: Any, items: ArrayLike, rewards: ArrayLike | None, *,
-                         reward_range: tuple[float, float] = ..., part: Part = ...) -> Self: ...
+                         reward_range: tuple[float, float] = ..., part: Part = ...,
+                         sample_weight: ArrayLike | None = ...) -> Self: ...
 
     def merge(self, other: Self) -> Self: ...
 
@@ -247,8 +276,10 @@ class StatsBase:
 
     # ------------------------------------------------------------------ learning
     def _batch(self, contexts: Any, items: ArrayLike, rewards: ArrayLike | None,
-               reward_range: tuple[float, float], part: Part) -> Any:
-        """The layout's validated form of a batch (what ``_learn`` and ``_delta`` take)."""
+               reward_range: tuple[float, float], part: Part,
+               sample_weight: ArrayLike | None = None) -> Any:
+        """The layout's validated form of a batch (what ``_learn`` and ``_delta`` take), each
+        event's terms weighted by ``sample_weight`` (:func:`check_sample_weight`)."""
         raise NotImplementedError
 
     def _learn(self, batch: Any, part: Part) -> Self:
@@ -259,19 +290,23 @@ class StatsBase:
 
     def learn(self, contexts: Any, items: ArrayLike, rewards: ArrayLike | None, *,
               reward_range: tuple[float, float] = (-np.inf, np.inf), part: Part = "both",
-              ) -> Self:
-        """Add one batch (or one event) in place; returns ``self``. ``part`` as in
-        :meth:`delta_from_batch`."""
-        return self._learn(self._batch(contexts, items, rewards, reward_range, part), part)
+              sample_weight: ArrayLike | None = None) -> Self:
+        """Add one batch (or one event) in place; returns ``self``. ``part`` and
+        ``sample_weight`` as in :meth:`delta_from_batch`."""
+        return self._learn(self._batch(contexts, items, rewards, reward_range, part,
+                                       sample_weight), part)
 
     def delta_from_batch(self, contexts: Any, items: ArrayLike, rewards: ArrayLike | None, *,
                          reward_range: tuple[float, float] = (-np.inf, np.inf),
-                         part: Part = "both") -> Self:
+                         part: Part = "both", sample_weight: ArrayLike | None = None) -> Self:
         """The statistics of one batch alone, over the batch's distinct items (graph: the edges
         it touched). Same hyperparameters and ``space`` as ``self`` and no prior, so that
         ``self.merge(delta)`` equals learning the batch; items must be known to ``self``.
-        ``part="exposure"`` (rewards may be None) or ``"reward"`` fills only those sums."""
-        return self._delta(self._batch(contexts, items, rewards, reward_range, part), part)
+        ``part="exposure"`` (rewards may be None) or ``"reward"`` fills only those sums.
+        ``sample_weight`` [batch] (finite, >= 0; None: all ones) multiplies each event's terms
+        (Σ w·x², Σ w·x·r, count += w; :func:`check_sample_weight`)."""
+        return self._delta(self._batch(contexts, items, rewards, reward_range, part,
+                                       sample_weight), part)
 
     # ------------------------------------------------------------------ shared algebra
     def _sums(self) -> dict[str, NDArray[Any]]:
@@ -314,10 +349,11 @@ class StatsBase:
 
     def _dense_batch(
         self, contexts: ArrayLike, items: ArrayLike, rewards: ArrayLike | None,
-        reward_range: tuple[float, float], part: Part,
+        reward_range: tuple[float, float], part: Part, sample_weight: ArrayLike | None = None,
     ) -> DenseBatch:
         """A validated batch over dense contexts of ``dim`` features (dense and full layouts):
-        contexts [b, dim], the items' rows and the rewards (zeros for ``part="exposure"``)."""
+        contexts [b, dim], the items' rows, the rewards (zeros for ``part="exposure"``) and the
+        event weights (None: all ones)."""
         check_part(part, rewards)
         x = clip_rows(check_contexts(contexts, self.dim),  # type: ignore[attr-defined]
                       self.clip_norm)
@@ -326,7 +362,7 @@ class StatsBase:
              else check_rewards(rewards, x.shape[0], reward_range))
         if part != "exposure":
             check_products(x, r, self.clip_norm)
-        return x, self.items.rows(ids), r
+        return x, self.items.rows(ids), r, check_sample_weight(sample_weight, x.shape[0])
 
     def set_clip_norm(self, clip_norm: float) -> Self:
         """Set the per-event context clip (``recsys.bandits.influence``) in place; returns
