@@ -28,6 +28,11 @@ KINDS = ("online", "offline", "baseline")
 PERIODS = 6
 """The run is cut into this many equal periods for the CTR-over-time table."""
 Z_NEEDED = 3.0
+AB_POOLED = ("pooled: both arms share one learner; biased by the training loop (Si et al. 2023; "
+             "the simulator's bias table: tests/benchmarks/bench_ab_interference.py)")
+"""What the demo's A/B figures (each arm's CTR, z, true values served) estimate: the learning arm
+learns from every arm's logs, uniform's exploration included, so its A/B figures are not those of
+Thompson sampling alone at full traffic (``recsys.ab_weighting`` has the weighted training)."""
 COLOURS = {LEARNING_ARM: "C0", CONTROL_ARM: "C1", CHAMPION_ARM: "C2"}
 
 
@@ -91,6 +96,8 @@ class DemoReport:
     mlflow_ui: str = ""
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     """Distinct dead-lettered source records by (the first) reason."""
+    ab_estimate: str = AB_POOLED
+    """Which estimate the A/B figures are (:data:`AB_POOLED`: the learner trains on pooled logs)."""
 
     def z_score(self) -> float:
         """z of learning vs uniform clicks per slate over the second half of the run: the
@@ -456,6 +463,7 @@ def print_report(report: DemoReport, settings: Any) -> None:
           f"errors {report.http_errors or 'none'}")
     print(f"  z (learning vs uniform, second half): {report.z_score():.1f}; traffic "
           f"{report.traffic_s:.0f} s, wall {report.wall_s:.0f} s")
+    print(f"  A/B estimate (learning vs uniform): {report.ab_estimate}")
     print(f"  plot {report.plot}")
     print(f"  mlflow: demo run {report.mlflow_run_id}, comparison run "
           f"{report.comparison_run_id or 'none'}, registered model {SERVING_MODEL}; every run "
