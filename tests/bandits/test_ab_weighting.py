@@ -194,7 +194,7 @@ def test_treatment_propensity_is_a_clipped_sklearn_estimator() -> None:
 
 # ------------------------------------------------------------------ the closed loop
 
-SEEDS = 12
+SEEDS = 16
 P = 0.1
 
 
@@ -213,7 +213,9 @@ def _one_world(seed: int) -> tuple[float, float, float]:
 def test_pooled_ab_is_biased_and_weighted_training_removes_the_bias() -> None:
     """Greedy free-rides on Thompson sampling's exploration when they share a learner, so the
     pooled A/B test overstates how much TS loses to greedy; Si et al.'s weights give each arm
-    the data it would collect alone, and the bias goes (within 3 standard errors over seeds)."""
+    the data it would collect alone: the bias shrinks significantly (paired over worlds) and
+    what is left is within 3 standard errors over the seeds (on 30 seeds the bench still shows
+    a residual of about a quarter of the pooled bias: README)."""
     truth, pooled, weighted = np.array([_one_world(s) for s in range(SEEDS)]).T
     bias_pooled, bias_weighted = pooled - truth, weighted - truth
 
@@ -223,7 +225,8 @@ def test_pooled_ab_is_biased_and_weighted_training_removes_the_bias() -> None:
     assert bias_pooled.mean() < -3 * se(bias_pooled), (bias_pooled.mean(), se(bias_pooled))
     assert abs(bias_weighted.mean()) < 3 * se(bias_weighted), (bias_weighted.mean(),
                                                                se(bias_weighted))
-    assert abs(bias_weighted.mean()) < abs(bias_pooled.mean()) / 2
+    gain = bias_weighted - bias_pooled  # paired: the same world and seed
+    assert gain.mean() > 3 * se(gain), (gain.mean(), se(gain))
 
 
 def test_the_demo_report_says_which_ab_estimate_it_prints(capsys) -> None:
