@@ -1,7 +1,8 @@
 """Scoring a trained model on a split with the metrics its data set supports.
 
 - Rating data (explicit ratings, or 0/1 outcomes of shown items): MSE and MAE of the predictions
-  (ratings clipped to the training label range; logits turned into probabilities), the
+  (ratings clipped to the training label range, with ``<split>_clipped_share`` the share of raw
+  predictions the clipping moved; logits turned into probabilities), the
   self-normalised inverse-propensity MSE/MAE when the split's rows carry propensities (an
   estimate of the missing-at-random error from missing-not-at-random validation rows: early
   stopping on Coat uses it), and AUC (ratings binarised at ``RATING_POSITIVE``).
@@ -100,6 +101,8 @@ def _rating(model: nn.Module, data: PreparedData, split: Split) -> dict[str, flo
         low, high = dataset.train["label"].min(), dataset.train["label"].max()
         prediction = np.clip(raw, low, high)
     out = {f"{split}_{k}": v for k, v in rating_metrics(prediction, labels).items()}
+    if not binary:  # how much the clipping hides (a diverging model has raw outputs far out)
+        out[f"{split}_clipped_share"] = float(np.mean((raw < low) | (raw > high)))
     propensity = frame["propensity"].to_numpy() if "propensity" in frame.columns else None
     if propensity is not None and split == "valid":
         weights = 1.0 / propensity

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from offline.evaluation import evaluate
 from offline.models import build_model
 from offline.objectives import TrainTensors, make_objective
 from offline.prepared import PreparedData
-from offline.spec import TrainSpec
+from offline.spec import OptimizerSpec, TrainSpec
 
 
 @dataclass(eq=False)
@@ -64,6 +65,25 @@ def new_model(spec: TrainSpec, dataset: Dataset, seed: int) -> nn.Module:
     return build_model(spec.model.name, config, **model_arrays(dataset, spec.model.name))
 
 
+def evaluates(epoch: int, optim: OptimizerSpec) -> bool:
+    """Whether the validation metric is computed after (0-based) ``epoch``: see
+    ``OptimizerSpec.eval_schedule`` (geometric: epochs 1, 2, 4, … below ``eval_every``, then every
+    ``eval_every``-th; the last epoch always)."""
+    done = epoch + 1
+    if done % optim.eval_every == 0 or done == optim.epochs:
+        return True
+    return (optim.eval_schedule == "geometric" and done < optim.eval_every
+            and done & (done - 1) == 0)
+
+
+def batch_rows(optim: OptimizerSpec, n_rows: int, world_size: int = 1) -> int:
+    """Rows per step: ``optim.batch_size``, or for ``"full"`` (0) all ``n_rows`` in one step,
+    each of ``world_size`` ranks taking an equal share."""
+    if optim.batch_size == "full" or optim.batch_size == 0:
+        return max(1, math.ceil(n_rows / world_size))
+    return int(optim.batch_size)
+
+
 def _improved(value: float, best: float | None, maximise: bool) -> bool:
     if not np.isfinite(value):
         return False
@@ -82,16 +102,33 @@ def l2_penalty(model: nn.Module, bias_scale: float) -> torch.Tensor:
 
 
 def _with_validation_rows(data: PreparedData) -> PreparedData:
-    """Train ∪ valid as the training split (the refit after early stopping)."""
+    """Train ∪ valid as the training split (the refit after early stopping).
+
+    The propensities travel with the rows: with ``train_propensity`` (an estimator's) the
+    validation rows' own (``valid_propensity``, else their column) are appended and the frame's
+    ``propensity`` column is set to the result; without it, a column only one side has would
+    leave nulls, so it is dropped (objectives then look the pairs up in the propensity matrix, or
+    say they need propensities)."""
     dataset = data.dataset
     train = pl.concat([dataset.train, dataset.valid], how="diagonal_relaxed")
     if "noise" in train.columns:
         train = train.with_columns(pl.col("noise").fill_null(False))
     propensity = data.train_propensity
     if propensity is not None:
-        if "propensity" not in dataset.valid.columns:
-            raise ValueError("refit needs the validation rows' propensities")
-        propensity = np.concatenate([propensity, dataset.valid["propensity"].to_numpy()])
+        valid_propensity = data.valid_propensity
+        if valid_propensity is None and "propensity" in dataset.valid.columns:
+            valid_propensity = dataset.valid["propensity"].to_numpy()
+        if valid_propensity is None:
+            raise ValueError(
+                "refit needs the validation rows' propensities: the propensity estimator gave "
+                "the train rows' but not the validation rows' (set optimizer.refit = false, or "
+                "use an estimator that predicts any row)"
+            )
+        propensity = np.concatenate([np.asarray(propensity, dtype=np.float64),
+                                     np.asarray(valid_propensity, dtype=np.float64)])
+        train = train.with_columns(pl.Series("propensity", propensity, dtype=pl.Float64))
+    elif "propensity" in train.columns and train["propensity"].null_count():
+        train = train.drop("propensity")
     return dataclasses.replace(
         data,
         dataset=dataclasses.replace(dataset, train=train),
@@ -130,8 +167,9 @@ class _Loop:
         self.l2_scale = optim.l2 / max(dataset.train.height, 1)
         # Every rank takes the same number of steps (data-parallel gradients are averaged in
         # lockstep); with more than one rank the epoch's last, uneven steps are dropped.
+        self.batch_size = batch_rows(optim, tensors.n_rows, self.world_size)
         self.steps_per_rank = min(
-            self.objective.n_steps(optim.batch_size, r, self.world_size)
+            self.objective.n_steps(self.batch_size, r, self.world_size)
             for r in range(self.world_size)
         )
 
@@ -141,7 +179,7 @@ class _Loop:
         self.model.train()
         started = time.perf_counter()
         total, steps = torch.zeros((), device=self.device), 0
-        batches = self.objective.batches(epoch, optim.batch_size, self.rank, self.world_size)
+        batches = self.objective.batches(epoch, self.batch_size, self.rank, self.world_size)
         for batch in itertools.islice(batches, self.steps_per_rank):
             loss = self.objective.loss(self.trained, batch, epoch)
             if self.l2_scale:
@@ -186,8 +224,7 @@ def train_run(
     best_epoch, stale = 0, 0
     for epoch in range(optim.epochs):
         record = loop.epoch(epoch)
-        last = epoch == optim.epochs - 1
-        if (epoch + 1) % optim.eval_every == 0 or last:
+        if evaluates(epoch, optim):
             model.eval()
             record.update(evaluate(model, data, "valid"))
             if optim.monitor not in record:

@@ -15,6 +15,7 @@ from torch import nn
 from offline import losses as L
 from offline.dataset import Dataset, interactions_frame
 from offline.objectives import OBJECTIVES, Objective, TrainTensors, make_objective
+from offline.objectives.rating import squash
 
 # one torch thread per test, restored after it (seeded results, no oversubscription)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -98,7 +99,8 @@ def test_registry_and_unknown_names() -> None:
 
 NON_DEFAULT = {
     "pointwise_loss": "bce", "clip": 0.1, "ratio": 2, "population_weights": False,
-    "imputation_lr": 0.5, "imputation_weight_decay": 0.1, "n_centres": 4, "tolerance": 0.01,
+    "imputation_lr": 0.5, "imputation_weight_decay": 0.1, "imputation_link": "identity",
+    "n_centres": 4, "tolerance": 0.01,
     "balance_gamma": 2.0, "kernel_gamma": 0.3, "embedding_dim": 6, "weight_lr": 0.2,
     "weight_weight_decay": 0.01, "n_negatives": 3, "base": "bce", "max_drop_rate": 0.4,
     "num_gradual": 7, "beta": 0.5, "warmup_epochs": 2, "k": 3, "tau": 0.7,
@@ -486,12 +488,14 @@ def test_dr_jl_loss_and_imputation_update() -> None:
         users, items = batch["users"], batch["items"]
         sampled = (batch["sampled_users"], batch["sampled_items"])
         populations = (data.n_rows, 30 * 40 - data.n_rows) if population_weights else (None, None)
-        with torch.no_grad():
+        assert objective.imputation_.label_range == (1.0, 5.0)  # the labels' range
+
+        with torch.no_grad():  # the default "squash" link bounds the imputed labels
             prediction = model(users, items)
             expected = L.doubly_robust_loss(
                 (prediction - batch["labels"]) ** 2,
-                (prediction - imputation(users, items)) ** 2,
-                (model(*sampled) - imputation(*sampled)) ** 2,
+                (prediction - squash(imputation(users, items), 1.0, 5.0)) ** 2,
+                (model(*sampled) - squash(imputation(*sampled), 1.0, 5.0)) ** 2,
                 1 / data.propensity[batch["rows"]],
                 *populations,
             )
@@ -504,7 +508,7 @@ def test_dr_jl_loss_and_imputation_update() -> None:
     def imputation_error() -> float:
         with torch.no_grad():
             e = (model(users, items) - batch["labels"]) ** 2
-            e_hat = (model(users, items) - imputation(users, items)) ** 2
+            e_hat = (model(users, items) - squash(imputation(users, items), 1.0, 5.0)) ** 2
             return float(((e_hat - e) ** 2 / data.propensity[batch["rows"]]).sum())
 
     before = imputation_error()
@@ -512,6 +516,27 @@ def test_dr_jl_loss_and_imputation_update() -> None:
         objective.after_step(model, batch, 0)
     assert imputation_error() < 0.5 * before
     assert torch.equal(model.user.weight, model_before)
+
+
+def test_dr_jl_imputation_link_squashes_into_the_label_range() -> None:
+    raw = torch.linspace(-50.0, 50.0, 1001)
+    squashed = squash(raw, 1.0, 5.0)
+    assert float(squashed.min()) >= 1.0 and float(squashed.max()) <= 5.0
+    assert bool((squashed.diff() >= 0).all())  # monotone: the imputation's order is kept
+    centre = torch.tensor([2.999, 3.0, 3.001])
+    assert torch.allclose(squash(centre, 1.0, 5.0), centre, atol=1e-6)  # slope 1 at the centre
+    data = random_data()
+    identity, _ = ready("dr_jl", data, imputation_link="identity")
+    assert identity.imputation_.label_range is None
+    assert torch.equal(identity.imputation_.label(raw), raw)
+    bce = random_data(implicit=True)
+    bce = TrainTensors(bce.users, bce.items, (bce.labels * 0).index_fill(0, torch.arange(5), 1.0),
+                       bce.n_users, bce.n_items, propensity=bce.propensity)
+    logits, _ = ready("dr_jl", bce, pointwise_loss="bce")
+    assert logits.imputation_.label_range is None  # σ already bounds a click's imputed label
+    assert torch.allclose(logits.imputation_.label(raw), torch.sigmoid(raw))
+    with pytest.raises(ValueError, match="imputation_link"):
+        make_objective("dr_jl", imputation_link="tanh").check_params()
 
 
 def test_kernel_balancing_weights_learn_balance() -> None:
