@@ -17,7 +17,10 @@ the seeds.
 Usage: python tests/benchmarks/bench_dr_clicks.py [--seeds 0,1,2] [--grid optimizer.lr=a,b,c]
                                                    [METHOD ...]
   METHOD is a shipped config, optionally with overrides: simulator_clicks_dr+objective.ratio=8
-  (default: simulator_clicks_bce simulator_clicks_rel_ips simulator_clicks_dr)
+  (default: simulator_clicks_bce simulator_clicks_rel_ips simulator_clicks_dr). The ablation
+  "naive BCE on the shown items" (the exposure log without DR's correction, same budget) is the
+  one argument simulator_exposure_naive+optimizer.batch_size=1024+optimizer.epochs=60
+  +optimizer.patience=10+optimizer.monitor=valid_auc+model.global_bias=0.0 (no spaces)
 """
 
 from __future__ import annotations
