@@ -62,7 +62,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)),
                         help="comma-separated seeds (default %(default)s)")
     parser.add_argument("grid", nargs="*", help="KEY=v1,v2 grid axes (values as JSON)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if not args.seeds:
         parser.error("--seeds: give at least one seed")
