@@ -19,6 +19,8 @@ from recsys.commands import CommandError, add_command
 from recsys.config import Settings
 
 if TYPE_CHECKING:
+    from offline.export_online import ExportResult, Previous
+    from offline.runner import TrainedRun
     from offline.spec import TrainSpec
 
 EXPERIMENT_NAMES = ("coat", "denoise", "simulator")
@@ -67,6 +69,126 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--export-user-features", metavar="PATH", default=None,
                         help="write the first seed's user embeddings as the serving app's "
                         "user-feature table (Parquet)")
+    parser.add_argument("--export-online", metavar="DIR", default=None,
+                        help="write the bandits' hand-off of the registered model (else the "
+                        "first seed's) to DIR: user clusters, the cluster→item graph with its "
+                        "warm-start prior (stream.graph_file) and the serving user table; "
+                        "recsys export-online takes the options")
+
+
+def register_export_online(subparsers: argparse._SubParsersAction) -> None:
+    from offline.export_online import ExportOptions
+
+    defaults = ExportOptions()
+    parser = add_command(
+        subparsers, "export-online", run_export_online,
+        help="write a registered offline model's hand-off to the bandits (clusters, graph, "
+        "warm-start prior, serving user table)",
+        description="From a registered two-tower or MF model: k-means user clusters with soft "
+        "memberships (written into the serving user table), the cluster→item candidate graph "
+        "(top-N items per cluster by the offline score) carrying the warm-start prior, for "
+        "stream.graph_file, and online.toml naming the settings. Example: recsys "
+        "export-online --model models:/two-tower-coat-bpr/1 --out .recsys/online",
+    )
+    parser.add_argument("--model", required=True, metavar="URI",
+                        help="the model: models:/NAME/VERSION, runs:/RUN/model or a path")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR")
+    parser.add_argument("--clusters", type=int, default=defaults.n_clusters,
+                        help=f"k-means clusters (default {defaults.n_clusters})")
+    parser.add_argument("--top-n", type=int, default=defaults.top_n,
+                        help=f"items per cluster in the graph (default {defaults.top_n})")
+    parser.add_argument("--top-k", type=int, default=defaults.top_k,
+                        help="clusters per user context with --calibration normalised "
+                        f"(default {defaults.top_k})")
+    parser.add_argument("--calibration", choices=("k1", "normalised"),
+                        default=defaults.calibration,
+                        help="k1: the nearest cluster, weight 1 (default); normalised: top-K "
+                        "softmax weights summing to one")
+    parser.add_argument("--strength", type=float, default=defaults.strength, metavar="N0",
+                        help="the prior counts as N0 events per edge; 0: cold start "
+                        f"(default {defaults.strength:g})")
+    parser.add_argument("--link", choices=("sigmoid", "identity"), default=defaults.link,
+                        help="offline score to reward scale (default sigmoid: click logits)")
+    parser.add_argument("--previous-graph", type=Path, default=None, metavar="OLD.npz",
+                        help="migrate online statistics from this graph's clusters")
+    parser.add_argument("--previous-users", type=Path, default=None,
+                        metavar="OLD_USERS.parquet",
+                        help="the previous hand-off's user table (old embeddings)")
+    parser.add_argument("--previous-stats", type=Path, default=None, metavar="SNAPSHOT.npz",
+                        help="graph statistics on the previous graph (a snapshot file)")
+    parser.add_argument("--migrate", choices=("move", "reset"), default="move",
+                        help="move evidence to the new clusters (default) or reset to the "
+                        "new prior")
+
+
+def _previous(args: argparse.Namespace) -> Previous | None:
+    """The migration source of ``--previous-*``, or None."""
+    from offline.export_online import Previous
+
+    graph, users = getattr(args, "previous_graph", None), getattr(args, "previous_users", None)
+    if graph is None and users is None and getattr(args, "previous_stats", None) is None:
+        return None
+    if graph is None or users is None:
+        raise CommandError("--previous-graph and --previous-users go together (the old "
+                           "clusters and the old user embeddings)")
+    return Previous(graph, users, args.previous_stats, args.migrate)
+
+
+def run_export_online(args: argparse.Namespace) -> int:
+    from offline.export_online import ExportOptions, export_online
+    from offline.registry import load_id_maps, load_torch_model
+
+    settings: Settings = args.settings
+    options = ExportOptions(n_clusters=args.clusters, top_n=args.top_n, top_k=args.top_k,
+                            calibration=args.calibration, strength=args.strength,
+                            link=args.link)
+    previous = _previous(args)
+    _start(settings)
+    try:
+        model = load_torch_model(args.model)
+        ids = load_id_maps(args.model)
+    except Exception as exc:  # mlflow's errors for an unknown name, version or run
+        if isinstance(exc, CommandError):
+            raise
+        raise CommandError(f"--model {args.model}: cannot load it ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}); give "
+                           "models:/NAME/VERSION of a registered offline model (recsys "
+                           "models list)") from None
+    print(f"export-online: {args.model} -> {args.out}")
+    try:
+        result = export_online(model, [str(u) for u in ids.user_ids], ids.item_ids, args.out,
+                               options, model_uri=args.model, previous=previous)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+    _print_online(result)
+    return 0
+
+
+def _print_online(result: ExportResult) -> None:
+    files = result.files
+    print(f"point the stream and the serving app at them ({result.out_dir}/online.toml):"
+          f"\n  stream.layout = graph, stream.graph_file = {files['graph']}"
+          f"\n  serve.user_features_uri = {files['users']}")
+
+
+def _export_trained_online(runs: list[TrainedRun], directory: str) -> None:
+    """``--export-online``: the hand-off of the registered run (else the first)."""
+    from offline.export_online import ExportOptions, export_online
+    from offline.registry import IdMaps
+    from offline.run_tracking import rebuild_model
+
+    run = next((r for r in runs if r.registered), runs[0])
+    ids = IdMaps.of(run.data.dataset)
+    uri = run.registered or f"runs:/{run.mlflow['run_id']}"
+    options = ExportOptions().fitted(len(ids.user_ids), len(ids.item_ids))
+    print(f"export-online (seed {run.result.seed}, {uri}) -> {directory}")
+    try:
+        result = export_online(rebuild_model(run.result, run.data),
+                               [str(u) for u in ids.user_ids], ids.item_ids, directory,
+                               options, model_uri=uri)
+    except ValueError as exc:
+        raise CommandError(f"--export-online: {exc}") from None
+    _print_online(result)
 
 
 def register_reproduce(subparsers: argparse._SubParsersAction) -> None:
@@ -175,6 +297,9 @@ def run_train(args: argparse.Namespace) -> int:
         path = export_user_table(runs[0], export)
         print(f"user-feature table (seed {runs[0].result.seed}): {path} "
               "(serve.user_features_uri)")
+    online = args.export_online or spec.export_online
+    if online:
+        _export_trained_online(runs, online)
     return 0
 
 

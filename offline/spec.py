@@ -16,7 +16,8 @@ seeds = [0, 1, 2, 3, 4]
 num_workers = 1               # Ray Train workers
 use_gpu = "auto"              # true, false or "auto" (a GPU when Ray sees one)
 [train.data]
-source = "coat"               # see offline.sources.SOURCES
+source = "coat"               # offline.sources.SOURCES ("table": any Parquet/CSV) or a
+                              # recsys.datasets entry point name
 [train.propensity]
 estimator = "shipped"         # see offline.propensity.PROPENSITY_ESTIMATORS, or "none"
 clip = 0.0
@@ -101,14 +102,22 @@ class OptimizerSpec:
 
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    batch_size: int = 256
+    batch_size: int | str = 256
+    """Rows per step; ``"full"`` (or 0): every train row in one step, whatever the data set's
+    size (with several workers, each takes an equal share of it)."""
     epochs: int = 50
     patience: int = 10
-    """Stop after this many evaluations without improvement of ``monitor`` (0: never stop)."""
+    """Stop after this many evaluations (not epochs) in a row without improvement of
+    ``monitor`` (0: never stop); see ``eval_schedule`` for when evaluations happen."""
     monitor: str = "valid_loss"
     """A validation metric (``valid_...``); ``mse``/``mae``/``loss`` are minimised, others
     maximised."""
     eval_every: int = 1
+    eval_schedule: str = "geometric"
+    """When the validation metric is computed: ``"every"``: after every ``eval_every``-th epoch;
+    ``"geometric"``: also after epochs 1, 2, 4, 8, … below ``eval_every`` (so a model that is
+    best in its first epochs is seen), then every ``eval_every``-th. The last epoch is always
+    evaluated."""
     l2: float = 0.0
     """Explicit L2 penalty l2·Σ‖θ‖² / n_train added to the loss (Schnabel et al.'s MF
     regulariser; AdamW's decoupled ``weight_decay`` is a different thing)."""
@@ -119,7 +128,16 @@ class OptimizerSpec:
     rows are training data too; only the epoch count comes from them)."""
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "epochs", "eval_every"):
+        if not (self.batch_size == "full" or (isinstance(self.batch_size, int)
+                                               and not isinstance(self.batch_size, bool)
+                                               and self.batch_size >= 0)):
+            raise SpecError(message("train.optimizer.batch_size",
+                                    'an integer >= 1, or "full" (or 0) for all train rows',
+                                    repr(self.batch_size)))
+        if self.eval_schedule not in ("every", "geometric"):
+            raise SpecError(message("train.optimizer.eval_schedule", '"every" or "geometric"',
+                                    repr(self.eval_schedule)))
+        for name in ("epochs", "eval_every"):
             if getattr(self, name) < 1:
                 raise SpecError(message(f"train.optimizer.{name}", "an integer >= 1",
                                         getattr(self, name)))
@@ -188,6 +206,9 @@ class TrainSpec:
     register: bool = True
     export_user_features: str | None = None
     """Write the model's user embeddings here as the serving app's user-feature table."""
+    export_online: str | None = None
+    """Write the bandits' hand-off (clusters, graph with warm-start prior, user table) to this
+    directory (``offline.export_online``)."""
     clip: float = 0.0
     """Propensities below this are clipped to it (0: no clipping)."""
     policy: PolicySpec = field(default_factory=PolicySpec)
@@ -215,7 +236,7 @@ class TrainSpec:
         """Validate a ``[train]`` table (as parsed from TOML)."""
         table = copy.deepcopy(dict(table))
         known = {"name", "seeds", "num_workers", "use_gpu", "register", "export_user_features",
-                 "data", "propensity", "model", "objective", "optimizer", "policy"}
+                 "export_online", "data", "propensity", "model", "objective", "optimizer", "policy"}
         _check_keys("train", table, known)
         for section in ("data", "model", "objective"):
             if section not in table:
@@ -249,6 +270,7 @@ class TrainSpec:
                 use_gpu=table.get("use_gpu", "auto"),
                 register=bool(table.get("register", True)),
                 export_user_features=table.get("export_user_features"),
+                export_online=table.get("export_online"),
                 clip=clip,
                 policy=PolicySpec(**policy_table),
             )
@@ -264,9 +286,9 @@ class TrainSpec:
         from offline.models import MODELS
         from offline.objectives import OBJECTIVES, make_objective
         from offline.propensity import PROPENSITY_ESTIMATORS, make_propensity
-        from offline.sources import SOURCES
+        from offline.sources import source_names
 
-        _check_name("train.data.source", self.data.name, SOURCES, "a data source")
+        _check_name("train.data.source", self.data.name, source_names(), "a data source")
         _check_name("train.propensity.estimator", self.propensity.name,
                     ["none", *PROPENSITY_ESTIMATORS], "a propensity estimator or none")
         if self.propensity.name != "none":
@@ -310,6 +332,8 @@ class TrainSpec:
         }
         if self.export_user_features:
             table["export_user_features"] = self.export_user_features
+        if self.export_online:
+            table["export_online"] = self.export_online
         return table
 
     def flat_params(self) -> dict[str, Any]:

@@ -139,7 +139,9 @@ class StreamSettings:
     ``checkpoint_uri``/``lake_uri`` mean ``<data_dir>/checkpoints`` and ``<data_dir>/lake``; any
     fsspec URI works. ``n_items``
     is the dense catalogue (item ids ``0..n_items-1``); graph mode takes its catalogue from
-    ``graph_file`` (written by ``ClusterGraph.save``). ``register_every_s`` > 0 registers the
+    ``graph_file`` (written by ``ClusterGraph.save``; a graph with a warm-start prior starts
+    warm). ``prior_file`` (dense layout, optional) warm-starts the item slopes from an item-prior
+    file (``recsys.bandits.warm_start.save_item_prior``). ``register_every_s`` > 0 registers the
     newest checkpoint's statistics as a version of the mlflow model ``registered_model`` that
     often (0: only on demand, ``recsys models register --checkpoint ID``).
     ``context_clip_norm`` (at most 1e100) bounds one event's influence: every context learned
@@ -163,6 +165,7 @@ class StreamSettings:
     centred: bool = True
     lam: float = 1.0
     graph_file: Path | None = None
+    prior_file: Path | None = None
     snapshot_staleness_ms: int = 200
     checkpoint_interval_s: float = 10.0
     checkpoint_uri: str | None = None

@@ -207,15 +207,63 @@ class _Served:
 
 
 class UserFeatures:
-    """The user-feature table (``recsys.schema.USER_FEATURES``), looked up by user id."""
+    """The user-feature table (``recsys.schema.USER_FEATURES``), looked up by user id; when the
+    table also has ``context_cluster_ids``/``context_cluster_weights`` (written by
+    ``recsys export-online``), each user's context carries their cluster memberships too."""
 
     def __init__(self, uri: str) -> None:
         ids, self.matrix = read_user_features(uri, name="user_features_uri")
         self.index = dict(zip(ids, range(len(ids)), strict=True))
+        self.clusters = read_user_clusters(uri, ids)
 
     def get(self, user_id: str) -> np.ndarray | None:
         row = self.index.get(user_id)
         return None if row is None else self.matrix[row]
+
+    def context(self, user_id: str) -> Context | None:
+        """The user's row as a context (dense, plus cluster memberships when the table has
+        them); None for a user not in the table."""
+        row = self.index.get(user_id)
+        if row is None:
+            return None
+        if self.clusters is None:
+            return Context(dense=tuple(self.matrix[row].tolist()))
+        ids, weights = self.clusters
+        return Context(dense=tuple(self.matrix[row].tolist()), cluster_ids=ids[row],
+                       cluster_weights=weights[row])
+
+
+def read_user_clusters(
+    uri: str, ids: list[str]
+) -> tuple[list[tuple[int, ...]], list[tuple[float, ...]]] | None:
+    """The table's cluster memberships in the order of ``ids`` (None: the table has none)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys.storage import resolve
+
+    columns = ["user_id", "context_cluster_ids", "context_cluster_weights"]
+    fs, source = resolve(uri, None)
+    try:
+        with fs.open(source, "rb") as handle:
+            names = pq.read_schema(handle).names
+            if not set(columns[1:]) <= set(names):
+                return None
+            handle.seek(0)
+            table = pq.read_table(handle, columns=columns)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise ValueError(f"user_features_uri: cluster columns of {uri!r} unreadable ({exc})"
+                         ) from None
+    if table.column("user_id").to_pylist() != ids:
+        raise ValueError(f"user_features_uri: {uri!r} changed while it was read")
+    cluster_ids = [tuple(int(c) for c in row)
+                   for row in table.column("context_cluster_ids").to_pylist()]
+    weights = [tuple(float(w) for w in row)
+               for row in table.column("context_cluster_weights").to_pylist()]
+    if any(len(c) != len(w) for c, w in zip(cluster_ids, weights, strict=True)):
+        raise ValueError(f"user_features_uri: {uri!r} has rows whose cluster ids and weights "
+                         "do not pair up")
+    return cluster_ids, weights
 
 
 class RecommenderService:
@@ -427,9 +475,8 @@ class RecommenderService:
                 return self.contexts.check(Context(
                     dense=tuple(ctx.dense), cluster_ids=tuple(ctx.cluster_ids),
                     cluster_weights=tuple(ctx.cluster_weights)))
-            dense = self.users.get(req.user_id) if self.users is not None else None
-            return None if dense is None else self.contexts.check(
-                Context(dense=tuple(dense.tolist())), table_user=req.user_id)
+            row = self.users.context(req.user_id) if self.users is not None else None
+            return None if row is None else self.contexts.check(row, table_user=req.user_id)
         except ContextRefused as exc:
             raise RequestError(exc.loc, exc.msg) from None
 
