@@ -270,13 +270,15 @@ _TREE = textwrap.dedent("""
     at_forced_exit(lambda: (folder / "forced-action-ran").touch())
     with stop_on_signals("tree", deadline_s=float(sys.argv[3])) as stopping:
         # a child with a grandchild, in a session of their own: a signal to us reaches neither
+        # ``: > settled`` is a builtin: once it exists, mv has exited and been reaped, so the
+        # tree is exactly sh and sleep (a loaded machine showed mv still alive at "ready")
         child = subprocess.Popen(["sh", "-c", "sleep 600 & echo $! > grandchild.tmp; "
-                                  "mv grandchild.tmp grandchild; wait"],
+                                  "mv grandchild.tmp grandchild; : > settled; wait"],
                                  cwd=folder, start_new_session=True)
         stopping.started("the sleepers")
         stopping.keeps("the cluster")
         try:
-            while not (folder / "grandchild").exists():
+            while not (folder / "settled").exists():
                 time.sleep(0.01)
             if mode == "deferred":  # the signal comes inside a package that must not be cut
                 (folder / "slow").mkdir()
