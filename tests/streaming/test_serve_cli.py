@@ -25,10 +25,12 @@ NOISE = ("failed to shut down", "Token authentication is enabled",
 def test_serve_answers_requests_exposes_stream_metrics_and_stops_quietly(tmp_path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "RECSYS_"))}
+    # --duration counts from the banner, printed once /health answers: 12 s leave the few
+    # requests below ample time on a loaded machine (the whole of it is waited out every run)
     server = subprocess.Popen(
         [sys.executable, "-m", "recsys.cli", "--data-dir", str(tmp_path / "state"),
          "--set", "stream.n_items=50", "--set", "stream.dim=4", "serve", "--port", str(port),
-         "--duration", "25", "--no-lake"],
+         "--duration", "12", "--no-lake"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
