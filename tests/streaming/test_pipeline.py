@@ -6,6 +6,11 @@ duplicates, late, unmapped, not-in-slate and orphan events mixed in) or, when th
 in two parts, on what the pure joiner emits for the partitions' streams as produced; the pipeline
 must reach it undisturbed, after a stop and a restart with more events, and after an actor is
 killed mid-run.
+
+The fault injections (an actor of each role killed mid-run, the broker stopped and restarted under
+the pipeline) are marked ``faults``: minutes of a loaded machine, run by ``make test-faults``. The
+normal suite keeps actor deaths of every role through the supervisor's tests
+(tests/streaming/test_supervisor.py) and the broker's restart on its address (test_broker.py).
 """
 
 from __future__ import annotations
@@ -126,6 +131,7 @@ def test_a_restarted_pipeline_resumes_from_its_checkpoint(
         resumed.stop(checkpoint=False)
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("role", ["learners", "shards", "joiners"])
 def test_killing_an_actor_rolls_back_to_the_checkpoint_and_loses_nothing(
         kafka_bootstrap, unique_topics, ray_session, tmp_path, role) -> None:
@@ -190,6 +196,7 @@ def test_a_coordinator_killed_mid_checkpoint_leaves_the_previous_cut(
         resumed.stop(checkpoint=False)
 
 
+@pytest.mark.faults
 def test_a_broker_restart_under_the_pipeline_loses_nothing(ray_session, tmp_path) -> None:
     """The pipeline's own broker (persistent data) is stopped mid-run and started again on the
     same address: the clients reconnect, and the statistics still equal the truth."""

@@ -2,6 +2,8 @@
 whole pipeline on the real broker and real Ray healing itself with no code outside it
 restarting anything: a kill during a recovery, a learner frozen with SIGSTOP, a reader whose
 fetching stopped, a learner killed in window mode. Each ends with statistics equal to the truth.
+The frozen learner waits out actor and reader deadlines: a fault check, run by ``make
+test-faults`` (like the issue's SIGSTOP check d, tests/faults/test_checks.py).
 """
 
 from __future__ import annotations
@@ -167,6 +169,7 @@ def test_a_kill_during_recovery_is_recovered_by_itself_and_healthy_actors_stay(
         pipeline.stop(checkpoint=False)
 
 
+@pytest.mark.faults
 @pytest.mark.integration
 def test_a_frozen_learner_and_a_reader_that_stopped_fetching_are_replaced(
         kafka_bootstrap, unique_topics, ray_session, tmp_path) -> None:
