@@ -5,9 +5,10 @@ Every method gets the same grid (default: ``optimizer.lr`` over three values) an
 each grid point trains every seed in-process (``offline.training.train_run``, the shipped config's
 own early stopping), and the point a method keeps is the one with the best median of the
 validation metric its config monitors (``valid_ndcg@20`` on held-out clicks for BCE and Rel-IPS,
-``valid_auc`` of clicks among held-out exposures for DR: the held-out clicks are themselves
-exposure-biased, so their NDCG rewards learning exposure and would pick against debiasing; it is
-shown as ``clicks_ndcg@20``). All three are scored by ONE evaluator, the clicks data set's
+the only signal click data gives; ``valid_snips_mse`` of the click probability on held-out
+exposures for DR: the held-out clicks are themselves exposure-biased, so their NDCG rewards
+learning exposure and would pick against debiasing; it is shown as ``clicks_ndcg@20``).
+All methods are scored by ONE evaluator, the clicks data set's
 (``simulator_exposure_clicks``, same world, split and seed): the truth's Recall@K and mean true
 relevance of the top K with each user's training and validation clicks masked, as ``recsys
 train`` scores BCE and Rel-IPS (DR trains on the shown items, whose own evaluation masks nothing;
@@ -20,7 +21,7 @@ Usage: python tests/benchmarks/bench_dr_clicks.py [--seeds 0,1,2] [--grid optimi
   (default: simulator_clicks_bce simulator_clicks_rel_ips simulator_clicks_dr). The ablation
   "naive BCE on the shown items" (the exposure log without DR's correction, same budget) is the
   one argument simulator_exposure_naive+optimizer.batch_size=1024+optimizer.epochs=60
-  +optimizer.patience=10+optimizer.monitor=valid_auc+model.global_bias=0.0 (no spaces)
+  +optimizer.patience=10+optimizer.monitor=valid_snips_mse+model.global_bias=0.0 (no spaces)
 """
 
 from __future__ import annotations
