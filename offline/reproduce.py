@@ -172,7 +172,8 @@ EXPERIMENTS: dict[str, Experiment] = {
         (*(Cell({"feedback": "clicks", "method": m}, f"simulator_clicks_{m}")
            for m in ("bce", "rel_ips")),
          *(Cell({"feedback": "shown items", "method": m}, f"simulator_exposure_{m}")
-           for m in ("naive", "ips", "snips", "dr_jl"))),
+           for m in ("naive", "ips", "snips", "dr_jl")),
+         Cell({"feedback": "shown items", "method": "dr_clicks"}, "simulator_clicks_dr")),
         ("test_true_recall@20", "test_true_relevance@20", "test_auc"),
         _check_simulator,
     ),

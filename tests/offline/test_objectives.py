@@ -3,6 +3,7 @@ IPS/SNIPS/DR identities, auxiliary updates, and PLD learning on noisy data."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -88,7 +89,7 @@ def keys_of(users: torch.Tensor, items: torch.Tensor, n_items: int) -> set[int]:
 
 
 def test_registry_and_unknown_names() -> None:
-    assert set(OBJECTIVES) == {*RATING, *ROW_BATCHED_IMPLICIT, "pld", "pld_bce"}
+    assert set(OBJECTIVES) == {*RATING, *ROW_BATCHED_IMPLICIT, "pld", "pld_bce", "dr_clicks"}
     for name, cls in OBJECTIVES.items():
         assert cls.name == name and cls.task in ("rating", "implicit")
     with pytest.raises(ValueError, match=r"^objective: expected one of .*'bpr'.*got 'plD'"):
@@ -104,6 +105,7 @@ NON_DEFAULT = {
     "balance_gamma": 2.0, "kernel_gamma": 0.3, "embedding_dim": 6, "weight_lr": 0.2,
     "weight_weight_decay": 0.01, "n_negatives": 3, "base": "bce", "max_drop_rate": 0.4,
     "num_gradual": 7, "beta": 0.5, "warmup_epochs": 2, "k": 3, "tau": 0.7,
+    "propensity": "per_pair", "imputation": "relevance",
 }
 
 
@@ -232,6 +234,8 @@ def test_batches_cover_each_row_once_and_split_across_ranks(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_batches_are_reproducible_from_the_generator(name: str) -> None:
     data = random_data(implicit=OBJECTIVES[name].task == "implicit")
+    if name == "dr_clicks":  # 0/1 clicks on shown items
+        data = dataclasses.replace(data, labels=(data.labels > 3).float())
     hp = {"warmup_epochs": 1} if name.startswith("pld") else {}
 
     def draw(seed: int, epoch: int) -> list[dict[str, torch.Tensor]]:

@@ -196,7 +196,7 @@ def test_train_refuses_a_config_without_a_train_table(tmp_path, capsys) -> None:
     [
         (('name = "pld"', 'name = "pdl"'),
          "train.objective.name: expected an objective (naive, ips, snips, dr_jl, kbips, kbdr, "
-         "bce, rel_ips, bpr, tce, rce, pld, pld_bce), got 'pdl'; did you mean pld?"),
+         "bce, rel_ips, dr_clicks, bpr, tce, rce, pld, pld_bce), got 'pdl'; did you mean pld?"),
         (("warmup_epochs = 1", "warmup_epoch = 1"),
          "train.objective: expected keys among k, tau, warmup_epochs, got unknown keys "
          "['warmup_epoch']; did you mean warmup_epochs?"),
@@ -266,5 +266,5 @@ def test_a_typo_is_one_line_and_exit_status_2_without_a_traceback(tmp_path) -> N
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         f"recsys train: {config}: train.objective.name: expected an objective (naive, ips, snips, "
-        "dr_jl, kbips, kbdr, bce, rel_ips, bpr, tce, rce, pld, pld_bce), got 'pdl'; did you mean "
+        "dr_jl, kbips, kbdr, bce, rel_ips, dr_clicks, bpr, tce, rce, pld, pld_bce), got 'pdl'; did you mean "
         "pld?"]
