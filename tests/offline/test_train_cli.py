@@ -266,5 +266,5 @@ def test_a_typo_is_one_line_and_exit_status_2_without_a_traceback(tmp_path) -> N
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         f"recsys train: {config}: train.objective.name: expected an objective (naive, ips, snips, "
-        "dr_jl, kbips, kbdr, bce, rel_ips, dr_clicks, bpr, tce, rce, pld, pld_bce), got 'pdl'; did you mean "
-        "pld?"]
+        "dr_jl, kbips, kbdr, bce, rel_ips, dr_clicks, bpr, tce, rce, pld, pld_bce), got 'pdl'; "
+        "did you mean pld?"]
