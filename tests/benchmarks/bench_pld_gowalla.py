@@ -22,7 +22,11 @@ the median epoch seconds (PLD: after its warm-up) and the PLD/BPR epoch-time rat
 every timed epoch resamples) for ``--timing-epochs`` epochs each, in this process with one torch
 thread (a Ray Train worker's setting) and their steps interleaved (a shared machine's load falls
 on both alike), the median over the epochs after the first (the training loop only; validation
-is not timed).
+is not timed). Caveat: alternating two models' steps evicts each one's optimiser state from the CPU
+caches, which adds about the same time to both steps and pulls the ratio toward 1 (on 2 shared
+cores: interleaved 1.05 at load 2-3 with BPR at 34 ms/step; whole runs one after the other 1.24
+at load 2.5 with BPR at 17 ms/step, but there the load's drift moves single runs by 2x). On a
+quiet machine compare with whole runs (``--timing-epochs`` and ``--methods`` on the table path).
 
 Usage:
   python tests/benchmarks/bench_pld_gowalla.py --quick            # 2,000 users, a smoke run
