@@ -80,6 +80,7 @@ __all__ = [
     "impressions_to_arrow",
     "partition_expressions",
     "polars_schema",
+    "read_user_clusters",
     "read_user_features",
     "rewards_to_arrow",
     "validate_frame",
@@ -604,3 +605,31 @@ def read_user_features(
     dim = int(dims.max()) if frame.height else 0
     flat = frame["context_dense"].explode().to_numpy() if dim else np.empty(0)
     return ids, np.asarray(flat, dtype=np.float64).reshape(frame.height, dim)
+
+
+def read_user_clusters(
+    uri: str, ids: list[str]
+) -> tuple[list[tuple[int, ...]], list[tuple[float, ...]]] | None:
+    """The table's cluster memberships in the order of ``ids`` (None: the table has none)."""
+    columns = ["user_id", "context_cluster_ids", "context_cluster_weights"]
+    fs, source = resolve(uri, None)
+    try:
+        with fs.open(source, "rb") as handle:
+            names = pq.read_schema(handle).names
+            if not set(columns[1:]) <= set(names):
+                return None
+            handle.seek(0)
+            table = pq.read_table(handle, columns=columns)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise ValueError(f"user_features_uri: cluster columns of {uri!r} unreadable ({exc})"
+                         ) from None
+    if table.column("user_id").to_pylist() != ids:
+        raise ValueError(f"user_features_uri: {uri!r} changed while it was read")
+    cluster_ids = [tuple(int(c) for c in row)
+                   for row in table.column("context_cluster_ids").to_pylist()]
+    weights = [tuple(float(w) for w in row)
+               for row in table.column("context_cluster_weights").to_pylist()]
+    if any(len(c) != len(w) for c, w in zip(cluster_ids, weights, strict=True)):
+        raise ValueError(f"user_features_uri: {uri!r} has rows whose cluster ids and weights "
+                         "do not pair up")
+    return cluster_ids, weights

@@ -69,7 +69,7 @@ from recsys.kafka_clients import is_transient_kafka_error
 from recsys.policies import RequestBatch
 from recsys.producer import EventProducer
 from recsys.registry.uris import is_model_uri
-from recsys.schema import read_user_features
+from recsys.schema import read_user_clusters, read_user_features
 from recsys.serving.admission import Gate
 from recsys.serving.backends import make_scorer
 from recsys.serving.contexts import ContextGuard, ContextRefused, StatisticsNotFinite
@@ -231,39 +231,6 @@ class UserFeatures:
         ids, weights = self.clusters
         return Context(dense=tuple(self.matrix[row].tolist()), cluster_ids=ids[row],
                        cluster_weights=weights[row])
-
-
-def read_user_clusters(
-    uri: str, ids: list[str]
-) -> tuple[list[tuple[int, ...]], list[tuple[float, ...]]] | None:
-    """The table's cluster memberships in the order of ``ids`` (None: the table has none)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from recsys.storage import resolve
-
-    columns = ["user_id", "context_cluster_ids", "context_cluster_weights"]
-    fs, source = resolve(uri, None)
-    try:
-        with fs.open(source, "rb") as handle:
-            names = pq.read_schema(handle).names
-            if not set(columns[1:]) <= set(names):
-                return None
-            handle.seek(0)
-            table = pq.read_table(handle, columns=columns)
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise ValueError(f"user_features_uri: cluster columns of {uri!r} unreadable ({exc})"
-                         ) from None
-    if table.column("user_id").to_pylist() != ids:
-        raise ValueError(f"user_features_uri: {uri!r} changed while it was read")
-    cluster_ids = [tuple(int(c) for c in row)
-                   for row in table.column("context_cluster_ids").to_pylist()]
-    weights = [tuple(float(w) for w in row)
-               for row in table.column("context_cluster_weights").to_pylist()]
-    if any(len(c) != len(w) for c, w in zip(cluster_ids, weights, strict=True)):
-        raise ValueError(f"user_features_uri: {uri!r} has rows whose cluster ids and weights "
-                         "do not pair up")
-    return cluster_ids, weights
 
 
 class RecommenderService:
