@@ -66,9 +66,16 @@ def check_part(part: str, rewards: object) -> None:
                          "omit them)")
 
 
+MAX_SAMPLE_WEIGHT = 1e6
+"""The largest weight one event may carry: it bounds one event's influence as the context clip
+does (an importance weight above a million events is a propensity near 0, a bug upstream), and
+keeps Σ w·x² finite at any ``clip_norm``."""
+
+
 def check_sample_weight(sample_weight: ArrayLike | None, batch: int
                         ) -> NDArray[np.float64] | None:
-    """Per-event weights as float64 [batch] (finite, >= 0), or None for all ones.
+    """Per-event weights as float64 [batch] (finite, in [0, MAX_SAMPLE_WEIGHT]), or None for
+    all ones.
 
     A weight w multiplies every term the event adds (Σ w·x², Σ w·x·r, count += w, ...), as
     scikit-learn's ``sample_weight``: importance weights such as the A/B weights of
@@ -82,9 +89,11 @@ def check_sample_weight(sample_weight: ArrayLike | None, batch: int
     if w.shape != (batch,):
         raise ValueError(message("sample_weight", f"one weight per event, shape [{batch}]",
                                  f"shape {w.shape}", "pass None for unweighted events"))
-    if w.size and not (np.isfinite(w).all() and w.min() >= 0.0):
-        i = int(np.flatnonzero(~(np.isfinite(w) & (w >= 0.0)))[0])
-        raise ValueError(message("sample_weight", "finite weights >= 0",
+    bad = ~(np.isfinite(w) & (w >= 0.0) & (w <= MAX_SAMPLE_WEIGHT))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(message("sample_weight",
+                                 f"finite weights >= 0 and <= {MAX_SAMPLE_WEIGHT:g}",
                                  f"weight at index {i} = {w[i]}",
                                  "fix the weights (clip propensities away from 0 and 1)"))
     return w

@@ -109,6 +109,7 @@ def test_learn_one_takes_a_weight(layout) -> None:
     ([1.0, -0.5, 1.0], "finite weights >= 0"),
     ([1.0, np.nan, 1.0], "finite weights >= 0"),
     ([1.0, np.inf, 1.0], "finite weights >= 0"),
+    ([1.0, 1e300, 1.0], "<= 1e+06"),  # finite but extreme: would swamp every other event
     ([1.0, 1.0], "shape [3]"),
 ])
 @layouts
