@@ -10,21 +10,22 @@ thirds between Thompson sampling learning online (``diag_lin_ts``), a uniformly 
 uniform baseline, registered before serving starts.
 
 Phase 1 (``plan.duration_s`` of traffic): the bandit learns from Kafka; the lake fills. At the
-time cut (``plan.holdout_s`` before the end of phase 1) the stream's checkpoint is registered as
-a version (the online snapshot); the logs after the cut are held out. Then, with traffic going
-on, an IPS model and a PLD model are trained on the lake's logs before the cut (``recsys train``
-with ``offline/configs/demo_ips.toml`` and ``demo_pld.toml``) and register their policy forms as
-versions; every version, the champion and the logging policy are compared on the held-out logs
-(the requests logged with exact propensities: ``streaming.demo_product.held_out_logs``) with
-off-policy estimates, bootstrap intervals and the simulator's true values (the run writes its
-``world.json`` at the lake root); the challenger with the highest lower bound is promoted when
-the registry's rule holds, and the serving app switches without a restart. Phase 2
-(``plan.after_s`` of traffic after the switch): the champion arm serves the new version. At
-the end it measures click → served-score freshness on probe items, prints the comparison, the
-champion, each arm's CTR before and after the switch and the ``mlflow ui`` command, saves the
-plot (CTR over time with the switch marked, cumulative regret), logs everything to mlflow and
-stops what it started. Exit
-status 0 when :meth:`DemoReport.problems` finds nothing (``streaming.demo_report``).
+time cut (``plan.holdout_s`` before the end of phase 1, and not before ``plan.cut_requests``
+requests) the stream's checkpoint is registered as a version (the online snapshot); the next
+``plan.holdout_s`` of logs (and at least ``plan.holdout_requests`` requests) are held out. Then,
+with traffic going on, an IPS model and a PLD model are trained on the lake's logs before the
+cut (``recsys train`` with ``offline/configs/demo_ips.toml`` and ``demo_pld.toml``) and register
+their policy forms as versions; every version, the champion and the logging policy are compared
+on the held-out logs (the requests logged with exact propensities:
+``streaming.demo_product.held_out_logs``) with off-policy estimates, bootstrap intervals and the
+simulator's true values (the run writes its ``world.json`` at the lake root); the challenger
+with the highest lower bound is promoted when the registry's rule holds, and the serving app
+switches without a restart. Phase 2 (``plan.after_s`` of traffic after the switch): the champion
+arm serves the new version. At the end it measures click → served-score freshness on probe
+items, prints the comparison, the champion, each arm's CTR before and after the switch and the
+``mlflow ui`` command, saves the plot (CTR over time with the switch marked, cumulative regret),
+logs everything to mlflow and stops what it started. Exit status 0 when
+:meth:`DemoReport.problems` finds nothing (``streaming.demo_report``).
 
 Four steps, one function each: :func:`prepare` (the plan made concrete: world, run folder,
 settings, topics, the first champion), :func:`run_loop` (services up, the phases, measurements,
@@ -69,6 +70,7 @@ from streaming.demo_report import (
     cumulative_regret,
     print_report,
     save_plot,
+    split_dead_letters,
 )
 
 DEMO_WORLD = SimulatorConfig(n_users=2000, n_items=200, dim=16, slate_size=5,
@@ -88,12 +90,20 @@ DEMO_RUN_TAG = "recsys.demo_run"
 class DemoPlan:
     """How big and how long: the simulated world (its ``seed`` seeds the whole run) and the
     traffic: ``duration_s`` before the registry steps (phase 1, whose last ``holdout_s`` are
-    the held-out logs of the comparison) and ``after_s`` after the switch (phase 2)."""
+    the held-out logs of the comparison) and ``after_s`` after the switch (phase 2).
+
+    The time cut also waits for ``cut_requests`` requests (all arms) and the held-out window for
+    ``holdout_requests`` more: the users are a closed loop, so a slow or busy machine serves
+    fewer requests per second, and without these floors its snapshot would have learned from
+    less and its comparison would have wider intervals than a quiet machine's (the defaults are
+    about what a quiet 2-core machine serves in those seconds)."""
 
     world: SimulatorConfig = DEMO_WORLD
     duration_s: float = 150.0
     holdout_s: float = 40.0
     after_s: float = 100.0
+    cut_requests: int = 6000
+    holdout_requests: int = 2500
     round_size: int = 50
     concurrency: int = 16
     freshness_probes: int = 30
@@ -106,6 +116,10 @@ class DemoPlan:
                              f"{self.duration_s:g}), got {self.holdout_s!r}")
         if not self.after_s > 0:
             raise ValueError(f"after_s: expected a number > 0, got {self.after_s!r}")
+        for name in ("cut_requests", "holdout_requests"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 0):
+                raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
 
     @property
     def seed(self) -> int:
@@ -120,7 +134,18 @@ class DemoPlan:
     def quick(cls, seed: int = 0) -> DemoPlan:
         """The ≤ 3-minute version (the end-to-end test runs it)."""
         return cls(world=replace(DEMO_WORLD, seed=seed), duration_s=40.0, holdout_s=15.0,
-                   after_s=20.0, freshness_probes=10)
+                   after_s=20.0, cut_requests=2000, holdout_requests=1500, freshness_probes=10)
+
+    def scaled(self, duration_s: float) -> DemoPlan:
+        """The plan with phase 1 lasting ``duration_s``: the held-out share of it and the
+        request floors scale with it."""
+        if not (isinstance(duration_s, int | float) and math.isfinite(duration_s)
+                and duration_s > 0):
+            raise ValueError(f"duration_s: expected a number > 0, got {duration_s!r}")
+        factor = duration_s / self.duration_s
+        return replace(self, duration_s=duration_s, holdout_s=self.holdout_s * factor,
+                       cut_requests=round(self.cut_requests * factor),
+                       holdout_requests=round(self.holdout_requests * factor))
 
 
 @dataclass(frozen=True)
@@ -201,10 +226,12 @@ def bad_records(n: int, impressions: str, feedback: str) -> list[tuple[str, byte
 
 
 def demo_settings(settings: Settings, plan: DemoPlan, run_dir: Path, n_features: int) -> Settings:
-    """The run's settings: the simulator's catalogue and features, a short attribution window,
-    the user-feature table, and the three arms (``streaming.demo_product.serving_arms``)."""
+    """The run's settings: the simulator's catalogue and features, a short attribution window
+    (10 s: a user round that stalls on a busy machine still posts its clicks inside it; the
+    rewards reach the lake that much later), the user-feature table, and the three arms
+    (``streaming.demo_product.serving_arms``)."""
     stream = replace(settings.stream, n_items=plan.world.n_items, dim=n_features, learners=1,
-                     shards=2, joiners=1, window_ms=5_000, allowed_lateness_ms=1_000,
+                     shards=2, joiners=1, window_ms=10_000, allowed_lateness_ms=1_000,
                      checkpoint_interval_s=15.0, update_mode="fresh", layout="dense",
                      centred=True, lake_uri=str(run_dir / "lake"),
                      checkpoint_uri=str(run_dir / "checkpoints"))
@@ -269,6 +296,10 @@ class Traffic:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
+    def requests(self) -> int:
+        """Requests served so far, all arms."""
+        return sum(requests for _, requests in list(self._totals.values()))
+
     def _run(self) -> None:
         try:
             self.users.run(duration_s=1e9, round_size=self.plan.round_size,
@@ -294,16 +325,18 @@ class Traffic:
         if not self._thread.is_alive():
             raise RuntimeError("the simulated users stopped before the demo asked them to")
 
-    def wait_until(self, elapsed_s: float, desc: str | None = None) -> None:
-        """Block until ``elapsed_s`` seconds of traffic, with a bar named ``desc``."""
+    def wait_until(self, elapsed_s: float, desc: str | None = None, *,
+                   requests: int = 0) -> None:
+        """Block until ``elapsed_s`` seconds of traffic and ``requests`` requests served in all
+        (whichever comes later), with a bar named ``desc`` over the seconds."""
         remaining = elapsed_s - self.elapsed()
-        if desc is not None and remaining > 0:
+        if desc is not None and (remaining > 0 or self.requests() < requests):
             self._bar_from = self.elapsed()
             self._bar = progress_bar(
-                total=round(remaining), desc=desc, unit="s", disable=self.quiet,
+                total=max(round(remaining), 0), desc=desc, unit="s", disable=self.quiet,
                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s {postfix}")
         try:
-            while self.elapsed() < elapsed_s:
+            while self.elapsed() < elapsed_s or self.requests() < requests:
                 self._check()
                 time.sleep(0.2)
         finally:
@@ -372,8 +405,10 @@ def run_phases(run: DemoRun, stack: Any, traffic: Traffic,
     out = ProductOutput(candidates=[run.first_champion])
     t = out.timeline
     say(f"• phase 1: {plan.duration_s:.0f} s of simulated users, {LEARNING_ARM} vs "
-        f"{CONTROL_ARM} vs {CHAMPION_ARM}; time cut at {plan.cut_s:.0f} s")
-    traffic.wait_until(plan.cut_s, "phase 1")
+        f"{CONTROL_ARM} vs {CHAMPION_ARM}; time cut at {plan.cut_s:.0f} s and at least "
+        f"{plan.cut_requests} requests, then {plan.holdout_requests} or more held out")
+    traffic.wait_until(plan.cut_s, "phase 1", requests=plan.cut_requests)
+    at_cut = traffic.requests()
     t.cut, t.cut_ms = time.time(), int(time.time() * 1000)
     with stack.driver.paused() as pipeline:
         checkpoint = pipeline.checkpoint()
@@ -383,7 +418,8 @@ def run_phases(run: DemoRun, stack: Any, traffic: Traffic,
                                              log=run.run_dir / "registry.log")
     out.candidates.append(snapshot)
     say(f"  time cut: online snapshot {snapshot.uri} (checkpoint {checkpoint.checkpoint_id})")
-    traffic.wait_until(plan.duration_s, "held-out")
+    traffic.wait_until(traffic.elapsed() + plan.holdout_s, "held-out",
+                       requests=at_cut + plan.holdout_requests)
     t.holdout_end, t.end_ms = time.time(), int(time.time() * 1000)
     with _timed(out, "settle_training_logs_s"):
         _settle_lake(stack, run.lake_uri, t.cut_ms)
@@ -481,6 +517,7 @@ def _measure(run: DemoRun, stack: Any, kafka: Any, users: Any, traffic_s: float,
     third = max(users.rounds[-1].round_index * 2 // 3, 0) if users.rounds else 0
     totals = users.totals()
     reasons = _dead_letters(kafka.bootstrap, run.topics.dead_letter, kafka.client_options)
+    late, others = split_dead_letters(reasons)
     late_values = {arm: users.true_value(arm, third).value
                    for arm in (LEARNING_ARM, CONTROL_ARM, CHAMPION_ARM) if arm in totals}
     measured = DemoReport(
@@ -494,7 +531,7 @@ def _measure(run: DemoRun, stack: Any, kafka: Any, users: Any, traffic_s: float,
                               else 1),
         freshness_ms=fresh.percentiles_ms(), freshness_timeouts=fresh.timeouts,
         events_processed=events, bad_records_sent=plan.bad_records,
-        dead_letters=sum(reasons.values()), dead_letter_reasons=reasons,
+        dead_letters=others, late_feedback=late, dead_letter_reasons=reasons,
         http_errors=dict(users.errors.by_status))
     return LoopOutput(measured, users.history(), stats, dict(stack.service_config.policies),
                       ProductOutput())
@@ -687,7 +724,8 @@ def log_run(run: DemoRun, report: DemoReport, policies: dict[str, Any]) -> None:
         optimal = report.optimal_value
         metrics = {"z_score": report.z_score(), "optimal_value": optimal,
                    "events_processed": report.events_processed,
-                   "dead_letters": report.dead_letters, "traffic_s": report.traffic_s,
+                   "dead_letters": report.dead_letters, "late_feedback": report.late_feedback,
+                   "traffic_s": report.traffic_s,
                    "wall_s": report.wall_s, "succeeded": float(not report.problems())}
         for arm in report.requests:
             metrics[f"{arm}.requests"] = report.requests[arm]
@@ -762,15 +800,13 @@ def run(args: argparse.Namespace) -> int:
     settings = claim_serve_port(args.settings, args.port)
     plan = DemoPlan.quick(args.seed) if args.quick else DemoPlan(
         world=replace(DEMO_WORLD, seed=args.seed))
-    changes = {k: v for k, v in (("duration_s", args.duration), ("after_s", args.after))
-               if v is not None}
-    if args.duration is not None:  # keep the held-out share of phase 1
-        changes["holdout_s"] = plan.holdout_s * args.duration / plan.duration_s
-    if changes:
-        try:
-            plan = replace(plan, **changes)
-        except ValueError as exc:
-            raise CommandError(str(exc)) from None
+    try:
+        if args.duration is not None:
+            plan = plan.scaled(args.duration)
+        if args.after is not None:
+            plan = replace(plan, after_s=args.after)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     report = run_demo(settings, plan, quiet=args.json)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
@@ -794,7 +830,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="a ≤ 3-minute version (40 + 20 s of traffic)")
     parser.add_argument("--duration", type=float, default=None,
                         help="seconds of traffic before the registry steps (default 150, or 40 "
-                             "with --quick); the last quarter or so is held out")
+                             "with --quick); the last quarter or so is held out. A slow machine "
+                             "runs longer: the cut and the held-out window also wait for a "
+                             "number of requests that scales with this")
     parser.add_argument("--after", type=float, default=None,
                         help="seconds of traffic after the switch (default 100, or 20 with "
                              "--quick)")

@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from streaming.demo_product import CHAMPION_ARM, SERVING_MODEL
+from streaming.join import Reason
 
 LEARNING_ARM = "diag_lin_ts"
 CONTROL_ARM = "uniform"
@@ -34,6 +35,22 @@ AB_POOLED = ("pooled: both arms share one learner; biased by the training loop (
 learns from every arm's logs, uniform's exploration included, so its A/B figures are not those of
 Thompson sampling alone at full traffic (``recsys.ab_weighting`` has the weighted training)."""
 COLOURS = {LEARNING_ARM: "C0", CONTROL_ARM: "C1", CHAMPION_ARM: "C2"}
+MAX_LATE_SHARE = 0.01
+"""The share of clicks that may reach the joiner after their attribution window before the run
+fails (``DemoReport.late_feedback``)."""
+LATE_REASONS = (Reason.LATE_FEEDBACK, Reason.OUTSIDE_WINDOW)
+
+
+def is_late_feedback(reason: str) -> bool:
+    """Whether a dead letter's reason says its feedback came after the attribution window
+    (``streaming.join.Reason``: past the watermark, or after the window's end)."""
+    return reason.startswith(LATE_REASONS)
+
+
+def split_dead_letters(reasons: dict[str, int]) -> tuple[int, int]:
+    """(late feedback, every other dead letter) from counts of dead letters by reason."""
+    late = sum(n for reason, n in reasons.items() if is_late_feedback(reason))
+    return late, sum(reasons.values()) - late
 
 
 @dataclass
@@ -54,6 +71,8 @@ class DemoReport:
     events_processed: int
     bad_records_sent: int
     dead_letters: int
+    """Dead-lettered records other than late feedback: the malformed ones the run sent, and
+    anything else that should not have been there."""
     http_errors: dict[str, int]
     traffic_s: float
     max_clicks_per_slate: int = 1
@@ -96,6 +115,11 @@ class DemoReport:
     mlflow_ui: str = ""
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     """Distinct dead-lettered source records by (the first) reason."""
+    late_feedback: int = 0
+    """Clicks dead-lettered because they reached the joiner after their attribution window
+    (:func:`is_late_feedback`): a user round that stalled longer than the window on a busy
+    machine. Not malformed and not lost (the dead-letter topic holds them), but a share above
+    :data:`MAX_LATE_SHARE` of all clicks would bias what the bandit learned."""
     ab_estimate: str = AB_POOLED
     """Which estimate the A/B figures are (:data:`AB_POOLED`: the learner trains on pooled logs)."""
 
@@ -133,6 +157,11 @@ class DemoReport:
         if self.dead_letters != self.bad_records_sent:
             out.append(f"{self.dead_letters} dead letters for {self.bad_records_sent} malformed "
                        f"records ({self.dead_letter_reasons or 'no reasons read'})")
+        clicks = sum(self.clicks.values())
+        if self.late_feedback > MAX_LATE_SHARE * clicks:
+            out.append(f"{self.late_feedback} of {clicks} clicks reached the joiner after their "
+                       f"attribution window (more than {MAX_LATE_SHARE:.0%}): the users' rounds "
+                       "stalled")
         fives = {s: n for s, n in self.http_errors.items() if s.startswith("5")}
         if fives:
             out.append(f"server errors: {fives}")
@@ -459,8 +488,8 @@ def print_report(report: DemoReport, settings: Any) -> None:
     print(f"\n  freshness, click → served score changed: p50 {f['p50']:.0f} ms, p99 "
           f"{f['p99']:.0f} ms, max {f['max']:.0f} ms ({report.freshness_timeouts} timeouts)")
     print(f"  events processed by the stream: {report.events_processed:,}; dead-lettered "
-          f"records {report.dead_letters} (of {report.bad_records_sent} malformed sent); HTTP "
-          f"errors {report.http_errors or 'none'}")
+          f"records {report.dead_letters} (of {report.bad_records_sent} malformed sent), late "
+          f"clicks {report.late_feedback}; HTTP errors {report.http_errors or 'none'}")
     print(f"  z (learning vs uniform, second half): {report.z_score():.1f}; traffic "
           f"{report.traffic_s:.0f} s, wall {report.wall_s:.0f} s")
     print(f"  A/B estimate (learning vs uniform): {report.ab_estimate}")

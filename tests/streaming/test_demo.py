@@ -16,6 +16,8 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -23,6 +25,7 @@ import pytest
 
 from recsys.comparison.result import CandidateResult, Comparison, Estimate
 from streaming.broker import free_port
+from streaming.demo import DemoPlan
 from streaming.demo_product import (
     CHAMPION_ARM,
     OFFLINE_KINDS,
@@ -43,6 +46,7 @@ from streaming.demo_report import (
     comparison_lines,
     cumulative_regret,
     save_plot,
+    split_dead_letters,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,6 +106,20 @@ class ProcessTree:
         return out
 
 
+def failure_summary(stdout: str) -> Any:
+    """What says why a demo run failed: its problems and the figures they depend on (traffic,
+    phases, held-out logs, each candidate's SNIPS interval and truth), or stdout's tail."""
+    try:
+        report = json.loads(stdout[stdout.index("{"):])
+    except ValueError:
+        return stdout[-3000:]
+    keys = ("problems", "requests", "phases", "comparison_summary", "true_value_late",
+            "events_processed", "timings")
+    snips = [(r["candidate"], r["value"], r["lower"], r["upper"], r["true_value"])
+             for r in report.get("comparison", []) if r["estimator"] == "snips"]
+    return {**{k: report.get(k) for k in keys}, "snips": snips}
+
+
 @pytest.mark.integration
 def test_quick_demo_learns_quietly_and_leaves_no_process_behind(tmp_path) -> None:
     import mlflow
@@ -121,7 +139,7 @@ def test_quick_demo_learns_quietly_and_leaves_no_process_behind(tmp_path) -> Non
         if demo.poll() is None:
             demo.kill()
     stdout, stderr = out_path.read_text(), err_path.read_text()
-    assert demo.returncode == 0, (stdout[-3000:], stderr[-3000:])
+    assert demo.returncode == 0, (failure_summary(stdout), stderr[-3000:])
     assert tree.seen, "the demo started no process of its own (Kafka, Ray)?"
     report = json.loads(stdout[stdout.index("{"):])
     assert report["problems"] == [] and report["z_score"] > 3
@@ -221,6 +239,7 @@ def report(**changes) -> DemoReport:
     ({"late_counts": {LEARNING_ARM: (170, 500), CONTROL_ARM: (165, 500)}}, "z ="),
     ({"true_value_late": {LEARNING_ARM: 0.3, CONTROL_ARM: 0.33}}, "true value"),
     ({"dead_letters": 4}, "4 dead letters for 5"),
+    ({"late_feedback": 10}, "10 of 930 clicks reached the joiner after their attribution window"),
     ({"http_errors": {"500": 2, "422": 1}}, "server errors: {'500': 2}"),
     ({"comparison": [r for r in rows() if r["kind"] != "offline"]}, "no offline candidate"),
     ({"comparison": rows(**{"offline-ips": None})}, "no true value for offline-ips"),
@@ -234,6 +253,7 @@ def report(**changes) -> DemoReport:
 ])
 def test_the_demo_rule_names_each_failure(changes, complaint) -> None:
     assert report().problems() == []
+    assert report(late_feedback=9).problems() == []  # under 1 % of 930 clicks: reported only
     problems = report(**changes).problems()
     assert len(problems) == 1 and complaint in problems[0], problems
 
@@ -377,6 +397,59 @@ def test_an_impossible_plan_is_one_line_before_anything_starts(capsys) -> None:
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert err.startswith("recsys demo: after_s: expected a number > 0, got 0.0"), err
+
+
+def test_late_clicks_are_told_apart_from_malformed_records() -> None:
+    reasons = {"not a msgpack-encoded event: Input data was truncated": 2,
+               "invalid event: Expected `float` <= 1.0 - at `$.slate[0].propensity`": 1,
+               "feedback outside the attribution window: event time 9 is at or after the "
+               "window end 8 (window 5000 ms)": 3,
+               "late feedback: event time 5 is below the watermark": 1}
+    assert split_dead_letters(reasons) == (4, 3)
+    assert split_dead_letters({}) == (0, 0)
+
+
+def test_a_shorter_plan_scales_its_request_floors_and_refuses_a_bad_duration() -> None:
+    plan = DemoPlan.quick().scaled(20.0)
+    assert (plan.duration_s, plan.holdout_s) == (20.0, 7.5)
+    assert (plan.cut_requests, plan.holdout_requests) == (1000, 750)
+    for bad in (0.0, -5.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="duration_s: expected a number > 0"):
+            DemoPlan.quick().scaled(bad)
+    with pytest.raises(ValueError, match="cut_requests: expected an integer >= 0"):
+        DemoPlan(cut_requests=-1)
+
+
+class RoundsOf:
+    """Users that serve ``per_round`` requests of one arm every ``every_s`` seconds (the shape
+    ``simulators.http_traffic.HttpUsers.run`` hands its ``on_round``)."""
+
+    def __init__(self, per_round: int, every_s: float) -> None:
+        self.per_round, self.every_s = per_round, every_s
+
+    def run(self, *, duration_s: float, round_size: int, on_round: Any) -> None:
+        from simulators.http_traffic import ArmCounts
+
+        while True:
+            time.sleep(self.every_s)
+            result = SimpleNamespace(arms={"uniform": ArmCounts(requests=self.per_round)})
+            if not on_round(result):
+                return
+
+
+def test_the_time_cut_waits_for_its_requests_on_a_slow_machine() -> None:
+    from streaming.demo import Traffic
+
+    traffic = Traffic(RoundsOf(per_round=10, every_s=0.05), DemoPlan.quick(), quiet=True).start()
+    try:
+        traffic.wait_until(0.1, requests=200)  # 0.1 s would give ~20 requests
+        assert traffic.requests() >= 200
+        assert traffic.elapsed() >= 200 / 10 * 0.05 * 0.9
+        served = traffic.requests()
+        traffic.wait_until(traffic.elapsed() + 0.3)  # seconds only: requests already there
+        assert traffic.requests() > served
+    finally:
+        traffic.stop()
 
 
 def test_several_clicks_per_slate_get_a_conservative_z_and_band() -> None:
