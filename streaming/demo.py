@@ -95,10 +95,11 @@ class DemoPlan:
     The time cut also waits for ``cut_requests`` requests (all arms) and the held-out window for
     ``holdout_requests`` more: the users are a closed loop, so a slow or busy machine serves
     fewer requests per second, and without these floors its snapshot would have learned from
-    less and its comparison would have wider intervals than a quiet machine's (the defaults are
-    what a quiet 2-core machine serves in those seconds or a little less: 2,000 and 1,500 of
-    the quick plan's ~65 per second; 20,000 and 8,000 of the full plan's ~300 per second once
-    warm)."""
+    less and its comparison would have wider intervals than a quiet machine's. The full plan's
+    20,000 and 8,000 sit below what a quiet 2-core machine serves in its seconds (~300 per
+    second once warm); the quick plan's 2,000 and 1,500 take it about 25 s each (~65 per
+    second while warming up), so its held-out window outlasts ``holdout_s`` and holds enough
+    requests for the promotion to be sure."""
 
     world: SimulatorConfig = DEMO_WORLD
     duration_s: float = 150.0
