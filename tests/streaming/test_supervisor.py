@@ -26,6 +26,7 @@ from streaming.supervisor import (
     PipelineFailed,
     is_transient,
 )
+from tests.waiting import wait_until
 
 # -- the pieces --------------------------------------------------------------------------------
 
@@ -258,6 +259,20 @@ def test_window_mode_learns_the_joined_rewards_through_the_whole_pipeline(
         pipeline.stop(checkpoint=False)
 
 
+def is_dead(actor) -> bool:
+    """Whether ``actor`` is known dead: ``ray.kill`` is asynchronous, so a call made just after
+    it may still reach the actor and be answered."""
+    import ray
+
+    try:
+        ray.get(actor.__ray_ready__.remote(), timeout=10)
+    except ray.exceptions.RayActorError:
+        return True
+    except ray.exceptions.GetTimeoutError:
+        pass
+    return False
+
+
 @pytest.mark.integration
 def test_a_recovery_takes_in_every_actor_that_died_not_one_per_attempt(
         kafka_bootstrap, unique_topics, ray_session, tmp_path) -> None:
@@ -278,8 +293,8 @@ def test_a_recovery_takes_in_every_actor_that_died_not_one_per_attempt(
         for actor in dead:
             ray.kill(actor, no_restart=True)
         for actor in dead:
-            with pytest.raises(ray.exceptions.RayActorError):
-                ray.get(actor.__ray_ready__.remote(), timeout=30)
+            wait_until(lambda a=actor: is_dead(a), timeout_s=30, interval_s=0.1,
+                       what="the killed actor to stop answering")
         events = _events(pipeline)
         pipeline.recover(["learner-1"])
         started = [e for e in events if e.kind == "recovery.started"]
