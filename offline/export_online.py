@@ -32,8 +32,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 
@@ -44,19 +42,13 @@ from recsys.bandits.warm_start import (
     migrate_graph_stats,
     save_item_prior,
 )
-from recsys.schema import USER_FEATURES, read_user_features
+from recsys.schema import read_user_features, write_user_features
 from recsys.validation import message
 
 Progress = Callable[[str], None]
 GRAPH_FILE, USERS_FILE, ITEM_PRIOR_FILE = "graph.npz", "users.parquet", "item_prior.npz"
 MIGRATED_FILE = "migrated_stats.npz"
 
-ONLINE_USERS = pa.schema([
-    *USER_FEATURES,
-    pa.field("context_cluster_ids", pa.list_(pa.int64()), nullable=False),
-    pa.field("context_cluster_weights", pa.list_(pa.float32()), nullable=False),
-], metadata=USER_FEATURES.metadata)
-"""The user table with cluster memberships: ``USER_FEATURES`` plus the graph layout's context."""
 
 
 @dataclass(frozen=True)
@@ -156,25 +148,6 @@ def offline_embeddings(model: nn.Module) -> tuple[np.ndarray, np.ndarray, np.nda
                      for t in (users, items, offset))
 
 
-def write_online_users(path: Path, user_ids: list[str], dense: np.ndarray,
-                       cluster_ids: np.ndarray, cluster_weights: np.ndarray) -> Path:
-    """The serving user table: ``USER_FEATURES`` plus each user's cluster memberships."""
-    n, dim = dense.shape
-    k = cluster_ids.shape[1]
-    offsets = pa.array(np.arange(n + 1) * dim, pa.int32())
-    koffsets = pa.array(np.arange(n + 1) * k, pa.int32())
-    table = pa.Table.from_arrays([
-        pa.array(user_ids, pa.string()),
-        pa.ListArray.from_arrays(offsets, pa.array(dense.astype(np.float32).ravel())),
-        pa.ListArray.from_arrays(koffsets, pa.array(cluster_ids.astype(np.int64).ravel())),
-        pa.ListArray.from_arrays(koffsets,
-                                 pa.array(cluster_weights.astype(np.float32).ravel())),
-    ], schema=ONLINE_USERS)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(path)
-    return path
 
 
 def _aligned_previous_users(path: Path, user_ids: list[str]) -> np.ndarray:
@@ -230,7 +203,8 @@ def export_online(
     step(f"user contexts: top {options.top_k if options.calibration != 'k1' else 1} "
          f"cluster(s) per user ({options.calibration})")
     ctx = graph.contexts(users, top_k=options.top_k, calibration=options.calibration)
-    write_online_users(out / USERS_FILE, list(user_ids), users, ctx.clusters, ctx.weights)
+    write_user_features(out / USERS_FILE, list(user_ids), users,
+                        clusters=(ctx.clusters, ctx.weights))
     files = {"graph": str(out / GRAPH_FILE), "users": str(out / USERS_FILE)}
     settings = {"stream.layout": "graph", "stream.graph_file": files["graph"],
                 "serve.user_features_uri": files["users"]}

@@ -42,7 +42,9 @@ Decisions
 
 The serving app's user-feature table (``user_id``, ``context_dense``) is a contract too:
 ``USER_FEATURES``, written by ``write_user_features`` (the simulator's users, the offline user
-embeddings) and read by ``read_user_features`` (the serving app).
+embeddings) and read by ``read_user_features``. With each user's cluster memberships it is
+``USER_FEATURES_WITH_CLUSTERS`` (``recsys export-online``), which ``read_user_table`` (the
+serving app) reads in the same pass.
 
 Public API: ``IMPRESSIONS``, ``FEEDBACK``, ``REWARDS`` (``pa.Schema``), ``arrow_schema(name)``,
 ``polars_schema(name)``, ``validate_frame``/``conform`` (polars frames), and
@@ -54,6 +56,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -80,8 +83,8 @@ __all__ = [
     "impressions_to_arrow",
     "partition_expressions",
     "polars_schema",
-    "read_user_clusters",
     "read_user_features",
+    "read_user_table",
     "rewards_to_arrow",
     "validate_frame",
     "write_user_features",
@@ -524,12 +527,34 @@ USER_FEATURES = pa.schema(
     metadata=_METADATA,
 )
 """The serving app's user-feature table: each user's dense context (float32), one row per user."""
+USER_CLUSTER_COLUMNS = tuple(field.name for field in _CONTEXT[1:])
+USER_FEATURES_WITH_CLUSTERS = pa.schema([*USER_FEATURES, *_CONTEXT[1:]], metadata=_METADATA)
+"""``USER_FEATURES`` plus each user's cluster memberships (the graph layout's context, as
+``recsys export-online`` writes it): the serving app then gives users their clusters too."""
+
+
+@dataclass(frozen=True)
+class UserClusters:
+    """Cluster memberships row-aligned with a user table, as flat arrays (one read, no object per
+    user): row i's ids are ``ids[offsets[i]:offsets[i + 1]]``, its weights likewise."""
+
+    offsets: np.ndarray
+    ids: np.ndarray
+    weights: np.ndarray
+
+    def of(self, row: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """Row ``row``'s cluster ids and weights, as a ``Context`` takes them."""
+        start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+        return tuple(self.ids[start:end].tolist()), tuple(self.weights[start:end].tolist())
 
 
 def write_user_features(
-    path: PathLike, user_ids: Sequence[str], features: np.ndarray, *, filesystem: Any = None
+    path: PathLike, user_ids: Sequence[str], features: np.ndarray, *,
+    clusters: tuple[np.ndarray, np.ndarray] | None = None, filesystem: Any = None
 ) -> str:
-    """Write ``features[i]`` as the context of ``user_ids[i]`` in the ``USER_FEATURES`` table.
+    """Write ``features[i]`` as the context of ``user_ids[i]`` in the ``USER_FEATURES`` table;
+    with ``clusters`` = (ids [n, k], weights [n, k]), also row i's cluster memberships
+    (``USER_FEATURES_WITH_CLUSTERS``).
 
     One Parquet file at ``path`` (a local path or fsspec URI), written atomically; returns the
     path within its filesystem. Ids must be distinct and the features finite in float32.
@@ -556,12 +581,34 @@ def write_user_features(
         pa.array(values.ravel(), pa.float32()),
         type=pa.list_(pa.float32()),
     )
-    table = pa.Table.from_arrays([pa.array(ids, pa.string()), dense], schema=USER_FEATURES)
+    columns, schema = [pa.array(ids, pa.string()), dense], USER_FEATURES
+    if clusters is not None:
+        columns += _cluster_columns(clusters, n)
+        schema = USER_FEATURES_WITH_CLUSTERS
+    table = pa.Table.from_arrays(columns, schema=schema)
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
     fs, target = resolve(path, filesystem)
     write_bytes_atomic(fs, target, sink.getvalue())
     return target
+
+
+def _cluster_columns(clusters: tuple[np.ndarray, np.ndarray], n: int) -> list[pa.Array]:
+    """The two cluster list columns of ``n`` users from (ids [n, k], weights [n, k])."""
+    cluster_ids = as_array(clusters[0], "clusters ids", 2)
+    weights = as_array(clusters[1], "clusters weights", 2)
+    if cluster_ids.shape != weights.shape or cluster_ids.shape[0] != n:
+        raise ValueError(message("clusters", f"ids and weights of shape [{n}, k] each",
+                                 f"{cluster_ids.shape} and {weights.shape}"))
+    if cluster_ids.size and not (np.all(cluster_ids == np.round(cluster_ids))
+                                 and cluster_ids.min() >= 0):
+        raise ValueError(message("clusters ids", "integers >= 0", "other values"))
+    with np.errstate(over="ignore"):
+        weights = weights.astype(np.float32)
+    check_finite(weights, "clusters weights")
+    offsets = pa.array(np.arange(n + 1) * cluster_ids.shape[1], pa.int32())
+    return [pa.ListArray.from_arrays(offsets, pa.array(cluster_ids.astype(np.int64).ravel())),
+            pa.ListArray.from_arrays(offsets, pa.array(weights.ravel()))]
 
 
 def read_user_features(
@@ -571,21 +618,33 @@ def read_user_features(
 
     ``name`` is how the caller's user spells ``path`` (a setting's name), for the error messages.
     """
+    ids, matrix, _ = read_user_table(path, filesystem=filesystem, name=name, clusters=False)
+    return ids, matrix
+
+
+def read_user_table(
+    path: PathLike, *, filesystem: Any = None, name: str = "path", clusters: bool = True
+) -> tuple[list[str], np.ndarray, UserClusters | None]:
+    """``read_user_features`` and, when the table has them (``USER_FEATURES_WITH_CLUSTERS``) and
+    ``clusters`` is true, each user's cluster memberships, in one read of the file."""
     fs, source = resolve(path, filesystem)
-    columns = USER_FEATURES.names
+    schema = USER_FEATURES
     try:
         with fs.open(source, "rb") as handle:
-            table = pq.read_table(handle, columns=columns)
+            if clusters and set(USER_CLUSTER_COLUMNS) <= set(pq.read_schema(handle).names):
+                schema = USER_FEATURES_WITH_CLUSTERS
+            handle.seek(0)
+            table = pq.read_table(handle, columns=schema.names)
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise ValueError(
-            message(name, f"a Parquet table with columns {columns}", f"{path!r} ({exc})",
-                    "write it with recsys.schema.write_user_features")
+            message(name, f"a Parquet table with columns {USER_FEATURES.names}",
+                    f"{path!r} ({exc})", "write it with recsys.schema.write_user_features")
         ) from None
     try:
-        table = table.cast(USER_FEATURES)
+        table = table.cast(schema)
     except (ValueError, pa.ArrowException) as exc:
         raise ValueError(
-            message(name, f"the user-feature schema ({USER_FEATURES.types})",
+            message(name, f"the user-feature schema ({schema.types})",
                     f"{table.schema.types} in {path!r} ({exc})")
         ) from None
     frame = pl.from_arrow(table)
@@ -604,32 +663,17 @@ def read_user_features(
         )
     dim = int(dims.max()) if frame.height else 0
     flat = frame["context_dense"].explode().to_numpy() if dim else np.empty(0)
-    return ids, np.asarray(flat, dtype=np.float64).reshape(frame.height, dim)
-
-
-def read_user_clusters(
-    uri: str, ids: list[str]
-) -> tuple[list[tuple[int, ...]], list[tuple[float, ...]]] | None:
-    """The table's cluster memberships in the order of ``ids`` (None: the table has none)."""
-    columns = ["user_id", "context_cluster_ids", "context_cluster_weights"]
-    fs, source = resolve(uri, None)
-    try:
-        with fs.open(source, "rb") as handle:
-            names = pq.read_schema(handle).names
-            if not set(columns[1:]) <= set(names):
-                return None
-            handle.seek(0)
-            table = pq.read_table(handle, columns=columns)
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise ValueError(f"user_features_uri: cluster columns of {uri!r} unreadable ({exc})"
-                         ) from None
-    if table.column("user_id").to_pylist() != ids:
-        raise ValueError(f"user_features_uri: {uri!r} changed while it was read")
-    cluster_ids = [tuple(int(c) for c in row)
-                   for row in table.column("context_cluster_ids").to_pylist()]
-    weights = [tuple(float(w) for w in row)
-               for row in table.column("context_cluster_weights").to_pylist()]
-    if any(len(c) != len(w) for c, w in zip(cluster_ids, weights, strict=True)):
-        raise ValueError(f"user_features_uri: {uri!r} has rows whose cluster ids and weights "
-                         "do not pair up")
-    return cluster_ids, weights
+    matrix = np.asarray(flat, dtype=np.float64).reshape(frame.height, dim)
+    if schema is USER_FEATURES:
+        return ids, matrix, None
+    cluster_ids, weights = (table.column(c).combine_chunks() for c in USER_CLUSTER_COLUMNS)
+    offsets, weight_offsets = (np.asarray(a.offsets) for a in (cluster_ids, weights))
+    if not np.array_equal(offsets - offsets[0], weight_offsets - weight_offsets[0]):
+        raise ValueError(message(name, "one cluster weight per cluster id in every row",
+                                 f"rows whose ids and weights do not pair up in {path!r}"))
+    flat_ids, flat_weights = cluster_ids.flatten(), weights.flatten()
+    if flat_ids.null_count or flat_weights.null_count:
+        raise ValueError(message(name, "no null cluster ids or weights", f"some in {path!r}"))
+    found = UserClusters(offsets - offsets[0], flat_ids.to_numpy(),
+                         flat_weights.to_numpy().astype(np.float64))
+    return ids, matrix, found

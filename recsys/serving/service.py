@@ -69,7 +69,7 @@ from recsys.kafka_clients import is_transient_kafka_error
 from recsys.policies import RequestBatch
 from recsys.producer import EventProducer
 from recsys.registry.uris import is_model_uri
-from recsys.schema import read_user_clusters, read_user_features
+from recsys.schema import read_user_table
 from recsys.serving.admission import Gate
 from recsys.serving.backends import make_scorer
 from recsys.serving.contexts import ContextGuard, ContextRefused, StatisticsNotFinite
@@ -212,9 +212,8 @@ class UserFeatures:
     ``recsys export-online``), each user's context carries their cluster memberships too."""
 
     def __init__(self, uri: str) -> None:
-        ids, self.matrix = read_user_features(uri, name="user_features_uri")
+        ids, self.matrix, self.clusters = read_user_table(uri, name="user_features_uri")
         self.index = dict(zip(ids, range(len(ids)), strict=True))
-        self.clusters = read_user_clusters(uri, ids)
 
     def get(self, user_id: str) -> np.ndarray | None:
         row = self.index.get(user_id)
@@ -228,9 +227,9 @@ class UserFeatures:
             return None
         if self.clusters is None:
             return Context(dense=tuple(self.matrix[row].tolist()))
-        ids, weights = self.clusters
-        return Context(dense=tuple(self.matrix[row].tolist()), cluster_ids=ids[row],
-                       cluster_weights=weights[row])
+        ids, weights = self.clusters.of(row)
+        return Context(dense=tuple(self.matrix[row].tolist()), cluster_ids=ids,
+                       cluster_weights=weights)
 
 
 class RecommenderService:

@@ -21,12 +21,14 @@ from recsys.schema import (
     PARTITIONING,
     REWARDS,
     USER_FEATURES,
+    USER_FEATURES_WITH_CLUSTERS,
     conform,
     feedback_to_arrow,
     impressions_to_arrow,
     partition_expressions,
     polars_schema,
     read_user_features,
+    read_user_table,
     rewards_to_arrow,
     validate_frame,
     write_user_features,
@@ -356,3 +358,32 @@ def test_bad_user_feature_tables_are_refused_naming_what_is_wrong(tmp_path):
     ragged.write_parquet(path)
     with pytest.raises(ValueError, match=r"^path: expected contexts of one length, got lengths 1"):
         read_user_features(path)
+
+
+def test_cluster_memberships_round_trip_in_one_table_and_bad_ones_are_refused(tmp_path):
+    path = tmp_path / "users.parquet"
+    ids, dense = ["a", "b", "c"], np.arange(6.0).reshape(3, 2)
+    cluster_ids = np.array([[0, 2], [1, 0], [2, 1]])
+    weights = np.array([[0.75, 0.25], [0.5, 0.5], [1.0, 0.0]])
+    write_user_features(path, ids, dense, clusters=(cluster_ids, weights))
+    assert pq.read_schema(path).equals(USER_FEATURES_WITH_CLUSTERS, check_metadata=False)
+    read_ids, matrix, clusters = read_user_table(path)
+    assert read_ids == ids and clusters is not None
+    np.testing.assert_array_equal(matrix, dense)
+    assert [clusters.of(i) for i in range(3)] == [
+        ((0, 2), (0.75, 0.25)), ((1, 0), (0.5, 0.5)), ((2, 1), (1.0, 0.0))]
+    assert read_user_features(path)[0] == ids  # the plain reader ignores the clusters
+    write_user_features(path, ids, dense)
+    assert read_user_table(path)[2] is None
+
+    with pytest.raises(ValueError, match=r"^clusters: expected ids and weights of shape \[3, k\]"):
+        write_user_features(path, ids, dense, clusters=(cluster_ids, weights[:, :1]))
+    with pytest.raises(ValueError, match=r"^clusters ids: expected integers >= 0"):
+        write_user_features(path, ids, dense, clusters=(-cluster_ids, weights))
+    with pytest.raises(ValueError, match=r"^clusters weights: expected finite values"):
+        write_user_features(path, ids, dense, clusters=(cluster_ids, weights + np.inf))
+    unpaired = pl.DataFrame({"user_id": ["a"], "context_dense": [[1.0]],
+                             "context_cluster_ids": [[0, 1]], "context_cluster_weights": [[1.0]]})
+    unpaired.write_parquet(path)
+    with pytest.raises(ValueError, match=r"^users: expected one cluster weight per cluster id"):
+        read_user_table(path, name="users")
